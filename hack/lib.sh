@@ -1,0 +1,77 @@
+# Shared settings and helpers for the hack/ scripts. Sourced, never run.
+#
+# Everything the local cluster owns lives under one state dir (processes' pid files, logs, data,
+# kubeconfig); everything that is expensive to rebuild (Kubernetes binaries, the pause image) lives in a
+# cache dir outside the repository and survives `hack/cluster down`.
+
+K8S_VERSION=1.20.2
+BACKSTOP_STATE_DIR=${BACKSTOP_STATE_DIR:-/var/lib/backstop-cluster}
+BACKSTOP_CACHE_DIR=${BACKSTOP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/backstop}
+K8S_BIN_DIR=$BACKSTOP_CACHE_DIR/kubernetes-$K8S_VERSION/bin
+K8S_SRC_DIR=$BACKSTOP_CACHE_DIR/kubernetes-$K8S_VERSION/src
+CONTAINERD_SOCK=$BACKSTOP_STATE_DIR/containerd/containerd.sock
+KUBECONFIG_PATH=$BACKSTOP_STATE_DIR/admin.kubeconfig
+NODE_NAME=${BACKSTOP_NODE_NAME:-backstop-node}
+# Where test volumes live on the host, one directory per PersistentVolume.
+VOLUMES_DIR=$BACKSTOP_STATE_DIR/volumes
+STORAGE_CLASS=backstop-hostpath
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+ctr_() { ctr --address "$CONTAINERD_SOCK" --namespace k8s.io "$@"; }
+
+# The name the kubelet asks containerd for: "backstop:dev" is looked up as
+# "docker.io/library/backstop:dev", so images are imported under their fully qualified name.
+qualified_image_name() {
+  local name=$1 first=${1%%/*}
+  if [[ $name != */* ]]; then
+    echo "docker.io/library/$name"
+  elif [[ $first != *.* && $first != *:* && $first != localhost ]]; then
+    echo "docker.io/$name"
+  else
+    echo "$name"
+  fi
+}
+
+# Build an OCI image archive from a root filesystem directory and import it into the cluster's containerd.
+# usage: import_rootfs_image <rootfs-dir> <image-name> <entrypoint-json-array>
+import_rootfs_image() {
+  local rootfs=$1 name entrypoint=$3
+  name=$(qualified_image_name "$2")
+  local work; work=$(mktemp -d)
+  mkdir -p "$work/blobs/sha256"
+  tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$rootfs" -cf "$work/layer.tar" .
+  local layer_digest layer_size
+  layer_digest=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
+  layer_size=$(stat -c %s "$work/layer.tar")
+  mv "$work/layer.tar" "$work/blobs/sha256/$layer_digest"
+  jq -n --argjson ep "$entrypoint" --arg diff "sha256:$layer_digest" '{
+      architecture: "amd64", os: "linux",
+      config: {Entrypoint: $ep, Env: ["PATH=/usr/local/bin:/usr/bin:/bin"], WorkingDir: "/"},
+      rootfs: {type: "layers", diff_ids: [$diff]}}' >"$work/config.json"
+  local config_digest config_size
+  config_digest=$(sha256sum "$work/config.json" | cut -d' ' -f1)
+  config_size=$(stat -c %s "$work/config.json")
+  mv "$work/config.json" "$work/blobs/sha256/$config_digest"
+  jq -n --arg cd "sha256:$config_digest" --argjson cs "$config_size" \
+        --arg ld "sha256:$layer_digest" --argjson ls "$layer_size" '{
+      schemaVersion: 2, mediaType: "application/vnd.oci.image.manifest.v1+json",
+      config: {mediaType: "application/vnd.oci.image.config.v1+json", digest: $cd, size: $cs},
+      layers: [{mediaType: "application/vnd.oci.image.layer.v1.tar", digest: $ld, size: $ls}]}' \
+      >"$work/manifest.json"
+  local manifest_digest manifest_size
+  manifest_digest=$(sha256sum "$work/manifest.json" | cut -d' ' -f1)
+  manifest_size=$(stat -c %s "$work/manifest.json")
+  mv "$work/manifest.json" "$work/blobs/sha256/$manifest_digest"
+  echo '{"imageLayoutVersion":"1.0.0"}' >"$work/oci-layout"
+  jq -n --arg md "sha256:$manifest_digest" --argjson ms "$manifest_size" --arg name "$name" '{
+      schemaVersion: 2,
+      manifests: [{mediaType: "application/vnd.oci.image.manifest.v1+json", digest: $md, size: $ms,
+                   platform: {architecture: "amd64", os: "linux"},
+                   annotations: {"io.containerd.image.name": $name}}]}' >"$work/index.json"
+  tar -C "$work" -cf "$work.tar" oci-layout index.json blobs
+  ctr_ images import "$work.tar" >/dev/null ||
+    { rm -rf "$work" "$work.tar"; die "importing image $name into containerd failed"; }
+  rm -rf "$work" "$work.tar"
+}
