@@ -1,5 +1,9 @@
-//! Backstop's data path, run inside mover pods: what is on a volume, and how the outcome is reported
-//! back to the controller without anyone reading pod logs.
+//! Backstop's data path, run inside mover pods: volumes into verifiable archives in a repository,
+//! and the outcome reported back to the controller without anyone reading pod logs.
 
+pub mod archive;
+pub mod backup;
 pub mod inventory;
+pub mod manifest;
 pub mod report;
+pub mod repository;

@@ -1,0 +1,179 @@
+//! `Backup`: one execution of a policy, scheduled or on demand.
+
+use crate::condition::Invalid;
+use crate::policy::Target;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "backstop.dev",
+    version = "v1alpha1",
+    kind = "Backup",
+    namespaced,
+    status = "BackupStatus",
+    shortname = "bk",
+    category = "backstop",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Policy","type":"string","jsonPath":".spec.policyRef"}"#,
+    printcolumn = r#"{"name":"Size","type":"integer","format":"int64","jsonPath":".status.totalBytes"}"#,
+    printcolumn = r#"{"name":"Files","type":"integer","jsonPath":".status.totalFiles"}"#,
+    printcolumn = r#"{"name":"Duration","type":"string","jsonPath":".status.duration"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// The policy whose target and repository to use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_ref: Option<String>,
+    /// An inline target, for a Backup made by hand without a policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
+    /// The repository for an inline target (default: `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum BackupPhase {
+    #[default]
+    Pending,
+    Running,
+    Completed,
+    Failed,
+}
+
+impl BackupPhase {
+    /// Completed and Failed never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, BackupPhase::Completed | BackupPhase::Failed)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupPhase::Pending => "Pending",
+            BackupPhase::Running => "Running",
+            BackupPhase::Completed => "Completed",
+            BackupPhase::Failed => "Failed",
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<BackupPhase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Wall time from start to completion, e.g. `6s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    /// The repository the artifacts went to (resolved when the backup started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// One entry per backed-up volume.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeBackup>,
+    /// Sum of the artifacts' sizes in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_bytes: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_files: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeBackup {
+    pub pvc: String,
+    pub phase: BackupPhase,
+    /// The Job doing the work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Artifact size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<i64>,
+    /// Bytes in the volume's regular files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_bytes: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<i64>,
+    /// BLAKE3 of the artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Where the artifact is, relative to the repository root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl Backup {
+    pub fn phase(&self) -> BackupPhase {
+        self.status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .unwrap_or_default()
+    }
+}
+
+impl BackupSpec {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        match (&self.policy_ref, &self.target) {
+            (Some(_), Some(_)) => Err(Invalid::new(
+                "InvalidSpec",
+                "set either spec.policyRef or spec.target, not both",
+            )),
+            (None, None) => Err(Invalid::new(
+                "InvalidSpec",
+                "set spec.policyRef (a BackupPolicy) or spec.target.pvcSelector with spec.repository",
+            )),
+            (None, Some(target)) => crate::naming::validate_selector(&target.pvc_selector),
+            (Some(_), None) => Ok(()),
+        }
+    }
+}
+
+/// Where a backup's artifacts live inside the repository: `<namespace>/<backup>/`.
+pub fn artifact_dir(namespace: &str, backup: &str) -> String {
+    format!("{namespace}/{backup}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_phases() {
+        assert!(BackupPhase::Completed.is_terminal());
+        assert!(BackupPhase::Failed.is_terminal());
+        assert!(!BackupPhase::Running.is_terminal());
+        assert!(!BackupPhase::Pending.is_terminal());
+    }
+
+    #[test]
+    fn a_backup_needs_exactly_one_of_policy_and_target() {
+        assert!(BackupSpec::default().validate().is_err());
+        let both = BackupSpec {
+            policy_ref: Some("p".into()),
+            target: Some(Target::default()),
+            repository: None,
+        };
+        assert!(both.validate().is_err());
+        let policy = BackupSpec {
+            policy_ref: Some("p".into()),
+            ..Default::default()
+        };
+        assert!(policy.validate().is_ok());
+    }
+}

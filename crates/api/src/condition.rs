@@ -1,0 +1,99 @@
+//! Conditions and the reasons behind them: one place that turns a decision into the
+//! `status.conditions` entry a user reads with `kubectl describe`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// A rejected spec: a machine-readable reason (CamelCase) and a message saying what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub reason: String,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason, self.message)
+    }
+}
+
+/// Sets condition `type_` in `conditions`, keeping `lastTransitionTime` when the status did not
+/// change (so the time says when it last flipped, as Kubernetes conventions ask).
+pub fn set(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+) {
+    let status = if status { "True" } else { "False" }.to_string();
+    let transition = conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    conditions.retain(|c| c.type_ != type_);
+    conditions.push(Condition {
+        type_: type_.to_string(),
+        status,
+        reason: reason.to_string(),
+        message: message.to_string(),
+        observed_generation: generation,
+        last_transition_time: transition,
+    });
+}
+
+pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    find(conditions, type_).is_some_and(|c| c.status == "True")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transition_time_only_moves_when_the_status_flips() {
+        let t0 = jiff::Timestamp::from_second(1_000).unwrap();
+        let t1 = jiff::Timestamp::from_second(2_000).unwrap();
+        let t2 = jiff::Timestamp::from_second(3_000).unwrap();
+        let mut conditions = Vec::new();
+        set(
+            &mut conditions,
+            "Ready",
+            false,
+            "PVCNotFound",
+            "a",
+            Some(1),
+            t0,
+        );
+        set(
+            &mut conditions,
+            "Ready",
+            false,
+            "PVCNotFound",
+            "b",
+            Some(2),
+            t1,
+        );
+        assert_eq!(conditions.len(), 1);
+        assert_eq!(conditions[0].last_transition_time.0, t0);
+        assert_eq!(conditions[0].message, "b");
+        set(&mut conditions, "Ready", true, "Ready", "ok", Some(2), t2);
+        assert_eq!(conditions[0].last_transition_time.0, t2);
+        assert!(is_true(&conditions, "Ready"));
+    }
+}

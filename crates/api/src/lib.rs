@@ -1,0 +1,34 @@
+//! Backstop's custom resources (group `backstop.dev`, version `v1alpha1`): their types, defaults,
+//! validation and condition helpers. Nothing here does I/O, so every rule is unit-testable.
+
+pub mod backup;
+pub mod condition;
+pub mod naming;
+pub mod policy;
+pub mod repository;
+pub mod schedule;
+
+pub use backup::{Backup, BackupPhase, BackupSpec, BackupStatus, VolumeBackup};
+pub use policy::{BackupPolicy, BackupPolicySpec, BackupPolicyStatus, Retention, Target};
+pub use repository::{BackupRepository, BackupRepositorySpec, Compression, PvcRepository};
+
+pub const GROUP: &str = "backstop.dev";
+
+/// Labels and annotations Backstop puts on what it creates.
+pub mod labels {
+    /// On a Backup: the policy that made it. On a Job: the policy of its Backup.
+    pub const POLICY: &str = "backstop.dev/policy";
+    /// On a Job: the Backup it works for.
+    pub const BACKUP: &str = "backstop.dev/backup";
+    /// On a Job: what it does (`backup`, `delete`).
+    pub const ROLE: &str = "backstop.dev/role";
+    /// On a Job: the PVC it reads.
+    pub const PVC: &str = "backstop.dev/pvc";
+    /// On a scheduled Backup: the cron time it stands for (RFC 3339, UTC).
+    pub const SCHEDULED_TIME: &str = "backstop.dev/scheduled-time";
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    pub const MANAGER: &str = "backstop";
+}
+
+/// Finalizer that keeps a Backup until its artifacts are removed from the repository.
+pub const ARTIFACTS_FINALIZER: &str = "backstop.dev/artifacts";

@@ -1,0 +1,141 @@
+//! Deterministic names and label values: the same inputs always give the same name, so a second
+//! controller or a restart finds `AlreadyExists` instead of making a duplicate.
+
+use crate::condition::Invalid;
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+/// Kubernetes' limit for label values and for names that become label values (Jobs).
+pub const LABEL_MAX: usize = 63;
+
+/// `name` itself when it fits in `max` bytes, otherwise a prefix plus a hash of the whole name,
+/// so different long names stay different.
+pub fn fit(name: &str, max: usize) -> String {
+    if name.len() <= max {
+        return name.to_string();
+    }
+    let hash = format!("{:08x}", fnv1a(name.as_bytes()) as u32);
+    let mut prefix: String = name.chars().take(max - hash.len() - 1).collect();
+    while prefix.ends_with(['-', '.']) {
+        prefix.pop();
+    }
+    format!("{prefix}-{hash}")
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The Backup a policy makes for the run scheduled at `at`: `<policy>-<yyyymmddhhmm>` (UTC).
+pub fn scheduled_backup(policy: &str, at: Timestamp) -> String {
+    let stamp = at.strftime("%Y%m%d%H%M").to_string();
+    fit(&format!("{policy}-{stamp}"), 253)
+}
+
+/// The Job that backs up `pvc` for `backup`.
+pub fn backup_job(backup: &str, pvc: &str) -> String {
+    fit(&format!("{backup}-{pvc}"), LABEL_MAX)
+}
+
+/// The Job that removes `backup`'s artifacts from its repository.
+pub fn delete_job(backup: &str) -> String {
+    fit(&format!("{backup}-delete"), LABEL_MAX)
+}
+
+/// A label value standing for `name`.
+pub fn label_value(name: &str) -> String {
+    fit(name, LABEL_MAX)
+}
+
+/// The selector in the list-parameter syntax the API server understands
+/// (`app=db,tier in (a,b),!legacy`). Unknown operators are an error, not a silent match-all.
+pub fn selector_string(selector: &LabelSelector) -> Result<String, Invalid> {
+    let mut parts: Vec<String> = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for expr in selector.match_expressions.iter().flatten() {
+        let values = expr.values.clone().unwrap_or_default().join(",");
+        parts.push(match expr.operator.as_str() {
+            "In" => format!("{} in ({values})", expr.key),
+            "NotIn" => format!("{} notin ({values})", expr.key),
+            "Exists" => expr.key.clone(),
+            "DoesNotExist" => format!("!{}", expr.key),
+            other => {
+                return Err(Invalid::new(
+                    "InvalidSelector",
+                    format!(
+                        "target.pvcSelector operator {other:?} on key {:?} is not one of In, NotIn, Exists, DoesNotExist",
+                        expr.key
+                    ),
+                ));
+            }
+        });
+    }
+    Ok(parts.join(","))
+}
+
+pub fn validate_selector(selector: &LabelSelector) -> Result<(), Invalid> {
+    selector_string(selector).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    #[test]
+    fn scheduled_backup_names_are_deterministic_and_sortable() {
+        let at: Timestamp = "2026-11-21T02:00:00Z".parse().unwrap();
+        assert_eq!(scheduled_backup("nightly", at), "nightly-202611210200");
+        assert_eq!(
+            scheduled_backup("nightly", at),
+            scheduled_backup("nightly", at)
+        );
+    }
+
+    #[test]
+    fn long_names_are_shortened_but_stay_distinct() {
+        let a = backup_job(&"b".repeat(80), "data-a");
+        let b = backup_job(&"b".repeat(80), "data-b");
+        assert!(a.len() <= LABEL_MAX && b.len() <= LABEL_MAX);
+        assert_ne!(a, b);
+        assert_eq!(backup_job("short", "pvc"), "short-pvc");
+    }
+
+    #[test]
+    fn selector_renders_every_operator() {
+        let selector = LabelSelector {
+            match_labels: Some([("app".to_string(), "postgres".to_string())].into()),
+            match_expressions: Some(vec![
+                LabelSelectorRequirement {
+                    key: "tier".into(),
+                    operator: "In".into(),
+                    values: Some(vec!["a".into(), "b".into()]),
+                },
+                LabelSelectorRequirement {
+                    key: "legacy".into(),
+                    operator: "DoesNotExist".into(),
+                    values: None,
+                },
+            ]),
+        };
+        assert_eq!(
+            selector_string(&selector).unwrap(),
+            "app=postgres,tier in (a,b),!legacy"
+        );
+        let bad = LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "x".into(),
+                operator: "Like".into(),
+                values: None,
+            }]),
+            ..Default::default()
+        };
+        assert_eq!(selector_string(&bad).unwrap_err().reason, "InvalidSelector");
+    }
+}

@@ -1,0 +1,157 @@
+//! `BackupPolicy`: the intent — what to back up, when, where to, and how many to keep.
+
+use crate::condition::Invalid;
+use crate::schedule::Schedule;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The repository a policy uses when it names none.
+pub const DEFAULT_REPOSITORY: &str = "default";
+
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "backstop.dev",
+    version = "v1alpha1",
+    kind = "BackupPolicy",
+    namespaced,
+    status = "BackupPolicyStatus",
+    shortname = "bpol",
+    category = "backstop",
+    printcolumn = r#"{"name":"Schedule","type":"string","jsonPath":".spec.schedule"}"#,
+    printcolumn = r#"{"name":"Suspend","type":"boolean","jsonPath":".spec.suspend"}"#,
+    printcolumn = r#"{"name":"Last Success","type":"date","jsonPath":".status.lastSuccessfulBackupTime"}"#,
+    printcolumn = r#"{"name":"Last Backup","type":"string","jsonPath":".status.lastBackup"}"#,
+    printcolumn = r#"{"name":"Next Run","type":"string","jsonPath":".status.nextScheduledBackup"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupPolicySpec {
+    /// When to run: a 5-field cron expression (minute hour day-of-month month day-of-week).
+    #[schemars(regex(pattern = r"^\s*\S+(\s+\S+){4}\s*$"))]
+    pub schedule: String,
+    /// IANA time zone the schedule is read in (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// Stop scheduling new backups (running ones finish).
+    #[serde(default)]
+    pub suspend: bool,
+    #[serde(default)]
+    pub retention: Retention,
+    pub target: Target,
+    /// The BackupRepository to write to (default: the one named `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Retention {
+    /// How many Completed backups to keep; older ones are deleted with their artifacts.
+    /// Unset keeps everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub keep_last: Option<i64>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    /// The PVCs (in the policy's namespace) to back up.
+    pub pvc_selector: LabelSelector,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupPolicyStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_backup_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_scheduled_backup: Option<Time>,
+    /// Name of the newest Backup this policy made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<String>,
+    /// The newest scheduled time a Backup was made for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+impl BackupPolicySpec {
+    pub fn repository_name(&self) -> &str {
+        self.repository.as_deref().unwrap_or(DEFAULT_REPOSITORY)
+    }
+
+    /// Checks what the API server's schema may not have enforced; returns the parsed schedule.
+    pub fn validate(&self) -> Result<Schedule, Invalid> {
+        if let Some(keep) = self.retention.keep_last
+            && keep < 1
+        {
+            return Err(Invalid::new(
+                "InvalidRetention",
+                format!(
+                    "retention.keepLast is {keep}; it must be at least 1 (or unset to keep all)"
+                ),
+            ));
+        }
+        crate::naming::validate_selector(&self.target.pvc_selector)?;
+        Schedule::parse(&self.schedule, self.time_zone.as_deref())
+            .map_err(|e| Invalid::new(e.reason(), e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_example_applies_as_is() {
+        let policy: BackupPolicy = serde_yaml::from_str(
+            r#"
+apiVersion: backstop.dev/v1alpha1
+kind: BackupPolicy
+metadata: {name: postgres-nightly}
+spec:
+  schedule: "0 2 * * *"
+  retention:
+    keepLast: 3
+  target:
+    pvcSelector:
+      matchLabels:
+        app: postgres
+"#,
+        )
+        .unwrap();
+        assert_eq!(policy.spec.retention.keep_last, Some(3));
+        assert_eq!(policy.spec.repository_name(), "default");
+        assert!(policy.spec.validate().is_ok());
+    }
+
+    #[test]
+    fn keep_last_below_one_is_rejected_with_a_reason() {
+        let spec = BackupPolicySpec {
+            schedule: "0 2 * * *".into(),
+            retention: Retention { keep_last: Some(0) },
+            ..Default::default()
+        };
+        assert_eq!(spec.validate().unwrap_err().reason, "InvalidRetention");
+    }
+
+    #[test]
+    fn invalid_schedule_and_time_zone_have_their_own_reasons() {
+        let mut spec = BackupPolicySpec {
+            schedule: "every night".into(),
+            ..Default::default()
+        };
+        assert_eq!(spec.validate().unwrap_err().reason, "InvalidSchedule");
+        spec.schedule = "0 2 * * *".into();
+        spec.time_zone = Some("Nowhere/Land".into());
+        assert_eq!(spec.validate().unwrap_err().reason, "InvalidTimeZone");
+    }
+}

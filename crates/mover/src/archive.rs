@@ -1,0 +1,377 @@
+//! Writing a volume as a standard tar stream (ustar headers, PAX extended headers where ustar
+//! cannot say it: long or non-ASCII paths, sub-second mtimes, huge sizes or ids), recording every
+//! entry in the manifest with a BLAKE3 digest of its content as it goes by.
+
+use crate::manifest::{Entry, EntryKind, Totals};
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use tar::{EntryType, Header};
+
+/// Largest value the 11 octal digits of a ustar numeric field hold.
+const USTAR_MAX: u64 = 0o77_777_777_777;
+/// Largest uid/gid the 7 octal digits of ustar hold.
+const USTAR_ID_MAX: u64 = 0o7_777_777;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("writing the archive: {0}")]
+    Write(#[source] io::Error),
+}
+
+/// What was archived.
+#[derive(Debug, Default)]
+pub struct Archived {
+    pub entries: Vec<Entry>,
+    pub totals: Totals,
+    /// Files whose size changed while they were read (the volume was in use): their recorded
+    /// content is what was read, padded or cut to the size seen first.
+    pub changed_while_reading: Vec<String>,
+}
+
+/// Writes everything below `root` (not `root` itself) as a tar stream into `out`.
+/// Symbolic links are stored as links, never followed.
+pub fn write<W: Write>(root: &Path, out: W) -> Result<(Archived, W), ArchiveError> {
+    let mut builder = tar::Builder::new(out);
+    let mut archived = Archived::default();
+    let mut first_link_paths: HashMap<(u64, u64), String> = HashMap::new();
+    let mut stack = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, prefix)) = stack.pop() {
+        let children = read_dir_sorted(&dir)?;
+        let mut subdirs = Vec::new();
+        for (name, path) in children {
+            let rel = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let meta = fs::symlink_metadata(&path).map_err(|source| ArchiveError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let kind = meta.file_type();
+            if kind.is_socket() {
+                archived.totals.skipped_sockets += 1;
+                continue;
+            }
+            let mut entry = Entry {
+                path: rel.clone(),
+                kind: EntryKind::File,
+                size: 0,
+                mode: meta.mode() & 0o7777,
+                uid: u64::from(meta.uid()),
+                gid: u64::from(meta.gid()),
+                mtime: meta.mtime(),
+                mtime_nanos: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
+                target: None,
+                blake3: None,
+            };
+            let mut header = Header::new_ustar();
+            let mut pax: Vec<(&str, Vec<u8>)> = Vec::new();
+            let raw_name = path.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+            let raw_rel = raw_rel_path(&prefix, raw_name);
+            if kind.is_dir() {
+                entry.kind = EntryKind::Dir;
+                header.set_entry_type(EntryType::Directory);
+                archived.totals.dirs += 1;
+                subdirs.push((path.clone(), rel.clone()));
+            } else if kind.is_symlink() {
+                entry.kind = EntryKind::Symlink;
+                header.set_entry_type(EntryType::Symlink);
+                let target = fs::read_link(&path).map_err(|source| ArchiveError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                set_link(&mut header, &mut pax, target.as_os_str().as_bytes());
+                entry.target = Some(target.to_string_lossy().into_owned());
+                archived.totals.symlinks += 1;
+            } else if kind.is_file()
+                && meta.nlink() > 1
+                && let Some(first) = first_link_paths.get(&(meta.dev(), meta.ino()))
+            {
+                entry.kind = EntryKind::Hardlink;
+                header.set_entry_type(EntryType::Link);
+                set_link(&mut header, &mut pax, first.as_bytes());
+                entry.target = Some(first.clone());
+                archived.totals.hardlinks += 1;
+            } else if kind.is_file() {
+                if meta.nlink() > 1 {
+                    first_link_paths.insert((meta.dev(), meta.ino()), rel.clone());
+                }
+                entry.size = meta.len();
+                header.set_entry_type(EntryType::Regular);
+                archived.totals.files += 1;
+                archived.totals.bytes += meta.len();
+            } else {
+                entry.kind = if kind.is_fifo() {
+                    header.set_entry_type(EntryType::Fifo);
+                    EntryKind::Fifo
+                } else if kind.is_char_device() {
+                    header.set_entry_type(EntryType::Char);
+                    EntryKind::Char
+                } else {
+                    header.set_entry_type(EntryType::Block);
+                    EntryKind::Block
+                };
+                let rdev = meta.rdev();
+                header
+                    .set_device_major(libc_major(rdev))
+                    .map_err(ArchiveError::Write)?;
+                header
+                    .set_device_minor(libc_minor(rdev))
+                    .map_err(ArchiveError::Write)?;
+                archived.totals.specials += 1;
+            }
+
+            set_path(
+                &mut header,
+                &mut pax,
+                &raw_rel,
+                entry.kind == EntryKind::Dir,
+            );
+            header.set_mode(entry.mode);
+            set_id(&mut pax, "uid", entry.uid, |v| header.set_uid(v));
+            set_id(&mut pax, "gid", entry.gid, |v| header.set_gid(v));
+            header.set_mtime(u64::try_from(entry.mtime).unwrap_or(0));
+            if entry.mtime_nanos != 0 || entry.mtime < 0 {
+                pax.push((
+                    "mtime",
+                    format_pax_time(entry.mtime, entry.mtime_nanos).into_bytes(),
+                ));
+            }
+            header.set_size(entry.size.min(USTAR_MAX));
+            if entry.size > USTAR_MAX {
+                pax.push(("size", entry.size.to_string().into_bytes()));
+            }
+
+            if !pax.is_empty() {
+                append_pax(&mut builder, &raw_rel, &pax)?;
+            }
+            header.set_cksum();
+            if entry.kind == EntryKind::File {
+                let file = File::open(&path).map_err(|source| ArchiveError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let mut reader = ExactContent::new(file, entry.size);
+                builder.append(&header, &mut reader).map_err(|e| {
+                    match reader.read_error.take() {
+                        Some(source) => ArchiveError::Read {
+                            path: path.clone(),
+                            source,
+                        },
+                        None => ArchiveError::Write(e),
+                    }
+                })?;
+                if reader.size_changed {
+                    archived.changed_while_reading.push(rel.clone());
+                }
+                entry.blake3 = Some(reader.hasher.finalize().to_hex().to_string());
+            } else {
+                builder
+                    .append(&header, io::empty())
+                    .map_err(ArchiveError::Write)?;
+            }
+            archived.entries.push(entry);
+        }
+        // Subdirectories come next, in name order (the stack pops the last pushed first).
+        for sub in subdirs.into_iter().rev() {
+            stack.push(sub);
+        }
+    }
+    let out = builder.into_inner().map_err(ArchiveError::Write)?;
+    Ok((archived, out))
+}
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<(String, PathBuf)>, ArchiveError> {
+    let read_err = |source| ArchiveError::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut children = Vec::new();
+    for entry in fs::read_dir(dir).map_err(read_err)? {
+        let entry = entry.map_err(read_err)?;
+        children.push((
+            entry.file_name().to_string_lossy().into_owned(),
+            entry.path(),
+        ));
+    }
+    children.sort_by(|a, b| a.1.file_name().cmp(&b.1.file_name()));
+    Ok(children)
+}
+
+fn raw_rel_path(prefix: &str, name: &[u8]) -> Vec<u8> {
+    if prefix.is_empty() {
+        name.to_vec()
+    } else {
+        let mut p = prefix.as_bytes().to_vec();
+        p.push(b'/');
+        p.extend_from_slice(name);
+        p
+    }
+}
+
+/// Puts the path in the ustar header when it fits (ASCII, name ≤ 100 bytes or a prefix/name
+/// split), otherwise in a PAX `path` record with a truncated stand-in in the header.
+fn set_path(header: &mut Header, pax: &mut Vec<(&str, Vec<u8>)>, rel: &[u8], dir: bool) {
+    let mut path = rel.to_vec();
+    if dir {
+        path.push(b'/');
+    }
+    let fits = path.is_ascii()
+        && header
+            .set_path(Path::new(std::ffi::OsStr::from_bytes(&path)))
+            .is_ok();
+    if !fits {
+        pax.push(("path", path.clone()));
+        let stand_in: Vec<u8> = path.iter().copied().filter(u8::is_ascii).take(99).collect();
+        if let Some(ustar) = header.as_ustar_mut() {
+            ustar.name = [0; 100];
+            ustar.name[..stand_in.len()].copy_from_slice(&stand_in);
+            ustar.prefix = [0; 155];
+        }
+    }
+}
+
+fn set_link(header: &mut Header, pax: &mut Vec<(&str, Vec<u8>)>, target: &[u8]) {
+    let fits = target.is_ascii()
+        && target.len() <= 100
+        && header
+            .set_link_name(Path::new(std::ffi::OsStr::from_bytes(target)))
+            .is_ok();
+    if !fits {
+        pax.push(("linkpath", target.to_vec()));
+    }
+}
+
+fn set_id(pax: &mut Vec<(&str, Vec<u8>)>, key: &'static str, id: u64, set: impl FnOnce(u64)) {
+    if id > USTAR_ID_MAX {
+        pax.push((key, id.to_string().into_bytes()));
+        set(0);
+    } else {
+        set(id);
+    }
+}
+
+fn format_pax_time(secs: i64, nanos: u32) -> String {
+    if nanos == 0 {
+        secs.to_string()
+    } else {
+        format!("{secs}.{nanos:09}")
+    }
+}
+
+/// A PAX extended header (`x`) entry carrying `records` for the entry that follows.
+fn append_pax<W: Write>(
+    builder: &mut tar::Builder<W>,
+    rel: &[u8],
+    records: &[(&str, Vec<u8>)],
+) -> Result<(), ArchiveError> {
+    let mut data = Vec::new();
+    for (key, value) in records {
+        // "<len> <key>=<value>\n" where <len> counts the whole record, itself included.
+        let rest = key.len() + value.len() + 3;
+        let mut len = rest + 1;
+        while len != rest + len.to_string().len() {
+            len = rest + len.to_string().len();
+        }
+        data.extend_from_slice(format!("{len} {key}=").as_bytes());
+        data.extend_from_slice(value);
+        data.push(b'\n');
+    }
+    let mut header = Header::new_ustar();
+    header.set_entry_type(EntryType::XHeader);
+    let name: Vec<u8> = rel.iter().copied().filter(u8::is_ascii).take(80).collect();
+    let mut pax_name = b"PaxHeaders/".to_vec();
+    pax_name.extend_from_slice(&name);
+    if let Some(ustar) = header.as_ustar_mut() {
+        ustar.name[..pax_name.len()].copy_from_slice(&pax_name);
+    }
+    header.set_mode(0o644);
+    header.set_size(data.len() as u64);
+    header.set_cksum();
+    builder
+        .append(&header, data.as_slice())
+        .map_err(ArchiveError::Write)
+}
+
+/// Reads exactly `size` bytes from a file that may change underneath (cut when it grew, padded
+/// with zeros when it shrank), hashing what it hands out so the digest matches the archive.
+struct ExactContent {
+    file: File,
+    remaining: u64,
+    hasher: blake3::Hasher,
+    size_changed: bool,
+    read_error: Option<io::Error>,
+}
+
+impl ExactContent {
+    fn new(file: File, size: u64) -> Self {
+        Self {
+            file,
+            remaining: size,
+            hasher: blake3::Hasher::new(),
+            size_changed: false,
+            read_error: None,
+        }
+    }
+}
+
+impl Read for ExactContent {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 {
+            // Anything still readable means the file grew while we read it.
+            if !self.size_changed {
+                let mut probe = [0u8; 1];
+                if matches!(self.file.read(&mut probe), Ok(n) if n > 0) {
+                    self.size_changed = true;
+                }
+            }
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let n = if self.size_changed {
+            0
+        } else {
+            match self.file.read(&mut buf[..want]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return self.read(buf),
+                Err(e) => {
+                    let kind = e.kind();
+                    self.read_error = Some(e);
+                    return Err(io::Error::new(kind, "reading a file to archive"));
+                }
+            }
+        };
+        let n = if n == 0 {
+            // The file shrank: pad with zeros up to the size in the header.
+            self.size_changed = true;
+            buf[..want].fill(0);
+            want
+        } else {
+            n
+        };
+        self.hasher.update(&buf[..n]);
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+fn libc_major(dev: u64) -> u32 {
+    (((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff)) as u32
+}
+
+fn libc_minor(dev: u64) -> u32 {
+    (((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff)) as u32
+}

@@ -1,0 +1,170 @@
+//! `backstop mover backup`: one volume into one artifact plus its manifest in a directory
+//! repository. The artifact is written under a `.partial` name and renamed when complete; the
+//! manifest is written last (the commit point), so an interrupted backup never looks complete.
+
+use crate::archive;
+use crate::manifest::{self, ArtifactInfo, Manifest};
+use crate::repository::{DirRepository, RepositoryError};
+pub use backstop_api::Compression;
+use serde::{Deserialize, Serialize};
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+
+/// What the mover reports to the controller (in the termination message).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupResult {
+    pub pvc: String,
+    /// Artifact path relative to the repository root.
+    pub artifact: String,
+    pub bytes: u64,
+    pub digest: String,
+    pub files: u64,
+    pub source_bytes: u64,
+    /// Files that changed while they were read.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub changed_while_reading: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("source {0}")]
+    Source(String),
+    #[error(transparent)]
+    Archive(#[from] archive::ArchiveError),
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+}
+
+pub struct BackupRequest<'a> {
+    pub source: &'a Path,
+    pub pvc: &'a str,
+    /// Directory inside the repository for this backup, e.g. `<namespace>/<backup>`.
+    pub dir: &'a str,
+    pub compression: Compression,
+    pub created_at: String,
+}
+
+pub fn run(repo: &DirRepository, req: &BackupRequest<'_>) -> Result<BackupResult, BackupError> {
+    if !req.source.is_dir() {
+        return Err(BackupError::Source(format!(
+            "{} is not a directory (is the volume mounted?)",
+            req.source.display()
+        )));
+    }
+    let artifact_name = manifest::artifact_name(req.pvc, req.compression.extension());
+    let manifest_name = manifest::manifest_name(req.pvc);
+    let artifact_key = format!("{}/{artifact_name}", req.dir);
+    let manifest_key = format!("{}/{manifest_name}", req.dir);
+    // A retried Job must not leave an old manifest describing a new artifact.
+    repo.remove(&manifest_key)?;
+
+    let upload = repo.create(&artifact_key)?;
+    let written = (|| -> Result<_, BackupError> {
+        let hashing = HashingWriter::new(BufWriter::with_capacity(1 << 20, upload.file()?));
+        let (archived, hashing) = match req.compression {
+            Compression::Zstd => {
+                let mut enc = zstd::stream::write::Encoder::new(hashing, 3)
+                    .map_err(|e| repo.write_error(&artifact_key, e))?;
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+                enc.multithread(threads)
+                    .map_err(|e| repo.write_error(&artifact_key, e))?;
+                let (archived, enc) = archive::write(req.source, enc)?;
+                let hashing = enc
+                    .finish()
+                    .map_err(|e| repo.write_error(&artifact_key, e))?;
+                (archived, hashing)
+            }
+            Compression::Gzip => {
+                let enc = flate2::write::GzEncoder::new(hashing, flate2::Compression::new(6));
+                let (archived, enc) = archive::write(req.source, enc)?;
+                let hashing = enc
+                    .finish()
+                    .map_err(|e| repo.write_error(&artifact_key, e))?;
+                (archived, hashing)
+            }
+            Compression::None => archive::write(req.source, hashing)?,
+        };
+        let (mut buffered, digest, size) = hashing.finish();
+        buffered
+            .flush()
+            .map_err(|e| repo.write_error(&artifact_key, e))?;
+        Ok((archived, digest, size))
+    })();
+    let (archived, digest, size) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            upload.abort();
+            return Err(e);
+        }
+    };
+    upload.commit()?;
+
+    let manifest = Manifest {
+        format: manifest::FORMAT.to_string(),
+        created_at: req.created_at.clone(),
+        source: req.pvc.to_string(),
+        compression: req.compression.as_str().to_string(),
+        artifact: ArtifactInfo {
+            name: artifact_name,
+            size,
+            blake3: digest.clone(),
+        },
+        totals: archived.totals.clone(),
+        entries: archived.entries,
+    };
+    let json = serde_json::to_vec(&manifest)
+        .map_err(|e| repo.write_error(&manifest_key, io::Error::other(e)))?;
+    repo.put(&manifest_key, &json)?;
+    Ok(BackupResult {
+        pvc: req.pvc.to_string(),
+        artifact: artifact_key,
+        bytes: size,
+        digest,
+        files: archived.totals.files,
+        source_bytes: archived.totals.bytes,
+        changed_while_reading: archived.changed_while_reading.len() as u64,
+    })
+}
+
+/// Counts and hashes the bytes that go through it (the compressed artifact).
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: blake3::Hasher,
+    size: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hasher: blake3::Hasher::new(),
+            size: 0,
+        }
+    }
+
+    pub fn finish(self) -> (W, String, u64) {
+        (
+            self.inner,
+            self.hasher.finalize().to_hex().to_string(),
+            self.size,
+        )
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

@@ -1,0 +1,211 @@
+//! Artifacts must be readable without Backstop: every compression is extracted here with GNU tar
+//! (and the zstd / gzip tools), and the result compared with the source entry by entry.
+
+use backstop_mover::backup::{self, BackupRequest, Compression};
+use backstop_mover::manifest::{EntryKind, Manifest};
+use backstop_mover::repository::DirRepository;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A tree with what a volume tends to hold, and what tar formats find awkward.
+fn varied_tree(root: &Path) {
+    fs::create_dir_all(root.join("nested/deeper/deepest")).unwrap();
+    fs::create_dir_all(root.join("empty dir")).unwrap();
+    fs::write(root.join("plain.txt"), "hello\n").unwrap();
+    fs::write(
+        root.join("nested/data.bin"),
+        (0..200_000u32)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    fs::write(
+        root.join("nested/deeper/deepest/unicode ünïcødé 名前.txt"),
+        "ü\n",
+    )
+    .unwrap();
+    let long = "a-very-long-directory-name-that-keeps-going".repeat(3);
+    fs::create_dir_all(root.join(&long)).unwrap();
+    fs::write(
+        root.join(&long)
+            .join("file-with-a-long-name-too-".repeat(4)),
+        "long\n",
+    )
+    .unwrap();
+    fs::write(root.join("secret"), "0600\n").unwrap();
+    fs::set_permissions(root.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(root.join("tool.sh"), "#!/bin/sh\n").unwrap();
+    fs::set_permissions(root.join("tool.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    symlink("nested/data.bin", root.join("link-to-data")).unwrap();
+    symlink("/nonexistent/target", root.join("dangling")).unwrap();
+    fs::hard_link(root.join("plain.txt"), root.join("nested/hardlink.txt")).unwrap();
+    fs::write(root.join("empty-file"), "").unwrap();
+}
+
+#[derive(Debug, PartialEq)]
+struct Seen {
+    kind: &'static str,
+    mode: u32,
+    mtime: i64,
+    content: Option<Vec<u8>>,
+    link: Option<PathBuf>,
+}
+
+fn snapshot(root: &Path) -> Vec<(String, Seen)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let ft = meta.file_type();
+            let seen = if ft.is_dir() {
+                stack.push(path.clone());
+                Seen {
+                    kind: "dir",
+                    mode: meta.mode() & 0o7777,
+                    mtime: meta.mtime(),
+                    content: None,
+                    link: None,
+                }
+            } else if ft.is_symlink() {
+                Seen {
+                    kind: "symlink",
+                    mode: 0,
+                    mtime: meta.mtime(),
+                    content: None,
+                    link: Some(fs::read_link(&path).unwrap()),
+                }
+            } else {
+                Seen {
+                    kind: "file",
+                    mode: meta.mode() & 0o7777,
+                    mtime: meta.mtime(),
+                    content: Some(fs::read(&path).unwrap()),
+                    link: None,
+                }
+            };
+            out.push((rel, seen));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn back_up_and_extract(compression: Compression, tar_flag: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("source");
+    let repo_dir = tmp.path().join("repo");
+    let restored = tmp.path().join("restored");
+    fs::create_dir_all(&source).unwrap();
+    fs::create_dir_all(&restored).unwrap();
+    varied_tree(&source);
+    let repo = DirRepository::new(&repo_dir);
+
+    let result = backup::run(
+        &repo,
+        &BackupRequest {
+            source: &source,
+            pvc: "data",
+            dir: "shop/nightly-1",
+            compression,
+            created_at: "2026-11-21T02:00:00Z".into(),
+        },
+    )
+    .unwrap();
+
+    let artifact = repo_dir.join(&result.artifact);
+    assert_eq!(fs::metadata(&artifact).unwrap().len(), result.bytes);
+    assert_eq!(
+        blake3::hash(&fs::read(&artifact).unwrap())
+            .to_hex()
+            .to_string(),
+        result.digest
+    );
+    let manifest: Manifest = serde_json::from_slice(
+        &fs::read(repo_dir.join("shop/nightly-1/data.manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest.artifact.blake3, result.digest);
+    assert_eq!(manifest.totals.files, 7);
+    assert_eq!(manifest.totals.hardlinks, 1);
+    assert_eq!(manifest.totals.symlinks, 2);
+    for entry in manifest
+        .entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::File)
+    {
+        let content = fs::read(source.join(&entry.path)).unwrap();
+        assert_eq!(
+            entry.blake3.as_deref(),
+            Some(blake3::hash(&content).to_hex().as_str()),
+            "{}",
+            entry.path
+        );
+    }
+    // Nothing with a temporary name is left behind.
+    let names: Vec<_> = fs::read_dir(repo_dir.join("shop/nightly-1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+
+    let status = Command::new("tar")
+        .arg(tar_flag)
+        .arg("-xpf")
+        .arg(&artifact)
+        .arg("-C")
+        .arg(&restored)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "GNU tar could not extract the {compression:?} artifact"
+    );
+    assert_eq!(snapshot(&restored), snapshot(&source));
+    // The hardlink came back as a hardlink.
+    let a = fs::metadata(restored.join("plain.txt")).unwrap();
+    let b = fs::metadata(restored.join("nested/hardlink.txt")).unwrap();
+    assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()));
+}
+
+#[test]
+fn gnu_tar_extracts_a_zstd_artifact_identical_to_the_source() {
+    back_up_and_extract(Compression::Zstd, "--zstd");
+}
+
+#[test]
+fn gnu_tar_extracts_a_gzip_artifact_identical_to_the_source() {
+    back_up_and_extract(Compression::Gzip, "-z");
+}
+
+#[test]
+fn gnu_tar_extracts_an_uncompressed_artifact_identical_to_the_source() {
+    back_up_and_extract(Compression::None, "--no-auto-compress");
+}
+
+#[test]
+fn a_backup_of_a_missing_source_fails_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = DirRepository::new(tmp.path().join("repo"));
+    let err = backup::run(
+        &repo,
+        &BackupRequest {
+            source: &tmp.path().join("nope"),
+            pvc: "data",
+            dir: "ns/b",
+            compression: Compression::Zstd,
+            created_at: String::new(),
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("not a directory"), "{err}");
+    assert!(!tmp.path().join("repo/ns/b/data.manifest.json").exists());
+}
