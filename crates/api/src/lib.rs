@@ -10,7 +10,9 @@ pub mod schedule;
 
 pub use backup::{Backup, BackupPhase, BackupSpec, BackupStatus, VolumeBackup};
 pub use policy::{BackupPolicy, BackupPolicySpec, BackupPolicyStatus, Retention, Target};
-pub use repository::{BackupRepository, BackupRepositorySpec, Compression, PvcRepository};
+pub use repository::{
+    BackupRepository, BackupRepositorySpec, BackupRepositoryStatus, Compression, PvcRepository,
+};
 
 pub const GROUP: &str = "backstop.dev";
 

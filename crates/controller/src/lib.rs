@@ -1,1 +1,69 @@
-//! Backstop reconcilers.
+//! Backstop's reconcilers. Decisions are plain functions (`scheduling`, `retention`, `jobs`);
+//! the reconcilers (`policy`, `backup`, `repository`) read, call them, and apply the answer.
+
+pub mod backup;
+pub mod events;
+pub mod jobs;
+pub mod metrics;
+pub mod policy;
+pub mod repository;
+pub mod retention;
+pub mod scheduling;
+
+use kube::Client;
+use kube::runtime::events::Recorder;
+use std::sync::Arc;
+
+/// The reconcilers' only shared state.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub mover: jobs::MoverConfig,
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("building a Job: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Runs every reconciler until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
+    tokio::join!(
+        repository::run(ctx.clone(), shutdown.clone()),
+        policy::run(ctx.clone(), shutdown.clone()),
+        backup::run(ctx.clone(), shutdown),
+    );
+}
+
+/// A merge patch for `/status` that also clears `clearable` fields the status no longer has
+/// (a merge patch leaves absent fields alone; only `null` removes them).
+pub(crate) fn status_patch<T: serde::Serialize>(
+    status: &T,
+    clearable: &[&str],
+) -> Result<serde_json::Value, serde_json::Error> {
+    let mut value = serde_json::to_value(status)?;
+    if let Some(map) = value.as_object_mut() {
+        for key in clearable {
+            map.entry(key.to_string())
+                .or_insert(serde_json::Value::Null);
+        }
+    }
+    Ok(serde_json::json!({ "status": value }))
+}
+
+/// Seconds since the epoch as a Kubernetes time.
+pub(crate) fn now() -> jiff::Timestamp {
+    jiff::Timestamp::now()
+}

@@ -1,0 +1,199 @@
+//! `backstop controller`: leader election on a Lease, the reconcilers while leading, and the
+//! health and metrics endpoints. SIGTERM stops gracefully and hands the Lease over.
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use backstop_controller::jobs::MoverConfig;
+use backstop_controller::{Context, metrics::Metrics};
+use kube::runtime::events::{Recorder, Reporter};
+use kube_lease_manager::{LeaseManagerBuilder, LeaseParams};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "BACKSTOP_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Image of the mover pods (Backstop's own image).
+    #[arg(long, env = "BACKSTOP_MOVER_IMAGE", default_value = "backstop:dev")]
+    mover_image: String,
+    #[arg(
+        long,
+        env = "BACKSTOP_MOVER_PULL_POLICY",
+        default_value = "IfNotPresent"
+    )]
+    mover_pull_policy: String,
+    /// Run mover pods on the host's network.
+    #[arg(long, env = "BACKSTOP_MOVER_HOST_NETWORK")]
+    mover_host_network: bool,
+    /// Namespace of the leader-election Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "backstop-system")]
+    namespace: String,
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    #[arg(long, default_value = "backstop-controller")]
+    lease_name: String,
+}
+
+#[derive(Clone)]
+struct Health {
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+}
+
+pub fn main(args: Args) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Health {
+        metrics: metrics.clone(),
+        ready: Arc::new(AtomicBool::new(false)),
+    };
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(health.clone());
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            tracing::error!(%err, "health server stopped");
+        }
+    });
+
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("backstop-{}", std::process::id()));
+    let lease = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&args.namespace)
+        .with_parameters(LeaseParams::new(identity.clone(), 15, 5))
+        .build()
+        .await
+        .with_context(|| {
+            format!(
+                "setting up leader election on Lease {}/{}",
+                args.namespace, args.lease_name
+            )
+        })?;
+    let (mut leading, lease_task) = lease.watch().await;
+    health.ready.store(true, Ordering::SeqCst);
+    tracing::info!(%identity, "waiting to become the leader");
+
+    let terminated = shutdown_signal();
+    tokio::pin!(terminated);
+    loop {
+        if *leading.borrow_and_update() {
+            break;
+        }
+        tokio::select! {
+            changed = leading.changed() => changed.context("leader election stopped")?,
+            () = &mut terminated => {
+                drop(leading);
+                let _ = lease_task.await;
+                return Ok(());
+            }
+        }
+    }
+    tracing::info!(%identity, "leading: starting the reconcilers");
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(
+            client,
+            Reporter {
+                controller: "backstop".into(),
+                instance: Some(identity.clone()),
+            },
+        ),
+        mover: MoverConfig {
+            image: args.mover_image,
+            pull_policy: args.mover_pull_policy,
+            host_network: args.mover_host_network,
+            ..MoverConfig::default()
+        },
+        metrics,
+    });
+    // Stop when told to, or as soon as the Lease is lost (another replica may be leading).
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let reconcilers = tokio::spawn(backstop_controller::run(ctx, async move {
+        let _ = stop_rx.await;
+    }));
+    let lost = async {
+        while leading.changed().await.is_ok() {
+            if !*leading.borrow() {
+                return;
+            }
+        }
+    };
+    let lost_lease = tokio::select! {
+        () = &mut terminated => false,
+        () = lost => true,
+    };
+    let _ = stop_tx.send(());
+    let _ = reconcilers.await;
+    drop(leading);
+    let _ = lease_task.await;
+    if lost_lease {
+        anyhow::bail!("lost the leader Lease; exiting so a fresh start can compete again");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn readyz(State(health): State<Health>) -> (StatusCode, &'static str) {
+    if health.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
+}
+
+async fn metrics_text(State(health): State<Health>) -> ([(&'static str, &'static str); 1], String) {
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        health.metrics.render(),
+    )
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown requested");
+}

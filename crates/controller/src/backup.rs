@@ -1,0 +1,744 @@
+//! Backup reconciler: resolves what to back up and where, runs one mover Job per PVC, records
+//! each volume's result from its pod's termination message, and finishes the Backup (Completed or
+//! Failed, never changed again). A finalizer removes the Backup's artifacts from the repository
+//! before the Backup goes away.
+
+use crate::jobs::{self, ROLE_BACKUP};
+use crate::{Context, Error, events, metrics, now, repository};
+use backstop_api::condition::{self, Invalid};
+use backstop_api::{
+    ARTIFACTS_FINALIZER, Backup, BackupPhase, BackupPolicy, BackupRepository, BackupStatus,
+    VolumeBackup, labels, naming,
+};
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a mover pod reports when it fails.
+#[derive(Debug, Deserialize)]
+struct MoverFailure {
+    error: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// What a mover pod reports after a successful backup.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MoverSuccess {
+    artifact: String,
+    bytes: u64,
+    digest: String,
+    files: u64,
+    source_bytes: u64,
+}
+
+struct Resolved {
+    selector: String,
+    repository: BackupRepository,
+}
+
+async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let api: Api<Backup> =
+        Api::namespaced(ctx.client.clone(), &backup.namespace().unwrap_or_default());
+    finalizer(&api, ARTIFACTS_FINALIZER, backup, |event| async {
+        match event {
+            Finalizer::Apply(b) => apply(&b, &ctx).await,
+            Finalizer::Cleanup(b) => cleanup(&b, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(e.to_string()))
+}
+
+async fn apply(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
+    let phase = backup.phase();
+    if phase.is_terminal() {
+        delete_jobs(ctx, backup, ROLE_BACKUP).await?;
+        return Ok(Action::await_change());
+    }
+    if let Err(invalid) = backup.spec.validate() {
+        return fail(
+            ctx,
+            backup,
+            backup.status.clone().unwrap_or_default(),
+            invalid,
+        )
+        .await;
+    }
+    let mut status = backup.status.clone().unwrap_or_default();
+    if phase == BackupPhase::Pending || status.volumes.is_empty() {
+        let resolved = match resolve(ctx, backup).await? {
+            Ok(r) => r,
+            Err(invalid) => return fail(ctx, backup, status, invalid).await,
+        };
+        let pvcs = match select_volumes(ctx, backup, &resolved).await? {
+            Ok(p) => p,
+            Err(invalid) => return fail(ctx, backup, status, invalid).await,
+        };
+        let name = backup.name_any();
+        status.phase = Some(BackupPhase::Running);
+        status.start_time = Some(Time(now()));
+        status.repository = Some(resolved.repository.name_any());
+        status.volumes = pvcs
+            .iter()
+            .map(|pvc| VolumeBackup {
+                pvc: pvc.clone(),
+                phase: BackupPhase::Pending,
+                job: Some(naming::backup_job(&name, pvc)),
+                ..Default::default()
+            })
+            .collect();
+        condition::set(
+            &mut status.conditions,
+            "Completed",
+            false,
+            "Running",
+            "backup is running",
+            backup.meta().generation,
+            now(),
+        );
+        patch_status(ctx, backup, &status).await?;
+        events::normal(
+            &ctx.recorder,
+            backup,
+            "BackupStarted",
+            format!(
+                "Backing up {} volume{} ({}) to repository {:?}",
+                pvcs.len(),
+                if pvcs.len() == 1 { "" } else { "s" },
+                pvcs.join(", "),
+                resolved.repository.name_any()
+            ),
+        )
+        .await;
+    }
+    progress(ctx, backup, status).await
+}
+
+/// The selector and repository this backup uses, from its policy or its own spec.
+async fn resolve(ctx: &Context, backup: &Backup) -> Result<Result<Resolved, Invalid>, Error> {
+    let namespace = backup.namespace().unwrap_or_default();
+    let (target, repo_name) = match &backup.spec.policy_ref {
+        Some(policy_name) => {
+            let policies: Api<BackupPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
+            match policies.get_opt(policy_name).await? {
+                Some(policy) => (
+                    policy.spec.target.clone(),
+                    policy.spec.repository_name().to_string(),
+                ),
+                None => {
+                    return Ok(Err(Invalid::new(
+                        "PolicyNotFound",
+                        format!(
+                            "BackupPolicy {policy_name:?} not found in namespace {namespace:?}"
+                        ),
+                    )));
+                }
+            }
+        }
+        None => (
+            backup.spec.target.clone().unwrap_or_default(),
+            backup
+                .spec
+                .repository
+                .clone()
+                .unwrap_or_else(|| backstop_api::policy::DEFAULT_REPOSITORY.into()),
+        ),
+    };
+    let selector = match naming::selector_string(&target.pvc_selector) {
+        Ok(s) => s,
+        Err(invalid) => return Ok(Err(invalid)),
+    };
+    let repos: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &namespace);
+    let Some(repository) = repos.get_opt(&repo_name).await? else {
+        return Ok(Err(Invalid::new(
+            "RepositoryNotFound",
+            format!(
+                "BackupRepository {repo_name:?} not found in namespace {namespace:?}: create it or name another repository"
+            ),
+        )));
+    };
+    if let Err(why) = repository::readiness(&ctx.client, &repository).await {
+        return Ok(Err(Invalid::new(
+            "RepositoryNotReady",
+            format!(
+                "repository {repo_name:?} is not ready ({}): {}",
+                why.reason, why.message
+            ),
+        )));
+    }
+    Ok(Ok(Resolved {
+        selector,
+        repository,
+    }))
+}
+
+/// The PVCs to back up: those the selector matches, never the repository's own volume.
+async fn select_volumes(
+    ctx: &Context,
+    backup: &Backup,
+    resolved: &Resolved,
+) -> Result<Result<Vec<String>, Invalid>, Error> {
+    let namespace = backup.namespace().unwrap_or_default();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+    let repo_claim = resolved
+        .repository
+        .spec
+        .pvc
+        .as_ref()
+        .map(|p| p.claim_name.as_str());
+    let mut pvcs: Vec<String> = claims
+        .list(&ListParams::default().labels(&resolved.selector))
+        .await?
+        .items
+        .into_iter()
+        .filter(|c| c.metadata.deletion_timestamp.is_none())
+        .map(|c| c.name_any())
+        .filter(|name| Some(name.as_str()) != repo_claim)
+        .collect();
+    pvcs.sort();
+    if pvcs.is_empty() {
+        return Ok(Err(Invalid::new(
+            "NoVolumesMatched",
+            format!(
+                "target.pvcSelector {:?} matched no PVC in namespace {namespace:?} (the repository's own PVC is never backed up)",
+                resolved.selector
+            ),
+        )));
+    }
+    Ok(Ok(pvcs))
+}
+
+async fn progress(
+    ctx: &Context,
+    backup: &Backup,
+    mut status: BackupStatus,
+) -> Result<Action, Error> {
+    let namespace = backup.namespace().unwrap_or_default();
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+    let repos: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &namespace);
+    let repo_name = status.repository.clone().unwrap_or_default();
+    let repository = repos.get_opt(&repo_name).await?;
+    let mut changed = false;
+    for i in 0..status.volumes.len() {
+        if status.volumes[i].phase.is_terminal() {
+            continue;
+        }
+        let volume = status.volumes[i].clone();
+        let job_name = volume
+            .job
+            .clone()
+            .unwrap_or_else(|| naming::backup_job(&backup.name_any(), &volume.pvc));
+        let outcome = match jobs_api.get_opt(&job_name).await? {
+            None => {
+                let source = claims.get_opt(&volume.pvc).await?;
+                match (&repository, source) {
+                    (None, _) => Some(Err(Invalid::new(
+                        "RepositoryNotFound",
+                        format!("BackupRepository {repo_name:?} was deleted during the backup"),
+                    ))),
+                    (_, None) => Some(Err(Invalid::new(
+                        "SourceVolumeDeleted",
+                        format!(
+                            "PVC {:?} was deleted before it could be backed up",
+                            volume.pvc
+                        ),
+                    ))),
+                    (Some(repo), Some(_)) => {
+                        let job = jobs::backup_job(backup, &volume.pvc, repo, &ctx.mover)?;
+                        match jobs_api.create(&PostParams::default(), &job).await {
+                            Ok(_) => {
+                                events::normal(
+                                    &ctx.recorder,
+                                    backup,
+                                    "JobCreated",
+                                    format!(
+                                        "Created Job {job_name} to back up PVC {:?}",
+                                        volume.pvc
+                                    ),
+                                )
+                                .await;
+                            }
+                            Err(kube::Error::Api(s)) if s.code == 409 => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                        status.volumes[i].phase = BackupPhase::Running;
+                        changed = true;
+                        None
+                    }
+                }
+            }
+            Some(job) => job_outcome(ctx, &namespace, &job, &volume.pvc, &claims).await?,
+        };
+        match outcome {
+            Some(Ok(done)) => {
+                let v = &mut status.volumes[i];
+                v.phase = BackupPhase::Completed;
+                v.bytes = i64::try_from(done.bytes).ok();
+                v.files = i64::try_from(done.files).ok();
+                v.source_bytes = i64::try_from(done.source_bytes).ok();
+                v.digest = Some(done.digest);
+                v.artifact = Some(done.artifact);
+                v.message = None;
+                changed = true;
+            }
+            Some(Err(why)) => {
+                let v = &mut status.volumes[i];
+                v.phase = BackupPhase::Failed;
+                v.message = Some(format!("{}: {}", why.reason, why.message));
+                changed = true;
+                // A Job that can never finish (its PVC is gone) must not linger.
+                let _ = jobs_api
+                    .delete(&job_name, &DeleteParams::background())
+                    .await;
+            }
+            None => {
+                if volume.phase == BackupPhase::Pending {
+                    status.volumes[i].phase = BackupPhase::Running;
+                    changed = true;
+                }
+            }
+        }
+    }
+    if status.volumes.iter().all(|v| v.phase.is_terminal()) {
+        return finish(ctx, backup, status).await;
+    }
+    if changed {
+        patch_status(ctx, backup, &status).await?;
+    }
+    // Job changes wake us; this is only a safety net.
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+/// The volume's result once its Job finished: from the pod's termination message.
+async fn job_outcome(
+    ctx: &Context,
+    namespace: &str,
+    job: &Job,
+    pvc: &str,
+    claims: &Api<PersistentVolumeClaim>,
+) -> Result<Option<Result<MoverSuccess, Invalid>>, Error> {
+    let status = job.status.clone().unwrap_or_default();
+    let succeeded = status.succeeded.unwrap_or(0) > 0;
+    let failed = status.failed.unwrap_or(0) > 0
+        || status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Failed" && c.status == "True");
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    if !succeeded && !failed {
+        // Still running, unless its source volume vanished before the pod could start.
+        let claim = claims.get_opt(pvc).await?;
+        let pod_list = pods
+            .list(&ListParams::default().labels(&format!("job-name={}", job.name_any())))
+            .await?;
+        let started = pod_list
+            .items
+            .iter()
+            .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
+        let gone =
+            claim.is_none() || claim.is_some_and(|c| c.metadata.deletion_timestamp.is_some());
+        if gone && !started {
+            return Ok(Some(Err(Invalid::new(
+                "SourceVolumeDeleted",
+                format!("PVC {pvc:?} was deleted during the backup; its mover pod could not start"),
+            ))));
+        }
+        return Ok(None);
+    }
+    let message = termination_message(&pods, &job.name_any()).await?;
+    if succeeded {
+        return Ok(Some(
+            match message.as_deref().map(serde_json::from_str::<MoverSuccess>) {
+                Some(Ok(done)) => Ok(done),
+                _ => Err(Invalid::new(
+                    "MoverResultMissing",
+                    format!(
+                        "Job {} succeeded but its pod left no readable result",
+                        job.name_any()
+                    ),
+                )),
+            },
+        ));
+    }
+    if let Some(failure) = message
+        .as_deref()
+        .and_then(|m| serde_json::from_str::<MoverFailure>(m).ok())
+    {
+        return Ok(Some(Err(Invalid::new(
+            failure.reason.unwrap_or_else(|| "MoverFailed".into()),
+            failure.error,
+        ))));
+    }
+    let why = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Failed")
+        .map(|c| {
+            (
+                c.reason.clone().unwrap_or_default(),
+                c.message.clone().unwrap_or_default(),
+            )
+        });
+    Ok(Some(Err(match why {
+        Some((reason, msg)) if !reason.is_empty() => Invalid::new(reason, msg),
+        _ => Invalid::new(
+            "MoverFailed",
+            format!(
+                "Job {} failed: {}",
+                job.name_any(),
+                message.unwrap_or_else(|| "no message".into())
+            ),
+        ),
+    })))
+}
+
+async fn termination_message(pods: &Api<Pod>, job: &str) -> Result<Option<String>, Error> {
+    let list = pods
+        .list(&ListParams::default().labels(&format!("job-name={job}")))
+        .await?;
+    Ok(list
+        .items
+        .iter()
+        .filter_map(|p| {
+            p.status
+                .as_ref()?
+                .container_statuses
+                .as_ref()?
+                .first()
+                .cloned()
+        })
+        .filter_map(|c| c.state?.terminated?.message)
+        .find(|m| !m.trim().is_empty()))
+}
+
+async fn finish(ctx: &Context, backup: &Backup, mut status: BackupStatus) -> Result<Action, Error> {
+    let completed = status
+        .volumes
+        .iter()
+        .all(|v| v.phase == BackupPhase::Completed);
+    let end = now();
+    let start = status.start_time.as_ref().map(|t| t.0).unwrap_or(end);
+    let seconds = end.duration_since(start).as_secs_f64().max(0.0);
+    status.completion_time = Some(Time(end));
+    status.duration = Some(format!("{}s", seconds.round() as i64));
+    status.total_bytes = Some(status.volumes.iter().filter_map(|v| v.bytes).sum());
+    status.total_files = Some(status.volumes.iter().filter_map(|v| v.files).sum());
+    let generation = backup.meta().generation;
+    let policy = backup.spec.policy_ref.clone().unwrap_or_default();
+    let labels = metrics::PolicyLabels {
+        namespace: backup.namespace().unwrap_or_default(),
+        policy: policy.clone(),
+    };
+    if completed {
+        status.phase = Some(BackupPhase::Completed);
+        let bytes = status.total_bytes.unwrap_or(0);
+        let message = format!(
+            "Backed up {} volume{} ({}, {} files) in {}",
+            status.volumes.len(),
+            if status.volumes.len() == 1 { "" } else { "s" },
+            events::human_bytes(bytes),
+            status.total_files.unwrap_or(0),
+            status.duration.clone().unwrap_or_default()
+        );
+        condition::set(
+            &mut status.conditions,
+            "Completed",
+            true,
+            "Completed",
+            &message,
+            generation,
+            end,
+        );
+        status.message = Some(message.clone());
+        patch_status(ctx, backup, &status).await?;
+        events::normal(&ctx.recorder, backup, "BackupCompleted", message).await;
+        ctx.metrics
+            .last_success
+            .get_or_create(&labels)
+            .set(end.as_second() as f64);
+        ctx.metrics
+            .backup_bytes
+            .get_or_create(&labels)
+            .set(bytes as f64);
+    } else {
+        status.phase = Some(BackupPhase::Failed);
+        let failures: Vec<String> = status
+            .volumes
+            .iter()
+            .filter(|v| v.phase == BackupPhase::Failed)
+            .map(|v| format!("PVC {}: {}", v.pvc, v.message.clone().unwrap_or_default()))
+            .collect();
+        let reason = status
+            .volumes
+            .iter()
+            .find_map(|v| {
+                v.message
+                    .as_deref()
+                    .and_then(|m| m.split(':').next())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| "VolumeFailed".into());
+        let message = failures.join("; ");
+        condition::set(
+            &mut status.conditions,
+            "Completed",
+            false,
+            &reason,
+            &message,
+            generation,
+            end,
+        );
+        condition::set(
+            &mut status.conditions,
+            "Failed",
+            true,
+            &reason,
+            &message,
+            generation,
+            end,
+        );
+        status.message = Some(message.clone());
+        patch_status(ctx, backup, &status).await?;
+        events::warning(&ctx.recorder, backup, "BackupFailed", message).await;
+    }
+    let result = if completed { "completed" } else { "failed" };
+    ctx.metrics
+        .backups
+        .get_or_create(&metrics::BackupLabels {
+            namespace: labels.namespace.clone(),
+            policy,
+            result: result.into(),
+        })
+        .inc();
+    ctx.metrics
+        .backup_duration
+        .get_or_create(&labels)
+        .observe(seconds);
+    delete_jobs(ctx, backup, ROLE_BACKUP).await?;
+    Ok(Action::await_change())
+}
+
+/// A backup that cannot even start: Failed with the reason, once.
+async fn fail(
+    ctx: &Context,
+    backup: &Backup,
+    mut status: BackupStatus,
+    why: Invalid,
+) -> Result<Action, Error> {
+    let end = now();
+    status.phase = Some(BackupPhase::Failed);
+    status.completion_time = Some(Time(end));
+    status.message = Some(why.message.clone());
+    let generation = backup.meta().generation;
+    condition::set(
+        &mut status.conditions,
+        "Completed",
+        false,
+        &why.reason,
+        &why.message,
+        generation,
+        end,
+    );
+    condition::set(
+        &mut status.conditions,
+        "Failed",
+        true,
+        &why.reason,
+        &why.message,
+        generation,
+        end,
+    );
+    patch_status(ctx, backup, &status).await?;
+    events::warning(
+        &ctx.recorder,
+        backup,
+        "BackupFailed",
+        format!("{}: {}", why.reason, why.message),
+    )
+    .await;
+    ctx.metrics
+        .backups
+        .get_or_create(&metrics::BackupLabels {
+            namespace: backup.namespace().unwrap_or_default(),
+            policy: backup.spec.policy_ref.clone().unwrap_or_default(),
+            result: "failed".into(),
+        })
+        .inc();
+    Ok(Action::await_change())
+}
+
+/// Deletes this backup's Jobs of `role`; returns how many still exist.
+async fn delete_jobs(ctx: &Context, backup: &Backup, role: &str) -> Result<usize, Error> {
+    let jobs_api: Api<Job> =
+        Api::namespaced(ctx.client.clone(), &backup.namespace().unwrap_or_default());
+    let selector = format!(
+        "{}={},{}={role}",
+        labels::BACKUP,
+        naming::label_value(&backup.name_any()),
+        labels::ROLE
+    );
+    let jobs = jobs_api
+        .list(&ListParams::default().labels(&selector))
+        .await?;
+    let mut remaining = 0;
+    for job in jobs.items {
+        let owned = job
+            .owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == backup.meta().uid.as_ref());
+        if !owned {
+            continue;
+        }
+        remaining += 1;
+        if job.metadata.deletion_timestamp.is_none() {
+            match jobs_api
+                .delete(&job.name_any(), &DeleteParams::background())
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => remaining -= 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(remaining)
+}
+
+/// Removing a Backup removes its artifacts first; until that worked the Backup stays and says why.
+async fn cleanup(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
+    // A mover still writing would race the removal.
+    if delete_jobs(ctx, backup, ROLE_BACKUP).await? > 0 {
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
+    let mut status = backup.status.clone().unwrap_or_default();
+    if status.volumes.is_empty() {
+        return Ok(Action::await_change());
+    }
+    let namespace = backup.namespace().unwrap_or_default();
+    let repo_name = status.repository.clone().unwrap_or_default();
+    let repos: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &namespace);
+    let Some(repo) = repos.get_opt(&repo_name).await? else {
+        let why = Invalid::new(
+            "ArtifactsNotRemoved",
+            format!(
+                "repository {repo_name:?} not found, so the artifacts cannot be removed: recreate it, or remove the finalizer {ARTIFACTS_FINALIZER} to leave the data behind"
+            ),
+        );
+        return deletion_blocked(ctx, backup, &mut status, why).await;
+    };
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+    let job_name = naming::delete_job(&backup.name_any());
+    match jobs_api.get_opt(&job_name).await? {
+        None => {
+            let job = jobs::delete_job(backup, &repo, &ctx.mover)?;
+            match jobs_api.create(&PostParams::default(), &job).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+            Ok(Action::requeue(Duration::from_secs(30)))
+        }
+        Some(job) => {
+            let js = job.status.clone().unwrap_or_default();
+            if js.succeeded.unwrap_or(0) > 0 {
+                let _ = jobs_api
+                    .delete(&job_name, &DeleteParams::background())
+                    .await;
+                tracing::info!(backup = %backup.name_any(), "artifacts removed");
+                return Ok(Action::await_change());
+            }
+            if js.failed.unwrap_or(0) > 0 {
+                let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+                let detail = termination_message(&pods, &job_name)
+                    .await?
+                    .and_then(|m| serde_json::from_str::<MoverFailure>(&m).ok())
+                    .map(|f| f.error)
+                    .unwrap_or_else(|| "the delete Job failed without a message".into());
+                let _ = jobs_api
+                    .delete(&job_name, &DeleteParams::background())
+                    .await;
+                let why = Invalid::new(
+                    "ArtifactsNotRemoved",
+                    format!("removing the artifacts failed, retrying: {detail}"),
+                );
+                return deletion_blocked(ctx, backup, &mut status, why).await;
+            }
+            Ok(Action::requeue(Duration::from_secs(30)))
+        }
+    }
+}
+
+async fn deletion_blocked(
+    ctx: &Context,
+    backup: &Backup,
+    status: &mut BackupStatus,
+    why: Invalid,
+) -> Result<Action, Error> {
+    condition::set(
+        &mut status.conditions,
+        "Deleting",
+        false,
+        &why.reason,
+        &why.message,
+        backup.meta().generation,
+        now(),
+    );
+    patch_status(ctx, backup, status).await?;
+    events::warning(&ctx.recorder, backup, &why.reason, why.message.clone()).await;
+    Ok(Action::requeue(Duration::from_secs(30)))
+}
+
+async fn patch_status(ctx: &Context, backup: &Backup, status: &BackupStatus) -> Result<(), Error> {
+    let api: Api<Backup> =
+        Api::namespaced(ctx.client.clone(), &backup.namespace().unwrap_or_default());
+    api.patch_status(
+        &backup.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(crate::status_patch(status, &[])?),
+    )
+    .await?;
+    Ok(())
+}
+
+fn error_policy(_: Arc<Backup>, err: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(%err, "backup reconcile failed");
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&metrics::ControllerLabels {
+            controller: "backup".into(),
+        })
+        .inc();
+    Action::requeue(Duration::from_secs(5))
+}
+
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let jobs =
+        watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
+    Controller::new(
+        Api::<Backup>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Job>::all(client), jobs)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|_| futures::future::ready(()))
+    .await;
+}

@@ -1,0 +1,272 @@
+//! The Jobs Backstop runs: pure builders from a Backup, a volume and a repository to a Job spec.
+//! The mover image is Backstop's own; results come back in the termination message.
+
+use backstop_api::{Backup, BackupRepository, labels, naming};
+use k8s_openapi::api::batch::v1::Job;
+use kube::Resource;
+use serde_json::json;
+
+/// Operator-wide settings for the pods Backstop creates.
+#[derive(Debug, Clone)]
+pub struct MoverConfig {
+    pub image: String,
+    pub pull_policy: String,
+    /// Mover pods use the host's network (needed to reach object storage on the host in the test
+    /// cluster; some users need it too).
+    pub host_network: bool,
+    /// Longest a mover Job may run before it is failed.
+    pub deadline_seconds: i64,
+}
+
+impl Default for MoverConfig {
+    fn default() -> Self {
+        Self {
+            image: "backstop:dev".into(),
+            pull_policy: "IfNotPresent".into(),
+            host_network: false,
+            deadline_seconds: 6 * 3600,
+        }
+    }
+}
+
+pub const SOURCE_MOUNT: &str = "/source";
+pub const REPOSITORY_MOUNT: &str = "/repository";
+pub const ROLE_BACKUP: &str = "backup";
+pub const ROLE_DELETE: &str = "delete";
+
+/// The repository root as the mover sees it (mount point plus subPath).
+fn repository_root(repo: &BackupRepository) -> String {
+    match repo.spec.pvc.as_ref().and_then(|p| p.sub_path.as_deref()) {
+        Some(sub) if !sub.trim_matches('/').is_empty() => {
+            format!("{REPOSITORY_MOUNT}/{}", sub.trim_matches('/'))
+        }
+        _ => REPOSITORY_MOUNT.to_string(),
+    }
+}
+
+fn repository_claim(repo: &BackupRepository) -> String {
+    repo.spec
+        .pvc
+        .as_ref()
+        .map(|p| p.claim_name.clone())
+        .unwrap_or_default()
+}
+
+/// What differs between the kinds of mover Job.
+struct MoverJob<'a> {
+    name: String,
+    role: &'a str,
+    pvc: Option<&'a str>,
+    args: Vec<String>,
+    volumes: serde_json::Value,
+    mounts: serde_json::Value,
+}
+
+fn job(
+    backup: &Backup,
+    mover: MoverJob<'_>,
+    config: &MoverConfig,
+) -> Result<Job, serde_json::Error> {
+    let MoverJob {
+        name,
+        role,
+        pvc,
+        args,
+        volumes,
+        mounts,
+    } = mover;
+    let backup_name = backup.metadata.name.clone().unwrap_or_default();
+    let mut job_labels = json!({
+        labels::MANAGED_BY: labels::MANAGER,
+        labels::ROLE: role,
+        labels::BACKUP: naming::label_value(&backup_name),
+    });
+    if let Some(policy) = &backup.spec.policy_ref {
+        job_labels[labels::POLICY] = json!(naming::label_value(policy));
+    }
+    if let Some(pvc) = pvc {
+        job_labels[labels::PVC] = json!(naming::label_value(pvc));
+    }
+    let owner = backup.controller_owner_ref(&());
+    serde_json::from_value(json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": backup.metadata.namespace,
+            "labels": job_labels,
+            "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
+        },
+        "spec": {
+            // A failed mover is reported, not retried behind the user's back: no Job storms.
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": config.deadline_seconds,
+            "template": {
+                "metadata": {"labels": job_labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "hostNetwork": config.host_network,
+                    "automountServiceAccountToken": false,
+                    "containers": [{
+                        "name": "mover",
+                        "image": config.image,
+                        "imagePullPolicy": config.pull_policy,
+                        "args": args,
+                        "terminationMessagePath": "/dev/termination-log",
+                        "terminationMessagePolicy": "File",
+                        // Root reads every file and records every owner.
+                        "securityContext": {"runAsUser": 0, "runAsGroup": 0},
+                        "volumeMounts": mounts,
+                    }],
+                    "volumes": volumes,
+                }
+            }
+        }
+    }))
+}
+
+/// The Job that backs up `pvc` for `backup` into `repo`.
+pub fn backup_job(
+    backup: &Backup,
+    pvc: &str,
+    repo: &BackupRepository,
+    config: &MoverConfig,
+) -> Result<Job, serde_json::Error> {
+    let backup_name = backup.metadata.name.clone().unwrap_or_default();
+    let namespace = backup.metadata.namespace.clone().unwrap_or_default();
+    let args = vec![
+        "mover".into(),
+        "backup".into(),
+        "--source".into(),
+        SOURCE_MOUNT.into(),
+        "--repository".into(),
+        repository_root(repo),
+        "--pvc".into(),
+        pvc.into(),
+        "--dir".into(),
+        backstop_api::backup::artifact_dir(&namespace, &backup_name),
+        "--compression".into(),
+        repo.spec.compression.as_str().into(),
+        "--termination-log".into(),
+        "/dev/termination-log".into(),
+    ];
+    let mover = MoverJob {
+        name: naming::backup_job(&backup_name, pvc),
+        role: ROLE_BACKUP,
+        pvc: Some(pvc),
+        args,
+        volumes: json!([
+            {"name": "source", "persistentVolumeClaim": {"claimName": pvc, "readOnly": true}},
+            {"name": "repository", "persistentVolumeClaim": {"claimName": repository_claim(repo)}},
+        ]),
+        mounts: json!([
+            {"name": "source", "mountPath": SOURCE_MOUNT, "readOnly": true},
+            {"name": "repository", "mountPath": REPOSITORY_MOUNT},
+        ]),
+    };
+    job(backup, mover, config)
+}
+
+/// The Job that removes `backup`'s artifacts from `repo`.
+pub fn delete_job(
+    backup: &Backup,
+    repo: &BackupRepository,
+    config: &MoverConfig,
+) -> Result<Job, serde_json::Error> {
+    let backup_name = backup.metadata.name.clone().unwrap_or_default();
+    let namespace = backup.metadata.namespace.clone().unwrap_or_default();
+    let args = vec![
+        "mover".into(),
+        "delete".into(),
+        "--repository".into(),
+        repository_root(repo),
+        "--dir".into(),
+        backstop_api::backup::artifact_dir(&namespace, &backup_name),
+        "--termination-log".into(),
+        "/dev/termination-log".into(),
+    ];
+    let mover = MoverJob {
+        name: naming::delete_job(&backup_name),
+        role: ROLE_DELETE,
+        pvc: None,
+        args,
+        volumes: json!([{"name": "repository", "persistentVolumeClaim": {"claimName": repository_claim(repo)}}]),
+        mounts: json!([{"name": "repository", "mountPath": REPOSITORY_MOUNT}]),
+    };
+    job(backup, mover, config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backstop_api::{BackupRepositorySpec, BackupSpec, PvcRepository};
+
+    fn fixtures() -> (Backup, BackupRepository) {
+        let mut backup = Backup::new(
+            "nightly-202611210200",
+            BackupSpec {
+                policy_ref: Some("nightly".into()),
+                ..Default::default()
+            },
+        );
+        backup.metadata.namespace = Some("shop".into());
+        backup.metadata.uid = Some("uid-1".into());
+        let repo = BackupRepository::new(
+            "default",
+            BackupRepositorySpec {
+                pvc: Some(PvcRepository {
+                    claim_name: "backups".into(),
+                    sub_path: Some("cluster-a/".into()),
+                }),
+                ..Default::default()
+            },
+        );
+        (backup, repo)
+    }
+
+    #[test]
+    fn backup_job_mounts_the_source_read_only_and_is_owned_by_the_backup() {
+        let (backup, repo) = fixtures();
+        let job = backup_job(&backup, "data", &repo, &MoverConfig::default()).unwrap();
+        assert_eq!(
+            job.metadata.name.as_deref(),
+            Some("nightly-202611210200-data")
+        );
+        let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("Backup", "uid-1")
+        );
+        assert_eq!(owner.controller, Some(true));
+        let spec = job.spec.unwrap();
+        assert_eq!(spec.backoff_limit, Some(0));
+        let pod = spec.template.spec.unwrap();
+        let volumes = pod.volumes.unwrap();
+        let source = volumes[0].persistent_volume_claim.as_ref().unwrap();
+        assert_eq!(
+            (source.claim_name.as_str(), source.read_only),
+            ("data", Some(true))
+        );
+        let container = &pod.containers[0];
+        assert_eq!(
+            container.volume_mounts.as_ref().unwrap()[0].read_only,
+            Some(true)
+        );
+        let args = container.args.clone().unwrap().join(" ");
+        assert!(
+            args.contains("--repository /repository/cluster-a"),
+            "{args}"
+        );
+        assert!(args.contains("--dir shop/nightly-202611210200"), "{args}");
+        assert!(args.contains("--compression zstd"), "{args}");
+    }
+
+    #[test]
+    fn delete_job_only_mounts_the_repository() {
+        let (backup, repo) = fixtures();
+        let job = delete_job(&backup, &repo, &MoverConfig::default()).unwrap();
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.volumes.unwrap().len(), 1);
+        assert_eq!(job.metadata.labels.unwrap()[labels::ROLE], ROLE_DELETE);
+    }
+}

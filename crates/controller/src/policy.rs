@@ -1,0 +1,311 @@
+//! BackupPolicy reconciler: validates the policy, makes the Backup for each scheduled time
+//! (deterministic names: `AlreadyExists` means another controller or an earlier run made it),
+//! applies retention, and keeps the status (last/next run) current. Woken by `RequeueAfter` at
+//! the next scheduled time and by changes to the Backups it owns; never a polling loop.
+
+use crate::scheduling::{self, BackupSummary};
+use crate::{Context, Error, events, metrics, now, repository, retention};
+use backstop_api::condition::{self, Invalid};
+use backstop_api::{
+    Backup, BackupPhase, BackupPolicy, BackupPolicyStatus, BackupRepository, BackupSpec, labels,
+    naming,
+};
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn summarize(backup: &Backup) -> BackupSummary {
+    let status = backup.status.clone().unwrap_or_default();
+    BackupSummary {
+        name: backup.name_any(),
+        phase: backup.phase(),
+        scheduled_time: backup
+            .annotations()
+            .get(labels::SCHEDULED_TIME)
+            .and_then(|t| t.parse::<Timestamp>().ok()),
+        created: backup.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        completion_time: status.completion_time.map(|t| t.0),
+        deleting: backup.metadata.deletion_timestamp.is_some(),
+    }
+}
+
+/// The policy's backups: those labelled with it and naming it (label values may be shortened).
+async fn backups_of(api: &Api<Backup>, policy: &str) -> Result<Vec<Backup>, Error> {
+    let selector = format!("{}={}", labels::POLICY, naming::label_value(policy));
+    Ok(api
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .into_iter()
+        .filter(|b| b.spec.policy_ref.as_deref() == Some(policy))
+        .collect())
+}
+
+fn scheduled_backup(policy: &BackupPolicy, at: Timestamp) -> Backup {
+    let name = policy.name_any();
+    let mut backup = Backup::new(
+        &naming::scheduled_backup(&name, at),
+        BackupSpec {
+            policy_ref: Some(name.clone()),
+            ..Default::default()
+        },
+    );
+    backup.metadata.namespace = policy.namespace();
+    backup.metadata.labels = Some(
+        [
+            (labels::POLICY.to_string(), naming::label_value(&name)),
+            (labels::MANAGED_BY.to_string(), labels::MANAGER.to_string()),
+        ]
+        .into(),
+    );
+    backup.metadata.annotations =
+        Some([(labels::SCHEDULED_TIME.to_string(), at.to_string())].into());
+    backup.metadata.owner_references = policy.controller_owner_ref(&()).map(|o| vec![o]);
+    backup
+}
+
+async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = policy.namespace().unwrap_or_default();
+    let name = policy.name_any();
+    let generation = policy.meta().generation;
+    let backups_api: Api<Backup> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut status = policy.status.clone().unwrap_or_default();
+    status.observed_generation = generation;
+
+    let schedule = match policy.spec.validate() {
+        Ok(s) => s,
+        Err(invalid) => {
+            return refuse(&ctx, &policy, status, invalid).await;
+        }
+    };
+    let repos: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &namespace);
+    let repo_name = policy.spec.repository_name();
+    let repo_problem = match repos.get_opt(repo_name).await? {
+        None => Some(Invalid::new(
+            "RepositoryNotFound",
+            format!(
+                "BackupRepository {repo_name:?} not found in namespace {namespace:?}: create it or set spec.repository"
+            ),
+        )),
+        Some(repo) => repository::readiness(&ctx.client, &repo)
+            .await
+            .err()
+            .map(|why| {
+                Invalid::new(
+                    "RepositoryNotReady",
+                    format!("repository {repo_name:?} is not ready: {}", why.message),
+                )
+            }),
+    };
+
+    let backups = backups_of(&backups_api, &name).await?;
+    let summaries: Vec<BackupSummary> = backups.iter().map(summarize).collect();
+    let since = policy
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or_else(now);
+    let last_scheduled = status.last_schedule_time.as_ref().map(|t| t.0);
+    let plan = scheduling::plan(
+        &schedule,
+        policy.spec.suspend,
+        last_scheduled,
+        since,
+        &summaries,
+        now(),
+    );
+
+    if let Some(problem) = repo_problem {
+        // Say so on the policy instead of failing one Job after another; look again soon.
+        status.next_scheduled_backup = plan.next.map(Time);
+        refuse(&ctx, &policy, status, problem).await?;
+        let soon = Duration::from_secs(30);
+        return Ok(Action::requeue(
+            plan.requeue_after.map_or(soon, |wait| wait.min(soon)),
+        ));
+    }
+
+    if let Some(at) = plan.run {
+        let backup = scheduled_backup(&policy, at);
+        match backups_api.create(&PostParams::default(), &backup).await {
+            Ok(_) => {
+                tracing::info!(policy = %name, backup = %backup.name_any(), "scheduled backup created");
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                tracing::debug!(backup = %backup.name_any(), "scheduled backup already exists");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        status.last_schedule_time = Some(Time(at));
+        status.last_backup = Some(backup.name_any());
+        status.last_backup_time = Some(Time(now()));
+    }
+    if let Some(running) = &plan.waiting_for {
+        tracing::info!(policy = %name, %running, "a run is due; waiting for the previous backup to finish");
+    }
+
+    // Retention: only Completed backups count; the rest are never touched.
+    let doomed = retention::expired(&summaries, policy.spec.retention.keep_last);
+    let mut deleted = 0;
+    for victim in &doomed {
+        match backups_api
+            .delete(victim, &DeleteParams::background())
+            .await
+        {
+            Ok(_) => deleted += 1,
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if deleted > 0 {
+        let keep = policy.spec.retention.keep_last.unwrap_or_default();
+        events::normal(
+            &ctx.recorder,
+            policy.as_ref(),
+            "CleanupTriggered",
+            format!(
+                "Deleted {deleted} old backup{} (keepLast={keep}): {}",
+                if deleted == 1 { "" } else { "s" },
+                doomed.join(", ")
+            ),
+        )
+        .await;
+        ctx.metrics
+            .retention_deletions
+            .get_or_create(&metrics::PolicyLabels {
+                namespace: namespace.clone(),
+                policy: name.clone(),
+            })
+            .inc_by(deleted);
+    }
+
+    // What the backups say (the newest first).
+    let newest = |phase: Option<BackupPhase>| {
+        backups
+            .iter()
+            .filter(|b| phase.is_none_or(|p| b.phase() == p))
+            .max_by_key(|b| summarize(b).scheduled_time.or(summarize(b).created))
+            .cloned()
+    };
+    if let Some(last) = newest(None) {
+        status.last_backup.get_or_insert_with(|| last.name_any());
+        if status.last_backup_time.is_none() {
+            status.last_backup_time = last.metadata.creation_timestamp.clone();
+        }
+    }
+    if let Some(ok) = newest(Some(BackupPhase::Completed)) {
+        status.last_successful_backup_time = ok.status.and_then(|s| s.completion_time);
+    }
+    status.next_scheduled_backup = plan.next.map(Time);
+    let (reason, message) = if policy.spec.suspend {
+        (
+            "Suspended",
+            "spec.suspend is true: no new backups are scheduled".to_string(),
+        )
+    } else {
+        (
+            "Scheduled",
+            format!(
+                "next backup at {}",
+                plan.next.map(|t| t.to_string()).unwrap_or_default()
+            ),
+        )
+    };
+    condition::set(
+        &mut status.conditions,
+        "Ready",
+        true,
+        reason,
+        &message,
+        generation,
+        now(),
+    );
+    if Some(&status) != policy.status.as_ref() {
+        patch_status(&ctx.client, &policy, &status).await?;
+    }
+    Ok(match plan.requeue_after {
+        Some(wait) => Action::requeue(wait),
+        None => Action::await_change(),
+    })
+}
+
+/// Ready=False with `why`, and a Warning event when that is news.
+async fn refuse(
+    ctx: &Context,
+    policy: &BackupPolicy,
+    mut status: BackupPolicyStatus,
+    why: Invalid,
+) -> Result<Action, Error> {
+    let before = condition::find(&status.conditions, "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()));
+    condition::set(
+        &mut status.conditions,
+        "Ready",
+        false,
+        &why.reason,
+        &why.message,
+        policy.meta().generation,
+        now(),
+    );
+    let after = condition::find(&status.conditions, "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()));
+    if before != after {
+        events::warning(&ctx.recorder, policy, &why.reason, why.message.clone()).await;
+    }
+    if Some(&status) != policy.status.as_ref() {
+        patch_status(&ctx.client, policy, &status).await?;
+    }
+    // A spec problem is fixed by editing the policy, which wakes us.
+    Ok(Action::await_change())
+}
+
+async fn patch_status(
+    client: &kube::Client,
+    policy: &BackupPolicy,
+    status: &BackupPolicyStatus,
+) -> Result<(), Error> {
+    let api: Api<BackupPolicy> =
+        Api::namespaced(client.clone(), &policy.namespace().unwrap_or_default());
+    let status = crate::status_patch(status, &["nextScheduledBackup"])?;
+    api.patch_status(
+        &policy.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(status),
+    )
+    .await?;
+    Ok(())
+}
+
+fn error_policy(_: Arc<BackupPolicy>, err: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(%err, "policy reconcile failed");
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&metrics::ControllerLabels {
+            controller: "policy".into(),
+        })
+        .inc();
+    Action::requeue(Duration::from_secs(5))
+}
+
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    Controller::new(
+        Api::<BackupPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Backup>::all(client), watcher::Config::default())
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|_| futures::future::ready(()))
+    .await;
+}

@@ -1,0 +1,186 @@
+//! When a policy runs: given its schedule, what it already made, and the time, which Backup should
+//! exist now and when to look again. Pure: the reconciler reads, calls `plan`, applies the answer.
+
+use backstop_api::BackupPhase;
+use backstop_api::schedule::Schedule;
+use jiff::{SignedDuration, Timestamp};
+use std::time::Duration;
+
+/// What the planner needs to know of one of the policy's backups.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupSummary {
+    pub name: String,
+    pub phase: BackupPhase,
+    /// The cron time a scheduled backup stands for (none for backups made by hand).
+    pub scheduled_time: Option<Timestamp>,
+    pub created: Option<Timestamp>,
+    pub completion_time: Option<Timestamp>,
+    pub deleting: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Make a Backup for this scheduled time (at most one: missed runs give one catch-up).
+    pub run: Option<Timestamp>,
+    /// A run is due but the previous backup is still running; it is made once that one ends.
+    pub waiting_for: Option<String>,
+    /// The next scheduled time after now (none when suspended).
+    pub next: Option<Timestamp>,
+    /// When to reconcile again even if nothing changes.
+    pub requeue_after: Option<Duration>,
+}
+
+/// `last_scheduled` is the newest scheduled time already handled (from the policy's status);
+/// `since` is when the policy began to exist (no run before it is ever due).
+pub fn plan(
+    schedule: &Schedule,
+    suspended: bool,
+    last_scheduled: Option<Timestamp>,
+    since: Timestamp,
+    backups: &[BackupSummary],
+    now: Timestamp,
+) -> Plan {
+    if suspended {
+        return Plan {
+            run: None,
+            waiting_for: None,
+            next: None,
+            requeue_after: None,
+        };
+    }
+    // The newest run already made, whether or not the status recorded it (a status write may
+    // have been lost; the Backup's name and label are the truth).
+    let handled = backups
+        .iter()
+        .filter_map(|b| b.scheduled_time)
+        .chain(last_scheduled)
+        .max()
+        .unwrap_or(since)
+        .max(since);
+    let due = schedule
+        .latest_at_or_before(now)
+        .filter(|due| *due > handled);
+    let active = backups
+        .iter()
+        .find(|b| !b.phase.is_terminal() && !b.deleting)
+        .map(|b| b.name.clone());
+    let next = schedule.next_after(now);
+    let (run, waiting_for) = match (due, active) {
+        (Some(_), Some(name)) => (None, Some(name)),
+        (due, _) => (due, None),
+    };
+    // Wake just after the next run; a small margin keeps us from waking a hair early.
+    let requeue_after = next.map(|next| {
+        let wait = next.duration_since(now) + SignedDuration::from_millis(200);
+        Duration::try_from(wait).unwrap_or(Duration::from_millis(200))
+    });
+    Plan {
+        run,
+        waiting_for,
+        next,
+        requeue_after,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn scheduled(name: &str, at: &str, phase: BackupPhase) -> BackupSummary {
+        BackupSummary {
+            name: name.into(),
+            phase,
+            scheduled_time: Some(ts(at)),
+            created: Some(ts(at)),
+            completion_time: None,
+            deleting: false,
+        }
+    }
+
+    #[test]
+    fn nothing_is_due_before_the_first_scheduled_time() {
+        let s = Schedule::parse("0 2 * * *", None).unwrap();
+        let p = plan(
+            &s,
+            false,
+            None,
+            ts("2026-11-21T10:00:00Z"),
+            &[],
+            ts("2026-11-21T10:05:00Z"),
+        );
+        assert_eq!(p.run, None);
+        assert_eq!(p.next, Some(ts("2026-11-22T02:00:00Z")));
+        let wait = p.requeue_after.unwrap();
+        assert!(wait > Duration::from_secs(15 * 3600) && wait < Duration::from_secs(16 * 3600));
+    }
+
+    #[test]
+    fn a_due_run_is_made_once() {
+        let s = Schedule::parse("0 2 * * *", None).unwrap();
+        let since = ts("2026-11-20T10:00:00Z");
+        let now = ts("2026-11-21T02:00:01Z");
+        let p = plan(&s, false, None, since, &[], now);
+        assert_eq!(p.run, Some(ts("2026-11-21T02:00:00Z")));
+        // Once the Backup exists, the same time is not due again, even if the status was lost.
+        let made = [scheduled(
+            "p-1",
+            "2026-11-21T02:00:00Z",
+            BackupPhase::Completed,
+        )];
+        assert_eq!(plan(&s, false, None, since, &made, now).run, None);
+    }
+
+    #[test]
+    fn many_missed_runs_give_one_catch_up_for_the_latest() {
+        let s = Schedule::parse("0 * * * *", None).unwrap();
+        let p = plan(
+            &s,
+            false,
+            Some(ts("2026-11-21T01:00:00Z")),
+            ts("2026-11-20T00:00:00Z"),
+            &[],
+            ts("2026-11-21T07:30:00Z"),
+        );
+        assert_eq!(p.run, Some(ts("2026-11-21T07:00:00Z")));
+    }
+
+    #[test]
+    fn no_new_run_while_the_previous_one_is_running() {
+        let s = Schedule::parse("* * * * *", None).unwrap();
+        let running = [scheduled(
+            "p-1",
+            "2026-11-21T10:00:00Z",
+            BackupPhase::Running,
+        )];
+        let p = plan(
+            &s,
+            false,
+            None,
+            ts("2026-11-21T09:00:00Z"),
+            &running,
+            ts("2026-11-21T10:01:05Z"),
+        );
+        assert_eq!(p.run, None);
+        assert_eq!(p.waiting_for.as_deref(), Some("p-1"));
+    }
+
+    #[test]
+    fn suspend_stops_new_runs() {
+        let s = Schedule::parse("* * * * *", None).unwrap();
+        let p = plan(
+            &s,
+            true,
+            None,
+            ts("2026-11-21T09:00:00Z"),
+            &[],
+            ts("2026-11-21T10:01:05Z"),
+        );
+        assert_eq!(p.run, None);
+        assert_eq!(p.next, None);
+        assert_eq!(p.requeue_after, None);
+    }
+}
