@@ -64,8 +64,8 @@ impl BackupPhase {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<BackupPhase>,
+    #[serde(default)]
+    pub phase: BackupPhase,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -120,10 +120,7 @@ pub struct VolumeBackup {
 
 impl Backup {
     pub fn phase(&self) -> BackupPhase {
-        self.status
-            .as_ref()
-            .and_then(|s| s.phase)
-            .unwrap_or_default()
+        self.status.as_ref().map(|s| s.phase).unwrap_or_default()
     }
 }
 

@@ -41,6 +41,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("backstop: {err:#}");
+            // In a pod, say why in the termination message too (pod logs may be out of reach).
+            let log = std::path::Path::new("/dev/termination-log");
+            if log.exists() {
+                let message = backstop_api::condition::truncate(format!("backstop: {err:#}"), 4000);
+                let _ = std::fs::write(log, message);
+            }
             ExitCode::FAILURE
         }
     }

@@ -86,7 +86,7 @@ async fn apply(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
             Err(invalid) => return fail(ctx, backup, status, invalid).await,
         };
         let name = backup.name_any();
-        status.phase = Some(BackupPhase::Running);
+        status.phase = BackupPhase::Running;
         status.start_time = Some(Time(now()));
         status.repository = Some(resolved.repository.name_any());
         status.volumes = pvcs
@@ -444,7 +444,7 @@ async fn finish(ctx: &Context, backup: &Backup, mut status: BackupStatus) -> Res
         policy: policy.clone(),
     };
     if completed {
-        status.phase = Some(BackupPhase::Completed);
+        status.phase = BackupPhase::Completed;
         let bytes = status.total_bytes.unwrap_or(0);
         let message = format!(
             "Backed up {} volume{} ({}, {} files) in {}",
@@ -475,7 +475,7 @@ async fn finish(ctx: &Context, backup: &Backup, mut status: BackupStatus) -> Res
             .get_or_create(&labels)
             .set(bytes as f64);
     } else {
-        status.phase = Some(BackupPhase::Failed);
+        status.phase = BackupPhase::Failed;
         let failures: Vec<String> = status
             .volumes
             .iter()
@@ -540,7 +540,7 @@ async fn fail(
     why: Invalid,
 ) -> Result<Action, Error> {
     let end = now();
-    status.phase = Some(BackupPhase::Failed);
+    status.phase = BackupPhase::Failed;
     status.completion_time = Some(Time(end));
     status.message = Some(why.message.clone());
     let generation = backup.meta().generation;
