@@ -648,6 +648,18 @@ async fn cleanup(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
             match jobs_api.create(&PostParams::default(), &job).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
+                // The whole namespace is going, repository volume included: nothing can run there
+                // any more, so holding the Backup would only hold the namespace.
+                Err(kube::Error::Api(s))
+                    if s.code == 403 && s.message.contains("being terminated") =>
+                {
+                    tracing::warn!(
+                        backup = %backup.name_any(),
+                        %namespace,
+                        "namespace is being deleted: artifacts left in repository {repo_name:?}"
+                    );
+                    return Ok(Action::await_change());
+                }
                 Err(e) => return Err(e.into()),
             }
             Ok(Action::requeue(Duration::from_secs(30)))

@@ -155,6 +155,24 @@ where
     }
 }
 
+/// Polls `check` until it yields a value, failing after `timeout` with what was awaited.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Waits for a Job to finish and returns its pod's termination message. Fails if the Job failed,
 /// saying what the pod reported.
 pub async fn job_result(
@@ -213,4 +231,170 @@ fn unique_suffix() -> String {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     format!("{:x}{:x}", std::process::id() % 4096, nanos % 0xffff_ffff)
+}
+
+/// Installs the operator with the test overlay (idempotent) and waits until a replica leads.
+pub async fn install_operator(client: &Client) -> anyhow::Result<()> {
+    let overlay = repo_root().join("tests/e2e/overlay");
+    let out = Command::new("kubectl")
+        .arg("apply")
+        .arg("-k")
+        .arg(&overlay)
+        .output()
+        .context("running kubectl apply -k tests/e2e/overlay")?;
+    if !out.status.success() {
+        bail!(
+            "installing the operator failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "backstop-system");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "backstop-system");
+    wait_until(Duration::from_secs(120), "the operator to lead", || async {
+        let Some(lease) = leases.get_opt("backstop-controller").await? else {
+            return Ok(false);
+        };
+        let Some(holder) = lease.spec.and_then(|s| s.holder_identity) else {
+            return Ok(false);
+        };
+        let pod = pods.get_opt(&holder).await?;
+        Ok(pod.is_some_and(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.status.and_then(|s| s.phase).as_deref() == Some("Running")
+        }))
+    })
+    .await
+}
+
+/// Creates any object from JSON in the test namespace (the namespace is filled in).
+pub async fn create<K>(ns: &TestNamespace, mut value: serde_json::Value) -> anyhow::Result<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    value["metadata"]["namespace"] = serde_json::json!(ns.name);
+    let obj: K = serde_json::from_value(value)?;
+    Ok(ns.api::<K>().create(&PostParams::default(), &obj).await?)
+}
+
+/// The events (events.k8s.io/v1) in the namespace whose reason is `reason`, as
+/// `(regarding name, note)` pairs.
+pub async fn events(ns: &TestNamespace, reason: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = ns.api();
+    Ok(api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .map(|e| {
+            (
+                e.regarding.and_then(|r| r.name).unwrap_or_default(),
+                e.note.unwrap_or_default(),
+            )
+        })
+        .collect())
+}
+
+/// Writes a tree with nested dirs, modes, a symlink, a hardlink and an old mtime under `dir`.
+pub fn write_sample_tree(dir: &Path, seed: u8) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir.join("nested/deeper"))?;
+    std::fs::create_dir_all(dir.join("empty"))?;
+    std::fs::write(dir.join("README"), format!("sample {seed}\n"))?;
+    let data: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(31) as u8) ^ seed)
+        .collect();
+    std::fs::write(dir.join("nested/data.bin"), data)?;
+    std::fs::write(dir.join("nested/deeper/secret.key"), "k\n")?;
+    std::fs::set_permissions(
+        dir.join("nested/deeper/secret.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )?;
+    std::fs::write(dir.join("run.sh"), "#!/bin/sh\necho hi\n")?;
+    std::fs::set_permissions(dir.join("run.sh"), std::fs::Permissions::from_mode(0o755))?;
+    std::os::unix::fs::symlink("nested/data.bin", dir.join("latest"))?;
+    std::fs::hard_link(dir.join("README"), dir.join("nested/README.link"))?;
+    let status = Command::new("touch")
+        .args(["-h", "-d", "2020-01-02T03:04:05.123456789Z"])
+        .arg(dir.join("README"))
+        .status()?;
+    anyhow::ensure!(status.success(), "touch failed");
+    Ok(())
+}
+
+/// Every entry below `root`: path, kind, mode, mtime (ns), and content or link target.
+pub fn tree_listing(root: &Path) -> anyhow::Result<Vec<String>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let meta = std::fs::symlink_metadata(&path)?;
+            let rel = path.strip_prefix(root)?.to_string_lossy().into_owned();
+            let ft = meta.file_type();
+            let what = if ft.is_dir() {
+                stack.push(path.clone());
+                "dir".to_string()
+            } else if ft.is_symlink() {
+                format!("link->{}", std::fs::read_link(&path)?.display())
+            } else {
+                format!("file:{}", fingerprint(&std::fs::read(&path)?))
+            };
+            let mode = if ft.is_symlink() {
+                0
+            } else {
+                meta.mode() & 0o7777
+            };
+            let mtime = if ft.is_dir() {
+                0
+            } else {
+                meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+            };
+            out.push(format!(
+                "{rel} {what} mode={mode:o} uid={} mtime={mtime}",
+                meta.uid()
+            ));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn fingerprint(data: &[u8]) -> String {
+    // A content fingerprint for comparisons; std's hasher is enough here.
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data.hash(&mut h);
+    format!("{:016x}-{}", h.finish(), data.len())
+}
+
+/// Extracts an artifact with GNU tar alone (no Backstop code) into a fresh directory.
+pub fn extract_with_tar(artifact: &Path, into: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(into)?;
+    let flag = match artifact.extension().and_then(|e| e.to_str()) {
+        Some("zst") => "--zstd",
+        Some("gz") => "-z",
+        _ => "--no-auto-compress",
+    };
+    let out = Command::new("tar")
+        .arg(flag)
+        .arg("-xpf")
+        .arg(artifact)
+        .arg("-C")
+        .arg(into)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "tar could not extract {}: {}",
+        artifact.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }

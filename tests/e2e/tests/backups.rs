@@ -1,0 +1,156 @@
+//! Backups as Kubernetes resources, end to end, with the operator running in the cluster under its
+//! own ServiceAccount: a per-minute policy on two PVCs, retention, artifacts read back with tar.
+
+use backstop_api::{Backup, BackupPhase, BackupPolicy};
+use backstop_e2e::*;
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{ListParams, Patch, PatchParams};
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+#[tokio::test]
+#[ignore = "needs a cluster: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
+async fn per_minute_policy_keeps_the_newest_two_completed_backups_with_their_artifacts()
+-> anyhow::Result<()> {
+    let client = cluster().await?;
+    install_operator(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-retention").await?;
+    let repo_dir = ns.volume("backups", &[]).await?;
+    let db = ns.volume("db", &[("app", "db")]).await?;
+    let cache = ns.volume("cache", &[("app", "db")]).await?;
+    let _other = ns.volume("other", &[("app", "web")]).await?;
+    write_sample_tree(&db, 1)?;
+    write_sample_tree(&cache, 2)?;
+    let sources = [("db", tree_listing(&db)?), ("cache", tree_listing(&cache)?)];
+
+    create::<backstop_api::BackupRepository>(
+        &ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "BackupRepository",
+               "metadata": {"name": "default"}, "spec": {"pvc": {"claimName": "backups"}}}),
+    )
+    .await?;
+    create::<BackupPolicy>(
+        &ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "BackupPolicy",
+               "metadata": {"name": "db"},
+               "spec": {"schedule": "* * * * *", "retention": {"keepLast": 2},
+                        "target": {"pvcSelector": {"matchLabels": {"app": "db"}}}}}),
+    )
+    .await?;
+
+    // At least three runs complete; retention leaves the newest two.
+    let backups = ns.api::<Backup>();
+    let completed_ever = std::sync::Mutex::new(BTreeSet::new());
+    wait_until(Duration::from_secs(300), "three completed runs", || async {
+        let items = backups.list(&ListParams::default()).await?.items;
+        let mut seen = completed_ever.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
+        for b in items {
+            assert_ne!(
+                b.phase(),
+                BackupPhase::Failed,
+                "backup failed: {:?}",
+                b.status
+            );
+            if b.phase() == BackupPhase::Completed {
+                seen.insert(b.metadata.name.clone().unwrap_or_default());
+            }
+        }
+        Ok(seen.len() >= 3)
+    })
+    .await?;
+    // Stop scheduling, let the last run finish and retention settle.
+    ns.api::<BackupPolicy>()
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"suspend": true}})),
+        )
+        .await?;
+    let mut kept: Vec<String> = wait_for(
+        Duration::from_secs(120),
+        "exactly two completed backups and nothing else",
+        || async {
+            let items = backups.list(&ListParams::default()).await?.items;
+            let done =
+                items.len() == 2 && items.iter().all(|b| b.phase() == BackupPhase::Completed);
+            Ok(done.then(|| {
+                items
+                    .iter()
+                    .filter_map(|b| b.metadata.name.clone())
+                    .collect()
+            }))
+        },
+    )
+    .await?;
+    kept.sort();
+
+    // The repository holds exactly the kept backups; the deleted ones' artifacts are gone.
+    wait_until(
+        Duration::from_secs(60),
+        "deleted backups' artifacts to be removed",
+        || async {
+            let dirs: Vec<String> = std::fs::read_dir(repo_dir.join(&ns.name))?
+                .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<Result<_, _>>()?;
+            let mut dirs = dirs;
+            dirs.sort();
+            Ok(dirs == kept)
+        },
+    )
+    .await?;
+
+    // Each kept artifact, extracted by tar alone, equals its source.
+    for name in &kept {
+        let backup = backups.get(name).await?;
+        let status = backup.status.clone().unwrap_or_default();
+        assert_eq!(status.volumes.len(), 2, "{status:?}");
+        for (pvc, listing) in &sources {
+            let volume = status
+                .volumes
+                .iter()
+                .find(|v| v.pvc == *pvc)
+                .expect("volume in status");
+            let artifact = repo_dir.join(volume.artifact.as_deref().unwrap_or_default());
+            assert_eq!(
+                std::fs::metadata(&artifact)?.len() as i64,
+                volume.bytes.unwrap_or(-1)
+            );
+            let out = tempfile::tempdir()?;
+            extract_with_tar(&artifact, out.path())?;
+            assert_eq!(&tree_listing(out.path())?, listing, "{name}/{pvc}");
+        }
+    }
+
+    // The story is told in events, and finished Jobs are gone.
+    let cleanup = events(&ns, "CleanupTriggered").await?;
+    assert!(
+        cleanup
+            .iter()
+            .any(|(on, note)| on == "db" && note.contains("keepLast=2")),
+        "{cleanup:?}"
+    );
+    let completed = events(&ns, "BackupCompleted").await?;
+    assert!(completed.len() >= 3, "{completed:?}");
+    wait_until(
+        Duration::from_secs(30),
+        "finished Jobs to be removed",
+        || async {
+            Ok(ns
+                .api::<Job>()
+                .list(&ListParams::default())
+                .await?
+                .items
+                .is_empty())
+        },
+    )
+    .await?;
+    let policy = ns.api::<BackupPolicy>().get("db").await?;
+    let status = policy.status.unwrap_or_default();
+    assert!(status.last_successful_backup_time.is_some());
+    assert!(
+        status.next_scheduled_backup.is_none(),
+        "suspended policy has no next run"
+    );
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! Two replicas never both act, and killing the leader in the middle of a backup makes no
+//! duplicate Backup or Job: the standby takes the Lease and finishes the work.
+
+use backstop_api::{Backup, BackupPhase, BackupRepository};
+use backstop_e2e::*;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const STANDBY: &str = "backstop-controller-standby";
+
+/// A second replica of the operator (its own Deployment: on the host network each replica needs
+/// its own port). Removed when dropped.
+struct Standby;
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kubectl")
+            .args([
+                "-n",
+                "backstop-system",
+                "delete",
+                "deployment",
+                STANDBY,
+                "--wait=false",
+            ])
+            .output();
+    }
+}
+
+async fn start_standby(client: &kube::Client) -> anyhow::Result<Standby> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "backstop-system");
+    let _ = deployments.delete(STANDBY, &DeleteParams::default()).await;
+    let main = deployments.get("backstop-controller").await?;
+    let mut spec = serde_json::to_value(main.spec)?;
+    let labels =
+        json!({"app.kubernetes.io/name": "backstop", "app.kubernetes.io/component": "standby"});
+    spec["selector"] = json!({"matchLabels": labels});
+    spec["template"]["metadata"]["labels"] = labels;
+    let env = spec["template"]["spec"]["containers"][0]["env"]
+        .as_array_mut()
+        .ok_or_else(|| anyhow::anyhow!("controller container has no env"))?;
+    env.retain(|e| e["name"] != "BACKSTOP_LISTEN");
+    env.push(json!({"name": "BACKSTOP_LISTEN", "value": "127.0.0.1:8081"}));
+    let standby: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": STANDBY, "namespace": "backstop-system"},
+        "spec": spec,
+    }))?;
+    wait_until(Duration::from_secs(30), "the old standby to go", || async {
+        Ok(deployments.get_opt(STANDBY).await?.is_none())
+    })
+    .await?;
+    deployments.create(&PostParams::default(), &standby).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "backstop-system");
+    wait_until(
+        Duration::from_secs(60),
+        "the standby replica to run",
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels("app.kubernetes.io/component=standby"))
+                .await?;
+            Ok(list
+                .items
+                .iter()
+                .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")))
+        },
+    )
+    .await?;
+    Ok(Standby)
+}
+
+async fn leader(client: &kube::Client) -> anyhow::Result<String> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "backstop-system");
+    Ok(leases
+        .get("backstop-controller")
+        .await?
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default())
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
+async fn killing_the_leader_mid_backup_makes_no_duplicate_backup_or_job() -> anyhow::Result<()> {
+    let client = cluster().await?;
+    install_operator(&client).await?;
+    let _standby = start_standby(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-failover").await?;
+    ns.volume("backups", &[]).await?;
+    for (pvc, seed) in [("alpha", 1), ("beta", 2)] {
+        let dir = ns.volume(pvc, &[("app", "ha")]).await?;
+        write_sample_tree(&dir, seed)?;
+    }
+    create::<BackupRepository>(
+        &ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "BackupRepository",
+               "metadata": {"name": "default"}, "spec": {"pvc": {"claimName": "backups"}}}),
+    )
+    .await?;
+
+    let before = leader(&client).await?;
+    create::<Backup>(
+        &ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup", "metadata": {"name": "ha"},
+               "spec": {"target": {"pvcSelector": {"matchLabels": {"app": "ha"}}}}}),
+    )
+    .await?;
+    // Kill the leader as soon as it has started the backup.
+    wait_until(Duration::from_secs(60), "the backup to start", || async {
+        Ok(ns.api::<Backup>().get("ha").await?.phase() != BackupPhase::Pending)
+    })
+    .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "backstop-system");
+    pods.delete(
+        &before,
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await?;
+
+    let backup = wait_for(
+        Duration::from_secs(180),
+        "the backup to finish after failover",
+        || async {
+            let b = ns.api::<Backup>().get("ha").await?;
+            Ok(b.phase().is_terminal().then_some(b))
+        },
+    )
+    .await?;
+    assert_eq!(
+        backup.phase(),
+        BackupPhase::Completed,
+        "{:?}",
+        backup.status
+    );
+    let after = leader(&client).await?;
+    assert_ne!(before, after, "another replica must hold the Lease now");
+
+    // One Backup; each volume's Job created once, each Job's pod created once.
+    assert_eq!(
+        ns.api::<Backup>()
+            .list(&ListParams::default())
+            .await?
+            .items
+            .len(),
+        1
+    );
+    let pod_creations = events(&ns, "SuccessfulCreate").await?;
+    let mut per_job: BTreeMap<String, usize> = BTreeMap::new();
+    for (job, _) in &pod_creations {
+        *per_job.entry(job.clone()).or_default() += 1;
+    }
+    assert_eq!(per_job.len(), 2, "{pod_creations:?}");
+    assert!(per_job.values().all(|n| *n == 1), "{pod_creations:?}");
+    let job_created = events(&ns, "JobCreated").await?;
+    assert!(job_created.len() <= 2, "{job_created:?}");
+    Ok(())
+}

@@ -1,0 +1,342 @@
+//! Bad input and faults: each gives a condition with a reason and a Warning event, a Failed
+//! backup where it applies, and no storm of Jobs. The operator runs in the cluster.
+
+use backstop_api::{Backup, BackupPhase, BackupPolicy, BackupRepository, condition};
+use backstop_e2e::*;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use serde_json::json;
+use std::process::Command;
+use std::time::Duration;
+
+async fn repository(ns: &TestNamespace) -> anyhow::Result<std::path::PathBuf> {
+    let dir = ns.volume("backups", &[]).await?;
+    create::<BackupRepository>(
+        ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "BackupRepository",
+               "metadata": {"name": "default"}, "spec": {"pvc": {"claimName": "backups"}}}),
+    )
+    .await?;
+    Ok(dir)
+}
+
+fn policy(name: &str, spec: serde_json::Value) -> serde_json::Value {
+    json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "BackupPolicy",
+           "metadata": {"name": name}, "spec": spec})
+}
+
+fn manual_backup(name: &str, spec: serde_json::Value) -> serde_json::Value {
+    json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup", "metadata": {"name": name}, "spec": spec})
+}
+
+/// Waits for the policy's Ready condition to be False with `reason`, and for a Warning event.
+async fn policy_refused(ns: &TestNamespace, name: &str, reason: &str) -> anyhow::Result<()> {
+    let api = ns.api::<BackupPolicy>();
+    wait_until(
+        Duration::from_secs(60),
+        &format!("policy {name} Ready=False {reason}"),
+        || async {
+            let p = api.get(name).await?;
+            let conditions = p.status.map(|s| s.conditions).unwrap_or_default();
+            Ok(condition::find(&conditions, "Ready")
+                .is_some_and(|c| c.status == "False" && c.reason == reason))
+        },
+    )
+    .await?;
+    wait_until(
+        Duration::from_secs(30),
+        &format!("a {reason} Warning event on {name}"),
+        || async { Ok(events(ns, reason).await?.iter().any(|(on, _)| on == name)) },
+    )
+    .await
+}
+
+/// Waits for the backup to be Failed with `reason`, with a BackupFailed event naming it.
+async fn backup_failed(
+    ns: &TestNamespace,
+    name: &str,
+    reason: &str,
+    timeout: Duration,
+) -> anyhow::Result<Backup> {
+    let api = ns.api::<Backup>();
+    let backup = wait_for(
+        timeout,
+        &format!("backup {name} to fail with {reason}"),
+        || async {
+            let b = api.get(name).await?;
+            Ok(b.phase().is_terminal().then_some(b))
+        },
+    )
+    .await?;
+    let status = backup.status.clone().unwrap_or_default();
+    assert_eq!(status.phase, BackupPhase::Failed, "{status:?}");
+    let failed = condition::find(&status.conditions, "Failed").expect("a Failed condition");
+    assert_eq!(failed.reason, reason, "{status:?}");
+    wait_until(Duration::from_secs(30), "a BackupFailed event", || async {
+        Ok(events(ns, "BackupFailed")
+            .await?
+            .iter()
+            .any(|(on, note)| on == name && note.contains(reason)))
+    })
+    .await?;
+    Ok(backup)
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
+async fn invalid_policies_are_refused_with_a_reason_and_run_nothing() -> anyhow::Result<()> {
+    let client = cluster().await?;
+    install_operator(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-bad-policy").await?;
+    repository(&ns).await?;
+    let target = json!({"pvcSelector": {"matchLabels": {"app": "db"}}});
+
+    // The schema rejects what it can: keepLast below 1 and a schedule without five fields.
+    let err = create::<BackupPolicy>(
+        &ns,
+        policy(
+            "zero",
+            json!({"schedule": "0 2 * * *", "retention": {"keepLast": 0}, "target": target}),
+        ),
+    )
+    .await;
+    assert!(
+        err.is_err(),
+        "keepLast: 0 must be rejected by the API server"
+    );
+    let err = create::<BackupPolicy>(
+        &ns,
+        policy("short", json!({"schedule": "0 2 *", "target": target})),
+    )
+    .await;
+    assert!(
+        err.is_err(),
+        "a 3-field schedule must be rejected by the API server"
+    );
+
+    // The controller rejects the rest.
+    create::<BackupPolicy>(
+        &ns,
+        policy(
+            "bad-cron",
+            json!({"schedule": "61 * * * *", "target": target}),
+        ),
+    )
+    .await?;
+    create::<BackupPolicy>(
+        &ns,
+        policy(
+            "bad-zone",
+            json!({"schedule": "* * * * *", "timeZone": "Mars/Olympus", "target": target}),
+        ),
+    )
+    .await?;
+    create::<BackupPolicy>(
+        &ns,
+        policy(
+            "no-repo",
+            json!({"schedule": "* * * * *", "repository": "missing", "target": target}),
+        ),
+    )
+    .await?;
+    policy_refused(&ns, "bad-cron", "InvalidSchedule").await?;
+    policy_refused(&ns, "bad-zone", "InvalidTimeZone").await?;
+    policy_refused(&ns, "no-repo", "RepositoryNotFound").await?;
+
+    // Past a scheduled minute, none of them has made a Backup or a Job.
+    tokio::time::sleep(Duration::from_secs(65)).await;
+    assert!(
+        ns.api::<Backup>()
+            .list(&ListParams::default())
+            .await?
+            .items
+            .is_empty()
+    );
+    assert!(
+        ns.api::<Job>()
+            .list(&ListParams::default())
+            .await?
+            .items
+            .is_empty()
+    );
+    // The missing repository is reported once, not once per minute.
+    let reports = events(&ns, "RepositoryNotFound").await?;
+    assert_eq!(
+        reports.iter().filter(|(on, _)| on == "no-repo").count(),
+        1,
+        "{reports:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
+async fn backups_that_cannot_start_fail_with_a_reason_and_no_job() -> anyhow::Result<()> {
+    let client = cluster().await?;
+    install_operator(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-bad-backup").await?;
+    repository(&ns).await?;
+    let nothing = json!({"pvcSelector": {"matchLabels": {"app": "nothing"}}});
+    create::<Backup>(&ns, manual_backup("no-match", json!({"target": nothing}))).await?;
+    create::<Backup>(
+        &ns,
+        manual_backup("no-repo", json!({"target": nothing, "repository": "nope"})),
+    )
+    .await?;
+    create::<Backup>(
+        &ns,
+        manual_backup("no-policy", json!({"policyRef": "ghost"})),
+    )
+    .await?;
+    backup_failed(&ns, "no-match", "NoVolumesMatched", Duration::from_secs(60)).await?;
+    backup_failed(
+        &ns,
+        "no-repo",
+        "RepositoryNotFound",
+        Duration::from_secs(60),
+    )
+    .await?;
+    backup_failed(&ns, "no-policy", "PolicyNotFound", Duration::from_secs(60)).await?;
+    assert!(
+        ns.api::<Job>()
+            .list(&ListParams::default())
+            .await?
+            .items
+            .is_empty()
+    );
+    // Failed is final: a Failed backup can be deleted (nothing to remove) and goes away.
+    ns.api::<Backup>()
+        .delete("no-match", &DeleteParams::default())
+        .await?;
+    wait_until(
+        Duration::from_secs(30),
+        "the failed backup to be deleted",
+        || async { Ok(ns.api::<Backup>().get_opt("no-match").await?.is_none()) },
+    )
+    .await
+}
+
+/// Unmounts a tmpfs when the test ends, however it ends.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
+async fn a_full_repository_fails_the_backup_and_leaves_nothing_that_looks_complete()
+-> anyhow::Result<()> {
+    let client = cluster().await?;
+    install_operator(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-full-repo").await?;
+    let repo_dir = repository(&ns).await?;
+    // A 1 MiB filesystem under the repository volume: the backup cannot fit.
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "backstop-e2e-full"])
+        .arg(&repo_dir)
+        .status()?;
+    anyhow::ensure!(
+        status.success(),
+        "mounting a small tmpfs on {}",
+        repo_dir.display()
+    );
+    let _mounted = Mounted(repo_dir.clone());
+    let data = ns.volume("data", &[("app", "big")]).await?;
+    let noise: Vec<u8> = (0..4u64 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(data.join("noise.bin"), noise)?;
+
+    create::<Backup>(
+        &ns,
+        manual_backup(
+            "too-big",
+            json!({"target": {"pvcSelector": {"matchLabels": {"app": "big"}}}}),
+        ),
+    )
+    .await?;
+    let backup = backup_failed(&ns, "too-big", "RepositoryFull", Duration::from_secs(120)).await?;
+    let message = backup.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(message.contains("full"), "{message}");
+    // No manifest, no partial artifact.
+    let dir = repo_dir.join(&ns.name).join("too-big");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
+async fn a_pvc_deleted_before_its_mover_starts_fails_the_backup() -> anyhow::Result<()> {
+    let client = cluster().await?;
+    install_operator(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-pvc-gone").await?;
+    repository(&ns).await?;
+    // A volume only reachable from a node that does not exist: its mover pod never starts.
+    let pv_name = format!("{}-stranded", ns.name);
+    let pv: PersistentVolume = serde_json::from_value(json!({
+        "metadata": {"name": pv_name},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                 "storageClassName": STORAGE_CLASS, "persistentVolumeReclaimPolicy": "Retain",
+                 "hostPath": {"path": "/nonexistent/backstop-e2e"},
+                 "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                     {"key": "kubernetes.io/hostname", "operator": "In", "values": ["elsewhere"]}]}]}}}
+    }))?;
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    pvs.create(&PostParams::default(), &pv).await?;
+    create::<PersistentVolumeClaim>(
+        &ns,
+        json!({"metadata": {"name": "stranded", "labels": {"app": "stranded"}},
+               "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": STORAGE_CLASS,
+                        "volumeName": pv_name, "resources": {"requests": {"storage": "1Gi"}}}}),
+    )
+    .await?;
+    create::<Backup>(
+        &ns,
+        manual_backup(
+            "orphan",
+            json!({"target": {"pvcSelector": {"matchLabels": {"app": "stranded"}}}}),
+        ),
+    )
+    .await?;
+    wait_until(Duration::from_secs(60), "the mover Job", || async {
+        Ok(!ns
+            .api::<Job>()
+            .list(&ListParams::default())
+            .await?
+            .items
+            .is_empty())
+    })
+    .await?;
+    ns.api::<PersistentVolumeClaim>()
+        .delete("stranded", &DeleteParams::default())
+        .await?;
+    backup_failed(
+        &ns,
+        "orphan",
+        "SourceVolumeDeleted",
+        Duration::from_secs(120),
+    )
+    .await?;
+    wait_until(
+        Duration::from_secs(60),
+        "the stuck Job to be removed",
+        || async {
+            Ok(ns
+                .api::<Job>()
+                .list(&ListParams::default())
+                .await?
+                .items
+                .is_empty())
+        },
+    )
+    .await?;
+    let _ = pvs.delete(&pv_name, &DeleteParams::default()).await;
+    Ok(())
+}
