@@ -246,9 +246,9 @@ async fn a_full_repository_fails_the_backup_and_leaves_nothing_that_looks_comple
     );
     let _mounted = Mounted(repo_dir.clone());
     let data = ns.volume("data", &[("app", "big")]).await?;
-    let noise: Vec<u8> = (0..4u64 << 20)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
+    // Incompressible: 4 MiB from the kernel's random source.
+    let mut noise = vec![0u8; 4 << 20];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut noise)?;
     std::fs::write(data.join("noise.bin"), noise)?;
 
     create::<Backup>(
