@@ -108,6 +108,12 @@ pub struct VolumeBackup {
     pub source_bytes: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<i64>,
+    /// The PVC's requested size and storage class when it was backed up (a restore that creates
+    /// its target sizes and classes it alike).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
     /// BLAKE3 of the artifact.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,

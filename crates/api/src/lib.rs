@@ -6,6 +6,7 @@ pub mod condition;
 pub mod naming;
 pub mod policy;
 pub mod repository;
+pub mod restore;
 pub mod schedule;
 
 pub use backup::{Backup, BackupPhase, BackupSpec, BackupStatus, VolumeBackup};
@@ -13,6 +14,7 @@ pub use policy::{BackupPolicy, BackupPolicySpec, BackupPolicyStatus, Retention, 
 pub use repository::{
     BackupRepository, BackupRepositorySpec, BackupRepositoryStatus, Compression, PvcRepository,
 };
+pub use restore::{ExistingDataPolicy, Restore, RestoreSpec, RestoreStatus, RestoreTarget};
 
 pub const GROUP: &str = "backstop.dev";
 
@@ -22,7 +24,9 @@ pub mod labels {
     pub const POLICY: &str = "backstop.dev/policy";
     /// On a Job: the Backup it works for.
     pub const BACKUP: &str = "backstop.dev/backup";
-    /// On a Job: what it does (`backup`, `delete`).
+    /// On a Job: the Restore it works for.
+    pub const RESTORE: &str = "backstop.dev/restore";
+    /// On a Job: what it does (`backup`, `delete`, `restore`).
     pub const ROLE: &str = "backstop.dev/role";
     /// On a Job: the PVC it reads.
     pub const PVC: &str = "backstop.dev/pvc";

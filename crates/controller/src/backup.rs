@@ -256,7 +256,18 @@ async fn progress(
                         ),
                     ))),
                     (Some(repo), Some(_)) => {
-                        let job = jobs::backup_job(backup, &volume.pvc, repo, &ctx.mover)?;
+                        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+                        let running = pods
+                            .list(&ListParams::default().fields("status.phase=Running"))
+                            .await?;
+                        let node = jobs::node_using(&running.items, &volume.pvc);
+                        let job = jobs::backup_job(
+                            backup,
+                            &volume.pvc,
+                            node.as_deref(),
+                            repo,
+                            &ctx.mover,
+                        )?;
                         match jobs_api.create(&PostParams::default(), &job).await {
                             Ok(_) => {
                                 events::normal(

@@ -3,6 +3,7 @@
 
 use backstop_api::{Backup, BackupRepository, labels, naming};
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use kube::Resource;
 use serde_json::json;
 
@@ -55,6 +56,8 @@ fn repository_claim(repo: &BackupRepository) -> String {
 /// What differs between the kinds of mover Job.
 struct MoverJob<'a> {
     name: String,
+    /// Run on this node (where a pod already mounts a ReadWriteOnce source).
+    node: Option<&'a str>,
     role: &'a str,
     pvc: Option<&'a str>,
     args: Vec<String>,
@@ -69,6 +72,7 @@ fn job(
 ) -> Result<Job, serde_json::Error> {
     let MoverJob {
         name,
+        node,
         role,
         pvc,
         args,
@@ -88,6 +92,11 @@ fn job(
         job_labels[labels::PVC] = json!(naming::label_value(pvc));
     }
     let owner = backup.controller_owner_ref(&());
+    let affinity = node.map(|node| {
+        json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}
+        ]}}})
+    });
     serde_json::from_value(json!({
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -106,6 +115,7 @@ fn job(
                 "spec": {
                     "restartPolicy": "Never",
                     "hostNetwork": config.host_network,
+                    "affinity": affinity,
                     "automountServiceAccountToken": false,
                     "containers": [{
                         "name": "mover",
@@ -125,10 +135,32 @@ fn job(
     }))
 }
 
-/// The Job that backs up `pvc` for `backup` into `repo`.
+/// The node a running pod that mounts `pvc` is on: a mover for a ReadWriteOnce volume must go
+/// there, or it would wait forever on a Multi-Attach error.
+pub fn node_using(pods: &[Pod], pvc: &str) -> Option<String> {
+    pods.iter()
+        .filter(|p| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                && p.metadata.deletion_timestamp.is_none()
+        })
+        .filter(|p| {
+            p.spec
+                .iter()
+                .flat_map(|s| s.volumes.iter().flatten())
+                .any(|v| {
+                    v.persistent_volume_claim
+                        .as_ref()
+                        .is_some_and(|c| c.claim_name == pvc)
+                })
+        })
+        .find_map(|p| p.spec.as_ref()?.node_name.clone())
+}
+
+/// The Job that backs up `pvc` for `backup` into `repo`, on `node` when given.
 pub fn backup_job(
     backup: &Backup,
     pvc: &str,
+    node: Option<&str>,
     repo: &BackupRepository,
     config: &MoverConfig,
 ) -> Result<Job, serde_json::Error> {
@@ -152,6 +184,7 @@ pub fn backup_job(
     ];
     let mover = MoverJob {
         name: naming::backup_job(&backup_name, pvc),
+        node,
         role: ROLE_BACKUP,
         pvc: Some(pvc),
         args,
@@ -187,6 +220,7 @@ pub fn delete_job(
     ];
     let mover = MoverJob {
         name: naming::delete_job(&backup_name),
+        node: None,
         role: ROLE_DELETE,
         pvc: None,
         args,
@@ -227,7 +261,7 @@ mod tests {
     #[test]
     fn backup_job_mounts_the_source_read_only_and_is_owned_by_the_backup() {
         let (backup, repo) = fixtures();
-        let job = backup_job(&backup, "data", &repo, &MoverConfig::default()).unwrap();
+        let job = backup_job(&backup, "data", None, &repo, &MoverConfig::default()).unwrap();
         assert_eq!(
             job.metadata.name.as_deref(),
             Some("nightly-202611210200-data")
@@ -259,6 +293,43 @@ mod tests {
         );
         assert!(args.contains("--dir shop/nightly-202611210200"), "{args}");
         assert!(args.contains("--compression zstd"), "{args}");
+    }
+
+    fn pod_on(node: &str, phase: &str, claim: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("app-{node}")},
+            "spec": {"nodeName": node, "containers": [],
+                     "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": claim}}]},
+            "status": {"phase": phase}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_mover_for_a_volume_in_use_goes_to_the_node_of_the_running_pod() {
+        let pods = [
+            pod_on("node-a", "Succeeded", "data"),
+            pod_on("node-b", "Running", "other"),
+            pod_on("node-c", "Running", "data"),
+        ];
+        let node = node_using(&pods, "data");
+        assert_eq!(node.as_deref(), Some("node-c"));
+        assert_eq!(node_using(&pods, "unused"), None);
+
+        let (backup, repo) = fixtures();
+        let job = backup_job(
+            &backup,
+            "data",
+            node.as_deref(),
+            &repo,
+            &MoverConfig::default(),
+        )
+        .unwrap();
+        let affinity =
+            serde_json::to_value(job.spec.unwrap().template.spec.unwrap().affinity).unwrap();
+        let values = &affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+            [0]["matchExpressions"][0]["values"];
+        assert_eq!(values, &serde_json::json!(["node-c"]));
     }
 
     #[test]

@@ -7,3 +7,4 @@ pub mod inventory;
 pub mod manifest;
 pub mod report;
 pub mod repository;
+pub mod restore;

@@ -340,3 +340,73 @@ async fn a_pvc_deleted_before_its_mover_starts_fails_the_backup() -> anyhow::Res
     let _ = pvs.delete(&pv_name, &DeleteParams::default()).await;
     Ok(())
 }
+
+#[tokio::test]
+#[ignore = "needs a cluster: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
+async fn a_backup_whose_artifacts_cannot_be_removed_says_why_and_keeps_trying() -> anyhow::Result<()>
+{
+    let client = cluster().await?;
+    install_operator(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-stuck-delete").await?;
+    let repo_dir = repository(&ns).await?;
+    let data = ns.volume("data", &[("app", "db")]).await?;
+    write_sample_tree(&data, 3)?;
+    create::<Backup>(
+        &ns,
+        manual_backup(
+            "keep-me",
+            json!({"target": {"pvcSelector": {"matchLabels": {"app": "db"}}}}),
+        ),
+    )
+    .await?;
+    let backups = ns.api::<Backup>();
+    wait_until(
+        Duration::from_secs(90),
+        "the backup to complete",
+        || async { Ok(backups.get("keep-me").await?.phase() == BackupPhase::Completed) },
+    )
+    .await?;
+    let artifacts = repo_dir.join(&ns.name).join("keep-me");
+    assert!(artifacts.is_dir());
+
+    // Without its repository the Backup cannot remove its data: it stays and says why.
+    ns.api::<BackupRepository>()
+        .delete("default", &DeleteParams::default())
+        .await?;
+    backups.delete("keep-me", &DeleteParams::default()).await?;
+    wait_until(
+        Duration::from_secs(60),
+        "an ArtifactsNotRemoved warning",
+        || async {
+            Ok(events(&ns, "ArtifactsNotRemoved")
+                .await?
+                .iter()
+                .any(|(on, note)| on == "keep-me" && note.contains("not found")))
+        },
+    )
+    .await?;
+    assert!(
+        backups.get_opt("keep-me").await?.is_some(),
+        "the Backup must wait for its data"
+    );
+    assert!(artifacts.is_dir(), "nothing was removed");
+
+    // Once the repository is back, the artifacts and then the Backup go.
+    create::<BackupRepository>(
+        &ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "BackupRepository",
+               "metadata": {"name": "default"}, "spec": {"pvc": {"claimName": "backups"}}}),
+    )
+    .await?;
+    wait_until(
+        Duration::from_secs(120),
+        "the Backup to be deleted with its artifacts",
+        || async { Ok(backups.get_opt("keep-me").await?.is_none()) },
+    )
+    .await?;
+    assert!(
+        !artifacts.exists(),
+        "artifacts must be removed before the Backup goes"
+    );
+    Ok(())
+}

@@ -1,0 +1,549 @@
+//! Reading an artifact back: `verify` checks it against its manifest without writing anything;
+//! `restore` extracts it into a staging directory inside the target volume, checks every digest,
+//! and only then commits it into place (so a corrupt artifact leaves the target as it was).
+//! Entries with absolute paths or `..`, and entries that would go through a symlink, are refused.
+
+use crate::manifest::{Entry, EntryKind, Manifest};
+use crate::repository::{DirRepository, RepositoryError};
+use backstop_api::ExistingDataPolicy;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Component, Path, PathBuf};
+
+/// Name of the staging directory inside the target volume.
+pub const STAGING: &str = ".backstop-restore-staging";
+/// Holes are punched for runs of zeros this long (keeps sparse files sparse).
+const BLOCK: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("{0}")]
+    Integrity(String),
+    #[error("unsafe archive entry {path:?}: {why}")]
+    Unsafe { path: String, why: &'static str },
+    #[error(
+        "the target is not empty ({0} and maybe more): use existingDataPolicy Overwrite or Merge"
+    )]
+    TargetNotEmpty(String),
+    #[error("reading the manifest: {0}")]
+    Manifest(String),
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+    #[error("writing {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl RestoreError {
+    /// The condition reason the controller shows.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RestoreError::Integrity(_) => "IntegrityCheckFailed",
+            RestoreError::Unsafe { .. } => "UnsafeArchive",
+            RestoreError::TargetNotEmpty(_) => "TargetNotEmpty",
+            RestoreError::Manifest(_) | RestoreError::Repository(_) => "ArtifactUnreadable",
+            RestoreError::Write { source, .. } if source.raw_os_error() == Some(28) => "TargetFull",
+            RestoreError::Write { .. } => "TargetWriteFailed",
+        }
+    }
+}
+
+fn write_err(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {
+    move |source| RestoreError::Write {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreResult {
+    pub files: u64,
+    pub bytes: u64,
+    pub entries: u64,
+    pub verification: String,
+}
+
+pub fn read_manifest(repo: &DirRepository, key: &str) -> Result<Manifest, RestoreError> {
+    let data = repo.get(key)?;
+    serde_json::from_slice(&data).map_err(|e| RestoreError::Manifest(format!("{key}: {e}")))
+}
+
+/// The artifact's key next to its manifest.
+pub fn artifact_key(manifest_key: &str, manifest: &Manifest) -> String {
+    match manifest_key.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/{}", manifest.artifact.name),
+        None => manifest.artifact.name.clone(),
+    }
+}
+
+/// Checks an artifact against its manifest without writing anything.
+pub fn verify(repo: &DirRepository, manifest_key: &str) -> Result<RestoreResult, RestoreError> {
+    let manifest = read_manifest(repo, manifest_key)?;
+    let file = repo.open(&artifact_key(manifest_key, &manifest))?;
+    read_artifact(file, &manifest, None)
+}
+
+/// Restores the artifact into `target` according to `policy`.
+pub fn restore(
+    repo: &DirRepository,
+    manifest_key: &str,
+    target: &Path,
+    policy: ExistingDataPolicy,
+) -> Result<RestoreResult, RestoreError> {
+    let manifest = read_manifest(repo, manifest_key)?;
+    let staging = target.join(STAGING);
+    // A staging directory left by an interrupted restore is ours to remove.
+    remove_all(&staging)?;
+    if policy == ExistingDataPolicy::FailIfNotEmpty
+        && let Some(first) = first_entry(target)?
+    {
+        return Err(RestoreError::TargetNotEmpty(first));
+    }
+    fs::create_dir(&staging).map_err(write_err(&staging))?;
+    fs::set_permissions(&staging, fs::Permissions::from_mode(0o700))
+        .map_err(write_err(&staging))?;
+    let file = repo.open(&artifact_key(manifest_key, &manifest))?;
+    let result = match read_artifact(file, &manifest, Some(&staging)) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = remove_all(&staging);
+            return Err(e);
+        }
+    };
+    commit(&staging, target, policy)?;
+    // Moving entries into place touched directory times: put the recorded ones back.
+    for entry in manifest
+        .entries
+        .iter()
+        .rev()
+        .filter(|e| e.kind == EntryKind::Dir)
+    {
+        apply_metadata(&target.join(&entry.path), entry)?;
+    }
+    Ok(result)
+}
+
+/// The first thing in `dir` other than our staging directory and `lost+found`.
+fn first_entry(dir: &Path) -> Result<Option<String>, RestoreError> {
+    for entry in fs::read_dir(dir).map_err(write_err(dir))? {
+        let name = entry.map_err(write_err(dir))?.file_name();
+        if name != STAGING && name != "lost+found" {
+            return Ok(Some(name.to_string_lossy().into_owned()));
+        }
+    }
+    Ok(None)
+}
+
+fn remove_all(path: &Path) -> Result<(), RestoreError> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(write_err(path)(e)),
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path).map_err(write_err(path)),
+        Ok(_) => fs::remove_file(path).map_err(write_err(path)),
+    }
+}
+
+/// Moves the staged tree into `target`.
+fn commit(staging: &Path, target: &Path, policy: ExistingDataPolicy) -> Result<(), RestoreError> {
+    if policy == ExistingDataPolicy::Overwrite {
+        for entry in fs::read_dir(target).map_err(write_err(target))? {
+            let entry = entry.map_err(write_err(target))?;
+            if entry.file_name() != STAGING && entry.file_name() != "lost+found" {
+                remove_all(&entry.path())?;
+            }
+        }
+    }
+    merge_into(staging, target)?;
+    fs::remove_dir(staging).map_err(write_err(staging))
+}
+
+/// Renames every entry of `from` into `to`; where both hold a directory of the same name, merges
+/// them; anything else in the way is replaced.
+fn merge_into(from: &Path, to: &Path) -> Result<(), RestoreError> {
+    for entry in fs::read_dir(from).map_err(write_err(from))? {
+        let entry = entry.map_err(write_err(from))?;
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        let src_is_dir = entry.file_type().map_err(write_err(&src))?.is_dir();
+        match fs::symlink_metadata(&dst) {
+            Ok(existing) if existing.is_dir() && src_is_dir => {
+                merge_into(&src, &dst)?;
+                fs::remove_dir(&src).map_err(write_err(&src))?;
+                continue;
+            }
+            Ok(_) => remove_all(&dst)?,
+            Err(_) => {}
+        }
+        fs::rename(&src, &dst).map_err(write_err(&dst))?;
+    }
+    Ok(())
+}
+
+/// A path from the archive, checked: relative, no `..`, not empty.
+fn safe_relative(raw: &Path) -> Result<PathBuf, RestoreError> {
+    let shown = raw.to_string_lossy().into_owned();
+    let mut clean = PathBuf::new();
+    for component in raw.components() {
+        match component {
+            Component::Normal(c) => clean.push(c),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                return Err(RestoreError::Unsafe {
+                    path: shown,
+                    why: "contains '..'",
+                });
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(RestoreError::Unsafe {
+                    path: shown,
+                    why: "is absolute",
+                });
+            }
+        }
+    }
+    if clean.as_os_str().is_empty() {
+        return Err(RestoreError::Unsafe {
+            path: shown,
+            why: "is empty",
+        });
+    }
+    Ok(clean)
+}
+
+/// Refuses to write through a symlink: every parent of `rel` under `root` must be a real directory.
+fn check_parents(root: &Path, rel: &Path) -> Result<(), RestoreError> {
+    let mut current = root.to_path_buf();
+    if let Some(parent) = rel.parent() {
+        for component in parent.components() {
+            current.push(component);
+            match fs::symlink_metadata(&current) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(RestoreError::Unsafe {
+                        path: rel.to_string_lossy().into_owned(),
+                        why: "would be written through a symlink",
+                    });
+                }
+                Ok(m) if !m.is_dir() => {
+                    return Err(RestoreError::Unsafe {
+                        path: rel.to_string_lossy().into_owned(),
+                        why: "has a parent that is not a directory",
+                    });
+                }
+                Ok(_) => {}
+                Err(_) => fs::create_dir_all(&current).map_err(write_err(&current))?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads the whole artifact, checking each entry against the manifest and the artifact's digest;
+/// with `into`, also writes the entries there.
+fn read_artifact(
+    file: File,
+    manifest: &Manifest,
+    into: Option<&Path>,
+) -> Result<RestoreResult, RestoreError> {
+    let mut raw = DigestReader::new(io::BufReader::with_capacity(1 << 20, file));
+    let outcome = {
+        let decoder: Box<dyn Read + '_> =
+            match manifest.compression.as_str() {
+                "zstd" => Box::new(zstd::stream::read::Decoder::new(&mut raw).map_err(|e| {
+                    RestoreError::Integrity(format!("the artifact is not zstd: {e}"))
+                })?),
+                "gzip" => Box::new(flate2::read::GzDecoder::new(&mut raw)),
+                _ => Box::new(&mut raw),
+            };
+        extract_entries(decoder, manifest, into)
+    };
+    // Whatever happened, hash the rest so the artifact's digest can say whether it was damaged.
+    let _ = io::copy(&mut raw, &mut io::sink());
+    let (digest, size) = raw.finish();
+    if digest != manifest.artifact.blake3 || size != manifest.artifact.size {
+        return Err(RestoreError::Integrity(format!(
+            "the artifact's BLAKE3 is {digest} ({size} bytes); the manifest says {} ({} bytes): the stored artifact is damaged",
+            manifest.artifact.blake3, manifest.artifact.size
+        )));
+    }
+    outcome
+}
+
+fn extract_entries(
+    reader: impl Read,
+    manifest: &Manifest,
+    into: Option<&Path>,
+) -> Result<RestoreResult, RestoreError> {
+    let expected: HashMap<&str, &Entry> = manifest
+        .entries
+        .iter()
+        .map(|e| (e.path.as_str(), e))
+        .collect();
+    let mut seen = 0u64;
+    let mut result = RestoreResult {
+        files: 0,
+        bytes: 0,
+        entries: 0,
+        verification: "Verified".into(),
+    };
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive
+        .entries()
+        .map_err(|e| RestoreError::Integrity(format!("reading the archive: {e}")))?;
+    let mut deferred = Vec::new();
+    for entry in entries {
+        let mut entry =
+            entry.map_err(|e| RestoreError::Integrity(format!("reading the archive: {e}")))?;
+        let raw_path = entry
+            .path()
+            .map_err(|e| RestoreError::Integrity(format!("reading an entry's path: {e}")))?
+            .into_owned();
+        let rel = safe_relative(&raw_path)?;
+        let key = rel.to_string_lossy().into_owned();
+        let Some(meta) = expected.get(key.as_str()).copied() else {
+            return Err(RestoreError::Integrity(format!(
+                "the archive holds {key:?}, which the manifest does not list"
+            )));
+        };
+        seen += 1;
+        let dest = into.map(|root| (root.join(&rel), root));
+        if let Some((path, root)) = &dest {
+            check_parents(root, &rel)?;
+            if meta.kind != EntryKind::Dir {
+                // Whatever a (malicious) earlier entry put here is replaced, never followed.
+                remove_all(path)?;
+            }
+        }
+        match meta.kind {
+            EntryKind::File => {
+                let mut hasher = blake3::Hasher::new();
+                let mut out = match &dest {
+                    Some((path, _)) => Some(
+                        OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .open(path)
+                            .map_err(write_err(path))?,
+                    ),
+                    None => None,
+                };
+                let mut buf = vec![0u8; BLOCK];
+                let mut written = 0u64;
+                loop {
+                    let n = read_full(&mut entry, &mut buf).map_err(|e| {
+                        RestoreError::Integrity(format!("reading {key:?} from the archive: {e}"))
+                    })?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                    if let (Some(f), Some((path, _))) = (out.as_mut(), &dest) {
+                        if buf[..n].iter().all(|b| *b == 0) {
+                            f.seek(SeekFrom::Current(n as i64))
+                                .map_err(write_err(path))?;
+                        } else {
+                            f.write_all(&buf[..n]).map_err(write_err(path))?;
+                        }
+                    }
+                    written += n as u64;
+                }
+                if let (Some(f), Some((path, _))) = (out.as_mut(), &dest) {
+                    f.set_len(written).map_err(write_err(path))?;
+                }
+                let digest = hasher.finalize().to_hex().to_string();
+                if Some(digest.as_str()) != meta.blake3.as_deref() || written != meta.size {
+                    return Err(RestoreError::Integrity(format!(
+                        "{key:?} has BLAKE3 {digest} ({written} bytes); the manifest says {} ({} bytes)",
+                        meta.blake3.as_deref().unwrap_or("none"),
+                        meta.size
+                    )));
+                }
+                result.files += 1;
+                result.bytes += written;
+            }
+            EntryKind::Dir => {
+                if let Some((path, _)) = &dest {
+                    match fs::symlink_metadata(path) {
+                        Ok(m) if m.is_dir() => {}
+                        Ok(_) => {
+                            remove_all(path)?;
+                            fs::create_dir(path).map_err(write_err(path))?;
+                        }
+                        Err(_) => fs::create_dir(path).map_err(write_err(path))?,
+                    }
+                    deferred.push((path.clone(), meta));
+                }
+            }
+            EntryKind::Symlink => {
+                let target = meta.target.clone().unwrap_or_default();
+                let in_archive = entry
+                    .link_name()
+                    .ok()
+                    .flatten()
+                    .map(|l| l.to_string_lossy().into_owned());
+                if in_archive.as_deref() != Some(target.as_str()) {
+                    return Err(RestoreError::Integrity(format!(
+                        "symlink {key:?} points elsewhere than the manifest says"
+                    )));
+                }
+                if let Some((path, _)) = &dest {
+                    // Creating a link never writes through it; its target is kept as recorded.
+                    symlink(&target, path).map_err(write_err(path))?;
+                }
+            }
+            EntryKind::Hardlink => {
+                let target = safe_relative(Path::new(meta.target.as_deref().unwrap_or_default()))?;
+                if let Some((path, root)) = &dest {
+                    check_parents(root, &target)?;
+                    let source = root.join(&target);
+                    if fs::symlink_metadata(&source)
+                        .map(|m| !m.is_file())
+                        .unwrap_or(true)
+                    {
+                        return Err(RestoreError::Unsafe {
+                            path: key.clone(),
+                            why: "hardlinks to something that is not a restored file",
+                        });
+                    }
+                    fs::hard_link(&source, path).map_err(write_err(path))?;
+                }
+            }
+            EntryKind::Fifo | EntryKind::Char | EntryKind::Block => {
+                if let Some((path, _)) = &dest {
+                    let (kind, dev) = match meta.kind {
+                        EntryKind::Fifo => (libc::S_IFIFO, 0),
+                        EntryKind::Char => (libc::S_IFCHR, device(&entry)),
+                        _ => (libc::S_IFBLK, device(&entry)),
+                    };
+                    mknod(path, kind | (meta.mode & 0o7777), dev)?;
+                }
+            }
+        }
+        if let Some((path, _)) = &dest
+            && meta.kind != EntryKind::Dir
+            && meta.kind != EntryKind::Hardlink
+        {
+            apply_metadata(path, meta)?;
+        }
+        result.entries += 1;
+    }
+    if seen != manifest.entries.len() as u64 {
+        return Err(RestoreError::Integrity(format!(
+            "the archive holds {seen} entries; the manifest lists {}",
+            manifest.entries.len()
+        )));
+    }
+    // Directories last, deepest first: writing their children changed their times.
+    for (path, meta) in deferred.iter().rev() {
+        apply_metadata(path, meta)?;
+    }
+    Ok(result)
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+fn device<R: Read>(entry: &tar::Entry<'_, R>) -> libc::dev_t {
+    let major = entry.header().device_major().ok().flatten().unwrap_or(0);
+    let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
+    libc::makedev(major, minor)
+}
+
+fn c_path(path: &Path) -> Result<CString, RestoreError> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| write_err(path)(io::Error::other("path holds a NUL byte")))
+}
+
+fn mknod(path: &Path, mode: u32, dev: libc::dev_t) -> Result<(), RestoreError> {
+    let c = c_path(path)?;
+    // SAFETY: `c` is a valid NUL-terminated path that lives across the call.
+    let rc = unsafe { libc::mknod(c.as_ptr(), mode as libc::mode_t, dev) };
+    if rc != 0 {
+        return Err(write_err(path)(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Owner, mode and mtime as recorded; symlinks are never followed.
+fn apply_metadata(path: &Path, meta: &Entry) -> Result<(), RestoreError> {
+    let uid = u32::try_from(meta.uid).unwrap_or(u32::MAX);
+    let gid = u32::try_from(meta.gid).unwrap_or(u32::MAX);
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(write_err(path))?;
+    if meta.kind != EntryKind::Symlink {
+        fs::set_permissions(path, fs::Permissions::from_mode(meta.mode & 0o7777))
+            .map_err(write_err(path))?;
+    }
+    let c = c_path(path)?;
+    let mtime = libc::timespec {
+        tv_sec: meta.mtime as libc::time_t,
+        tv_nsec: i64::from(meta.mtime_nanos) as _,
+    };
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        mtime,
+    ];
+    // SAFETY: `c` is a valid NUL-terminated path and `times` holds two timespecs, as utimensat needs.
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(write_err(path)(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Hashes and counts the raw (compressed) artifact as it is read.
+struct DigestReader<R> {
+    inner: R,
+    hasher: blake3::Hasher,
+    size: u64,
+}
+
+impl<R: Read> DigestReader<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            hasher: blake3::Hasher::new(),
+            size: 0,
+        }
+    }
+
+    fn finish(self) -> (String, u64) {
+        (self.hasher.finalize().to_hex().to_string(), self.size)
+    }
+}
+
+impl<R: Read> Read for DigestReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+}
