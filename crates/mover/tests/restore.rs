@@ -1,0 +1,357 @@
+//! Restores are staged and verified: a round trip reproduces the tree exactly (sparse and
+//! hardlinked files included), a non-empty target is refused by default, Overwrite and Merge do
+//! what they say, one flipped byte fails the restore and leaves the target as it was, and archives
+//! that try to escape the target are refused.
+
+use backstop_api::ExistingDataPolicy;
+use backstop_mover::backup::{self, BackupRequest, Compression};
+use backstop_mover::manifest::{ArtifactInfo, Entry, EntryKind, Manifest, Totals};
+use backstop_mover::repository::DirRepository;
+use backstop_mover::restore::{self, RestoreError};
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::Path;
+
+fn listing(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let m = fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let what = if m.is_dir() {
+                stack.push(path.clone());
+                "dir".to_string()
+            } else if m.file_type().is_symlink() {
+                format!("-> {}", fs::read_link(&path).unwrap().display())
+            } else {
+                format!("{}", blake3::hash(&fs::read(&path).unwrap()).to_hex())
+            };
+            let mode = if m.file_type().is_symlink() {
+                0
+            } else {
+                m.mode() & 0o7777
+            };
+            out.push(format!(
+                "{rel} {what} {mode:o} {}:{} {}.{}",
+                m.uid(),
+                m.gid(),
+                m.mtime(),
+                m.mtime_nsec()
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    source: std::path::PathBuf,
+    repo: DirRepository,
+    repo_dir: std::path::PathBuf,
+    target: std::path::PathBuf,
+}
+
+fn backed_up(compression: Compression) -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("source");
+    let repo_dir = tmp.path().join("repo");
+    let target = tmp.path().join("target");
+    fs::create_dir_all(source.join("a/b/c")).unwrap();
+    fs::create_dir_all(source.join("empty")).unwrap();
+    fs::create_dir_all(&target).unwrap();
+    fs::write(source.join("a/file.txt"), "hello\n").unwrap();
+    fs::write(source.join("a/b/c/ünï cødé.txt"), "ü\n").unwrap();
+    fs::write(source.join("secret"), "s").unwrap();
+    fs::set_permissions(source.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(source.join("secret"), Some(1234), Some(5678)).unwrap();
+    symlink("a/file.txt", source.join("link")).unwrap();
+    fs::hard_link(source.join("a/file.txt"), source.join("hard")).unwrap();
+    // A sparse file: 8 MiB apparent, a few bytes of data.
+    let sparse = fs::File::create(source.join("sparse.img")).unwrap();
+    sparse.set_len(8 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_at(&sparse, b"tail", (8 << 20) - 4).unwrap();
+    let repo = DirRepository::new(&repo_dir);
+    backup::run(
+        &repo,
+        &BackupRequest {
+            source: &source,
+            pvc: "data",
+            dir: "ns/b",
+            compression,
+            created_at: String::new(),
+        },
+    )
+    .unwrap();
+    Fixture {
+        _tmp: tmp,
+        source,
+        repo,
+        repo_dir,
+        target,
+    }
+}
+
+#[test]
+fn a_restore_reproduces_the_tree_exactly_and_keeps_sparse_files_sparse() {
+    for compression in [Compression::Zstd, Compression::Gzip, Compression::None] {
+        let f = backed_up(compression);
+        let result = restore::restore(
+            &f.repo,
+            "ns/b/data.manifest.json",
+            &f.target,
+            ExistingDataPolicy::FailIfNotEmpty,
+        )
+        .unwrap();
+        assert_eq!(result.verification, "Verified");
+        assert_eq!(listing(&f.target), listing(&f.source), "{compression:?}");
+        let a = fs::metadata(f.target.join("a/file.txt")).unwrap();
+        let b = fs::metadata(f.target.join("hard")).unwrap();
+        assert_eq!(a.ino(), b.ino(), "hardlink restored as a hardlink");
+        let sparse = fs::metadata(f.target.join("sparse.img")).unwrap();
+        assert!(
+            sparse.blocks() * 512 < 1 << 20,
+            "sparse file uses {} blocks",
+            sparse.blocks()
+        );
+        assert!(!f.target.join(restore::STAGING).exists());
+    }
+}
+
+#[test]
+fn verify_checks_an_artifact_without_writing() {
+    let f = backed_up(Compression::Zstd);
+    let result = restore::verify(&f.repo, "ns/b/data.manifest.json").unwrap();
+    assert_eq!(
+        result.files, 4,
+        "regular files; the hardlink is not a second file"
+    );
+}
+
+#[test]
+fn a_non_empty_target_is_refused_by_default_and_left_alone() {
+    let f = backed_up(Compression::Zstd);
+    fs::write(f.target.join("precious"), "keep me").unwrap();
+    let before = listing(&f.target);
+    let err = restore::restore(
+        &f.repo,
+        "ns/b/data.manifest.json",
+        &f.target,
+        ExistingDataPolicy::FailIfNotEmpty,
+    )
+    .unwrap_err();
+    assert_eq!(err.reason(), "TargetNotEmpty");
+    assert_eq!(listing(&f.target), before);
+}
+
+#[test]
+fn overwrite_makes_the_target_exactly_the_backup_and_merge_keeps_other_files() {
+    let f = backed_up(Compression::Zstd);
+    fs::create_dir_all(f.target.join("a")).unwrap();
+    fs::write(f.target.join("a/file.txt"), "changed").unwrap();
+    fs::write(f.target.join("extra"), "extra").unwrap();
+    restore::restore(
+        &f.repo,
+        "ns/b/data.manifest.json",
+        &f.target,
+        ExistingDataPolicy::Merge,
+    )
+    .unwrap();
+    assert_eq!(
+        fs::read_to_string(f.target.join("a/file.txt")).unwrap(),
+        "hello\n"
+    );
+    assert_eq!(fs::read_to_string(f.target.join("extra")).unwrap(), "extra");
+
+    restore::restore(
+        &f.repo,
+        "ns/b/data.manifest.json",
+        &f.target,
+        ExistingDataPolicy::Overwrite,
+    )
+    .unwrap();
+    assert_eq!(listing(&f.target), listing(&f.source));
+}
+
+#[test]
+fn one_flipped_byte_fails_the_restore_and_leaves_the_target_as_it_was() {
+    for compression in [Compression::Zstd, Compression::Gzip, Compression::None] {
+        let f = backed_up(compression);
+        fs::write(f.target.join("existing"), "before").unwrap();
+        let before = listing(&f.target);
+        let artifact = f
+            .repo_dir
+            .join(format!("ns/b/data.{}", compression.extension()));
+        let mut bytes = fs::read(&artifact).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x01;
+        fs::write(&artifact, bytes).unwrap();
+
+        let err = restore::restore(
+            &f.repo,
+            "ns/b/data.manifest.json",
+            &f.target,
+            ExistingDataPolicy::Overwrite,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.reason(),
+            "IntegrityCheckFailed",
+            "{compression:?}: {err}"
+        );
+        assert_eq!(listing(&f.target), before, "{compression:?}");
+        assert!(matches!(
+            restore::verify(&f.repo, "ns/b/data.manifest.json"),
+            Err(RestoreError::Integrity(_))
+        ));
+    }
+}
+
+/// A hand-made artifact whose manifest agrees with it, so only the safety checks can refuse it.
+fn crafted(
+    repo_dir: &Path,
+    build: impl FnOnce(&mut tar::Builder<Vec<u8>>),
+    entries: Vec<Entry>,
+) -> DirRepository {
+    let mut builder = tar::Builder::new(Vec::new());
+    build(&mut builder);
+    let data = builder.into_inner().unwrap();
+    fs::create_dir_all(repo_dir.join("ns/b")).unwrap();
+    fs::write(repo_dir.join("ns/b/data.tar"), &data).unwrap();
+    let manifest = Manifest {
+        format: backstop_mover::manifest::FORMAT.into(),
+        created_at: String::new(),
+        source: "data".into(),
+        compression: "none".into(),
+        artifact: ArtifactInfo {
+            name: "data.tar".into(),
+            size: data.len() as u64,
+            blake3: blake3::hash(&data).to_hex().to_string(),
+        },
+        totals: Totals::default(),
+        entries,
+    };
+    fs::write(
+        repo_dir.join("ns/b/data.manifest.json"),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    DirRepository::new(repo_dir)
+}
+
+fn entry(path: &str, kind: EntryKind, target: Option<&str>, content: Option<&[u8]>) -> Entry {
+    Entry {
+        path: path.into(),
+        kind,
+        size: content.map_or(0, |c| c.len() as u64),
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        mtime_nanos: 0,
+        target: target.map(str::to_string),
+        blake3: content.map(|c| blake3::hash(c).to_hex().to_string()),
+    }
+}
+
+fn raw_header(path: &[u8], kind: tar::EntryType, size: u64, link: Option<&str>) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.as_old_mut().name[..path.len()].copy_from_slice(path);
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(0o644);
+    if let Some(l) = link {
+        h.set_link_name(l).unwrap();
+    }
+    h.set_cksum();
+    h
+}
+
+#[test]
+fn archives_that_escape_the_target_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let cases: Vec<(
+        &str,
+        Box<dyn FnOnce(&mut tar::Builder<Vec<u8>>)>,
+        Vec<Entry>,
+    )> = vec![
+        (
+            "dotdot",
+            Box::new(|b| {
+                b.append(
+                    &raw_header(b"../evil", tar::EntryType::Regular, 1, None),
+                    &b"x"[..],
+                )
+                .unwrap()
+            }),
+            vec![entry("../evil", EntryKind::File, None, Some(b"x"))],
+        ),
+        (
+            "absolute",
+            Box::new(|b| {
+                b.append(
+                    &raw_header(b"/tmp/evil", tar::EntryType::Regular, 1, None),
+                    &b"x"[..],
+                )
+                .unwrap()
+            }),
+            vec![entry("/tmp/evil", EntryKind::File, None, Some(b"x"))],
+        ),
+        (
+            "through a symlink",
+            Box::new({
+                let outside = outside.display().to_string();
+                move |b| {
+                    b.append(
+                        &raw_header(b"escape", tar::EntryType::Symlink, 0, Some(&outside)),
+                        &b""[..],
+                    )
+                    .unwrap();
+                    b.append(
+                        &raw_header(b"escape/evil", tar::EntryType::Regular, 1, None),
+                        &b"x"[..],
+                    )
+                    .unwrap();
+                }
+            }),
+            vec![
+                entry(
+                    "escape",
+                    EntryKind::Symlink,
+                    Some(&outside.display().to_string()),
+                    None,
+                ),
+                entry("escape/evil", EntryKind::File, None, Some(b"x")),
+            ],
+        ),
+    ];
+    for (name, build, entries) in cases {
+        let case_dir = tmp.path().join(name);
+        let target = case_dir.join("target");
+        fs::create_dir_all(&target).unwrap();
+        let repo = crafted(&case_dir.join("repo"), build, entries);
+        let err = restore::restore(
+            &repo,
+            "ns/b/data.manifest.json",
+            &target,
+            ExistingDataPolicy::FailIfNotEmpty,
+        )
+        .unwrap_err();
+        assert_eq!(err.reason(), "UnsafeArchive", "{name}: {err}");
+        assert_eq!(
+            fs::read_dir(&target).unwrap().count(),
+            0,
+            "{name}: target untouched"
+        );
+    }
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing was written outside"
+    );
+    assert!(!tmp.path().join("evil").exists());
+}
