@@ -44,6 +44,11 @@ pub fn delete_job(backup: &str) -> String {
     fit(&format!("{backup}-delete"), LABEL_MAX)
 }
 
+/// The Job that performs `restore`.
+pub fn restore_job(restore: &str) -> String {
+    fit(&format!("{restore}-restore"), LABEL_MAX)
+}
+
 /// A label value standing for `name`.
 pub fn label_value(name: &str) -> String {
     fit(name, LABEL_MAX)

@@ -1,12 +1,17 @@
 //! The CRDs as YAML, generated from the Rust types (`deploy/crds.yaml` is this output; a test
 //! fails when the committed file is stale).
 
-use backstop_api::{Backup, BackupPolicy, BackupRepository};
+use backstop_api::{Backup, BackupPolicy, BackupRepository, Restore};
 use kube::CustomResourceExt;
 
 pub fn crds_yaml() -> anyhow::Result<String> {
     let mut out = String::new();
-    for crd in [BackupRepository::crd(), BackupPolicy::crd(), Backup::crd()] {
+    for crd in [
+        BackupRepository::crd(),
+        BackupPolicy::crd(),
+        Backup::crd(),
+        Restore::crd(),
+    ] {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&crd)?);
     }

@@ -2,9 +2,10 @@
 //! in the termination message: the result on success, `{"error", "reason"}` on failure.
 
 use anyhow::Context as _;
+use backstop_api::ExistingDataPolicy;
 use backstop_mover::backup::{self, BackupRequest, Compression};
 use backstop_mover::repository::DirRepository;
-use backstop_mover::{inventory, report};
+use backstop_mover::{inventory, report, restore};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,30 @@ pub enum Command {
         #[command(flatten)]
         report: Report,
     },
+    /// Restore a volume from a directory repository: stage, verify every digest, then commit.
+    Restore {
+        #[arg(long)]
+        repository: PathBuf,
+        /// The manifest's path inside the repository (`<namespace>/<backup>/<pvc>.manifest.json`).
+        #[arg(long)]
+        manifest: String,
+        /// The mounted target volume.
+        #[arg(long)]
+        target: PathBuf,
+        #[arg(long, default_value = "FailIfNotEmpty", value_parser = parse_policy)]
+        existing_data_policy: ExistingDataPolicy,
+        #[command(flatten)]
+        report: Report,
+    },
+    /// Check an artifact against its manifest without restoring anything.
+    Verify {
+        #[arg(long)]
+        repository: PathBuf,
+        #[arg(long)]
+        manifest: String,
+        #[command(flatten)]
+        report: Report,
+    },
     /// Remove a backup's directory (artifacts and manifests) from a directory repository.
     Delete {
         #[arg(long)]
@@ -55,6 +80,10 @@ pub struct Report {
 }
 
 fn parse_compression(s: &str) -> Result<Compression, String> {
+    s.parse()
+}
+
+fn parse_policy(s: &str) -> Result<ExistingDataPolicy, String> {
     s.parse()
 }
 
@@ -108,6 +137,27 @@ pub fn main(cmd: Command) -> anyhow::Result<()> {
                 };
                 (reason, message)
             });
+            finish(&report, result)
+        }
+        Command::Restore {
+            repository,
+            manifest,
+            target,
+            existing_data_policy,
+            report,
+        } => {
+            let repo = DirRepository::new(repository);
+            let result = restore::restore(&repo, &manifest, &target, existing_data_policy)
+                .map_err(|e| (e.reason(), e.to_string()));
+            finish(&report, result)
+        }
+        Command::Verify {
+            repository,
+            manifest,
+            report,
+        } => {
+            let repo = DirRepository::new(repository);
+            let result = restore::verify(&repo, &manifest).map_err(|e| (e.reason(), e.to_string()));
             finish(&report, result)
         }
         Command::Delete {

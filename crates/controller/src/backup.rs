@@ -4,6 +4,7 @@
 //! before the Backup goes away.
 
 use crate::jobs::{self, ROLE_BACKUP};
+use crate::outcome::{MoverFailure, termination_message};
 use crate::{Context, Error, events, metrics, now, repository};
 use backstop_api::condition::{self, Invalid};
 use backstop_api::{
@@ -22,14 +23,6 @@ use kube::{Resource, ResourceExt};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// What a mover pod reports when it fails.
-#[derive(Debug, Deserialize)]
-struct MoverFailure {
-    error: String,
-    #[serde(default)]
-    reason: Option<String>,
-}
 
 /// What a mover pod reports after a successful backup.
 #[derive(Debug, Deserialize)]
@@ -91,13 +84,23 @@ async fn apply(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
         status.repository = Some(resolved.repository.name_any());
         status.volumes = pvcs
             .iter()
-            .map(|pvc| VolumeBackup {
-                pvc: pvc.clone(),
-                phase: BackupPhase::Pending,
-                job: Some(naming::backup_job(&name, pvc)),
-                ..Default::default()
+            .map(|claim| {
+                let pvc = claim.name_any();
+                let spec = claim.spec.clone().unwrap_or_default();
+                VolumeBackup {
+                    job: Some(naming::backup_job(&name, &pvc)),
+                    pvc,
+                    phase: BackupPhase::Pending,
+                    capacity: spec
+                        .resources
+                        .and_then(|r| r.requests)
+                        .and_then(|r| r.get("storage").map(|q| q.0.clone())),
+                    storage_class_name: spec.storage_class_name,
+                    ..Default::default()
+                }
             })
             .collect();
+        let pvcs: Vec<String> = status.volumes.iter().map(|v| v.pvc.clone()).collect();
         condition::set(
             &mut status.conditions,
             "Completed",
@@ -188,7 +191,7 @@ async fn select_volumes(
     ctx: &Context,
     backup: &Backup,
     resolved: &Resolved,
-) -> Result<Result<Vec<String>, Invalid>, Error> {
+) -> Result<Result<Vec<PersistentVolumeClaim>, Invalid>, Error> {
     let namespace = backup.namespace().unwrap_or_default();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
     let repo_claim = resolved
@@ -197,16 +200,15 @@ async fn select_volumes(
         .pvc
         .as_ref()
         .map(|p| p.claim_name.as_str());
-    let mut pvcs: Vec<String> = claims
+    let mut pvcs: Vec<PersistentVolumeClaim> = claims
         .list(&ListParams::default().labels(&resolved.selector))
         .await?
         .items
         .into_iter()
         .filter(|c| c.metadata.deletion_timestamp.is_none())
-        .map(|c| c.name_any())
-        .filter(|name| Some(name.as_str()) != repo_claim)
+        .filter(|c| Some(c.name_any().as_str()) != repo_claim)
         .collect();
-    pvcs.sort();
+    pvcs.sort_by_key(|c| c.name_any());
     if pvcs.is_empty() {
         return Ok(Err(Invalid::new(
             "NoVolumesMatched",
@@ -415,25 +417,6 @@ async fn job_outcome(
             ),
         ),
     })))
-}
-
-async fn termination_message(pods: &Api<Pod>, job: &str) -> Result<Option<String>, Error> {
-    let list = pods
-        .list(&ListParams::default().labels(&format!("job-name={job}")))
-        .await?;
-    Ok(list
-        .items
-        .iter()
-        .filter_map(|p| {
-            p.status
-                .as_ref()?
-                .container_statuses
-                .as_ref()?
-                .first()
-                .cloned()
-        })
-        .filter_map(|c| c.state?.terminated?.message)
-        .find(|m| !m.trim().is_empty()))
 }
 
 async fn finish(ctx: &Context, backup: &Backup, mut status: BackupStatus) -> Result<Action, Error> {

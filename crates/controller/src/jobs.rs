@@ -1,7 +1,7 @@
 //! The Jobs Backstop runs: pure builders from a Backup, a volume and a repository to a Job spec.
 //! The mover image is Backstop's own; results come back in the termination message.
 
-use backstop_api::{Backup, BackupRepository, labels, naming};
+use backstop_api::{Backup, BackupRepository, ExistingDataPolicy, Restore, labels, naming};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Resource;
@@ -34,6 +34,8 @@ pub const SOURCE_MOUNT: &str = "/source";
 pub const REPOSITORY_MOUNT: &str = "/repository";
 pub const ROLE_BACKUP: &str = "backup";
 pub const ROLE_DELETE: &str = "delete";
+pub const ROLE_RESTORE: &str = "restore";
+pub const TARGET_MOUNT: &str = "/target";
 
 /// The repository root as the mover sees it (mount point plus subPath).
 fn repository_root(repo: &BackupRepository) -> String {
@@ -59,14 +61,15 @@ struct MoverJob<'a> {
     /// Run on this node (where a pod already mounts a ReadWriteOnce source).
     node: Option<&'a str>,
     role: &'a str,
-    pvc: Option<&'a str>,
+    /// Labels beyond managed-by and role (which Backup, Restore, PVC).
+    labels: serde_json::Value,
     args: Vec<String>,
     volumes: serde_json::Value,
     mounts: serde_json::Value,
 }
 
-fn job(
-    backup: &Backup,
+fn job<K: Resource<DynamicType = ()>>(
+    owner: &K,
     mover: MoverJob<'_>,
     config: &MoverConfig,
 ) -> Result<Job, serde_json::Error> {
@@ -74,24 +77,20 @@ fn job(
         name,
         node,
         role,
-        pvc,
+        labels: extra_labels,
         args,
         volumes,
         mounts,
     } = mover;
-    let backup_name = backup.metadata.name.clone().unwrap_or_default();
     let mut job_labels = json!({
         labels::MANAGED_BY: labels::MANAGER,
         labels::ROLE: role,
-        labels::BACKUP: naming::label_value(&backup_name),
     });
-    if let Some(policy) = &backup.spec.policy_ref {
-        job_labels[labels::POLICY] = json!(naming::label_value(policy));
+    if let (Some(all), Some(extra)) = (job_labels.as_object_mut(), extra_labels.as_object()) {
+        all.extend(extra.clone());
     }
-    if let Some(pvc) = pvc {
-        job_labels[labels::PVC] = json!(naming::label_value(pvc));
-    }
-    let owner = backup.controller_owner_ref(&());
+    let owner_namespace = owner.meta().namespace.clone();
+    let owner = owner.controller_owner_ref(&());
     let affinity = node.map(|node| {
         json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
             {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}
@@ -102,7 +101,7 @@ fn job(
         "kind": "Job",
         "metadata": {
             "name": name,
-            "namespace": backup.metadata.namespace,
+            "namespace": owner_namespace,
             "labels": job_labels,
             "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
         },
@@ -133,6 +132,18 @@ fn job(
             }
         }
     }))
+}
+
+/// Which Backup (and policy, and PVC) a Job works for.
+fn backup_labels(backup: &Backup, pvc: Option<&str>) -> serde_json::Value {
+    let mut l = json!({labels::BACKUP: naming::label_value(&backup.metadata.name.clone().unwrap_or_default())});
+    if let Some(policy) = &backup.spec.policy_ref {
+        l[labels::POLICY] = json!(naming::label_value(policy));
+    }
+    if let Some(pvc) = pvc {
+        l[labels::PVC] = json!(naming::label_value(pvc));
+    }
+    l
 }
 
 /// The node a running pod that mounts `pvc` is on: a mover for a ReadWriteOnce volume must go
@@ -186,7 +197,7 @@ pub fn backup_job(
         name: naming::backup_job(&backup_name, pvc),
         node,
         role: ROLE_BACKUP,
-        pvc: Some(pvc),
+        labels: backup_labels(backup, Some(pvc)),
         args,
         volumes: json!([
             {"name": "source", "persistentVolumeClaim": {"claimName": pvc, "readOnly": true}},
@@ -222,12 +233,62 @@ pub fn delete_job(
         name: naming::delete_job(&backup_name),
         node: None,
         role: ROLE_DELETE,
-        pvc: None,
+        labels: backup_labels(backup, None),
         args,
         volumes: json!([{"name": "repository", "persistentVolumeClaim": {"claimName": repository_claim(repo)}}]),
         mounts: json!([{"name": "repository", "mountPath": REPOSITORY_MOUNT}]),
     };
     job(backup, mover, config)
+}
+
+/// What a restore Job needs to know.
+pub struct RestoreJob<'a> {
+    pub repository: &'a BackupRepository,
+    /// The manifest's key in the repository.
+    pub manifest: String,
+    pub target_pvc: &'a str,
+    pub policy: ExistingDataPolicy,
+    pub node: Option<&'a str>,
+}
+
+/// The Job that restores one volume of a backup into `target_pvc`: the repository is mounted
+/// read-only, only the target is written.
+pub fn restore_job(
+    restore: &Restore,
+    r: RestoreJob<'_>,
+    config: &MoverConfig,
+) -> Result<Job, serde_json::Error> {
+    let name = restore.metadata.name.clone().unwrap_or_default();
+    let args = vec![
+        "mover".into(),
+        "restore".into(),
+        "--repository".into(),
+        repository_root(r.repository),
+        "--manifest".into(),
+        r.manifest,
+        "--target".into(),
+        TARGET_MOUNT.into(),
+        "--existing-data-policy".into(),
+        r.policy.as_str().into(),
+        "--termination-log".into(),
+        "/dev/termination-log".into(),
+    ];
+    let mover = MoverJob {
+        name: naming::restore_job(&name),
+        node: r.node,
+        role: ROLE_RESTORE,
+        labels: json!({labels::RESTORE: naming::label_value(&name), labels::PVC: naming::label_value(r.target_pvc)}),
+        args,
+        volumes: json!([
+            {"name": "repository", "persistentVolumeClaim": {"claimName": repository_claim(r.repository), "readOnly": true}},
+            {"name": "target", "persistentVolumeClaim": {"claimName": r.target_pvc}},
+        ]),
+        mounts: json!([
+            {"name": "repository", "mountPath": REPOSITORY_MOUNT, "readOnly": true},
+            {"name": "target", "mountPath": TARGET_MOUNT},
+        ]),
+    };
+    job(restore, mover, config)
 }
 
 #[cfg(test)]

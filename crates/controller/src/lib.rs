@@ -5,8 +5,10 @@ pub mod backup;
 pub mod events;
 pub mod jobs;
 pub mod metrics;
+pub mod outcome;
 pub mod policy;
 pub mod repository;
+pub mod restore;
 pub mod retention;
 pub mod scheduling;
 
@@ -43,7 +45,8 @@ pub async fn run(
     tokio::join!(
         repository::run(ctx.clone(), shutdown.clone()),
         policy::run(ctx.clone(), shutdown.clone()),
-        backup::run(ctx.clone(), shutdown),
+        backup::run(ctx.clone(), shutdown.clone()),
+        restore::run(ctx.clone(), shutdown),
     );
 }
 

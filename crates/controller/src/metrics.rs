@@ -23,12 +23,19 @@ pub struct PolicyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RestoreLabels {
+    pub namespace: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
     pub controller: String,
 }
 
 pub struct Metrics {
     pub backups: Family<BackupLabels, Counter>,
+    pub restores: Family<RestoreLabels, Counter>,
     pub backup_duration: Family<PolicyLabels, Histogram>,
     pub backup_bytes: Family<PolicyLabels, Gauge<f64, AtomicU64>>,
     pub last_success: Family<PolicyLabels, Gauge<f64, AtomicU64>>,
@@ -42,6 +49,8 @@ impl Metrics {
         let mut registry = Registry::with_prefix("backstop");
         let backups = Family::<BackupLabels, Counter>::default();
         registry.register("backups", "Backups finished, by result", backups.clone());
+        let restores = Family::<RestoreLabels, Counter>::default();
+        registry.register("restores", "Restores finished, by result", restores.clone());
         let backup_duration = Family::<PolicyLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0])
         });
@@ -84,6 +93,7 @@ impl Metrics {
         registry.register("build_info", "Backstop's version", build_info);
         Self {
             backups,
+            restores,
             backup_duration,
             backup_bytes,
             last_success,

@@ -124,8 +124,13 @@ impl Drop for TestNamespace {
 
 /// A hostPath PersistentVolume made by `hack/cluster volume`; returns its host directory.
 pub fn host_volume(name: &str, size: &str) -> anyhow::Result<PathBuf> {
+    host_volume_of_class(name, size, STORAGE_CLASS)
+}
+
+/// Like `host_volume`, in storage class `class` (so only claims of that class can bind it).
+pub fn host_volume_of_class(name: &str, size: &str, class: &str) -> anyhow::Result<PathBuf> {
     let out = Command::new(repo_root().join("hack/cluster"))
-        .args(["volume", name, size])
+        .args(["volume", name, size, "", class])
         .output()
         .context("running hack/cluster volume")?;
     if !out.status.success() {

@@ -1,0 +1,480 @@
+//! Restore reconciler: validates everything it can before any Job exists (backup Completed,
+//! volume in it, repository usable, target not in use), creates the target PVC when absent, runs
+//! one mover Job that stages, verifies and commits, and records the outcome. A refusal is a
+//! Failed Restore with a reason and a Warning event, never a retry loop.
+
+use crate::jobs::{self, ROLE_RESTORE, RestoreJob};
+use crate::outcome::{MoverFailure, termination_message};
+use crate::{Context, Error, events, metrics, now, repository};
+use backstop_api::condition::{self, Invalid};
+use backstop_api::restore::source_volume;
+use backstop_api::{Backup, BackupPhase, BackupRepository, Restore, RestoreStatus, labels, naming};
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Deserialize)]
+struct MoverRestored {
+    files: u64,
+    bytes: u64,
+    verification: String,
+}
+
+/// Everything a restore Job needs, once validation passed.
+struct Plan {
+    source_pvc: String,
+    manifest: String,
+    repository: BackupRepository,
+}
+
+async fn reconcile(restore: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let status = restore.status.clone().unwrap_or_default();
+    match status.phase {
+        BackupPhase::Completed | BackupPhase::Failed => {
+            delete_jobs(&ctx, &restore).await?;
+            Ok(Action::await_change())
+        }
+        BackupPhase::Pending => start(&ctx, &restore, status).await,
+        BackupPhase::Running => progress(&ctx, &restore, status).await,
+    }
+}
+
+async fn validate(ctx: &Context, restore: &Restore) -> Result<Result<Plan, Invalid>, Error> {
+    let namespace = restore.namespace().unwrap_or_default();
+    let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), &namespace);
+    let name = &restore.spec.backup_name;
+    let Some(backup) = backups.get_opt(name).await? else {
+        return Ok(Err(Invalid::new(
+            "BackupNotFound",
+            format!("Backup {name:?} not found in namespace {namespace:?}"),
+        )));
+    };
+    if backup.phase() != BackupPhase::Completed {
+        return Ok(Err(Invalid::new(
+            "BackupNotCompleted",
+            format!(
+                "Backup {name:?} is {}; only a Completed backup can be restored",
+                backup.phase().as_str()
+            ),
+        )));
+    }
+    let status = backup.status.clone().unwrap_or_default();
+    let volumes: Vec<String> = status
+        .volumes
+        .iter()
+        .filter(|v| v.phase == BackupPhase::Completed)
+        .map(|v| v.pvc.clone())
+        .collect();
+    let source_pvc = match source_volume(restore.spec.source_pvc.as_deref(), &volumes) {
+        Ok(s) => s,
+        Err(invalid) => return Ok(Err(invalid)),
+    };
+    let repo_name = status.repository.clone().unwrap_or_default();
+    let repos: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &namespace);
+    let Some(repository) = repos.get_opt(&repo_name).await? else {
+        return Ok(Err(Invalid::new(
+            "RepositoryNotFound",
+            format!("BackupRepository {repo_name:?} of Backup {name:?} not found"),
+        )));
+    };
+    if let Err(why) = repository::readiness(&ctx.client, &repository).await {
+        return Ok(Err(Invalid::new(
+            "RepositoryNotReady",
+            format!(
+                "repository {repo_name:?} is not ready ({}): {}",
+                why.reason, why.message
+            ),
+        )));
+    }
+    let manifest = format!(
+        "{}/{}",
+        backstop_api::backup::artifact_dir(&namespace, name),
+        format_args!("{source_pvc}.manifest.json")
+    );
+    Ok(Ok(Plan {
+        source_pvc,
+        manifest,
+        repository,
+    }))
+}
+
+/// The target PVC, created like the source (or as the spec says) when absent.
+async fn ensure_target(
+    ctx: &Context,
+    restore: &Restore,
+    plan: &Plan,
+) -> Result<Result<(), Invalid>, Error> {
+    let namespace = restore.namespace().unwrap_or_default();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+    let target = &restore.spec.target;
+    if let Some(existing) = claims.get_opt(&target.pvc_name).await? {
+        if existing.metadata.deletion_timestamp.is_some() {
+            return Ok(Err(Invalid::new(
+                "TargetNotReady",
+                format!("target PVC {:?} is being deleted", target.pvc_name),
+            )));
+        }
+        return Ok(Ok(()));
+    }
+    let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), &namespace);
+    let source = backups
+        .get(&restore.spec.backup_name)
+        .await?
+        .status
+        .unwrap_or_default()
+        .volumes
+        .into_iter()
+        .find(|v| v.pvc == plan.source_pvc)
+        .unwrap_or_default();
+    let Some(size) = target.size.clone().or(source.capacity) else {
+        return Ok(Err(Invalid::new(
+            "TargetSizeUnknown",
+            format!(
+                "target PVC {:?} does not exist and the backup does not record the source's size: set spec.target.size",
+                target.pvc_name
+            ),
+        )));
+    };
+    let class = target
+        .storage_class_name
+        .clone()
+        .or(source.storage_class_name);
+    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {
+            "name": target.pvc_name,
+            "namespace": namespace,
+            "labels": {labels::MANAGED_BY: labels::MANAGER, labels::RESTORE: naming::label_value(&restore.name_any())},
+        },
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": class,
+            "resources": {"requests": {"storage": size}},
+        }
+    }))?;
+    match claims.create(&PostParams::default(), &pvc).await {
+        Ok(_) => {
+            events::normal(
+                &ctx.recorder,
+                restore,
+                "TargetCreated",
+                format!("Created PVC {:?} ({size}) to restore into", target.pvc_name),
+            )
+            .await;
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Ok(()))
+}
+
+/// Running pods in the namespace that mount `pvc`.
+async fn node_and_users(
+    ctx: &Context,
+    namespace: &str,
+    pvc: &str,
+) -> Result<(Option<String>, Vec<String>), Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let running = pods
+        .list(&ListParams::default().fields("status.phase=Running"))
+        .await?;
+    let users = running
+        .items
+        .iter()
+        .filter(|p| jobs::node_using(std::slice::from_ref(*p), pvc).is_some())
+        .map(|p| p.name_any())
+        .collect();
+    Ok((jobs::node_using(&running.items, pvc), users))
+}
+
+async fn start(
+    ctx: &Context,
+    restore: &Restore,
+    mut status: RestoreStatus,
+) -> Result<Action, Error> {
+    let plan = match validate(ctx, restore).await? {
+        Ok(plan) => plan,
+        Err(invalid) => return fail(ctx, restore, status, invalid).await,
+    };
+    let namespace = restore.namespace().unwrap_or_default();
+    let target = &restore.spec.target.pvc_name;
+    let (node, users) = node_and_users(ctx, &namespace, target).await?;
+    if !users.is_empty() && !restore.spec.allow_in_use {
+        let why = Invalid::new(
+            "TargetInUse",
+            format!(
+                "target PVC {target:?} is mounted by running pod(s) {}: stop them, or set spec.allowInUse: true",
+                users.join(", ")
+            ),
+        );
+        return fail(ctx, restore, status, why).await;
+    }
+    if let Err(invalid) = ensure_target(ctx, restore, &plan).await? {
+        return fail(ctx, restore, status, invalid).await;
+    }
+    let job = jobs::restore_job(
+        restore,
+        RestoreJob {
+            repository: &plan.repository,
+            manifest: plan.manifest.clone(),
+            target_pvc: target,
+            policy: restore.spec.existing_data_policy,
+            node: node.as_deref(),
+        },
+        &ctx.mover,
+    )?;
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+    match jobs_api.create(&PostParams::default(), &job).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    status.phase = BackupPhase::Running;
+    status.start_time = Some(Time(now()));
+    status.source_pvc = Some(plan.source_pvc.clone());
+    status.job = Some(naming::restore_job(&restore.name_any()));
+    condition::set(
+        &mut status.conditions,
+        "Completed",
+        false,
+        "Running",
+        "restore is running",
+        restore.meta().generation,
+        now(),
+    );
+    patch_status(ctx, restore, &status).await?;
+    events::normal(
+        &ctx.recorder,
+        restore,
+        "RestoreStarted",
+        format!(
+            "Restoring volume {:?} of Backup {:?} into PVC {target:?} ({})",
+            plan.source_pvc,
+            restore.spec.backup_name,
+            restore.spec.existing_data_policy.as_str()
+        ),
+    )
+    .await;
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+async fn progress(
+    ctx: &Context,
+    restore: &Restore,
+    mut status: RestoreStatus,
+) -> Result<Action, Error> {
+    let namespace = restore.namespace().unwrap_or_default();
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+    let job_name = status
+        .job
+        .clone()
+        .unwrap_or_else(|| naming::restore_job(&restore.name_any()));
+    let Some(job) = jobs_api.get_opt(&job_name).await? else {
+        let why = Invalid::new(
+            "JobLost",
+            format!("the restore Job {job_name} disappeared before it finished"),
+        );
+        return fail(ctx, restore, status, why).await;
+    };
+    let js = job.status.clone().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    if js.succeeded.unwrap_or(0) > 0 {
+        let message = termination_message(&pods, &job_name).await?;
+        let Some(done) = message
+            .as_deref()
+            .and_then(|m| serde_json::from_str::<MoverRestored>(m).ok())
+        else {
+            let why = Invalid::new(
+                "MoverResultMissing",
+                format!("Job {job_name} succeeded but its pod left no readable result"),
+            );
+            return fail(ctx, restore, status, why).await;
+        };
+        let end = now();
+        let start = status.start_time.as_ref().map(|t| t.0).unwrap_or(end);
+        let seconds = end.duration_since(start).as_secs_f64().round() as i64;
+        status.phase = BackupPhase::Completed;
+        status.completion_time = Some(Time(end));
+        status.files_restored = i64::try_from(done.files).ok();
+        status.bytes_restored = i64::try_from(done.bytes).ok();
+        status.verification = Some(done.verification);
+        let message = format!(
+            "Restored {} files ({}) into PVC {:?} in {seconds}s; every digest verified",
+            done.files,
+            events::human_bytes(i64::try_from(done.bytes).unwrap_or(i64::MAX)),
+            restore.spec.target.pvc_name
+        );
+        status.message = Some(message.clone());
+        condition::set(
+            &mut status.conditions,
+            "Completed",
+            true,
+            "Completed",
+            &message,
+            restore.meta().generation,
+            end,
+        );
+        patch_status(ctx, restore, &status).await?;
+        events::normal(&ctx.recorder, restore, "RestoreCompleted", message).await;
+        count(ctx, restore, "completed");
+        delete_jobs(ctx, restore).await?;
+        return Ok(Action::await_change());
+    }
+    if js.failed.unwrap_or(0) > 0 {
+        let message = termination_message(&pods, &job_name).await?;
+        let why = match message
+            .as_deref()
+            .and_then(|m| serde_json::from_str::<MoverFailure>(m).ok())
+        {
+            Some(f) => Invalid::new(f.reason.unwrap_or_else(|| "MoverFailed".into()), f.error),
+            None => Invalid::new(
+                "MoverFailed",
+                format!(
+                    "Job {job_name} failed: {}",
+                    message.unwrap_or_else(|| "no message".into())
+                ),
+            ),
+        };
+        if why.reason == "IntegrityCheckFailed" {
+            status.verification = Some("Failed".into());
+        }
+        return fail(ctx, restore, status, why).await;
+    }
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+async fn fail(
+    ctx: &Context,
+    restore: &Restore,
+    mut status: RestoreStatus,
+    why: Invalid,
+) -> Result<Action, Error> {
+    let end = now();
+    status.phase = BackupPhase::Failed;
+    status.completion_time = Some(Time(end));
+    status.message = Some(why.message.clone());
+    let generation = restore.meta().generation;
+    condition::set(
+        &mut status.conditions,
+        "Completed",
+        false,
+        &why.reason,
+        &why.message,
+        generation,
+        end,
+    );
+    condition::set(
+        &mut status.conditions,
+        "Failed",
+        true,
+        &why.reason,
+        &why.message,
+        generation,
+        end,
+    );
+    patch_status(ctx, restore, &status).await?;
+    events::warning(
+        &ctx.recorder,
+        restore,
+        "RestoreFailed",
+        format!("{}: {}", why.reason, why.message),
+    )
+    .await;
+    count(ctx, restore, "failed");
+    delete_jobs(ctx, restore).await?;
+    Ok(Action::await_change())
+}
+
+fn count(ctx: &Context, restore: &Restore, result: &str) {
+    ctx.metrics
+        .restores
+        .get_or_create(&metrics::RestoreLabels {
+            namespace: restore.namespace().unwrap_or_default(),
+            result: result.into(),
+        })
+        .inc();
+}
+
+async fn delete_jobs(ctx: &Context, restore: &Restore) -> Result<(), Error> {
+    let jobs_api: Api<Job> =
+        Api::namespaced(ctx.client.clone(), &restore.namespace().unwrap_or_default());
+    let selector = format!(
+        "{}={},{}={ROLE_RESTORE}",
+        labels::RESTORE,
+        naming::label_value(&restore.name_any()),
+        labels::ROLE
+    );
+    for job in jobs_api
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+    {
+        let owned = job
+            .owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == restore.meta().uid.as_ref());
+        if owned && job.metadata.deletion_timestamp.is_none() {
+            match jobs_api
+                .delete(&job.name_any(), &DeleteParams::background())
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn patch_status(
+    ctx: &Context,
+    restore: &Restore,
+    status: &RestoreStatus,
+) -> Result<(), Error> {
+    let api: Api<Restore> =
+        Api::namespaced(ctx.client.clone(), &restore.namespace().unwrap_or_default());
+    api.patch_status(
+        &restore.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(crate::status_patch(status, &[])?),
+    )
+    .await?;
+    Ok(())
+}
+
+fn error_policy(_: Arc<Restore>, err: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(%err, "restore reconcile failed");
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&metrics::ControllerLabels {
+            controller: "restore".into(),
+        })
+        .inc();
+    Action::requeue(Duration::from_secs(5))
+}
+
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let jobs = watcher::Config::default().labels(&format!("{}={ROLE_RESTORE}", labels::ROLE));
+    Controller::new(
+        Api::<Restore>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Job>::all(client), jobs)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|_| futures::future::ready(()))
+    .await;
+}

@@ -1,0 +1,388 @@
+//! Restore as a rehearsed, validated operation, on the local cluster with the operator in-cluster:
+//! a varied tree comes back exactly as captured, the default refuses a non-empty target, Overwrite
+//! and Merge do what they say, a damaged artifact fails with the target unchanged, and restores
+//! of unfinished backups or into a volume in use are refused before any Job exists.
+
+use backstop_api::{Backup, BackupPhase, BackupRepository, Restore, condition};
+use backstop_e2e::*;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::Path;
+use std::time::Duration;
+
+async fn repository(ns: &TestNamespace) -> anyhow::Result<std::path::PathBuf> {
+    let dir = ns.volume("backups", &[]).await?;
+    create::<BackupRepository>(
+        ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "BackupRepository",
+               "metadata": {"name": "default"}, "spec": {"pvc": {"claimName": "backups"}}}),
+    )
+    .await?;
+    Ok(dir)
+}
+
+async fn completed_backup(ns: &TestNamespace, name: &str, app: &str) -> anyhow::Result<Backup> {
+    create::<Backup>(
+        ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup", "metadata": {"name": name},
+               "spec": {"target": {"pvcSelector": {"matchLabels": {"app": app}}}}}),
+    )
+    .await?;
+    let api = ns.api::<Backup>();
+    let backup = wait_for(
+        Duration::from_secs(180),
+        &format!("backup {name}"),
+        || async {
+            let b = api.get(name).await?;
+            Ok(b.phase().is_terminal().then_some(b))
+        },
+    )
+    .await?;
+    anyhow::ensure!(
+        backup.phase() == BackupPhase::Completed,
+        "backup failed: {:?}",
+        backup.status
+    );
+    Ok(backup)
+}
+
+async fn restore(
+    ns: &TestNamespace,
+    name: &str,
+    spec: serde_json::Value,
+) -> anyhow::Result<Restore> {
+    create::<Restore>(
+        ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Restore", "metadata": {"name": name}, "spec": spec}),
+    )
+    .await?;
+    let api = ns.api::<Restore>();
+    wait_for(
+        Duration::from_secs(300),
+        &format!("restore {name}"),
+        || async {
+            let r = api.get(name).await?;
+            Ok(r.phase().is_terminal().then_some(r))
+        },
+    )
+    .await
+}
+
+fn reason(r: &Restore) -> String {
+    let conditions = r.status.clone().unwrap_or_default().conditions;
+    condition::find(&conditions, "Failed")
+        .map(|c| c.reason.clone())
+        .unwrap_or_default()
+}
+
+async fn jobs_of(ns: &TestNamespace, restore: &str) -> anyhow::Result<usize> {
+    Ok(ns
+        .api::<Job>()
+        .list(&ListParams::default().labels(&format!("backstop.dev/restore={restore}")))
+        .await?
+        .items
+        .len())
+}
+
+/// What the issue asks a restore to carry: nested dirs, unicode and space names, symlinks,
+/// hardlinks, an empty dir, a sparse file, a 100 MiB file, modes 0600/0755, several owners.
+fn varied_tree(root: &Path) -> anyhow::Result<()> {
+    write_sample_tree(root, 7)?;
+    std::fs::create_dir_all(root.join("dir with spaces/ünïcødé 目录"))?;
+    std::fs::write(
+        root.join("dir with spaces/ünïcødé 目录/naïve file.txt"),
+        "ü\n",
+    )?;
+    std::fs::create_dir_all(root.join("empty/also empty"))?;
+    std::fs::write(root.join("owned-by-1000"), "u\n")?;
+    std::os::unix::fs::chown(root.join("owned-by-1000"), Some(1000), Some(1000))?;
+    std::fs::write(root.join("owned-by-33"), "w\n")?;
+    std::os::unix::fs::chown(root.join("owned-by-33"), Some(33), Some(44))?;
+    std::fs::set_permissions(
+        root.join("owned-by-33"),
+        std::fs::Permissions::from_mode(0o640),
+    )?;
+    symlink("../README", root.join("nested/up-link"))?;
+    std::fs::hard_link(
+        root.join("run.sh"),
+        root.join("dir with spaces/run-again.sh"),
+    )?;
+    let sparse = std::fs::File::create(root.join("sparse.img"))?;
+    sparse.set_len(256 << 20)?;
+    std::os::unix::fs::FileExt::write_at(&sparse, b"middle", 128 << 20)?;
+    let big: Vec<u8> = (0..100u32 << 20)
+        .map(|i| (i % 251) as u8 ^ (i >> 20) as u8)
+        .collect();
+    std::fs::write(root.join("big-100MiB.bin"), big)?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
+async fn restore_into_a_new_pvc_reproduces_the_tree_as_captured() -> anyhow::Result<()> {
+    let client = cluster().await?;
+    install_operator(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-restore-new").await?;
+    repository(&ns).await?;
+    let source = ns.volume("source", &[("app", "db")]).await?;
+    varied_tree(&source)?;
+    let captured = tree_listing(&source)?;
+    completed_backup(&ns, "before-change", "db").await?;
+
+    // The source moves on after the backup.
+    std::fs::write(source.join("README"), "changed\n")?;
+    std::fs::remove_file(source.join("big-100MiB.bin"))?;
+
+    // The target does not exist: the controller creates it, classed as asked, sized like the source.
+    let class = format!("e2e-{}", ns.name);
+    let target_dir = host_volume_of_class(&format!("{}-spare", ns.name), "1Gi", &class)?;
+    let done = restore(
+        &ns,
+        "to-new",
+        json!({"backupName": "before-change", "target": {"pvcName": "restored", "storageClassName": class}}),
+    )
+    .await?;
+    let status = done.status.clone().unwrap_or_default();
+    assert_eq!(done.phase(), BackupPhase::Completed, "{status:?}");
+    assert_eq!(status.verification.as_deref(), Some("Verified"));
+    assert_eq!(status.source_pvc.as_deref(), Some("source"));
+    assert_eq!(tree_listing(&target_dir)?, captured);
+    let sparse =
+        std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(target_dir.join("sparse.img"))?);
+    assert!(
+        sparse * 512 < 16 << 20,
+        "the sparse file came back sparse ({sparse} blocks)"
+    );
+    assert!(
+        events(&ns, "RestoreCompleted")
+            .await?
+            .iter()
+            .any(|(on, _)| on == "to-new")
+    );
+    assert!(
+        events(&ns, "TargetCreated")
+            .await?
+            .iter()
+            .any(|(on, _)| on == "to-new")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
+async fn existing_data_policies_decide_what_happens_to_a_non_empty_target() -> anyhow::Result<()> {
+    let client = cluster().await?;
+    install_operator(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-restore-policy").await?;
+    repository(&ns).await?;
+    let source = ns.volume("source", &[("app", "db")]).await?;
+    write_sample_tree(&source, 4)?;
+    let captured = tree_listing(&source)?;
+    completed_backup(&ns, "snap", "db").await?;
+    let target = ns.volume("target", &[]).await?;
+    std::fs::write(target.join("precious.txt"), "do not lose me\n")?;
+    std::fs::create_dir_all(target.join("nested"))?;
+    std::fs::write(target.join("nested/data.bin"), "stale\n")?;
+
+    // Default: refused, target untouched.
+    let before = tree_listing(&target)?;
+    let refused = restore(
+        &ns,
+        "default-policy",
+        json!({"backupName": "snap", "target": {"pvcName": "target"}}),
+    )
+    .await?;
+    assert_eq!(reason(&refused), "TargetNotEmpty", "{:?}", refused.status);
+    assert_eq!(tree_listing(&target)?, before);
+
+    // Merge: the backup's files written over, others kept.
+    let merged = restore(&ns, "merge", json!({"backupName": "snap", "target": {"pvcName": "target"}, "existingDataPolicy": "Merge"})).await?;
+    assert_eq!(
+        merged.phase(),
+        BackupPhase::Completed,
+        "{:?}",
+        merged.status
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("precious.txt"))?,
+        "do not lose me\n"
+    );
+    let listing = tree_listing(&target)?;
+    for entry in &captured {
+        assert!(listing.contains(entry), "merge lost {entry}");
+    }
+
+    // Overwrite: exactly the backup.
+    let overwritten = restore(&ns, "overwrite", json!({"backupName": "snap", "target": {"pvcName": "target"}, "existingDataPolicy": "Overwrite"})).await?;
+    assert_eq!(
+        overwritten.phase(),
+        BackupPhase::Completed,
+        "{:?}",
+        overwritten.status
+    );
+    assert_eq!(tree_listing(&target)?, captured);
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
+async fn a_damaged_artifact_fails_the_restore_and_leaves_the_target_unchanged() -> anyhow::Result<()>
+{
+    let client = cluster().await?;
+    install_operator(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-restore-damaged").await?;
+    let repo_dir = repository(&ns).await?;
+    let source = ns.volume("source", &[("app", "db")]).await?;
+    write_sample_tree(&source, 5)?;
+    let backup = completed_backup(&ns, "snap", "db").await?;
+    let artifact = backup.status.unwrap_or_default().volumes[0]
+        .artifact
+        .clone()
+        .unwrap_or_default();
+    let path = repo_dir.join(artifact);
+    let mut bytes = std::fs::read(&path)?;
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&path, bytes)?;
+
+    let target = ns.volume("target", &[]).await?;
+    std::fs::write(target.join("current.txt"), "the live data\n")?;
+    let before = tree_listing(&target)?;
+    let failed = restore(&ns, "damaged", json!({"backupName": "snap", "target": {"pvcName": "target"}, "existingDataPolicy": "Overwrite"})).await?;
+    assert_eq!(
+        reason(&failed),
+        "IntegrityCheckFailed",
+        "{:?}",
+        failed.status
+    );
+    assert_eq!(
+        failed.status.unwrap_or_default().verification.as_deref(),
+        Some("Failed")
+    );
+    assert_eq!(
+        tree_listing(&target)?,
+        before,
+        "the target must be as it was"
+    );
+    assert!(
+        events(&ns, "RestoreFailed")
+            .await?
+            .iter()
+            .any(|(on, note)| on == "damaged" && note.contains("IntegrityCheckFailed"))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
+async fn restores_of_unfinished_backups_or_into_a_volume_in_use_are_refused_before_any_job()
+-> anyhow::Result<()> {
+    let client = cluster().await?;
+    install_operator(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-restore-refused").await?;
+    repository(&ns).await?;
+    let source = ns.volume("source", &[("app", "db")]).await?;
+    write_sample_tree(&source, 6)?;
+    completed_backup(&ns, "good", "db").await?;
+
+    // A Failed backup.
+    create::<Backup>(&ns, json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup", "metadata": {"name": "failed"},
+        "spec": {"target": {"pvcSelector": {"matchLabels": {"app": "nothing"}}}}})).await?;
+    // A backup that stays Running: its volume is only reachable from a node that does not exist.
+    let pv_name = format!("{}-stranded", ns.name);
+    let pv: PersistentVolume = serde_json::from_value(json!({
+        "metadata": {"name": pv_name},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                 "storageClassName": STORAGE_CLASS, "persistentVolumeReclaimPolicy": "Retain",
+                 "hostPath": {"path": "/nonexistent/backstop-e2e"},
+                 "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                     {"key": "kubernetes.io/hostname", "operator": "In", "values": ["elsewhere"]}]}]}}}
+    }))?;
+    Api::<PersistentVolume>::all(client.clone())
+        .create(&PostParams::default(), &pv)
+        .await?;
+    create::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(&ns, json!({
+        "metadata": {"name": "stranded", "labels": {"app": "stranded"}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": STORAGE_CLASS, "volumeName": pv_name,
+                 "resources": {"requests": {"storage": "1Gi"}}}})).await?;
+    create::<Backup>(&ns, json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup", "metadata": {"name": "running"},
+        "spec": {"target": {"pvcSelector": {"matchLabels": {"app": "stranded"}}}}})).await?;
+    let backups = ns.api::<Backup>();
+    wait_until(
+        Duration::from_secs(60),
+        "one backup Failed and one Running",
+        || async {
+            Ok(backups.get("failed").await?.phase() == BackupPhase::Failed
+                && backups.get("running").await?.phase() == BackupPhase::Running)
+        },
+    )
+    .await?;
+
+    let target = ns.volume("target", &[]).await?;
+    for (name, backup) in [("from-failed", "failed"), ("from-running", "running")] {
+        let r = restore(
+            &ns,
+            name,
+            json!({"backupName": backup, "target": {"pvcName": "target"}}),
+        )
+        .await?;
+        assert_eq!(reason(&r), "BackupNotCompleted", "{:?}", r.status);
+        assert_eq!(jobs_of(&ns, name).await?, 0);
+    }
+    let r = restore(
+        &ns,
+        "wrong-volume",
+        json!({"backupName": "good", "sourcePVC": "nope", "target": {"pvcName": "target"}}),
+    )
+    .await?;
+    assert_eq!(reason(&r), "VolumeNotInBackup", "{:?}", r.status);
+
+    // A running pod mounts the target: refused unless allowInUse.
+    create::<Pod>(&ns, json!({"metadata": {"name": "app"}, "spec": {
+        "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.6", "imagePullPolicy": "Never",
+                        "volumeMounts": [{"name": "t", "mountPath": "/data"}]}],
+        "volumes": [{"name": "t", "persistentVolumeClaim": {"claimName": "target"}}]}})).await?;
+    let pods = ns.api::<Pod>();
+    wait_until(Duration::from_secs(60), "the app pod to run", || async {
+        Ok(pods
+            .get("app")
+            .await?
+            .status
+            .and_then(|s| s.phase)
+            .as_deref()
+            == Some("Running"))
+    })
+    .await?;
+    let r = restore(
+        &ns,
+        "in-use",
+        json!({"backupName": "good", "target": {"pvcName": "target"}}),
+    )
+    .await?;
+    assert_eq!(reason(&r), "TargetInUse", "{:?}", r.status);
+    assert_eq!(jobs_of(&ns, "in-use").await?, 0);
+    let r = restore(
+        &ns,
+        "in-use-allowed",
+        json!({"backupName": "good", "target": {"pvcName": "target"}, "allowInUse": true}),
+    )
+    .await?;
+    assert_eq!(r.phase(), BackupPhase::Completed, "{:?}", r.status);
+    assert_eq!(tree_listing(&target)?, tree_listing(&source)?);
+    for name in ["from-failed", "from-running", "wrong-volume", "in-use"] {
+        assert!(
+            events(&ns, "RestoreFailed")
+                .await?
+                .iter()
+                .any(|(on, _)| on == name),
+            "no Warning for {name}"
+        );
+    }
+    let _ = Api::<PersistentVolume>::all(client.clone())
+        .delete(&pv_name, &Default::default())
+        .await;
+    Ok(())
+}
