@@ -30,7 +30,7 @@ pub struct RestoreSpec {
     #[schemars(length(min = 1))]
     pub backup_name: String,
     /// Which volume of the backup; optional when the backup has exactly one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "sourcePVC", skip_serializing_if = "Option::is_none")]
     pub source_pvc: Option<String>,
     pub target: RestoreTarget,
     /// What to do when the target already holds data.
@@ -100,7 +100,7 @@ pub struct RestoreStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
     /// The volume of the backup being restored.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "sourcePVC", skip_serializing_if = "Option::is_none")]
     pub source_pvc: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
@@ -169,6 +169,15 @@ mod tests {
             source_volume(Some("c"), &two).unwrap_err().reason,
             "VolumeNotInBackup"
         );
+    }
+
+    #[test]
+    fn source_pvc_is_spelled_as_the_design_says() {
+        let spec: RestoreSpec = serde_json::from_value(serde_json::json!({
+            "backupName": "b", "sourcePVC": "data", "target": {"pvcName": "restored"}
+        }))
+        .unwrap();
+        assert_eq!(spec.source_pvc.as_deref(), Some("data"));
     }
 
     #[test]
