@@ -69,6 +69,11 @@ async fn apply(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
         .await;
     }
     let mut status = backup.status.clone().unwrap_or_default();
+    if phase == BackupPhase::Pending
+        && let Some(policy) = &backup.spec.policy_ref
+    {
+        adopt(ctx, backup, policy).await?;
+    }
     if phase == BackupPhase::Pending || status.volumes.is_empty() {
         let resolved = match resolve(ctx, backup).await? {
             Ok(r) => r,
@@ -126,6 +131,38 @@ async fn apply(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
         .await;
     }
     progress(ctx, backup, status).await
+}
+
+/// A Backup made by hand that names a policy belongs to it like a scheduled one: labelled and
+/// owned, so the policy's status and retention see it.
+async fn adopt(ctx: &Context, backup: &Backup, policy_name: &str) -> Result<(), Error> {
+    let label = naming::label_value(policy_name);
+    if backup.labels().get(labels::POLICY) == Some(&label) {
+        return Ok(());
+    }
+    let namespace = backup.namespace().unwrap_or_default();
+    let policies: Api<BackupPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
+    let Some(policy) = policies.get_opt(policy_name).await? else {
+        return Ok(());
+    };
+    let mut patch = serde_json::json!({"metadata": {"labels": {labels::POLICY: label}}});
+    let has_controller = backup
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true));
+    if !has_controller && let Some(owner) = policy.controller_owner_ref(&()) {
+        let mut owners = backup.owner_references().to_vec();
+        owners.push(owner);
+        patch["metadata"]["ownerReferences"] = serde_json::to_value(owners)?;
+    }
+    let api: Api<Backup> = Api::namespaced(ctx.client.clone(), &namespace);
+    api.patch(
+        &backup.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(patch),
+    )
+    .await?;
+    Ok(())
 }
 
 /// The selector and repository this backup uses, from its policy or its own spec.

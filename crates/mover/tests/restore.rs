@@ -269,16 +269,19 @@ fn raw_header(path: &[u8], kind: tar::EntryType, size: u64, link: Option<&str>) 
     h
 }
 
+/// A named hand-made archive: how to write it, and the manifest entries that describe it.
+type Case = (
+    &'static str,
+    Box<dyn FnOnce(&mut tar::Builder<Vec<u8>>)>,
+    Vec<Entry>,
+);
+
 #[test]
 fn archives_that_escape_the_target_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let outside = tmp.path().join("outside");
     fs::create_dir_all(&outside).unwrap();
-    let cases: Vec<(
-        &str,
-        Box<dyn FnOnce(&mut tar::Builder<Vec<u8>>)>,
-        Vec<Entry>,
-    )> = vec![
+    let cases: Vec<Case> = vec![
         (
             "dotdot",
             Box::new(|b| {
