@@ -66,6 +66,33 @@ pub fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
+/// Marks a finished operation as failed: `Completed=False` and `Failed=True`, both with `why`.
+pub fn set_failed(
+    conditions: &mut Vec<Condition>,
+    why: &Invalid,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+) {
+    set(
+        conditions,
+        "Completed",
+        false,
+        &why.reason,
+        &why.message,
+        generation,
+        now,
+    );
+    set(
+        conditions,
+        "Failed",
+        true,
+        &why.reason,
+        &why.message,
+        generation,
+        now,
+    );
+}
+
 pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
 }

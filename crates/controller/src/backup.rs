@@ -115,7 +115,7 @@ async fn apply(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
             backup.meta().generation,
             now(),
         );
-        patch_status(ctx, backup, &status).await?;
+        crate::patch_status(&ctx.client, backup, &status, &[]).await?;
         events::normal(
             &ctx.recorder,
             backup,
@@ -365,7 +365,7 @@ async fn progress(
         return finish(ctx, backup, status).await;
     }
     if changed {
-        patch_status(ctx, backup, &status).await?;
+        crate::patch_status(&ctx.client, backup, &status, &[]).await?;
     }
     // Job changes wake us; this is only a safety net.
     Ok(Action::requeue(Duration::from_secs(60)))
@@ -495,16 +495,8 @@ async fn finish(ctx: &Context, backup: &Backup, mut status: BackupStatus) -> Res
             end,
         );
         status.message = Some(message.clone());
-        patch_status(ctx, backup, &status).await?;
+        crate::patch_status(&ctx.client, backup, &status, &[]).await?;
         events::normal(&ctx.recorder, backup, "BackupCompleted", message).await;
-        ctx.metrics
-            .last_success
-            .get_or_create(&labels)
-            .set(end.as_second() as f64);
-        ctx.metrics
-            .backup_bytes
-            .get_or_create(&labels)
-            .set(bytes as f64);
     } else {
         status.phase = BackupPhase::Failed;
         let failures: Vec<String> = status
@@ -524,26 +516,14 @@ async fn finish(ctx: &Context, backup: &Backup, mut status: BackupStatus) -> Res
             })
             .unwrap_or_else(|| "VolumeFailed".into());
         let message = failures.join("; ");
-        condition::set(
+        condition::set_failed(
             &mut status.conditions,
-            "Completed",
-            false,
-            &reason,
-            &message,
-            generation,
-            end,
-        );
-        condition::set(
-            &mut status.conditions,
-            "Failed",
-            true,
-            &reason,
-            &message,
+            &Invalid::new(reason, message.clone()),
             generation,
             end,
         );
         status.message = Some(message.clone());
-        patch_status(ctx, backup, &status).await?;
+        crate::patch_status(&ctx.client, backup, &status, &[]).await?;
         events::warning(&ctx.recorder, backup, "BackupFailed", message).await;
     }
     let result = if completed { "completed" } else { "failed" };
@@ -575,25 +555,8 @@ async fn fail(
     status.completion_time = Some(Time(end));
     status.message = Some(why.message.clone());
     let generation = backup.meta().generation;
-    condition::set(
-        &mut status.conditions,
-        "Completed",
-        false,
-        &why.reason,
-        &why.message,
-        generation,
-        end,
-    );
-    condition::set(
-        &mut status.conditions,
-        "Failed",
-        true,
-        &why.reason,
-        &why.message,
-        generation,
-        end,
-    );
-    patch_status(ctx, backup, &status).await?;
+    condition::set_failed(&mut status.conditions, &why, generation, end);
+    crate::patch_status(&ctx.client, backup, &status, &[]).await?;
     events::warning(
         &ctx.recorder,
         backup,
@@ -740,32 +703,13 @@ async fn deletion_blocked(
         backup.meta().generation,
         now(),
     );
-    patch_status(ctx, backup, status).await?;
+    crate::patch_status(&ctx.client, backup, status, &[]).await?;
     events::warning(&ctx.recorder, backup, &why.reason, why.message.clone()).await;
     Ok(Action::requeue(Duration::from_secs(30)))
 }
 
-async fn patch_status(ctx: &Context, backup: &Backup, status: &BackupStatus) -> Result<(), Error> {
-    let api: Api<Backup> =
-        Api::namespaced(ctx.client.clone(), &backup.namespace().unwrap_or_default());
-    api.patch_status(
-        &backup.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(crate::status_patch(status, &[])?),
-    )
-    .await?;
-    Ok(())
-}
-
 fn error_policy(_: Arc<Backup>, err: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(%err, "backup reconcile failed");
-    ctx.metrics
-        .reconcile_errors
-        .get_or_create(&metrics::ControllerLabels {
-            controller: "backup".into(),
-        })
-        .inc();
-    Action::requeue(Duration::from_secs(5))
+    crate::retry_after_error(&ctx, "backup", err)
 }
 
 pub async fn run(

@@ -66,6 +66,48 @@ pub(crate) fn status_patch<T: serde::Serialize>(
     Ok(serde_json::json!({ "status": value }))
 }
 
+/// Writes `status` to the object's `/status` with a merge patch (see `status_patch`).
+pub(crate) async fn patch_status<K, S>(
+    client: &Client,
+    obj: &K,
+    status: &S,
+    clearable: &[&str],
+) -> Result<()>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    S: serde::Serialize,
+{
+    use kube::ResourceExt;
+    let api: kube::Api<K> =
+        kube::Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
+    api.patch_status(
+        &obj.name_any(),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(status_patch(status, clearable)?),
+    )
+    .await?;
+    Ok(())
+}
+
+/// What every reconciler does with an error: log it, count it, retry soon with backoff from kube.
+pub(crate) fn retry_after_error(
+    ctx: &Context,
+    controller: &str,
+    err: &Error,
+) -> kube::runtime::controller::Action {
+    tracing::warn!(%err, controller, "reconcile failed");
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&metrics::ControllerLabels {
+            controller: controller.into(),
+        })
+        .inc();
+    kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(5))
+}
+
 /// Seconds since the epoch as a Kubernetes time.
 pub(crate) fn now() -> jiff::Timestamp {
     jiff::Timestamp::now()

@@ -13,7 +13,7 @@ use backstop_api::{
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
@@ -187,22 +187,52 @@ async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Actio
     }
 
     // What the backups say (the newest first).
-    let newest = |phase: Option<BackupPhase>| {
-        backups
-            .iter()
-            .filter(|b| phase.is_none_or(|p| b.phase() == p))
-            .max_by_key(|b| summarize(b).scheduled_time.or(summarize(b).created))
-            .cloned()
-    };
-    if let Some(last) = newest(None) {
+    let mut by_time: Vec<&Backup> = backups
+        .iter()
+        .filter(|b| b.metadata.deletion_timestamp.is_none())
+        .collect();
+    by_time.sort_by_key(|b| {
+        let s = summarize(b);
+        std::cmp::Reverse(s.scheduled_time.or(s.created))
+    });
+    if let Some(last) = by_time.first() {
         status.last_backup.get_or_insert_with(|| last.name_any());
         if status.last_backup_time.is_none() {
             status.last_backup_time = last.metadata.creation_timestamp.clone();
         }
     }
-    if let Some(ok) = newest(Some(BackupPhase::Completed)) {
-        status.last_successful_backup_time = ok.status.and_then(|s| s.completion_time);
+    let newest_ok = by_time.iter().find(|b| b.phase() == BackupPhase::Completed);
+    if let Some(ok) = newest_ok {
+        status.last_successful_backup_time =
+            ok.status.as_ref().and_then(|s| s.completion_time.clone());
     }
+    let ok_status = newest_ok.and_then(|b| b.status.as_ref());
+    let figures = metrics::PolicyFigures {
+        last_success: status
+            .last_successful_backup_time
+            .as_ref()
+            .map(|t| t.0.as_second() as f64),
+        last_size_bytes: ok_status.and_then(|s| s.total_bytes).map(|b| b as f64),
+        last_files: ok_status.and_then(|s| s.total_files).map(|f| f as f64),
+        next_run: plan.next.map(|t| t.as_second() as f64),
+        interval_seconds: plan.next.and_then(|next| {
+            schedule
+                .next_after(next)
+                .map(|after| after.duration_since(next).as_secs_f64())
+        }),
+        consecutive_failures: by_time
+            .iter()
+            .filter(|b| b.phase().is_terminal())
+            .take_while(|b| b.phase() == BackupPhase::Failed)
+            .count() as i64,
+    };
+    ctx.metrics.observe_policy(
+        &metrics::PolicyLabels {
+            namespace: namespace.clone(),
+            policy: name.clone(),
+        },
+        &figures,
+    );
     status.next_scheduled_backup = plan.next.map(Time);
     let (reason, message) = if policy.spec.suspend {
         (
@@ -228,7 +258,13 @@ async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Actio
         now(),
     );
     if Some(&status) != policy.status.as_ref() {
-        patch_status(&ctx.client, &policy, &status).await?;
+        crate::patch_status(
+            &ctx.client,
+            policy.as_ref(),
+            &status,
+            &["nextScheduledBackup"],
+        )
+        .await?;
     }
     Ok(match plan.requeue_after {
         Some(wait) => Action::requeue(wait),
@@ -260,38 +296,14 @@ async fn refuse(
         events::warning(&ctx.recorder, policy, &why.reason, why.message.clone()).await;
     }
     if Some(&status) != policy.status.as_ref() {
-        patch_status(&ctx.client, policy, &status).await?;
+        crate::patch_status(&ctx.client, policy, &status, &["nextScheduledBackup"]).await?;
     }
     // A spec problem is fixed by editing the policy, which wakes us.
     Ok(Action::await_change())
 }
 
-async fn patch_status(
-    client: &kube::Client,
-    policy: &BackupPolicy,
-    status: &BackupPolicyStatus,
-) -> Result<(), Error> {
-    let api: Api<BackupPolicy> =
-        Api::namespaced(client.clone(), &policy.namespace().unwrap_or_default());
-    let status = crate::status_patch(status, &["nextScheduledBackup"])?;
-    api.patch_status(
-        &policy.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(status),
-    )
-    .await?;
-    Ok(())
-}
-
 fn error_policy(_: Arc<BackupPolicy>, err: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(%err, "policy reconcile failed");
-    ctx.metrics
-        .reconcile_errors
-        .get_or_create(&metrics::ControllerLabels {
-            controller: "policy".into(),
-        })
-        .inc();
-    Action::requeue(Duration::from_secs(5))
+    crate::retry_after_error(&ctx, "policy", err)
 }
 
 pub async fn run(
@@ -299,13 +311,32 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    Controller::new(
+    let controller = Controller::new(
         Api::<BackupPolicy>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<Backup>::all(client), watcher::Config::default())
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|_| futures::future::ready(()))
-    .await;
+    .owns(Api::<Backup>::all(client), watcher::Config::default());
+    // Deleted policies get no reconcile: their metric series are pruned from the watch cache.
+    let store = controller.store();
+    let metrics = ctx.metrics.clone();
+    let pruner = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            let existing = store
+                .state()
+                .iter()
+                .map(|p| metrics::PolicyLabels {
+                    namespace: p.namespace().unwrap_or_default(),
+                    policy: p.name_any(),
+                })
+                .collect();
+            metrics.retain_policies(&existing);
+        }
+    });
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+    pruner.abort();
 }

@@ -2,11 +2,11 @@
 //! so policies can refuse to start Jobs against one that cannot.
 
 use crate::{Context, Error, events, now};
+use backstop_api::BackupRepository;
 use backstop_api::condition::{self, Invalid};
-use backstop_api::{BackupRepository, BackupRepositoryStatus};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
@@ -84,6 +84,13 @@ async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Act
         ),
     }
     status.observed_generation = generation;
+    ctx.metrics
+        .repository_ready
+        .get_or_create(&crate::metrics::RepositoryLabels {
+            namespace: repo.namespace().unwrap_or_default(),
+            repository: repo.name_any(),
+        })
+        .set(i64::from(ready.is_ok()));
     let changed = was_ready
         != condition::find(&status.conditions, "Ready")
             .map(|c| (c.status.clone(), c.reason.clone()));
@@ -97,7 +104,7 @@ async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Act
         .await;
     }
     if Some(&status) != repo.status.as_ref() {
-        patch_status(&ctx.client, &repo, &status).await?;
+        crate::patch_status(&ctx.client, repo.as_ref(), &status, &[]).await?;
     }
     // The PVC is not watched; look again now and then.
     Ok(Action::requeue(Duration::from_secs(if ready.is_ok() {
@@ -107,31 +114,8 @@ async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Act
     })))
 }
 
-async fn patch_status(
-    client: &kube::Client,
-    repo: &BackupRepository,
-    status: &BackupRepositoryStatus,
-) -> Result<(), Error> {
-    let api: Api<BackupRepository> =
-        Api::namespaced(client.clone(), &repo.namespace().unwrap_or_default());
-    api.patch_status(
-        &repo.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"status": status})),
-    )
-    .await?;
-    Ok(())
-}
-
 fn error_policy(_: Arc<BackupRepository>, err: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(%err, "repository reconcile failed");
-    ctx.metrics
-        .reconcile_errors
-        .get_or_create(&crate::metrics::ControllerLabels {
-            controller: "repository".into(),
-        })
-        .inc();
-    Action::requeue(Duration::from_secs(10))
+    crate::retry_after_error(&ctx, "repository", err)
 }
 
 pub async fn run(

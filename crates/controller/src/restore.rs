@@ -13,7 +13,7 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
@@ -200,6 +200,8 @@ async fn start(
     restore: &Restore,
     mut status: RestoreStatus,
 ) -> Result<Action, Error> {
+    ctx.metrics
+        .restore_series(&restore.namespace().unwrap_or_default());
     let plan = match validate(ctx, restore).await? {
         Ok(plan) => plan,
         Err(invalid) => return fail(ctx, restore, status, invalid).await,
@@ -250,7 +252,7 @@ async fn start(
         restore.meta().generation,
         now(),
     );
-    patch_status(ctx, restore, &status).await?;
+    crate::patch_status(&ctx.client, restore, &status, &[]).await?;
     events::normal(
         &ctx.recorder,
         restore,
@@ -322,7 +324,7 @@ async fn progress(
             restore.meta().generation,
             end,
         );
-        patch_status(ctx, restore, &status).await?;
+        crate::patch_status(&ctx.client, restore, &status, &[]).await?;
         events::normal(&ctx.recorder, restore, "RestoreCompleted", message).await;
         count(ctx, restore, "completed");
         delete_jobs(ctx, restore).await?;
@@ -362,25 +364,8 @@ async fn fail(
     status.completion_time = Some(Time(end));
     status.message = Some(why.message.clone());
     let generation = restore.meta().generation;
-    condition::set(
-        &mut status.conditions,
-        "Completed",
-        false,
-        &why.reason,
-        &why.message,
-        generation,
-        end,
-    );
-    condition::set(
-        &mut status.conditions,
-        "Failed",
-        true,
-        &why.reason,
-        &why.message,
-        generation,
-        end,
-    );
-    patch_status(ctx, restore, &status).await?;
+    condition::set_failed(&mut status.conditions, &why, generation, end);
+    crate::patch_status(&ctx.client, restore, &status, &[]).await?;
     events::warning(
         &ctx.recorder,
         restore,
@@ -394,13 +379,22 @@ async fn fail(
 }
 
 fn count(ctx: &Context, restore: &Restore, result: &str) {
+    let namespace = restore.namespace().unwrap_or_default();
+    ctx.metrics.restore_series(&namespace);
     ctx.metrics
         .restores
         .get_or_create(&metrics::RestoreLabels {
-            namespace: restore.namespace().unwrap_or_default(),
+            namespace: namespace.clone(),
             result: result.into(),
         })
         .inc();
+    if let Some(start) = restore.status.as_ref().and_then(|s| s.start_time.as_ref()) {
+        let seconds = now().duration_since(start.0).as_secs_f64().max(0.0);
+        ctx.metrics
+            .restore_duration
+            .get_or_create(&metrics::NamespaceLabels { namespace })
+            .observe(seconds);
+    }
 }
 
 async fn delete_jobs(ctx: &Context, restore: &Restore) -> Result<(), Error> {
@@ -435,31 +429,8 @@ async fn delete_jobs(ctx: &Context, restore: &Restore) -> Result<(), Error> {
     Ok(())
 }
 
-async fn patch_status(
-    ctx: &Context,
-    restore: &Restore,
-    status: &RestoreStatus,
-) -> Result<(), Error> {
-    let api: Api<Restore> =
-        Api::namespaced(ctx.client.clone(), &restore.namespace().unwrap_or_default());
-    api.patch_status(
-        &restore.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(crate::status_patch(status, &[])?),
-    )
-    .await?;
-    Ok(())
-}
-
 fn error_policy(_: Arc<Restore>, err: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(%err, "restore reconcile failed");
-    ctx.metrics
-        .reconcile_errors
-        .get_or_create(&metrics::ControllerLabels {
-            controller: "restore".into(),
-        })
-        .inc();
-    Action::requeue(Duration::from_secs(5))
+    crate::retry_after_error(&ctx, "restore", err)
 }
 
 pub async fn run(

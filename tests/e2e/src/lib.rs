@@ -403,3 +403,49 @@ pub fn extract_with_tar(artifact: &Path, into: &Path) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A plain HTTP GET on loopback (the operator and Prometheus run on the host's network); returns
+/// the body of a 200 answer.
+pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no HTTP answer from {addr}{path}"))?;
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{addr}{path}: {head}"
+    );
+    Ok(body.to_string())
+}
+
+/// Where the leading operator replica serves /metrics (its BACKSTOP_LISTEN on the host network).
+pub async fn leader_metrics_addr(client: &Client) -> anyhow::Result<String> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "backstop-system");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "backstop-system");
+    let holder = leases
+        .get("backstop-controller")
+        .await?
+        .spec
+        .and_then(|s| s.holder_identity)
+        .context("no replica holds the Lease")?;
+    let pod = pods.get(&holder).await?;
+    let listen = pod
+        .spec
+        .into_iter()
+        .flat_map(|s| s.containers)
+        .flat_map(|c| c.env.unwrap_or_default())
+        .find(|e| e.name == "BACKSTOP_LISTEN")
+        .and_then(|e| e.value)
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    Ok(listen.replace("0.0.0.0", "127.0.0.1"))
+}

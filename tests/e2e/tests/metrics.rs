@@ -1,0 +1,201 @@
+//! "Don't ask whether backups run; prove they did": the operator's /metrics after a real backup,
+//! and a real Prometheus (Debian's, on loopback, with the shipped rules) raising the
+//! backup-failure alert when a backup fails on purpose.
+
+use backstop_api::{Backup, BackupPhase, BackupPolicy, BackupRepository};
+use backstop_e2e::*;
+use serde_json::json;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+async fn policy_with_repository(ns: &TestNamespace, app: &str) -> anyhow::Result<()> {
+    ns.volume("backups", &[]).await?;
+    create::<BackupRepository>(
+        ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "BackupRepository",
+               "metadata": {"name": "default"}, "spec": {"pvc": {"claimName": "backups"}}}),
+    )
+    .await?;
+    create::<BackupPolicy>(
+        ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "BackupPolicy", "metadata": {"name": "nightly"},
+               "spec": {"schedule": "0 2 * * *", "target": {"pvcSelector": {"matchLabels": {"app": app}}}}}),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn finished(ns: &TestNamespace, name: &str) -> anyhow::Result<Backup> {
+    create::<Backup>(
+        ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup", "metadata": {"name": name},
+               "spec": {"policyRef": "nightly"}}),
+    )
+    .await?;
+    let api = ns.api::<Backup>();
+    wait_for(
+        Duration::from_secs(120),
+        &format!("backup {name}"),
+        || async {
+            let b = api.get(name).await?;
+            Ok(b.phase().is_terminal().then_some(b))
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
+async fn metrics_show_the_backup_counter_histogram_and_last_success() -> anyhow::Result<()> {
+    let client = cluster().await?;
+    install_operator(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-metrics").await?;
+    policy_with_repository(&ns, "db").await?;
+    let data = ns.volume("data", &[("app", "db")]).await?;
+    write_sample_tree(&data, 8)?;
+    let backup = finished(&ns, "first").await?;
+    assert_eq!(
+        backup.phase(),
+        BackupPhase::Completed,
+        "{:?}",
+        backup.status
+    );
+    let completed_at = backup
+        .status
+        .and_then(|s| s.completion_time)
+        .map(|t| t.0.as_second())
+        .unwrap_or_default();
+
+    let labels = format!(r#"namespace="{}",policy="nightly""#, ns.name);
+    let expected = [
+        format!(r#"backstop_backups_total{{{labels},result="completed"}} 1"#),
+        format!(r#"backstop_backups_total{{{labels},result="failed"}} 0"#),
+        format!(r#"backstop_backup_duration_seconds_count{{{labels}}} 1"#),
+        format!(r#"backstop_backup_duration_seconds_bucket{{le="+Inf",{labels}}} 1"#),
+        format!(
+            r#"backstop_last_successful_backup_timestamp_seconds{{{labels}}} {completed_at}.0"#
+        ),
+        format!(r#"backstop_policy_consecutive_failures{{{labels}}} 0"#),
+        format!(r#"backstop_last_backup_files{{{labels}}} 4.0"#),
+    ];
+    let text = wait_for(
+        Duration::from_secs(60),
+        "the metrics of the backup",
+        || async {
+            let addr = leader_metrics_addr(&client).await?;
+            let text = http_get(&addr, "/metrics")?;
+            Ok(expected
+                .iter()
+                .all(|line| text.contains(line.as_str()))
+                .then_some(text))
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}; expected lines: {expected:#?}"))?;
+    assert!(text.contains("backstop_build_info{version="), "{text}");
+    // Bounded cardinality: no backup name appears as a label value.
+    assert!(
+        !text.contains("\"first\""),
+        "a backup name leaked into the labels"
+    );
+    Ok(())
+}
+
+/// Debian's Prometheus on a loopback port, killed when dropped.
+struct Prometheus {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_prometheus(target: &str) -> anyhow::Result<Prometheus> {
+    let dir = tempfile::tempdir()?;
+    let rules = repo_root().join("deploy/monitoring/alerts.yaml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let config = format!(
+        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+         rule_files: [{}]\n\
+         scrape_configs:\n  - job_name: backstop\n    static_configs: [{{targets: ['{target}']}}]\n",
+        rules.display()
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config)?;
+    let child = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("starting prometheus (Debian package `prometheus`): {e}"))?;
+    Ok(Prometheus {
+        child,
+        addr: format!("127.0.0.1:{port}"),
+        _dir: dir,
+    })
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
+async fn prometheus_raises_the_backup_failure_alert_for_a_failed_backup() -> anyhow::Result<()> {
+    let client = cluster().await?;
+    install_operator(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-alert").await?;
+    // The policy's selector matches nothing: its backup fails on purpose.
+    policy_with_repository(&ns, "nothing-here").await?;
+    let target = leader_metrics_addr(&client).await?;
+    let prometheus = start_prometheus(&target)?;
+    wait_until(
+        Duration::from_secs(60),
+        "Prometheus to scrape the operator",
+        || async {
+            let body = http_get(
+                &prometheus.addr,
+                "/api/v1/query?query=up%7Bjob%3D%22backstop%22%7D",
+            )
+            .unwrap_or_default();
+            Ok(body.contains(r#""value":["#) && body.contains(r#","1"]"#))
+        },
+    )
+    .await?;
+
+    let backup = finished(&ns, "doomed").await?;
+    assert_eq!(backup.phase(), BackupPhase::Failed, "{:?}", backup.status);
+
+    let alert = wait_for(
+        Duration::from_secs(90),
+        "BackstopBackupFailed to fire",
+        || async {
+            let body: serde_json::Value =
+                serde_json::from_str(&http_get(&prometheus.addr, "/api/v1/alerts")?)?;
+            Ok(body["data"]["alerts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|a| {
+                    a["labels"]["alertname"] == "BackstopBackupFailed"
+                        && a["labels"]["namespace"] == ns.name.as_str()
+                        && a["labels"]["policy"] == "nightly"
+                        && a["state"] == "firing"
+                })
+                .cloned())
+        },
+    )
+    .await?;
+    assert_eq!(alert["labels"]["severity"], "warning");
+    Ok(())
+}
