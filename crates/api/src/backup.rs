@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
     category = "backstop",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Policy","type":"string","jsonPath":".spec.policyRef"}"#,
-    printcolumn = r#"{"name":"Size","type":"integer","format":"int64","jsonPath":".status.totalBytes"}"#,
+    printcolumn = r#"{"name":"Size","type":"string","jsonPath":".status.size"}"#,
     printcolumn = r#"{"name":"Files","type":"integer","jsonPath":".status.totalFiles"}"#,
     printcolumn = r#"{"name":"Duration","type":"string","jsonPath":".status.duration"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -79,6 +79,9 @@ pub struct BackupStatus {
     /// One entry per backed-up volume.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeBackup>,
+    /// Sum of the artifacts' sizes for people, e.g. `3.1 MiB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
     /// Sum of the artifacts' sizes in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_bytes: Option<i64>,

@@ -69,6 +69,7 @@ async fn apply(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
         .await;
     }
     let mut status = backup.status.clone().unwrap_or_default();
+    status.observed_generation = backup.meta().generation;
     if phase == BackupPhase::Pending
         && let Some(policy) = &backup.spec.policy_ref
     {
@@ -467,6 +468,7 @@ async fn finish(ctx: &Context, backup: &Backup, mut status: BackupStatus) -> Res
     status.completion_time = Some(Time(end));
     status.duration = Some(format!("{}s", seconds.round() as i64));
     status.total_bytes = Some(status.volumes.iter().filter_map(|v| v.bytes).sum());
+    status.size = status.total_bytes.map(events::human_bytes);
     status.total_files = Some(status.volumes.iter().filter_map(|v| v.files).sum());
     let generation = backup.meta().generation;
     let policy = backup.spec.policy_ref.clone().unwrap_or_default();

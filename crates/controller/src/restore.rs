@@ -37,7 +37,8 @@ struct Plan {
 }
 
 async fn reconcile(restore: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let status = restore.status.clone().unwrap_or_default();
+    let mut status = restore.status.clone().unwrap_or_default();
+    status.observed_generation = restore.meta().generation;
     match status.phase {
         BackupPhase::Completed | BackupPhase::Failed => {
             delete_jobs(&ctx, &restore).await?;
