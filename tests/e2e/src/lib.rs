@@ -264,8 +264,15 @@ pub async fn install_operator(client: &Client) -> anyhow::Result<()> {
             return Ok(false);
         };
         let pod = pods.get_opt(&holder).await?;
+        // The installed Deployment's replica (not a test's extra standby) leads, and is running.
         Ok(pod.is_some_and(|p| {
             p.metadata.deletion_timestamp.is_none()
+                && p.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("app.kubernetes.io/component"))
+                    .map(String::as_str)
+                    == Some("controller")
                 && p.status.and_then(|s| s.phase).as_deref() == Some("Running")
         }))
     })

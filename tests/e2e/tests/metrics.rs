@@ -82,8 +82,13 @@ async fn metrics_show_the_backup_counter_histogram_and_last_success() -> anyhow:
         Duration::from_secs(60),
         "the metrics of the backup",
         || async {
-            let addr = leader_metrics_addr(&client).await?;
-            let text = http_get(&addr, "/metrics")?;
+            // Leadership may still be settling: an unreachable leader is "not yet", not a failure.
+            let Ok(addr) = leader_metrics_addr(&client).await else {
+                return Ok(None);
+            };
+            let Ok(text) = http_get(&addr, "/metrics") else {
+                return Ok(None);
+            };
             Ok(expected
                 .iter()
                 .all(|line| text.contains(line.as_str()))
