@@ -50,7 +50,11 @@ async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Err
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(e.to_string()))
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    })
 }
 
 async fn apply(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
@@ -614,11 +618,22 @@ async fn delete_jobs(ctx: &Context, backup: &Backup, role: &str) -> Result<usize
     Ok(remaining)
 }
 
+fn not_yet(seconds: u64, why: impl Into<String>) -> Error {
+    Error::NotYet {
+        after: Duration::from_secs(seconds),
+        why: why.into(),
+    }
+}
+
 /// Removing a Backup removes its artifacts first; until that worked the Backup stays and says why.
+/// `Ok` means done (the finalizer goes); waiting is `Error::NotYet`.
 async fn cleanup(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
-    // A mover still writing would race the removal.
-    if delete_jobs(ctx, backup, ROLE_BACKUP).await? > 0 {
-        return Ok(Action::requeue(Duration::from_secs(2)));
+    // A mover still writing would race the removal: its Job and pod must be gone first.
+    if delete_jobs(ctx, backup, ROLE_BACKUP).await? > 0 || mover_pods_remain(ctx, backup).await? {
+        return Err(not_yet(
+            2,
+            "the backup's mover Jobs are still being removed",
+        ));
     }
     let mut status = backup.status.clone().unwrap_or_default();
     if status.volumes.is_empty() {
@@ -658,7 +673,7 @@ async fn cleanup(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
                 }
                 Err(e) => return Err(e.into()),
             }
-            Ok(Action::requeue(Duration::from_secs(30)))
+            Err(not_yet(30, "the artifacts are being removed"))
         }
         Some(job) => {
             let js = job.status.clone().unwrap_or_default();
@@ -685,9 +700,29 @@ async fn cleanup(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
                 );
                 return deletion_blocked(ctx, backup, &mut status, why).await;
             }
-            Ok(Action::requeue(Duration::from_secs(30)))
+            Err(not_yet(30, "the artifacts are being removed"))
         }
     }
+}
+
+/// Whether pods of this backup's mover Jobs still exist (deleting a Job leaves its pods to the
+/// garbage collector for a while).
+async fn mover_pods_remain(ctx: &Context, backup: &Backup) -> Result<bool, Error> {
+    let pods: Api<Pod> =
+        Api::namespaced(ctx.client.clone(), &backup.namespace().unwrap_or_default());
+    let selector = format!(
+        "{}={},{}={ROLE_BACKUP}",
+        labels::BACKUP,
+        naming::label_value(&backup.name_any()),
+        labels::ROLE
+    );
+    let list = pods.list(&ListParams::default().labels(&selector)).await?;
+    Ok(list.items.iter().any(|p| {
+        !matches!(
+            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded") | Some("Failed")
+        )
+    }))
 }
 
 async fn deletion_blocked(
@@ -707,7 +742,7 @@ async fn deletion_blocked(
     );
     crate::patch_status(&ctx.client, backup, status, &[]).await?;
     events::warning(&ctx.recorder, backup, &why.reason, why.message.clone()).await;
-    Ok(Action::requeue(Duration::from_secs(30)))
+    Err(not_yet(30, why.message))
 }
 
 fn error_policy(_: Arc<Backup>, err: &Error, ctx: Arc<Context>) -> Action {

@@ -32,6 +32,14 @@ pub enum Error {
     Json(#[from] serde_json::Error),
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// Work that must finish before this step can complete (e.g. removing artifacts before the
+    /// finalizer goes): not a failure, look again after `after`. The finalizer helper only keeps
+    /// its finalizer when cleanup returns an error, which is why waiting is one.
+    #[error("waiting: {why}")]
+    NotYet {
+        after: std::time::Duration,
+        why: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
