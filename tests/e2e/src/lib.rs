@@ -456,3 +456,46 @@ pub async fn leader_metrics_addr(client: &Client) -> anyhow::Result<String> {
         .unwrap_or_else(|| "127.0.0.1:8080".into());
     Ok(listen.replace("0.0.0.0", "127.0.0.1"))
 }
+
+impl TestNamespace {
+    /// A PVC `backups` and the BackupRepository `default` on it; returns the repository's host
+    /// directory.
+    pub async fn repository(&self) -> anyhow::Result<PathBuf> {
+        let dir = self.volume("backups", &[]).await?;
+        create::<backstop_api::BackupRepository>(
+            self,
+            serde_json::json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "BackupRepository",
+                   "metadata": {"name": "default"}, "spec": {"pvc": {"claimName": "backups"}}}),
+        )
+        .await?;
+        Ok(dir)
+    }
+
+    /// A PVC `stranded` labelled `app=<app>`, bound to a volume only reachable from a node that does
+    /// not exist: a pod that mounts it never starts. Returns the PersistentVolume's name (remove it
+    /// at the end: volumes are cluster-wide).
+    pub async fn stranded_volume(&self, app: &str) -> anyhow::Result<String> {
+        let pv_name = format!("{}-stranded", self.name);
+        let pv: k8s_openapi::api::core::v1::PersistentVolume = serde_json::from_value(
+            serde_json::json!({
+                "metadata": {"name": pv_name},
+                "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                         "storageClassName": STORAGE_CLASS, "persistentVolumeReclaimPolicy": "Retain",
+                         "hostPath": {"path": "/nonexistent/backstop-e2e"},
+                         "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                             {"key": "kubernetes.io/hostname", "operator": "In", "values": ["elsewhere"]}]}]}}}
+            }),
+        )?;
+        Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(self.client.clone())
+            .create(&PostParams::default(), &pv)
+            .await?;
+        create::<PersistentVolumeClaim>(
+            self,
+            serde_json::json!({"metadata": {"name": "stranded", "labels": {"app": app}},
+                   "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": STORAGE_CLASS,
+                            "volumeName": pv_name, "resources": {"requests": {"storage": "1Gi"}}}}),
+        )
+        .await?;
+        Ok(pv_name)
+    }
+}

@@ -5,21 +5,10 @@ use backstop_api::{Backup, BackupPhase, BackupPolicy, BackupRepository, conditio
 use backstop_e2e::*;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::json;
 use std::process::Command;
 use std::time::Duration;
-
-async fn repository(ns: &TestNamespace) -> anyhow::Result<std::path::PathBuf> {
-    let dir = ns.volume("backups", &[]).await?;
-    create::<BackupRepository>(
-        ns,
-        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "BackupRepository",
-               "metadata": {"name": "default"}, "spec": {"pvc": {"claimName": "backups"}}}),
-    )
-    .await?;
-    Ok(dir)
-}
 
 fn policy(name: &str, spec: serde_json::Value) -> serde_json::Value {
     json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "BackupPolicy",
@@ -89,7 +78,7 @@ async fn invalid_policies_are_refused_with_a_reason_and_run_nothing() -> anyhow:
     let client = cluster().await?;
     install_operator(&client).await?;
     let ns = TestNamespace::create(&client, "e2e-bad-policy").await?;
-    repository(&ns).await?;
+    ns.repository().await?;
     let target = json!({"pvcSelector": {"matchLabels": {"app": "db"}}});
 
     // The schema rejects what it can: keepLast below 1 and a schedule without five fields.
@@ -176,7 +165,7 @@ async fn backups_that_cannot_start_fail_with_a_reason_and_no_job() -> anyhow::Re
     let client = cluster().await?;
     install_operator(&client).await?;
     let ns = TestNamespace::create(&client, "e2e-bad-backup").await?;
-    repository(&ns).await?;
+    ns.repository().await?;
     let nothing = json!({"pvcSelector": {"matchLabels": {"app": "nothing"}}});
     create::<Backup>(&ns, manual_backup("no-match", json!({"target": nothing}))).await?;
     create::<Backup>(
@@ -233,7 +222,7 @@ async fn a_full_repository_fails_the_backup_and_leaves_nothing_that_looks_comple
     let client = cluster().await?;
     install_operator(&client).await?;
     let ns = TestNamespace::create(&client, "e2e-full-repo").await?;
-    let repo_dir = repository(&ns).await?;
+    let repo_dir = ns.repository().await?;
     // A 1 MiB filesystem under the repository volume: the backup cannot fit.
     let status = Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=1m", "backstop-e2e-full"])
@@ -277,26 +266,10 @@ async fn a_pvc_deleted_before_its_mover_starts_fails_the_backup() -> anyhow::Res
     let client = cluster().await?;
     install_operator(&client).await?;
     let ns = TestNamespace::create(&client, "e2e-pvc-gone").await?;
-    repository(&ns).await?;
+    ns.repository().await?;
     // A volume only reachable from a node that does not exist: its mover pod never starts.
-    let pv_name = format!("{}-stranded", ns.name);
-    let pv: PersistentVolume = serde_json::from_value(json!({
-        "metadata": {"name": pv_name},
-        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
-                 "storageClassName": STORAGE_CLASS, "persistentVolumeReclaimPolicy": "Retain",
-                 "hostPath": {"path": "/nonexistent/backstop-e2e"},
-                 "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                     {"key": "kubernetes.io/hostname", "operator": "In", "values": ["elsewhere"]}]}]}}}
-    }))?;
+    let pv_name = ns.stranded_volume("stranded").await?;
     let pvs: Api<PersistentVolume> = Api::all(client.clone());
-    pvs.create(&PostParams::default(), &pv).await?;
-    create::<PersistentVolumeClaim>(
-        &ns,
-        json!({"metadata": {"name": "stranded", "labels": {"app": "stranded"}},
-               "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": STORAGE_CLASS,
-                        "volumeName": pv_name, "resources": {"requests": {"storage": "1Gi"}}}}),
-    )
-    .await?;
     create::<Backup>(
         &ns,
         manual_backup(
@@ -348,7 +321,7 @@ async fn a_backup_whose_artifacts_cannot_be_removed_says_why_and_keeps_trying() 
     let client = cluster().await?;
     install_operator(&client).await?;
     let ns = TestNamespace::create(&client, "e2e-stuck-delete").await?;
-    let repo_dir = repository(&ns).await?;
+    let repo_dir = ns.repository().await?;
     let data = ns.volume("data", &[("app", "db")]).await?;
     write_sample_tree(&data, 3)?;
     create::<Backup>(

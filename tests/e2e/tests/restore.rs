@@ -3,26 +3,15 @@
 //! and Merge do what they say, a damaged artifact fails with the target unchanged, and restores
 //! of unfinished backups or into a volume in use are refused before any Job exists.
 
-use backstop_api::{Backup, BackupPhase, BackupRepository, Restore, condition};
+use backstop_api::{Backup, BackupPhase, Restore, condition};
 use backstop_e2e::*;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use serde_json::json;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 use std::time::Duration;
-
-async fn repository(ns: &TestNamespace) -> anyhow::Result<std::path::PathBuf> {
-    let dir = ns.volume("backups", &[]).await?;
-    create::<BackupRepository>(
-        ns,
-        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "BackupRepository",
-               "metadata": {"name": "default"}, "spec": {"pvc": {"claimName": "backups"}}}),
-    )
-    .await?;
-    Ok(dir)
-}
 
 async fn completed_backup(ns: &TestNamespace, name: &str, app: &str) -> anyhow::Result<Backup> {
     create::<Backup>(
@@ -126,7 +115,7 @@ async fn restore_into_a_new_pvc_reproduces_the_tree_as_captured() -> anyhow::Res
     let client = cluster().await?;
     install_operator(&client).await?;
     let ns = TestNamespace::create(&client, "e2e-restore-new").await?;
-    repository(&ns).await?;
+    ns.repository().await?;
     let source = ns.volume("source", &[("app", "db")]).await?;
     varied_tree(&source)?;
     let captured = tree_listing(&source)?;
@@ -177,7 +166,7 @@ async fn existing_data_policies_decide_what_happens_to_a_non_empty_target() -> a
     let client = cluster().await?;
     install_operator(&client).await?;
     let ns = TestNamespace::create(&client, "e2e-restore-policy").await?;
-    repository(&ns).await?;
+    ns.repository().await?;
     let source = ns.volume("source", &[("app", "db")]).await?;
     write_sample_tree(&source, 4)?;
     let captured = tree_listing(&source)?;
@@ -234,7 +223,7 @@ async fn a_damaged_artifact_fails_the_restore_and_leaves_the_target_unchanged() 
     let client = cluster().await?;
     install_operator(&client).await?;
     let ns = TestNamespace::create(&client, "e2e-restore-damaged").await?;
-    let repo_dir = repository(&ns).await?;
+    let repo_dir = ns.repository().await?;
     let source = ns.volume("source", &[("app", "db")]).await?;
     write_sample_tree(&source, 5)?;
     let backup = completed_backup(&ns, "snap", "db").await?;
@@ -283,7 +272,7 @@ async fn restores_of_unfinished_backups_or_into_a_volume_in_use_are_refused_befo
     let client = cluster().await?;
     install_operator(&client).await?;
     let ns = TestNamespace::create(&client, "e2e-restore-refused").await?;
-    repository(&ns).await?;
+    ns.repository().await?;
     let source = ns.volume("source", &[("app", "db")]).await?;
     write_sample_tree(&source, 6)?;
     completed_backup(&ns, "good", "db").await?;
@@ -292,22 +281,7 @@ async fn restores_of_unfinished_backups_or_into_a_volume_in_use_are_refused_befo
     create::<Backup>(&ns, json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup", "metadata": {"name": "failed"},
         "spec": {"target": {"pvcSelector": {"matchLabels": {"app": "nothing"}}}}})).await?;
     // A backup that stays Running: its volume is only reachable from a node that does not exist.
-    let pv_name = format!("{}-stranded", ns.name);
-    let pv: PersistentVolume = serde_json::from_value(json!({
-        "metadata": {"name": pv_name},
-        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
-                 "storageClassName": STORAGE_CLASS, "persistentVolumeReclaimPolicy": "Retain",
-                 "hostPath": {"path": "/nonexistent/backstop-e2e"},
-                 "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                     {"key": "kubernetes.io/hostname", "operator": "In", "values": ["elsewhere"]}]}]}}}
-    }))?;
-    Api::<PersistentVolume>::all(client.clone())
-        .create(&PostParams::default(), &pv)
-        .await?;
-    create::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(&ns, json!({
-        "metadata": {"name": "stranded", "labels": {"app": "stranded"}},
-        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": STORAGE_CLASS, "volumeName": pv_name,
-                 "resources": {"requests": {"storage": "1Gi"}}}})).await?;
+    let pv_name = ns.stranded_volume("stranded").await?;
     create::<Backup>(&ns, json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup", "metadata": {"name": "running"},
         "spec": {"target": {"pvcSelector": {"matchLabels": {"app": "stranded"}}}}})).await?;
     let backups = ns.api::<Backup>();
