@@ -1,6 +1,6 @@
 # The two commands that matter: `make demo` (Backstop's main job on a local cluster) and
 # `make test` (every test). Both need root; the first run builds Kubernetes (about 10 minutes).
-.PHONY: demo test cluster-up cluster-down image
+.PHONY: demo test bench cluster-up cluster-down image
 
 demo:
 	hack/demo
@@ -16,3 +16,10 @@ cluster-down:
 
 image:
 	hack/image
+
+# Mover throughput against tar/gzip, tar|zstd and restic on the same seeded data (not part of `make test`).
+# BENCH_ARGS=--quick for small datasets. Needs tar, zstd and restic (installed here when missing).
+bench:
+	command -v restic >/dev/null || (apt-get update -qq && apt-get install -y -qq restic zstd >/dev/null)
+	cargo build --release --locked -p backstop -p backstop-bench
+	target/release/backstop-bench mover $(BENCH_ARGS)
