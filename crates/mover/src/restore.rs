@@ -253,21 +253,59 @@ fn read_artifact(
     manifest: &Manifest,
     into: Option<&Path>,
 ) -> Result<RestoreResult, RestoreError> {
-    let mut raw = DigestReader::new(io::BufReader::with_capacity(1 << 20, file));
-    let outcome = {
-        let decoder: Box<dyn Read + '_> =
-            match manifest.compression.as_str() {
-                "zstd" => Box::new(zstd::stream::read::Decoder::new(&mut raw).map_err(|e| {
-                    RestoreError::Integrity(format!("the artifact is not zstd: {e}"))
-                })?),
-                "gzip" => Box::new(flate2::read::GzDecoder::new(&mut raw)),
-                _ => Box::new(&mut raw),
+    // Reading, hashing and decompressing run on their own thread, extracting on this one: the two
+    // halves of the work overlap the way `zstd -dc | tar -x` does.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
+    let compression = manifest.compression.clone();
+    let producer = std::thread::spawn(move || {
+        let mut raw = DigestReader::new(io::BufReader::with_capacity(1 << 20, file));
+        {
+            let decoder: io::Result<Box<dyn Read + '_>> = match compression.as_str() {
+                "zstd" => {
+                    zstd::stream::read::Decoder::new(&mut raw).map(|d| Box::new(d) as Box<dyn Read>)
+                }
+                "gzip" => Ok(Box::new(flate2::read::GzDecoder::new(&mut raw))),
+                _ => Ok(Box::new(&mut raw)),
             };
-        extract_entries(decoder, manifest, into)
-    };
-    // Whatever happened, hash the rest so the artifact's digest can say whether it was damaged.
-    let _ = io::copy(&mut raw, &mut io::sink());
-    let (digest, size) = raw.finish();
+            match decoder {
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+                Ok(mut decoder) => loop {
+                    let mut chunk = vec![0u8; 1 << 20];
+                    match read_full(&mut decoder, &mut chunk) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            chunk.truncate(n);
+                            // The extractor stopped early (an error): just finish hashing.
+                            if tx.send(Ok(chunk)).is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            break;
+                        }
+                    }
+                },
+            }
+        }
+        // Whatever happened, hash the rest so the artifact's digest can say whether it was damaged.
+        let _ = io::copy(&mut raw, &mut io::sink());
+        raw.finish()
+    });
+    let outcome = extract_entries(
+        ChannelReader {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+        },
+        manifest,
+        into,
+    );
+    let (digest, size) = producer
+        .join()
+        .map_err(|_| RestoreError::Integrity("the artifact reader crashed".into()))?;
     if digest != manifest.artifact.blake3 || size != manifest.artifact.size {
         return Err(RestoreError::Integrity(format!(
             "the artifact's BLAKE3 is {digest} ({size} bytes); the manifest says {} ({} bytes): the stored artifact is damaged",
@@ -275,6 +313,33 @@ fn read_artifact(
         )));
     }
     outcome
+}
+
+/// The decompressed stream, chunk by chunk from the reader thread.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                // The sender is done: end of stream.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 fn extract_entries(
