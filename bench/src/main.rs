@@ -1,16 +1,38 @@
 //! `backstop-bench mover [--quick]`: generates seeded datasets, then backs each up and restores it
 //! with Backstop (zstd, gzip), `tar -czf`, `tar | zstd -T0 -3` and restic, in one run on the same
 //! data, and prints MB/s, CPU seconds, peak RSS and artifact size with Backstop's ratios.
+//! `backstop-bench controller`: the operator at scale on the local cluster (see controller.rs).
 
+mod controller;
 mod dataset;
 mod mover;
+
+fn flag(args: &[String], name: &str, default: usize) -> usize {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("mover") => mover::run(args.iter().any(|a| a == "--quick")),
+        Some("controller") => {
+            tokio::runtime::Runtime::new()?.block_on(controller::run(controller::Options {
+                policies: flag(&args, "--policies", 1000),
+                backups: flag(&args, "--backups", 10_000),
+                per_minute: flag(&args, "--per-minute", 50),
+                observe: std::time::Duration::from_secs(
+                    60 * flag(&args, "--observe-minutes", 3) as u64,
+                ),
+            }))
+        }
         _ => {
-            eprintln!("usage: backstop-bench mover [--quick]");
+            eprintln!(
+                "usage: backstop-bench mover [--quick]\n       backstop-bench controller [--policies N] [--backups N] [--per-minute N] [--observe-minutes N]"
+            );
             std::process::exit(2);
         }
     }

@@ -1,0 +1,331 @@
+//! The controller at scale, on the local cluster with the operator in-cluster: many policies
+//! (mixed schedules) and a long backup history are created while the operator is stopped; then it
+//! starts and we measure its memory, how long until every policy shows its next run, how late
+//! per-minute Backups appear after their scheduled time, and the API request rate it adds at rest.
+
+use anyhow::{Context, bail};
+use backstop_api::{Backup, BackupPolicy, labels, naming};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const NS: &str = "bench-scale";
+const OPERATOR_NS: &str = "backstop-system";
+
+pub struct Options {
+    pub policies: usize,
+    pub backups: usize,
+    pub per_minute: usize,
+    pub observe: Duration,
+}
+
+/// The operator's resident memory (KiB): current and peak, read from /proc on this host.
+fn operator_rss() -> Option<(u64, u64)> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.len() >= 2 && args[0].ends_with(b"/backstop") && args[1] == b"controller" {
+            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with(name))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse().ok())
+            };
+            return Some((field("VmRSS:")?, field("VmHWM:")?));
+        }
+    }
+    None
+}
+
+async fn api_requests_total(client: &Client) -> anyhow::Result<f64> {
+    let request = http::Request::get("/metrics").body(Vec::new())?;
+    let text = client.request_text(request).await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+async fn request_rate(client: &Client, over: Duration) -> anyhow::Result<f64> {
+    let before = api_requests_total(client).await?;
+    tokio::time::sleep(over).await;
+    let after = api_requests_total(client).await?;
+    // Our own two scrapes count too; they are negligible over the window.
+    Ok((after - before) / over.as_secs_f64())
+}
+
+async fn scale_operator(client: &Client, replicas: i32) -> anyhow::Result<()> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), OPERATOR_NS);
+    deployments
+        .patch(
+            "backstop-controller",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+        )
+        .await?;
+    let start = Instant::now();
+    loop {
+        let running = operator_rss().is_some();
+        if (replicas == 0) != running {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            bail!("the operator did not scale to {replicas} in 2 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn schedule_for(i: usize, per_minute: usize) -> String {
+    if i < per_minute {
+        "* * * * *".into()
+    } else if i.is_multiple_of(3) {
+        format!("{} * * * *", i % 60)
+    } else {
+        format!("{} {} * * *", i % 60, i % 24)
+    }
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("KUBECONFIG: run `make bench-controller`")?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    if namespaces.get_opt(NS).await?.is_some() {
+        namespaces.delete(NS, &DeleteParams::default()).await?;
+        while namespaces.get_opt(NS).await?.is_some() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    scale_operator(&client, 0).await?;
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": NS}}))?,
+        )
+        .await?;
+    // A ready repository (per-minute policies select no PVC: their Backups fail at once, no Jobs).
+    let out = std::process::Command::new("hack/cluster")
+        .args(["volume", "bench-scale-repo"])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "hack/cluster volume: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NS);
+    pvcs.create(&PostParams::default(), &serde_json::from_value(json!({
+        "metadata": {"name": "backups"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "backstop-hostpath",
+                 "volumeName": "bench-scale-repo", "resources": {"requests": {"storage": "1Gi"}}}}))?)
+        .await?;
+    let repos: Api<backstop_api::BackupRepository> = Api::namespaced(client.clone(), NS);
+    repos
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+            "metadata": {"name": "default"}, "spec": {"pvc": {"claimName": "backups"}}}))?,
+        )
+        .await?;
+
+    let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), NS);
+    let backups: Api<Backup> = Api::namespaced(client.clone(), NS);
+    let t = Instant::now();
+    futures::stream::iter(0..opts.policies)
+        .map(|i| {
+            let policies = policies.clone();
+            async move {
+                let p: BackupPolicy = serde_json::from_value(json!({
+                    "apiVersion": "backstop.dev/v1alpha1", "kind": "BackupPolicy",
+                    "metadata": {"name": format!("p{i:04}")},
+                    "spec": {"schedule": schedule_for(i, opts.per_minute),
+                             "target": {"pvcSelector": {"matchLabels": {"app": format!("none-{i}")}}}}}))?;
+                policies.create(&PostParams::default(), &p).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    println!(
+        "created {} policies in {:.1}s",
+        opts.policies,
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    let history_policies = (opts.per_minute..opts.policies).collect::<Vec<_>>();
+    futures::stream::iter(0..opts.backups)
+        .map(|k| {
+            let backups = backups.clone();
+            let policy = format!("p{:04}", history_policies[k % history_policies.len()]);
+            async move {
+                let at = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1 + k as i64);
+                let name = naming::scheduled_backup(&policy, at);
+                let b: Backup = serde_json::from_value(json!({
+                    "apiVersion": "backstop.dev/v1alpha1", "kind": "Backup",
+                    "metadata": {"name": name, "labels": {labels::POLICY: policy},
+                                 "annotations": {labels::SCHEDULED_TIME: at.to_string()}},
+                    "spec": {"policyRef": policy}}))?;
+                backups.create(&PostParams::default(), &b).await?;
+                backups
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": {
+                        "phase": "Completed", "completionTime": at.to_string(), "totalBytes": 1024, "totalFiles": 1}})))
+                    .await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await?;
+    println!(
+        "created {} Completed backups (history) in {:.1}s",
+        opts.backups,
+        t.elapsed().as_secs_f64()
+    );
+
+    let baseline = request_rate(&client, Duration::from_secs(30)).await?;
+
+    // Start the operator and watch what it does.
+    let started = Instant::now();
+    let delays = std::sync::Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
+    let watch_delays = delays.clone();
+    let seen_at_start: std::collections::HashSet<String> = backups
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|b| b.name_any())
+        .collect();
+    let watch = tokio::spawn(async move {
+        let stream = watcher::watcher(backups, watcher::Config::default());
+        futures::pin_mut!(stream);
+        let mut recorded: HashMap<String, ()> = HashMap::new();
+        while let Ok(Some(event)) = stream.try_next().await {
+            if let watcher::Event::Apply(b) = event {
+                let name = b.name_any();
+                if seen_at_start.contains(&name) || recorded.contains_key(&name) {
+                    continue;
+                }
+                if let Some(at) = b
+                    .annotations()
+                    .get(labels::SCHEDULED_TIME)
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                {
+                    let delay = jiff::Timestamp::now().duration_since(at).as_secs_f64();
+                    recorded.insert(name, ());
+                    if let Ok(mut d) = watch_delays.lock() {
+                        d.push(delay);
+                    }
+                }
+            }
+        }
+    });
+    scale_operator(&client, 1).await?;
+    let mut peak_rss = 0;
+    let ready_after = loop {
+        if let Some((rss, _)) = operator_rss() {
+            peak_rss = peak_rss.max(rss);
+        }
+        let list = policies.list(&ListParams::default()).await?;
+        let done = list
+            .items
+            .iter()
+            .filter(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.next_scheduled_backup.as_ref())
+                    .is_some()
+            })
+            .count();
+        if done == opts.policies {
+            break started.elapsed();
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!(
+                "only {done} of {} policies had a next run after 10 minutes",
+                opts.policies
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let observe_until = Instant::now() + opts.observe;
+    while Instant::now() < observe_until {
+        if let Some((rss, _)) = operator_rss() {
+            peak_rss = peak_rss.max(rss);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // At rest: per-minute policies suspended, nothing to do but wait for the next runs.
+    futures::stream::iter(0..opts.per_minute)
+        .map(|i| {
+            let policies = policies.clone();
+            async move {
+                policies
+                    .patch(
+                        &format!("p{i:04}"),
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"spec": {"suspend": true}})),
+                    )
+                    .await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let at_rest = request_rate(&client, Duration::from_secs(60)).await?;
+    let (rss_now, hwm) = operator_rss().unwrap_or_default();
+    watch.abort();
+    let mut d = delays.lock().map(|d| d.clone()).unwrap_or_default();
+    d.sort_by(|a, b| a.total_cmp(b));
+
+    println!(
+        "\n### Controller at scale: {} policies ({} every minute), {} backups of history\n",
+        opts.policies, opts.per_minute, opts.backups
+    );
+    println!("| measure | value | goal |");
+    println!("|---|---:|---|");
+    println!(
+        "| time from start until every policy has nextScheduledBackup | {:.1} s | |",
+        ready_after.as_secs_f64()
+    );
+    println!(
+        "| operator RSS: peak during the run / now / kernel high-water mark | {:.0} / {:.0} / {:.0} MiB | < 100 MiB |",
+        peak_rss as f64 / 1024.0,
+        rss_now as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+    println!("| per-minute Backups observed | {} | |", d.len());
+    println!(
+        "| delay scheduled time -> Backup seen (p50 / p99 / max) | {:.2} / {:.2} / {:.2} s | p99 < 2 s |",
+        quantile(&d, 0.5),
+        quantile(&d, 0.99),
+        d.last().copied().unwrap_or(f64::NAN)
+    );
+    println!("| API requests/s, whole cluster, operator stopped | {baseline:.1} | |");
+    println!("| API requests/s, whole cluster, operator at rest | {at_rest:.1} | no storm |");
+    println!(
+        "| API requests/s added by the operator at rest | {:.1} | |",
+        at_rest - baseline
+    );
+    Ok(())
+}
