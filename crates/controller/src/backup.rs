@@ -15,7 +15,7 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
@@ -243,7 +243,7 @@ async fn select_volumes(
         .as_ref()
         .map(|p| p.claim_name.as_str());
     let mut pvcs: Vec<PersistentVolumeClaim> = claims
-        .list(&ListParams::default().labels(&resolved.selector))
+        .list(&crate::cached().labels(&resolved.selector))
         .await?
         .items
         .into_iter()
@@ -302,7 +302,7 @@ async fn progress(
                     (Some(repo), Some(_)) => {
                         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
                         let running = pods
-                            .list(&ListParams::default().fields("status.phase=Running"))
+                            .list(&crate::cached().fields("status.phase=Running"))
                             .await?;
                         let node = jobs::node_using(&running.items, &volume.pvc);
                         let job = jobs::backup_job(
@@ -397,7 +397,7 @@ async fn job_outcome(
         // Still running, unless its source volume vanished before the pod could start.
         let claim = claims.get_opt(pvc).await?;
         let pod_list = pods
-            .list(&ListParams::default().labels(&format!("job-name={}", job.name_any())))
+            .list(&crate::cached().labels(&format!("job-name={}", job.name_any())))
             .await?;
         let started = pod_list
             .items
@@ -591,9 +591,7 @@ async fn delete_jobs(ctx: &Context, backup: &Backup, role: &str) -> Result<usize
         naming::label_value(&backup.name_any()),
         labels::ROLE
     );
-    let jobs = jobs_api
-        .list(&ListParams::default().labels(&selector))
-        .await?;
+    let jobs = jobs_api.list(&crate::cached().labels(&selector)).await?;
     let mut remaining = 0;
     for job in jobs.items {
         let owned = job
@@ -716,7 +714,7 @@ async fn mover_pods_remain(ctx: &Context, backup: &Backup) -> Result<bool, Error
         naming::label_value(&backup.name_any()),
         labels::ROLE
     );
-    let list = pods.list(&ListParams::default().labels(&selector)).await?;
+    let list = pods.list(&crate::cached().labels(&selector)).await?;
     Ok(list.items.iter().any(|p| {
         !matches!(
             p.status.as_ref().and_then(|s| s.phase.as_deref()),

@@ -116,6 +116,15 @@ pub(crate) fn retry_after_error(
     kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(5))
 }
 
+/// List parameters for reads served from the API server's watch cache instead of etcd. A LIST
+/// without a resourceVersion reads every object of the kind from etcd and filters afterwards: with
+/// thousands of Backups, one such list per policy reconcile kept the API server at 180% CPU and
+/// 7 GiB (controller scale benchmark). Decisions here tolerate a cache a few milliseconds old:
+/// names are deterministic and creation answers AlreadyExists.
+pub(crate) fn cached() -> kube::api::ListParams {
+    kube::api::ListParams::default().match_any()
+}
+
 /// Seconds since the epoch as a Kubernetes time.
 pub(crate) fn now() -> jiff::Timestamp {
     jiff::Timestamp::now()

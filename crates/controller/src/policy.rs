@@ -13,7 +13,7 @@ use backstop_api::{
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
@@ -39,7 +39,7 @@ pub fn summarize(backup: &Backup) -> BackupSummary {
 async fn backups_of(api: &Api<Backup>, policy: &str) -> Result<Vec<Backup>, Error> {
     let selector = format!("{}={}", labels::POLICY, naming::label_value(policy));
     Ok(api
-        .list(&ListParams::default().labels(&selector))
+        .list(&crate::cached().labels(&selector))
         .await?
         .items
         .into_iter()

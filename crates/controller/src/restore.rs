@@ -13,7 +13,7 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
@@ -185,7 +185,7 @@ async fn node_and_users(
 ) -> Result<(Option<String>, Vec<String>), Error> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let running = pods
-        .list(&ListParams::default().fields("status.phase=Running"))
+        .list(&crate::cached().fields("status.phase=Running"))
         .await?;
     let users = running
         .items
@@ -408,7 +408,7 @@ async fn delete_jobs(ctx: &Context, restore: &Restore) -> Result<(), Error> {
         labels::ROLE
     );
     for job in jobs_api
-        .list(&ListParams::default().labels(&selector))
+        .list(&crate::cached().labels(&selector))
         .await?
         .items
     {
