@@ -9,7 +9,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use std::collections::HashMap;
@@ -215,11 +215,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .map(|b| b.name_any())
         .collect();
     let watch = tokio::spawn(async move {
-        let stream = watcher::watcher(backups, watcher::Config::default());
+        let stream = watcher::watcher(backups, watcher::Config::default()).default_backoff();
         futures::pin_mut!(stream);
         let mut recorded: HashMap<String, ()> = HashMap::new();
-        while let Ok(Some(event)) = stream.try_next().await {
-            if let watcher::Event::Apply(b) = event {
+        // Watch errors (e.g. an expired resourceVersion) are retried by the watcher: keep going.
+        while let Some(event) = stream.next().await {
+            if let Ok(watcher::Event::Apply(b) | watcher::Event::InitApply(b)) = event {
                 let name = b.name_any();
                 if seen_at_start.contains(&name) || recorded.contains_key(&name) {
                     continue;
