@@ -759,6 +759,7 @@ pub async fn run(
         watcher::Config::default(),
     )
     .owns(Api::<Job>::all(client), jobs)
+    .with_config(crate::controller_config())
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, ctx)
     .for_each(|_| futures::future::ready(()))

@@ -334,6 +334,7 @@ pub async fn run(
         }
     });
     controller
+        .with_config(crate::controller_config())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))

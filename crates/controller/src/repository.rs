@@ -124,6 +124,7 @@ pub async fn run(
 ) {
     let api: Api<BackupRepository> = Api::all(ctx.client.clone());
     Controller::new(api, watcher::Config::default())
+        .with_config(crate::controller_config())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
