@@ -33,6 +33,8 @@ impl Default for MoverConfig {
 pub const SOURCE_MOUNT: &str = "/source";
 pub const REPOSITORY_MOUNT: &str = "/repository";
 pub const ROLE_BACKUP: &str = "backup";
+/// Where the mover writes its result; the kubelet copies it into the pod's status.
+const TERMINATION_LOG: &str = "/dev/termination-log";
 pub const ROLE_DELETE: &str = "delete";
 pub const ROLE_RESTORE: &str = "restore";
 pub const TARGET_MOUNT: &str = "/target";
@@ -78,10 +80,11 @@ fn job<K: Resource<DynamicType = ()>>(
         node,
         role,
         labels: extra_labels,
-        args,
+        mut args,
         volumes,
         mounts,
     } = mover;
+    args.extend(["--termination-log".to_string(), TERMINATION_LOG.to_string()]);
     let mut job_labels = json!({
         labels::MANAGED_BY: labels::MANAGER,
         labels::ROLE: role,
@@ -121,7 +124,7 @@ fn job<K: Resource<DynamicType = ()>>(
                         "image": config.image,
                         "imagePullPolicy": config.pull_policy,
                         "args": args,
-                        "terminationMessagePath": "/dev/termination-log",
+                        "terminationMessagePath": TERMINATION_LOG,
                         "terminationMessagePolicy": "File",
                         // Root reads every file and records every owner.
                         "securityContext": {"runAsUser": 0, "runAsGroup": 0},
@@ -190,8 +193,6 @@ pub fn backup_job(
         backstop_api::backup::artifact_dir(&namespace, &backup_name),
         "--compression".into(),
         repo.spec.compression.as_str().into(),
-        "--termination-log".into(),
-        "/dev/termination-log".into(),
     ];
     let mover = MoverJob {
         name: naming::backup_job(&backup_name, pvc),
@@ -226,8 +227,6 @@ pub fn delete_job(
         repository_root(repo),
         "--dir".into(),
         backstop_api::backup::artifact_dir(&namespace, &backup_name),
-        "--termination-log".into(),
-        "/dev/termination-log".into(),
     ];
     let mover = MoverJob {
         name: naming::delete_job(&backup_name),
@@ -270,8 +269,6 @@ pub fn restore_job(
         TARGET_MOUNT.into(),
         "--existing-data-policy".into(),
         r.policy.as_str().into(),
-        "--termination-log".into(),
-        "/dev/termination-log".into(),
     ];
     let mover = MoverJob {
         name: naming::restore_job(&name),

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -148,16 +148,11 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<bool>>,
 {
-    let start = Instant::now();
-    loop {
-        if check().await? {
-            return Ok(());
-        }
-        if start.elapsed() > timeout {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_for(timeout, what, || {
+        let done = check();
+        async move { Ok(done.await?.then_some(())) }
+    })
+    .await
 }
 
 /// Polls `check` until it yields a value, failing after `timeout` with what was awaited.
@@ -187,20 +182,17 @@ pub async fn job_result(
 ) -> anyhow::Result<String> {
     let jobs: Api<Job> = ns.api();
     let pods: Api<Pod> = ns.api();
-    let start = Instant::now();
-    let succeeded = loop {
+    let succeeded = wait_for(timeout, &format!("Job {job} to finish"), || async {
         let status = jobs.get(job).await?.status.unwrap_or_default();
-        if status.succeeded.unwrap_or(0) > 0 {
-            break true;
-        }
-        if status.failed.unwrap_or(0) > 0 {
-            break false;
-        }
-        if start.elapsed() > timeout {
-            bail!("timed out after {timeout:?} waiting for Job {job} to finish");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+        Ok(if status.succeeded.unwrap_or(0) > 0 {
+            Some(true)
+        } else if status.failed.unwrap_or(0) > 0 {
+            Some(false)
+        } else {
+            None
+        })
+    })
+    .await?;
     let list = pods
         .list(&ListParams::default().labels(&format!("job-name={job}")))
         .await?;
@@ -222,12 +214,6 @@ pub async fn job_result(
         );
     }
     Ok(message)
-}
-
-pub async fn delete_job(ns: &TestNamespace, job: &str) -> anyhow::Result<()> {
-    let jobs: Api<Job> = ns.api();
-    jobs.delete(job, &DeleteParams::background()).await?;
-    Ok(())
 }
 
 fn unique_suffix() -> String {
