@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 use backstop_api::ExistingDataPolicy;
 use backstop_mover::backup::{self, BackupRequest, Compression};
-use backstop_mover::repository::DirRepository;
+use backstop_mover::repository::{self, DirRepository, Repository, S3Config, S3Repository};
 use backstop_mover::{inventory, report, restore};
 use clap::{Args, Subcommand};
 use serde::Serialize;
@@ -18,14 +18,20 @@ pub enum Command {
         #[command(flatten)]
         report: Report,
     },
-    /// Back up a mounted volume into a directory repository.
+    /// Check that a repository can be used: write, read back and remove a small object.
+    Probe {
+        #[command(flatten)]
+        repository: RepositoryArgs,
+        #[command(flatten)]
+        report: Report,
+    },
+    /// Back up a mounted volume into a repository.
     Backup {
         /// The mounted volume to read.
         #[arg(long)]
         source: PathBuf,
-        /// The repository's root directory.
-        #[arg(long)]
-        repository: PathBuf,
+        #[command(flatten)]
+        repository: RepositoryArgs,
         /// The PVC's name (names the artifact).
         #[arg(long)]
         pvc: String,
@@ -37,10 +43,10 @@ pub enum Command {
         #[command(flatten)]
         report: Report,
     },
-    /// Restore a volume from a directory repository: stage, verify every digest, then commit.
+    /// Restore a volume from a repository: stage, verify every digest, then commit.
     Restore {
-        #[arg(long)]
-        repository: PathBuf,
+        #[command(flatten)]
+        repository: RepositoryArgs,
         /// The manifest's path inside the repository (`<namespace>/<backup>/<pvc>.manifest.json`).
         #[arg(long)]
         manifest: String,
@@ -54,22 +60,97 @@ pub enum Command {
     },
     /// Check an artifact against its manifest without restoring anything.
     Verify {
-        #[arg(long)]
-        repository: PathBuf,
+        #[command(flatten)]
+        repository: RepositoryArgs,
         #[arg(long)]
         manifest: String,
         #[command(flatten)]
         report: Report,
     },
-    /// Remove a backup's directory (artifacts and manifests) from a directory repository.
+    /// Remove a backup's directory (artifacts and manifests) from a repository.
     Delete {
-        #[arg(long)]
-        repository: PathBuf,
+        #[command(flatten)]
+        repository: RepositoryArgs,
         #[arg(long)]
         dir: String,
         #[command(flatten)]
         report: Report,
     },
+}
+
+/// Where the repository is: a directory (`--repository`) or an S3 bucket (`--s3-bucket`).
+/// S3 credentials come from the environment, never from the command line.
+#[derive(Args)]
+pub struct RepositoryArgs {
+    /// A directory repository's root.
+    #[arg(
+        long,
+        required_unless_present = "s3_bucket",
+        conflicts_with = "s3_bucket"
+    )]
+    repository: Option<PathBuf>,
+    /// The bucket of an S3-compatible repository.
+    #[arg(long)]
+    s3_bucket: Option<String>,
+    /// The S3 endpoint URL (AWS when absent), e.g. https://minio.example:9000.
+    #[arg(long, requires = "s3_bucket")]
+    s3_endpoint: Option<String>,
+    /// Keys are stored under this prefix in the bucket.
+    #[arg(long, default_value = "")]
+    s3_prefix: String,
+    #[arg(long)]
+    s3_region: Option<String>,
+    /// Path-style requests (endpoint/bucket/key), as MinIO-likes need.
+    #[arg(long)]
+    s3_force_path_style: bool,
+    /// A PEM file with the CA certificate(s) of the endpoint.
+    #[arg(long)]
+    s3_ca_file: Option<PathBuf>,
+    /// Accept any TLS certificate (testing only).
+    #[arg(long)]
+    s3_insecure_skip_tls_verify: bool,
+    /// How long a failing S3 request is retried before the command fails.
+    #[arg(long, env = "BACKSTOP_S3_RETRY_TIMEOUT_SECONDS", default_value_t = 60)]
+    s3_retry_timeout_seconds: u64,
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true, hide = true)]
+    aws_access_key_id: Option<String>,
+    #[arg(
+        long,
+        env = "AWS_SECRET_ACCESS_KEY",
+        hide_env_values = true,
+        hide = true
+    )]
+    aws_secret_access_key: Option<String>,
+    #[arg(long, env = "AWS_SESSION_TOKEN", hide_env_values = true, hide = true)]
+    aws_session_token: Option<String>,
+}
+
+impl RepositoryArgs {
+    /// Opens the repository; a failure carries the condition reason.
+    fn open(self) -> Result<Box<dyn Repository>, (&'static str, String)> {
+        match (self.repository, self.s3_bucket) {
+            (Some(root), _) => Ok(Box::new(DirRepository::new(root))),
+            (None, Some(bucket)) => S3Repository::new(&S3Config {
+                endpoint: self.s3_endpoint,
+                bucket,
+                prefix: self.s3_prefix,
+                region: self.s3_region,
+                force_path_style: self.s3_force_path_style,
+                access_key_id: self.aws_access_key_id.unwrap_or_default(),
+                secret_access_key: self.aws_secret_access_key.unwrap_or_default(),
+                session_token: self.aws_session_token,
+                ca_file: self.s3_ca_file,
+                insecure_skip_tls_verify: self.s3_insecure_skip_tls_verify,
+                retry_timeout: std::time::Duration::from_secs(self.s3_retry_timeout_seconds),
+            })
+            .map(|r| Box::new(r) as Box<dyn Repository>)
+            .map_err(|f| (f.reason, f.message)),
+            (None, None) => Err((
+                "InvalidSpec",
+                "name a repository: --repository DIR or --s3-bucket NAME".into(),
+            )),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -102,6 +183,13 @@ pub fn main(cmd: Command) -> anyhow::Result<()> {
                 counted.map_err(|e| ("SourceUnreadable", e.to_string())),
             )
         }
+        Command::Probe { repository, report } => {
+            let result = repository.open().and_then(|repo| {
+                repository::probe(repo.as_ref())
+                    .map_err(|e| (e.reason().unwrap_or("RepositoryUnusable"), e.to_string()))
+            });
+            finish(&report, result)
+        }
         Command::Backup {
             source,
             repository,
@@ -110,7 +198,6 @@ pub fn main(cmd: Command) -> anyhow::Result<()> {
             compression,
             report,
         } => {
-            let repo = DirRepository::new(repository);
             let request = BackupRequest {
                 source: &source,
                 pvc: &pvc,
@@ -118,24 +205,8 @@ pub fn main(cmd: Command) -> anyhow::Result<()> {
                 compression,
                 created_at: jiff::Timestamp::now().to_string(),
             };
-            let result = backup::run(&repo, &request).map_err(|e| {
-                let reason = match &e {
-                    backup::BackupError::Repository(r) if r.is_full() => "RepositoryFull",
-                    backup::BackupError::Repository(_) => "RepositoryWriteFailed",
-                    backup::BackupError::Archive(backstop_mover::archive::ArchiveError::Write(
-                        err,
-                    )) if err.raw_os_error() == Some(28) => "RepositoryFull",
-                    backup::BackupError::Archive(backstop_mover::archive::ArchiveError::Write(
-                        _,
-                    )) => "RepositoryWriteFailed",
-                    _ => "SourceUnreadable",
-                };
-                let message = if reason == "RepositoryFull" {
-                    format!("the repository volume is full: {e}; free space or grow it")
-                } else {
-                    e.to_string()
-                };
-                (reason, message)
+            let result = repository.open().and_then(|repo| {
+                backup::run(repo.as_ref(), &request).map_err(|e| backup_failure(&e))
             });
             finish(&report, result)
         }
@@ -146,9 +217,10 @@ pub fn main(cmd: Command) -> anyhow::Result<()> {
             existing_data_policy,
             report,
         } => {
-            let repo = DirRepository::new(repository);
-            let result = restore::restore(&repo, &manifest, &target, existing_data_policy)
-                .map_err(|e| (e.reason(), e.to_string()));
+            let result = repository.open().and_then(|repo| {
+                restore::restore(repo.as_ref(), &manifest, &target, existing_data_policy)
+                    .map_err(|e| (e.reason(), e.to_string()))
+            });
             finish(&report, result)
         }
         Command::Verify {
@@ -156,8 +228,9 @@ pub fn main(cmd: Command) -> anyhow::Result<()> {
             manifest,
             report,
         } => {
-            let repo = DirRepository::new(repository);
-            let result = restore::verify(&repo, &manifest).map_err(|e| (e.reason(), e.to_string()));
+            let result = repository.open().and_then(|repo| {
+                restore::verify(repo.as_ref(), &manifest).map_err(|e| (e.reason(), e.to_string()))
+            });
             finish(&report, result)
         }
         Command::Delete {
@@ -165,13 +238,33 @@ pub fn main(cmd: Command) -> anyhow::Result<()> {
             dir,
             report,
         } => {
-            let repo = DirRepository::new(repository);
-            let result = repo
-                .remove_prefix(&dir)
-                .map(|()| serde_json::json!({"deleted": dir}))
-                .map_err(|e| ("ArtifactsNotRemoved", e.to_string()));
+            let result = repository.open().and_then(|repo| {
+                repo.remove_prefix(&dir)
+                    .map(|()| serde_json::json!({"deleted": dir}))
+                    .map_err(|e| ("ArtifactsNotRemoved", e.to_string()))
+            });
             finish(&report, result)
         }
+    }
+}
+
+/// The condition reason and message for a failed backup.
+fn backup_failure(e: &backup::BackupError) -> (&'static str, String) {
+    use backstop_mover::archive::ArchiveError;
+    let repository_problem = match e {
+        backup::BackupError::Repository(r) => Some(r.reason().unwrap_or("RepositoryWriteFailed")),
+        backup::BackupError::Archive(ArchiveError::Write(err)) => {
+            Some(repository::reason(err).unwrap_or("RepositoryWriteFailed"))
+        }
+        _ => None,
+    };
+    match repository_problem {
+        Some(repository::REPOSITORY_FULL) => (
+            repository::REPOSITORY_FULL,
+            format!("the repository volume is full: {e}; free space or grow it"),
+        ),
+        Some(reason) => (reason, e.to_string()),
+        None => ("SourceUnreadable", e.to_string()),
     }
 }
 

@@ -1,10 +1,11 @@
-//! `backstop mover backup`: one volume into one artifact plus its manifest in a directory
-//! repository. The artifact is written under a `.partial` name and renamed when complete; the
-//! manifest is written last (the commit point), so an interrupted backup never looks complete.
+//! `backstop mover backup`: one volume into one artifact plus its manifest in a repository.
+//! The artifact only appears under its key when it is complete (a renamed `.partial` file, a
+//! completed multipart upload); the manifest is written last (the commit point), so an
+//! interrupted backup never looks complete.
 
 use crate::archive;
 use crate::manifest::{self, ArtifactInfo, Manifest};
-use crate::repository::{DirRepository, RepositoryError};
+use crate::repository::{Repository, RepositoryError};
 pub use backstop_api::Compression;
 use serde::{Deserialize, Serialize};
 use std::io::{self, BufWriter, Write};
@@ -49,7 +50,7 @@ pub struct BackupRequest<'a> {
     pub created_at: String,
 }
 
-pub fn run(repo: &DirRepository, req: &BackupRequest<'_>) -> Result<BackupResult, BackupError> {
+pub fn run(repo: &dyn Repository, req: &BackupRequest<'_>) -> Result<BackupResult, BackupError> {
     if !req.source.is_dir() {
         return Err(BackupError::Source(format!(
             "{} is not a directory (is the volume mounted?)",
@@ -63,36 +64,32 @@ pub fn run(repo: &DirRepository, req: &BackupRequest<'_>) -> Result<BackupResult
     // A retried Job must not leave an old manifest describing a new artifact.
     repo.remove(&manifest_key)?;
 
-    let upload = repo.create(&artifact_key)?;
+    let write_error = |source| RepositoryError::Write {
+        key: artifact_key.clone(),
+        source,
+    };
+    let mut upload = repo.create(&artifact_key)?;
     let written = (|| -> Result<_, BackupError> {
-        let hashing = HashingWriter::new(BufWriter::with_capacity(1 << 20, upload.file()?));
+        let hashing = HashingWriter::new(BufWriter::with_capacity(1 << 20, &mut upload));
         let (archived, hashing) = match req.compression {
             Compression::Zstd => {
-                let mut enc = zstd::stream::write::Encoder::new(hashing, 3)
-                    .map_err(|e| repo.write_error(&artifact_key, e))?;
+                let mut enc = zstd::stream::write::Encoder::new(hashing, 3).map_err(write_error)?;
                 let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-                enc.multithread(threads)
-                    .map_err(|e| repo.write_error(&artifact_key, e))?;
+                enc.multithread(threads).map_err(write_error)?;
                 let (archived, enc) = archive::write(req.source, enc)?;
-                let hashing = enc
-                    .finish()
-                    .map_err(|e| repo.write_error(&artifact_key, e))?;
+                let hashing = enc.finish().map_err(write_error)?;
                 (archived, hashing)
             }
             Compression::Gzip => {
                 let enc = flate2::write::GzEncoder::new(hashing, flate2::Compression::new(6));
                 let (archived, enc) = archive::write(req.source, enc)?;
-                let hashing = enc
-                    .finish()
-                    .map_err(|e| repo.write_error(&artifact_key, e))?;
+                let hashing = enc.finish().map_err(write_error)?;
                 (archived, hashing)
             }
             Compression::None => archive::write(req.source, hashing)?,
         };
         let (mut buffered, digest, size) = hashing.finish();
-        buffered
-            .flush()
-            .map_err(|e| repo.write_error(&artifact_key, e))?;
+        buffered.flush().map_err(write_error)?;
         Ok((archived, digest, size))
     })();
     let (archived, digest, size) = match written {
@@ -117,8 +114,10 @@ pub fn run(repo: &DirRepository, req: &BackupRequest<'_>) -> Result<BackupResult
         totals: archived.totals.clone(),
         entries: archived.entries,
     };
-    let json = serde_json::to_vec(&manifest)
-        .map_err(|e| repo.write_error(&manifest_key, io::Error::other(e)))?;
+    let json = serde_json::to_vec(&manifest).map_err(|e| RepositoryError::Write {
+        key: manifest_key.clone(),
+        source: io::Error::other(e),
+    })?;
     repo.put(&manifest_key, &json)?;
     Ok(BackupResult {
         pvc: req.pvc.to_string(),

@@ -4,12 +4,12 @@
 //! Entries with absolute paths or `..`, and entries that would go through a symlink, are refused.
 
 use crate::manifest::{Entry, EntryKind, Manifest};
-use crate::repository::{DirRepository, RepositoryError};
+use crate::repository::{Repository, RepositoryError};
 use backstop_api::ExistingDataPolicy;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -49,7 +49,8 @@ impl RestoreError {
             RestoreError::Integrity(_) => "IntegrityCheckFailed",
             RestoreError::Unsafe { .. } => "UnsafeArchive",
             RestoreError::TargetNotEmpty(_) => "TargetNotEmpty",
-            RestoreError::Manifest(_) | RestoreError::Repository(_) => "ArtifactUnreadable",
+            RestoreError::Repository(r) => r.reason().unwrap_or("ArtifactUnreadable"),
+            RestoreError::Manifest(_) => "ArtifactUnreadable",
             RestoreError::Write { source, .. } if source.raw_os_error() == Some(28) => "TargetFull",
             RestoreError::Write { .. } => "TargetWriteFailed",
         }
@@ -72,7 +73,7 @@ pub struct RestoreResult {
     pub verification: String,
 }
 
-pub fn read_manifest(repo: &DirRepository, key: &str) -> Result<Manifest, RestoreError> {
+pub fn read_manifest(repo: &dyn Repository, key: &str) -> Result<Manifest, RestoreError> {
     let data = repo.get(key)?;
     serde_json::from_slice(&data).map_err(|e| RestoreError::Manifest(format!("{key}: {e}")))
 }
@@ -86,15 +87,15 @@ pub fn artifact_key(manifest_key: &str, manifest: &Manifest) -> String {
 }
 
 /// Checks an artifact against its manifest without writing anything.
-pub fn verify(repo: &DirRepository, manifest_key: &str) -> Result<RestoreResult, RestoreError> {
+pub fn verify(repo: &dyn Repository, manifest_key: &str) -> Result<RestoreResult, RestoreError> {
     let manifest = read_manifest(repo, manifest_key)?;
-    let file = repo.open(&artifact_key(manifest_key, &manifest))?;
-    read_artifact(file, &manifest, None)
+    let key = artifact_key(manifest_key, &manifest);
+    read_artifact(repo.open(&key)?, &key, &manifest, None)
 }
 
 /// Restores the artifact into `target` according to `policy`.
 pub fn restore(
-    repo: &DirRepository,
+    repo: &dyn Repository,
     manifest_key: &str,
     target: &Path,
     policy: ExistingDataPolicy,
@@ -111,8 +112,8 @@ pub fn restore(
     fs::create_dir(&staging).map_err(write_err(&staging))?;
     fs::set_permissions(&staging, fs::Permissions::from_mode(0o700))
         .map_err(write_err(&staging))?;
-    let file = repo.open(&artifact_key(manifest_key, &manifest))?;
-    let result = match read_artifact(file, &manifest, Some(&staging)) {
+    let key = artifact_key(manifest_key, &manifest);
+    let result = match read_artifact(repo.open(&key)?, &key, &manifest, Some(&staging)) {
         Ok(r) => r,
         Err(e) => {
             let _ = remove_all(&staging);
@@ -249,7 +250,8 @@ fn check_parents(root: &Path, rel: &Path) -> Result<(), RestoreError> {
 /// Reads the whole artifact, checking each entry against the manifest and the artifact's digest;
 /// with `into`, also writes the entries there.
 fn read_artifact(
-    file: File,
+    artifact: Box<dyn Read + Send>,
+    key: &str,
     manifest: &Manifest,
     into: Option<&Path>,
 ) -> Result<RestoreResult, RestoreError> {
@@ -258,7 +260,7 @@ fn read_artifact(
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
     let compression = manifest.compression.clone();
     let producer = std::thread::spawn(move || {
-        let mut raw = DigestReader::new(io::BufReader::with_capacity(1 << 20, file));
+        let mut raw = DigestReader::new(io::BufReader::with_capacity(1 << 20, artifact));
         {
             let decoder: io::Result<Box<dyn Read + '_>> = match compression.as_str() {
                 "zstd" => {
@@ -291,8 +293,7 @@ fn read_artifact(
             }
         }
         // Whatever happened, hash the rest so the artifact's digest can say whether it was damaged.
-        let _ = io::copy(&mut raw, &mut io::sink());
-        raw.finish()
+        io::copy(&mut raw, &mut io::sink()).map(|_| raw.finish())
     });
     let outcome = extract_entries(
         ChannelReader {
@@ -305,7 +306,12 @@ fn read_artifact(
     );
     let (digest, size) = producer
         .join()
-        .map_err(|_| RestoreError::Integrity("the artifact reader crashed".into()))?;
+        .map_err(|_| RestoreError::Integrity("the artifact reader crashed".into()))?
+        // The artifact could not be read to its end (the storage failed, not the data).
+        .map_err(|source| RepositoryError::Read {
+            key: key.to_string(),
+            source,
+        })?;
     if digest != manifest.artifact.blake3 || size != manifest.artifact.size {
         return Err(RestoreError::Integrity(format!(
             "the artifact's BLAKE3 is {digest} ({size} bytes); the manifest says {} ({} bytes): the stored artifact is damaged",

@@ -1,0 +1,187 @@
+//! Where artifacts live: one interface, two backends. A directory (the shared-storage PVC mounted
+//! in the mover pod) and S3-compatible object storage. Keys are `/`-separated relative paths;
+//! a write becomes visible under its key only when it is committed, so an interrupted write never
+//! leaves anything that looks complete.
+
+mod dir;
+mod s3;
+
+pub use dir::DirRepository;
+pub use s3::{S3Config, S3Repository};
+
+use std::io::{self, Read, Write};
+
+pub trait Repository: Send + Sync {
+    /// Starts writing `key`; nothing appears under it until the upload is committed.
+    fn create(&self, key: &str) -> Result<Box<dyn Upload>, RepositoryError>;
+
+    /// Writes `data` under `key` in one go, atomically.
+    fn put(&self, key: &str, data: &[u8]) -> Result<(), RepositoryError> {
+        let mut upload = self.create(key)?;
+        match upload.write_all(data) {
+            Ok(()) => upload.commit(),
+            Err(source) => {
+                upload.abort();
+                Err(RepositoryError::Write {
+                    key: key.to_string(),
+                    source,
+                })
+            }
+        }
+    }
+
+    fn get(&self, key: &str) -> Result<Vec<u8>, RepositoryError> {
+        let mut data = Vec::new();
+        self.open(key)?
+            .read_to_end(&mut data)
+            .map_err(|source| RepositoryError::Read {
+                key: key.to_string(),
+                source,
+            })?;
+        Ok(data)
+    }
+
+    /// Streams the object under `key`.
+    fn open(&self, key: &str) -> Result<Box<dyn Read + Send>, RepositoryError>;
+
+    /// Removes one object; a missing one is not an error.
+    fn remove(&self, key: &str) -> Result<(), RepositoryError>;
+
+    /// Removes everything under `prefix` (a backup's directory); a missing one is not an error.
+    fn remove_prefix(&self, prefix: &str) -> Result<(), RepositoryError>;
+}
+
+/// An object being written.
+pub trait Upload: Write + Send {
+    /// Makes the object durable and visible under its key.
+    fn commit(self: Box<Self>) -> Result<(), RepositoryError>;
+    /// Throws away what was written; nothing is left that could look complete.
+    fn abort(self: Box<Self>);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepositoryError {
+    #[error("repository key {0:?} must be a relative path without '..'")]
+    InvalidKey(String),
+    #[error("writing {key} to the repository: {source}")]
+    Write {
+        key: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("removing {key} from the repository: {source}")]
+    Remove {
+        key: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading {key} from the repository: {source}")]
+    Read {
+        key: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl RepositoryError {
+    pub fn io(&self) -> Option<&io::Error> {
+        match self {
+            RepositoryError::InvalidKey(_) => None,
+            RepositoryError::Write { source, .. }
+            | RepositoryError::Remove { source, .. }
+            | RepositoryError::Read { source, .. } => Some(source),
+        }
+    }
+
+    /// The condition reason for a problem with the repository itself (full, unreachable,
+    /// refusing the credentials, missing bucket), if this is one.
+    pub fn reason(&self) -> Option<&'static str> {
+        self.io().and_then(reason)
+    }
+}
+
+/// The condition reason for an I/O error that says the repository cannot be used, if it does.
+pub fn reason(err: &io::Error) -> Option<&'static str> {
+    if let Some(failure) = err.get_ref().and_then(|e| e.downcast_ref::<StoreFailure>()) {
+        return Some(failure.reason);
+    }
+    (err.kind() == io::ErrorKind::StorageFull || err.raw_os_error() == Some(libc::ENOSPC))
+        .then_some(REPOSITORY_FULL)
+}
+
+pub const REPOSITORY_FULL: &str = "RepositoryFull";
+pub const ACCESS_DENIED: &str = "AccessDenied";
+pub const BUCKET_NOT_FOUND: &str = "BucketNotFound";
+pub const ENDPOINT_UNREACHABLE: &str = "EndpointUnreachable";
+pub const REQUEST_FAILED: &str = "StorageRequestFailed";
+
+/// An object storage failure with the reason a user can act on; travels inside `io::Error`
+/// through the writers the archive goes through.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreFailure {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl StoreFailure {
+    pub fn into_io(self) -> io::Error {
+        let kind = match self.reason {
+            ACCESS_DENIED => io::ErrorKind::PermissionDenied,
+            BUCKET_NOT_FOUND => io::ErrorKind::NotFound,
+            ENDPOINT_UNREACHABLE => io::ErrorKind::ConnectionRefused,
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, self)
+    }
+}
+
+/// Splits a key into its `/`-separated parts, refusing anything that could leave the repository.
+pub(crate) fn key_parts(key: &str) -> Result<Vec<&str>, RepositoryError> {
+    let parts: Vec<&str> = key.split('/').collect();
+    if key.is_empty()
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || *p == "." || *p == "..")
+    {
+        return Err(RepositoryError::InvalidKey(key.to_string()));
+    }
+    Ok(parts)
+}
+
+/// What a successful probe did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeResult {
+    /// The key written, read back and removed.
+    pub key: String,
+    pub bytes: u64,
+}
+
+/// Checks that the repository can be used: writes a small object, reads it back, removes it.
+pub fn probe(repo: &dyn Repository) -> Result<ProbeResult, RepositoryError> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let key = format!(".backstop-probe/{nanos}-{}", std::process::id());
+    let data = format!("backstop repository probe {nanos}\n").repeat(64);
+    repo.put(&key, data.as_bytes())?;
+    let read = repo.get(&key);
+    let removed = repo.remove(&key);
+    let read = read?;
+    removed?;
+    if read != data.as_bytes() {
+        return Err(RepositoryError::Read {
+            key,
+            source: io::Error::other(format!(
+                "the object read back ({} bytes) differs from the one written ({} bytes): the storage does not return what it stores",
+                read.len(),
+                data.len()
+            )),
+        });
+    }
+    Ok(ProbeResult {
+        key,
+        bytes: data.len() as u64,
+    })
+}
