@@ -13,6 +13,7 @@ pub use backup::{Backup, BackupPhase, BackupSpec, BackupStatus, VolumeBackup};
 pub use policy::{BackupPolicy, BackupPolicySpec, BackupPolicyStatus, Retention, Target};
 pub use repository::{
     BackupRepository, BackupRepositorySpec, BackupRepositoryStatus, Compression, PvcRepository,
+    S3Repository, SecretKeySelector,
 };
 pub use restore::{ExistingDataPolicy, Restore, RestoreSpec, RestoreStatus, RestoreTarget};
 
@@ -26,7 +27,11 @@ pub mod labels {
     pub const BACKUP: &str = "backstop.dev/backup";
     /// On a Job: the Restore it works for.
     pub const RESTORE: &str = "backstop.dev/restore";
-    /// On a Job: what it does (`backup`, `delete`, `restore`).
+    /// On a probe Job: the BackupRepository it checks.
+    pub const REPOSITORY: &str = "backstop.dev/repository";
+    /// On a probe Job: the repository generation it checks.
+    pub const GENERATION: &str = "backstop.dev/generation";
+    /// On a Job: what it does (`backup`, `delete`, `restore`, `probe`).
     pub const ROLE: &str = "backstop.dev/role";
     /// On a Job: the PVC it reads.
     pub const PVC: &str = "backstop.dev/pvc";

@@ -49,6 +49,13 @@ pub fn restore_job(restore: &str) -> String {
     fit(&format!("{restore}-restore"), LABEL_MAX)
 }
 
+/// A probe Job of repository `repo`, started at `at` (unix seconds): each probe has its own name, so a
+/// new one never waits for the previous one to be garbage collected.
+pub fn probe_job(repo: &str, at: i64) -> String {
+    let stamp = format!("-probe-{at}");
+    format!("{}{stamp}", fit(repo, LABEL_MAX - stamp.len()))
+}
+
 /// A label value standing for `name`.
 pub fn label_value(name: &str) -> String {
     fit(name, LABEL_MAX)

@@ -1,5 +1,6 @@
 //! `BackupRepository`: where artifacts go, defined once and shared by policies.
 
+use crate::condition::Invalid;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -16,6 +17,8 @@ use serde::{Deserialize, Serialize};
     category = "backstop",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Bucket","type":"string","jsonPath":".spec.s3.bucket"}"#,
+    printcolumn = r#"{"name":"Claim","type":"string","jsonPath":".spec.pvc.claimName"}"#,
     printcolumn = r#"{"name":"Compression","type":"string","jsonPath":".spec.compression"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -24,6 +27,9 @@ pub struct BackupRepositorySpec {
     /// Shared storage: a PVC in the repository's namespace, mounted by mover pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pvc: Option<PvcRepository>,
+    /// S3-compatible object storage (AWS S3, MinIO, Ceph RGW, Garage...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Repository>,
     /// How artifacts are compressed.
     #[serde(default)]
     pub compression: Compression,
@@ -38,6 +44,79 @@ pub struct PvcRepository {
     /// A directory inside that volume (default: its root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub_path: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Repository {
+    /// The endpoint URL, e.g. `https://minio.example:9000` (default: AWS S3 in `region`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[schemars(length(min = 3, max = 63))]
+    pub bucket: String,
+    /// Artifacts are stored under this prefix in the bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Default `us-east-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Path-style requests (`endpoint/bucket/key`), as MinIO-like servers usually need.
+    #[serde(default)]
+    pub force_path_style: bool,
+    /// A Secret in the repository's namespace with the access keys. The operator never reads it:
+    /// mover pods get the keys as environment variables.
+    pub credentials_secret_ref: CredentialsSecretRef,
+    /// A Secret holding the CA certificate (PEM) that signs the endpoint's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeySelector>,
+    /// Accept any TLS certificate. For testing only.
+    #[serde(default)]
+    pub insecure_skip_tls_verify: bool,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSecretRef {
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// The key holding the access key id.
+    #[serde(default = "default_access_key_id_key")]
+    pub access_key_id_key: String,
+    /// The key holding the secret access key.
+    #[serde(default = "default_secret_access_key_key")]
+    pub secret_access_key_key: String,
+}
+
+impl Default for CredentialsSecretRef {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            access_key_id_key: default_access_key_id_key(),
+            secret_access_key_key: default_secret_access_key_key(),
+        }
+    }
+}
+
+fn default_access_key_id_key() -> String {
+    "AWS_ACCESS_KEY_ID".into()
+}
+
+fn default_secret_access_key_key() -> String {
+    "AWS_SECRET_ACCESS_KEY".into()
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeySelector {
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// The key in the Secret (default `ca.crt`).
+    #[serde(default = "default_ca_key")]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".into()
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -97,26 +176,80 @@ pub struct BackupRepositoryStatus {
 impl BackupRepositorySpec {
     /// What is wrong with this spec, in words a user can act on (the API server may not enforce
     /// the schema: old servers do not).
-    pub fn validate(&self) -> Result<(), crate::condition::Invalid> {
-        match &self.pvc {
-            None => Err(crate::condition::Invalid::new(
+    pub fn validate(&self) -> Result<(), Invalid> {
+        match (&self.pvc, &self.s3) {
+            (None, None) => Err(Invalid::new(
                 "NoBackend",
-                "spec.pvc is required: name the PVC that holds the repository (spec.pvc.claimName)",
+                "name where artifacts go: spec.pvc (a PVC holding the repository) or spec.s3 (a bucket)",
             )),
-            Some(pvc) if pvc.claim_name.is_empty() => Err(crate::condition::Invalid::new(
+            (Some(_), Some(_)) => Err(Invalid::new(
                 "InvalidSpec",
-                "spec.pvc.claimName must name a PVC",
+                "spec.pvc and spec.s3 are exclusive: a repository has one backend",
             )),
-            Some(pvc) => match pvc.sub_path.as_deref() {
-                Some(sub) if sub.starts_with('/') || sub.split('/').any(|c| c == "..") => {
-                    Err(crate::condition::Invalid::new(
-                        "InvalidSpec",
-                        format!("spec.pvc.subPath {sub:?} must be a relative path without '..'"),
-                    ))
-                }
-                _ => Ok(()),
-            },
+            (Some(pvc), None) => pvc.validate(),
+            (None, Some(s3)) => s3.validate(),
         }
+    }
+}
+
+fn invalid(message: String) -> Invalid {
+    Invalid::new("InvalidSpec", message)
+}
+
+fn escapes(path: &str) -> bool {
+    path.starts_with('/') || path.split('/').any(|c| c == "..")
+}
+
+impl PvcRepository {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.claim_name.is_empty() {
+            return Err(invalid("spec.pvc.claimName must name a PVC".into()));
+        }
+        match self.sub_path.as_deref() {
+            Some(sub) if escapes(sub) => Err(invalid(format!(
+                "spec.pvc.subPath {sub:?} must be a relative path without '..'"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl S3Repository {
+    fn validate(&self) -> Result<(), Invalid> {
+        let bucket_chars =
+            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+        if self.bucket.len() < 3 || self.bucket.len() > 63 || !self.bucket.chars().all(bucket_chars)
+        {
+            return Err(invalid(format!(
+                "spec.s3.bucket {:?} is not a bucket name: 3 to 63 lowercase letters, digits, '-' or '.'",
+                self.bucket
+            )));
+        }
+        if let Some(endpoint) = &self.endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(invalid(format!(
+                "spec.s3.endpoint {endpoint:?} must be a URL starting with https:// (or http://)"
+            )));
+        }
+        if let Some(prefix) = &self.prefix
+            && prefix.trim_matches('/').split('/').any(|c| c == "..")
+        {
+            return Err(invalid(format!(
+                "spec.s3.prefix {prefix:?} must not contain '..'"
+            )));
+        }
+        if self.credentials_secret_ref.name.is_empty() {
+            return Err(invalid(
+                "spec.s3.credentialsSecretRef.name must name a Secret with the access keys".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The prefix without leading or trailing `/` (empty for none).
+    pub fn prefix(&self) -> &str {
+        self.prefix.as_deref().unwrap_or_default().trim_matches('/')
     }
 }
 
@@ -144,5 +277,43 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(escaping.validate().unwrap_err().reason, "InvalidSpec");
+    }
+
+    fn s3(spec: serde_json::Value) -> Result<(), Invalid> {
+        serde_json::from_value::<BackupRepositorySpec>(spec)
+            .unwrap()
+            .validate()
+    }
+
+    #[test]
+    fn an_s3_repository_needs_a_bucket_name_a_url_and_a_secret() {
+        let good = serde_json::json!({"s3": {"bucket": "backups", "endpoint": "http://127.0.0.1:9000",
+            "credentialsSecretRef": {"name": "s3-keys"}}});
+        assert!(s3(good.clone()).is_ok());
+        let keys: BackupRepositorySpec = serde_json::from_value(good.clone()).unwrap();
+        let creds = keys.s3.unwrap().credentials_secret_ref;
+        assert_eq!(creds.access_key_id_key, "AWS_ACCESS_KEY_ID");
+        assert_eq!(creds.secret_access_key_key, "AWS_SECRET_ACCESS_KEY");
+
+        let mut both = good.clone();
+        both["pvc"] = serde_json::json!({"claimName": "b"});
+        let mut bad_bucket = good.clone();
+        bad_bucket["s3"]["bucket"] = "My_Bucket".into();
+        let mut bad_endpoint = good.clone();
+        bad_endpoint["s3"]["endpoint"] = "minio:9000".into();
+        let mut bad_prefix = good.clone();
+        bad_prefix["s3"]["prefix"] = "a/../b".into();
+        let mut no_secret = good;
+        no_secret["s3"]["credentialsSecretRef"]["name"] = "".into();
+        for (case, spec) in [
+            ("both", both),
+            ("bucket", bad_bucket),
+            ("endpoint", bad_endpoint),
+            ("prefix", bad_prefix),
+            ("secret", no_secret),
+        ] {
+            let err = s3(spec).unwrap_err();
+            assert_eq!(err.reason, "InvalidSpec", "{case}: {}", err.message);
+        }
     }
 }

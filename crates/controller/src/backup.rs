@@ -357,6 +357,13 @@ async fn progress(
                 let _ = jobs_api
                     .delete(&job_name, &DeleteParams::background())
                     .await;
+                // The repository failed us: have it checked again, so that it stops being Ready
+                // (and policies stop starting Jobs) if it really is unusable.
+                if repository::REPOSITORY_REASONS.contains(&why.reason.as_str())
+                    && let Some(repo) = &repository
+                {
+                    repository::recheck(ctx, repo).await?;
+                }
             }
             None => {
                 if volume.phase == BackupPhase::Pending {
@@ -384,16 +391,9 @@ async fn job_outcome(
     pvc: &str,
     claims: &Api<PersistentVolumeClaim>,
 ) -> Result<Option<Result<MoverSuccess, Invalid>>, Error> {
-    let status = job.status.clone().unwrap_or_default();
-    let succeeded = status.succeeded.unwrap_or(0) > 0;
-    let failed = status.failed.unwrap_or(0) > 0
-        || status
-            .conditions
-            .iter()
-            .flatten()
-            .any(|c| c.type_ == "Failed" && c.status == "True");
+    let done = crate::outcome::finished(job);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    if !succeeded && !failed {
+    let Some(succeeded) = done else {
         // Still running, unless its source volume vanished before the pod could start.
         let claim = claims.get_opt(pvc).await?;
         let pod_list = pods
@@ -412,7 +412,7 @@ async fn job_outcome(
             ))));
         }
         return Ok(None);
-    }
+    };
     let message = termination_message(&pods, &job.name_any()).await?;
     if succeeded {
         return Ok(Some(
@@ -428,37 +428,7 @@ async fn job_outcome(
             },
         ));
     }
-    if let Some(failure) = message
-        .as_deref()
-        .and_then(|m| serde_json::from_str::<MoverFailure>(m).ok())
-    {
-        return Ok(Some(Err(Invalid::new(
-            failure.reason.unwrap_or_else(|| "MoverFailed".into()),
-            failure.error,
-        ))));
-    }
-    let why = status
-        .conditions
-        .iter()
-        .flatten()
-        .find(|c| c.type_ == "Failed")
-        .map(|c| {
-            (
-                c.reason.clone().unwrap_or_default(),
-                c.message.clone().unwrap_or_default(),
-            )
-        });
-    Ok(Some(Err(match why {
-        Some((reason, msg)) if !reason.is_empty() => Invalid::new(reason, msg),
-        _ => Invalid::new(
-            "MoverFailed",
-            format!(
-                "Job {} failed: {}",
-                job.name_any(),
-                message.unwrap_or_else(|| "no message".into())
-            ),
-        ),
-    })))
+    Ok(Some(Err(crate::outcome::failure(job, message))))
 }
 
 async fn finish(ctx: &Context, backup: &Backup, mut status: BackupStatus) -> Result<Action, Error> {

@@ -36,25 +36,90 @@ pub const ROLE_BACKUP: &str = "backup";
 /// Where the mover writes its result; the kubelet copies it into the pod's status.
 const TERMINATION_LOG: &str = "/dev/termination-log";
 pub const ROLE_DELETE: &str = "delete";
+pub const ROLE_PROBE: &str = "probe";
+/// A probe that has not finished in this time failed (e.g. its pod could not start).
+pub const PROBE_DEADLINE_SECONDS: i64 = 120;
 pub const ROLE_RESTORE: &str = "restore";
 pub const TARGET_MOUNT: &str = "/target";
 
-/// The repository root as the mover sees it (mount point plus subPath).
-fn repository_root(repo: &BackupRepository) -> String {
-    match repo.spec.pvc.as_ref().and_then(|p| p.sub_path.as_deref()) {
-        Some(sub) if !sub.trim_matches('/').is_empty() => {
-            format!("{REPOSITORY_MOUNT}/{}", sub.trim_matches('/'))
-        }
-        _ => REPOSITORY_MOUNT.to_string(),
-    }
+/// Where a CA bundle Secret is mounted in mover pods.
+pub const CA_MOUNT: &str = "/etc/backstop/s3-ca";
+/// How long a probe retries an unreachable endpoint: long enough for a blip, short enough that
+/// `Ready` says so within a minute.
+const PROBE_RETRY_SECONDS: &str = "10";
+
+/// How a mover pod reaches the repository: arguments, environment, volumes and mounts.
+#[derive(Default)]
+struct RepositoryAccess {
+    args: Vec<String>,
+    env: Vec<serde_json::Value>,
+    volumes: Vec<serde_json::Value>,
+    mounts: Vec<serde_json::Value>,
 }
 
-fn repository_claim(repo: &BackupRepository) -> String {
-    repo.spec
+/// Shared storage is mounted (read-only for readers); S3 keys come from the Secret through
+/// `secretKeyRef` (the operator never reads them) and a CA bundle is mounted from its Secret.
+fn repository_access(repo: &BackupRepository, read_only: bool) -> RepositoryAccess {
+    if let Some(s3) = &repo.spec.s3 {
+        let mut args = vec!["--s3-bucket".to_string(), s3.bucket.clone()];
+        let mut flag = |name: &str, value: Option<&str>| {
+            args.push(name.to_string());
+            args.extend(value.map(str::to_string));
+        };
+        if let Some(endpoint) = &s3.endpoint {
+            flag("--s3-endpoint", Some(endpoint));
+        }
+        if !s3.prefix().is_empty() {
+            flag("--s3-prefix", Some(s3.prefix()));
+        }
+        if let Some(region) = &s3.region {
+            flag("--s3-region", Some(region));
+        }
+        if s3.force_path_style {
+            flag("--s3-force-path-style", None);
+        }
+        if s3.insecure_skip_tls_verify {
+            flag("--s3-insecure-skip-tls-verify", None);
+        }
+        let mut access = RepositoryAccess::default();
+        if let Some(ca) = &s3.ca_secret_ref {
+            flag("--s3-ca-file", Some(&format!("{CA_MOUNT}/{}", ca.key)));
+            access
+                .volumes
+                .push(json!({"name": "s3-ca", "secret": {"secretName": ca.name}}));
+            access
+                .mounts
+                .push(json!({"name": "s3-ca", "mountPath": CA_MOUNT, "readOnly": true}));
+        }
+        let creds = &s3.credentials_secret_ref;
+        let from_secret = |env: &str, key: &str| json!({"name": env, "valueFrom": {"secretKeyRef": {"name": creds.name, "key": key}}});
+        access.env = vec![
+            from_secret("AWS_ACCESS_KEY_ID", &creds.access_key_id_key),
+            from_secret("AWS_SECRET_ACCESS_KEY", &creds.secret_access_key_key),
+        ];
+        access.args = args;
+        return access;
+    }
+    let (claim, sub_path) = repo
+        .spec
         .pvc
         .as_ref()
-        .map(|p| p.claim_name.clone())
-        .unwrap_or_default()
+        .map(|p| (p.claim_name.clone(), p.sub_path.as_deref()))
+        .unwrap_or_default();
+    let root = match sub_path.map(|s| s.trim_matches('/')) {
+        Some(sub) if !sub.is_empty() => format!("{REPOSITORY_MOUNT}/{sub}"),
+        _ => REPOSITORY_MOUNT.to_string(),
+    };
+    RepositoryAccess {
+        args: vec!["--repository".into(), root],
+        env: Vec::new(),
+        volumes: vec![
+            json!({"name": "repository", "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}),
+        ],
+        mounts: vec![
+            json!({"name": "repository", "mountPath": REPOSITORY_MOUNT, "readOnly": read_only}),
+        ],
+    }
 }
 
 /// What differs between the kinds of mover Job.
@@ -66,8 +131,12 @@ struct MoverJob<'a> {
     /// Labels beyond managed-by and role (which Backup, Restore, PVC).
     labels: serde_json::Value,
     args: Vec<String>,
-    volumes: serde_json::Value,
-    mounts: serde_json::Value,
+    /// The repository, and whether the Job only reads it.
+    repository: (&'a BackupRepository, bool),
+    /// Volumes besides the repository's, with their mounts.
+    volumes: Vec<serde_json::Value>,
+    mounts: Vec<serde_json::Value>,
+    deadline_seconds: i64,
 }
 
 fn job<K: Resource<DynamicType = ()>>(
@@ -81,10 +150,16 @@ fn job<K: Resource<DynamicType = ()>>(
         role,
         labels: extra_labels,
         mut args,
-        volumes,
-        mounts,
+        repository: (repository, read_only),
+        mut volumes,
+        mut mounts,
+        deadline_seconds,
     } = mover;
+    let access = repository_access(repository, read_only);
+    args.extend(access.args);
     args.extend(["--termination-log".to_string(), TERMINATION_LOG.to_string()]);
+    volumes.extend(access.volumes);
+    mounts.extend(access.mounts);
     let mut job_labels = json!({
         labels::MANAGED_BY: labels::MANAGER,
         labels::ROLE: role,
@@ -111,7 +186,7 @@ fn job<K: Resource<DynamicType = ()>>(
         "spec": {
             // A failed mover is reported, not retried behind the user's back: no Job storms.
             "backoffLimit": 0,
-            "activeDeadlineSeconds": config.deadline_seconds,
+            "activeDeadlineSeconds": deadline_seconds,
             "template": {
                 "metadata": {"labels": job_labels},
                 "spec": {
@@ -128,6 +203,7 @@ fn job<K: Resource<DynamicType = ()>>(
                         "terminationMessagePolicy": "File",
                         // Root reads every file and records every owner.
                         "securityContext": {"runAsUser": 0, "runAsGroup": 0},
+                        "env": access.env,
                         "volumeMounts": mounts,
                     }],
                     "volumes": volumes,
@@ -185,8 +261,6 @@ pub fn backup_job(
         "backup".into(),
         "--source".into(),
         SOURCE_MOUNT.into(),
-        "--repository".into(),
-        repository_root(repo),
         "--pvc".into(),
         pvc.into(),
         "--dir".into(),
@@ -200,14 +274,12 @@ pub fn backup_job(
         role: ROLE_BACKUP,
         labels: backup_labels(backup, Some(pvc)),
         args,
-        volumes: json!([
-            {"name": "source", "persistentVolumeClaim": {"claimName": pvc, "readOnly": true}},
-            {"name": "repository", "persistentVolumeClaim": {"claimName": repository_claim(repo)}},
-        ]),
-        mounts: json!([
-            {"name": "source", "mountPath": SOURCE_MOUNT, "readOnly": true},
-            {"name": "repository", "mountPath": REPOSITORY_MOUNT},
-        ]),
+        repository: (repo, false),
+        volumes: vec![
+            json!({"name": "source", "persistentVolumeClaim": {"claimName": pvc, "readOnly": true}}),
+        ],
+        mounts: vec![json!({"name": "source", "mountPath": SOURCE_MOUNT, "readOnly": true})],
+        deadline_seconds: config.deadline_seconds,
     };
     job(backup, mover, config)
 }
@@ -223,8 +295,6 @@ pub fn delete_job(
     let args = vec![
         "mover".into(),
         "delete".into(),
-        "--repository".into(),
-        repository_root(repo),
         "--dir".into(),
         backstop_api::backup::artifact_dir(&namespace, &backup_name),
     ];
@@ -234,8 +304,10 @@ pub fn delete_job(
         role: ROLE_DELETE,
         labels: backup_labels(backup, None),
         args,
-        volumes: json!([{"name": "repository", "persistentVolumeClaim": {"claimName": repository_claim(repo)}}]),
-        mounts: json!([{"name": "repository", "mountPath": REPOSITORY_MOUNT}]),
+        repository: (repo, false),
+        volumes: Vec::new(),
+        mounts: Vec::new(),
+        deadline_seconds: config.deadline_seconds,
     };
     job(backup, mover, config)
 }
@@ -261,8 +333,6 @@ pub fn restore_job(
     let args = vec![
         "mover".into(),
         "restore".into(),
-        "--repository".into(),
-        repository_root(r.repository),
         "--manifest".into(),
         r.manifest,
         "--target".into(),
@@ -276,16 +346,44 @@ pub fn restore_job(
         role: ROLE_RESTORE,
         labels: json!({labels::RESTORE: naming::label_value(&name), labels::PVC: naming::label_value(r.target_pvc)}),
         args,
-        volumes: json!([
-            {"name": "repository", "persistentVolumeClaim": {"claimName": repository_claim(r.repository), "readOnly": true}},
-            {"name": "target", "persistentVolumeClaim": {"claimName": r.target_pvc}},
-        ]),
-        mounts: json!([
-            {"name": "repository", "mountPath": REPOSITORY_MOUNT, "readOnly": true},
-            {"name": "target", "mountPath": TARGET_MOUNT},
-        ]),
+        repository: (r.repository, true),
+        volumes: vec![
+            json!({"name": "target", "persistentVolumeClaim": {"claimName": r.target_pvc}}),
+        ],
+        mounts: vec![json!({"name": "target", "mountPath": TARGET_MOUNT})],
+        deadline_seconds: config.deadline_seconds,
     };
     job(restore, mover, config)
+}
+
+/// The Job that checks an S3 repository: write, read back and remove a small object.
+pub fn probe_job(
+    repo: &BackupRepository,
+    at: i64,
+    config: &MoverConfig,
+) -> Result<Job, serde_json::Error> {
+    let name = repo.metadata.name.clone().unwrap_or_default();
+    let generation = repo.metadata.generation.unwrap_or_default();
+    let mover = MoverJob {
+        name: naming::probe_job(&name, at),
+        node: None,
+        role: ROLE_PROBE,
+        labels: json!({
+            labels::REPOSITORY: naming::label_value(&name),
+            labels::GENERATION: generation.to_string(),
+        }),
+        args: vec![
+            "mover".into(),
+            "probe".into(),
+            "--s3-retry-timeout-seconds".into(),
+            PROBE_RETRY_SECONDS.into(),
+        ],
+        repository: (repo, false),
+        volumes: Vec::new(),
+        mounts: Vec::new(),
+        deadline_seconds: PROBE_DEADLINE_SECONDS,
+    };
+    job(repo, mover, config)
 }
 
 #[cfg(test)]
@@ -397,5 +495,58 @@ mod tests {
         let pod = job.spec.unwrap().template.spec.unwrap();
         assert_eq!(pod.volumes.unwrap().len(), 1);
         assert_eq!(job.metadata.labels.unwrap()[labels::ROLE], ROLE_DELETE);
+    }
+
+    #[test]
+    fn s3_jobs_get_the_keys_from_the_secret_and_mount_no_repository_volume() {
+        let (backup, _) = fixtures();
+        let mut repo: BackupRepository = serde_json::from_value(serde_json::json!({
+            "apiVersion": "backstop.dev/v1alpha1", "kind": "BackupRepository",
+            "metadata": {"name": "s3", "namespace": "shop", "uid": "uid-r", "generation": 3},
+            "spec": {"s3": {"endpoint": "https://minio.example:9000", "bucket": "backups",
+                "prefix": "/cluster-a/", "forcePathStyle": true,
+                "credentialsSecretRef": {"name": "keys", "accessKeyIdKey": "id"},
+                "caSecretRef": {"name": "minio-ca"}}}
+        }))
+        .unwrap();
+        let job = backup_job(&backup, "data", None, &repo, &MoverConfig::default()).unwrap();
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let container = &pod.containers[0];
+        let args = container.args.clone().unwrap().join(" ");
+        for expected in [
+            "--s3-bucket backups",
+            "--s3-endpoint https://minio.example:9000",
+            "--s3-prefix cluster-a ",
+            "--s3-force-path-style",
+            "--s3-ca-file /etc/backstop/s3-ca/ca.crt",
+        ] {
+            assert!(args.contains(expected), "{expected:?} in {args}");
+        }
+        assert!(!args.contains("--repository"), "{args}");
+        let env = serde_json::to_value(container.env.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            env,
+            serde_json::json!([
+                {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "id"}}},
+                {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "AWS_SECRET_ACCESS_KEY"}}},
+            ])
+        );
+        let volumes: Vec<String> = pod
+            .volumes
+            .unwrap()
+            .iter()
+            .map(|v| v.name.clone())
+            .collect();
+        assert_eq!(volumes, ["source", "s3-ca"]);
+
+        repo.spec.s3.as_mut().unwrap().ca_secret_ref = None;
+        let probe = probe_job(&repo, 1_795_300_000, &MoverConfig::default()).unwrap();
+        assert_eq!(probe.metadata.name.as_deref(), Some("s3-probe-1795300000"));
+        let labels = probe.metadata.labels.clone().unwrap();
+        assert_eq!(labels[labels::GENERATION], "3");
+        assert_eq!(labels[labels::ROLE], ROLE_PROBE);
+        let spec = probe.spec.unwrap();
+        assert_eq!(spec.active_deadline_seconds, Some(PROBE_DEADLINE_SECONDS));
+        assert!(spec.template.spec.unwrap().volumes.unwrap().is_empty());
     }
 }

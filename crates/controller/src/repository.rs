@@ -1,21 +1,45 @@
 //! BackupRepository reconciler: says whether a repository can be used (`Ready` with a reason),
-//! so policies can refuse to start Jobs against one that cannot.
+//! so policies can refuse to start Jobs against one that cannot. A shared-storage repository is
+//! ready when its PVC is bound; an S3 repository when its latest probe Job (write, read back and
+//! remove a small object, with the same credentials and network as the movers) succeeded for the
+//! current spec. Probes run again every few minutes, sooner while the repository is not ready,
+//! and at once when a backup fails in a way that blames the repository.
 
-use crate::{Context, Error, events, now};
-use backstop_api::BackupRepository;
+use crate::outcome::{self, termination_message};
+use crate::{Context, Error, events, jobs, now};
 use backstop_api::condition::{self, Invalid};
+use backstop_api::{BackupRepository, labels, naming};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
-use kube::api::Api;
+use jiff::Timestamp;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long a probe's verdict stands before the next probe.
+const RECHECK_READY: Duration = Duration::from_secs(300);
+const RECHECK_NOT_READY: Duration = Duration::from_secs(60);
+/// The reason `Ready` has while the first probe of a spec runs.
+pub const PROBING: &str = "Probing";
+/// Mover failure reasons that blame the repository rather than the volume.
+pub const REPOSITORY_REASONS: &[&str] = &[
+    "AccessDenied",
+    "BucketNotFound",
+    "EndpointUnreachable",
+    "CredentialsMissing",
+    "RepositoryFull",
+];
+
 /// Whether `repo` can be used right now; `Err` says why not.
 pub async fn readiness(client: &kube::Client, repo: &BackupRepository) -> Result<(), Invalid> {
     repo.spec.validate()?;
+    if repo.spec.s3.is_some() {
+        return probed_readiness(repo);
+    }
     let namespace = repo.namespace().unwrap_or_default();
     let Some(pvc) = &repo.spec.pvc else {
         return Ok(());
@@ -57,32 +81,227 @@ pub async fn readiness(client: &kube::Client, repo: &BackupRepository) -> Result
     }
 }
 
-async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ready = readiness(&ctx.client, &repo).await;
+/// An S3 repository is ready when the probe of its current spec said so.
+pub fn probed_readiness(repo: &BackupRepository) -> Result<(), Invalid> {
+    let ready = repo
+        .status
+        .as_ref()
+        .and_then(|s| condition::find(&s.conditions, "Ready"))
+        .filter(|c| c.observed_generation == repo.meta().generation);
+    match ready {
+        Some(c) if c.status == "True" => Ok(()),
+        Some(c) if c.status == "False" => Err(Invalid::new(c.reason.clone(), c.message.clone())),
+        _ => Err(Invalid::new(
+            PROBING,
+            "a probe Job is checking the repository (write, read back, remove a small object)",
+        )),
+    }
+}
+
+/// What the controller knows about a probe Job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probe {
+    /// The repository generation it checked.
+    pub generation: Option<i64>,
+    /// `Some((succeeded, when))` once it finished.
+    pub finished: Option<(bool, Timestamp)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProbeStep {
+    /// No probe of the current spec: start one.
+    Start,
+    /// The probe of the current spec is running.
+    Wait,
+    /// The latest probe of the current spec finished: report its verdict, and start the next
+    /// probe after `recheck_in` (now when `None`).
+    Report {
+        succeeded: bool,
+        recheck_in: Option<Duration>,
+    },
+}
+
+/// The next step for an S3 repository of `generation` whose latest probe is `latest`.
+pub fn probe_step(generation: Option<i64>, latest: Option<&Probe>, now: Timestamp) -> ProbeStep {
+    let Some(probe) = latest.filter(|p| p.generation == generation) else {
+        return ProbeStep::Start;
+    };
+    let Some((succeeded, at)) = probe.finished else {
+        return ProbeStep::Wait;
+    };
+    let interval = if succeeded {
+        RECHECK_READY
+    } else {
+        RECHECK_NOT_READY
+    };
+    let age = now.duration_since(at).unsigned_abs();
+    ProbeStep::Report {
+        succeeded,
+        recheck_in: interval.checked_sub(age).filter(|d| !d.is_zero()),
+    }
+}
+
+fn summarize(job: &Job) -> Probe {
+    let generation = job
+        .labels()
+        .get(labels::GENERATION)
+        .and_then(|g| g.parse().ok());
+    let finished_at = || {
+        let status = job.status.as_ref()?;
+        status.completion_time.clone().or_else(|| {
+            status
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == "Failed" && c.status == "True")
+                .and_then(|c| c.last_transition_time.clone())
+        })
+    };
+    let created = job.creation_timestamp().map(|t| t.0).unwrap_or_else(now);
+    Probe {
+        generation,
+        finished: outcome::finished(job)
+            .map(|ok| (ok, finished_at().map(|t| t.0).unwrap_or(created))),
+    }
+}
+
+fn probe_selector(repo: &BackupRepository) -> String {
+    format!(
+        "{}={},{}={}",
+        labels::REPOSITORY,
+        naming::label_value(&repo.name_any()),
+        labels::ROLE,
+        jobs::ROLE_PROBE
+    )
+}
+
+/// The repository's probe Jobs, oldest first.
+async fn probe_jobs(ctx: &Context, repo: &BackupRepository) -> Result<Vec<Job>, Error> {
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), &repo.namespace().unwrap_or_default());
+    let mut owned: Vec<Job> = api
+        .list(&crate::cached().labels(&probe_selector(repo)))
+        .await?
+        .items
+        .into_iter()
+        .filter(|j| {
+            j.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == repo.meta().uid.as_ref())
+        })
+        .collect();
+    owned.sort_by_key(|j| (j.creation_timestamp().map(|t| t.0), j.name_any()));
+    Ok(owned)
+}
+
+async fn delete_job(ctx: &Context, job: &Job) -> Result<(), Error> {
+    if job.metadata.deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    match api
+        .delete(&job.name_any(), &DeleteParams::background())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Asks for a fresh probe of `repo` (a backup just failed in a way that blames it): the latest
+/// probe goes, and the repository reconciler, which watches its probes, starts a new one.
+pub async fn recheck(ctx: &Context, repo: &BackupRepository) -> Result<(), Error> {
+    if repo.spec.s3.is_none() {
+        return Ok(());
+    }
+    for job in probe_jobs(ctx, repo).await? {
+        delete_job(ctx, &job).await?;
+    }
+    Ok(())
+}
+
+async fn start_probe(ctx: &Context, repo: &BackupRepository) -> Result<(), Error> {
+    let job = jobs::probe_job(repo, now().as_second(), &ctx.mover)?;
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), &repo.namespace().unwrap_or_default());
+    match api.create(&PostParams::default(), &job).await {
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+        Ok(_) => {
+            tracing::info!(repository = %repo.name_any(), job = %job.name_any(), "probe started");
+            Ok(())
+        }
+    }
+}
+
+/// An S3 repository: probe, wait for the probe, or report what it found.
+async fn probe(repo: &BackupRepository, ctx: &Context) -> Result<Action, Error> {
+    let mut probes = probe_jobs(ctx, repo).await?;
+    let latest = probes.pop();
+    // Only the latest probe is kept (its pod tells what happened); older ones go.
+    for old in &probes {
+        delete_job(ctx, old).await?;
+    }
+    let latest = latest.filter(|j| j.metadata.deletion_timestamp.is_none());
+    let generation = repo.meta().generation;
+    let wait = Action::requeue(Duration::from_secs(30));
+    match probe_step(generation, latest.as_ref().map(summarize).as_ref(), now()) {
+        ProbeStep::Start => {
+            start_probe(ctx, repo).await?;
+            if let Err(why) = probed_readiness(repo) {
+                report(ctx, repo, Err(why)).await?;
+            }
+            Ok(wait)
+        }
+        ProbeStep::Wait => Ok(wait),
+        ProbeStep::Report {
+            succeeded,
+            recheck_in,
+        } => {
+            let verdict = match (&latest, succeeded) {
+                (_, true) => Ok(()),
+                (Some(job), false) => {
+                    let pods: Api<Pod> =
+                        Api::namespaced(ctx.client.clone(), &repo.namespace().unwrap_or_default());
+                    let message = termination_message(&pods, &job.name_any()).await?;
+                    Err(outcome::failure(job, message))
+                }
+                (None, false) => Err(Invalid::new(PROBING, "the probe Job is gone")),
+            };
+            report(ctx, repo, verdict).await?;
+            match recheck_in {
+                Some(after) => Ok(Action::requeue(after)),
+                None => {
+                    start_probe(ctx, repo).await?;
+                    Ok(wait)
+                }
+            }
+        }
+    }
+}
+
+/// Writes the `Ready` condition (and the metric), with a Warning event when it turns bad.
+async fn report(
+    ctx: &Context,
+    repo: &BackupRepository,
+    ready: Result<(), Invalid>,
+) -> Result<(), Error> {
     let mut status = repo.status.clone().unwrap_or_default();
     let was_ready =
         condition::find(&status.conditions, "Ready").map(|c| (c.status.clone(), c.reason.clone()));
     let generation = repo.meta().generation;
-    match &ready {
-        Ok(()) => condition::set(
-            &mut status.conditions,
-            "Ready",
-            true,
-            "Ready",
-            "repository is usable",
-            generation,
-            now(),
-        ),
-        Err(why) => condition::set(
-            &mut status.conditions,
-            "Ready",
-            false,
-            &why.reason,
-            &why.message,
-            generation,
-            now(),
-        ),
-    }
+    let (ok, reason, message) = match &ready {
+        Ok(()) => (true, "Ready", "repository is usable"),
+        Err(why) => (false, why.reason.as_str(), why.message.as_str()),
+    };
+    condition::set(
+        &mut status.conditions,
+        "Ready",
+        ok,
+        reason,
+        message,
+        generation,
+        now(),
+    );
     status.observed_generation = generation;
     ctx.metrics
         .repository_ready
@@ -90,28 +309,31 @@ async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Act
             namespace: repo.namespace().unwrap_or_default(),
             repository: repo.name_any(),
         })
-        .set(i64::from(ready.is_ok()));
+        .set(i64::from(ok));
     let changed = was_ready
         != condition::find(&status.conditions, "Ready")
             .map(|c| (c.status.clone(), c.reason.clone()));
-    if changed && let Err(why) = &ready {
-        events::warning(
-            &ctx.recorder,
-            repo.as_ref(),
-            &why.reason,
-            why.message.clone(),
-        )
-        .await;
+    if changed
+        && let Err(why) = &ready
+        && why.reason != PROBING
+    {
+        events::warning(&ctx.recorder, repo, &why.reason, why.message.clone()).await;
     }
     if Some(&status) != repo.status.as_ref() {
-        crate::patch_status(&ctx.client, repo.as_ref(), &status, &[]).await?;
+        crate::patch_status(&ctx.client, repo, &status, &[]).await?;
     }
+    Ok(())
+}
+
+async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if repo.spec.validate().is_ok() && repo.spec.s3.is_some() {
+        return probe(&repo, &ctx).await;
+    }
+    let ready = readiness(&ctx.client, &repo).await;
+    let recheck = if ready.is_ok() { 300 } else { 30 };
+    report(&ctx, &repo, ready).await?;
     // The PVC is not watched; look again now and then.
-    Ok(Action::requeue(Duration::from_secs(if ready.is_ok() {
-        300
-    } else {
-        30
-    })))
+    Ok(Action::requeue(Duration::from_secs(recheck)))
 }
 
 fn error_policy(_: Arc<BackupRepository>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -122,11 +344,77 @@ pub async fn run(
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let api: Api<BackupRepository> = Api::all(ctx.client.clone());
-    Controller::new(api, watcher::Config::default())
-        .with_config(crate::controller_config())
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
-        .await;
+    let client = ctx.client.clone();
+    let probes = watcher::Config::default().labels(&format!(
+        "{}={},{}={}",
+        labels::MANAGED_BY,
+        labels::MANAGER,
+        labels::ROLE,
+        jobs::ROLE_PROBE
+    ));
+    Controller::new(
+        Api::<BackupRepository>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Job>::all(client), probes)
+    .with_config(crate::controller_config())
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|_| futures::future::ready(()))
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_new_spec_is_probed_and_a_running_probe_is_awaited() {
+        let now = at("2026-11-21T10:00:00Z");
+        assert_eq!(probe_step(Some(2), None, now), ProbeStep::Start);
+        let old_spec = Probe {
+            generation: Some(1),
+            finished: Some((true, now)),
+        };
+        assert_eq!(probe_step(Some(2), Some(&old_spec), now), ProbeStep::Start);
+        let running = Probe {
+            generation: Some(2),
+            finished: None,
+        };
+        assert_eq!(probe_step(Some(2), Some(&running), now), ProbeStep::Wait);
+    }
+
+    #[test]
+    fn a_verdict_stands_five_minutes_when_good_and_one_when_bad() {
+        let now = at("2026-11-21T10:00:00Z");
+        let done = |ok, ago: i64| Probe {
+            generation: Some(1),
+            finished: Some((ok, now - jiff::SignedDuration::from_secs(ago))),
+        };
+        assert_eq!(
+            probe_step(Some(1), Some(&done(true, 60)), now),
+            ProbeStep::Report {
+                succeeded: true,
+                recheck_in: Some(Duration::from_secs(240))
+            }
+        );
+        assert_eq!(
+            probe_step(Some(1), Some(&done(false, 20)), now),
+            ProbeStep::Report {
+                succeeded: false,
+                recheck_in: Some(Duration::from_secs(40))
+            }
+        );
+        assert_eq!(
+            probe_step(Some(1), Some(&done(false, 61)), now),
+            ProbeStep::Report {
+                succeeded: false,
+                recheck_in: None
+            }
+        );
+    }
 }

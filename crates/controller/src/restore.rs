@@ -4,7 +4,7 @@
 //! Failed Restore with a reason and a Warning event, never a retry loop.
 
 use crate::jobs::{self, ROLE_RESTORE, RestoreJob};
-use crate::outcome::{MoverFailure, termination_message};
+use crate::outcome::termination_message;
 use crate::{Context, Error, events, metrics, now, repository};
 use backstop_api::condition::{self, Invalid};
 use backstop_api::restore::source_volume;
@@ -287,9 +287,9 @@ async fn progress(
         );
         return fail(ctx, restore, status, why).await;
     };
-    let js = job.status.clone().unwrap_or_default();
+    let done = crate::outcome::finished(&job);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    if js.succeeded.unwrap_or(0) > 0 {
+    if done == Some(true) {
         let message = termination_message(&pods, &job_name).await?;
         let Some(done) = message
             .as_deref()
@@ -331,21 +331,9 @@ async fn progress(
         delete_jobs(ctx, restore).await?;
         return Ok(Action::await_change());
     }
-    if js.failed.unwrap_or(0) > 0 {
+    if done == Some(false) {
         let message = termination_message(&pods, &job_name).await?;
-        let why = match message
-            .as_deref()
-            .and_then(|m| serde_json::from_str::<MoverFailure>(m).ok())
-        {
-            Some(f) => Invalid::new(f.reason.unwrap_or_else(|| "MoverFailed".into()), f.error),
-            None => Invalid::new(
-                "MoverFailed",
-                format!(
-                    "Job {job_name} failed: {}",
-                    message.unwrap_or_else(|| "no message".into())
-                ),
-            ),
-        };
+        let why = crate::outcome::failure(&job, message);
         if why.reason == "IntegrityCheckFailed" {
             status.verification = Some("Failed".into());
         }
