@@ -6,6 +6,8 @@
 //! command brings the local cluster up and runs them with `--ignored`. Asked to run without a
 //! reachable cluster, they fail with a message that says how to get one.
 
+pub mod s3;
+
 use anyhow::{Context, bail};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};

@@ -1,0 +1,249 @@
+//! Real S3-compatible servers on loopback, started by the tests themselves: `moto_server` (PyPI
+//! `moto[server]`) and `s3s-fs` (crates.io). `hack/test` installs both and says where they are
+//! (`BACKSTOP_MOTO_SERVER`, `BACKSTOP_S3S_FS`). Buckets are made and inspected without Backstop's
+//! code: moto answers unsigned requests, s3s-fs keeps buckets as directories.
+
+use anyhow::{Context, bail};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ACCESS_KEY: &str = "backstop-e2e";
+pub const SECRET_KEY: &str = "backstop-e2e-secret";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3Kind {
+    Moto,
+    S3sFs,
+}
+
+pub struct S3Server {
+    pub kind: S3Kind,
+    pub port: u16,
+    /// s3s-fs's data directory (one subdirectory per bucket).
+    data: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+fn binary(var: &str, default: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os(var)
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(default)))
+        .context("HOME is not set")?;
+    anyhow::ensure!(
+        path.exists(),
+        "{} not found: run `make test` (hack/test installs it) or set {var}",
+        path.display()
+    );
+    Ok(path)
+}
+
+impl S3Server {
+    pub fn start(kind: S3Kind) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut server = Self {
+            kind,
+            port,
+            data: tempfile::tempdir()?,
+            child: None,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let port = self.port.to_string();
+        let mut cmd = match self.kind {
+            S3Kind::Moto => {
+                let mut c = Command::new(binary(
+                    "BACKSTOP_MOTO_SERVER",
+                    ".cache/backstop/venv/bin/moto_server",
+                )?);
+                c.args(["-H", "127.0.0.1", "-p", &port]);
+                c
+            }
+            S3Kind::S3sFs => {
+                let mut c = Command::new(binary(
+                    "BACKSTOP_S3S_FS",
+                    ".cache/backstop/s3s-fs/bin/s3s-fs",
+                )?);
+                c.args(["--host", "127.0.0.1", "--port", &port])
+                    .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+                    .arg(self.data.path());
+                c
+            }
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {:?}", self.kind))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if Instant::now() > deadline {
+                bail!(
+                    "{:?} did not listen on 127.0.0.1:{} in 60s",
+                    self.kind,
+                    self.port
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// True while s3s-fs holds parts of a multipart upload that is not completed.
+    pub fn has_partial_upload(&self) -> bool {
+        std::fs::read_dir(self.data.path())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().contains(".upload-"))
+            })
+            .unwrap_or(false)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (the bucket's data stays on disk for s3s-fs).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same data.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.spawn()
+    }
+
+    pub fn create_bucket(&self, bucket: &str) -> anyhow::Result<()> {
+        match self.kind {
+            S3Kind::Moto => {
+                let (status, body) = self.http("PUT", &format!("/{bucket}"))?;
+                anyhow::ensure!(status == 200, "creating bucket {bucket}: {status} {body}");
+            }
+            S3Kind::S3sFs => std::fs::create_dir_all(self.data.path().join(bucket))?,
+        }
+        Ok(())
+    }
+
+    /// Removes a bucket and everything in it.
+    pub fn delete_bucket(&self, bucket: &str) -> anyhow::Result<()> {
+        match self.kind {
+            S3Kind::Moto => {
+                for key in self.keys(bucket, "")? {
+                    self.http("DELETE", &format!("/{bucket}/{key}"))?;
+                }
+                let (status, body) = self.http("DELETE", &format!("/{bucket}"))?;
+                anyhow::ensure!(status == 204, "deleting bucket {bucket}: {status} {body}");
+            }
+            S3Kind::S3sFs => std::fs::remove_dir_all(self.data.path().join(bucket))?,
+        }
+        Ok(())
+    }
+
+    /// Every object key under `prefix`, sorted.
+    pub fn keys(&self, bucket: &str, prefix: &str) -> anyhow::Result<Vec<String>> {
+        let mut keys: Vec<String> = match self.kind {
+            S3Kind::Moto => {
+                let (status, body) =
+                    self.http("GET", &format!("/{bucket}?list-type=2&prefix={prefix}"))?;
+                anyhow::ensure!(status == 200, "listing {bucket}: {status} {body}");
+                body.split("<Key>")
+                    .skip(1)
+                    .filter_map(|s| s.split_once("</Key>").map(|(k, _)| k.to_string()))
+                    .collect()
+            }
+            S3Kind::S3sFs => {
+                let root = self.data.path().join(bucket);
+                let mut keys = Vec::new();
+                let mut dirs = vec![root.clone()];
+                while let Some(dir) = dirs.pop() {
+                    for entry in std::fs::read_dir(&dir)? {
+                        let path = entry?.path();
+                        if path.is_dir() {
+                            dirs.push(path);
+                        } else {
+                            let key = path.strip_prefix(&root)?.to_string_lossy().into_owned();
+                            keys.push(key);
+                        }
+                    }
+                }
+                keys.into_iter().filter(|k| k.starts_with(prefix)).collect()
+            }
+        };
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// An object's bytes, fetched without Backstop.
+    pub fn object(&self, bucket: &str, key: &str) -> anyhow::Result<Vec<u8>> {
+        match self.kind {
+            S3Kind::Moto => {
+                let (status, body) = self.http_bytes("GET", &format!("/{bucket}/{key}"))?;
+                anyhow::ensure!(status == 200, "getting {bucket}/{key}: {status}");
+                Ok(body)
+            }
+            S3Kind::S3sFs => Ok(std::fs::read(self.data.path().join(bucket).join(key))?),
+        }
+    }
+
+    fn http(&self, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+        let (status, body) = self.http_bytes(method, path)?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// An unsigned HTTP/1.0 request (moto does not check signatures unless told to).
+    fn http_bytes(&self, method: &str, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+        let addr = format!("127.0.0.1:{}", self.port);
+        let mut stream = std::net::TcpStream::connect(&addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response)?;
+        let split = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .context("no HTTP answer")?;
+        let head = String::from_utf8_lossy(&response[..split]).into_owned();
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("bad HTTP answer: {head}"))?;
+        Ok((status, response[split + 4..].to_vec()))
+    }
+
+    /// The mover's settings for `bucket` on this server.
+    pub fn config(&self, bucket: &str, prefix: &str) -> backstop_mover::repository::S3Config {
+        backstop_mover::repository::S3Config {
+            endpoint: Some(self.endpoint()),
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+            force_path_style: true,
+            access_key_id: ACCESS_KEY.into(),
+            secret_access_key: SECRET_KEY.into(),
+            retry_timeout: Duration::from_secs(5),
+            ..Default::default()
+        }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,207 @@
+//! The mover against two real S3 implementations on loopback, no cluster needed: moto_server and
+//! s3s-fs. Backup, verify, restore and deletion through the same storage interface as shared
+//! storage; artifacts fetched without Backstop and read by GNU tar; an upload cut off by a server
+//! that stops leaves no object and no manifest; wrong keys and a missing bucket say so.
+
+use backstop_api::ExistingDataPolicy;
+use backstop_e2e::s3::{S3Kind, S3Server};
+use backstop_e2e::{extract_with_tar, tree_listing, write_sample_tree};
+use backstop_mover::backup::{self, BackupError, BackupRequest, Compression};
+use backstop_mover::repository::{Repository, S3Repository, reason};
+use backstop_mover::{archive::ArchiveError, restore};
+
+fn request<'a>(
+    source: &'a std::path::Path,
+    dir: &'a str,
+    compression: Compression,
+) -> BackupRequest<'a> {
+    BackupRequest {
+        source,
+        pvc: "data",
+        dir,
+        compression,
+        created_at: "2026-11-21T00:00:00Z".into(),
+    }
+}
+
+/// The condition reason a failed backup reports for a storage problem.
+fn storage_reason(err: &BackupError) -> Option<&'static str> {
+    match err {
+        BackupError::Repository(r) => r.reason(),
+        BackupError::Archive(ArchiveError::Write(e)) => reason(e),
+        _ => None,
+    }
+}
+
+fn round_trip(kind: S3Kind) -> anyhow::Result<()> {
+    let server = S3Server::start(kind)?;
+    server.create_bucket("backups")?;
+    let repo = S3Repository::new(&server.config("backups", "cluster-a/"))?;
+    let source = tempfile::tempdir()?;
+    write_sample_tree(source.path(), 7)?;
+    let listing = tree_listing(source.path())?;
+
+    for (dir, compression) in [
+        ("ns/zstd", Compression::Zstd),
+        ("ns/gzip", Compression::Gzip),
+    ] {
+        let done = backup::run(&repo, &request(source.path(), dir, compression))?;
+        // Fetched without Backstop and extracted by GNU tar: the same tree.
+        let name = done
+            .artifact
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let fetched = tempfile::tempdir()?;
+        let artifact = fetched.path().join(&name);
+        std::fs::write(
+            &artifact,
+            server.object("backups", &format!("cluster-a/{}", done.artifact))?,
+        )?;
+        assert_eq!(
+            std::fs::metadata(&artifact)?.len(),
+            done.bytes,
+            "{kind:?} {dir}"
+        );
+        let out = fetched.path().join("out");
+        extract_with_tar(&artifact, &out)?;
+        assert_eq!(tree_listing(&out)?, listing, "{kind:?} {dir}: tar's view");
+
+        let manifest = format!("{dir}/data.manifest.json");
+        let verified = restore::verify(&repo, &manifest)?;
+        assert_eq!(verified.verification, "Verified");
+        let target = tempfile::tempdir()?;
+        restore::restore(
+            &repo,
+            &manifest,
+            target.path(),
+            ExistingDataPolicy::FailIfNotEmpty,
+        )?;
+        assert_eq!(
+            tree_listing(target.path())?,
+            listing,
+            "{kind:?} {dir}: restored"
+        );
+    }
+    assert_eq!(
+        server.keys("backups", "cluster-a/")?,
+        [
+            "cluster-a/ns/gzip/data.manifest.json",
+            "cluster-a/ns/gzip/data.tar.gz",
+            "cluster-a/ns/zstd/data.manifest.json",
+            "cluster-a/ns/zstd/data.tar.zst",
+        ]
+    );
+    // Retention's deletion removes exactly one backup's objects.
+    repo.remove_prefix("ns/gzip")?;
+    repo.remove_prefix("ns/never-existed")?;
+    assert_eq!(
+        server.keys("backups", "cluster-a/")?,
+        [
+            "cluster-a/ns/zstd/data.manifest.json",
+            "cluster-a/ns/zstd/data.tar.zst"
+        ]
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs moto_server and s3s-fs: run `make test`, or install them and use --ignored"]
+fn backup_verify_restore_and_delete_through_moto() -> anyhow::Result<()> {
+    round_trip(S3Kind::Moto)
+}
+
+#[test]
+#[ignore = "needs moto_server and s3s-fs: run `make test`, or install them and use --ignored"]
+fn backup_verify_restore_and_delete_through_s3s_fs() -> anyhow::Result<()> {
+    round_trip(S3Kind::S3sFs)
+}
+
+#[test]
+#[ignore = "needs moto_server and s3s-fs: run `make test`, or install them and use --ignored"]
+fn an_upload_cut_off_by_a_stopped_server_leaves_nothing_and_the_next_one_succeeds()
+-> anyhow::Result<()> {
+    let mut server = S3Server::start(S3Kind::S3sFs)?;
+    server.create_bucket("backups")?;
+    let repo = S3Repository::new(&server.config("backups", ""))?;
+    // 96 MiB that do not compress: a dozen parts, so the server stops in the middle.
+    let source = tempfile::tempdir()?;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..96 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    std::fs::write(source.path().join("noise.bin"), &noise)?;
+
+    let started = std::time::Instant::now();
+    let result = std::thread::scope(|scope| {
+        let upload =
+            scope.spawn(|| backup::run(&repo, &request(source.path(), "ns/b1", Compression::None)));
+        // Stop the server once it holds part of the upload.
+        while !upload.is_finished() && !server.has_partial_upload() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        server.stop();
+        upload.join()
+    })
+    .map_err(|_| anyhow::anyhow!("the backup thread panicked"))?;
+    let err = match result {
+        Ok(done) => anyhow::bail!("the backup succeeded with the server stopped: {done:?}"),
+        Err(e) => e,
+    };
+    assert_eq!(storage_reason(&err), Some("EndpointUnreachable"), "{err}");
+    eprintln!("failed after {:?}: {err}", started.elapsed());
+
+    server.restart()?;
+    // No object and no manifest under the backup's keys.
+    assert_eq!(server.keys("backups", "ns/")?, Vec::<String>::new());
+    let done = backup::run(&repo, &request(source.path(), "ns/b2", Compression::None))?;
+    assert!(done.bytes > noise.len() as u64, "{done:?}");
+    assert_eq!(
+        server.keys("backups", "ns/")?,
+        ["ns/b2/data.manifest.json", "ns/b2/data.tar"]
+    );
+    let target = tempfile::tempdir()?;
+    restore::restore(
+        &repo,
+        "ns/b2/data.manifest.json",
+        target.path(),
+        ExistingDataPolicy::FailIfNotEmpty,
+    )?;
+    assert_eq!(std::fs::read(target.path().join("noise.bin"))?, noise);
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs moto_server and s3s-fs: run `make test`, or install them and use --ignored"]
+fn wrong_keys_and_a_missing_bucket_are_named() -> anyhow::Result<()> {
+    let s3s = S3Server::start(S3Kind::S3sFs)?;
+    s3s.create_bucket("backups")?;
+    let mut config = s3s.config("backups", "");
+    config.secret_access_key = "not-the-key".into();
+    let wrong = S3Repository::new(&config)?;
+    let err = backstop_mover::repository::probe(&wrong).expect_err("wrong keys must fail");
+    assert_eq!(err.reason(), Some("AccessDenied"), "{err}");
+    assert!(err.to_string().contains("credentialsSecretRef"), "{err}");
+
+    let moto = S3Server::start(S3Kind::Moto)?;
+    let missing = S3Repository::new(&moto.config("no-such-bucket", ""))?;
+    let err = backstop_mover::repository::probe(&missing).expect_err("no bucket must fail");
+    assert_eq!(err.reason(), Some("BucketNotFound"), "{err}");
+    let source = tempfile::tempdir()?;
+    write_sample_tree(source.path(), 1)?;
+    let err = backup::run(&missing, &request(source.path(), "ns/b", Compression::Zstd))
+        .expect_err("no bucket must fail");
+    assert_eq!(storage_reason(&err), Some("BucketNotFound"), "{err}");
+
+    let nobody = S3Repository::new(&moto.config("backups", ""))?;
+    drop(moto);
+    let err = backstop_mover::repository::probe(&nobody).expect_err("no server must fail");
+    assert_eq!(err.reason(), Some("EndpointUnreachable"), "{err}");
+    Ok(())
+}
