@@ -1,0 +1,373 @@
+//! S3 repositories end to end on the local cluster, with the operator in-cluster and mover pods on
+//! the host network reaching two real S3 implementations on loopback (moto_server and s3s-fs):
+//! probes decide `Ready`; a policy backs up, retention deletes, a restore brings the tree back;
+//! wrong keys, a deleted bucket and a server stopped mid-upload each say what happened.
+
+use backstop_api::{Backup, BackupPhase, BackupPolicy, BackupRepository, Restore, condition};
+use backstop_e2e::s3::{ACCESS_KEY, S3Kind, S3Server, SECRET_KEY};
+use backstop_e2e::*;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ListParams, Patch, PatchParams};
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const PREFIX: &str = "e2e";
+
+async fn keys_secret(ns: &TestNamespace, name: &str, secret_key: &str) -> anyhow::Result<()> {
+    create::<Secret>(
+        ns,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+               "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": secret_key}}),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn s3_repository(
+    ns: &TestNamespace,
+    name: &str,
+    server: &S3Server,
+    secret: &str,
+) -> anyhow::Result<()> {
+    create::<BackupRepository>(
+        ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "BackupRepository",
+               "metadata": {"name": name},
+               "spec": {"s3": {"endpoint": server.endpoint(), "bucket": "backups", "prefix": PREFIX,
+                               "forcePathStyle": true, "credentialsSecretRef": {"name": secret}}}}),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Waits until the repository's `Ready` condition has `status` and a reason other than Probing;
+/// returns the reason.
+async fn ready(ns: &TestNamespace, name: &str, status: &str) -> anyhow::Result<String> {
+    let api = ns.api::<BackupRepository>();
+    wait_for(
+        Duration::from_secs(150),
+        &format!("repository {name} Ready={status}"),
+        || async {
+            let repo = api.get(name).await?;
+            let conditions = repo.status.unwrap_or_default().conditions;
+            Ok(condition::find(&conditions, "Ready")
+                .filter(|c| c.status == status && c.reason != "Probing")
+                .map(|c| c.reason.clone()))
+        },
+    )
+    .await
+}
+
+async fn finished_backup(
+    ns: &TestNamespace,
+    name: &str,
+    app: &str,
+    repo: &str,
+) -> anyhow::Result<Backup> {
+    create::<Backup>(
+        ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup", "metadata": {"name": name},
+               "spec": {"repository": repo, "target": {"pvcSelector": {"matchLabels": {"app": app}}}}}),
+    )
+    .await?;
+    let api = ns.api::<Backup>();
+    wait_for(
+        Duration::from_secs(240),
+        &format!("backup {name}"),
+        || async {
+            let b = api.get(name).await?;
+            Ok(b.phase().is_terminal().then_some(b))
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster and S3 servers: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
+async fn policy_retention_and_restore_through_moto_and_s3s_fs() -> anyhow::Result<()> {
+    let client = cluster().await?;
+    install_operator(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-s3").await?;
+    let servers = [
+        ("moto", S3Server::start(S3Kind::Moto)?),
+        ("s3s", S3Server::start(S3Kind::S3sFs)?),
+    ];
+    keys_secret(&ns, "s3-keys", SECRET_KEY).await?;
+    let mut sources = Vec::new();
+    for (seed, (name, server)) in servers.iter().enumerate() {
+        server.create_bucket("backups")?;
+        s3_repository(&ns, name, server, "s3-keys").await?;
+        let data = ns.volume(&format!("data-{name}"), &[("app", name)]).await?;
+        write_sample_tree(&data, seed as u8 + 1)?;
+        sources.push(tree_listing(&data)?);
+    }
+    for (name, _) in &servers {
+        assert_eq!(ready(&ns, name, "True").await?, "Ready");
+        create::<BackupPolicy>(
+            &ns,
+            json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "BackupPolicy",
+                   "metadata": {"name": name},
+                   "spec": {"schedule": "* * * * *", "repository": name, "retention": {"keepLast": 2},
+                            "target": {"pvcSelector": {"matchLabels": {"app": name}}}}}),
+        )
+        .await?;
+    }
+
+    // Three runs of each policy complete; none fails.
+    let backups = ns.api::<Backup>();
+    let completed = std::sync::Mutex::new(BTreeSet::new());
+    wait_until(
+        Duration::from_secs(330),
+        "three completed runs per policy",
+        || async {
+            let items = backups.list(&ListParams::default()).await?.items;
+            let mut seen = completed.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
+            for b in items {
+                assert_ne!(
+                    b.phase(),
+                    BackupPhase::Failed,
+                    "backup failed: {:?}",
+                    b.status
+                );
+                if b.phase() == BackupPhase::Completed {
+                    seen.insert(b.metadata.name.clone().unwrap_or_default());
+                }
+            }
+            Ok(servers.iter().all(|(name, _)| {
+                seen.iter()
+                    .filter(|b| b.starts_with(&format!("{name}-")))
+                    .count()
+                    >= 3
+            }))
+        },
+    )
+    .await?;
+    for (name, _) in &servers {
+        ns.api::<BackupPolicy>()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"suspend": true}})),
+            )
+            .await?;
+    }
+
+    for ((name, server), listing) in servers.iter().zip(&sources) {
+        // Retention keeps two, and the bucket holds exactly their objects.
+        let kept: Vec<Backup> = wait_for(
+            Duration::from_secs(120),
+            &format!("policy {name}: exactly two completed backups"),
+            || async {
+                let items = backups
+                    .list(&ListParams::default().labels(&format!("backstop.dev/policy={name}")))
+                    .await?
+                    .items;
+                let done =
+                    items.len() == 2 && items.iter().all(|b| b.phase() == BackupPhase::Completed);
+                Ok(done.then_some(items))
+            },
+        )
+        .await?;
+        let mut expected: Vec<String> = kept
+            .iter()
+            .flat_map(|b| {
+                let dir = format!(
+                    "{PREFIX}/{}/{}",
+                    ns.name,
+                    b.metadata.name.clone().unwrap_or_default()
+                );
+                [
+                    format!("{dir}/data-{name}.manifest.json"),
+                    format!("{dir}/data-{name}.tar.zst"),
+                ]
+            })
+            .collect();
+        expected.sort();
+        wait_until(
+            Duration::from_secs(90),
+            &format!("{name}: the bucket to hold only the kept backups"),
+            || async { Ok(server.keys("backups", &format!("{PREFIX}/{}/", ns.name))? == expected) },
+        )
+        .await?;
+
+        // Each kept artifact, fetched without Backstop and extracted by GNU tar, equals the source.
+        for backup in &kept {
+            let volume = &backup.status.clone().unwrap_or_default().volumes[0];
+            let artifact = volume.artifact.clone().unwrap_or_default();
+            let fetched = tempfile::tempdir()?;
+            let file = fetched.path().join("data.tar.zst");
+            std::fs::write(
+                &file,
+                server.object("backups", &format!("{PREFIX}/{artifact}"))?,
+            )?;
+            assert_eq!(
+                std::fs::metadata(&file)?.len() as i64,
+                volume.bytes.unwrap_or(-1)
+            );
+            extract_with_tar(&file, &fetched.path().join("out"))?;
+            assert_eq!(
+                &tree_listing(&fetched.path().join("out"))?,
+                listing,
+                "{name}: tar's view"
+            );
+        }
+
+        // A restore of the newest backup, into an empty PVC, is byte-identical to the source.
+        let newest = kept
+            .iter()
+            .filter_map(|b| b.metadata.name.clone())
+            .max()
+            .unwrap_or_default();
+        let target = ns.volume(&format!("restored-{name}"), &[]).await?;
+        create::<Restore>(
+            &ns,
+            json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Restore",
+                   "metadata": {"name": format!("restore-{name}")},
+                   "spec": {"backupName": newest, "target": {"pvcName": format!("restored-{name}")}}}),
+        )
+        .await?;
+        let restores = ns.api::<Restore>();
+        let done = wait_for(Duration::from_secs(180), "the restore", || async {
+            let r = restores.get(&format!("restore-{name}")).await?;
+            Ok(r.phase().is_terminal().then_some(r))
+        })
+        .await?;
+        let status = done.status.clone().unwrap_or_default();
+        assert_eq!(done.phase(), BackupPhase::Completed, "{status:?}");
+        assert_eq!(status.verification.as_deref(), Some("Verified"));
+        assert_eq!(&tree_listing(&target)?, listing, "{name}: restored tree");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster and S3 servers: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
+async fn wrong_keys_a_deleted_bucket_and_a_stopped_server_each_say_what_happened()
+-> anyhow::Result<()> {
+    let client = cluster().await?;
+    install_operator(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-s3-faults").await?;
+    let mut s3s = S3Server::start(S3Kind::S3sFs)?;
+    let moto = S3Server::start(S3Kind::Moto)?;
+    s3s.create_bucket("backups")?;
+    moto.create_bucket("backups")?;
+    keys_secret(&ns, "s3-keys", SECRET_KEY).await?;
+    keys_secret(&ns, "wrong-keys", "not-the-secret").await?;
+
+    // Wrong keys: not Ready, with a reason and a Warning; a policy on it says so and starts nothing.
+    s3_repository(&ns, "wrong", &s3s, "wrong-keys").await?;
+    assert_eq!(ready(&ns, "wrong", "False").await?, "AccessDenied");
+    assert!(
+        events(&ns, "AccessDenied")
+            .await?
+            .iter()
+            .any(|(on, _)| on == "wrong")
+    );
+    let data = ns.volume("data", &[("app", "db")]).await?;
+    write_sample_tree(&data, 3)?;
+    create::<BackupPolicy>(
+        &ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "BackupPolicy", "metadata": {"name": "wrong"},
+               "spec": {"schedule": "* * * * *", "repository": "wrong",
+                        "target": {"pvcSelector": {"matchLabels": {"app": "db"}}}}}),
+    )
+    .await?;
+    let policies = ns.api::<BackupPolicy>();
+    let message = wait_for(
+        Duration::from_secs(90),
+        "the policy to name the repository problem",
+        || async {
+            let conditions = policies
+                .get("wrong")
+                .await?
+                .status
+                .unwrap_or_default()
+                .conditions;
+            Ok(conditions
+                .iter()
+                .find(|c| c.reason == "RepositoryNotReady")
+                .map(|c| c.message.clone()))
+        },
+    )
+    .await?;
+    assert!(message.contains("credentialsSecretRef"), "{message}");
+    let backup_jobs = ns
+        .api::<Job>()
+        .list(&ListParams::default().labels("backstop.dev/role=backup"))
+        .await?;
+    assert!(
+        backup_jobs.items.is_empty(),
+        "no backup Job against a repository that is not ready"
+    );
+    policies.delete("wrong", &Default::default()).await?;
+
+    // A deleted bucket: the backup fails saying so, and the repository stops being Ready.
+    s3_repository(&ns, "moto", &moto, "s3-keys").await?;
+    assert_eq!(ready(&ns, "moto", "True").await?, "Ready");
+    moto.delete_bucket("backups")?;
+    let failed = finished_backup(&ns, "no-bucket", "db", "moto").await?;
+    assert_eq!(failed.phase(), BackupPhase::Failed);
+    let why = failed.status.clone().unwrap_or_default().volumes[0]
+        .message
+        .clone()
+        .unwrap_or_default();
+    assert!(why.starts_with("BucketNotFound"), "{why}");
+    assert_eq!(ready(&ns, "moto", "False").await?, "BucketNotFound");
+
+    // The server stops mid-upload: the backup fails, nothing of it is stored, and once the server
+    // is back (and the repository Ready again) the next backup succeeds.
+    s3_repository(&ns, "s3s", &s3s, "s3-keys").await?;
+    assert_eq!(ready(&ns, "s3s", "True").await?, "Ready");
+    let big = ns.volume("big", &[("app", "big")]).await?;
+    let noise = std::process::Command::new("head")
+        .args(["-c", "512M", "/dev/urandom"])
+        .stdout(std::fs::File::create(big.join("noise.bin"))?)
+        .status()?;
+    anyhow::ensure!(noise.success(), "writing noise failed");
+    create::<Backup>(
+        &ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup", "metadata": {"name": "cut"},
+               "spec": {"repository": "s3s", "target": {"pvcSelector": {"matchLabels": {"app": "big"}}}}}),
+    )
+    .await?;
+    wait_until(Duration::from_secs(120), "the upload to start", || async {
+        Ok(s3s.has_partial_upload())
+    })
+    .await?;
+    s3s.stop();
+    let backups = ns.api::<Backup>();
+    let cut = wait_for(
+        Duration::from_secs(180),
+        "the cut backup to fail",
+        || async {
+            let b = backups.get("cut").await?;
+            Ok(b.phase().is_terminal().then_some(b))
+        },
+    )
+    .await?;
+    assert_eq!(cut.phase(), BackupPhase::Failed);
+    let why = cut.status.clone().unwrap_or_default().volumes[0]
+        .message
+        .clone()
+        .unwrap_or_default();
+    assert!(why.starts_with("EndpointUnreachable"), "{why}");
+    s3s.restart()?;
+    assert_eq!(
+        s3s.keys("backups", &format!("{PREFIX}/{}/", ns.name))?,
+        Vec::<String>::new(),
+        "nothing of the cut backup is stored"
+    );
+    assert_eq!(ready(&ns, "s3s", "True").await?, "Ready");
+    let after = finished_backup(&ns, "after", "big", "s3s").await?;
+    assert_eq!(after.phase(), BackupPhase::Completed, "{:?}", after.status);
+    assert_eq!(
+        s3s.keys("backups", &format!("{PREFIX}/{}/", ns.name))?,
+        [
+            format!("{PREFIX}/{}/after/big.manifest.json", ns.name),
+            format!("{PREFIX}/{}/after/big.tar.zst", ns.name),
+        ]
+    );
+    Ok(())
+}
