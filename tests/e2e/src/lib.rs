@@ -228,6 +228,9 @@ fn unique_suffix() -> String {
 
 /// Installs the operator with the test overlay (idempotent) and waits until a replica leads.
 pub async fn install_operator(client: &Client) -> anyhow::Result<()> {
+    // Two tests applying at once on a fresh cluster both try to create: one gets AlreadyExists.
+    static APPLYING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let applying = APPLYING.lock().await;
     let overlay = repo_root().join("tests/e2e/overlay");
     let out = Command::new("kubectl")
         .arg("apply")
@@ -241,6 +244,7 @@ pub async fn install_operator(client: &Client) -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
+    drop(applying);
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(client.clone(), "backstop-system");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "backstop-system");

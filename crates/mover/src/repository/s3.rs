@@ -69,6 +69,8 @@ impl S3Repository {
                 message: "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (the keys of the Secret named in credentialsSecretRef)".into(),
             });
         }
+        // One TLS provider for the process (kube's too); an error only says one is installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let endpoint = config.endpoint.clone().unwrap_or_default();
         let mut options = ClientOptions::new()
             .with_allow_http(endpoint.starts_with("http://"))
