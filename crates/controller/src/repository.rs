@@ -30,6 +30,7 @@ pub const REPOSITORY_REASONS: &[&str] = &[
     "AccessDenied",
     "BucketNotFound",
     "EndpointUnreachable",
+    "TLSHandshakeFailed",
     "CredentialsMissing",
     "RepositoryFull",
 ];

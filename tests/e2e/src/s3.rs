@@ -24,6 +24,8 @@ pub struct S3Server {
     /// s3s-fs's data directory (one subdirectory per bucket).
     data: tempfile::TempDir,
     child: Option<Child>,
+    /// HTTPS with a certificate signed by the test CA (`ca_file`).
+    tls: bool,
 }
 
 fn binary(var: &str, default: &str) -> anyhow::Result<PathBuf> {
@@ -41,6 +43,15 @@ fn binary(var: &str, default: &str) -> anyhow::Result<PathBuf> {
 
 impl S3Server {
     pub fn start(kind: S3Kind) -> anyhow::Result<Self> {
+        Self::start_with(kind, false)
+    }
+
+    /// moto_server over HTTPS, its certificate (for 127.0.0.1) signed by a CA made here.
+    pub fn start_tls() -> anyhow::Result<Self> {
+        Self::start_with(S3Kind::Moto, true)
+    }
+
+    fn start_with(kind: S3Kind, tls: bool) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -49,9 +60,84 @@ impl S3Server {
             port,
             data: tempfile::tempdir()?,
             child: None,
+            tls,
         };
+        if tls {
+            server.make_certificates()?;
+        }
         server.spawn()?;
         Ok(server)
+    }
+
+    /// The PEM of the CA that signed the server's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.data.path().join("ca.crt")
+    }
+
+    fn make_certificates(&self) -> anyhow::Result<()> {
+        let dir = self.data.path();
+        std::fs::write(
+            dir.join("ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )?;
+        let steps: [&[&str]; 3] = [
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=backstop-e2e-ca",
+            ],
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.crt",
+                "-days",
+                "2",
+                "-extfile",
+                "ext",
+            ],
+        ];
+        for args in steps {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
@@ -63,6 +149,10 @@ impl S3Server {
                     ".cache/backstop/venv/bin/moto_server",
                 )?);
                 c.args(["-H", "127.0.0.1", "-p", &port]);
+                if self.tls {
+                    c.arg("-c").arg(self.data.path().join("server.crt"));
+                    c.arg("-k").arg(self.data.path().join("server.key"));
+                }
                 c
             }
             S3Kind::S3sFs => {
@@ -109,7 +199,8 @@ impl S3Server {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Stops the server (the bucket's data stays on disk for s3s-fs).
@@ -205,6 +296,32 @@ impl S3Server {
 
     /// An unsigned HTTP/1.0 request (moto does not check signatures unless told to).
     fn http_bytes(&self, method: &str, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+        if self.tls {
+            let out = Command::new("curl")
+                .args([
+                    "-sS",
+                    "-o",
+                    "-",
+                    "-w",
+                    "\n%{http_code}",
+                    "-X",
+                    method,
+                    "--cacert",
+                ])
+                .arg(self.ca_file())
+                .arg(format!("{}{path}", self.endpoint()))
+                .output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "curl: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let split = out.stdout.iter().rposition(|b| *b == b'\n').unwrap_or(0);
+            let status = String::from_utf8_lossy(&out.stdout[split..])
+                .trim()
+                .parse()?;
+            return Ok((status, out.stdout[..split].to_vec()));
+        }
         let addr = format!("127.0.0.1:{}", self.port);
         let mut stream = std::net::TcpStream::connect(&addr)?;
         stream.set_read_timeout(Some(Duration::from_secs(60)))?;

@@ -205,3 +205,34 @@ fn wrong_keys_and_a_missing_bucket_are_named() -> anyhow::Result<()> {
     assert_eq!(err.reason(), Some("EndpointUnreachable"), "{err}");
     Ok(())
 }
+
+#[test]
+#[ignore = "needs moto_server and s3s-fs: run `make test`, or install them and use --ignored"]
+fn tls_needs_the_ca_or_an_explicit_skip() -> anyhow::Result<()> {
+    let server = S3Server::start_tls()?;
+    server.create_bucket("backups")?;
+    let mut config = server.config("backups", "");
+    let untrusted = S3Repository::new(&config)?;
+    let err = backstop_mover::repository::probe(&untrusted).expect_err("unknown CA must fail");
+    assert_eq!(err.reason(), Some("TLSHandshakeFailed"), "{err}");
+    assert!(err.to_string().contains("caSecretRef"), "{err}");
+
+    config.ca_file = Some(server.ca_file());
+    let trusted = S3Repository::new(&config)?;
+    backstop_mover::repository::probe(&trusted)?;
+    let source = tempfile::tempdir()?;
+    write_sample_tree(source.path(), 4)?;
+    backup::run(
+        &trusted,
+        &request(source.path(), "ns/tls", Compression::Zstd),
+    )?;
+    assert_eq!(
+        restore::verify(&trusted, "ns/tls/data.manifest.json")?.verification,
+        "Verified"
+    );
+
+    config.ca_file = None;
+    config.insecure_skip_tls_verify = true;
+    backstop_mover::repository::probe(&S3Repository::new(&config)?)?;
+    Ok(())
+}

@@ -113,6 +113,7 @@ pub const REPOSITORY_FULL: &str = "RepositoryFull";
 pub const ACCESS_DENIED: &str = "AccessDenied";
 pub const BUCKET_NOT_FOUND: &str = "BucketNotFound";
 pub const ENDPOINT_UNREACHABLE: &str = "EndpointUnreachable";
+pub const TLS_FAILED: &str = "TLSHandshakeFailed";
 pub const REQUEST_FAILED: &str = "StorageRequestFailed";
 
 /// An object storage failure with the reason a user can act on; travels inside `io::Error`
@@ -129,7 +130,7 @@ impl StoreFailure {
         let kind = match self.reason {
             ACCESS_DENIED => io::ErrorKind::PermissionDenied,
             BUCKET_NOT_FOUND => io::ErrorKind::NotFound,
-            ENDPOINT_UNREACHABLE => io::ErrorKind::ConnectionRefused,
+            ENDPOINT_UNREACHABLE | TLS_FAILED => io::ErrorKind::ConnectionRefused,
             _ => io::ErrorKind::Other,
         };
         io::Error::new(kind, self)

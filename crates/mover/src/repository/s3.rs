@@ -5,7 +5,7 @@
 
 use super::{
     ACCESS_DENIED, BUCKET_NOT_FOUND, ENDPOINT_UNREACHABLE, REQUEST_FAILED, Repository,
-    RepositoryError, StoreFailure, Upload, key_parts,
+    RepositoryError, StoreFailure, TLS_FAILED, Upload, key_parts,
 };
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -258,8 +258,17 @@ impl Repository for S3Repository {
 
 /// What went wrong, in terms of what the user can fix.
 pub fn classify(err: object_store::Error, bucket: &str, endpoint: &str) -> StoreFailure {
-    // The S3 error code is only in the message (the XML body the server sent).
-    let text = format!("{err}");
+    // The S3 error code is only in the text (the XML body the server sent), and the TLS or
+    // connection failure deep in the source chain.
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
     let has = |needle: &str| text.contains(needle);
     let (reason, advice) = if has("NoSuchBucket") {
         (
@@ -281,17 +290,18 @@ pub fn classify(err: object_store::Error, bucket: &str, endpoint: &str) -> Store
                 "{endpoint} refused the credentials for bucket {bucket:?}: check the keys in the Secret named in spec.s3.credentialsSecretRef and their permissions"
             ),
         )
-    } else if has("error sending request")
-        || has("connect")
-        || has("dns error")
-        || has("timed out")
-        || has("certificate")
+    } else if has("certificate") || has("Certificate") || has("UnknownIssuer") {
+        (
+            TLS_FAILED,
+            format!(
+                "the TLS certificate of {endpoint} is not trusted: put its CA in the Secret named in spec.s3.caSecretRef"
+            ),
+        )
+    } else if has("error sending request") || has("connect") || has("dns error") || has("timed out")
     {
         (
             ENDPOINT_UNREACHABLE,
-            format!(
-                "cannot reach {endpoint}: check spec.s3.endpoint, the network and TLS settings"
-            ),
+            format!("cannot reach {endpoint}: check spec.s3.endpoint and the network"),
         )
     } else {
         (REQUEST_FAILED, format!("the request to {endpoint} failed"))
