@@ -1,6 +1,7 @@
-//! `backstop-bench mover [--quick]`: generates seeded datasets, then backs each up and restores it
-//! with Backstop (zstd, gzip), `tar -czf`, `tar | zstd -T0 -3` and restic, in one run on the same
-//! data, and prints MB/s, CPU seconds, peak RSS and artifact size with Backstop's ratios.
+//! `backstop-bench mover [--quick] [--only abc]`: generates seeded datasets, then backs each up and
+//! restores it with Backstop (zstd, gzip, and zstd to S3 on a loopback s3s-fs when installed),
+//! `tar -czf`, `tar | zstd -T0 -3` and restic, in one run on the same data, and prints MB/s, CPU
+//! seconds, peak RSS and artifact size with Backstop's ratios.
 //! `backstop-bench controller`: the operator at scale on the local cluster (see controller.rs).
 
 mod controller;
@@ -18,7 +19,13 @@ fn flag(args: &[String], name: &str, default: usize) -> usize {
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("mover") => mover::run(args.iter().any(|a| a == "--quick")),
+        Some("mover") => mover::run(
+            args.iter().any(|a| a == "--quick"),
+            args.iter()
+                .position(|a| a == "--only")
+                .and_then(|i| args.get(i + 1))
+                .map_or("", String::as_str),
+        ),
         Some("controller") => {
             tokio::runtime::Runtime::new()?.block_on(controller::run(controller::Options {
                 policies: flag(&args, "--policies", 1000),
@@ -31,7 +38,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: backstop-bench mover [--quick]\n       backstop-bench controller [--policies N] [--backups N] [--per-minute N] [--observe-minutes N]"
+                "usage: backstop-bench mover [--quick] [--only abc]\n       backstop-bench controller [--policies N] [--backups N] [--per-minute N] [--observe-minutes N]"
             );
             std::process::exit(2);
         }

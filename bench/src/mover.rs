@@ -57,6 +57,60 @@ fn fresh(path: &Path) -> anyhow::Result<PathBuf> {
     Ok(path.to_path_buf())
 }
 
+/// s3s-fs on loopback, when it is installed (`make test` builds it into ~/.cache/backstop).
+struct S3sFs {
+    child: std::process::Child,
+    port: u16,
+    root: PathBuf,
+}
+
+impl S3sFs {
+    fn start(work: &Path) -> anyhow::Result<Option<Self>> {
+        let binary = std::env::var_os("BACKSTOP_S3S_FS")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .map(|h| PathBuf::from(h).join(".cache/backstop/s3s-fs/bin/s3s-fs"))
+            });
+        let Some(binary) = binary.filter(|b| b.exists()) else {
+            println!("(s3s-fs not installed: no S3 rows; `make test` builds it)");
+            return Ok(None);
+        };
+        let root = fresh(&work.join("s3"))?;
+        fs::create_dir_all(root.join("bench"))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new(binary)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", "bench", "--secret-key", "bench-secret"])
+            .arg(&root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let server = Self { child, port, root };
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("s3s-fs did not listen on 127.0.0.1:{port}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(Some(server))
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for S3sFs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 struct Row {
     tool: &'static str,
     op: &'static str,
@@ -133,6 +187,48 @@ fn bench_dataset(name: &str, data: &Path, work: &Path) -> anyhow::Result<()> {
             });
         }
     }
+    if let Some(server) = S3sFs::start(work)? {
+        let s3 = |cmd: &mut Command| {
+            cmd.args(["--s3-bucket", "bench", "--s3-endpoint", &server.endpoint()])
+                .arg("--s3-force-path-style")
+                .env("AWS_ACCESS_KEY_ID", "bench")
+                .env("AWS_SECRET_ACCESS_KEY", "bench-secret")
+                .stdout(std::process::Stdio::null());
+        };
+        let mut backup = Command::new(&backstop);
+        backup
+            .args(["mover", "backup", "--source"])
+            .arg(data)
+            .args(["--pvc", "data", "--dir", "b", "--compression", "zstd"]);
+        s3(&mut backup);
+        let m = measure(&mut backup)?;
+        rows.push(Row {
+            tool: "backstop zstd to S3 (s3s-fs)",
+            op: "backup",
+            m,
+            artifact: Some(fs::metadata(server.root.join("bench/b/data.tar.zst"))?.len()),
+        });
+        let target = fresh(&work.join("target"))?;
+        let mut restore = Command::new(&backstop);
+        restore
+            .args([
+                "mover",
+                "restore",
+                "--manifest",
+                "b/data.manifest.json",
+                "--target",
+            ])
+            .arg(&target);
+        s3(&mut restore);
+        let m = measure(&mut restore)?;
+        rows.push(Row {
+            tool: "backstop zstd to S3 (s3s-fs)",
+            op: "restore+verify",
+            m,
+            artifact: None,
+        });
+    }
+
     let gz = work.join("peer.tar.gz");
     let m = measure(
         Command::new("tar")
@@ -264,7 +360,8 @@ fn print_table(name: &str, bytes: u64, rows: &[Row]) {
 /// Writes a dataset into the directory it is given.
 type Generator = Box<dyn Fn(&Path) -> std::io::Result<()>>;
 
-pub fn run(quick: bool) -> anyhow::Result<()> {
+/// `only`: the datasets to run, by letter (`a`, `b`, `c`); all when empty.
+pub fn run(quick: bool, only: &str) -> anyhow::Result<()> {
     for tool in ["tar", "zstd", "restic", "du"] {
         if Command::new("sh")
             .arg("-c")
@@ -304,6 +401,10 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     for (i, (name, generate)) in sets.iter().enumerate() {
+        let letter = (b'a' + i as u8) as char;
+        if !only.is_empty() && !only.contains(letter) {
+            continue;
+        }
         let data = fresh(&base.join(format!("data{i}")))?;
         generate(&data)?;
         let label = if i == 0 {
