@@ -724,14 +724,12 @@ pub async fn run(
     let client = ctx.client.clone();
     let jobs =
         watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
-    Controller::new(
-        Api::<Backup>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<Job>::all(client), jobs)
-    .with_config(crate::controller_config())
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|_| futures::future::ready(()))
-    .await;
+    let (watch, store) = crate::lean_watch(Api::<Backup>::all(client.clone()));
+    Controller::for_stream(watch, store)
+        .owns(Api::<Job>::all(client), jobs)
+        .with_config(crate::controller_config())
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
 }

@@ -132,6 +132,41 @@ pub(crate) fn controller_config() -> kube::runtime::controller::Config {
     kube::runtime::controller::Config::default().concurrency(8)
 }
 
+/// The watch a reconciler of `K` runs on, with the store it reads: like `Controller::new`'s, but
+/// objects are cached without `managedFields` and the last-applied annotation (the API server's
+/// bookkeeping, which no decision here reads). With 10,000 Backups they were most of the
+/// operator's memory (controller scale benchmark).
+pub(crate) fn lean_watch<K>(
+    api: kube::Api<K>,
+) -> (
+    impl futures::Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send + 'static,
+    kube::runtime::reflector::Store<K>,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    let (reader, writer) = reflector::store();
+    let stream = reflector(
+        writer,
+        watcher(api, watcher::Config::default()).modify(|obj: &mut K| {
+            let meta = obj.meta_mut();
+            meta.managed_fields = None;
+            if let Some(annotations) = meta.annotations.as_mut() {
+                annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+            }
+        }),
+    )
+    .applied_objects();
+    (stream, reader)
+}
+
 /// Seconds since the epoch as a Kubernetes time.
 pub(crate) fn now() -> jiff::Timestamp {
     jiff::Timestamp::now()

@@ -311,11 +311,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let controller = Controller::new(
-        Api::<BackupPolicy>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<Backup>::all(client), watcher::Config::default());
+    let (watch, store) = crate::lean_watch(Api::<BackupPolicy>::all(client.clone()));
+    let controller = Controller::for_stream(watch, store)
+        .owns(Api::<Backup>::all(client), watcher::Config::default());
     // Deleted policies get no reconcile: their metric series are pruned from the watch cache.
     let store = controller.store();
     let metrics = ctx.metrics.clone();

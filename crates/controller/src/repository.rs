@@ -353,16 +353,14 @@ pub async fn run(
         labels::ROLE,
         jobs::ROLE_PROBE
     ));
-    Controller::new(
-        Api::<BackupRepository>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<Job>::all(client), probes)
-    .with_config(crate::controller_config())
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|_| futures::future::ready(()))
-    .await;
+    let (watch, store) = crate::lean_watch(Api::<BackupRepository>::all(client.clone()));
+    Controller::for_stream(watch, store)
+        .owns(Api::<Job>::all(client), probes)
+        .with_config(crate::controller_config())
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
 }
 
 #[cfg(test)]
