@@ -271,6 +271,34 @@ pub async fn install_operator(client: &Client) -> anyhow::Result<()> {
     .await
 }
 
+/// Waits until Backup `name` has finished (Completed or Failed) and returns it.
+pub async fn finished_backup(
+    ns: &TestNamespace,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<backstop_api::Backup> {
+    let api = ns.api::<backstop_api::Backup>();
+    wait_for(timeout, &format!("backup {name} to finish"), || async {
+        let b = api.get(name).await?;
+        Ok(b.phase().is_terminal().then_some(b))
+    })
+    .await
+}
+
+/// Waits until Restore `name` has finished (Completed or Failed) and returns it.
+pub async fn finished_restore(
+    ns: &TestNamespace,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<backstop_api::Restore> {
+    let api = ns.api::<backstop_api::Restore>();
+    wait_for(timeout, &format!("restore {name} to finish"), || async {
+        let r = api.get(name).await?;
+        Ok(r.phase().is_terminal().then_some(r))
+    })
+    .await
+}
+
 /// Creates any object from JSON in the test namespace (the namespace is filled in).
 pub async fn create<K>(ns: &TestNamespace, mut value: serde_json::Value) -> anyhow::Result<K>
 where

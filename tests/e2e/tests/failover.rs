@@ -124,15 +124,7 @@ async fn killing_the_leader_mid_backup_makes_no_duplicate_backup_or_job() -> any
     )
     .await?;
 
-    let backup = wait_for(
-        Duration::from_secs(180),
-        "the backup to finish after failover",
-        || async {
-            let b = ns.api::<Backup>().get("ha").await?;
-            Ok(b.phase().is_terminal().then_some(b))
-        },
-    )
-    .await?;
+    let backup = finished_backup(&ns, "ha", Duration::from_secs(180)).await?;
     assert_eq!(
         backup.phase(),
         BackupPhase::Completed,

@@ -48,16 +48,7 @@ async fn backup_failed(
     reason: &str,
     timeout: Duration,
 ) -> anyhow::Result<Backup> {
-    let api = ns.api::<Backup>();
-    let backup = wait_for(
-        timeout,
-        &format!("backup {name} to fail with {reason}"),
-        || async {
-            let b = api.get(name).await?;
-            Ok(b.phase().is_terminal().then_some(b))
-        },
-    )
-    .await?;
+    let backup = finished_backup(ns, name, timeout).await?;
     let status = backup.status.clone().unwrap_or_default();
     assert_eq!(status.phase, BackupPhase::Failed, "{status:?}");
     let failed = condition::find(&status.conditions, "Failed").expect("a Failed condition");

@@ -32,16 +32,7 @@ async fn finished(ns: &TestNamespace, name: &str) -> anyhow::Result<Backup> {
                "spec": {"policyRef": "nightly"}}),
     )
     .await?;
-    let api = ns.api::<Backup>();
-    wait_for(
-        Duration::from_secs(120),
-        &format!("backup {name}"),
-        || async {
-            let b = api.get(name).await?;
-            Ok(b.phase().is_terminal().then_some(b))
-        },
-    )
-    .await
+    finished_backup(ns, name, Duration::from_secs(120)).await
 }
 
 #[tokio::test]

@@ -20,16 +20,7 @@ async fn completed_backup(ns: &TestNamespace, name: &str, app: &str) -> anyhow::
                "spec": {"target": {"pvcSelector": {"matchLabels": {"app": app}}}}}),
     )
     .await?;
-    let api = ns.api::<Backup>();
-    let backup = wait_for(
-        Duration::from_secs(180),
-        &format!("backup {name}"),
-        || async {
-            let b = api.get(name).await?;
-            Ok(b.phase().is_terminal().then_some(b))
-        },
-    )
-    .await?;
+    let backup = finished_backup(ns, name, Duration::from_secs(180)).await?;
     anyhow::ensure!(
         backup.phase() == BackupPhase::Completed,
         "backup failed: {:?}",
@@ -48,16 +39,7 @@ async fn restore(
         json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Restore", "metadata": {"name": name}, "spec": spec}),
     )
     .await?;
-    let api = ns.api::<Restore>();
-    wait_for(
-        Duration::from_secs(300),
-        &format!("restore {name}"),
-        || async {
-            let r = api.get(name).await?;
-            Ok(r.phase().is_terminal().then_some(r))
-        },
-    )
-    .await
+    finished_restore(ns, name, Duration::from_secs(300)).await
 }
 
 fn reason(r: &Restore) -> String {

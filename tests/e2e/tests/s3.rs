@@ -228,12 +228,8 @@ async fn policy_retention_and_restore_through_moto_and_s3s_fs() -> anyhow::Resul
                    "spec": {"backupName": newest, "target": {"pvcName": format!("restored-{name}")}}}),
         )
         .await?;
-        let restores = ns.api::<Restore>();
-        let done = wait_for(Duration::from_secs(180), "the restore", || async {
-            let r = restores.get(&format!("restore-{name}")).await?;
-            Ok(r.phase().is_terminal().then_some(r))
-        })
-        .await?;
+        let done =
+            finished_restore(&ns, &format!("restore-{name}"), Duration::from_secs(180)).await?;
         let status = done.status.clone().unwrap_or_default();
         assert_eq!(done.phase(), BackupPhase::Completed, "{status:?}");
         assert_eq!(status.verification.as_deref(), Some("Verified"));
