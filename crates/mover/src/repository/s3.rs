@@ -149,28 +149,6 @@ impl S3Repository {
     fn failure(&self, err: object_store::Error) -> io::Error {
         classify(err, &self.bucket, &self.endpoint).into_io()
     }
-
-    /// Every key under `prefix`, relative to the repository.
-    pub fn list(&self, prefix: &str) -> Result<Vec<String>, RepositoryError> {
-        let path = self.path(prefix)?;
-        let read = |source| RepositoryError::Read {
-            key: prefix.to_string(),
-            source,
-        };
-        let metas: Vec<_> = self
-            .runtime
-            .block_on(self.store.list(Some(&path)).try_collect::<Vec<_>>())
-            .map_err(|e| read(self.failure(e)))?;
-        let skip = if self.prefix.is_empty() {
-            0
-        } else {
-            self.prefix.len() + 1
-        };
-        Ok(metas
-            .into_iter()
-            .map(|m| m.location.as_ref()[skip..].to_string())
-            .collect())
-    }
 }
 
 impl Repository for S3Repository {
