@@ -23,10 +23,6 @@ impl DirRepository {
         Self { root: root.into() }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     fn path(&self, key: &str) -> Result<PathBuf, RepositoryError> {
         key_parts(key)?;
         Ok(self.root.join(key))
