@@ -205,7 +205,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 
     // Start the operator and watch what it does.
     let started = Instant::now();
-    let delays = std::sync::Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
+    // (scheduled time, delay until the Backup was seen)
+    let delays = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(jiff::Timestamp, f64)>::new()));
     let watch_delays = delays.clone();
     let seen_at_start: std::collections::HashSet<String> = backups
         .list(&ListParams::default())
@@ -233,7 +234,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     let delay = jiff::Timestamp::now().duration_since(at).as_secs_f64();
                     recorded.insert(name, ());
                     if let Ok(mut d) = watch_delays.lock() {
-                        d.push(delay);
+                        d.push((at, delay));
                     }
                 }
             }
@@ -241,7 +242,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     });
     scale_operator(&client, 1).await?;
     let mut peak_rss = 0;
-    let ready_after = loop {
+    let (ready_after, caught_up) = loop {
         if let Some((rss, _)) = operator_rss() {
             peak_rss = peak_rss.max(rss);
         }
@@ -257,7 +258,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             })
             .count();
         if done == opts.policies {
-            break started.elapsed();
+            break (started.elapsed(), jiff::Timestamp::now());
         }
         if started.elapsed() > Duration::from_secs(600) {
             bail!(
@@ -296,8 +297,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let at_rest = request_rate(&client, Duration::from_secs(60)).await?;
     let (rss_now, hwm) = operator_rss().unwrap_or_default();
     watch.abort();
-    let mut d = delays.lock().map(|d| d.clone()).unwrap_or_default();
-    d.sort_by(|a, b| a.total_cmp(b));
+    let seen = delays.lock().map(|d| d.clone()).unwrap_or_default();
+    let sorted = |steady_only: bool| {
+        let mut d: Vec<f64> = seen
+            .iter()
+            .filter(|(at, _)| !steady_only || *at > caught_up)
+            .map(|(_, delay)| *delay)
+            .collect();
+        d.sort_by(|a, b| a.total_cmp(b));
+        d
+    };
 
     println!(
         "\n### Controller at scale: {} policies ({} every minute), {} backups of history\n",
@@ -315,13 +324,21 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         rss_now as f64 / 1024.0,
         hwm as f64 / 1024.0
     );
-    println!("| per-minute Backups observed | {} | |", d.len());
-    println!(
-        "| delay scheduled time -> Backup seen (p50 / p99 / max) | {:.2} / {:.2} / {:.2} s | p99 < 2 s |",
-        quantile(&d, 0.5),
-        quantile(&d, 0.99),
-        d.last().copied().unwrap_or(f64::NAN)
-    );
+    for (label, d) in [
+        ("all per-minute runs", sorted(false)),
+        (
+            "runs scheduled after every policy had a next run (steady state)",
+            sorted(true),
+        ),
+    ] {
+        println!(
+            "| delay scheduled time -> Backup seen, {label}: p50 / p99 / max ({} runs) | {:.2} / {:.2} / {:.2} s | p99 < 2 s |",
+            d.len(),
+            quantile(&d, 0.5),
+            quantile(&d, 0.99),
+            d.last().copied().unwrap_or(f64::NAN)
+        );
+    }
     println!("| API requests/s, whole cluster, operator stopped | {baseline:.1} | |");
     println!("| API requests/s, whole cluster, operator at rest | {at_rest:.1} | no storm |");
     println!(
