@@ -250,21 +250,12 @@ pub fn main(cmd: Command) -> anyhow::Result<()> {
 
 /// The condition reason and message for a failed backup.
 fn backup_failure(e: &backup::BackupError) -> (&'static str, String) {
-    use backstop_mover::archive::ArchiveError;
-    let repository_problem = match e {
-        backup::BackupError::Repository(r) => Some(r.reason().unwrap_or("RepositoryWriteFailed")),
-        backup::BackupError::Archive(ArchiveError::Write(err)) => {
-            Some(repository::reason(err).unwrap_or("RepositoryWriteFailed"))
-        }
-        _ => None,
-    };
-    match repository_problem {
-        Some(repository::REPOSITORY_FULL) => (
+    match e.reason() {
+        repository::REPOSITORY_FULL => (
             repository::REPOSITORY_FULL,
             format!("the repository volume is full: {e}; free space or grow it"),
         ),
-        Some(reason) => (reason, e.to_string()),
-        None => ("SourceUnreadable", e.to_string()),
+        reason => (reason, e.to_string()),
     }
 }
 

@@ -41,6 +41,20 @@ pub enum BackupError {
     Repository(#[from] RepositoryError),
 }
 
+impl BackupError {
+    /// The condition reason: what is wrong with the repository (full, unreachable, refusing the
+    /// keys...), a write to it that failed, or the source volume.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BackupError::Repository(r) => r.reason().unwrap_or("RepositoryWriteFailed"),
+            BackupError::Archive(archive::ArchiveError::Write(e)) => {
+                crate::repository::reason(e).unwrap_or("RepositoryWriteFailed")
+            }
+            _ => "SourceUnreadable",
+        }
+    }
+}
+
 pub struct BackupRequest<'a> {
     pub source: &'a Path,
     pub pvc: &'a str,

@@ -6,9 +6,9 @@
 use backstop_api::ExistingDataPolicy;
 use backstop_e2e::s3::{S3Kind, S3Server};
 use backstop_e2e::{extract_with_tar, tree_listing, write_sample_tree};
-use backstop_mover::backup::{self, BackupError, BackupRequest, Compression};
-use backstop_mover::repository::{Repository, S3Repository, reason};
-use backstop_mover::{archive::ArchiveError, restore};
+use backstop_mover::backup::{self, BackupRequest, Compression};
+use backstop_mover::repository::{Repository, S3Repository};
+use backstop_mover::restore;
 
 fn request<'a>(
     source: &'a std::path::Path,
@@ -21,15 +21,6 @@ fn request<'a>(
         dir,
         compression,
         created_at: "2026-11-21T00:00:00Z".into(),
-    }
-}
-
-/// The condition reason a failed backup reports for a storage problem.
-fn storage_reason(err: &BackupError) -> Option<&'static str> {
-    match err {
-        BackupError::Repository(r) => r.reason(),
-        BackupError::Archive(ArchiveError::Write(e)) => reason(e),
-        _ => None,
     }
 }
 
@@ -154,7 +145,7 @@ fn an_upload_cut_off_by_a_stopped_server_leaves_nothing_and_the_next_one_succeed
         Ok(done) => anyhow::bail!("the backup succeeded with the server stopped: {done:?}"),
         Err(e) => e,
     };
-    assert_eq!(storage_reason(&err), Some("EndpointUnreachable"), "{err}");
+    assert_eq!(err.reason(), "EndpointUnreachable", "{err}");
     eprintln!("failed after {:?}: {err}", started.elapsed());
 
     server.restart()?;
@@ -197,7 +188,7 @@ fn wrong_keys_and_a_missing_bucket_are_named() -> anyhow::Result<()> {
     write_sample_tree(source.path(), 1)?;
     let err = backup::run(&missing, &request(source.path(), "ns/b", Compression::Zstd))
         .expect_err("no bucket must fail");
-    assert_eq!(storage_reason(&err), Some("BucketNotFound"), "{err}");
+    assert_eq!(err.reason(), "BucketNotFound", "{err}");
 
     let nobody = S3Repository::new(&moto.config("backups", ""))?;
     drop(moto);

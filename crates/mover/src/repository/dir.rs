@@ -1,7 +1,7 @@
 //! A directory repository: the shared-storage PVC mounted in the mover pod. Writes are atomic:
 //! a `.partial` name, fsync, rename, fsync of the directory.
 
-use super::{Repository, RepositoryError, Upload, key_parts};
+use super::{Repository, RepositoryError, Upload, check_key};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -24,7 +24,7 @@ impl DirRepository {
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, RepositoryError> {
-        key_parts(key)?;
+        check_key(key)?;
         Ok(self.root.join(key))
     }
 }

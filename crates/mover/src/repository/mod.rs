@@ -137,17 +137,16 @@ impl StoreFailure {
     }
 }
 
-/// Splits a key into its `/`-separated parts, refusing anything that could leave the repository.
-pub(crate) fn key_parts(key: &str) -> Result<Vec<&str>, RepositoryError> {
-    let parts: Vec<&str> = key.split('/').collect();
+/// Refuses a key that could leave the repository: empty, absolute, or with `.`/`..`/empty parts.
+pub(crate) fn check_key(key: &str) -> Result<(), RepositoryError> {
     if key.is_empty()
-        || parts
-            .iter()
-            .any(|p| p.is_empty() || *p == "." || *p == "..")
+        || key
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..")
     {
         return Err(RepositoryError::InvalidKey(key.to_string()));
     }
-    Ok(parts)
+    Ok(())
 }
 
 /// What a successful probe did.

@@ -5,7 +5,7 @@
 
 use super::{
     ACCESS_DENIED, BUCKET_NOT_FOUND, ENDPOINT_UNREACHABLE, REQUEST_FAILED, Repository,
-    RepositoryError, StoreFailure, TLS_FAILED, Upload, key_parts,
+    RepositoryError, StoreFailure, TLS_FAILED, Upload, check_key,
 };
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -52,9 +52,22 @@ pub struct S3Config {
 pub struct S3Repository {
     store: Arc<AmazonS3>,
     prefix: String,
+    location: Location,
+    runtime: Runtime,
+}
+
+/// Which bucket at which endpoint: what every error message names.
+#[derive(Clone)]
+struct Location {
     bucket: String,
     endpoint: String,
-    runtime: Runtime,
+}
+
+impl Location {
+    /// Turns an object store error into one that says what to do about it.
+    fn failure(&self, err: object_store::Error) -> io::Error {
+        classify(err, &self.bucket, &self.endpoint).into_io()
+    }
 }
 
 impl S3Repository {
@@ -126,28 +139,25 @@ impl S3Repository {
         Ok(Self {
             store: Arc::new(store),
             prefix: config.prefix.trim_matches('/').to_string(),
-            bucket: config.bucket.clone(),
-            endpoint: if endpoint.is_empty() {
-                "AWS S3".into()
-            } else {
-                endpoint
+            location: Location {
+                bucket: config.bucket.clone(),
+                endpoint: if endpoint.is_empty() {
+                    "AWS S3".into()
+                } else {
+                    endpoint
+                },
             },
             runtime,
         })
     }
 
     fn path(&self, key: &str) -> Result<Path, RepositoryError> {
-        key_parts(key)?;
+        check_key(key)?;
         Ok(if self.prefix.is_empty() {
             Path::from(key)
         } else {
             Path::from(format!("{}/{key}", self.prefix))
         })
-    }
-
-    /// Turns an object store error into one that says what to do about it.
-    fn failure(&self, err: object_store::Error) -> io::Error {
-        classify(err, &self.bucket, &self.endpoint).into_io()
     }
 }
 
@@ -159,7 +169,7 @@ impl Repository for S3Repository {
             .block_on(self.store.put_multipart(&path))
             .map_err(|e| RepositoryError::Write {
                 key: key.to_string(),
-                source: self.failure(e),
+                source: self.location.failure(e),
             })?;
         Ok(Box::new(MultipartWriter {
             upload: Some(upload),
@@ -168,8 +178,7 @@ impl Repository for S3Repository {
             parts: 0,
             in_flight: JoinSet::new(),
             key: key.to_string(),
-            bucket: self.bucket.clone(),
-            endpoint: self.endpoint.clone(),
+            location: self.location.clone(),
         }))
     }
 
@@ -181,7 +190,7 @@ impl Repository for S3Repository {
             .map(|_| ())
             .map_err(|e| RepositoryError::Write {
                 key: key.to_string(),
-                source: self.failure(e),
+                source: self.location.failure(e),
             })
     }
 
@@ -192,14 +201,13 @@ impl Repository for S3Repository {
                 .block_on(self.store.get(&path))
                 .map_err(|e| RepositoryError::Read {
                     key: key.to_string(),
-                    source: self.failure(e),
+                    source: self.location.failure(e),
                 })?;
         Ok(Box::new(StreamReader {
             stream: got.into_stream(),
             runtime: self.runtime.handle().clone(),
             chunk: Bytes::new(),
-            bucket: self.bucket.clone(),
-            endpoint: self.endpoint.clone(),
+            location: self.location.clone(),
         }))
     }
 
@@ -209,7 +217,7 @@ impl Repository for S3Repository {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(RepositoryError::Remove {
                 key: key.to_string(),
-                source: self.failure(e),
+                source: self.location.failure(e),
             }),
         }
     }
@@ -228,7 +236,7 @@ impl Repository for S3Repository {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(RepositoryError::Remove {
                 key: prefix.to_string(),
-                source: self.failure(e),
+                source: self.location.failure(e),
             }),
         }
     }
@@ -312,8 +320,7 @@ struct MultipartWriter {
     parts: usize,
     in_flight: JoinSet<object_store::Result<()>>,
     key: String,
-    bucket: String,
-    endpoint: String,
+    location: Location,
 }
 
 impl MultipartWriter {
@@ -321,16 +328,12 @@ impl MultipartWriter {
         FIRST_PART_SIZE << (self.parts / PARTS_PER_SIZE).min(9)
     }
 
-    fn failure(&self, err: object_store::Error) -> io::Error {
-        classify(err, &self.bucket, &self.endpoint).into_io()
-    }
-
     /// Waits until fewer than `limit` parts are being sent; the first failure ends the upload.
     fn wait_for(&mut self, limit: usize) -> io::Result<()> {
         while self.in_flight.len() > limit {
             match self.runtime.block_on(self.in_flight.join_next()) {
                 Some(Ok(Ok(()))) | None => {}
-                Some(Ok(Err(e))) => return Err(self.failure(e)),
+                Some(Ok(Err(e))) => return Err(self.location.failure(e)),
                 Some(Err(e)) => return Err(io::Error::other(format!("uploading a part: {e}"))),
             }
         }
@@ -383,7 +386,7 @@ impl MultipartWriter {
                 self.upload = None;
                 Ok(())
             }
-            Err(e) => Err(self.failure(e)),
+            Err(e) => Err(self.location.failure(e)),
         }
     }
 }
@@ -427,8 +430,7 @@ struct StreamReader {
     stream: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
     runtime: Handle,
     chunk: Bytes,
-    bucket: String,
-    endpoint: String,
+    location: Location,
 }
 
 impl Read for StreamReader {
@@ -436,9 +438,7 @@ impl Read for StreamReader {
         while self.chunk.is_empty() {
             match self.runtime.block_on(self.stream.next()) {
                 Some(Ok(chunk)) => self.chunk = chunk,
-                Some(Err(e)) => {
-                    return Err(classify(e, &self.bucket, &self.endpoint).into_io());
-                }
+                Some(Err(e)) => return Err(self.location.failure(e)),
                 None => return Ok(0),
             }
         }
