@@ -14,7 +14,7 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use std::sync::Arc;
@@ -311,8 +311,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let (watch, store) = crate::lean_watch(Api::<BackupPolicy>::all(client.clone()));
-    let controller = Controller::for_stream(watch, store)
+    let controller = crate::controller(Api::<BackupPolicy>::all(client.clone()))
         .owns(Api::<Backup>::all(client), watcher::Config::default());
     // Deleted policies get no reconcile: their metric series are pruned from the watch cache.
     let store = controller.store();
@@ -332,7 +331,6 @@ pub async fn run(
         }
     });
     controller
-        .with_config(crate::controller_config())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))

@@ -14,7 +14,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use std::sync::Arc;
@@ -353,10 +353,8 @@ pub async fn run(
         labels::ROLE,
         jobs::ROLE_PROBE
     ));
-    let (watch, store) = crate::lean_watch(Api::<BackupRepository>::all(client.clone()));
-    Controller::for_stream(watch, store)
+    crate::controller(Api::<BackupRepository>::all(client.clone()))
         .owns(Api::<Job>::all(client), probes)
-        .with_config(crate::controller_config())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
