@@ -285,6 +285,35 @@ pub async fn finished_backup(
     .await
 }
 
+/// Waits until the Backups seen Completed in the namespace (even if deleted since, by retention)
+/// are `enough`; any Backup that fails meanwhile fails the test.
+pub async fn completed_runs(
+    ns: &TestNamespace,
+    timeout: Duration,
+    what: &str,
+    enough: impl Fn(&std::collections::BTreeSet<String>) -> bool,
+) -> anyhow::Result<()> {
+    let backups = ns.api::<backstop_api::Backup>();
+    let seen = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    wait_until(timeout, what, || async {
+        let items = backups.list(&ListParams::default()).await?.items;
+        let mut seen = seen.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
+        for b in items {
+            assert_ne!(
+                b.phase(),
+                backstop_api::BackupPhase::Failed,
+                "backup failed: {:?}",
+                b.status
+            );
+            if b.phase() == backstop_api::BackupPhase::Completed {
+                seen.insert(b.metadata.name.clone().unwrap_or_default());
+            }
+        }
+        Ok(enough(&seen))
+    })
+    .await
+}
+
 /// Waits until Restore `name` has finished (Completed or Failed) and returns it.
 pub async fn finished_restore(
     ns: &TestNamespace,

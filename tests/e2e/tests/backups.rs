@@ -6,7 +6,6 @@ use backstop_e2e::*;
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::json;
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 #[tokio::test]
@@ -40,25 +39,14 @@ async fn per_minute_policy_keeps_the_newest_two_completed_backups_with_their_art
     .await?;
 
     // At least three runs complete; retention leaves the newest two.
-    let backups = ns.api::<Backup>();
-    let completed_ever = std::sync::Mutex::new(BTreeSet::new());
-    wait_until(Duration::from_secs(300), "three completed runs", || async {
-        let items = backups.list(&ListParams::default()).await?.items;
-        let mut seen = completed_ever.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
-        for b in items {
-            assert_ne!(
-                b.phase(),
-                BackupPhase::Failed,
-                "backup failed: {:?}",
-                b.status
-            );
-            if b.phase() == BackupPhase::Completed {
-                seen.insert(b.metadata.name.clone().unwrap_or_default());
-            }
-        }
-        Ok(seen.len() >= 3)
-    })
+    completed_runs(
+        &ns,
+        Duration::from_secs(300),
+        "three completed runs",
+        |seen| seen.len() >= 3,
+    )
     .await?;
+    let backups = ns.api::<Backup>();
     // Stop scheduling, let the last run finish and retention settle.
     ns.api::<BackupPolicy>()
         .patch(

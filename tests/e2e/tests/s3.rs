@@ -10,7 +10,6 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::json;
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 const PREFIX: &str = "e2e";
@@ -116,34 +115,21 @@ async fn policy_retention_and_restore_through_moto_and_s3s_fs() -> anyhow::Resul
     }
 
     // Three runs of each policy complete; none fails.
-    let backups = ns.api::<Backup>();
-    let completed = std::sync::Mutex::new(BTreeSet::new());
-    wait_until(
+    completed_runs(
+        &ns,
         Duration::from_secs(330),
         "three completed runs per policy",
-        || async {
-            let items = backups.list(&ListParams::default()).await?.items;
-            let mut seen = completed.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
-            for b in items {
-                assert_ne!(
-                    b.phase(),
-                    BackupPhase::Failed,
-                    "backup failed: {:?}",
-                    b.status
-                );
-                if b.phase() == BackupPhase::Completed {
-                    seen.insert(b.metadata.name.clone().unwrap_or_default());
-                }
-            }
-            Ok(servers.iter().all(|(name, _)| {
+        |seen| {
+            servers.iter().all(|(name, _)| {
                 seen.iter()
                     .filter(|b| b.starts_with(&format!("{name}-")))
                     .count()
                     >= 3
-            }))
+            })
         },
     )
     .await?;
+    let backups = ns.api::<Backup>();
     for (name, _) in &servers {
         ns.api::<BackupPolicy>()
             .patch(
