@@ -2,6 +2,7 @@
 //! restores it with Backstop (zstd, gzip, and zstd to S3 on a loopback s3s-fs when installed),
 //! `tar -czf`, `tar | zstd -T0 -3` and restic, in one run on the same data, and prints MB/s, CPU
 //! seconds, peak RSS and artifact size with Backstop's ratios.
+//! `backstop-bench dataset a|b|c DIR`: only writes one dataset (to profile the mover by hand).
 //! `backstop-bench controller`: the operator at scale on the local cluster (see controller.rs).
 
 mod controller;
@@ -26,6 +27,23 @@ fn main() -> anyhow::Result<()> {
                 .and_then(|i| args.get(i + 1))
                 .map_or("", String::as_str),
         ),
+        Some("dataset") => {
+            // Only generates one dataset (for profiling the mover by hand).
+            let (Some(letter), Some(dir)) = (args.get(1), args.get(2)) else {
+                anyhow::bail!("usage: backstop-bench dataset a|b|c DIR [--quick]");
+            };
+            let quick = args.iter().any(|a| a == "--quick");
+            let Some(set) = mover::datasets(quick)
+                .into_iter()
+                .find(|s| letter.starts_with(s.letter))
+            else {
+                anyhow::bail!("no dataset {letter:?}: a, b or c");
+            };
+            std::fs::create_dir_all(dir)?;
+            (set.generate)(std::path::Path::new(dir))?;
+            println!("{} in {dir}", set.label);
+            Ok(())
+        }
         Some("controller") => {
             tokio::runtime::Runtime::new()?.block_on(controller::run(controller::Options {
                 policies: flag(&args, "--policies", 1000),
@@ -38,7 +56,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: backstop-bench mover [--quick] [--only abc]\n       backstop-bench controller [--policies N] [--backups N] [--per-minute N] [--observe-minutes N]"
+                "usage: backstop-bench mover [--quick] [--only abc]\n       backstop-bench dataset a|b|c DIR [--quick]\n       backstop-bench controller [--policies N] [--backups N] [--per-minute N] [--observe-minutes N]"
             );
             std::process::exit(2);
         }

@@ -55,6 +55,11 @@ impl BackupError {
     }
 }
 
+/// Input per zstd worker job. libzstd's default at level 3 is 8 MiB (4x the window), and its
+/// buffers hold about 9 jobs' worth: 70-85 MiB of RSS on 2 cores. 2 MiB jobs measured the same
+/// speed with 27-34 MiB RSS; the artifact grows by about 0.001% (more job boundaries).
+const ZSTD_JOB_SIZE: u32 = 2 << 20;
+
 pub struct BackupRequest<'a> {
     pub source: &'a Path,
     pub pvc: &'a str,
@@ -90,6 +95,8 @@ pub fn run(repo: &dyn Repository, req: &BackupRequest<'_>) -> Result<BackupResul
                 let mut enc = zstd::stream::write::Encoder::new(hashing, 3).map_err(write_error)?;
                 let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
                 enc.multithread(threads).map_err(write_error)?;
+                enc.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))
+                    .map_err(write_error)?;
                 let (archived, enc) = archive::write(req.source, enc)?;
                 let hashing = enc.finish().map_err(write_error)?;
                 (archived, hashing)
