@@ -120,6 +120,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     tracing::info!(%identity, "leading: starting the reconcilers");
 
+    let stores = backstop_controller::stores::Stores::start(&client).await;
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(
@@ -136,6 +137,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ..MoverConfig::default()
         },
         metrics,
+        stores,
     });
     // Stop when told to, or as soon as the Lease is lost (another replica may be leading).
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

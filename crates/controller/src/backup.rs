@@ -5,11 +5,11 @@
 
 use crate::jobs::{self, ROLE_BACKUP};
 use crate::outcome::{MoverFailure, termination_message};
-use crate::{Context, Error, events, metrics, now, repository};
+use crate::{Context, Error, events, metrics, now, repository, stores};
 use backstop_api::condition::{self, Invalid};
 use backstop_api::{
-    ARTIFACTS_FINALIZER, Backup, BackupPhase, BackupPolicy, BackupRepository, BackupStatus,
-    VolumeBackup, labels, naming,
+    ARTIFACTS_FINALIZER, Backup, BackupPhase, BackupRepository, BackupStatus, VolumeBackup, labels,
+    naming,
 };
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
@@ -37,7 +37,7 @@ struct MoverSuccess {
 
 struct Resolved {
     selector: String,
-    repository: BackupRepository,
+    repository: Arc<BackupRepository>,
 }
 
 async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -60,7 +60,10 @@ async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Err
 async fn apply(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
     let phase = backup.phase();
     if phase.is_terminal() {
-        delete_jobs(ctx, backup, ROLE_BACKUP).await?;
+        // Finished Jobs go (ttlSecondsAfterFinished is not relied on).
+        if ctx.stores.has_jobs_of(backup) {
+            delete_jobs(ctx, backup, ROLE_BACKUP).await?;
+        }
         return Ok(Action::await_change());
     }
     if let Err(invalid) = backup.spec.validate() {
@@ -146,8 +149,9 @@ async fn adopt(ctx: &Context, backup: &Backup, policy_name: &str) -> Result<(), 
         return Ok(());
     }
     let namespace = backup.namespace().unwrap_or_default();
-    let policies: Api<BackupPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
-    let Some(policy) = policies.get_opt(policy_name).await? else {
+    let Some(policy) =
+        stores::get(&ctx.stores.policies, &ctx.client, &namespace, policy_name).await?
+    else {
         return Ok(());
     };
     let mut patch = serde_json::json!({"metadata": {"labels": {labels::POLICY: label}}});
@@ -175,8 +179,7 @@ async fn resolve(ctx: &Context, backup: &Backup) -> Result<Result<Resolved, Inva
     let namespace = backup.namespace().unwrap_or_default();
     let (target, repo_name) = match &backup.spec.policy_ref {
         Some(policy_name) => {
-            let policies: Api<BackupPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
-            match policies.get_opt(policy_name).await? {
+            match stores::get(&ctx.stores.policies, &ctx.client, &namespace, policy_name).await? {
                 Some(policy) => (
                     policy.spec.target.clone(),
                     policy.spec.repository_name().to_string(),
@@ -204,8 +207,14 @@ async fn resolve(ctx: &Context, backup: &Backup) -> Result<Result<Resolved, Inva
         Ok(s) => s,
         Err(invalid) => return Ok(Err(invalid)),
     };
-    let repos: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &namespace);
-    let Some(repository) = repos.get_opt(&repo_name).await? else {
+    let Some(repository) = stores::get(
+        &ctx.stores.repositories,
+        &ctx.client,
+        &namespace,
+        &repo_name,
+    )
+    .await?
+    else {
         return Ok(Err(Invalid::new(
             "RepositoryNotFound",
             format!(
@@ -213,7 +222,7 @@ async fn resolve(ctx: &Context, backup: &Backup) -> Result<Result<Resolved, Inva
             ),
         )));
     };
-    if let Err(why) = repository::readiness(&ctx.client, &repository).await {
+    if let Err(why) = repository::readiness(ctx, &repository).await {
         return Ok(Err(Invalid::new(
             "RepositoryNotReady",
             format!(
@@ -271,9 +280,14 @@ async fn progress(
     let namespace = backup.namespace().unwrap_or_default();
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
-    let repos: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &namespace);
     let repo_name = status.repository.clone().unwrap_or_default();
-    let repository = repos.get_opt(&repo_name).await?;
+    let repository = stores::get(
+        &ctx.stores.repositories,
+        &ctx.client,
+        &namespace,
+        &repo_name,
+    )
+    .await?;
     let mut changed = false;
     for i in 0..status.volumes.len() {
         if status.volumes[i].phase.is_terminal() {

@@ -11,6 +11,7 @@ pub mod repository;
 pub mod restore;
 pub mod retention;
 pub mod scheduling;
+pub mod stores;
 
 use kube::Client;
 use kube::runtime::events::Recorder;
@@ -22,6 +23,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub mover: jobs::MoverConfig,
     pub metrics: Arc<metrics::Metrics>,
+    pub stores: stores::Stores,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,12 +127,48 @@ pub(crate) fn cached() -> kube::api::ListParams {
     kube::api::ListParams::default().match_any()
 }
 
-/// The controller every reconciler of `K` runs in: like `Controller::new`, except that
-/// - objects are cached without `managedFields` and the last-applied annotation (the API server's
-///   bookkeeping, which no decision here reads); with 10,000 Backups they were most of the
-///   operator's memory (controller scale benchmark: 115 -> 54 MiB);
-/// - at most 8 reconciles run at once; unbounded (kube's default), a start with 10,000 Backups
-///   launched them all together and the operator was OOM-killed even with 512 MiB.
+/// A watch of `api` that keeps a store of its objects without `managedFields` and the
+/// last-applied annotation (the API server's bookkeeping, which no decision here reads); with
+/// 10,000 Backups they were most of the operator's memory (controller scale benchmark:
+/// 115 -> 54 MiB). Watch errors are retried with backoff.
+pub(crate) fn lean_watch<K>(
+    api: kube::Api<K>,
+    config: kube::runtime::watcher::Config,
+) -> (
+    kube::runtime::reflector::Store<K>,
+    impl futures::Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send + 'static,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    let (reader, writer) = reflector::store();
+    let stream = reflector(
+        writer,
+        watcher(api, config)
+            .default_backoff()
+            .modify(|obj: &mut K| {
+                let meta = obj.meta_mut();
+                meta.managed_fields = None;
+                if let Some(annotations) = meta.annotations.as_mut() {
+                    annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+                }
+            }),
+    )
+    .applied_objects();
+    (reader, stream)
+}
+
+/// The controller every reconciler of `K` runs in: like `Controller::new`, except that objects
+/// are cached lean (see `lean_watch`) and at most 8 reconciles run at once; unbounded (kube's
+/// default), a start with 10,000 Backups launched them all together and the operator was
+/// OOM-killed even with 512 MiB.
 pub(crate) fn controller<K>(api: kube::Api<K>) -> kube::runtime::Controller<K>
 where
     K: kube::Resource<DynamicType = ()>
@@ -141,20 +179,8 @@ where
         + Sync
         + 'static,
 {
-    use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
-    let (reader, writer) = reflector::store();
-    let lean = reflector(
-        writer,
-        watcher(api, watcher::Config::default()).modify(|obj: &mut K| {
-            let meta = obj.meta_mut();
-            meta.managed_fields = None;
-            if let Some(annotations) = meta.annotations.as_mut() {
-                annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
-            }
-        }),
-    )
-    .applied_objects();
-    Controller::for_stream(lean, reader)
+    let (reader, lean) = lean_watch(api, kube::runtime::watcher::Config::default());
+    kube::runtime::Controller::for_stream(lean, reader)
         .with_config(kube::runtime::controller::Config::default().concurrency(8))
 }
 

@@ -4,11 +4,10 @@
 //! the next scheduled time and by changes to the Backups it owns; never a polling loop.
 
 use crate::scheduling::{self, BackupSummary};
-use crate::{Context, Error, events, metrics, now, repository, retention};
+use crate::{Context, Error, events, metrics, now, repository, retention, stores};
 use backstop_api::condition::{self, Invalid};
 use backstop_api::{
-    Backup, BackupPhase, BackupPolicy, BackupPolicyStatus, BackupRepository, BackupSpec, labels,
-    naming,
+    Backup, BackupPhase, BackupPolicy, BackupPolicyStatus, BackupSpec, labels, naming,
 };
 use futures::StreamExt;
 use jiff::Timestamp;
@@ -84,24 +83,22 @@ async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Actio
             return refuse(&ctx, &policy, status, invalid).await;
         }
     };
-    let repos: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &namespace);
     let repo_name = policy.spec.repository_name();
-    let repo_problem = match repos.get_opt(repo_name).await? {
+    let repository =
+        stores::get(&ctx.stores.repositories, &ctx.client, &namespace, repo_name).await?;
+    let repo_problem = match repository {
         None => Some(Invalid::new(
             "RepositoryNotFound",
             format!(
                 "BackupRepository {repo_name:?} not found in namespace {namespace:?}: create it or set spec.repository"
             ),
         )),
-        Some(repo) => repository::readiness(&ctx.client, &repo)
-            .await
-            .err()
-            .map(|why| {
-                Invalid::new(
-                    "RepositoryNotReady",
-                    format!("repository {repo_name:?} is not ready: {}", why.message),
-                )
-            }),
+        Some(repo) => repository::readiness(&ctx, &repo).await.err().map(|why| {
+            Invalid::new(
+                "RepositoryNotReady",
+                format!("repository {repo_name:?} is not ready: {}", why.message),
+            )
+        }),
     };
 
     let backups = backups_of(&backups_api, &name).await?;

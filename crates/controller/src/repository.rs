@@ -6,13 +6,13 @@
 //! and at once when a backup fails in a way that blames the repository.
 
 use crate::outcome::{self, termination_message};
-use crate::{Context, Error, events, jobs, now};
+use crate::{Context, Error, events, jobs, now, stores};
 use backstop_api::condition::{self, Invalid};
 use backstop_api::{BackupRepository, labels, naming};
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::watcher;
@@ -35,8 +35,9 @@ pub const REPOSITORY_REASONS: &[&str] = &[
     "RepositoryFull",
 ];
 
-/// Whether `repo` can be used right now; `Err` says why not.
-pub async fn readiness(client: &kube::Client, repo: &BackupRepository) -> Result<(), Invalid> {
+/// Whether `repo` can be used right now; `Err` says why not. A shared-storage repository's PVC
+/// is read from the watched copy (the repository reconciler itself only looks every few minutes).
+pub async fn readiness(ctx: &Context, repo: &BackupRepository) -> Result<(), Invalid> {
     repo.spec.validate()?;
     if repo.spec.s3.is_some() {
         return probed_readiness(repo);
@@ -45,8 +46,7 @@ pub async fn readiness(client: &kube::Client, repo: &BackupRepository) -> Result
     let Some(pvc) = &repo.spec.pvc else {
         return Ok(());
     };
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
-    match claims.get_opt(&pvc.claim_name).await {
+    match stores::get(&ctx.stores.claims, &ctx.client, &namespace, &pvc.claim_name).await {
         Ok(Some(claim)) if claim.metadata.deletion_timestamp.is_some() => Err(Invalid::new(
             "PVCNotFound",
             format!(
@@ -55,7 +55,7 @@ pub async fn readiness(client: &kube::Client, repo: &BackupRepository) -> Result
                 repo.name_any()
             ),
         )),
-        Ok(Some(claim)) => match claim.status.and_then(|s| s.phase).as_deref() {
+        Ok(Some(claim)) => match claim.status.as_ref().and_then(|s| s.phase.as_deref()) {
             Some("Bound") => Ok(()),
             phase => Err(Invalid::new(
                 "PVCNotBound",
@@ -330,7 +330,7 @@ async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Act
     if repo.spec.validate().is_ok() && repo.spec.s3.is_some() {
         return probe(&repo, &ctx).await;
     }
-    let ready = readiness(&ctx.client, &repo).await;
+    let ready = readiness(&ctx, &repo).await;
     let recheck = if ready.is_ok() { 300 } else { 30 };
     report(&ctx, &repo, ready).await?;
     // The PVC is not watched; look again now and then.

@@ -5,7 +5,7 @@
 
 use crate::jobs::{self, ROLE_RESTORE, RestoreJob};
 use crate::outcome::termination_message;
-use crate::{Context, Error, events, metrics, now, repository};
+use crate::{Context, Error, events, metrics, now, repository, stores};
 use backstop_api::condition::{self, Invalid};
 use backstop_api::restore::source_volume;
 use backstop_api::{Backup, BackupPhase, BackupRepository, Restore, RestoreStatus, labels, naming};
@@ -33,7 +33,7 @@ struct MoverRestored {
 struct Plan {
     source_pvc: String,
     manifest: String,
-    repository: BackupRepository,
+    repository: Arc<BackupRepository>,
 }
 
 async fn reconcile(restore: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -41,7 +41,9 @@ async fn reconcile(restore: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, E
     status.observed_generation = restore.meta().generation;
     match status.phase {
         BackupPhase::Completed | BackupPhase::Failed => {
-            delete_jobs(&ctx, &restore).await?;
+            if ctx.stores.has_jobs_of(restore.as_ref()) {
+                delete_jobs(&ctx, &restore).await?;
+            }
             Ok(Action::await_change())
         }
         BackupPhase::Pending => start(&ctx, &restore, status).await,
@@ -80,14 +82,20 @@ async fn validate(ctx: &Context, restore: &Restore) -> Result<Result<Plan, Inval
         Err(invalid) => return Ok(Err(invalid)),
     };
     let repo_name = status.repository.clone().unwrap_or_default();
-    let repos: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &namespace);
-    let Some(repository) = repos.get_opt(&repo_name).await? else {
+    let Some(repository) = stores::get(
+        &ctx.stores.repositories,
+        &ctx.client,
+        &namespace,
+        &repo_name,
+    )
+    .await?
+    else {
         return Ok(Err(Invalid::new(
             "RepositoryNotFound",
             format!("BackupRepository {repo_name:?} of Backup {name:?} not found"),
         )));
     };
-    if let Err(why) = repository::readiness(&ctx.client, &repository).await {
+    if let Err(why) = repository::readiness(ctx, &repository).await {
         return Ok(Err(Invalid::new(
             "RepositoryNotReady",
             format!(
