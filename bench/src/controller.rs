@@ -4,7 +4,7 @@
 //! per-minute Backups appear after their scheduled time, and the API request rate it adds at rest.
 
 use anyhow::{Context, bail};
-use backstop_api::{Backup, BackupPolicy, labels, naming};
+use backstop_api::{ARTIFACTS_FINALIZER, Backup, BackupPolicy, labels, naming};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
@@ -110,6 +110,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .context("KUBECONFIG: run `make bench-controller`")?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     if namespaces.get_opt(NS).await?.is_some() {
+        // The history's finalizers are removed by the operator: it must run for the namespace to go.
+        scale_operator(&client, 1).await?;
         namespaces.delete(NS, &DeleteParams::default()).await?;
         while namespaces.get_opt(NS).await?.is_some() {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -181,7 +183,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 let name = naming::scheduled_backup(&policy, at);
                 let b: Backup = serde_json::from_value(json!({
                     "apiVersion": "backstop.dev/v1alpha1", "kind": "Backup",
+                    // As the operator makes them: with the finalizer that removes artifacts.
                     "metadata": {"name": name, "labels": {labels::POLICY: policy},
+                                 "finalizers": [ARTIFACTS_FINALIZER],
                                  "annotations": {labels::SCHEDULED_TIME: at.to_string()}},
                     "spec": {"policyRef": policy}}))?;
                 backups.create(&PostParams::default(), &b).await?;
@@ -205,6 +209,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 
     // Start the operator and watch what it does.
     let started = Instant::now();
+    let started_at = jiff::Timestamp::now();
     // (scheduled time, delay until the Backup was seen)
     let delays = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(jiff::Timestamp, f64)>::new()));
     let watch_delays = delays.clone();
@@ -298,15 +303,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let (rss_now, hwm) = operator_rss().unwrap_or_default();
     watch.abort();
     let seen = delays.lock().map(|d| d.clone()).unwrap_or_default();
-    let sorted = |steady_only: bool| {
+    let sorted = |from: jiff::Timestamp, to: jiff::Timestamp| {
         let mut d: Vec<f64> = seen
             .iter()
-            .filter(|(at, _)| !steady_only || *at > caught_up)
+            .filter(|(at, _)| *at > from && *at <= to)
             .map(|(_, delay)| *delay)
             .collect();
         d.sort_by(|a, b| a.total_cmp(b));
         d
     };
+    let (ever, never) = (jiff::Timestamp::MIN, jiff::Timestamp::MAX);
 
     println!(
         "\n### Controller at scale: {} policies ({} every minute), {} backups of history\n",
@@ -324,15 +330,25 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         rss_now as f64 / 1024.0,
         hwm as f64 / 1024.0
     );
-    for (label, d) in [
-        ("all per-minute runs", sorted(false)),
+    for (label, d, goal) in [
+        (
+            "runs scheduled after the operator started",
+            sorted(started_at, never),
+            "p99 < 2 s",
+        ),
         (
             "runs scheduled after every policy had a next run (steady state)",
-            sorted(true),
+            sorted(caught_up, never),
+            "p99 < 2 s",
+        ),
+        (
+            "runs due while the operator was stopped, made when it started (catch-up)",
+            sorted(ever, started_at),
+            "",
         ),
     ] {
         println!(
-            "| delay scheduled time -> Backup seen, {label}: p50 / p99 / max ({} runs) | {:.2} / {:.2} / {:.2} s | p99 < 2 s |",
+            "| delay scheduled time -> Backup seen, {label}: p50 / p99 / max ({} runs) | {:.2} / {:.2} / {:.2} s | {goal} |",
             d.len(),
             quantile(&d, 0.5),
             quantile(&d, 0.99),

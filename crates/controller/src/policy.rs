@@ -7,7 +7,8 @@ use crate::scheduling::{self, BackupSummary};
 use crate::{Context, Error, events, metrics, now, repository, retention, stores};
 use backstop_api::condition::{self, Invalid};
 use backstop_api::{
-    Backup, BackupPhase, BackupPolicy, BackupPolicyStatus, BackupSpec, labels, naming,
+    ARTIFACTS_FINALIZER, Backup, BackupPhase, BackupPolicy, BackupPolicyStatus, BackupSpec, labels,
+    naming,
 };
 use futures::StreamExt;
 use jiff::Timestamp;
@@ -34,16 +35,19 @@ pub fn summarize(backup: &Backup) -> BackupSummary {
     }
 }
 
-/// The policy's backups: those labelled with it and naming it (label values may be shortened).
-async fn backups_of(api: &Api<Backup>, policy: &str) -> Result<Vec<Backup>, Error> {
-    let selector = format!("{}={}", labels::POLICY, naming::label_value(policy));
-    Ok(api
-        .list(&crate::cached().labels(&selector))
-        .await?
-        .items
+/// The policy's backups: those in its namespace naming it, from the watched copy (a Backup made
+/// a moment ago may be missing; its deterministic name makes a second create answer
+/// AlreadyExists, and `lastScheduleTime` records the run too).
+fn backups_of(ctx: &Context, namespace: &str, policy: &str) -> Vec<Arc<Backup>> {
+    ctx.stores
+        .backups
+        .state()
         .into_iter()
-        .filter(|b| b.spec.policy_ref.as_deref() == Some(policy))
-        .collect())
+        .filter(|b| {
+            b.metadata.namespace.as_deref() == Some(namespace)
+                && b.spec.policy_ref.as_deref() == Some(policy)
+        })
+        .collect()
 }
 
 fn scheduled_backup(policy: &BackupPolicy, at: Timestamp) -> Backup {
@@ -66,6 +70,9 @@ fn scheduled_backup(policy: &BackupPolicy, at: Timestamp) -> Backup {
     backup.metadata.annotations =
         Some([(labels::SCHEDULED_TIME.to_string(), at.to_string())].into());
     backup.metadata.owner_references = policy.controller_owner_ref(&()).map(|o| vec![o]);
+    // Made with the finalizer the backup reconciler would add: one write (and one wake-up of
+    // this policy) less per run.
+    backup.metadata.finalizers = Some(vec![ARTIFACTS_FINALIZER.to_string()]);
     backup
 }
 
@@ -101,8 +108,8 @@ async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Actio
         }),
     };
 
-    let backups = backups_of(&backups_api, &name).await?;
-    let summaries: Vec<BackupSummary> = backups.iter().map(summarize).collect();
+    let backups = backups_of(&ctx, &namespace, &name);
+    let summaries: Vec<BackupSummary> = backups.iter().map(|b| summarize(b)).collect();
     let since = policy
         .metadata
         .creation_timestamp
@@ -184,7 +191,7 @@ async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Actio
     }
 
     // What the backups say (the newest first).
-    let mut by_time: Vec<&Backup> = backups
+    let mut by_time: Vec<&Arc<Backup>> = backups
         .iter()
         .filter(|b| b.metadata.deletion_timestamp.is_none())
         .collect();
