@@ -127,10 +127,39 @@ pub(crate) fn cached() -> kube::api::ListParams {
     kube::api::ListParams::default().match_any()
 }
 
-/// A watch of `api` that keeps a store of its objects without `managedFields` and the
-/// last-applied annotation (the API server's bookkeeping, which no decision here reads); with
-/// 10,000 Backups they were most of the operator's memory (controller scale benchmark:
-/// 115 -> 54 MiB). Watch errors are retried with backoff.
+/// A watch of `api` whose objects come without `managedFields` and the last-applied annotation
+/// (the API server's bookkeeping, which no decision here reads); with 10,000 Backups they were
+/// most of the operator's memory (controller scale benchmark: 115 -> 54 MiB). Watch errors are
+/// retried with backoff.
+pub(crate) fn lean_watch_stream<K>(
+    api: kube::Api<K>,
+    config: kube::runtime::watcher::Config,
+) -> impl futures::Stream<Item = kube::runtime::watcher::Result<kube::runtime::watcher::Event<K>>>
++ Send
++ 'static
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    use kube::runtime::{WatchStreamExt, watcher};
+    watcher(api, config)
+        .default_backoff()
+        .modify(|obj: &mut K| {
+            let meta = obj.meta_mut();
+            meta.managed_fields = None;
+            if let Some(annotations) = meta.annotations.as_mut() {
+                annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+            }
+        })
+}
+
+/// A lean watch of `api` (see `lean_watch_stream`) kept in a store: the store and the stream of
+/// applied objects that fills it.
 pub(crate) fn lean_watch<K>(
     api: kube::Api<K>,
     config: kube::runtime::watcher::Config,
@@ -147,21 +176,9 @@ where
         + Sync
         + 'static,
 {
-    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    use kube::runtime::{WatchStreamExt, reflector};
     let (reader, writer) = reflector::store();
-    let stream = reflector(
-        writer,
-        watcher(api, config)
-            .default_backoff()
-            .modify(|obj: &mut K| {
-                let meta = obj.meta_mut();
-                meta.managed_fields = None;
-                if let Some(annotations) = meta.annotations.as_mut() {
-                    annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
-                }
-            }),
-    )
-    .applied_objects();
+    let stream = reflector(writer, lean_watch_stream(api, config)).applied_objects();
     (reader, stream)
 }
 
@@ -180,8 +197,11 @@ where
         + 'static,
 {
     let (reader, lean) = lean_watch(api, kube::runtime::watcher::Config::default());
-    kube::runtime::Controller::for_stream(lean, reader)
-        .with_config(kube::runtime::controller::Config::default().concurrency(8))
+    kube::runtime::Controller::for_stream(lean, reader).with_config(controller_config())
+}
+
+pub(crate) fn controller_config() -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(8)
 }
 
 /// Seconds since the epoch as a Kubernetes time.

@@ -315,8 +315,11 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let controller = crate::controller(Api::<BackupPolicy>::all(client.clone()))
-        .owns(Api::<Backup>::all(client), watcher::Config::default());
+    let controller = crate::controller(Api::<BackupPolicy>::all(client.clone()));
+    let controller = match ctx.stores.backup_events() {
+        Some(events) => controller.owns_shared_stream(events),
+        None => controller.owns(Api::<Backup>::all(client), watcher::Config::default()),
+    };
     // Deleted policies get no reconcile: their metric series are pruned from the watch cache.
     let store = controller.store();
     let metrics = ctx.metrics.clone();
