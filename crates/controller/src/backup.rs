@@ -5,7 +5,7 @@
 
 use crate::jobs::{self, ROLE_BACKUP};
 use crate::outcome::{MoverFailure, termination_message};
-use crate::{Context, Error, events, metrics, now, repository, stores};
+use crate::{Context, Error, events, metrics, now, repository};
 use backstop_api::condition::{self, Invalid};
 use backstop_api::{
     ARTIFACTS_FINALIZER, Backup, BackupPhase, BackupRepository, BackupStatus, VolumeBackup, labels,
@@ -150,9 +150,7 @@ async fn adopt(ctx: &Context, backup: &Backup, policy_name: &str) -> Result<(), 
         return Ok(());
     }
     let namespace = backup.namespace().unwrap_or_default();
-    let Some(policy) =
-        stores::get(&ctx.stores.policies, &ctx.client, &namespace, policy_name).await?
-    else {
+    let Some(policy) = ctx.policy(&namespace, policy_name).await? else {
         return Ok(());
     };
     let mut patch = serde_json::json!({"metadata": {"labels": {labels::POLICY: label}}});
@@ -179,22 +177,18 @@ async fn adopt(ctx: &Context, backup: &Backup, policy_name: &str) -> Result<(), 
 async fn resolve(ctx: &Context, backup: &Backup) -> Result<Result<Resolved, Invalid>, Error> {
     let namespace = backup.namespace().unwrap_or_default();
     let (target, repo_name) = match &backup.spec.policy_ref {
-        Some(policy_name) => {
-            match stores::get(&ctx.stores.policies, &ctx.client, &namespace, policy_name).await? {
-                Some(policy) => (
-                    policy.spec.target.clone(),
-                    policy.spec.repository_name().to_string(),
-                ),
-                None => {
-                    return Ok(Err(Invalid::new(
-                        "PolicyNotFound",
-                        format!(
-                            "BackupPolicy {policy_name:?} not found in namespace {namespace:?}"
-                        ),
-                    )));
-                }
+        Some(policy_name) => match ctx.policy(&namespace, policy_name).await? {
+            Some(policy) => (
+                policy.spec.target.clone(),
+                policy.spec.repository_name().to_string(),
+            ),
+            None => {
+                return Ok(Err(Invalid::new(
+                    "PolicyNotFound",
+                    format!("BackupPolicy {policy_name:?} not found in namespace {namespace:?}"),
+                )));
             }
-        }
+        },
         None => (
             backup.spec.target.clone().unwrap_or_default(),
             backup
@@ -208,14 +202,7 @@ async fn resolve(ctx: &Context, backup: &Backup) -> Result<Result<Resolved, Inva
         Ok(s) => s,
         Err(invalid) => return Ok(Err(invalid)),
     };
-    let Some(repository) = stores::get(
-        &ctx.stores.repositories,
-        &ctx.client,
-        &namespace,
-        &repo_name,
-    )
-    .await?
-    else {
+    let Some(repository) = ctx.repository(&namespace, &repo_name).await? else {
         return Ok(Err(Invalid::new(
             "RepositoryNotFound",
             format!(
@@ -282,13 +269,7 @@ async fn progress(
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
     let repo_name = status.repository.clone().unwrap_or_default();
-    let repository = stores::get(
-        &ctx.stores.repositories,
-        &ctx.client,
-        &namespace,
-        &repo_name,
-    )
-    .await?;
+    let repository = ctx.repository(&namespace, &repo_name).await?;
     let mut changed = false;
     for i in 0..status.volumes.len() {
         if status.volumes[i].phase.is_terminal() {

@@ -127,6 +127,29 @@ pub(crate) fn cached() -> kube::api::ListParams {
     kube::api::ListParams::default().match_any()
 }
 
+/// What the operator watches: cluster objects it can deserialize and share between tasks.
+pub(crate) trait Watched:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// A watch of `api` whose objects come without `managedFields` and the last-applied annotation
 /// (the API server's bookkeeping, which no decision here reads); with 10,000 Backups they were
 /// most of the operator's memory (controller scale benchmark: 115 -> 54 MiB). Watch errors are
@@ -138,13 +161,7 @@ pub(crate) fn lean_watch_stream<K>(
 + Send
 + 'static
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     use kube::runtime::{WatchStreamExt, watcher};
     watcher(api, config)
@@ -168,13 +185,7 @@ pub(crate) fn lean_watch<K>(
     impl futures::Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send + 'static,
 )
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     use kube::runtime::{WatchStreamExt, reflector};
     let (reader, writer) = reflector::store();
@@ -188,13 +199,7 @@ where
 /// OOM-killed even with 512 MiB.
 pub(crate) fn controller<K>(api: kube::Api<K>) -> kube::runtime::Controller<K>
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     let (reader, lean) = lean_watch(api, kube::runtime::watcher::Config::default());
     kube::runtime::Controller::for_stream(lean, reader).with_config(controller_config())

@@ -4,7 +4,7 @@
 //! the next scheduled time and by changes to the Backups it owns; never a polling loop.
 
 use crate::scheduling::{self, BackupSummary};
-use crate::{Context, Error, events, metrics, now, repository, retention, stores};
+use crate::{Context, Error, events, metrics, now, repository, retention};
 use backstop_api::condition::{self, Invalid};
 use backstop_api::{
     ARTIFACTS_FINALIZER, Backup, BackupPhase, BackupPolicy, BackupPolicyStatus, BackupSpec, labels,
@@ -91,8 +91,7 @@ async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Actio
         }
     };
     let repo_name = policy.spec.repository_name();
-    let repository =
-        stores::get(&ctx.stores.repositories, &ctx.client, &namespace, repo_name).await?;
+    let repository = ctx.repository(&namespace, repo_name).await?;
     let repo_problem = match repository {
         None => Some(Invalid::new(
             "RepositoryNotFound",

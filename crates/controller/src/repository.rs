@@ -6,7 +6,7 @@
 //! and at once when a backup fails in a way that blames the repository.
 
 use crate::outcome::{self, termination_message};
-use crate::{Context, Error, events, jobs, now, stores};
+use crate::{Context, Error, events, jobs, now};
 use backstop_api::condition::{self, Invalid};
 use backstop_api::{BackupRepository, labels, naming};
 use futures::StreamExt;
@@ -46,7 +46,7 @@ pub async fn readiness(ctx: &Context, repo: &BackupRepository) -> Result<(), Inv
     let Some(pvc) = &repo.spec.pvc else {
         return Ok(());
     };
-    match stores::get(&ctx.stores.claims, &ctx.client, &namespace, &pvc.claim_name).await {
+    match ctx.claim(&namespace, &pvc.claim_name).await {
         Ok(Some(claim)) if claim.metadata.deletion_timestamp.is_some() => Err(Invalid::new(
             "PVCNotFound",
             format!(

@@ -5,7 +5,7 @@
 
 use crate::jobs::{self, ROLE_RESTORE, RestoreJob};
 use crate::outcome::termination_message;
-use crate::{Context, Error, events, metrics, now, repository, stores};
+use crate::{Context, Error, events, metrics, now, repository};
 use backstop_api::condition::{self, Invalid};
 use backstop_api::restore::source_volume;
 use backstop_api::{Backup, BackupPhase, BackupRepository, Restore, RestoreStatus, labels, naming};
@@ -82,14 +82,7 @@ async fn validate(ctx: &Context, restore: &Restore) -> Result<Result<Plan, Inval
         Err(invalid) => return Ok(Err(invalid)),
     };
     let repo_name = status.repository.clone().unwrap_or_default();
-    let Some(repository) = stores::get(
-        &ctx.stores.repositories,
-        &ctx.client,
-        &namespace,
-        &repo_name,
-    )
-    .await?
-    else {
+    let Some(repository) = ctx.repository(&namespace, &repo_name).await? else {
         return Ok(Err(Invalid::new(
             "RepositoryNotFound",
             format!("BackupRepository {repo_name:?} of Backup {name:?} not found"),

@@ -1,7 +1,7 @@
 //! Watched copies of the objects the reconcilers look up on nearly every pass (policies, their
-//! Backups, repositories, PVCs) and of Backstop's own Jobs. A lookup is answered from memory; a name the
-//! copy does not have (an object created a moment ago) is asked of the API server, so a copy that
-//! is a few milliseconds behind never makes an object look missing.
+//! Backups, repositories, PVCs) and of Backstop's own Jobs. A lookup is answered from memory; a
+//! name the copy does not have (an object created a moment ago) is asked of the API server, so a
+//! copy that is a few milliseconds behind never makes an object look missing.
 //!
 //! Why: at 1,000 policies with 50 due in the same second, every policy reconcile made two GETs
 //! (repository, PVC) and a LIST that made the API server scan all 10,000 Backups of the
@@ -128,16 +128,11 @@ impl Drop for Stores {
 }
 
 /// A lean watch of every `K` in the cluster (matching `config`), kept in a store by a task.
-fn keep<K>(client: &Client, config: watcher::Config, watches: &mut Vec<JoinHandle<()>>) -> Store<K>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
+fn keep<K: crate::Watched>(
+    client: &Client,
+    config: watcher::Config,
+    watches: &mut Vec<JoinHandle<()>>,
+) -> Store<K> {
     let (store, stream) = crate::lean_watch(Api::all(client.clone()), config);
     watches.push(tokio::spawn(
         stream.for_each(|_| futures::future::ready(())),
@@ -146,7 +141,7 @@ where
 }
 
 /// `name` in `namespace`: from `store`, or from the API server when the store does not have it.
-pub async fn get<K>(
+async fn get<K>(
     store: &Store<K>,
     client: &Client,
     namespace: &str,
@@ -163,4 +158,33 @@ where
     }
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     Ok(api.get_opt(name).await?.map(Arc::new))
+}
+
+impl crate::Context {
+    /// The BackupRepository `name` in `namespace` (see `get`).
+    pub(crate) async fn repository(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<BackupRepository>>, kube::Error> {
+        get(&self.stores.repositories, &self.client, namespace, name).await
+    }
+
+    /// The BackupPolicy `name` in `namespace` (see `get`).
+    pub(crate) async fn policy(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<BackupPolicy>>, kube::Error> {
+        get(&self.stores.policies, &self.client, namespace, name).await
+    }
+
+    /// The PersistentVolumeClaim `name` in `namespace` (see `get`).
+    pub(crate) async fn claim(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<PersistentVolumeClaim>>, kube::Error> {
+        get(&self.stores.claims, &self.client, namespace, name).await
+    }
 }
