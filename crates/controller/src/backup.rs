@@ -16,7 +16,6 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
@@ -720,13 +719,9 @@ pub async fn run(
     let client = ctx.client.clone();
     let jobs =
         watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
-    // On the shared watch of Backups (the store the policy reconciler reads too) when there is one.
-    let controller = match ctx.stores.backup_events() {
-        Some(events) => Controller::for_shared_stream(events, ctx.stores.backups.clone())
-            .with_config(crate::controller_config()),
-        None => crate::controller(Api::<Backup>::all(client.clone())),
-    };
-    controller
+    ctx.stores
+        .backups
+        .controller(&client)
         .owns(Api::<Job>::all(client), jobs)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -128,7 +128,7 @@ pub(crate) fn cached() -> kube::api::ListParams {
 }
 
 /// What the operator watches: cluster objects it can deserialize and share between tasks.
-pub(crate) trait Watched:
+pub trait Watched:
     kube::Resource<DynamicType = ()>
     + Clone
     + serde::de::DeserializeOwned

@@ -41,6 +41,7 @@ pub fn summarize(backup: &Backup) -> BackupSummary {
 fn backups_of(ctx: &Context, namespace: &str, policy: &str) -> Vec<Arc<Backup>> {
     ctx.stores
         .backups
+        .store
         .state()
         .into_iter()
         .filter(|b| {
@@ -314,8 +315,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let controller = crate::controller(Api::<BackupPolicy>::all(client.clone()));
-    let controller = match ctx.stores.backup_events() {
+    let controller = ctx.stores.policies.controller(&client);
+    let controller = match ctx.stores.backups.events() {
         Some(events) => controller.owns_shared_stream(events),
         None => controller.owns(Api::<Backup>::all(client), watcher::Config::default()),
     };

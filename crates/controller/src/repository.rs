@@ -353,7 +353,9 @@ pub async fn run(
         labels::ROLE,
         jobs::ROLE_PROBE
     ));
-    crate::controller(Api::<BackupRepository>::all(client.clone()))
+    ctx.stores
+        .repositories
+        .controller(&client)
         .owns(Api::<Job>::all(client), probes)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -21,17 +21,16 @@ use tokio::task::JoinHandle;
 
 const FIRST_LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Room for Backup events not yet taken by both controllers that follow Backups.
-const BACKUP_EVENTS_BUFFER: usize = 1024;
+/// Room for events not yet taken by every controller that follows a shared watch.
+const EVENTS_BUFFER: usize = 1024;
 
 pub struct Stores {
-    pub policies: Store<BackupPolicy>,
-    /// The one copy of all Backups: the backup reconciler runs on it and the policy reconciler
-    /// reads it (a second copy of 10,000 Backups cost 27 MiB).
-    pub backups: Store<Backup>,
-    /// Backup events for the two controllers that follow Backups; each takes one, once.
-    backup_events: std::sync::Mutex<Vec<ReflectHandle<Backup>>>,
-    pub repositories: Store<BackupRepository>,
+    /// Policies, Backups and repositories each have one watch and one copy: their own reconciler
+    /// runs on it and the others read it (a second copy of 10,000 Backups cost 27 MiB).
+    pub policies: Shared<BackupPolicy>,
+    /// Followed by the backup reconciler and, for the policies that own them, the policy one.
+    pub backups: Shared<Backup>,
+    pub repositories: Shared<BackupRepository>,
     pub claims: Store<PersistentVolumeClaim>,
     /// Jobs labelled as Backstop's.
     pub jobs: Store<Job>,
@@ -49,22 +48,10 @@ impl Stores {
             labels::MANAGED_BY,
             labels::MANAGER
         ));
-        let (backups, writer) = reflector::store_shared(BACKUP_EVENTS_BUFFER);
-        // Both subscribers exist before the watch starts, so neither misses an event.
-        let backup_events = (0..2).filter_map(|_| writer.subscribe()).collect();
-        let backup_watch = crate::lean_watch_stream(
-            Api::<Backup>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .reflect_shared(writer);
-        watches.push(tokio::spawn(
-            backup_watch.for_each(|_| futures::future::ready(())),
-        ));
         let mut stores = Self {
-            policies: keep(client, watcher::Config::default(), &mut watches),
-            backups,
-            backup_events: std::sync::Mutex::new(backup_events),
-            repositories: keep(client, watcher::Config::default(), &mut watches),
+            policies: Shared::start(client, 1, &mut watches),
+            backups: Shared::start(client, 2, &mut watches),
+            repositories: Shared::start(client, 1, &mut watches),
             claims: keep(client, watcher::Config::default(), &mut watches),
             jobs: keep(client, ours, &mut watches),
             jobs_listed: false,
@@ -74,9 +61,9 @@ impl Stores {
         // a watch that cannot list (RBAC, API server trouble) delays the start, never stops it.
         let first_lists = async {
             futures::join!(
-                stores.policies.wait_until_ready(),
-                stores.backups.wait_until_ready(),
-                stores.repositories.wait_until_ready(),
+                stores.policies.store.wait_until_ready(),
+                stores.backups.store.wait_until_ready(),
+                stores.repositories.store.wait_until_ready(),
                 stores.claims.wait_until_ready(),
                 stores.jobs.wait_until_ready(),
             )
@@ -91,12 +78,6 @@ impl Stores {
             );
         }
         stores
-    }
-
-    /// A stream of Backup events from the shared watch (`None` once both are taken). Whoever takes
-    /// one must keep reading it: the watch waits for its slowest reader.
-    pub fn backup_events(&self) -> Option<ReflectHandle<Backup>> {
-        self.backup_events.lock().ok()?.pop()
     }
 
     /// Whether `owner` may have Jobs: the watched copy has one it owns, or the copy was never
@@ -123,6 +104,47 @@ impl Drop for Stores {
     fn drop(&mut self) {
         for watch in &self.watches {
             watch.abort();
+        }
+    }
+}
+
+/// One lean watch of every `K` in the cluster, kept in `store` and followed by a fixed number of
+/// controllers.
+pub struct Shared<K: crate::Watched> {
+    pub store: Store<K>,
+    /// One event stream per controller that follows the watch; each takes one, once.
+    events: std::sync::Mutex<Vec<ReflectHandle<K>>>,
+}
+
+impl<K: crate::Watched> Shared<K> {
+    fn start(client: &Client, followers: usize, watches: &mut Vec<JoinHandle<()>>) -> Self {
+        let (store, writer) = reflector::store_shared(EVENTS_BUFFER);
+        // Every follower subscribes before the watch starts, so none misses an event.
+        let events = (0..followers).filter_map(|_| writer.subscribe()).collect();
+        let watch =
+            crate::lean_watch_stream(Api::<K>::all(client.clone()), watcher::Config::default())
+                .reflect_shared(writer);
+        watches.push(tokio::spawn(watch.for_each(|_| futures::future::ready(()))));
+        Self {
+            store,
+            events: std::sync::Mutex::new(events),
+        }
+    }
+
+    /// One of the watch's event streams (`None` once all are taken). Whoever takes one must keep
+    /// reading it: the watch waits for its slowest follower.
+    pub fn events(&self) -> Option<ReflectHandle<K>> {
+        self.events.lock().ok()?.pop()
+    }
+
+    /// A controller of `K` on this watch; on a watch of its own if no event stream is left.
+    pub(crate) fn controller(&self, client: &Client) -> kube::runtime::Controller<K> {
+        match self.events() {
+            Some(events) => {
+                kube::runtime::Controller::for_shared_stream(events, self.store.clone())
+                    .with_config(crate::controller_config())
+            }
+            None => crate::controller(Api::all(client.clone())),
         }
     }
 }
@@ -167,7 +189,13 @@ impl crate::Context {
         namespace: &str,
         name: &str,
     ) -> Result<Option<Arc<BackupRepository>>, kube::Error> {
-        get(&self.stores.repositories, &self.client, namespace, name).await
+        get(
+            &self.stores.repositories.store,
+            &self.client,
+            namespace,
+            name,
+        )
+        .await
     }
 
     /// The BackupPolicy `name` in `namespace` (see `get`).
@@ -176,7 +204,7 @@ impl crate::Context {
         namespace: &str,
         name: &str,
     ) -> Result<Option<Arc<BackupPolicy>>, kube::Error> {
-        get(&self.stores.policies, &self.client, namespace, name).await
+        get(&self.stores.policies.store, &self.client, namespace, name).await
     }
 
     /// The PersistentVolumeClaim `name` in `namespace` (see `get`).
