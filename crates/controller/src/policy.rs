@@ -195,7 +195,8 @@ async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Actio
         .iter()
         .filter(|b| b.metadata.deletion_timestamp.is_none())
         .collect();
-    by_time.sort_by_key(|b| {
+    // summarize clones the status: once per Backup, not once per comparison.
+    by_time.sort_by_cached_key(|b| {
         let s = summarize(b);
         std::cmp::Reverse(s.scheduled_time.or(s.created))
     });
