@@ -50,153 +50,156 @@ pub fn write<W: Write>(root: &Path, out: W) -> Result<(Archived, W), ArchiveErro
     // File content goes through in chunks this big: with io::copy's 8 KiB, a 2 GiB volume took
     // 262,144 reads, hasher updates and compressor calls (benchmark (b)).
     let mut chunk = vec![0u8; CHUNK];
-    let mut stack = vec![(root.to_path_buf(), String::new())];
-    while let Some((dir, prefix)) = stack.pop() {
-        let children = read_dir_sorted(&dir)?;
-        let mut subdirs = Vec::new();
-        for (name, path) in children {
-            let rel = if prefix.is_empty() {
-                name.clone()
-            } else {
-                format!("{prefix}/{name}")
-            };
-            let meta = fs::symlink_metadata(&path).map_err(|source| ArchiveError::Read {
+    // Depth first, in name order, each directory followed by everything below it (as GNU tar
+    // writes): GNU tar sets a directory's times once it extracts an entry outside it, so a
+    // directory whose content came later would keep the extraction time.
+    let mut stack = vec![(read_dir_sorted(root)?.into_iter(), String::new())];
+    while let Some((children, prefix)) = stack.last_mut() {
+        let Some((name, path)) = children.next() else {
+            stack.pop();
+            continue;
+        };
+        let mut descend = None;
+        let rel = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let meta = fs::symlink_metadata(&path).map_err(|source| ArchiveError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let kind = meta.file_type();
+        if kind.is_socket() {
+            archived.totals.skipped_sockets += 1;
+            continue;
+        }
+        let mut entry = Entry {
+            path: rel.clone(),
+            kind: EntryKind::File,
+            size: 0,
+            mode: meta.mode() & 0o7777,
+            uid: u64::from(meta.uid()),
+            gid: u64::from(meta.gid()),
+            mtime: meta.mtime(),
+            mtime_nanos: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
+            target: None,
+            blake3: None,
+        };
+        let mut header = Header::new_ustar();
+        let mut pax: Vec<(&str, Vec<u8>)> = Vec::new();
+        let raw_name = path.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+        let raw_rel = raw_rel_path(prefix, raw_name);
+        if kind.is_dir() {
+            entry.kind = EntryKind::Dir;
+            header.set_entry_type(EntryType::Directory);
+            archived.totals.dirs += 1;
+            descend = Some((path.clone(), rel.clone()));
+        } else if kind.is_symlink() {
+            entry.kind = EntryKind::Symlink;
+            header.set_entry_type(EntryType::Symlink);
+            let target = fs::read_link(&path).map_err(|source| ArchiveError::Read {
                 path: path.clone(),
                 source,
             })?;
-            let kind = meta.file_type();
-            if kind.is_socket() {
-                archived.totals.skipped_sockets += 1;
-                continue;
+            set_link(&mut header, &mut pax, target.as_os_str().as_bytes());
+            entry.target = Some(target.to_string_lossy().into_owned());
+            archived.totals.symlinks += 1;
+        } else if kind.is_file()
+            && meta.nlink() > 1
+            && let Some(first) = first_link_paths.get(&(meta.dev(), meta.ino()))
+        {
+            entry.kind = EntryKind::Hardlink;
+            header.set_entry_type(EntryType::Link);
+            set_link(&mut header, &mut pax, first.as_bytes());
+            entry.target = Some(first.clone());
+            archived.totals.hardlinks += 1;
+        } else if kind.is_file() {
+            if meta.nlink() > 1 {
+                first_link_paths.insert((meta.dev(), meta.ino()), rel.clone());
             }
-            let mut entry = Entry {
-                path: rel.clone(),
-                kind: EntryKind::File,
-                size: 0,
-                mode: meta.mode() & 0o7777,
-                uid: u64::from(meta.uid()),
-                gid: u64::from(meta.gid()),
-                mtime: meta.mtime(),
-                mtime_nanos: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
-                target: None,
-                blake3: None,
+            entry.size = meta.len();
+            header.set_entry_type(EntryType::Regular);
+            archived.totals.files += 1;
+            archived.totals.bytes += meta.len();
+        } else {
+            entry.kind = if kind.is_fifo() {
+                header.set_entry_type(EntryType::Fifo);
+                EntryKind::Fifo
+            } else if kind.is_char_device() {
+                header.set_entry_type(EntryType::Char);
+                EntryKind::Char
+            } else {
+                header.set_entry_type(EntryType::Block);
+                EntryKind::Block
             };
-            let mut header = Header::new_ustar();
-            let mut pax: Vec<(&str, Vec<u8>)> = Vec::new();
-            let raw_name = path.file_name().map(|n| n.as_bytes()).unwrap_or_default();
-            let raw_rel = raw_rel_path(&prefix, raw_name);
-            if kind.is_dir() {
-                entry.kind = EntryKind::Dir;
-                header.set_entry_type(EntryType::Directory);
-                archived.totals.dirs += 1;
-                subdirs.push((path.clone(), rel.clone()));
-            } else if kind.is_symlink() {
-                entry.kind = EntryKind::Symlink;
-                header.set_entry_type(EntryType::Symlink);
-                let target = fs::read_link(&path).map_err(|source| ArchiveError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                set_link(&mut header, &mut pax, target.as_os_str().as_bytes());
-                entry.target = Some(target.to_string_lossy().into_owned());
-                archived.totals.symlinks += 1;
-            } else if kind.is_file()
-                && meta.nlink() > 1
-                && let Some(first) = first_link_paths.get(&(meta.dev(), meta.ino()))
-            {
-                entry.kind = EntryKind::Hardlink;
-                header.set_entry_type(EntryType::Link);
-                set_link(&mut header, &mut pax, first.as_bytes());
-                entry.target = Some(first.clone());
-                archived.totals.hardlinks += 1;
-            } else if kind.is_file() {
-                if meta.nlink() > 1 {
-                    first_link_paths.insert((meta.dev(), meta.ino()), rel.clone());
-                }
-                entry.size = meta.len();
-                header.set_entry_type(EntryType::Regular);
-                archived.totals.files += 1;
-                archived.totals.bytes += meta.len();
-            } else {
-                entry.kind = if kind.is_fifo() {
-                    header.set_entry_type(EntryType::Fifo);
-                    EntryKind::Fifo
-                } else if kind.is_char_device() {
-                    header.set_entry_type(EntryType::Char);
-                    EntryKind::Char
-                } else {
-                    header.set_entry_type(EntryType::Block);
-                    EntryKind::Block
-                };
-                let rdev = meta.rdev();
-                header
-                    .set_device_major(libc_major(rdev))
-                    .map_err(ArchiveError::Write)?;
-                header
-                    .set_device_minor(libc_minor(rdev))
-                    .map_err(ArchiveError::Write)?;
-                archived.totals.specials += 1;
-            }
-
-            set_path(
-                &mut header,
-                &mut pax,
-                &raw_rel,
-                entry.kind == EntryKind::Dir,
-            );
-            header.set_mode(entry.mode);
-            set_id(&mut pax, "uid", entry.uid, |v| header.set_uid(v));
-            set_id(&mut pax, "gid", entry.gid, |v| header.set_gid(v));
-            header.set_mtime(u64::try_from(entry.mtime).unwrap_or(0));
-            if entry.mtime_nanos != 0 || entry.mtime < 0 {
-                pax.push((
-                    "mtime",
-                    format_pax_time(entry.mtime, entry.mtime_nanos).into_bytes(),
-                ));
-            }
-            header.set_size(entry.size.min(USTAR_MAX));
-            if entry.size > USTAR_MAX {
-                pax.push(("size", entry.size.to_string().into_bytes()));
-            }
-
-            if !pax.is_empty() {
-                append_pax(&mut builder, &raw_rel, &pax)?;
-            }
-            header.set_cksum();
-            if entry.kind == EntryKind::File {
-                let read_error = |source| ArchiveError::Read {
-                    path: path.clone(),
-                    source,
-                };
-                let file = File::open(&path).map_err(read_error)?;
-                let mut content = ExactContent::new(file, entry.size);
-                let out = builder.get_mut();
-                out.write_all(header.as_bytes())
-                    .map_err(ArchiveError::Write)?;
-                loop {
-                    let n = content.read(&mut chunk).map_err(read_error)?;
-                    if n == 0 {
-                        break;
-                    }
-                    out.write_all(&chunk[..n]).map_err(ArchiveError::Write)?;
-                }
-                let padding = (BLOCK - entry.size % BLOCK) % BLOCK;
-                out.write_all(&[0; BLOCK as usize][..padding as usize])
-                    .map_err(ArchiveError::Write)?;
-                if content.size_changed {
-                    archived.changed_while_reading.push(rel.clone());
-                }
-                entry.blake3 = Some(content.hasher.finalize().to_hex().to_string());
-            } else {
-                builder
-                    .append(&header, io::empty())
-                    .map_err(ArchiveError::Write)?;
-            }
-            archived.entries.push(entry);
+            let rdev = meta.rdev();
+            header
+                .set_device_major(libc_major(rdev))
+                .map_err(ArchiveError::Write)?;
+            header
+                .set_device_minor(libc_minor(rdev))
+                .map_err(ArchiveError::Write)?;
+            archived.totals.specials += 1;
         }
-        // Subdirectories come next, in name order (the stack pops the last pushed first).
-        for sub in subdirs.into_iter().rev() {
-            stack.push(sub);
+
+        set_path(
+            &mut header,
+            &mut pax,
+            &raw_rel,
+            entry.kind == EntryKind::Dir,
+        );
+        header.set_mode(entry.mode);
+        set_id(&mut pax, "uid", entry.uid, |v| header.set_uid(v));
+        set_id(&mut pax, "gid", entry.gid, |v| header.set_gid(v));
+        header.set_mtime(u64::try_from(entry.mtime).unwrap_or(0));
+        if entry.mtime_nanos != 0 || entry.mtime < 0 {
+            pax.push((
+                "mtime",
+                format_pax_time(entry.mtime, entry.mtime_nanos).into_bytes(),
+            ));
+        }
+        header.set_size(entry.size.min(USTAR_MAX));
+        if entry.size > USTAR_MAX {
+            pax.push(("size", entry.size.to_string().into_bytes()));
+        }
+
+        if !pax.is_empty() {
+            append_pax(&mut builder, &raw_rel, &pax)?;
+        }
+        header.set_cksum();
+        if entry.kind == EntryKind::File {
+            let read_error = |source| ArchiveError::Read {
+                path: path.clone(),
+                source,
+            };
+            let file = File::open(&path).map_err(read_error)?;
+            let mut content = ExactContent::new(file, entry.size);
+            let out = builder.get_mut();
+            out.write_all(header.as_bytes())
+                .map_err(ArchiveError::Write)?;
+            loop {
+                let n = content.read(&mut chunk).map_err(read_error)?;
+                if n == 0 {
+                    break;
+                }
+                out.write_all(&chunk[..n]).map_err(ArchiveError::Write)?;
+            }
+            let padding = (BLOCK - entry.size % BLOCK) % BLOCK;
+            out.write_all(&[0; BLOCK as usize][..padding as usize])
+                .map_err(ArchiveError::Write)?;
+            if content.size_changed {
+                archived.changed_while_reading.push(rel.clone());
+            }
+            entry.blake3 = Some(content.hasher.finalize().to_hex().to_string());
+        } else {
+            builder
+                .append(&header, io::empty())
+                .map_err(ArchiveError::Write)?;
+        }
+        archived.entries.push(entry);
+        if let Some((dir, rel)) = descend {
+            stack.push((read_dir_sorted(&dir)?.into_iter(), rel));
         }
     }
     let out = builder.into_inner().map_err(ArchiveError::Write)?;

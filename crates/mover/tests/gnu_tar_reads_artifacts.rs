@@ -5,6 +5,7 @@ use backstop_mover::backup::{self, BackupRequest, Compression};
 use backstop_mover::manifest::{EntryKind, Manifest};
 use backstop_mover::repository::DirRepository;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -42,6 +43,44 @@ fn varied_tree(root: &Path) {
     symlink("/nonexistent/target", root.join("dangling")).unwrap();
     fs::hard_link(root.join("plain.txt"), root.join("nested/hardlink.txt")).unwrap();
     fs::write(root.join("empty-file"), "").unwrap();
+    set_old_times(root);
+}
+
+/// Gives every entry below `root` its own time, years back, so an entry whose time is not
+/// restored shows up whatever second the test runs in.
+fn set_old_times(root: &Path) {
+    let mut stack = vec![root.to_path_buf()];
+    let mut seconds = 1_600_000_000;
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if fs::symlink_metadata(&path).unwrap().is_dir() {
+                stack.push(path.clone());
+            }
+            seconds += 3_600;
+            let time = libc::timespec {
+                tv_sec: seconds,
+                tv_nsec: 0,
+            };
+            let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+            // SAFETY: a NUL-terminated path and two timespecs that outlive the call.
+            let rc = unsafe {
+                libc::utimensat(
+                    libc::AT_FDCWD,
+                    c_path.as_ptr(),
+                    [time, time].as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            };
+            assert_eq!(
+                rc,
+                0,
+                "{}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+    }
 }
 
 #[derive(Debug, PartialEq)]
@@ -51,6 +90,19 @@ struct Seen {
     mtime: i64,
     content: Option<Vec<u8>>,
     link: Option<PathBuf>,
+}
+
+impl Seen {
+    /// Everything but the content, which is too long to print.
+    fn summary(&self) -> (&str, u32, i64, Option<usize>, Option<&Path>) {
+        (
+            self.kind,
+            self.mode,
+            self.mtime,
+            self.content.as_ref().map(Vec::len),
+            self.link.as_deref(),
+        )
+    }
 }
 
 fn snapshot(root: &Path) -> Vec<(String, Seen)> {
@@ -169,7 +221,15 @@ fn back_up_and_extract(compression: Compression, tar_flag: &str) {
         status.success(),
         "GNU tar could not extract the {compression:?} artifact"
     );
-    assert_eq!(snapshot(&restored), snapshot(&source));
+    let (restored_tree, source_tree) = (snapshot(&restored), snapshot(&source));
+    let differing: Vec<_> = restored_tree
+        .iter()
+        .zip(&source_tree)
+        .filter(|(r, s)| r != s)
+        .map(|(r, s)| format!("{} {:?} -> {} {:?}", s.0, s.1.summary(), r.0, r.1.summary()))
+        .collect();
+    assert_eq!(restored_tree.len(), source_tree.len());
+    assert!(differing.is_empty(), "source -> restored: {differing:#?}");
     // The hardlink came back as a hardlink.
     let a = fs::metadata(restored.join("plain.txt")).unwrap();
     let b = fs::metadata(restored.join("nested/hardlink.txt")).unwrap();
