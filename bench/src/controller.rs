@@ -361,5 +361,21 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         "| API requests/s added by the operator at rest | {:.1} | |",
         at_rest - baseline
     );
+    // Where the tail is: one line per scheduled time (the per-minute policies' runs come in 50s).
+    let mut times: Vec<jiff::Timestamp> = seen.iter().map(|(at, _)| *at).collect();
+    times.sort();
+    times.dedup();
+    println!("\n| scheduled at | runs | p50 | max |\n|---|---:|---:|---:|");
+    let mut previous = started_at;
+    for at in times.into_iter().filter(|at| *at > started_at) {
+        let d = sorted(previous, at);
+        previous = at;
+        println!(
+            "| {at} | {} | {:.2} s | {:.2} s |",
+            d.len(),
+            quantile(&d, 0.5),
+            d.last().copied().unwrap_or(f64::NAN)
+        );
+    }
     Ok(())
 }
