@@ -77,6 +77,8 @@ fn scheduled_backup(policy: &BackupPolicy, at: Timestamp) -> Backup {
     backup
 }
 
+const POLICY_CONCURRENCY: u16 = 32;
+
 async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = policy.namespace().unwrap_or_default();
     let name = policy.name_any();
@@ -316,7 +318,13 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let controller = ctx.stores.policies.controller(&client);
+    // Cron runs come in bursts (every policy due at :00 at once) and a scheduled run is two
+    // requests (create the Backup, write the status), so more run at once than elsewhere.
+    let controller = ctx
+        .stores
+        .policies
+        .controller(&client)
+        .with_config(crate::controller_config().concurrency(POLICY_CONCURRENCY));
     let controller = match ctx.stores.backups.events() {
         Some(events) => controller.owns_shared_stream(events),
         None => controller.owns(Api::<Backup>::all(client), watcher::Config::default()),
