@@ -59,7 +59,6 @@ pub fn write<W: Write>(root: &Path, out: W) -> Result<(Archived, W), ArchiveErro
             stack.pop();
             continue;
         };
-        let mut descend = None;
         let rel = if prefix.is_empty() {
             name.clone()
         } else {
@@ -94,7 +93,6 @@ pub fn write<W: Write>(root: &Path, out: W) -> Result<(Archived, W), ArchiveErro
             entry.kind = EntryKind::Dir;
             header.set_entry_type(EntryType::Directory);
             archived.totals.dirs += 1;
-            descend = Some((path.clone(), rel.clone()));
         } else if kind.is_symlink() {
             entry.kind = EntryKind::Symlink;
             header.set_entry_type(EntryType::Symlink);
@@ -198,8 +196,8 @@ pub fn write<W: Write>(root: &Path, out: W) -> Result<(Archived, W), ArchiveErro
                 .map_err(ArchiveError::Write)?;
         }
         archived.entries.push(entry);
-        if let Some((dir, rel)) = descend {
-            stack.push((read_dir_sorted(&dir)?.into_iter(), rel));
+        if kind.is_dir() {
+            stack.push((read_dir_sorted(&path)?.into_iter(), rel));
         }
     }
     let out = builder.into_inner().map_err(ArchiveError::Write)?;
