@@ -143,34 +143,91 @@ struct Table {
 
 const REPEAT_UNDER_S: f64 = 20.0;
 
+/// Makes the command for one run (after preparing what it needs).
+type Prepare<'a> = Box<dyn FnMut() -> anyhow::Result<Command> + 'a>;
+
 impl Table {
     fn measure(
         &mut self,
         tool: &'static str,
         op: &'static str,
-        mut prepare: impl FnMut() -> anyhow::Result<Command>,
+        prepare: impl FnMut() -> anyhow::Result<Command>,
     ) -> anyhow::Result<()> {
-        let mut runs = vec![measure(&mut prepare()?)?];
-        while runs.len() < self.runs && runs[0].wall < REPEAT_UNDER_S {
-            runs.push(measure(&mut prepare()?)?);
+        self.measure_in_turns(vec![(tool, op, Box::new(prepare))])
+    }
+
+    /// Runs the contenders in turns (A, B, A, B, ...), not one after the other: the CPU time of
+    /// one command varies by up to a third between minutes on this VM, and a ratio of two
+    /// commands measured minutes apart carried that drift.
+    fn measure_in_turns(
+        &mut self,
+        mut contenders: Vec<(&'static str, &'static str, Prepare<'_>)>,
+    ) -> anyhow::Result<()> {
+        let mut runs: Vec<Vec<Measured>> = contenders.iter().map(|_| Vec::new()).collect();
+        for round in 0..self.runs.max(1) {
+            for ((_, _, prepare), done) in contenders.iter_mut().zip(&mut runs) {
+                if round == 0 || done[0].wall < REPEAT_UNDER_S {
+                    done.push(measure(&mut prepare()?)?);
+                }
+            }
         }
-        runs.sort_by(|a, b| a.wall.total_cmp(&b.wall));
-        let m = runs.swap_remove(runs.len() / 2);
-        self.rows.push(Row {
-            tool,
-            op,
-            m,
-            artifact: None,
-        });
+        for ((tool, op, _), mut done) in contenders.into_iter().zip(runs) {
+            done.sort_by(|a, b| a.wall.total_cmp(&b.wall));
+            let m = done.swap_remove(done.len() / 2);
+            self.rows.push(Row {
+                tool,
+                op,
+                m,
+                artifact: None,
+            });
+        }
         Ok(())
     }
 
-    /// Records the size of what the last measured backup wrote.
-    fn artifact(&mut self, bytes: u64) {
-        if let Some(row) = self.rows.last_mut() {
+    /// Records the size of what `tool`'s backup wrote.
+    fn artifact(&mut self, tool: &str, bytes: u64) {
+        if let Some(row) = self
+            .rows
+            .iter_mut()
+            .find(|r| r.tool == tool && r.op == "backup")
+        {
             row.artifact = Some(bytes);
         }
     }
+}
+
+/// A Backstop backup of `data` into a fresh directory repository.
+fn backstop_backup<'a>(
+    backstop: &'a Path,
+    data: &'a Path,
+    repo: &'a Path,
+    compression: &'static str,
+) -> Prepare<'a> {
+    Box::new(move || {
+        fresh(repo)?;
+        let mut c = Command::new(backstop);
+        c.args(["mover", "backup", "--source"])
+            .arg(data)
+            .arg("--repository")
+            .arg(repo)
+            .args(["--pvc", "data", "--dir", "b", "--compression", compression])
+            .stdout(std::process::Stdio::null());
+        Ok(c)
+    })
+}
+
+/// A Backstop restore (with verification) of that backup into a fresh target.
+fn backstop_restore<'a>(backstop: &'a Path, repo: &'a Path, target: &'a Path) -> Prepare<'a> {
+    Box::new(move || {
+        fresh(target)?;
+        let mut c = Command::new(backstop);
+        c.args(["mover", "restore", "--repository"])
+            .arg(repo)
+            .args(["--manifest", "b/data.manifest.json", "--target"])
+            .arg(target)
+            .stdout(std::process::Stdio::null());
+        Ok(c)
+    })
 }
 
 fn bench_dataset(name: &str, data: &Path, work: &Path, runs: usize) -> anyhow::Result<()> {
@@ -181,36 +238,41 @@ fn bench_dataset(name: &str, data: &Path, work: &Path, runs: usize) -> anyhow::R
         rows: Vec::new(),
     };
     let target = work.join("target");
-    for (tool, compression, ext) in [
-        ("backstop zstd", "zstd", "tar.zst"),
-        ("backstop gzip", "gzip", "tar.gz"),
-    ] {
-        let repo = work.join(format!("repo-{compression}"));
-        t.measure(tool, "backup", || {
-            fresh(&repo)?;
-            let mut c = Command::new(&backstop);
-            c.args(["mover", "backup", "--source"])
-                .arg(data)
-                .arg("--repository")
-                .arg(&repo)
-                .args(["--pvc", "data", "--dir", "b", "--compression", compression])
-                .stdout(std::process::Stdio::null());
-            Ok(c)
-        })?;
-        let artifact = repo.join(format!("b/data.{ext}"));
-        t.artifact(fs::metadata(&artifact)?.len());
-        t.measure(tool, "restore+verify", || {
-            fresh(&target)?;
-            let mut c = Command::new(&backstop);
-            c.args(["mover", "restore", "--repository"])
-                .arg(&repo)
-                .args(["--manifest", "b/data.manifest.json", "--target"])
-                .arg(&target)
-                .stdout(std::process::Stdio::null());
-            Ok(c)
-        })?;
-        if compression == "zstd" {
-            t.measure("tar -x of backstop's .tar.zst", "restore", || {
+    // The goals' two sides run in turns: Backstop's backup against `tar | zstd`, its restore
+    // against `tar -x` of the same artifact.
+    let repo = work.join("repo-zstd");
+    let zst = work.join("peer.tar.zst");
+    t.measure_in_turns(vec![
+        (
+            "backstop zstd",
+            "backup",
+            backstop_backup(&backstop, data, &repo, "zstd"),
+        ),
+        (
+            "tar | zstd -T0 -3",
+            "backup",
+            Box::new(|| {
+                Ok(sh(&format!(
+                    "tar -C '{}' -cf - . | zstd -T0 -3 -q -f -o '{}'",
+                    data.display(),
+                    zst.display()
+                )))
+            }),
+        ),
+    ])?;
+    let artifact = repo.join("b/data.tar.zst");
+    t.artifact("backstop zstd", fs::metadata(&artifact)?.len());
+    t.artifact("tar | zstd -T0 -3", fs::metadata(&zst)?.len());
+    t.measure_in_turns(vec![
+        (
+            "backstop zstd",
+            "restore+verify",
+            backstop_restore(&backstop, &repo, &target),
+        ),
+        (
+            "tar -x of backstop's .tar.zst",
+            "restore",
+            Box::new(|| {
                 fresh(&target)?;
                 let mut c = Command::new("tar");
                 c.arg("--zstd")
@@ -219,9 +281,24 @@ fn bench_dataset(name: &str, data: &Path, work: &Path, runs: usize) -> anyhow::R
                     .arg("-C")
                     .arg(&target);
                 Ok(c)
-            })?;
-        }
-    }
+            }),
+        ),
+    ])?;
+    let repo = work.join("repo-gzip");
+    t.measure(
+        "backstop gzip",
+        "backup",
+        backstop_backup(&backstop, data, &repo, "gzip"),
+    )?;
+    t.artifact(
+        "backstop gzip",
+        fs::metadata(repo.join("b/data.tar.gz"))?.len(),
+    );
+    t.measure(
+        "backstop gzip",
+        "restore+verify",
+        backstop_restore(&backstop, &repo, &target),
+    )?;
     if let Some(server) = S3sFs::start(work)? {
         let s3 = |verb: &str| {
             let mut c = Command::new(&backstop);
@@ -245,7 +322,10 @@ fn bench_dataset(name: &str, data: &Path, work: &Path, runs: usize) -> anyhow::R
             ]);
             Ok(c)
         })?;
-        t.artifact(fs::metadata(server.root.join("bench/b/data.tar.zst"))?.len());
+        t.artifact(
+            "backstop zstd to S3 (s3s-fs)",
+            fs::metadata(server.root.join("bench/b/data.tar.zst"))?.len(),
+        );
         t.measure("backstop zstd to S3 (s3s-fs)", "restore+verify", || {
             fresh(&target)?;
             let mut c = s3("restore");
@@ -261,7 +341,7 @@ fn bench_dataset(name: &str, data: &Path, work: &Path, runs: usize) -> anyhow::R
         c.arg("-C").arg(data).arg("-czf").arg(&gz).arg(".");
         Ok(c)
     })?;
-    t.artifact(fs::metadata(&gz)?.len());
+    t.artifact("tar -czf", fs::metadata(&gz)?.len());
     t.measure("tar -czf", "restore", || {
         fresh(&target)?;
         let mut c = Command::new("tar");
@@ -269,15 +349,6 @@ fn bench_dataset(name: &str, data: &Path, work: &Path, runs: usize) -> anyhow::R
         Ok(c)
     })?;
 
-    let zst = work.join("peer.tar.zst");
-    t.measure("tar | zstd -T0 -3", "backup", || {
-        Ok(sh(&format!(
-            "tar -C '{}' -cf - . | zstd -T0 -3 -q -f -o '{}'",
-            data.display(),
-            zst.display()
-        )))
-    })?;
-    t.artifact(fs::metadata(&zst)?.len());
     t.measure("tar | zstd -T0 -3", "restore", || {
         fresh(&target)?;
         Ok(sh(&format!(
@@ -308,7 +379,7 @@ fn bench_dataset(name: &str, data: &Path, work: &Path, runs: usize) -> anyhow::R
         c.arg(data);
         Ok(c)
     })?;
-    t.artifact(du(&restic_repo)?);
+    t.artifact("restic 0.14", du(&restic_repo)?);
     t.measure("restic 0.14", "restore", || {
         fresh(&target)?;
         let mut c = restic(&["restore", "latest", "--no-cache", "--target"]);
