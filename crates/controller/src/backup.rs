@@ -721,7 +721,7 @@ pub async fn run(
         watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
     ctx.stores
         .backups
-        .controller(&client)
+        .controller(&client, crate::controller_config())
         .owns(Api::<Job>::all(client), jobs)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

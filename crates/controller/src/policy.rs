@@ -321,11 +321,10 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let controller = ctx
-        .stores
-        .policies
-        .controller(&client)
-        .with_config(crate::controller_config().concurrency(POLICY_CONCURRENCY));
+    let controller = ctx.stores.policies.controller(
+        &client,
+        crate::controller_config().concurrency(POLICY_CONCURRENCY),
+    );
     let controller = match ctx.stores.backups.events() {
         Some(events) => controller.owns_shared_stream(events),
         None => controller.owns(Api::<Backup>::all(client), watcher::Config::default()),

@@ -355,7 +355,7 @@ pub async fn run(
     ));
     ctx.stores
         .repositories
-        .controller(&client)
+        .controller(&client, crate::controller_config())
         .owns(Api::<Job>::all(client), probes)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -137,15 +137,20 @@ impl<K: crate::Watched> Shared<K> {
         self.events.lock().ok()?.pop()
     }
 
-    /// A controller of `K` on this watch; on a watch of its own if no event stream is left.
-    pub(crate) fn controller(&self, client: &Client) -> kube::runtime::Controller<K> {
+    /// A controller of `K` on this watch, run with `config`; on a watch of its own if no event
+    /// stream is left.
+    pub(crate) fn controller(
+        &self,
+        client: &Client,
+        config: kube::runtime::controller::Config,
+    ) -> kube::runtime::Controller<K> {
         match self.events() {
             Some(events) => {
                 kube::runtime::Controller::for_shared_stream(events, self.store.clone())
-                    .with_config(crate::controller_config())
             }
             None => crate::controller(Api::all(client.clone())),
         }
+        .with_config(config)
     }
 }
 
