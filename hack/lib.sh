@@ -15,6 +15,9 @@ NODE_NAME=${BACKSTOP_NODE_NAME:-backstop-node}
 # Where test volumes live on the host, one directory per PersistentVolume.
 VOLUMES_DIR=$BACKSTOP_STATE_DIR/volumes
 STORAGE_CLASS=backstop-hostpath
+# The scripts (and the end-to-end tests they start) use the kubectl built with the cluster: the
+# machine's newer kubectl asks a 1.20 server for API groups it does not serve.
+export PATH="$K8S_BIN_DIR:$PATH"
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

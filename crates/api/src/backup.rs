@@ -34,6 +34,11 @@ pub struct BackupSpec {
     /// The repository for an inline target (default: `default`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
+    /// How long the backup may wait, from its creation, for what it needs to appear or become
+    /// ready (its policy, repository, volumes) before it fails with the reason (default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub starting_deadline_seconds: Option<i64>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -135,6 +140,7 @@ impl Backup {
 
 impl BackupSpec {
     pub fn validate(&self) -> Result<(), Invalid> {
+        crate::waiting::validate_deadline(self.starting_deadline_seconds)?;
         match (&self.policy_ref, &self.target) {
             (Some(_), Some(_)) => Err(Invalid::new(
                 "InvalidSpec",
@@ -173,7 +179,7 @@ mod tests {
         let both = BackupSpec {
             policy_ref: Some("p".into()),
             target: Some(Target::default()),
-            repository: None,
+            ..Default::default()
         };
         assert!(both.validate().is_err());
         let policy = BackupSpec {

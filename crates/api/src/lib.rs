@@ -8,6 +8,7 @@ pub mod policy;
 pub mod repository;
 pub mod restore;
 pub mod schedule;
+pub mod waiting;
 
 pub use backup::{Backup, BackupPhase, BackupSpec, BackupStatus, VolumeBackup};
 pub use policy::{BackupPolicy, BackupPolicySpec, BackupPolicyStatus, Retention, Target};

@@ -39,6 +39,13 @@ pub struct RestoreSpec {
     /// Restore even when a running pod mounts the target.
     #[serde(default)]
     pub allow_in_use: bool,
+    /// How long the restore may wait, from its creation, for what it needs to appear or become
+    /// ready (its Backup, the repository, the target PVC's binding) before it fails with the
+    /// reason (default 600). A Backup that exists and is still running is waited for without
+    /// this bound: it has deadlines of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub starting_deadline_seconds: Option<i64>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

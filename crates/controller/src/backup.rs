@@ -5,11 +5,12 @@
 
 use crate::jobs::{self, ROLE_BACKUP};
 use crate::outcome::{MoverFailure, termination_message};
-use crate::{Context, Error, events, metrics, now, repository};
+use crate::{Context, Error, events, metrics, now, repository, waiting};
 use backstop_api::condition::{self, Invalid};
+use backstop_api::waiting::{Refusal, Verdict, WaitingFor};
 use backstop_api::{
-    ARTIFACTS_FINALIZER, Backup, BackupPhase, BackupRepository, BackupStatus, VolumeBackup, labels,
-    naming,
+    ARTIFACTS_FINALIZER, Backup, BackupPhase, BackupPolicy, BackupRepository, BackupStatus,
+    VolumeBackup, labels, naming,
 };
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
@@ -85,11 +86,11 @@ async fn apply(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
     if phase == BackupPhase::Pending || status.volumes.is_empty() {
         let resolved = match resolve(ctx, backup).await? {
             Ok(r) => r,
-            Err(invalid) => return fail(ctx, backup, status, invalid).await,
+            Err(refusal) => return refused(ctx, backup, status, refusal).await,
         };
         let pvcs = match select_volumes(ctx, backup, &resolved).await? {
             Ok(p) => p,
-            Err(invalid) => return fail(ctx, backup, status, invalid).await,
+            Err(refusal) => return refused(ctx, backup, status, refusal).await,
         };
         let name = backup.name_any();
         status.phase = BackupPhase::Running;
@@ -173,7 +174,7 @@ async fn adopt(ctx: &Context, backup: &Backup, policy_name: &str) -> Result<(), 
 }
 
 /// The selector and repository this backup uses, from its policy or its own spec.
-async fn resolve(ctx: &Context, backup: &Backup) -> Result<Result<Resolved, Invalid>, Error> {
+async fn resolve(ctx: &Context, backup: &Backup) -> Result<Result<Resolved, Refusal>, Error> {
     let namespace = backup.namespace().unwrap_or_default();
     let (target, repo_name) = match &backup.spec.policy_ref {
         Some(policy_name) => match ctx.policy(&namespace, policy_name).await? {
@@ -182,7 +183,8 @@ async fn resolve(ctx: &Context, backup: &Backup) -> Result<Result<Resolved, Inva
                 policy.spec.repository_name().to_string(),
             ),
             None => {
-                return Ok(Err(Invalid::new(
+                return Ok(Err(Refusal::wait(
+                    WaitingFor::Policy,
                     "PolicyNotFound",
                     format!("BackupPolicy {policy_name:?} not found in namespace {namespace:?}"),
                 )));
@@ -199,10 +201,11 @@ async fn resolve(ctx: &Context, backup: &Backup) -> Result<Result<Resolved, Inva
     };
     let selector = match naming::selector_string(&target.pvc_selector) {
         Ok(s) => s,
-        Err(invalid) => return Ok(Err(invalid)),
+        Err(invalid) => return Ok(Err(invalid.into())),
     };
     let Some(repository) = ctx.repository(&namespace, &repo_name).await? else {
-        return Ok(Err(Invalid::new(
+        return Ok(Err(Refusal::wait(
+            WaitingFor::Repository,
             "RepositoryNotFound",
             format!(
                 "BackupRepository {repo_name:?} not found in namespace {namespace:?}: create it or name another repository"
@@ -210,7 +213,8 @@ async fn resolve(ctx: &Context, backup: &Backup) -> Result<Result<Resolved, Inva
         )));
     };
     if let Err(why) = repository::readiness(ctx, &repository).await {
-        return Ok(Err(Invalid::new(
+        return Ok(Err(Refusal::wait(
+            WaitingFor::Repository,
             "RepositoryNotReady",
             format!(
                 "repository {repo_name:?} is not ready ({}): {}",
@@ -224,12 +228,13 @@ async fn resolve(ctx: &Context, backup: &Backup) -> Result<Result<Resolved, Inva
     }))
 }
 
-/// The PVCs to back up: those the selector matches, never the repository's own volume.
+/// The PVCs to back up: those the selector matches, never the repository's own volume; each
+/// bound, or about to be bound by the mover pod that mounts it.
 async fn select_volumes(
     ctx: &Context,
     backup: &Backup,
     resolved: &Resolved,
-) -> Result<Result<Vec<PersistentVolumeClaim>, Invalid>, Error> {
+) -> Result<Result<Vec<PersistentVolumeClaim>, Refusal>, Error> {
     let namespace = backup.namespace().unwrap_or_default();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
     let repo_claim = resolved
@@ -248,13 +253,19 @@ async fn select_volumes(
         .collect();
     pvcs.sort_by_key(|c| c.name_any());
     if pvcs.is_empty() {
-        return Ok(Err(Invalid::new(
+        return Ok(Err(Refusal::wait(
+            WaitingFor::Volume,
             "NoVolumesMatched",
             format!(
                 "target.pvcSelector {:?} matched no PVC in namespace {namespace:?} (the repository's own PVC is never backed up)",
                 resolved.selector
             ),
         )));
+    }
+    for claim in &pvcs {
+        if let Some(refusal) = waiting::unbound(ctx, claim).await? {
+            return Ok(Err(refusal));
+        }
     }
     Ok(Ok(pvcs))
 }
@@ -514,6 +525,39 @@ async fn finish(ctx: &Context, backup: &Backup, mut status: BackupStatus) -> Res
     Ok(Action::await_change())
 }
 
+/// A backup that cannot start yet waits (Pending, with the reason and one event) until its start
+/// deadline; one that never can, or whose deadline passed, fails.
+async fn refused(
+    ctx: &Context,
+    backup: &Backup,
+    mut status: BackupStatus,
+    refusal: Refusal,
+) -> Result<Action, Error> {
+    match waiting::verdict(backup, refusal, backup.spec.starting_deadline_seconds) {
+        Verdict::Fail(why) => fail(ctx, backup, status, why).await,
+        Verdict::Wait {
+            reason,
+            message,
+            recheck_in,
+        } => {
+            let news = waiting::record(
+                &mut status.conditions,
+                &mut status.message,
+                reason,
+                &message,
+                backup.meta().generation,
+            );
+            if Some(&status) != backup.status.as_ref() {
+                crate::patch_status(&ctx.client, backup, &status, &[]).await?;
+            }
+            if news {
+                events::normal(&ctx.recorder, backup, reason, message).await;
+            }
+            Ok(recheck_in.map_or_else(Action::await_change, Action::requeue))
+        }
+    }
+}
+
 /// A backup that cannot even start: Failed with the reason, once.
 async fn fail(
     ctx: &Context,
@@ -719,12 +763,35 @@ pub async fn run(
     let client = ctx.client.clone();
     let jobs =
         watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
-    ctx.stores
+    let stores = &ctx.stores;
+    let controller = stores
         .backups
         .controller(&client, crate::controller_config())
-        .owns(Api::<Job>::all(client), jobs)
+        .owns(Api::<Job>::all(client.clone()), jobs);
+    // Pending Backups wait for policies, repositories and PVCs of their namespace.
+    let backups = stores.backups.store.clone();
+    let controller = stores
+        .policies
+        .wakes(&client, controller, move |p: Arc<BackupPolicy>| {
+            waiting::in_namespace(&backups, p.namespace().as_deref(), |b| {
+                pending(b) && b.spec.policy_ref.as_deref() == Some(p.name_any().as_str())
+            })
+        });
+    let backups = stores.backups.store.clone();
+    let controller = stores.repositories.wakes(&client, controller, move |r| {
+        waiting::in_namespace(&backups, r.namespace().as_deref(), pending)
+    });
+    let backups = stores.backups.store.clone();
+    let controller = stores.claims.wakes(&client, controller, move |c| {
+        waiting::in_namespace(&backups, c.namespace().as_deref(), pending)
+    });
+    controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
+}
+
+fn pending(backup: &Backup) -> bool {
+    backup.phase() == BackupPhase::Pending && backup.metadata.deletion_timestamp.is_none()
 }

@@ -12,6 +12,7 @@ pub mod restore;
 pub mod retention;
 pub mod scheduling;
 pub mod stores;
+pub mod waiting;
 
 use kube::Client;
 use kube::runtime::events::Recorder;

@@ -127,13 +127,14 @@ async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Actio
     );
 
     if let Some(problem) = repo_problem {
-        // Say so on the policy instead of failing one Job after another; look again soon.
+        // Say so on the policy instead of failing one Job after another. The run that is due
+        // stays due: when the repository changes (it is watched) or the next run comes, the
+        // plan makes it, once.
         status.next_scheduled_backup = plan.next.map(Time);
         refuse(&ctx, &policy, status, problem).await?;
-        let soon = Duration::from_secs(30);
-        return Ok(Action::requeue(
-            plan.requeue_after.map_or(soon, |wait| wait.min(soon)),
-        ));
+        return Ok(plan
+            .requeue_after
+            .map_or_else(Action::await_change, Action::requeue));
     }
 
     if let Some(at) = plan.run {
@@ -327,8 +328,21 @@ pub async fn run(
     );
     let controller = match ctx.stores.backups.events() {
         Some(events) => controller.owns_shared_stream(events),
-        None => controller.owns(Api::<Backup>::all(client), watcher::Config::default()),
+        None => controller.owns(
+            Api::<Backup>::all(client.clone()),
+            watcher::Config::default(),
+        ),
     };
+    // A policy whose repository was missing or not ready makes its due run once it is ready.
+    let policies = ctx.stores.policies.store.clone();
+    let controller = ctx
+        .stores
+        .repositories
+        .wakes(&client, controller, move |repo| {
+            crate::waiting::in_namespace(&policies, repo.namespace().as_deref(), |p| {
+                p.spec.repository_name() == repo.name_any()
+            })
+        });
     // Deleted policies get no reconcile: their metric series are pruned from the watch cache.
     let store = controller.store();
     let metrics = ctx.metrics.clone();

@@ -57,6 +57,14 @@ pub async fn readiness(ctx: &Context, repo: &BackupRepository) -> Result<(), Inv
         )),
         Ok(Some(claim)) => match claim.status.as_ref().and_then(|s| s.phase.as_deref()) {
             Some("Bound") => Ok(()),
+            // The first mover pod that mounts it has it bound.
+            Some("Pending")
+                if crate::waiting::binds_on_first_use(ctx, &claim)
+                    .await
+                    .unwrap_or(false) =>
+            {
+                Ok(())
+            }
             phase => Err(Invalid::new(
                 "PVCNotBound",
                 format!(
@@ -330,11 +338,9 @@ async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Act
     if repo.spec.validate().is_ok() && repo.spec.s3.is_some() {
         return probe(&repo, &ctx).await;
     }
-    let ready = readiness(&ctx, &repo).await;
-    let recheck = if ready.is_ok() { 300 } else { 30 };
-    report(&ctx, &repo, ready).await?;
-    // The PVC is not watched; look again now and then.
-    Ok(Action::requeue(Duration::from_secs(recheck)))
+    report(&ctx, &repo, readiness(&ctx, &repo).await).await?;
+    // Changes to its PVC wake us; this is only a safety net.
+    Ok(Action::requeue(RECHECK_READY))
 }
 
 fn error_policy(_: Arc<BackupRepository>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -353,10 +359,21 @@ pub async fn run(
         labels::ROLE,
         jobs::ROLE_PROBE
     ));
-    ctx.stores
+    let controller = ctx
+        .stores
         .repositories
         .controller(&client, crate::controller_config())
-        .owns(Api::<Job>::all(client), probes)
+        .owns(Api::<Job>::all(client.clone()), probes);
+    // A shared-storage repository is ready once its PVC is bound.
+    let repositories = ctx.stores.repositories.store.clone();
+    ctx.stores
+        .claims
+        .wakes(&client, controller, move |claim| {
+            crate::waiting::in_namespace(&repositories, claim.namespace().as_deref(), |r| {
+                r.spec.pvc.as_ref().map(|p| p.claim_name.as_str())
+                    == Some(claim.name_any().as_str())
+            })
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))

@@ -1,13 +1,16 @@
 //! Restore reconciler: validates everything it can before any Job exists (backup Completed,
 //! volume in it, repository usable, target not in use), creates the target PVC when absent, runs
-//! one mover Job that stages, verifies and commits, and records the outcome. A refusal is a
-//! Failed Restore with a reason and a Warning event, never a retry loop.
+//! one mover Job that stages, verifies and commits, and records the outcome. A refusal that
+//! resolves itself (the Backup still running, the repository not ready yet, the target binding)
+//! keeps the Restore Pending until its start deadline, woken by the watches of what it waits
+//! for; any other refusal is a Failed Restore with a reason and a Warning event.
 
 use crate::jobs::{self, ROLE_RESTORE, RestoreJob};
 use crate::outcome::termination_message;
-use crate::{Context, Error, events, metrics, now, repository};
+use crate::{Context, Error, events, metrics, now, repository, waiting};
 use backstop_api::condition::{self, Invalid};
 use backstop_api::restore::source_volume;
+use backstop_api::waiting::{Refusal, Verdict, WaitingFor};
 use backstop_api::{Backup, BackupPhase, BackupRepository, Restore, RestoreStatus, labels, naming};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
@@ -51,24 +54,38 @@ async fn reconcile(restore: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, E
     }
 }
 
-async fn validate(ctx: &Context, restore: &Restore) -> Result<Result<Plan, Invalid>, Error> {
+async fn validate(ctx: &Context, restore: &Restore) -> Result<Result<Plan, Refusal>, Error> {
+    if let Err(invalid) =
+        backstop_api::waiting::validate_deadline(restore.spec.starting_deadline_seconds)
+    {
+        return Ok(Err(invalid.into()));
+    }
     let namespace = restore.namespace().unwrap_or_default();
     let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), &namespace);
     let name = &restore.spec.backup_name;
     let Some(backup) = backups.get_opt(name).await? else {
-        return Ok(Err(Invalid::new(
+        return Ok(Err(Refusal::wait(
+            WaitingFor::Backup,
             "BackupNotFound",
             format!("Backup {name:?} not found in namespace {namespace:?}"),
         )));
     };
-    if backup.phase() != BackupPhase::Completed {
-        return Ok(Err(Invalid::new(
-            "BackupNotCompleted",
-            format!(
-                "Backup {name:?} is {}; only a Completed backup can be restored",
-                backup.phase().as_str()
-            ),
-        )));
+    let not_completed = format!(
+        "Backup {name:?} is {}; only a Completed backup can be restored",
+        backup.phase().as_str()
+    );
+    match backup.phase() {
+        BackupPhase::Completed => {}
+        BackupPhase::Failed => {
+            return Ok(Err(Invalid::new("BackupNotCompleted", not_completed).into()));
+        }
+        BackupPhase::Pending | BackupPhase::Running => {
+            return Ok(Err(Refusal::wait(
+                WaitingFor::BackupToFinish,
+                "BackupNotCompleted",
+                not_completed,
+            )));
+        }
     }
     let status = backup.status.clone().unwrap_or_default();
     let volumes: Vec<String> = status
@@ -79,17 +96,19 @@ async fn validate(ctx: &Context, restore: &Restore) -> Result<Result<Plan, Inval
         .collect();
     let source_pvc = match source_volume(restore.spec.source_pvc.as_deref(), &volumes) {
         Ok(s) => s,
-        Err(invalid) => return Ok(Err(invalid)),
+        Err(invalid) => return Ok(Err(invalid.into())),
     };
     let repo_name = status.repository.clone().unwrap_or_default();
     let Some(repository) = ctx.repository(&namespace, &repo_name).await? else {
-        return Ok(Err(Invalid::new(
+        return Ok(Err(Refusal::wait(
+            WaitingFor::Repository,
             "RepositoryNotFound",
             format!("BackupRepository {repo_name:?} of Backup {name:?} not found"),
         )));
     };
     if let Err(why) = repository::readiness(ctx, &repository).await {
-        return Ok(Err(Invalid::new(
+        return Ok(Err(Refusal::wait(
+            WaitingFor::Repository,
             "RepositoryNotReady",
             format!(
                 "repository {repo_name:?} is not ready ({}): {}",
@@ -109,23 +128,28 @@ async fn validate(ctx: &Context, restore: &Restore) -> Result<Result<Plan, Inval
     }))
 }
 
-/// The target PVC, created like the source (or as the spec says) when absent.
+/// The target PVC, created like the source (or as the spec says) when absent, and bound (or
+/// about to be bound by the restore's mover pod).
 async fn ensure_target(
     ctx: &Context,
     restore: &Restore,
     plan: &Plan,
-) -> Result<Result<(), Invalid>, Error> {
+) -> Result<Result<(), Refusal>, Error> {
     let namespace = restore.namespace().unwrap_or_default();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
     let target = &restore.spec.target;
     if let Some(existing) = claims.get_opt(&target.pvc_name).await? {
         if existing.metadata.deletion_timestamp.is_some() {
-            return Ok(Err(Invalid::new(
+            return Ok(Err(Refusal::wait(
+                WaitingFor::Volume,
                 "TargetNotReady",
                 format!("target PVC {:?} is being deleted", target.pvc_name),
             )));
         }
-        return Ok(Ok(()));
+        return Ok(match waiting::unbound(ctx, &existing).await? {
+            Some(refusal) => Err(refusal),
+            None => Ok(()),
+        });
     }
     let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), &namespace);
     let source = backups
@@ -144,7 +168,8 @@ async fn ensure_target(
                 "target PVC {:?} does not exist and the backup does not record the source's size: set spec.target.size",
                 target.pvc_name
             ),
-        )));
+        )
+        .into()));
     };
     let class = target
         .storage_class_name
@@ -162,8 +187,8 @@ async fn ensure_target(
             "resources": {"requests": {"storage": size}},
         }
     }))?;
-    match claims.create(&PostParams::default(), &pvc).await {
-        Ok(_) => {
+    let created = match claims.create(&PostParams::default(), &pvc).await {
+        Ok(created) => {
             events::normal(
                 &ctx.recorder,
                 restore,
@@ -171,11 +196,15 @@ async fn ensure_target(
                 format!("Created PVC {:?} ({size}) to restore into", target.pvc_name),
             )
             .await;
+            created
         }
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => pvc,
         Err(e) => return Err(e.into()),
-    }
-    Ok(Ok(()))
+    };
+    Ok(match waiting::unbound(ctx, &created).await? {
+        Some(refusal) => Err(refusal),
+        None => Ok(()),
+    })
 }
 
 /// Running pods in the namespace that mount `pvc`.
@@ -206,7 +235,7 @@ async fn start(
         .restore_series(&restore.namespace().unwrap_or_default());
     let plan = match validate(ctx, restore).await? {
         Ok(plan) => plan,
-        Err(invalid) => return fail(ctx, restore, status, invalid).await,
+        Err(refusal) => return refused(ctx, restore, status, refusal).await,
     };
     let namespace = restore.namespace().unwrap_or_default();
     let target = &restore.spec.target.pvc_name;
@@ -221,8 +250,8 @@ async fn start(
         );
         return fail(ctx, restore, status, why).await;
     }
-    if let Err(invalid) = ensure_target(ctx, restore, &plan).await? {
-        return fail(ctx, restore, status, invalid).await;
+    if let Err(refusal) = ensure_target(ctx, restore, &plan).await? {
+        return refused(ctx, restore, status, refusal).await;
     }
     let job = jobs::restore_job(
         restore,
@@ -343,6 +372,39 @@ async fn progress(
     Ok(Action::requeue(Duration::from_secs(60)))
 }
 
+/// A restore that cannot start yet waits (Pending, with the reason and one event) until its
+/// start deadline; one that never can, or whose deadline passed, fails.
+async fn refused(
+    ctx: &Context,
+    restore: &Restore,
+    mut status: RestoreStatus,
+    refusal: Refusal,
+) -> Result<Action, Error> {
+    match waiting::verdict(restore, refusal, restore.spec.starting_deadline_seconds) {
+        Verdict::Fail(why) => fail(ctx, restore, status, why).await,
+        Verdict::Wait {
+            reason,
+            message,
+            recheck_in,
+        } => {
+            let news = waiting::record(
+                &mut status.conditions,
+                &mut status.message,
+                reason,
+                &message,
+                restore.meta().generation,
+            );
+            if Some(&status) != restore.status.as_ref() {
+                crate::patch_status(&ctx.client, restore, &status, &[]).await?;
+            }
+            if news {
+                events::normal(&ctx.recorder, restore, reason, message).await;
+            }
+            Ok(recheck_in.map_or_else(Action::await_change, Action::requeue))
+        }
+    }
+}
+
 async fn fail(
     ctx: &Context,
     restore: &Restore,
@@ -429,10 +491,34 @@ pub async fn run(
 ) {
     let client = ctx.client.clone();
     let jobs = watcher::Config::default().labels(&format!("{}={ROLE_RESTORE}", labels::ROLE));
-    crate::controller(Api::<Restore>::all(client.clone()))
-        .owns(Api::<Job>::all(client), jobs)
+    let controller = crate::controller(Api::<Restore>::all(client.clone()))
+        .owns(Api::<Job>::all(client.clone()), jobs);
+    // Pending Restores wait for their Backup, the repository and the target PVC.
+    let stores = &ctx.stores;
+    let restores = controller.store();
+    let controller = stores.backups.wakes(&client, controller, move |b| {
+        waiting::in_namespace(&restores, b.namespace().as_deref(), |r| {
+            pending(r) && r.spec.backup_name == b.name_any()
+        })
+    });
+    let restores = controller.store();
+    let controller = stores.repositories.wakes(&client, controller, move |repo| {
+        waiting::in_namespace(&restores, repo.namespace().as_deref(), pending)
+    });
+    let restores = controller.store();
+    stores
+        .claims
+        .wakes(&client, controller, move |claim| {
+            waiting::in_namespace(&restores, claim.namespace().as_deref(), |r| {
+                pending(r) && r.spec.target.pvc_name == claim.name_any()
+            })
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
+}
+
+fn pending(restore: &Restore) -> bool {
+    restore.phase() == BackupPhase::Pending && restore.metadata.deletion_timestamp.is_none()
 }

@@ -1,0 +1,109 @@
+//! Backups and Restores that wait (see `backstop_api::waiting`): how the wait is recorded on the
+//! object, and which waiting objects a change to another object wakes. Waiting costs no polling:
+//! the reconcilers follow the watches of what they wait for (repositories, PVCs, policies,
+//! Backups) and look again when one of them changes, or when the start deadline passes.
+
+use backstop_api::condition::{self, Invalid};
+use backstop_api::waiting::{Refusal, Verdict, WaitingFor, decide};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::Api;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+
+/// The verdict on `refusal` for `obj`, whose start deadline is `deadline_seconds`.
+pub fn verdict(obj: &impl Resource, refusal: Refusal, deadline_seconds: Option<i64>) -> Verdict {
+    let created = obj.meta().creation_timestamp.as_ref().map(|t| t.0);
+    decide(refusal, created, deadline_seconds, crate::now())
+}
+
+/// Records on a Pending object's conditions that it waits (`Completed=False` with the waiting
+/// reason) and its message; returns whether the reason is new, so that the caller tells it with
+/// one event and not one per look.
+pub fn record(
+    conditions: &mut Vec<Condition>,
+    message: &mut Option<String>,
+    reason: &str,
+    text: &str,
+    generation: Option<i64>,
+) -> bool {
+    let before = condition::find(conditions, "Completed").map(|c| c.reason.clone());
+    condition::set(
+        conditions,
+        "Completed",
+        false,
+        reason,
+        text,
+        generation,
+        crate::now(),
+    );
+    *message = Some(text.to_string());
+    before.as_deref() != Some(reason)
+}
+
+/// The objects of `store` in `namespace` that `waits` accepts: those a change there may unblock.
+pub fn in_namespace<K>(
+    store: &Store<K>,
+    namespace: Option<&str>,
+    waits: impl Fn(&K) -> bool,
+) -> Vec<ObjectRef<K>>
+where
+    K: crate::Watched,
+{
+    store
+        .state()
+        .iter()
+        .filter(|obj| obj.namespace().as_deref() == namespace && waits(obj))
+        .map(|obj| ObjectRef::from_obj(obj.as_ref()))
+        .collect()
+}
+
+/// Whether `claim` keeps a mover from starting. A Pending claim is waited for when its class
+/// binds at once (or has no StorageClass object, as static PVs have): the binder is at work. One
+/// whose class binds when a pod first uses it (`WaitForFirstConsumer`) is bound by the mover pod
+/// itself, so it is no reason to wait.
+pub async fn unbound(
+    ctx: &crate::Context,
+    claim: &PersistentVolumeClaim,
+) -> Result<Option<Refusal>, crate::Error> {
+    let name = claim.name_any();
+    match claim.status.as_ref().and_then(|s| s.phase.as_deref()) {
+        Some("Bound") => Ok(None),
+        Some("Lost") => Ok(Some(Refusal::Fail(Invalid::new(
+            "VolumeLost",
+            format!("PVC {name:?} is Lost: its PersistentVolume is gone"),
+        )))),
+        _ if binds_on_first_use(ctx, claim).await? => Ok(None),
+        phase => Ok(Some(Refusal::wait(
+            WaitingFor::Volume,
+            "VolumeNotBound",
+            format!(
+                "PVC {name:?} is {}; it must be bound",
+                phase.unwrap_or("not yet bound")
+            ),
+        ))),
+    }
+}
+
+/// Whether `claim`'s StorageClass binds volumes only when a pod first uses them.
+pub async fn binds_on_first_use(
+    ctx: &crate::Context,
+    claim: &PersistentVolumeClaim,
+) -> Result<bool, kube::Error> {
+    let Some(class) = claim
+        .spec
+        .as_ref()
+        .and_then(|s| s.storage_class_name.as_deref())
+        .filter(|c| !c.is_empty())
+    else {
+        return Ok(false);
+    };
+    let classes: Api<StorageClass> = Api::all(ctx.client.clone());
+    Ok(classes
+        .get_opt(class)
+        .await?
+        .and_then(|c| c.volume_binding_mode)
+        .as_deref()
+        == Some("WaitForFirstConsumer"))
+}
