@@ -278,7 +278,9 @@ async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Actio
     })
 }
 
-/// Ready=False with `why`, and a Warning event when that is news.
+/// Ready=False with `why`, and a Warning event when that is news. A repository that exists but
+/// is not ready says so itself, with its own Warning when it needs a person (a PVC still binding
+/// does not): the policy's condition names it without a second Warning.
 async fn refuse(
     ctx: &Context,
     policy: &BackupPolicy,
@@ -298,7 +300,7 @@ async fn refuse(
     );
     let after = condition::find(&status.conditions, "Ready")
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()));
-    if before != after {
+    if before != after && why.reason != "RepositoryNotReady" {
         events::warning(&ctx.recorder, policy, &why.reason, why.message.clone()).await;
     }
     if Some(&status) != policy.status.as_ref() {

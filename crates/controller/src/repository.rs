@@ -25,6 +25,8 @@ const RECHECK_READY: Duration = Duration::from_secs(300);
 const RECHECK_NOT_READY: Duration = Duration::from_secs(60);
 /// The reason `Ready` has while the first probe of a spec runs.
 pub const PROBING: &str = "Probing";
+/// The reason `Ready` has while a shared-storage repository's PVC is not bound.
+const PVC_NOT_BOUND: &str = "PVCNotBound";
 /// Mover failure reasons that blame the repository rather than the volume.
 pub const REPOSITORY_REASONS: &[&str] = &[
     "AccessDenied",
@@ -66,7 +68,7 @@ pub async fn readiness(ctx: &Context, repo: &BackupRepository) -> Result<(), Inv
                 Ok(())
             }
             phase => Err(Invalid::new(
-                "PVCNotBound",
+                PVC_NOT_BOUND,
                 format!(
                     "PVC {:?} of repository {:?} is {}; it must be Bound",
                     pvc.claim_name,
@@ -322,9 +324,14 @@ async fn report(
     let changed = was_ready
         != condition::find(&status.conditions, "Ready")
             .map(|c| (c.status.clone(), c.reason.clone()));
+    // A new repository whose PVC is still being bound (applied together with it) or whose
+    // first probe runs is on its way, not broken: the condition says so, without a Warning.
+    let on_its_way = |why: &Invalid| {
+        why.reason == PROBING || (why.reason == PVC_NOT_BOUND && was_ready.is_none())
+    };
     if changed
         && let Err(why) = &ready
-        && why.reason != PROBING
+        && !on_its_way(why)
     {
         events::warning(&ctx.recorder, repo, &why.reason, why.message.clone()).await;
     }

@@ -70,6 +70,14 @@ async fn validate(ctx: &Context, restore: &Restore) -> Result<Result<Plan, Refus
             format!("Backup {name:?} not found in namespace {namespace:?}"),
         )));
     };
+    // Delete events reach no follower of a watch: the deletion's start is the last word.
+    if backup.metadata.deletion_timestamp.is_some() {
+        return Ok(Err(Invalid::new(
+            "BackupDeleted",
+            format!("Backup {name:?} is being deleted"),
+        )
+        .into()));
+    }
     let not_completed = format!(
         "Backup {name:?} is {}; only a Completed backup can be restored",
         backup.phase().as_str()

@@ -548,3 +548,57 @@ impl TestNamespace {
         Ok(pv_name)
     }
 }
+
+/// Waits until the Backup or Restore `name` is Pending with its `Completed` condition's reason
+/// `reason` (what it waits for) and returns that condition's message; fails at once if it
+/// finished instead.
+pub async fn waits_with<K>(api: &Api<K>, name: &str, reason: &str) -> anyhow::Result<String>
+where
+    K: Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    wait_for(
+        Duration::from_secs(60),
+        &format!("{name} to wait with {reason}"),
+        || async {
+            let status = serde_json::to_value(api.get(name).await?)?["status"].take();
+            let phase = status["phase"].as_str().unwrap_or("Pending");
+            anyhow::ensure!(
+                phase == "Pending",
+                "{name} is {phase}, expected it Pending with {reason}: {status}"
+            );
+            Ok(status["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Completed" && c["reason"] == reason)
+                .and_then(|c| c["message"].as_str().map(str::to_string)))
+        },
+    )
+    .await
+}
+
+/// Applies a multi-document YAML manifest with `kubectl apply -f -`, all at once, as a person or
+/// a GitOps tool would.
+pub fn kubectl_apply(manifest: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("kubectl")
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running kubectl apply")?;
+    child
+        .stdin
+        .take()
+        .context("kubectl's standard input")?
+        .write_all(manifest.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "kubectl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}

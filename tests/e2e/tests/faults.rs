@@ -157,18 +157,44 @@ async fn backups_that_cannot_start_fail_with_a_reason_and_no_job() -> anyhow::Re
     install_operator(&client).await?;
     let ns = TestNamespace::create(&client, "e2e-bad-backup").await?;
     ns.repository().await?;
+    // Each of these could resolve itself (a PVC, a repository or a policy may still be on its
+    // way): they wait for their short start deadline, then fail with the reason.
     let nothing = json!({"pvcSelector": {"matchLabels": {"app": "nothing"}}});
-    create::<Backup>(&ns, manual_backup("no-match", json!({"target": nothing}))).await?;
+    let deadline = 3;
     create::<Backup>(
         &ns,
-        manual_backup("no-repo", json!({"target": nothing, "repository": "nope"})),
+        manual_backup(
+            "no-match",
+            json!({"target": nothing, "startingDeadlineSeconds": deadline}),
+        ),
     )
     .await?;
     create::<Backup>(
         &ns,
-        manual_backup("no-policy", json!({"policyRef": "ghost"})),
+        manual_backup(
+            "no-repo",
+            json!({"target": nothing, "repository": "nope", "startingDeadlineSeconds": deadline}),
+        ),
     )
     .await?;
+    create::<Backup>(
+        &ns,
+        manual_backup(
+            "no-policy",
+            json!({"policyRef": "ghost", "startingDeadlineSeconds": deadline}),
+        ),
+    )
+    .await?;
+    // An invalid spec cannot: it fails at once.
+    create::<Backup>(
+        &ns,
+        manual_backup(
+            "both",
+            json!({"policyRef": "ghost", "target": nothing, "startingDeadlineSeconds": 3600}),
+        ),
+    )
+    .await?;
+    backup_failed(&ns, "both", "InvalidSpec", Duration::from_secs(30)).await?;
     backup_failed(&ns, "no-match", "NoVolumesMatched", Duration::from_secs(60)).await?;
     backup_failed(
         &ns,

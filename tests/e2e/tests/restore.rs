@@ -259,9 +259,9 @@ async fn restores_of_unfinished_backups_or_into_a_volume_in_use_are_refused_befo
     write_sample_tree(&source, 6)?;
     completed_backup(&ns, "good", "db").await?;
 
-    // A Failed backup.
+    // A Failed backup (its selector matches nothing, and it does not wait for a match).
     create::<Backup>(&ns, json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup", "metadata": {"name": "failed"},
-        "spec": {"target": {"pvcSelector": {"matchLabels": {"app": "nothing"}}}}})).await?;
+        "spec": {"target": {"pvcSelector": {"matchLabels": {"app": "nothing"}}}, "startingDeadlineSeconds": 0}})).await?;
     // A backup that stays Running: its volume is only reachable from a node that does not exist.
     let pv_name = ns.stranded_volume("stranded").await?;
     create::<Backup>(&ns, json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup", "metadata": {"name": "running"},
@@ -278,16 +278,28 @@ async fn restores_of_unfinished_backups_or_into_a_volume_in_use_are_refused_befo
     .await?;
 
     let target = ns.volume("target", &[]).await?;
-    for (name, backup) in [("from-failed", "failed"), ("from-running", "running")] {
-        let r = restore(
-            &ns,
-            name,
-            json!({"backupName": backup, "target": {"pvcName": "target"}}),
-        )
-        .await?;
-        assert_eq!(reason(&r), "BackupNotCompleted", "{:?}", r.status);
-        assert_eq!(jobs_of(&ns, name).await?, 0);
-    }
+    let r = restore(
+        &ns,
+        "from-failed",
+        json!({"backupName": "failed", "target": {"pvcName": "target"}}),
+    )
+    .await?;
+    assert_eq!(reason(&r), "BackupNotCompleted", "{:?}", r.status);
+    assert_eq!(jobs_of(&ns, "from-failed").await?, 0);
+    // A running backup may still complete: the restore waits for it (past its own start
+    // deadline, which bounds waiting for what is absent, not for a backup at work).
+    create::<Restore>(
+        &ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Restore", "metadata": {"name": "from-running"},
+               "spec": {"backupName": "running", "target": {"pvcName": "target"}, "startingDeadlineSeconds": 1}}),
+    )
+    .await?;
+    let restores = ns.api::<Restore>();
+    let why = waits_with(&restores, "from-running", "WaitingForBackup").await?;
+    assert!(why.contains("Backup \"running\" is Running"), "{why}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    waits_with(&restores, "from-running", "WaitingForBackup").await?;
+    assert_eq!(jobs_of(&ns, "from-running").await?, 0);
     let r = restore(
         &ns,
         "wrong-volume",
@@ -328,6 +340,10 @@ async fn restores_of_unfinished_backups_or_into_a_volume_in_use_are_refused_befo
     .await?;
     assert_eq!(r.phase(), BackupPhase::Completed, "{:?}", r.status);
     assert_eq!(tree_listing(&target)?, tree_listing(&source)?);
+    // The running backup goes: the restore waiting for it fails at once, saying so.
+    backups.delete("running", &Default::default()).await?;
+    let r = finished_restore(&ns, "from-running", Duration::from_secs(60)).await?;
+    assert_eq!(reason(&r), "BackupDeleted", "{:?}", r.status);
     for name in ["from-failed", "from-running", "wrong-volume", "in-use"] {
         assert!(
             events(&ns, "RestoreFailed")
