@@ -6,7 +6,8 @@
 use backstop_api::{Backup, BackupPhase, Restore, condition};
 use backstop_e2e::*;
 use k8s_openapi::api::batch::v1::Job;
-use kube::api::ListParams;
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, ListParams};
 use serde_json::json;
 use std::time::Duration;
 
@@ -20,11 +21,19 @@ async fn one_apply_of_pvcs_repository_policy_backup_and_restore_completes_withou
     let n = &ns.name;
     let source = host_volume(&format!("{n}-db"), "1Gi")?;
     write_sample_tree(&source, 4)?;
-    // The restored PVC (made by the operator) binds to this volume through its own class.
-    let restored = host_volume_of_class(&format!("{n}-restored"), "1Gi", &format!("{n}-restore"))?;
+    // The restored PVC (made by the operator) binds to this volume through its own class, which
+    // binds on first use: the restore must not wait for that binding, its mover pod makes it.
+    let class = format!("{n}-restore");
+    let restored = host_volume_of_class(&format!("{n}-restored"), "1Gi", &class)?;
     // The repository's volume does not exist yet: its PVC stays Pending until it does.
     kubectl_apply(&format!(
         r#"
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {{name: {class}}}
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: WaitForFirstConsumer
+---
 apiVersion: v1
 kind: PersistentVolumeClaim
 metadata: {{name: backups, namespace: {n}}}
@@ -66,7 +75,7 @@ kind: Restore
 metadata: {{name: back, namespace: {n}}}
 spec:
   backupName: now
-  target: {{pvcName: restored, storageClassName: {n}-restore}}
+  target: {{pvcName: restored, storageClassName: {class}}}
 "#
     ))?;
     let backups = ns.api::<Backup>();
@@ -128,6 +137,9 @@ spec:
     );
     assert!(events(&ns, "BackupFailed").await?.is_empty());
     assert!(events(&ns, "RestoreFailed").await?.is_empty());
+    Api::<StorageClass>::all(client.clone())
+        .delete(&class, &Default::default())
+        .await?;
     Ok(())
 }
 
