@@ -3,11 +3,11 @@
 //! entry in the manifest with a BLAKE3 digest of its content as it goes by.
 
 use crate::manifest::{Entry, EntryKind, Totals};
+use crate::walk::{self, Kind};
 use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use tar::{EntryType, Header};
 
@@ -41,8 +41,9 @@ pub struct Archived {
     pub changed_while_reading: Vec<String>,
 }
 
-/// Writes everything below `root` (not `root` itself) as a tar stream into `out`.
-/// Symbolic links are stored as links, never followed.
+/// Writes everything below `root` (not `root` itself) as a tar stream into `out`. The walk
+/// never leaves `root` (see `walk`): symbolic links are stored as links, never followed, and an
+/// entry swapped while the walk runs is left out and reported, never read through.
 pub fn write<W: Write>(root: &Path, out: W) -> Result<(Archived, W), ArchiveError> {
     let mut builder = tar::Builder::new(out);
     let mut archived = Archived::default();
@@ -50,26 +51,41 @@ pub fn write<W: Write>(root: &Path, out: W) -> Result<(Archived, W), ArchiveErro
     // File content goes through in chunks this big: with io::copy's 8 KiB, a 2 GiB volume took
     // 262,144 reads, hasher updates and compressor calls (benchmark (b)).
     let mut chunk = vec![0u8; CHUNK];
+    walk::raise_open_file_limit();
+    let read_error = |path: &[u8]| {
+        let path = root.join(std::ffi::OsStr::from_bytes(path));
+        move |source| ArchiveError::Read { path, source }
+    };
+    let top = walk::Dir::open_root(root).map_err(read_error(b""))?;
+    let names = top.names().map_err(read_error(b""))?;
     // Depth first, in name order, each directory followed by everything below it (as GNU tar
     // writes): GNU tar sets a directory's times once it extracts an entry outside it, so a
-    // directory whose content came later would keep the extraction time.
-    let mut stack = vec![(read_dir_sorted(root)?.into_iter(), String::new())];
-    while let Some((children, prefix)) = stack.last_mut() {
-        let Some((name, path)) = children.next() else {
+    // directory whose content came later would keep the extraction time. Each level holds its
+    // open directory, its remaining names, and its path (for the manifest, and as bytes).
+    let mut stack = vec![(top, names.into_iter(), String::new(), Vec::new())];
+    while let Some((dir, names, prefix, raw_prefix)) = stack.last_mut() {
+        let Some(name) = names.next() else {
             stack.pop();
             continue;
         };
         let rel = if prefix.is_empty() {
-            name.clone()
+            name.to_string_lossy().into_owned()
         } else {
-            format!("{prefix}/{name}")
+            format!("{prefix}/{}", name.to_string_lossy())
         };
-        let meta = fs::symlink_metadata(&path).map_err(|source| ArchiveError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        let kind = meta.file_type();
-        if kind.is_socket() {
+        let raw_rel = raw_rel_path(raw_prefix, name.as_bytes());
+        let child = dir.child(&name).map_err(read_error(&raw_rel))?;
+        let meta = match &child {
+            walk::Child::Changed => {
+                archived.changed_while_reading.push(rel);
+                continue;
+            }
+            walk::Child::Dir(_, st)
+            | walk::Child::File(_, st)
+            | walk::Child::Symlink(_, st)
+            | walk::Child::Other(st) => *st,
+        };
+        if meta.kind == Kind::Socket {
             archived.totals.skipped_sockets += 1;
             continue;
         }
@@ -77,68 +93,64 @@ pub fn write<W: Write>(root: &Path, out: W) -> Result<(Archived, W), ArchiveErro
             path: rel.clone(),
             kind: EntryKind::File,
             size: 0,
-            mode: meta.mode() & 0o7777,
-            uid: u64::from(meta.uid()),
-            gid: u64::from(meta.gid()),
-            mtime: meta.mtime(),
-            mtime_nanos: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
+            mode: meta.mode,
+            uid: u64::from(meta.uid),
+            gid: u64::from(meta.gid),
+            mtime: meta.mtime,
+            mtime_nanos: meta.mtime_nanos,
             target: None,
             blake3: None,
         };
         let mut header = Header::new_ustar();
         let mut pax: Vec<(&str, Vec<u8>)> = Vec::new();
-        let raw_name = path.file_name().map(|n| n.as_bytes()).unwrap_or_default();
-        let raw_rel = raw_rel_path(prefix, raw_name);
-        if kind.is_dir() {
-            entry.kind = EntryKind::Dir;
-            header.set_entry_type(EntryType::Directory);
-            archived.totals.dirs += 1;
-        } else if kind.is_symlink() {
-            entry.kind = EntryKind::Symlink;
-            header.set_entry_type(EntryType::Symlink);
-            let target = fs::read_link(&path).map_err(|source| ArchiveError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            set_link(&mut header, &mut pax, target.as_os_str().as_bytes());
-            entry.target = Some(target.to_string_lossy().into_owned());
-            archived.totals.symlinks += 1;
-        } else if kind.is_file()
-            && meta.nlink() > 1
-            && let Some(first) = first_link_paths.get(&(meta.dev(), meta.ino()))
-        {
-            entry.kind = EntryKind::Hardlink;
-            header.set_entry_type(EntryType::Link);
-            set_link(&mut header, &mut pax, first.as_bytes());
-            entry.target = Some(first.clone());
-            archived.totals.hardlinks += 1;
-        } else if kind.is_file() {
-            if meta.nlink() > 1 {
-                first_link_paths.insert((meta.dev(), meta.ino()), rel.clone());
+        match (&child, meta.kind) {
+            (_, Kind::Dir) => {
+                entry.kind = EntryKind::Dir;
+                header.set_entry_type(EntryType::Directory);
+                archived.totals.dirs += 1;
             }
-            entry.size = meta.len();
-            header.set_entry_type(EntryType::Regular);
-            archived.totals.files += 1;
-            archived.totals.bytes += meta.len();
-        } else {
-            entry.kind = if kind.is_fifo() {
-                header.set_entry_type(EntryType::Fifo);
-                EntryKind::Fifo
-            } else if kind.is_char_device() {
-                header.set_entry_type(EntryType::Char);
-                EntryKind::Char
-            } else {
-                header.set_entry_type(EntryType::Block);
-                EntryKind::Block
-            };
-            let rdev = meta.rdev();
-            header
-                .set_device_major(libc_major(rdev))
-                .map_err(ArchiveError::Write)?;
-            header
-                .set_device_minor(libc_minor(rdev))
-                .map_err(ArchiveError::Write)?;
-            archived.totals.specials += 1;
+            (walk::Child::Symlink(target, _), _) => {
+                entry.kind = EntryKind::Symlink;
+                header.set_entry_type(EntryType::Symlink);
+                set_link(&mut header, &mut pax, target);
+                entry.target = Some(String::from_utf8_lossy(target).into_owned());
+                archived.totals.symlinks += 1;
+            }
+            (_, Kind::File) => {
+                if meta.nlink > 1
+                    && let Some(first) = first_link_paths.get(&(meta.dev, meta.ino))
+                {
+                    entry.kind = EntryKind::Hardlink;
+                    header.set_entry_type(EntryType::Link);
+                    set_link(&mut header, &mut pax, first.as_bytes());
+                    entry.target = Some(first.clone());
+                    archived.totals.hardlinks += 1;
+                } else {
+                    if meta.nlink > 1 {
+                        first_link_paths.insert((meta.dev, meta.ino), rel.clone());
+                    }
+                    entry.size = meta.size;
+                    header.set_entry_type(EntryType::Regular);
+                    archived.totals.files += 1;
+                    archived.totals.bytes += meta.size;
+                }
+            }
+            (_, kind) => {
+                let (tar_kind, entry_kind) = match kind {
+                    Kind::Fifo => (EntryType::Fifo, EntryKind::Fifo),
+                    Kind::Char => (EntryType::Char, EntryKind::Char),
+                    _ => (EntryType::Block, EntryKind::Block),
+                };
+                header.set_entry_type(tar_kind);
+                entry.kind = entry_kind;
+                header
+                    .set_device_major(libc_major(meta.rdev))
+                    .map_err(ArchiveError::Write)?;
+                header
+                    .set_device_minor(libc_minor(meta.rdev))
+                    .map_err(ArchiveError::Write)?;
+                archived.totals.specials += 1;
+            }
         }
 
         set_path(
@@ -166,66 +178,53 @@ pub fn write<W: Write>(root: &Path, out: W) -> Result<(Archived, W), ArchiveErro
             append_pax(&mut builder, &raw_rel, &pax)?;
         }
         header.set_cksum();
-        if entry.kind == EntryKind::File {
-            let read_error = |source| ArchiveError::Read {
-                path: path.clone(),
-                source,
-            };
-            let file = File::open(&path).map_err(read_error)?;
-            let mut content = ExactContent::new(file, entry.size);
-            let out = builder.get_mut();
-            out.write_all(header.as_bytes())
-                .map_err(ArchiveError::Write)?;
-            loop {
-                let n = content.read(&mut chunk).map_err(read_error)?;
-                if n == 0 {
-                    break;
+        match child {
+            walk::Child::File(file, _) if entry.kind == EntryKind::File => {
+                let mut content = ExactContent::new(file, entry.size);
+                let out = builder.get_mut();
+                out.write_all(header.as_bytes())
+                    .map_err(ArchiveError::Write)?;
+                loop {
+                    let n = content.read(&mut chunk).map_err(read_error(&raw_rel))?;
+                    if n == 0 {
+                        break;
+                    }
+                    out.write_all(&chunk[..n]).map_err(ArchiveError::Write)?;
                 }
-                out.write_all(&chunk[..n]).map_err(ArchiveError::Write)?;
+                let padding = (BLOCK - entry.size % BLOCK) % BLOCK;
+                out.write_all(&[0; BLOCK as usize][..padding as usize])
+                    .map_err(ArchiveError::Write)?;
+                if content.size_changed {
+                    archived.changed_while_reading.push(rel.clone());
+                }
+                entry.blake3 = Some(content.hasher.finalize().to_hex().to_string());
+                archived.entries.push(entry);
             }
-            let padding = (BLOCK - entry.size % BLOCK) % BLOCK;
-            out.write_all(&[0; BLOCK as usize][..padding as usize])
-                .map_err(ArchiveError::Write)?;
-            if content.size_changed {
-                archived.changed_while_reading.push(rel.clone());
+            walk::Child::Dir(below, _) => {
+                builder
+                    .append(&header, io::empty())
+                    .map_err(ArchiveError::Write)?;
+                archived.entries.push(entry);
+                let names = below.names().map_err(read_error(&raw_rel))?;
+                stack.push((below, names.into_iter(), rel, raw_rel));
             }
-            entry.blake3 = Some(content.hasher.finalize().to_hex().to_string());
-        } else {
-            builder
-                .append(&header, io::empty())
-                .map_err(ArchiveError::Write)?;
-        }
-        archived.entries.push(entry);
-        if kind.is_dir() {
-            stack.push((read_dir_sorted(&path)?.into_iter(), rel));
+            _ => {
+                builder
+                    .append(&header, io::empty())
+                    .map_err(ArchiveError::Write)?;
+                archived.entries.push(entry);
+            }
         }
     }
     let out = builder.into_inner().map_err(ArchiveError::Write)?;
     Ok((archived, out))
 }
 
-fn read_dir_sorted(dir: &Path) -> Result<Vec<(String, PathBuf)>, ArchiveError> {
-    let read_err = |source| ArchiveError::Read {
-        path: dir.to_path_buf(),
-        source,
-    };
-    let mut children = Vec::new();
-    for entry in fs::read_dir(dir).map_err(read_err)? {
-        let entry = entry.map_err(read_err)?;
-        children.push((
-            entry.file_name().to_string_lossy().into_owned(),
-            entry.path(),
-        ));
-    }
-    children.sort_by(|a, b| a.1.file_name().cmp(&b.1.file_name()));
-    Ok(children)
-}
-
-fn raw_rel_path(prefix: &str, name: &[u8]) -> Vec<u8> {
+fn raw_rel_path(prefix: &[u8], name: &[u8]) -> Vec<u8> {
     if prefix.is_empty() {
         name.to_vec()
     } else {
-        let mut p = prefix.as_bytes().to_vec();
+        let mut p = prefix.to_vec();
         p.push(b'/');
         p.extend_from_slice(name);
         p

@@ -8,3 +8,4 @@ pub mod manifest;
 pub mod report;
 pub mod repository;
 pub mod restore;
+pub mod walk;

@@ -1,0 +1,324 @@
+//! Walking a volume without ever leaving it. Whoever controls the volume's bytes can swap a
+//! directory or a file for a symbolic link while the walk runs; a walk by full paths would then
+//! read whatever the link points at inside the mover pod (its environment with the repository's
+//! keys, the repository mount). So every step is relative to an open directory: a child is looked
+//! up by its single name (`fstatat`/`openat` with `O_NOFOLLOW`, never a path with `/` or `..`), and
+//! what was opened is checked against what was listed (`fstat`: same device and inode), so a swap
+//! between the two is noticed, never followed.
+
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+
+/// What kind of object a name refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Char,
+    Block,
+    Socket,
+}
+
+/// The `stat` fields the archive records.
+#[derive(Debug, Clone, Copy)]
+pub struct Stat {
+    pub kind: Kind,
+    pub dev: u64,
+    pub ino: u64,
+    pub mode: u32,
+    pub nlink: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub rdev: u64,
+    pub mtime: i64,
+    pub mtime_nanos: u32,
+}
+
+impl Stat {
+    fn from_raw(st: &libc::stat) -> Self {
+        let kind = match st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFLNK => Kind::Symlink,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFCHR => Kind::Char,
+            libc::S_IFBLK => Kind::Block,
+            libc::S_IFSOCK => Kind::Socket,
+            _ => Kind::File,
+        };
+        Stat {
+            kind,
+            dev: st.st_dev,
+            ino: st.st_ino,
+            mode: st.st_mode & 0o7777,
+            nlink: st.st_nlink,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            rdev: st.st_rdev,
+            mtime: st.st_mtime,
+            mtime_nanos: u32::try_from(st.st_mtime_nsec).unwrap_or(0),
+        }
+    }
+
+    /// Whether `other` is the same object (a swap in between makes it another one).
+    pub fn same_object(&self, other: &Stat) -> bool {
+        self.dev == other.dev && self.ino == other.ino && self.kind == other.kind
+    }
+}
+
+/// An open directory of the volume.
+pub struct Dir {
+    fd: OwnedFd,
+}
+
+/// A child of a directory, as found: its metadata, and for a directory or regular file the
+/// object itself, opened.
+pub enum Child {
+    Dir(Dir, Stat),
+    File(std::fs::File, Stat),
+    Symlink(Vec<u8>, Stat),
+    /// Fifos, device nodes, sockets: recorded from their metadata, never opened.
+    Other(Stat),
+    /// Gone, or swapped for something else between listing and opening, every time it was
+    /// looked at: left out (and reported).
+    Changed,
+}
+
+/// How often a child that changes between `fstatat` and `openat` is looked at again (a program
+/// that replaces files by renaming new ones over them does that legitimately).
+const ATTEMPTS: usize = 3;
+
+impl Dir {
+    /// Opens the volume's root (the mount point is ours; only what is below it is the tenant's).
+    pub fn open_root(path: &Path) -> io::Result<Dir> {
+        let c = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::other("the path holds a NUL byte"))?;
+        // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        Ok(Dir { fd: owned(fd)? })
+    }
+
+    /// The names in this directory (without `.` and `..`), sorted bytewise.
+    pub fn names(&self) -> io::Result<Vec<OsString>> {
+        // fdopendir takes ownership of the descriptor it is given: give it a duplicate.
+        // SAFETY: dup of a descriptor we own.
+        let dup = owned(unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) })?;
+        // SAFETY: `dup` is an open directory descriptor; on success the stream owns it.
+        let stream = unsafe { libc::fdopendir(dup.as_raw_fd()) };
+        if stream.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        std::mem::forget(dup);
+        let mut names = Vec::new();
+        let outcome = loop {
+            // readdir reports errors only through errno.
+            // SAFETY: resetting errno of this thread.
+            unsafe { *libc::__errno_location() = 0 };
+            // SAFETY: `stream` is a valid directory stream until closedir below.
+            let entry = unsafe { libc::readdir(stream) };
+            if entry.is_null() {
+                let err = io::Error::last_os_error();
+                break if err.raw_os_error() == Some(0) {
+                    Ok(())
+                } else {
+                    Err(err)
+                };
+            }
+            // SAFETY: d_name of a returned entry is a NUL-terminated string inside the entry.
+            let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) }.to_bytes();
+            if name != b"." && name != b".." {
+                names.push(OsString::from_vec(name.to_vec()));
+            }
+        };
+        // SAFETY: closing the stream we opened (and the duplicate it owns).
+        unsafe { libc::closedir(stream) };
+        outcome?;
+        names.sort();
+        Ok(names)
+    }
+
+    /// The child `name` (one path component, as `names` lists it), opened without following
+    /// links and checked to be what was listed.
+    pub fn child(&self, name: &OsStr) -> io::Result<Child> {
+        let c = CString::new(name.as_bytes())
+            .map_err(|_| io::Error::other("a name holds a NUL byte"))?;
+        for _ in 0..ATTEMPTS {
+            let listed = match self.stat_at(&c) {
+                Ok(st) => st,
+                Err(e) if gone(&e) => return Ok(Child::Changed),
+                Err(e) => return Err(e),
+            };
+            let flags = match listed.kind {
+                Kind::Dir => libc::O_DIRECTORY,
+                // Non-blocking: a fifo swapped in would otherwise block the open forever.
+                Kind::File => libc::O_NONBLOCK | libc::O_NOCTTY,
+                Kind::Symlink => {
+                    let target = match self.read_link_at(&c) {
+                        Ok(t) => t,
+                        // EINVAL: no longer a link.
+                        Err(e) if gone(&e) || e.raw_os_error() == Some(libc::EINVAL) => continue,
+                        Err(e) => return Err(e),
+                    };
+                    // Still the link that was listed (not replaced while its target was read)?
+                    match self.stat_at(&c) {
+                        Ok(now) if now.same_object(&listed) => {
+                            return Ok(Child::Symlink(target, listed));
+                        }
+                        Ok(_) => continue,
+                        Err(e) if gone(&e) => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                _ => return Ok(Child::Other(listed)),
+            };
+            // SAFETY: `c` is a NUL-terminated single name, resolved relative to our directory.
+            let fd = unsafe {
+                libc::openat(
+                    self.fd.as_raw_fd(),
+                    c.as_ptr(),
+                    libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | flags,
+                )
+            };
+            let fd = match owned(fd) {
+                Ok(fd) => fd,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            let opened = fstat(&fd)?;
+            if !opened.same_object(&listed) {
+                continue;
+            }
+            return Ok(match opened.kind {
+                Kind::Dir => Child::Dir(Dir { fd }, opened),
+                _ => Child::File(std::fs::File::from(fd), opened),
+            });
+        }
+        Ok(Child::Changed)
+    }
+
+    fn stat_at(&self, name: &CStr) -> io::Result<Stat> {
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: `name` is NUL-terminated; `st` is written by a successful call before being read.
+        let rc = unsafe {
+            libc::fstatat(
+                self.fd.as_raw_fd(),
+                name.as_ptr(),
+                st.as_mut_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fstatat succeeded, so `st` is initialised.
+        let st = unsafe { st.assume_init() };
+        Ok(Stat::from_raw(&st))
+    }
+
+    fn read_link_at(&self, name: &CStr) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            // SAFETY: `buf` has `buf.len()` writable bytes; `name` is NUL-terminated.
+            let n = unsafe {
+                libc::readlinkat(
+                    self.fd.as_raw_fd(),
+                    name.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let n = n as usize;
+            if n < buf.len() {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            buf.resize(buf.len() * 2, 0);
+        }
+    }
+}
+
+fn fstat(fd: &OwnedFd) -> io::Result<Stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `fd` is open; `st` is written by a successful call before being read.
+    if unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat succeeded, so `st` is initialised.
+    let st = unsafe { st.assume_init() };
+    Ok(Stat::from_raw(&st))
+}
+
+fn owned(fd: libc::c_int) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a non-negative descriptor just returned by the kernel, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The name no longer refers to what was listed: removed, or replaced by a link or another kind.
+fn gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOENT) | Some(libc::ELOOP) | Some(libc::ENOTDIR) | Some(libc::ENXIO)
+    )
+}
+
+/// Open directories are held down the whole depth of the walk: lift the soft limit on open files
+/// to the hard one, so that deep trees do not run out.
+pub fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn children_are_what_was_listed_and_links_are_never_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::create_dir(root.join("d")).unwrap();
+        std::fs::write(root.join("f"), b"data").unwrap();
+        symlink("/etc", root.join("l")).unwrap();
+        let dir = Dir::open_root(root).unwrap();
+        assert_eq!(dir.names().unwrap(), ["d", "f", "l"]);
+        assert!(
+            matches!(dir.child(OsStr::new("d")).unwrap(), Child::Dir(_, s) if s.kind == Kind::Dir)
+        );
+        assert!(matches!(dir.child(OsStr::new("f")).unwrap(), Child::File(_, s) if s.size == 4));
+        assert!(
+            matches!(dir.child(OsStr::new("l")).unwrap(), Child::Symlink(t, _) if t == b"/etc")
+        );
+        assert!(matches!(
+            dir.child(OsStr::new("missing")).unwrap(),
+            Child::Changed
+        ));
+    }
+}
