@@ -55,6 +55,9 @@ pub enum Command {
         target: PathBuf,
         #[arg(long, default_value = "FailIfNotEmpty", value_parser = parse_policy)]
         existing_data_policy: ExistingDataPolicy,
+        /// The artifact's BLAKE3 recorded when the backup completed: the manifest must name it.
+        #[arg(long)]
+        artifact_digest: Option<String>,
         #[command(flatten)]
         report: Report,
     },
@@ -64,6 +67,9 @@ pub enum Command {
         repository: RepositoryArgs,
         #[arg(long)]
         manifest: String,
+        /// The artifact's BLAKE3 recorded when the backup completed: the manifest must name it.
+        #[arg(long)]
+        artifact_digest: Option<String>,
         #[command(flatten)]
         report: Report,
     },
@@ -215,21 +221,30 @@ pub fn main(cmd: Command) -> anyhow::Result<()> {
             manifest,
             target,
             existing_data_policy,
+            artifact_digest,
             report,
         } => {
             let result = repository.open().and_then(|repo| {
-                restore::restore(repo.as_ref(), &manifest, &target, existing_data_policy)
-                    .map_err(|e| (e.reason(), e.to_string()))
+                restore::restore(
+                    repo.as_ref(),
+                    &manifest,
+                    &target,
+                    existing_data_policy,
+                    artifact_digest.as_deref(),
+                )
+                .map_err(|e| (e.reason(), e.to_string()))
             });
             finish(&report, result)
         }
         Command::Verify {
             repository,
             manifest,
+            artifact_digest,
             report,
         } => {
             let result = repository.open().and_then(|repo| {
-                restore::verify(repo.as_ref(), &manifest).map_err(|e| (e.reason(), e.to_string()))
+                restore::verify(repo.as_ref(), &manifest, artifact_digest.as_deref())
+                    .map_err(|e| (e.reason(), e.to_string()))
             });
             finish(&report, result)
         }

@@ -317,6 +317,8 @@ pub struct RestoreJob<'a> {
     pub repository: &'a BackupRepository,
     /// The manifest's key in the repository.
     pub manifest: String,
+    /// The artifact's BLAKE3 recorded when the backup completed (the manifest must name it).
+    pub artifact_digest: Option<&'a str>,
     pub target_pvc: &'a str,
     pub policy: ExistingDataPolicy,
     pub node: Option<&'a str>,
@@ -330,7 +332,7 @@ pub fn restore_job(
     config: &MoverConfig,
 ) -> Result<Job, serde_json::Error> {
     let name = restore.metadata.name.clone().unwrap_or_default();
-    let args = vec![
+    let mut args: Vec<String> = vec![
         "mover".into(),
         "restore".into(),
         "--manifest".into(),
@@ -340,6 +342,9 @@ pub fn restore_job(
         "--existing-data-policy".into(),
         r.policy.as_str().into(),
     ];
+    if let Some(digest) = r.artifact_digest {
+        args.extend(["--artifact-digest".into(), digest.into()]);
+    }
     let mover = MoverJob {
         name: naming::restore_job(&name),
         node: r.node,
@@ -495,6 +500,48 @@ mod tests {
         let pod = job.spec.unwrap().template.spec.unwrap();
         assert_eq!(pod.volumes.unwrap().len(), 1);
         assert_eq!(job.metadata.labels.unwrap()[labels::ROLE], ROLE_DELETE);
+    }
+
+    #[test]
+    fn a_restore_job_checks_the_manifest_against_the_digest_recorded_at_backup() {
+        let (_, repo) = fixtures();
+        let mut restore = Restore::new(
+            "back",
+            backstop_api::RestoreSpec {
+                backup_name: "nightly-202611210200".into(),
+                ..Default::default()
+            },
+        );
+        restore.metadata.namespace = Some("shop".into());
+        let request = |digest| RestoreJob {
+            repository: &repo,
+            manifest: "shop/nightly-202611210200/db.manifest.json".into(),
+            artifact_digest: digest,
+            target_pvc: "db-restored",
+            policy: ExistingDataPolicy::Overwrite,
+            node: None,
+        };
+        let args = |job: Job| {
+            job.spec.unwrap().template.spec.unwrap().containers[0]
+                .args
+                .clone()
+                .unwrap()
+        };
+        let with = args(
+            restore_job(
+                &restore,
+                request(Some("b3-digest")),
+                &MoverConfig::default(),
+            )
+            .unwrap(),
+        );
+        let at = with
+            .iter()
+            .position(|a| a == "--artifact-digest")
+            .expect("--artifact-digest");
+        assert_eq!(with[at + 1], "b3-digest");
+        let without = args(restore_job(&restore, request(None), &MoverConfig::default()).unwrap());
+        assert!(!without.contains(&"--artifact-digest".to_string()));
     }
 
     #[test]

@@ -36,6 +36,8 @@ struct MoverRestored {
 struct Plan {
     source_pvc: String,
     manifest: String,
+    /// The artifact digest recorded when the backup completed.
+    artifact_digest: Option<String>,
     repository: Arc<BackupRepository>,
 }
 
@@ -129,9 +131,15 @@ async fn validate(ctx: &Context, restore: &Restore) -> Result<Result<Plan, Refus
         backstop_api::backup::artifact_dir(&namespace, name),
         format_args!("{source_pvc}.manifest.json")
     );
+    let artifact_digest = status
+        .volumes
+        .iter()
+        .find(|v| v.pvc == source_pvc)
+        .and_then(|v| v.digest.clone());
     Ok(Ok(Plan {
         source_pvc,
         manifest,
+        artifact_digest,
         repository,
     }))
 }
@@ -266,6 +274,7 @@ async fn start(
         RestoreJob {
             repository: &plan.repository,
             manifest: plan.manifest.clone(),
+            artifact_digest: plan.artifact_digest.as_deref(),
             target_pvc: target,
             policy: restore.spec.existing_data_policy,
             node: node.as_deref(),

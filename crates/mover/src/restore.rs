@@ -73,9 +73,58 @@ pub struct RestoreResult {
     pub verification: String,
 }
 
+/// The manifest at `key`, checked (see `check_manifest`).
 pub fn read_manifest(repo: &dyn Repository, key: &str) -> Result<Manifest, RestoreError> {
     let data = repo.get(key)?;
-    serde_json::from_slice(&data).map_err(|e| RestoreError::Manifest(format!("{key}: {e}")))
+    let manifest: Manifest =
+        serde_json::from_slice(&data).map_err(|e| RestoreError::Manifest(format!("{key}: {e}")))?;
+    check_manifest(&manifest)?;
+    Ok(manifest)
+}
+
+/// A manifest is data from the repository, not a trusted plan: every path (and hardlink target)
+/// must pass the rules archive paths pass, written in its one plain form (no `.`, no empty or
+/// trailing components), and no path may be listed twice.
+pub fn check_manifest(manifest: &Manifest) -> Result<(), RestoreError> {
+    let mut seen = std::collections::HashSet::new();
+    for entry in &manifest.entries {
+        let plain = |path: &str| -> Result<(), RestoreError> {
+            let clean = safe_relative(Path::new(path))?;
+            if clean.as_os_str().as_bytes() != path.as_bytes() {
+                return Err(RestoreError::Unsafe {
+                    path: path.to_string(),
+                    why: "is not written in its plain form in the manifest",
+                });
+            }
+            Ok(())
+        };
+        plain(&entry.path)?;
+        if entry.kind == EntryKind::Hardlink {
+            plain(entry.target.as_deref().unwrap_or_default())?;
+        }
+        if !seen.insert(entry.path.as_str()) {
+            return Err(RestoreError::Unsafe {
+                path: entry.path.clone(),
+                why: "is listed twice in the manifest",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The artifact digest the operator recorded when the backup completed, if given, must be the
+/// one the manifest names: a manifest swapped in the repository (with an artifact to match) is
+/// caught before anything is read.
+fn check_recorded_digest(manifest: &Manifest, recorded: Option<&str>) -> Result<(), RestoreError> {
+    match recorded {
+        Some(recorded) if recorded != manifest.artifact.blake3 => {
+            Err(RestoreError::Integrity(format!(
+                "the manifest names an artifact with BLAKE3 {}, but the backup recorded {recorded}: the manifest in the repository was replaced or damaged",
+                manifest.artifact.blake3
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The artifact's key next to its manifest.
@@ -86,21 +135,30 @@ pub fn artifact_key(manifest_key: &str, manifest: &Manifest) -> String {
     }
 }
 
-/// Checks an artifact against its manifest without writing anything.
-pub fn verify(repo: &dyn Repository, manifest_key: &str) -> Result<RestoreResult, RestoreError> {
+/// Checks an artifact against its manifest (and the manifest against the digest recorded at
+/// backup time, when given) without writing anything.
+pub fn verify(
+    repo: &dyn Repository,
+    manifest_key: &str,
+    recorded_digest: Option<&str>,
+) -> Result<RestoreResult, RestoreError> {
     let manifest = read_manifest(repo, manifest_key)?;
+    check_recorded_digest(&manifest, recorded_digest)?;
     let key = artifact_key(manifest_key, &manifest);
     read_artifact(repo.open(&key)?, &key, &manifest, None)
 }
 
-/// Restores the artifact into `target` according to `policy`.
+/// Restores the artifact into `target` according to `policy`; `recorded_digest` is the artifact
+/// digest the operator recorded at backup time.
 pub fn restore(
     repo: &dyn Repository,
     manifest_key: &str,
     target: &Path,
     policy: ExistingDataPolicy,
+    recorded_digest: Option<&str>,
 ) -> Result<RestoreResult, RestoreError> {
     let manifest = read_manifest(repo, manifest_key)?;
+    check_recorded_digest(&manifest, recorded_digest)?;
     let staging = target.join(STAGING);
     // A staging directory left by an interrupted restore is ours to remove.
     remove_all(&staging)?;
@@ -121,14 +179,15 @@ pub fn restore(
         }
     };
     commit(&staging, target, policy)?;
-    // Moving entries into place touched directory times: put the recorded ones back.
+    // Moving entries into place touched directory times: put the recorded ones back (on the
+    // directories themselves, reached without following any link).
     for entry in manifest
         .entries
         .iter()
         .rev()
         .filter(|e| e.kind == EntryKind::Dir)
     {
-        apply_metadata(&target.join(&entry.path), entry)?;
+        apply_dir_metadata(target, Path::new(&entry.path), entry)?;
     }
     Ok(result)
 }
@@ -358,7 +417,7 @@ fn extract_entries(
         .iter()
         .map(|e| (e.path.as_str(), e))
         .collect();
-    let mut seen = 0u64;
+    let mut seen = std::collections::HashSet::new();
     let mut result = RestoreResult {
         files: 0,
         bytes: 0,
@@ -384,7 +443,28 @@ fn extract_entries(
                 "the archive holds {key:?}, which the manifest does not list"
             )));
         };
-        seen += 1;
+        if !seen.insert(key.clone()) {
+            return Err(RestoreError::Integrity(format!(
+                "the archive holds {key:?} twice"
+            )));
+        }
+        // The archive and the manifest must agree on what the entry is, and on a file's size
+        // before a byte of it is written.
+        let kind = entry_kind(entry.header().entry_type());
+        if kind != Some(meta.kind) {
+            return Err(RestoreError::Integrity(format!(
+                "{key:?} is a {:?} entry in the archive; the manifest says {:?}",
+                entry.header().entry_type(),
+                meta.kind
+            )));
+        }
+        if meta.kind == EntryKind::File && entry.size() != meta.size {
+            return Err(RestoreError::Integrity(format!(
+                "{key:?} holds {} bytes in the archive; the manifest says {}",
+                entry.size(),
+                meta.size
+            )));
+        }
         let dest = into.map(|root| (root.join(&rel), root));
         if let Some((path, root)) = &dest {
             check_parents(root, &rel)?;
@@ -450,7 +530,7 @@ fn extract_entries(
                         }
                         Err(_) => fs::create_dir(path).map_err(write_err(path))?,
                     }
-                    deferred.push((path.clone(), meta));
+                    deferred.push((rel.clone(), meta));
                 }
             }
             EntryKind::Symlink => {
@@ -472,6 +552,12 @@ fn extract_entries(
             }
             EntryKind::Hardlink => {
                 let target = safe_relative(Path::new(meta.target.as_deref().unwrap_or_default()))?;
+                let in_archive = entry.link_name().ok().flatten().map(|l| l.into_owned());
+                if in_archive.as_deref() != Some(target.as_path()) {
+                    return Err(RestoreError::Integrity(format!(
+                        "hardlink {key:?} links elsewhere than the manifest says"
+                    )));
+                }
                 if let Some((path, root)) = &dest {
                     check_parents(root, &target)?;
                     let source = root.join(&target);
@@ -506,17 +592,74 @@ fn extract_entries(
         }
         result.entries += 1;
     }
-    if seen != manifest.entries.len() as u64 {
+    if seen.len() != manifest.entries.len() {
         return Err(RestoreError::Integrity(format!(
-            "the archive holds {seen} entries; the manifest lists {}",
+            "the archive holds {} entries; the manifest lists {}",
+            seen.len(),
             manifest.entries.len()
         )));
     }
     // Directories last, deepest first: writing their children changed their times.
-    for (path, meta) in deferred.iter().rev() {
-        apply_metadata(path, meta)?;
+    if let Some(root) = into {
+        for (rel, meta) in deferred.iter().rev() {
+            apply_dir_metadata(root, rel, meta)?;
+        }
     }
     Ok(result)
+}
+
+/// The manifest kind a tar entry type stands for (none for types Backstop never writes).
+fn entry_kind(t: tar::EntryType) -> Option<EntryKind> {
+    Some(match t {
+        tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::File,
+        tar::EntryType::Directory => EntryKind::Dir,
+        tar::EntryType::Symlink => EntryKind::Symlink,
+        tar::EntryType::Link => EntryKind::Hardlink,
+        tar::EntryType::Fifo => EntryKind::Fifo,
+        tar::EntryType::Char => EntryKind::Char,
+        tar::EntryType::Block => EntryKind::Block,
+        _ => return None,
+    })
+}
+
+/// Owner, mode and mtime of the directory `rel` below `root`, set on the directory itself,
+/// reached one component at a time without following links.
+fn apply_dir_metadata(root: &Path, rel: &Path, meta: &Entry) -> Result<(), RestoreError> {
+    let path = root.join(rel);
+    let fd = crate::walk::open_dir_beneath(root, rel).map_err(|e| {
+        if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) {
+            RestoreError::Unsafe {
+                path: rel.to_string_lossy().into_owned(),
+                why: "would be changed through a symlink",
+            }
+        } else {
+            write_err(&path)(e)
+        }
+    })?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    let uid = u32::try_from(meta.uid).unwrap_or(u32::MAX);
+    let gid = u32::try_from(meta.gid).unwrap_or(u32::MAX);
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: meta.mtime as libc::time_t,
+            tv_nsec: i64::from(meta.mtime_nanos) as _,
+        },
+    ];
+    // SAFETY: `fd` is an open directory for the duration of these calls; `times` holds two
+    // timespecs, as futimens needs.
+    let failed = unsafe {
+        libc::fchown(fd, uid, gid) != 0
+            || libc::fchmod(fd, (meta.mode & 0o7777) as libc::mode_t) != 0
+            || libc::futimens(fd, times.as_ptr()) != 0
+    };
+    if failed {
+        return Err(write_err(&path)(io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {

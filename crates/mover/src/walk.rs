@@ -295,6 +295,30 @@ pub fn raise_open_file_limit() {
     }
 }
 
+/// The directory `rel` below `root`, opened one component at a time without following a link
+/// (`ELOOP`/`ENOTDIR` when one is in the way): whatever a tenant put in the volume, what is
+/// opened is below `root`.
+pub fn open_dir_beneath(root: &Path, rel: &Path) -> io::Result<OwnedFd> {
+    let mut dir = Dir::open_root(root)?;
+    for component in rel.components() {
+        let std::path::Component::Normal(name) = component else {
+            return Err(io::Error::other("not a plain relative path"));
+        };
+        let c = CString::new(name.as_bytes())
+            .map_err(|_| io::Error::other("a name holds a NUL byte"))?;
+        // SAFETY: `c` is a NUL-terminated single name, resolved relative to an open directory.
+        let fd = unsafe {
+            libc::openat(
+                dir.fd.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        dir = Dir { fd: owned(fd)? };
+    }
+    Ok(dir.fd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,5 +344,22 @@ mod tests {
             dir.child(OsStr::new("missing")).unwrap(),
             Child::Changed
         ));
+    }
+
+    #[test]
+    fn a_directory_below_the_root_is_never_reached_through_a_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("outside/b")).unwrap();
+        symlink(tmp.path().join("outside"), root.join("link")).unwrap();
+        assert!(open_dir_beneath(&root, Path::new("a/b")).is_ok());
+        let err = open_dir_beneath(&root, Path::new("link/b")).unwrap_err();
+        // O_NOFOLLOW with O_DIRECTORY on a link: ENOTDIR or ELOOP, depending on the kernel.
+        assert!(
+            matches!(err.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)),
+            "{err}"
+        );
+        assert!(open_dir_beneath(&root, Path::new("../outside")).is_err());
     }
 }

@@ -103,6 +103,7 @@ fn a_restore_reproduces_the_tree_exactly_and_keeps_sparse_files_sparse() {
             "ns/b/data.manifest.json",
             &f.target,
             ExistingDataPolicy::FailIfNotEmpty,
+            None,
         )
         .unwrap();
         assert_eq!(result.verification, "Verified");
@@ -123,7 +124,7 @@ fn a_restore_reproduces_the_tree_exactly_and_keeps_sparse_files_sparse() {
 #[test]
 fn verify_checks_an_artifact_without_writing() {
     let f = backed_up(Compression::Zstd);
-    let result = restore::verify(&f.repo, "ns/b/data.manifest.json").unwrap();
+    let result = restore::verify(&f.repo, "ns/b/data.manifest.json", None).unwrap();
     assert_eq!(
         result.files, 4,
         "regular files; the hardlink is not a second file"
@@ -140,6 +141,7 @@ fn a_non_empty_target_is_refused_by_default_and_left_alone() {
         "ns/b/data.manifest.json",
         &f.target,
         ExistingDataPolicy::FailIfNotEmpty,
+        None,
     )
     .unwrap_err();
     assert_eq!(err.reason(), "TargetNotEmpty");
@@ -157,6 +159,7 @@ fn overwrite_makes_the_target_exactly_the_backup_and_merge_keeps_other_files() {
         "ns/b/data.manifest.json",
         &f.target,
         ExistingDataPolicy::Merge,
+        None,
     )
     .unwrap();
     assert_eq!(
@@ -170,6 +173,7 @@ fn overwrite_makes_the_target_exactly_the_backup_and_merge_keeps_other_files() {
         "ns/b/data.manifest.json",
         &f.target,
         ExistingDataPolicy::Overwrite,
+        None,
     )
     .unwrap();
     assert_eq!(listing(&f.target), listing(&f.source));
@@ -194,6 +198,7 @@ fn one_flipped_byte_fails_the_restore_and_leaves_the_target_as_it_was() {
             "ns/b/data.manifest.json",
             &f.target,
             ExistingDataPolicy::Overwrite,
+            None,
         )
         .unwrap_err();
         assert_eq!(
@@ -203,7 +208,7 @@ fn one_flipped_byte_fails_the_restore_and_leaves_the_target_as_it_was() {
         );
         assert_eq!(listing(&f.target), before, "{compression:?}");
         assert!(matches!(
-            restore::verify(&f.repo, "ns/b/data.manifest.json"),
+            restore::verify(&f.repo, "ns/b/data.manifest.json", None),
             Err(RestoreError::Integrity(_))
         ));
     }
@@ -342,6 +347,7 @@ fn archives_that_escape_the_target_are_refused() {
             "ns/b/data.manifest.json",
             &target,
             ExistingDataPolicy::FailIfNotEmpty,
+            None,
         )
         .unwrap_err();
         assert_eq!(err.reason(), "UnsafeArchive", "{name}: {err}");
@@ -357,4 +363,181 @@ fn archives_that_escape_the_target_are_refused() {
         "nothing was written outside"
     );
     assert!(!tmp.path().join("evil").exists());
+}
+
+/// A regular file entry for a crafted archive.
+fn file(b: &mut tar::Builder<Vec<u8>>, path: &[u8], content: &[u8]) {
+    b.append(
+        &raw_header(path, tar::EntryType::Regular, content.len() as u64, None),
+        content,
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_manifest_that_reaches_outside_the_target_or_lists_a_path_twice_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside/dir");
+    fs::create_dir_all(&outside).unwrap();
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut setuid_dir = entry("../outside/dir", EntryKind::Dir, None, None);
+    setuid_dir.mode = 0o4777;
+    let mut absolute = entry(&outside.display().to_string(), EntryKind::Dir, None, None);
+    absolute.mode = 0o4777;
+    let cases: Vec<Case> = vec![
+        (
+            // The archive repeats an entry so that the counts agree with a manifest that lists a
+            // directory outside the target, whose mode the last pass would set.
+            "dotdot-dir",
+            Box::new(|b| {
+                file(b, b"a", b"x");
+                file(b, b"a", b"x");
+            }),
+            vec![entry("a", EntryKind::File, None, Some(b"x")), setuid_dir],
+        ),
+        (
+            "absolute-dir",
+            Box::new(|b| {
+                file(b, b"a", b"x");
+                file(b, b"a", b"x");
+            }),
+            vec![entry("a", EntryKind::File, None, Some(b"x")), absolute],
+        ),
+        (
+            "listed-twice",
+            Box::new(|b| {
+                file(b, b"a", b"x");
+                file(b, b"b", b"y");
+            }),
+            vec![
+                entry("a", EntryKind::File, None, Some(b"x")),
+                entry("a", EntryKind::File, None, Some(b"x")),
+            ],
+        ),
+        (
+            "not-plain",
+            Box::new(|b| file(b, b"a", b"x")),
+            vec![entry("./a", EntryKind::File, None, Some(b"x"))],
+        ),
+        (
+            "hardlink-target-outside",
+            Box::new(|b| file(b, b"a", b"x")),
+            vec![entry(
+                "a",
+                EntryKind::Hardlink,
+                Some("../outside/dir"),
+                None,
+            )],
+        ),
+    ];
+    for (name, build, entries) in cases {
+        // Beside `outside`, so that `../outside/dir` from the target is that directory.
+        let target = tmp.path().join(format!("target-{name}"));
+        fs::create_dir_all(&target).unwrap();
+        let repo = crafted(&tmp.path().join(format!("repo-{name}")), build, entries);
+        let err = restore::restore(
+            &repo,
+            "ns/b/data.manifest.json",
+            &target,
+            ExistingDataPolicy::FailIfNotEmpty,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(err.reason(), "UnsafeArchive", "{name}: {err}");
+        assert_eq!(fs::read_dir(&target).unwrap().count(), 0, "{name}");
+        let err = restore::verify(&repo, "ns/b/data.manifest.json", None).unwrap_err();
+        assert_eq!(err.reason(), "UnsafeArchive", "{name}: {err}");
+    }
+    let mode = fs::metadata(&outside).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o755, "the directory outside was changed");
+}
+
+#[test]
+fn the_archive_and_the_manifest_must_agree_entry_by_entry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: Vec<(&str, Case)> = vec![
+        (
+            "twice",
+            (
+                "duplicate archive entry",
+                Box::new(|b| {
+                    file(b, b"a", b"x");
+                    file(b, b"a", b"x");
+                }),
+                vec![
+                    entry("a", EntryKind::File, None, Some(b"x")),
+                    entry("b", EntryKind::File, None, Some(b"x")),
+                ],
+            ),
+        ),
+        (
+            "is a Regular entry in the archive",
+            (
+                "a file the manifest calls a directory",
+                Box::new(|b| file(b, b"d", b"x")),
+                vec![entry("d", EntryKind::Dir, None, None)],
+            ),
+        ),
+        (
+            "bytes in the archive",
+            (
+                "a file bigger than the manifest says",
+                Box::new(|b| file(b, b"big", &[7u8; 1 << 20])),
+                vec![entry("big", EntryKind::File, None, Some(b"small"))],
+            ),
+        ),
+    ];
+    for (expected, (name, build, entries)) in cases {
+        let case_dir = tmp.path().join(name.replace(' ', "-"));
+        let target = case_dir.join("target");
+        fs::create_dir_all(&target).unwrap();
+        let repo = crafted(&case_dir.join("repo"), build, entries);
+        let err = restore::restore(
+            &repo,
+            "ns/b/data.manifest.json",
+            &target,
+            ExistingDataPolicy::FailIfNotEmpty,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(err.reason(), "IntegrityCheckFailed", "{name}: {err}");
+        assert!(err.to_string().contains(expected), "{name}: {err}");
+        assert_eq!(fs::read_dir(&target).unwrap().count(), 0, "{name}");
+    }
+}
+
+#[test]
+fn a_manifest_swapped_in_the_repository_is_caught_by_the_digest_recorded_at_backup() {
+    let f = backed_up(Compression::Zstd);
+    let recorded = restore::read_manifest(&f.repo, "ns/b/data.manifest.json")
+        .unwrap()
+        .artifact
+        .blake3;
+    // Someone with write access to the repository replaces artifact and manifest by a pair
+    // that agree with each other.
+    fs::write(f.source.join("a/file.txt"), "planted\n").unwrap();
+    backup::run(
+        &f.repo,
+        &BackupRequest {
+            source: &f.source,
+            pvc: "data",
+            dir: "ns/b",
+            compression: Compression::Zstd,
+            created_at: String::new(),
+        },
+    )
+    .unwrap();
+    let err = restore::restore(
+        &f.repo,
+        "ns/b/data.manifest.json",
+        &f.target,
+        ExistingDataPolicy::FailIfNotEmpty,
+        Some(&recorded),
+    )
+    .unwrap_err();
+    assert_eq!(err.reason(), "IntegrityCheckFailed", "{err}");
+    assert!(err.to_string().contains("was replaced"), "{err}");
+    assert_eq!(fs::read_dir(&f.target).unwrap().count(), 0);
+    let err = restore::verify(&f.repo, "ns/b/data.manifest.json", Some(&recorded)).unwrap_err();
+    assert_eq!(err.reason(), "IntegrityCheckFailed", "{err}");
 }

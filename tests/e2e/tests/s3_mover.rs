@@ -60,7 +60,7 @@ fn round_trip(kind: S3Kind) -> anyhow::Result<()> {
         assert_eq!(tree_listing(&out)?, listing, "{kind:?} {dir}: tar's view");
 
         let manifest = format!("{dir}/data.manifest.json");
-        let verified = restore::verify(&repo, &manifest)?;
+        let verified = restore::verify(&repo, &manifest, Some(&done.digest))?;
         assert_eq!(verified.verification, "Verified");
         let target = tempfile::tempdir()?;
         restore::restore(
@@ -68,6 +68,7 @@ fn round_trip(kind: S3Kind) -> anyhow::Result<()> {
             &manifest,
             target.path(),
             ExistingDataPolicy::FailIfNotEmpty,
+            Some(&done.digest),
         )?;
         assert_eq!(
             tree_listing(target.path())?,
@@ -163,6 +164,7 @@ fn an_upload_cut_off_by_a_stopped_server_leaves_nothing_and_the_next_one_succeed
         "ns/b2/data.manifest.json",
         target.path(),
         ExistingDataPolicy::FailIfNotEmpty,
+        None,
     )?;
     assert_eq!(std::fs::read(target.path().join("noise.bin"))?, noise);
     Ok(())
@@ -218,7 +220,7 @@ fn tls_needs_the_ca_or_an_explicit_skip() -> anyhow::Result<()> {
         &request(source.path(), "ns/tls", Compression::Zstd),
     )?;
     assert_eq!(
-        restore::verify(&trusted, "ns/tls/data.manifest.json")?.verification,
+        restore::verify(&trusted, "ns/tls/data.manifest.json", None)?.verification,
         "Verified"
     );
 
