@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod backup;
+pub mod commit;
 pub mod inventory;
 pub mod manifest;
 pub mod report;

@@ -3,6 +3,7 @@
 //! and only then commits it into place (so a corrupt artifact leaves the target as it was).
 //! Entries with absolute paths or `..`, and entries that would go through a symlink, are refused.
 
+use crate::commit;
 use crate::manifest::{Entry, EntryKind, Manifest};
 use crate::repository::{Repository, RepositoryError};
 use backstop_api::ExistingDataPolicy;
@@ -15,8 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Component, Path, PathBuf};
 
-/// Name of the staging directory inside the target volume.
-pub const STAGING: &str = ".backstop-restore-staging";
+pub use crate::commit::STAGING;
 /// Holes are punched for runs of zeros this long (keeps sparse files sparse).
 const BLOCK: usize = 64 * 1024;
 
@@ -57,7 +57,7 @@ impl RestoreError {
     }
 }
 
-fn write_err(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {
+pub(crate) fn write_err(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {
     move |source| RestoreError::Write {
         path: path.to_path_buf(),
         source,
@@ -71,6 +71,9 @@ pub struct RestoreResult {
     pub bytes: u64,
     pub entries: u64,
     pub verification: String,
+    /// An earlier restore into this target had been killed mid-commit; it was undone first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recovered_interrupted_restore: bool,
 }
 
 /// The manifest at `key`, checked (see `check_manifest`).
@@ -159,51 +162,56 @@ pub fn restore(
 ) -> Result<RestoreResult, RestoreError> {
     let manifest = read_manifest(repo, manifest_key)?;
     check_recorded_digest(&manifest, recorded_digest)?;
-    let staging = target.join(STAGING);
-    // A staging directory left by an interrupted restore is ours to remove.
-    remove_all(&staging)?;
+    // An earlier restore into this target that was killed mid-commit is undone first.
+    let recovered = commit::recover(target)?;
     if policy == ExistingDataPolicy::FailIfNotEmpty
         && let Some(first) = first_entry(target)?
     {
         return Err(RestoreError::TargetNotEmpty(first));
     }
+    let staging = target.join(STAGING);
     fs::create_dir(&staging).map_err(write_err(&staging))?;
-    fs::set_permissions(&staging, fs::Permissions::from_mode(0o700))
-        .map_err(write_err(&staging))?;
-    let key = artifact_key(manifest_key, &manifest);
-    let result = match read_artifact(repo.open(&key)?, &key, &manifest, Some(&staging)) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = remove_all(&staging);
-            return Err(e);
-        }
-    };
-    commit(&staging, target, policy)?;
-    // Moving entries into place touched directory times: put the recorded ones back (on the
-    // directories themselves, reached without following any link).
-    for entry in manifest
-        .entries
-        .iter()
-        .rev()
-        .filter(|e| e.kind == EntryKind::Dir)
-    {
-        apply_dir_metadata(target, Path::new(&entry.path), entry)?;
+    let restored = (|| {
+        fs::set_permissions(&staging, fs::Permissions::from_mode(0o700))
+            .map_err(write_err(&staging))?;
+        let key = artifact_key(manifest_key, &manifest);
+        let mut result = read_artifact(repo.open(&key)?, &key, &manifest, Some(&staging))?;
+        result.recovered_interrupted_restore = recovered;
+        commit::commit(target, policy, || {
+            // Moving entries into place touched directory times: put the recorded ones back
+            // (on the directories themselves, reached without following any link).
+            for entry in manifest
+                .entries
+                .iter()
+                .rev()
+                .filter(|e| e.kind == EntryKind::Dir)
+            {
+                apply_dir_metadata(target, Path::new(&entry.path), entry)?;
+            }
+            Ok(())
+        })?;
+        Ok(result)
+    })();
+    if restored.is_err() {
+        // Whatever failed, no staging directory stays behind (commit undid its own part).
+        let _ = remove_all(&staging);
     }
-    Ok(result)
+    restored
 }
 
-/// The first thing in `dir` other than our staging directory and `lost+found`.
+/// The first thing in `dir` that is the target's data (not Backstop's directories or
+/// `lost+found`).
 fn first_entry(dir: &Path) -> Result<Option<String>, RestoreError> {
     for entry in fs::read_dir(dir).map_err(write_err(dir))? {
         let name = entry.map_err(write_err(dir))?.file_name();
-        if name != STAGING && name != "lost+found" {
+        if !commit::is_ours(&name) {
             return Ok(Some(name.to_string_lossy().into_owned()));
         }
     }
     Ok(None)
 }
 
-fn remove_all(path: &Path) -> Result<(), RestoreError> {
+pub(crate) fn remove_all(path: &Path) -> Result<(), RestoreError> {
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(write_err(path)(e)),
@@ -212,44 +220,8 @@ fn remove_all(path: &Path) -> Result<(), RestoreError> {
     }
 }
 
-/// Moves the staged tree into `target`.
-fn commit(staging: &Path, target: &Path, policy: ExistingDataPolicy) -> Result<(), RestoreError> {
-    if policy == ExistingDataPolicy::Overwrite {
-        for entry in fs::read_dir(target).map_err(write_err(target))? {
-            let entry = entry.map_err(write_err(target))?;
-            if entry.file_name() != STAGING && entry.file_name() != "lost+found" {
-                remove_all(&entry.path())?;
-            }
-        }
-    }
-    merge_into(staging, target)?;
-    fs::remove_dir(staging).map_err(write_err(staging))
-}
-
-/// Renames every entry of `from` into `to`; where both hold a directory of the same name, merges
-/// them; anything else in the way is replaced.
-fn merge_into(from: &Path, to: &Path) -> Result<(), RestoreError> {
-    for entry in fs::read_dir(from).map_err(write_err(from))? {
-        let entry = entry.map_err(write_err(from))?;
-        let src = entry.path();
-        let dst = to.join(entry.file_name());
-        let src_is_dir = entry.file_type().map_err(write_err(&src))?.is_dir();
-        match fs::symlink_metadata(&dst) {
-            Ok(existing) if existing.is_dir() && src_is_dir => {
-                merge_into(&src, &dst)?;
-                fs::remove_dir(&src).map_err(write_err(&src))?;
-                continue;
-            }
-            Ok(_) => remove_all(&dst)?,
-            Err(_) => {}
-        }
-        fs::rename(&src, &dst).map_err(write_err(&dst))?;
-    }
-    Ok(())
-}
-
 /// A path from the archive, checked: relative, no `..`, not empty.
-fn safe_relative(raw: &Path) -> Result<PathBuf, RestoreError> {
+pub(crate) fn safe_relative(raw: &Path) -> Result<PathBuf, RestoreError> {
     let shown = raw.to_string_lossy().into_owned();
     let mut clean = PathBuf::new();
     for component in raw.components() {
@@ -423,6 +395,7 @@ fn extract_entries(
         bytes: 0,
         entries: 0,
         verification: "Verified".into(),
+        recovered_interrupted_restore: false,
     };
     let mut archive = tar::Archive::new(reader);
     let entries = archive

@@ -5,6 +5,7 @@
 
 use backstop_api::ExistingDataPolicy;
 use backstop_mover::backup::{self, BackupRequest, Compression};
+use backstop_mover::commit;
 use backstop_mover::manifest::{ArtifactInfo, Entry, EntryKind, Manifest, Totals};
 use backstop_mover::repository::DirRepository;
 use backstop_mover::restore::{self, RestoreError};
@@ -540,4 +541,122 @@ fn a_manifest_swapped_in_the_repository_is_caught_by_the_digest_recorded_at_back
     assert_eq!(fs::read_dir(&f.target).unwrap().count(), 0);
     let err = restore::verify(&f.repo, "ns/b/data.manifest.json", Some(&recorded)).unwrap_err();
     assert_eq!(err.reason(), "IntegrityCheckFailed", "{err}");
+}
+
+/// `listing` without directories' mtimes (adding and removing entries moves them; the content,
+/// modes and owners are what "as it was" means).
+fn content_listing(root: &Path) -> Vec<String> {
+    listing(root)
+        .into_iter()
+        .map(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            if fields.get(1) == Some(&"dir") {
+                fields[..fields.len() - 1].join(" ")
+            } else {
+                l
+            }
+        })
+        .collect()
+}
+
+/// A target holding data, and a staged tree beside it ready to commit.
+fn target_with_staged_tree(root: &Path) -> std::path::PathBuf {
+    let target = root.join("target");
+    fs::create_dir_all(target.join("d")).unwrap();
+    fs::create_dir_all(target.join("lost+found")).unwrap();
+    fs::write(target.join("a.txt"), "old a\n").unwrap();
+    fs::write(target.join("d/x"), "old x\n").unwrap();
+    fs::write(target.join("keep"), "only in the target\n").unwrap();
+    let staging = target.join(restore::STAGING);
+    fs::create_dir_all(staging.join("d")).unwrap();
+    fs::create_dir_all(staging.join("n")).unwrap();
+    fs::write(staging.join("a.txt"), "new a\n").unwrap();
+    fs::write(staging.join("d/x"), "new x\n").unwrap();
+    fs::write(staging.join("d/y"), "new y\n").unwrap();
+    fs::write(staging.join("n/z"), "new z\n").unwrap();
+    target
+}
+
+fn without_staging(target: &Path) -> Vec<String> {
+    let _ = fs::remove_dir_all(target.join(restore::STAGING));
+    content_listing(target)
+}
+
+#[test]
+fn a_commit_that_fails_leaves_the_target_as_it_was() {
+    for policy in [ExistingDataPolicy::Overwrite, ExistingDataPolicy::Merge] {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = target_with_staged_tree(tmp.path());
+        let before = {
+            let copy = tmp.path().join("before");
+            fs::create_dir_all(&copy).unwrap();
+            std::process::Command::new("cp")
+                .args(["-a", "--"])
+                .arg(target.join("."))
+                .arg(&copy)
+                .status()
+                .unwrap();
+            without_staging(&copy)
+        };
+        // Everything is in place when the last step fails: the worst moment.
+        let err = commit::commit(&target, policy, || {
+            Err(RestoreError::Integrity("injected failure".into()))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("injected failure"), "{err}");
+        assert_eq!(without_staging(&target), before, "{policy:?}");
+        assert!(!target.join(commit::PREVIOUS).exists());
+    }
+}
+
+#[test]
+fn a_commit_killed_midway_is_undone_by_the_next_restore() {
+    let f = backed_up(Compression::Zstd);
+    fs::write(f.target.join("precious"), "the target's own data\n").unwrap();
+    let before = content_listing(&f.target);
+    // A restore killed after its tree went in but before it finished: nothing could undo it.
+    let staging = f.target.join(restore::STAGING);
+    fs::create_dir_all(staging.join("half")).unwrap();
+    fs::write(staging.join("half/new"), "new\n").unwrap();
+    let killed = std::panic::catch_unwind(|| {
+        commit::commit(&f.target, ExistingDataPolicy::Overwrite, || {
+            panic!("killed")
+        })
+    });
+    assert!(killed.is_err());
+    assert!(f.target.join(commit::PREVIOUS).exists());
+    assert!(
+        !f.target.join("precious").exists(),
+        "set aside by the commit"
+    );
+
+    // The next restore puts the target back first, then does its own work.
+    assert!(commit::recover(&f.target).unwrap());
+    assert_eq!(content_listing(&f.target), before);
+    let err = restore::restore(
+        &f.repo,
+        "ns/b/data.manifest.json",
+        &f.target,
+        ExistingDataPolicy::FailIfNotEmpty,
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(err.reason(), "TargetNotEmpty");
+    assert_eq!(content_listing(&f.target), before);
+}
+
+#[test]
+fn a_restore_that_fails_before_its_commit_leaves_no_staging_directory() {
+    let f = backed_up(Compression::Zstd);
+    fs::remove_file(f.repo_dir.join("ns/b/data.tar.zst")).unwrap();
+    let err = restore::restore(
+        &f.repo,
+        "ns/b/data.manifest.json",
+        &f.target,
+        ExistingDataPolicy::FailIfNotEmpty,
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(err.reason(), "ArtifactUnreadable", "{err}");
+    assert_eq!(fs::read_dir(&f.target).unwrap().count(), 0);
 }
