@@ -39,6 +39,11 @@ pub struct RestoreSpec {
     /// Restore even when a running pod mounts the target.
     #[serde(default)]
     pub allow_in_use: bool,
+    /// The backup comes from a volume whose owner must not gain the target's privileges (another
+    /// team's volume, a backup of unknown origin): device nodes are not created and
+    /// setuid/setgid bits are cleared. Off by default, which restores everything as it was.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub untrusted: bool,
     /// How long the restore may wait, from its creation, for what it needs to appear or become
     /// ready (its Backup, the repository, the target PVC's binding) before it fails with the
     /// reason (default 600). A Backup that exists and is still running is waited for without

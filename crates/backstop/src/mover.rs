@@ -58,6 +58,10 @@ pub enum Command {
         /// The artifact's BLAKE3 recorded when the backup completed: the manifest must name it.
         #[arg(long)]
         artifact_digest: Option<String>,
+        /// The backup is not trusted with the target's privileges: create no device nodes and
+        /// clear setuid/setgid bits.
+        #[arg(long)]
+        untrusted: bool,
         #[command(flatten)]
         report: Report,
     },
@@ -222,17 +226,17 @@ pub fn main(cmd: Command) -> anyhow::Result<()> {
             target,
             existing_data_policy,
             artifact_digest,
+            untrusted,
             report,
         } => {
             let result = repository.open().and_then(|repo| {
-                restore::restore(
-                    repo.as_ref(),
-                    &manifest,
-                    &target,
-                    existing_data_policy,
-                    artifact_digest.as_deref(),
-                )
-                .map_err(|e| (e.reason(), e.to_string()))
+                let options = restore::RestoreOptions {
+                    policy: existing_data_policy,
+                    recorded_digest: artifact_digest.as_deref(),
+                    untrusted,
+                };
+                restore::restore(repo.as_ref(), &manifest, &target, &options)
+                    .map_err(|e| (e.reason(), e.to_string()))
             });
             finish(&report, result)
         }

@@ -321,6 +321,8 @@ pub struct RestoreJob<'a> {
     pub artifact_digest: Option<&'a str>,
     pub target_pvc: &'a str,
     pub policy: ExistingDataPolicy,
+    /// Create no device nodes and clear set-id bits (`spec.untrusted`).
+    pub untrusted: bool,
     pub node: Option<&'a str>,
 }
 
@@ -344,6 +346,9 @@ pub fn restore_job(
     ];
     if let Some(digest) = r.artifact_digest {
         args.extend(["--artifact-digest".into(), digest.into()]);
+    }
+    if r.untrusted {
+        args.push("--untrusted".into());
     }
     let mover = MoverJob {
         name: naming::restore_job(&name),
@@ -519,6 +524,7 @@ mod tests {
             artifact_digest: digest,
             target_pvc: "db-restored",
             policy: ExistingDataPolicy::Overwrite,
+            untrusted: false,
             node: None,
         };
         let args = |job: Job| {
@@ -542,6 +548,13 @@ mod tests {
         assert_eq!(with[at + 1], "b3-digest");
         let without = args(restore_job(&restore, request(None), &MoverConfig::default()).unwrap());
         assert!(!without.contains(&"--artifact-digest".to_string()));
+        assert!(!without.contains(&"--untrusted".to_string()));
+        let untrusted = RestoreJob {
+            untrusted: true,
+            ..request(None)
+        };
+        let untrusted = args(restore_job(&restore, untrusted, &MoverConfig::default()).unwrap());
+        assert!(untrusted.contains(&"--untrusted".to_string()));
     }
 
     #[test]

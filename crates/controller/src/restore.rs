@@ -277,6 +277,7 @@ async fn start(
             artifact_digest: plan.artifact_digest.as_deref(),
             target_pvc: target,
             policy: restore.spec.existing_data_policy,
+            untrusted: restore.spec.untrusted,
             node: node.as_deref(),
         },
         &ctx.mover,

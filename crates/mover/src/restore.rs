@@ -74,6 +74,13 @@ pub struct RestoreResult {
     /// An earlier restore into this target had been killed mid-commit; it was undone first.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recovered_interrupted_restore: bool,
+    /// Device nodes not created (an untrusted restore).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped_devices: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The manifest at `key`, checked (see `check_manifest`).
@@ -151,17 +158,33 @@ pub fn verify(
     read_artifact(repo.open(&key)?, &key, &manifest, None)
 }
 
-/// Restores the artifact into `target` according to `policy`; `recorded_digest` is the artifact
-/// digest the operator recorded at backup time.
+/// How a restore treats the target and the backup.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreOptions<'a> {
+    /// What to do when the target already holds data.
+    pub policy: ExistingDataPolicy,
+    /// The artifact digest the operator recorded at backup time: the manifest must name it.
+    pub recorded_digest: Option<&'a str>,
+    /// The backup comes from a volume whose owner is not trusted with the target's privileges:
+    /// device nodes are not created and setuid/setgid bits are cleared.
+    pub untrusted: bool,
+}
+
+/// Restores the artifact into `target` as `options` say.
 pub fn restore(
     repo: &dyn Repository,
     manifest_key: &str,
     target: &Path,
-    policy: ExistingDataPolicy,
-    recorded_digest: Option<&str>,
+    options: &RestoreOptions<'_>,
 ) -> Result<RestoreResult, RestoreError> {
-    let manifest = read_manifest(repo, manifest_key)?;
-    check_recorded_digest(&manifest, recorded_digest)?;
+    let policy = options.policy;
+    let mut manifest = read_manifest(repo, manifest_key)?;
+    check_recorded_digest(&manifest, options.recorded_digest)?;
+    if options.untrusted {
+        for entry in &mut manifest.entries {
+            entry.mode &= !(libc::S_ISUID | libc::S_ISGID);
+        }
+    }
     // An earlier restore into this target that was killed mid-commit is undone first.
     let recovered = commit::recover(target)?;
     if policy == ExistingDataPolicy::FailIfNotEmpty
@@ -175,7 +198,11 @@ pub fn restore(
         fs::set_permissions(&staging, fs::Permissions::from_mode(0o700))
             .map_err(write_err(&staging))?;
         let key = artifact_key(manifest_key, &manifest);
-        let mut result = read_artifact(repo.open(&key)?, &key, &manifest, Some(&staging))?;
+        let into = Extract {
+            root: &staging,
+            skip_devices: options.untrusted,
+        };
+        let mut result = read_artifact(repo.open(&key)?, &key, &manifest, Some(into))?;
         result.recovered_interrupted_restore = recovered;
         commit::commit(target, policy, || {
             // Moving entries into place touched directory times: put the recorded ones back
@@ -284,7 +311,7 @@ fn read_artifact(
     artifact: Box<dyn Read + Send>,
     key: &str,
     manifest: &Manifest,
-    into: Option<&Path>,
+    into: Option<Extract<'_>>,
 ) -> Result<RestoreResult, RestoreError> {
     // Reading, hashing and decompressing run on their own thread, extracting on this one: the two
     // halves of the work overlap the way `zstd -dc | tar -x` does.
@@ -379,10 +406,17 @@ impl Read for ChannelReader {
     }
 }
 
+/// Where extracted entries are written, and how.
+#[derive(Clone, Copy)]
+struct Extract<'a> {
+    root: &'a Path,
+    skip_devices: bool,
+}
+
 fn extract_entries(
     reader: impl Read,
     manifest: &Manifest,
-    into: Option<&Path>,
+    into: Option<Extract<'_>>,
 ) -> Result<RestoreResult, RestoreError> {
     let expected: HashMap<&str, &Entry> = manifest
         .entries
@@ -396,6 +430,7 @@ fn extract_entries(
         entries: 0,
         verification: "Verified".into(),
         recovered_interrupted_restore: false,
+        skipped_devices: 0,
     };
     let mut archive = tar::Archive::new(reader);
     let entries = archive
@@ -438,7 +473,7 @@ fn extract_entries(
                 meta.size
             )));
         }
-        let dest = into.map(|root| (root.join(&rel), root));
+        let dest = into.map(|into| (into.root.join(&rel), into.root));
         if let Some((path, root)) = &dest {
             check_parents(root, &rel)?;
             if meta.kind != EntryKind::Dir {
@@ -546,6 +581,11 @@ fn extract_entries(
                     fs::hard_link(&source, path).map_err(write_err(path))?;
                 }
             }
+            EntryKind::Char | EntryKind::Block if into.is_some_and(|i| i.skip_devices) => {
+                result.skipped_devices += 1;
+                result.entries += 1;
+                continue;
+            }
             EntryKind::Fifo | EntryKind::Char | EntryKind::Block => {
                 if let Some((path, _)) = &dest {
                     let (kind, dev) = match meta.kind {
@@ -573,7 +613,7 @@ fn extract_entries(
         )));
     }
     // Directories last, deepest first: writing their children changed their times.
-    if let Some(root) = into {
+    if let Some(Extract { root, .. }) = into {
         for (rel, meta) in deferred.iter().rev() {
             apply_dir_metadata(root, rel, meta)?;
         }

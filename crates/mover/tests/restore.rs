@@ -8,7 +8,7 @@ use backstop_mover::backup::{self, BackupRequest, Compression};
 use backstop_mover::commit;
 use backstop_mover::manifest::{ArtifactInfo, Entry, EntryKind, Manifest, Totals};
 use backstop_mover::repository::DirRepository;
-use backstop_mover::restore::{self, RestoreError};
+use backstop_mover::restore::{self, RestoreError, RestoreOptions};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::Path;
@@ -103,8 +103,10 @@ fn a_restore_reproduces_the_tree_exactly_and_keeps_sparse_files_sparse() {
             &f.repo,
             "ns/b/data.manifest.json",
             &f.target,
-            ExistingDataPolicy::FailIfNotEmpty,
-            None,
+            &RestoreOptions {
+                policy: ExistingDataPolicy::FailIfNotEmpty,
+                ..Default::default()
+            },
         )
         .unwrap();
         assert_eq!(result.verification, "Verified");
@@ -141,8 +143,10 @@ fn a_non_empty_target_is_refused_by_default_and_left_alone() {
         &f.repo,
         "ns/b/data.manifest.json",
         &f.target,
-        ExistingDataPolicy::FailIfNotEmpty,
-        None,
+        &RestoreOptions {
+            policy: ExistingDataPolicy::FailIfNotEmpty,
+            ..Default::default()
+        },
     )
     .unwrap_err();
     assert_eq!(err.reason(), "TargetNotEmpty");
@@ -159,8 +163,10 @@ fn overwrite_makes_the_target_exactly_the_backup_and_merge_keeps_other_files() {
         &f.repo,
         "ns/b/data.manifest.json",
         &f.target,
-        ExistingDataPolicy::Merge,
-        None,
+        &RestoreOptions {
+            policy: ExistingDataPolicy::Merge,
+            ..Default::default()
+        },
     )
     .unwrap();
     assert_eq!(
@@ -173,8 +179,10 @@ fn overwrite_makes_the_target_exactly_the_backup_and_merge_keeps_other_files() {
         &f.repo,
         "ns/b/data.manifest.json",
         &f.target,
-        ExistingDataPolicy::Overwrite,
-        None,
+        &RestoreOptions {
+            policy: ExistingDataPolicy::Overwrite,
+            ..Default::default()
+        },
     )
     .unwrap();
     assert_eq!(listing(&f.target), listing(&f.source));
@@ -198,8 +206,10 @@ fn one_flipped_byte_fails_the_restore_and_leaves_the_target_as_it_was() {
             &f.repo,
             "ns/b/data.manifest.json",
             &f.target,
-            ExistingDataPolicy::Overwrite,
-            None,
+            &RestoreOptions {
+                policy: ExistingDataPolicy::Overwrite,
+                ..Default::default()
+            },
         )
         .unwrap_err();
         assert_eq!(
@@ -347,8 +357,10 @@ fn archives_that_escape_the_target_are_refused() {
             &repo,
             "ns/b/data.manifest.json",
             &target,
-            ExistingDataPolicy::FailIfNotEmpty,
-            None,
+            &RestoreOptions {
+                policy: ExistingDataPolicy::FailIfNotEmpty,
+                ..Default::default()
+            },
         )
         .unwrap_err();
         assert_eq!(err.reason(), "UnsafeArchive", "{name}: {err}");
@@ -440,8 +452,10 @@ fn a_manifest_that_reaches_outside_the_target_or_lists_a_path_twice_is_refused()
             &repo,
             "ns/b/data.manifest.json",
             &target,
-            ExistingDataPolicy::FailIfNotEmpty,
-            None,
+            &RestoreOptions {
+                policy: ExistingDataPolicy::FailIfNotEmpty,
+                ..Default::default()
+            },
         )
         .unwrap_err();
         assert_eq!(err.reason(), "UnsafeArchive", "{name}: {err}");
@@ -497,8 +511,10 @@ fn the_archive_and_the_manifest_must_agree_entry_by_entry() {
             &repo,
             "ns/b/data.manifest.json",
             &target,
-            ExistingDataPolicy::FailIfNotEmpty,
-            None,
+            &RestoreOptions {
+                policy: ExistingDataPolicy::FailIfNotEmpty,
+                ..Default::default()
+            },
         )
         .unwrap_err();
         assert_eq!(err.reason(), "IntegrityCheckFailed", "{name}: {err}");
@@ -532,8 +548,11 @@ fn a_manifest_swapped_in_the_repository_is_caught_by_the_digest_recorded_at_back
         &f.repo,
         "ns/b/data.manifest.json",
         &f.target,
-        ExistingDataPolicy::FailIfNotEmpty,
-        Some(&recorded),
+        &RestoreOptions {
+            policy: ExistingDataPolicy::FailIfNotEmpty,
+            recorded_digest: Some(&recorded),
+            ..Default::default()
+        },
     )
     .unwrap_err();
     assert_eq!(err.reason(), "IntegrityCheckFailed", "{err}");
@@ -637,8 +656,10 @@ fn a_commit_killed_midway_is_undone_by_the_next_restore() {
         &f.repo,
         "ns/b/data.manifest.json",
         &f.target,
-        ExistingDataPolicy::FailIfNotEmpty,
-        None,
+        &RestoreOptions {
+            policy: ExistingDataPolicy::FailIfNotEmpty,
+            ..Default::default()
+        },
     )
     .unwrap_err();
     assert_eq!(err.reason(), "TargetNotEmpty");
@@ -653,10 +674,65 @@ fn a_restore_that_fails_before_its_commit_leaves_no_staging_directory() {
         &f.repo,
         "ns/b/data.manifest.json",
         &f.target,
-        ExistingDataPolicy::FailIfNotEmpty,
-        None,
+        &RestoreOptions {
+            policy: ExistingDataPolicy::FailIfNotEmpty,
+            ..Default::default()
+        },
     )
     .unwrap_err();
     assert_eq!(err.reason(), "ArtifactUnreadable", "{err}");
     assert_eq!(fs::read_dir(&f.target).unwrap().count(), 0);
+}
+
+#[test]
+fn an_untrusted_restore_creates_no_device_nodes_and_clears_set_id_bits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("source");
+    fs::create_dir_all(source.join("shared")).unwrap();
+    fs::write(source.join("tool"), "#!/bin/sh\n").unwrap();
+    fs::set_permissions(source.join("tool"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::set_permissions(source.join("shared"), fs::Permissions::from_mode(0o2775)).unwrap();
+    let node = std::ffi::CString::new(source.join("mem").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid path; a character device like /dev/null (1, 3).
+    let made = unsafe { libc::mknod(node.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
+    assert_eq!(made, 0, "mknod: {}", std::io::Error::last_os_error());
+    let repo = DirRepository::new(tmp.path().join("repo"));
+    backup::run(
+        &repo,
+        &BackupRequest {
+            source: &source,
+            pvc: "data",
+            dir: "ns/b",
+            compression: Compression::Zstd,
+            created_at: String::new(),
+        },
+    )
+    .unwrap();
+    let mode = |p: &Path| fs::symlink_metadata(p).unwrap().mode();
+
+    let trusted = tmp.path().join("trusted");
+    fs::create_dir_all(&trusted).unwrap();
+    restore::restore(
+        &repo,
+        "ns/b/data.manifest.json",
+        &trusted,
+        &RestoreOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(mode(&trusted.join("tool")) & 0o7777, 0o4755);
+    assert_eq!(mode(&trusted.join("mem")) & libc::S_IFMT, libc::S_IFCHR);
+
+    let untrusted = tmp.path().join("untrusted");
+    fs::create_dir_all(&untrusted).unwrap();
+    let options = RestoreOptions {
+        untrusted: true,
+        ..Default::default()
+    };
+    let result = restore::restore(&repo, "ns/b/data.manifest.json", &untrusted, &options).unwrap();
+    assert_eq!(result.skipped_devices, 1);
+    assert_eq!(result.verification, "Verified");
+    assert!(!untrusted.join("mem").exists());
+    assert_eq!(mode(&untrusted.join("tool")) & 0o7777, 0o755);
+    assert_eq!(mode(&untrusted.join("shared")) & 0o7777, 0o775);
+    assert_eq!(fs::read(untrusted.join("tool")).unwrap(), b"#!/bin/sh\n");
 }

@@ -8,7 +8,7 @@ use backstop_e2e::s3::{S3Kind, S3Server};
 use backstop_e2e::{extract_with_tar, tree_listing, write_sample_tree};
 use backstop_mover::backup::{self, BackupRequest, Compression};
 use backstop_mover::repository::{Repository, S3Repository};
-use backstop_mover::restore;
+use backstop_mover::restore::{self, RestoreOptions};
 
 fn request<'a>(
     source: &'a std::path::Path,
@@ -67,8 +67,11 @@ fn round_trip(kind: S3Kind) -> anyhow::Result<()> {
             &repo,
             &manifest,
             target.path(),
-            ExistingDataPolicy::FailIfNotEmpty,
-            Some(&done.digest),
+            &RestoreOptions {
+                policy: ExistingDataPolicy::FailIfNotEmpty,
+                recorded_digest: Some(&done.digest),
+                ..Default::default()
+            },
         )?;
         assert_eq!(
             tree_listing(target.path())?,
@@ -163,8 +166,10 @@ fn an_upload_cut_off_by_a_stopped_server_leaves_nothing_and_the_next_one_succeed
         &repo,
         "ns/b2/data.manifest.json",
         target.path(),
-        ExistingDataPolicy::FailIfNotEmpty,
-        None,
+        &RestoreOptions {
+            policy: ExistingDataPolicy::FailIfNotEmpty,
+            ..Default::default()
+        },
     )?;
     assert_eq!(std::fs::read(target.path().join("noise.bin"))?, noise);
     Ok(())
