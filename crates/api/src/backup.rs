@@ -128,6 +128,13 @@ pub struct VolumeBackup {
     /// Where the artifact is, relative to the repository root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<String>,
+    /// Entries that changed while the mover read them (the volume was written to): files whose
+    /// copy may be torn, entries that vanished or were swapped and are left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_while_reading: Option<i64>,
+    /// The first few of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed_files: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
@@ -135,6 +142,44 @@ pub struct VolumeBackup {
 impl Backup {
     pub fn phase(&self) -> BackupPhase {
         self.status.as_ref().map(|s| s.phase).unwrap_or_default()
+    }
+}
+
+impl BackupStatus {
+    /// When entries changed while they were read: how many, and a message naming them by volume.
+    /// Such a backup is Completed (every other file is exact and verified) but not a consistent
+    /// image of the volume, and says so.
+    pub fn changed_while_reading(&self) -> Option<(i64, String)> {
+        let changed: Vec<(&VolumeBackup, i64)> = self
+            .volumes
+            .iter()
+            .filter_map(|v| v.changed_while_reading.filter(|n| *n > 0).map(|n| (v, n)))
+            .collect();
+        let total: i64 = changed.iter().map(|(_, n)| n).sum();
+        if total == 0 {
+            return None;
+        }
+        let named: Vec<String> = changed
+            .iter()
+            .map(|(v, n)| {
+                let more = *n - v.changed_files.len() as i64;
+                let mut names = v.changed_files.join(", ");
+                if more > 0 {
+                    names.push_str(&format!(" and {more} more"));
+                }
+                format!("PVC {}: {names}", v.pvc)
+            })
+            .collect();
+        Some((
+            total,
+            format!(
+                "{total} entr{} changed while {} read, so {} copy may be torn or missing ({}): the volume was being written to; stop its writers or back it up from a snapshot for a consistent image",
+                if total == 1 { "y" } else { "ies" },
+                if total == 1 { "it was" } else { "they were" },
+                if total == 1 { "its" } else { "their" },
+                named.join("; ")
+            ),
+        ))
     }
 }
 
@@ -171,6 +216,39 @@ mod tests {
         assert!(BackupPhase::Failed.is_terminal());
         assert!(!BackupPhase::Running.is_terminal());
         assert!(!BackupPhase::Pending.is_terminal());
+    }
+
+    #[test]
+    fn entries_changed_while_reading_are_named_by_volume() {
+        let volume = |pvc: &str, changed: Option<i64>, files: &[&str]| VolumeBackup {
+            pvc: pvc.into(),
+            changed_while_reading: changed,
+            changed_files: files.iter().map(|f| f.to_string()).collect(),
+            ..Default::default()
+        };
+        let quiet = BackupStatus {
+            volumes: vec![volume("db", None, &[]), volume("logs", Some(0), &[])],
+            ..Default::default()
+        };
+        assert_eq!(quiet.changed_while_reading(), None);
+        let torn = BackupStatus {
+            volumes: vec![
+                volume("db", Some(7), &["base/1", "base/2"]),
+                volume("logs", None, &[]),
+                volume("wal", Some(1), &["000001"]),
+            ],
+            ..Default::default()
+        };
+        let (count, message) = torn.changed_while_reading().unwrap();
+        assert_eq!(count, 8);
+        assert!(
+            message.starts_with("8 entries changed while they were read"),
+            "{message}"
+        );
+        assert!(
+            message.contains("(PVC db: base/1, base/2 and 5 more; PVC wal: 000001)"),
+            "{message}"
+        );
     }
 
     #[test]

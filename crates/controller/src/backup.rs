@@ -34,6 +34,10 @@ struct MoverSuccess {
     digest: String,
     files: u64,
     source_bytes: u64,
+    #[serde(default)]
+    changed_while_reading: u64,
+    #[serde(default)]
+    changed_files: Vec<String>,
 }
 
 struct Resolved {
@@ -351,6 +355,10 @@ async fn progress(
                 v.source_bytes = i64::try_from(done.source_bytes).ok();
                 v.digest = Some(done.digest);
                 v.artifact = Some(done.artifact);
+                v.changed_while_reading = i64::try_from(done.changed_while_reading)
+                    .ok()
+                    .filter(|n| *n > 0);
+                v.changed_files = done.changed_files;
                 v.message = None;
                 changed = true;
             }
@@ -459,7 +467,8 @@ async fn finish(ctx: &Context, backup: &Backup, mut status: BackupStatus) -> Res
     if completed {
         status.phase = BackupPhase::Completed;
         let bytes = status.total_bytes.unwrap_or(0);
-        let message = format!(
+        let changed = status.changed_while_reading();
+        let mut message = format!(
             "Backed up {} volume{} ({}, {} files) in {}",
             status.volumes.len(),
             if status.volumes.len() == 1 { "" } else { "s" },
@@ -467,6 +476,33 @@ async fn finish(ctx: &Context, backup: &Backup, mut status: BackupStatus) -> Res
             status.total_files.unwrap_or(0),
             status.duration.clone().unwrap_or_default()
         );
+        // Never a silent Completed: entries that changed while read are a condition, a Warning
+        // and part of the message.
+        let (consistent, reason, detail) = match &changed {
+            Some((count, detail)) => {
+                message.push_str(&format!(
+                    "; {count} changed while read, see the Consistent condition"
+                ));
+                (false, "ChangedWhileReading", detail.clone())
+            }
+            None => (
+                true,
+                "NothingChangedWhileReading",
+                "no file changed while it was read".to_string(),
+            ),
+        };
+        condition::set(
+            &mut status.conditions,
+            "Consistent",
+            consistent,
+            reason,
+            &detail,
+            generation,
+            end,
+        );
+        if changed.is_some() {
+            events::warning(&ctx.recorder, backup, "ChangedWhileReading", detail).await;
+        }
         condition::set(
             &mut status.conditions,
             "Completed",

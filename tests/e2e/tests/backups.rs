@@ -1,7 +1,7 @@
 //! Backups as Kubernetes resources, end to end, with the operator running in the cluster under its
 //! own ServiceAccount: a per-minute policy on two PVCs, retention, artifacts read back with tar.
 
-use backstop_api::{Backup, BackupPhase, BackupPolicy};
+use backstop_api::{Backup, BackupPhase, BackupPolicy, condition};
 use backstop_e2e::*;
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{ListParams, Patch, PatchParams};
@@ -92,6 +92,8 @@ async fn per_minute_policy_keeps_the_newest_two_completed_backups_with_their_art
     for name in &kept {
         let backup = backups.get(name).await?;
         let status = backup.status.clone().unwrap_or_default();
+        let consistent = condition::find(&status.conditions, "Consistent");
+        assert!(consistent.is_some_and(|c| c.status == "True"), "{status:?}");
         assert_eq!(status.volumes.len(), 2, "{status:?}");
         for (pvc, listing) in &sources {
             let volume = status
@@ -140,5 +142,65 @@ async fn per_minute_policy_keeps_the_newest_two_completed_backups_with_their_art
         status.next_scheduled_backup.is_none(),
         "suspended policy has no next run"
     );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
+async fn a_file_written_while_it_is_read_makes_a_backup_that_says_so() -> anyhow::Result<()> {
+    let client = cluster().await?;
+    install_operator(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-torn").await?;
+    ns.repository().await?;
+    let data = ns.volume("db", &[("app", "db")]).await?;
+    write_sample_tree(&data, 3)?;
+    // A writer that keeps rewriting a 32 MiB log from scratch while the backup runs: whenever
+    // the mover reads it, it shrinks or grows under the mover's feet.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (log, stop) = (data.join("busy.log"), stop.clone());
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let block = vec![b'x'; 1 << 20];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut f = std::fs::File::create(&log)?;
+                for _ in 0..32 {
+                    std::io::Write::write_all(&mut f, &block)?;
+                }
+            }
+            Ok(())
+        })
+    };
+    create::<Backup>(
+        &ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup", "metadata": {"name": "busy"},
+               "spec": {"target": {"pvcSelector": {"matchLabels": {"app": "db"}}}}}),
+    )
+    .await?;
+    let backup = finished_backup(&ns, "busy", Duration::from_secs(180)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the writer panicked"))??;
+    let backup = backup?;
+    let status = backup.status.clone().unwrap_or_default();
+    // Completed (every other file is exact), but not silently.
+    assert_eq!(backup.phase(), BackupPhase::Completed, "{status:?}");
+    let consistent = condition::find(&status.conditions, "Consistent").expect("Consistent");
+    assert_eq!(consistent.status, "False", "{status:?}");
+    assert_eq!(consistent.reason, "ChangedWhileReading");
+    assert!(
+        consistent.message.contains("PVC db: busy.log"),
+        "{}",
+        consistent.message
+    );
+    assert_eq!(status.volumes[0].changed_files, ["busy.log"]);
+    assert!(
+        status
+            .message
+            .unwrap_or_default()
+            .contains("1 changed while read")
+    );
+    let warned = events(&ns, "ChangedWhileReading").await?;
+    assert!(warned.iter().any(|(on, _)| on == "busy"), "{warned:?}");
     Ok(())
 }
