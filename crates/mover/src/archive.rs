@@ -47,7 +47,8 @@ pub struct Archived {
 pub fn write<W: Write>(root: &Path, out: W) -> Result<(Archived, W), ArchiveError> {
     let mut builder = tar::Builder::new(out);
     let mut archived = Archived::default();
-    let mut first_link_paths: HashMap<(u64, u64), String> = HashMap::new();
+    // The first path (exact bytes) of each multiply-linked file: later ones are hardlinks to it.
+    let mut first_link_paths: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     // File content goes through in chunks this big: with io::copy's 8 KiB, a 2 GiB volume took
     // 262,144 reads, hasher updates and compressor calls (benchmark (b)).
     let mut chunk = vec![0u8; CHUNK];
@@ -61,19 +62,15 @@ pub fn write<W: Write>(root: &Path, out: W) -> Result<(Archived, W), ArchiveErro
     // Depth first, in name order, each directory followed by everything below it (as GNU tar
     // writes): GNU tar sets a directory's times once it extracts an entry outside it, so a
     // directory whose content came later would keep the extraction time. Each level holds its
-    // open directory, its remaining names, and its path (for the manifest, and as bytes).
-    let mut stack = vec![(top, names.into_iter(), String::new(), Vec::new())];
-    while let Some((dir, names, prefix, raw_prefix)) = stack.last_mut() {
+    // open directory, its remaining names, and its path (bytes: Linux names need not be UTF-8).
+    let mut stack = vec![(top, names.into_iter(), Vec::new())];
+    while let Some((dir, names, prefix)) = stack.last_mut() {
         let Some(name) = names.next() else {
             stack.pop();
             continue;
         };
-        let rel = if prefix.is_empty() {
-            name.to_string_lossy().into_owned()
-        } else {
-            format!("{prefix}/{}", name.to_string_lossy())
-        };
-        let raw_rel = raw_rel_path(raw_prefix, name.as_bytes());
+        let raw_rel = raw_rel_path(prefix, name.as_bytes());
+        let rel = String::from_utf8_lossy(&raw_rel).into_owned();
         let child = dir.child(&name).map_err(read_error(&raw_rel))?;
         let meta = match &child {
             walk::Child::Changed => {
@@ -90,17 +87,14 @@ pub fn write<W: Write>(root: &Path, out: W) -> Result<(Archived, W), ArchiveErro
             continue;
         }
         let mut entry = Entry {
-            path: rel.clone(),
-            kind: EntryKind::File,
-            size: 0,
             mode: meta.mode,
             uid: u64::from(meta.uid),
             gid: u64::from(meta.gid),
             mtime: meta.mtime,
             mtime_nanos: meta.mtime_nanos,
-            target: None,
-            blake3: None,
+            ..Default::default()
         };
+        entry.set_path(&raw_rel);
         let mut header = Header::new_ustar();
         let mut pax: Vec<(&str, Vec<u8>)> = Vec::new();
         match (&child, meta.kind) {
@@ -113,7 +107,7 @@ pub fn write<W: Write>(root: &Path, out: W) -> Result<(Archived, W), ArchiveErro
                 entry.kind = EntryKind::Symlink;
                 header.set_entry_type(EntryType::Symlink);
                 set_link(&mut header, &mut pax, target);
-                entry.target = Some(String::from_utf8_lossy(target).into_owned());
+                entry.set_target(target);
                 archived.totals.symlinks += 1;
             }
             (_, Kind::File) => {
@@ -122,12 +116,12 @@ pub fn write<W: Write>(root: &Path, out: W) -> Result<(Archived, W), ArchiveErro
                 {
                     entry.kind = EntryKind::Hardlink;
                     header.set_entry_type(EntryType::Link);
-                    set_link(&mut header, &mut pax, first.as_bytes());
-                    entry.target = Some(first.clone());
+                    set_link(&mut header, &mut pax, first);
+                    entry.set_target(first);
                     archived.totals.hardlinks += 1;
                 } else {
                     if meta.nlink > 1 {
-                        first_link_paths.insert((meta.dev, meta.ino), rel.clone());
+                        first_link_paths.insert((meta.dev, meta.ino), raw_rel.clone());
                     }
                     entry.size = meta.size;
                     header.set_entry_type(EntryType::Regular);
@@ -206,7 +200,7 @@ pub fn write<W: Write>(root: &Path, out: W) -> Result<(Archived, W), ArchiveErro
                     .map_err(ArchiveError::Write)?;
                 archived.entries.push(entry);
                 let names = below.names().map_err(read_error(&raw_rel))?;
-                stack.push((below, names.into_iter(), rel, raw_rel));
+                stack.push((below, names.into_iter(), raw_rel));
             }
             _ => {
                 builder

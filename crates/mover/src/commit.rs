@@ -9,6 +9,7 @@
 //! Once the new tree is complete, the previous directory is renamed to `.backstop-restore-discard`
 //! (the point of no return) and removed. Renames stay within the volume, so each is atomic.
 
+use crate::manifest::{hex, unhex};
 use crate::restore::{RestoreError, remove_all, safe_relative, write_err};
 use backstop_api::ExistingDataPolicy;
 use std::ffi::OsStr;
@@ -96,8 +97,8 @@ pub fn recover(target: &Path) -> Result<bool, RestoreError> {
 }
 
 /// Removes what the journal says the commit added (newest first) and renames what it displaced
-/// back. The journal lives in the tenant's volume: its paths are checked like archive paths, and
-/// nothing is removed through a link.
+/// back. The journal (a path in hex a line, so that any name fits) lives in the tenant's volume:
+/// its paths are checked like archive paths, and nothing is removed through a link.
 fn undo(target: &Path) -> Result<(), RestoreError> {
     let previous = target.join(PREVIOUS);
     let journal = match fs::read(previous.join(ADDED)) {
@@ -225,31 +226,4 @@ fn below_without_links(root: &Path, rel: &Path) -> Result<bool, RestoreError> {
         }
     }
     Ok(true)
-}
-
-/// Journal lines are hex, so that any name (newlines and non-UTF-8 bytes included) fits.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(line: &[u8]) -> Option<Vec<u8>> {
-    if !line.len().is_multiple_of(2) {
-        return None;
-    }
-    line.chunks(2)
-        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn journal_lines_carry_any_name() {
-        let name = b"a\nb/\xff\xfe c";
-        assert_eq!(unhex(hex(name).as_bytes()).unwrap(), name);
-        assert_eq!(unhex(b"abc"), None);
-        assert_eq!(unhex(b"zz"), None);
-    }
 }

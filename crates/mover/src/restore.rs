@@ -9,7 +9,7 @@ use crate::repository::{Repository, RepositoryError};
 use backstop_api::ExistingDataPolicy;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -98,21 +98,27 @@ pub fn read_manifest(repo: &dyn Repository, key: &str) -> Result<Manifest, Resto
 pub fn check_manifest(manifest: &Manifest) -> Result<(), RestoreError> {
     let mut seen = std::collections::HashSet::new();
     for entry in &manifest.entries {
-        let plain = |path: &str| -> Result<(), RestoreError> {
-            let clean = safe_relative(Path::new(path))?;
-            if clean.as_os_str().as_bytes() != path.as_bytes() {
+        let damaged =
+            |what| RestoreError::Manifest(format!("{what} of {:?} is not hex", entry.path));
+        let plain = |path: &[u8]| -> Result<(), RestoreError> {
+            let clean = safe_relative(Path::new(OsStr::from_bytes(path)))?;
+            if clean.as_os_str().as_bytes() != path {
                 return Err(RestoreError::Unsafe {
-                    path: path.to_string(),
+                    path: String::from_utf8_lossy(path).into_owned(),
                     why: "is not written in its plain form in the manifest",
                 });
             }
             Ok(())
         };
-        plain(&entry.path)?;
+        let path = entry.path_bytes().ok_or_else(|| damaged("rawPath"))?;
+        plain(&path)?;
+        let target = entry
+            .target_bytes()
+            .map(|t| t.ok_or_else(|| damaged("rawTarget")));
         if entry.kind == EntryKind::Hardlink {
-            plain(entry.target.as_deref().unwrap_or_default())?;
+            plain(&target.transpose()?.unwrap_or_default())?;
         }
-        if !seen.insert(entry.path.as_str()) {
+        if !seen.insert(path) {
             return Err(RestoreError::Unsafe {
                 path: entry.path.clone(),
                 why: "is listed twice in the manifest",
@@ -213,7 +219,8 @@ pub fn restore(
                 .rev()
                 .filter(|e| e.kind == EntryKind::Dir)
             {
-                apply_dir_metadata(target, Path::new(&entry.path), entry)?;
+                let path = entry.path_bytes().unwrap_or_default();
+                apply_dir_metadata(target, Path::new(OsStr::from_bytes(&path)), entry)?;
             }
             Ok(())
         })?;
@@ -418,10 +425,11 @@ fn extract_entries(
     manifest: &Manifest,
     into: Option<Extract<'_>>,
 ) -> Result<RestoreResult, RestoreError> {
-    let expected: HashMap<&str, &Entry> = manifest
+    // By exact bytes (the manifest was checked, so every path decodes).
+    let expected: HashMap<Vec<u8>, &Entry> = manifest
         .entries
         .iter()
-        .map(|e| (e.path.as_str(), e))
+        .map(|e| (e.path_bytes().unwrap_or_default(), e))
         .collect();
     let mut seen = std::collections::HashSet::new();
     let mut result = RestoreResult {
@@ -445,13 +453,14 @@ fn extract_entries(
             .map_err(|e| RestoreError::Integrity(format!("reading an entry's path: {e}")))?
             .into_owned();
         let rel = safe_relative(&raw_path)?;
+        let exact = rel.as_os_str().as_bytes().to_vec();
         let key = rel.to_string_lossy().into_owned();
-        let Some(meta) = expected.get(key.as_str()).copied() else {
+        let Some(meta) = expected.get(&exact).copied() else {
             return Err(RestoreError::Integrity(format!(
                 "the archive holds {key:?}, which the manifest does not list"
             )));
         };
-        if !seen.insert(key.clone()) {
+        if !seen.insert(exact) {
             return Err(RestoreError::Integrity(format!(
                 "the archive holds {key:?} twice"
             )));
@@ -542,24 +551,21 @@ fn extract_entries(
                 }
             }
             EntryKind::Symlink => {
-                let target = meta.target.clone().unwrap_or_default();
-                let in_archive = entry
-                    .link_name()
-                    .ok()
-                    .flatten()
-                    .map(|l| l.to_string_lossy().into_owned());
-                if in_archive.as_deref() != Some(target.as_str()) {
+                let target = meta.target_bytes().flatten().unwrap_or_default();
+                let in_archive = entry.link_name_bytes().map(|l| l.into_owned());
+                if in_archive.as_deref() != Some(target.as_slice()) {
                     return Err(RestoreError::Integrity(format!(
                         "symlink {key:?} points elsewhere than the manifest says"
                     )));
                 }
                 if let Some((path, _)) = &dest {
                     // Creating a link never writes through it; its target is kept as recorded.
-                    symlink(&target, path).map_err(write_err(path))?;
+                    symlink(OsStr::from_bytes(&target), path).map_err(write_err(path))?;
                 }
             }
             EntryKind::Hardlink => {
-                let target = safe_relative(Path::new(meta.target.as_deref().unwrap_or_default()))?;
+                let target = meta.target_bytes().flatten().unwrap_or_default();
+                let target = safe_relative(Path::new(OsStr::from_bytes(&target)))?;
                 let in_archive = entry.link_name().ok().flatten().map(|l| l.into_owned());
                 if in_archive.as_deref() != Some(target.as_path()) {
                     return Err(RestoreError::Integrity(format!(

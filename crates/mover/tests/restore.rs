@@ -269,6 +269,7 @@ fn entry(path: &str, kind: EntryKind, target: Option<&str>, content: Option<&[u8
         mtime_nanos: 0,
         target: target.map(str::to_string),
         blake3: content.map(|c| blake3::hash(c).to_hex().to_string()),
+        ..Default::default()
     }
 }
 
@@ -735,4 +736,100 @@ fn an_untrusted_restore_creates_no_device_nodes_and_clears_set_id_bits() {
     assert_eq!(mode(&untrusted.join("tool")) & 0o7777, 0o755);
     assert_eq!(mode(&untrusted.join("shared")) & 0o7777, 0o775);
     assert_eq!(fs::read(untrusted.join("tool")).unwrap(), b"#!/bin/sh\n");
+}
+
+/// Every path below `root` with what it is, as exact bytes (names need not be UTF-8).
+fn byte_listing(root: &Path) -> Vec<(Vec<u8>, String)> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let m = fs::symlink_metadata(&path).unwrap();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+            let what = if m.is_dir() {
+                stack.push(path.clone());
+                "dir".to_string()
+            } else if m.file_type().is_symlink() {
+                format!(
+                    "-> {:?}",
+                    fs::read_link(&path).unwrap().as_os_str().as_bytes()
+                )
+            } else {
+                blake3::hash(&fs::read(&path).unwrap()).to_hex().to_string()
+            };
+            out.push((rel, what));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn names_that_are_not_utf8_survive_backup_restore_and_gnu_tar_byte_for_byte() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("source");
+    let name = |bytes: &[u8]| source.join(OsStr::from_bytes(bytes));
+    fs::create_dir_all(&source).unwrap();
+    // Latin-1 "café" and the name its lossy conversion gives: two files, not one.
+    fs::write(name(b"caf\xe9"), "latin-1\n").unwrap();
+    fs::write(name("caf\u{fffd}".as_bytes()), "replacement character\n").unwrap();
+    // A directory with such a name and children, an empty one, and links with such targets.
+    fs::create_dir_all(name(b"d\xff/sub")).unwrap();
+    fs::write(name(b"d\xff/sub/f\xfe"), "deep\n").unwrap();
+    fs::create_dir_all(name(b"empty\x80")).unwrap();
+    symlink(OsStr::from_bytes(b"caf\xe9"), name(b"link\xe9")).unwrap();
+    fs::hard_link(name(b"d\xff/sub/f\xfe"), name(b"hard\xfe")).unwrap();
+    let repo_dir = tmp.path().join("repo");
+    let repo = DirRepository::new(&repo_dir);
+    backup::run(
+        &repo,
+        &BackupRequest {
+            source: &source,
+            pvc: "data",
+            dir: "ns/b",
+            compression: Compression::Zstd,
+            created_at: String::new(),
+        },
+    )
+    .unwrap();
+    let expected = byte_listing(&source);
+    assert_eq!(expected.len(), 8, "{expected:?}");
+
+    let target = tmp.path().join("target");
+    fs::create_dir_all(&target).unwrap();
+    let result = restore::restore(
+        &repo,
+        "ns/b/data.manifest.json",
+        &target,
+        &RestoreOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(result.verification, "Verified");
+    assert_eq!(byte_listing(&target), expected);
+    let a = fs::metadata(target.join(OsStr::from_bytes(b"hard\xfe"))).unwrap();
+    let b = fs::metadata(target.join(OsStr::from_bytes(b"d\xff/sub/f\xfe"))).unwrap();
+    assert_eq!(a.ino(), b.ino(), "the hardlink is one file again");
+
+    // GNU tar, independently, extracts the same bytes.
+    let by_tar = tmp.path().join("tar");
+    fs::create_dir_all(&by_tar).unwrap();
+    let status = std::process::Command::new("tar")
+        .arg("--zstd")
+        .arg("-xf")
+        .arg(repo_dir.join("ns/b/data.tar.zst"))
+        .arg("-C")
+        .arg(&by_tar)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(byte_listing(&by_tar), expected);
 }
