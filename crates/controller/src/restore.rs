@@ -26,10 +26,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct MoverRestored {
     files: u64,
     bytes: u64,
     verification: String,
+    /// An earlier restore into the target, killed mid-commit, was undone first.
+    #[serde(default)]
+    recovered_interrupted_restore: bool,
+    /// Device nodes not created (`spec.untrusted`).
+    #[serde(default)]
+    skipped_devices: u64,
 }
 
 /// Everything a restore Job needs, once validation passed.
@@ -357,12 +364,22 @@ async fn progress(
         status.files_restored = i64::try_from(done.files).ok();
         status.bytes_restored = i64::try_from(done.bytes).ok();
         status.verification = Some(done.verification);
-        let message = format!(
+        let mut message = format!(
             "Restored {} files ({}) into PVC {:?} in {seconds}s; every digest verified",
             done.files,
             events::human_bytes(i64::try_from(done.bytes).unwrap_or(i64::MAX)),
             restore.spec.target.pvc_name
         );
+        if done.skipped_devices > 0 {
+            message.push_str(&format!(
+                "; {} device node(s) not created (untrusted)",
+                done.skipped_devices
+            ));
+        }
+        if done.recovered_interrupted_restore {
+            message
+                .push_str("; an earlier restore into it, interrupted mid-commit, was undone first");
+        }
         status.message = Some(message.clone());
         condition::set(
             &mut status.conditions,
