@@ -34,19 +34,37 @@ pub fn scheduled_backup(policy: &str, at: Timestamp) -> String {
     fit(&format!("{policy}-{stamp}"), 253)
 }
 
+/// A Job name: readable `parts` joined by `-`, shortened to leave room for a hash of the purpose
+/// and every part taken apart, so that no two (object, volume, purpose) share a name: without it,
+/// Backup `a-b` of PVC `c` and Backup `a` of PVC `b-c` were both `a-b-c`.
+fn job_name(purpose: &str, parts: &[&str]) -> String {
+    let mut key = purpose.as_bytes().to_vec();
+    for part in parts {
+        key.push(0);
+        key.extend_from_slice(part.as_bytes());
+    }
+    let hash = format!("{:08x}", fnv1a(&key) as u32);
+    let readable = parts.join("-");
+    let mut prefix: String = readable.chars().take(LABEL_MAX - hash.len() - 1).collect();
+    while prefix.ends_with(['-', '.']) {
+        prefix.pop();
+    }
+    format!("{prefix}-{hash}")
+}
+
 /// The Job that backs up `pvc` for `backup`.
 pub fn backup_job(backup: &str, pvc: &str) -> String {
-    fit(&format!("{backup}-{pvc}"), LABEL_MAX)
+    job_name("backup", &[backup, pvc])
 }
 
 /// The Job that removes `backup`'s artifacts from its repository.
 pub fn delete_job(backup: &str) -> String {
-    fit(&format!("{backup}-delete"), LABEL_MAX)
+    job_name("delete", &[backup, "delete"])
 }
 
 /// The Job that performs `restore`.
 pub fn restore_job(restore: &str) -> String {
-    fit(&format!("{restore}-restore"), LABEL_MAX)
+    job_name("restore", &[restore, "restore"])
 }
 
 /// A probe Job of repository `repo`, started at `at` (unix seconds): each probe has its own name, so a
@@ -116,7 +134,24 @@ mod tests {
         let b = backup_job(&"b".repeat(80), "data-b");
         assert!(a.len() <= LABEL_MAX && b.len() <= LABEL_MAX);
         assert_ne!(a, b);
-        assert_eq!(backup_job("short", "pvc"), "short-pvc");
+        assert!(backup_job("short", "pvc").starts_with("short-pvc-"));
+    }
+
+    #[test]
+    fn job_names_are_unique_per_object_volume_and_purpose() {
+        assert_ne!(backup_job("a-b", "c"), backup_job("a", "b-c"));
+        // A Backup named like another's delete Job, or a PVC called "delete".
+        assert_ne!(backup_job("x", "delete"), delete_job("x"));
+        assert_ne!(restore_job("x"), backup_job("x", "restore"));
+        for name in [
+            backup_job(&"b".repeat(80), &"p".repeat(80)),
+            delete_job(&"d".repeat(300)),
+            restore_job("r"),
+        ] {
+            assert!(name.len() <= LABEL_MAX, "{name}");
+            assert!(!name.contains("--"), "{name}");
+        }
+        assert_eq!(backup_job("a", "b"), backup_job("a", "b"), "deterministic");
     }
 
     #[test]

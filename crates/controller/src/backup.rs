@@ -4,7 +4,7 @@
 //! before the Backup goes away.
 
 use crate::jobs::{self, ROLE_BACKUP};
-use crate::outcome::{MoverFailure, termination_message};
+use crate::outcome::{MoverFailure, owned_by, termination_message};
 use crate::{Context, Error, events, metrics, now, repository, waiting};
 use backstop_api::condition::{self, Invalid};
 use backstop_api::waiting::{Refusal, Verdict, WaitingFor};
@@ -344,6 +344,9 @@ async fn progress(
                     }
                 }
             }
+            // A Job of this name that is not this Backup's (made by someone else, in advance)
+            // is never adopted, read or deleted.
+            Some(job) if !owned_by(&job, backup) => Some(Err(job_name_taken(&job_name))),
             Some(job) => job_outcome(ctx, &namespace, &job, &volume.pvc, &claims).await?,
         };
         match outcome {
@@ -368,9 +371,11 @@ async fn progress(
                 v.message = Some(format!("{}: {}", why.reason, why.message));
                 changed = true;
                 // A Job that can never finish (its PVC is gone) must not linger.
-                let _ = jobs_api
-                    .delete(&job_name, &DeleteParams::background())
-                    .await;
+                if why.reason != JOB_NAME_TAKEN {
+                    let _ = jobs_api
+                        .delete(&job_name, &DeleteParams::background())
+                        .await;
+                }
                 // The repository failed us: have it checked again, so that it stops being Ready
                 // (and policies stop starting Jobs) if it really is unusable.
                 if repository::REPOSITORY_REASONS.contains(&why.reason.as_str())
@@ -427,7 +432,7 @@ async fn job_outcome(
         }
         return Ok(None);
     };
-    let message = termination_message(&pods, &job.name_any()).await?;
+    let message = termination_message(&pods, job).await?;
     if succeeded {
         return Ok(Some(
             match message.as_deref().map(serde_json::from_str::<MoverSuccess>) {
@@ -697,6 +702,9 @@ async fn cleanup(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let job_name = naming::delete_job(&backup.name_any());
     match jobs_api.get_opt(&job_name).await? {
+        Some(job) if !owned_by(&job, backup) => {
+            deletion_blocked(ctx, backup, &mut status, job_name_taken(&job_name)).await
+        }
         None => {
             let job = jobs::delete_job(backup, &repo, &ctx.mover)?;
             match jobs_api.create(&PostParams::default(), &job).await {
@@ -729,7 +737,7 @@ async fn cleanup(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
             }
             if js.failed.unwrap_or(0) > 0 {
                 let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-                let detail = termination_message(&pods, &job_name)
+                let detail = termination_message(&pods, &job)
                     .await?
                     .and_then(|m| serde_json::from_str::<MoverFailure>(&m).ok())
                     .map(|f| f.error)
@@ -830,4 +838,16 @@ pub async fn run(
 
 fn pending(backup: &Backup) -> bool {
     backup.phase() == BackupPhase::Pending && backup.metadata.deletion_timestamp.is_none()
+}
+
+const JOB_NAME_TAKEN: &str = "JobNameTaken";
+
+/// A Job with the name Backstop gives this work exists and belongs to something else.
+pub(crate) fn job_name_taken(name: &str) -> Invalid {
+    Invalid::new(
+        JOB_NAME_TAKEN,
+        format!(
+            "a Job named {name:?} exists and is not Backstop's for this object; it is left alone: delete it and retry"
+        ),
+    )
 }

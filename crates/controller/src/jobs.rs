@@ -326,6 +326,15 @@ pub struct RestoreJob<'a> {
     pub node: Option<&'a str>,
 }
 
+/// Whether `pod` belongs to the Job named `job` (its controller).
+pub fn runs_for_job(pod: &Pod, job: &str) -> bool {
+    pod.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "Job" && o.name == job && o.controller == Some(true))
+}
+
 /// The Job that restores one volume of a backup into `target_pvc`: the repository is mounted
 /// read-only, only the target is written.
 pub fn restore_job(
@@ -429,8 +438,8 @@ mod tests {
         let (backup, repo) = fixtures();
         let job = backup_job(&backup, "data", None, &repo, &MoverConfig::default()).unwrap();
         assert_eq!(
-            job.metadata.name.as_deref(),
-            Some("nightly-202611210200-data")
+            job.metadata.name,
+            Some(naming::backup_job("nightly-202611210200", "data"))
         );
         let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(
@@ -496,6 +505,22 @@ mod tests {
         let values = &affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
             [0]["matchExpressions"][0]["values"];
         assert_eq!(values, &serde_json::json!(["node-c"]));
+    }
+
+    #[test]
+    fn a_restores_own_mover_pod_is_recognised_by_its_job() {
+        let mut pod = Pod::default();
+        pod.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                kind: "Job".into(),
+                name: "back-restore-0011aabb".into(),
+                controller: Some(true),
+                ..Default::default()
+            },
+        ]);
+        assert!(runs_for_job(&pod, "back-restore-0011aabb"));
+        assert!(!runs_for_job(&pod, "other-restore-0011aabb"));
+        assert!(!runs_for_job(&Pod::default(), "back-restore-0011aabb"));
     }
 
     #[test]

@@ -5,8 +5,8 @@ use crate::Error;
 use backstop_api::condition::Invalid;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::ResourceExt;
 use kube::api::{Api, ListParams};
+use kube::{Resource, ResourceExt};
 use serde::Deserialize;
 
 /// What a mover pod reports when it fails.
@@ -17,14 +17,17 @@ pub struct MoverFailure {
     pub reason: Option<String>,
 }
 
-/// The termination message of the finished container of `job`'s pod, if any.
-pub async fn termination_message(pods: &Api<Pod>, job: &str) -> Result<Option<String>, Error> {
+/// The termination message of the finished container of `job`'s pod, if any. Only pods the Job
+/// itself owns count: anyone who may create pods in the namespace can label one `job-name=...`
+/// and give it a termination message.
+pub async fn termination_message(pods: &Api<Pod>, job: &Job) -> Result<Option<String>, Error> {
     let list = pods
-        .list(&ListParams::default().labels(&format!("job-name={job}")))
+        .list(&ListParams::default().labels(&format!("job-name={}", job.name_any())))
         .await?;
     Ok(list
         .items
         .iter()
+        .filter(|p| owned_by(*p, job))
         .filter_map(|p| {
             p.status
                 .as_ref()?
@@ -35,6 +38,18 @@ pub async fn termination_message(pods: &Api<Pod>, job: &str) -> Result<Option<St
         })
         .filter_map(|c| c.state?.terminated?.message)
         .find(|m| !m.trim().is_empty()))
+}
+
+/// Whether `obj` has `owner` as its controller (by uid, never by name).
+pub fn owned_by(obj: &impl Resource, owner: &impl Resource) -> bool {
+    let Some(uid) = owner.meta().uid.as_deref() else {
+        return false;
+    };
+    obj.meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.uid == uid && o.controller == Some(true))
 }
 
 /// Whether a Job has finished: `Some(true)` succeeded, `Some(false)` failed, `None` running.
@@ -85,5 +100,46 @@ pub fn failure(job: &Job, message: Option<String>) -> Invalid {
                 message.unwrap_or_else(|| "no message".into())
             ),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    fn job(uid: &str) -> Job {
+        let mut job = Job::default();
+        job.metadata.name = Some("backup-db-1a2b3c4d".into());
+        job.metadata.uid = Some(uid.into());
+        job
+    }
+
+    fn pod(owner_uid: Option<&str>, controller: bool) -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.labels =
+            Some([("job-name".to_string(), "backup-db-1a2b3c4d".to_string())].into());
+        pod.metadata.owner_references = owner_uid.map(|uid| {
+            vec![OwnerReference {
+                api_version: "batch/v1".into(),
+                kind: "Job".into(),
+                name: "backup-db-1a2b3c4d".into(),
+                uid: uid.into(),
+                controller: Some(controller),
+                ..Default::default()
+            }]
+        });
+        pod
+    }
+
+    #[test]
+    fn only_the_jobs_own_pods_count_not_lookalikes_with_its_label() {
+        let ours = job("uid-1");
+        assert!(owned_by(&pod(Some("uid-1"), true), &ours));
+        // Labelled like the Job's pods, made by someone else.
+        assert!(!owned_by(&pod(None, false), &ours));
+        assert!(!owned_by(&pod(Some("uid-2"), true), &ours));
+        assert!(!owned_by(&pod(Some("uid-1"), false), &ours));
+        assert!(!owned_by(&pod(Some("uid-1"), true), &Job::default()));
     }
 }

@@ -273,7 +273,7 @@ async fn probe(repo: &BackupRepository, ctx: &Context) -> Result<Action, Error> 
                 (Some(job), false) => {
                     let pods: Api<Pod> =
                         Api::namespaced(ctx.client.clone(), &repo.namespace().unwrap_or_default());
-                    let message = termination_message(&pods, &job.name_any()).await?;
+                    let message = termination_message(&pods, job).await?;
                     Err(outcome::failure(job, message))
                 }
                 (None, false) => Err(Invalid::new(PROBING, "the probe Job is gone")),

@@ -6,7 +6,7 @@
 //! for; any other refusal is a Failed Restore with a reason and a Warning event.
 
 use crate::jobs::{self, ROLE_RESTORE, RestoreJob};
-use crate::outcome::termination_message;
+use crate::outcome::{owned_by, termination_message};
 use crate::{Context, Error, events, metrics, now, repository, waiting};
 use backstop_api::condition::{self, Invalid};
 use backstop_api::restore::source_volume;
@@ -123,6 +123,19 @@ async fn validate(ctx: &Context, restore: &Restore) -> Result<Result<Plan, Refus
             format!("BackupRepository {repo_name:?} of Backup {name:?} not found"),
         )));
     };
+    // Overwrite would wipe every backup in it (other namespaces' too, on a shared volume).
+    if repository.spec.pvc.as_ref().map(|p| p.claim_name.as_str())
+        == Some(restore.spec.target.pvc_name.as_str())
+    {
+        return Ok(Err(Invalid::new(
+            "TargetIsRepository",
+            format!(
+                "target PVC {:?} holds repository {repo_name:?}: restore into another PVC",
+                restore.spec.target.pvc_name
+            ),
+        )
+        .into()));
+    }
     if let Err(why) = repository::readiness(ctx, &repository).await {
         return Ok(Err(Refusal::wait(
             WaitingFor::Repository,
@@ -230,11 +243,13 @@ async fn ensure_target(
     })
 }
 
-/// Running pods in the namespace that mount `pvc`.
+/// Running pods in the namespace that mount `pvc`, other than the restore's own mover (a restart
+/// between creating its Job and recording it finds that pod running).
 async fn node_and_users(
     ctx: &Context,
     namespace: &str,
     pvc: &str,
+    own_job: &str,
 ) -> Result<(Option<String>, Vec<String>), Error> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let running = pods
@@ -243,6 +258,7 @@ async fn node_and_users(
     let users = running
         .items
         .iter()
+        .filter(|p| !jobs::runs_for_job(p, own_job))
         .filter(|p| jobs::node_using(std::slice::from_ref(*p), pvc).is_some())
         .map(|p| p.name_any())
         .collect();
@@ -262,7 +278,11 @@ async fn start(
     };
     let namespace = restore.namespace().unwrap_or_default();
     let target = &restore.spec.target.pvc_name;
-    let (node, users) = node_and_users(ctx, &namespace, target).await?;
+    let own_job = status
+        .job
+        .clone()
+        .unwrap_or_else(|| naming::restore_job(&restore.name_any()));
+    let (node, users) = node_and_users(ctx, &namespace, target, &own_job).await?;
     if !users.is_empty() && !restore.spec.allow_in_use {
         let why = Invalid::new(
             "TargetInUse",
@@ -342,10 +362,14 @@ async fn progress(
         );
         return fail(ctx, restore, status, why).await;
     };
+    if !owned_by(&job, restore) {
+        let why = crate::backup::job_name_taken(&job_name);
+        return fail(ctx, restore, status, why).await;
+    }
     let done = crate::outcome::finished(&job);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     if done == Some(true) {
-        let message = termination_message(&pods, &job_name).await?;
+        let message = termination_message(&pods, &job).await?;
         let Some(done) = message
             .as_deref()
             .and_then(|m| serde_json::from_str::<MoverRestored>(m).ok())
@@ -397,7 +421,7 @@ async fn progress(
         return Ok(Action::await_change());
     }
     if done == Some(false) {
-        let message = termination_message(&pods, &job_name).await?;
+        let message = termination_message(&pods, &job).await?;
         let why = crate::outcome::failure(&job, message);
         if why.reason == "IntegrityCheckFailed" {
             status.verification = Some("Failed".into());
