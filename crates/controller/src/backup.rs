@@ -691,6 +691,18 @@ async fn cleanup(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
     let repo_name = status.repository.clone().unwrap_or_default();
     let repos: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &namespace);
     let Some(repo) = repos.get_opt(&repo_name).await? else {
+        // The whole namespace is going and took the repository object first (it has no
+        // finalizer): nothing can be created there any more, so holding the Backup would hold
+        // the namespace forever. A PVC repository's data goes with its volume; an S3
+        // repository's objects stay in the bucket (documented: they outlive the namespace).
+        if namespace_terminating(ctx, &namespace).await? {
+            tracing::warn!(
+                backup = %backup.name_any(),
+                %namespace,
+                "namespace is being deleted and repository {repo_name:?} is gone: artifacts left where they are"
+            );
+            return Ok(Action::await_change());
+        }
         let why = Invalid::new(
             "ArtifactsNotRemoved",
             format!(
@@ -754,6 +766,15 @@ async fn cleanup(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
             Err(not_yet(30, "the artifacts are being removed"))
         }
     }
+}
+
+/// Whether `namespace` is being deleted.
+async fn namespace_terminating(ctx: &Context, namespace: &str) -> Result<bool, Error> {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ctx.client.clone());
+    Ok(namespaces
+        .get_opt(namespace)
+        .await?
+        .is_none_or(|n| n.metadata.deletion_timestamp.is_some()))
 }
 
 /// Whether pods of this backup's mover Jobs still exist (deleting a Job leaves its pods to the

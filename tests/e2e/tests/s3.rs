@@ -353,3 +353,72 @@ async fn wrong_keys_a_deleted_bucket_and_a_stopped_server_each_say_what_happened
     );
     Ok(())
 }
+
+/// A repository, a policy and one Completed Backup in a fresh namespace.
+async fn namespace_with_a_backup(
+    client: &kube::Client,
+    prefix: &str,
+    s3: Option<&S3Server>,
+) -> anyhow::Result<TestNamespace> {
+    let ns = TestNamespace::create(client, prefix).await?;
+    let repo = match s3 {
+        Some(server) => {
+            keys_secret(&ns, "s3-keys", SECRET_KEY).await?;
+            s3_repository(&ns, "default", server, "s3-keys").await?;
+            "default"
+        }
+        None => {
+            ns.repository().await?;
+            "default"
+        }
+    };
+    let data = ns.volume("db", &[("app", "db")]).await?;
+    write_sample_tree(&data, 8)?;
+    create::<BackupPolicy>(
+        &ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "BackupPolicy", "metadata": {"name": "db"},
+               "spec": {"schedule": "0 2 * * *", "repository": repo,
+                        "target": {"pvcSelector": {"matchLabels": {"app": "db"}}}}}),
+    )
+    .await?;
+    let backup = finished_backup(&ns, "once", "db", repo).await?;
+    assert_eq!(
+        backup.phase(),
+        BackupPhase::Completed,
+        "{:?}",
+        backup.status
+    );
+    Ok(ns)
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
+async fn deleting_a_namespace_with_backups_finishes_for_both_repository_kinds() -> anyhow::Result<()>
+{
+    let client = cluster().await?;
+    install_operator(&client).await?;
+    let moto = S3Server::start(S3Kind::Moto)?;
+    moto.create_bucket("backups")?;
+    let pvc = namespace_with_a_backup(&client, "e2e-nsdel-pvc", None).await?;
+    let s3 = namespace_with_a_backup(&client, "e2e-nsdel-s3", Some(&moto)).await?;
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(client.clone());
+    for ns in [&pvc, &s3] {
+        namespaces.delete(&ns.name, &Default::default()).await?;
+    }
+    for ns in [&pvc, &s3] {
+        wait_until(
+            Duration::from_secs(60),
+            &format!("namespace {} to be gone", ns.name),
+            || async { Ok(namespaces.get_opt(&ns.name).await?.is_none()) },
+        )
+        .await?;
+    }
+    // An S3 repository's artifacts outlive the namespace (they are what disaster recovery needs).
+    let kept = moto.keys("backups", &format!("{PREFIX}/{}/once/", s3.name))?;
+    assert!(
+        kept.iter().any(|k| k.ends_with("db.manifest.json")),
+        "{kept:?}"
+    );
+    Ok(())
+}
