@@ -207,6 +207,9 @@ async fn resolve(ctx: &Context, backup: &Backup) -> Result<Result<Resolved, Refu
         Ok(s) => s,
         Err(invalid) => return Ok(Err(invalid.into())),
     };
+    if let Some(refused) = crate::admission::check(ctx, &namespace).await? {
+        return Ok(Err(refused.into()));
+    }
     let Some(repository) = ctx.repository(&namespace, &repo_name).await? else {
         return Ok(Err(Refusal::wait(
             WaitingFor::Repository,

@@ -1,6 +1,7 @@
 //! Backstop's reconcilers. Decisions are plain functions (`scheduling`, `retention`, `jobs`);
 //! the reconcilers (`policy`, `backup`, `repository`) read, call them, and apply the answer.
 
+pub mod admission;
 pub mod backup;
 pub mod events;
 pub mod jobs;

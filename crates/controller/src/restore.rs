@@ -70,6 +70,9 @@ async fn validate(ctx: &Context, restore: &Restore) -> Result<Result<Plan, Refus
         return Ok(Err(invalid.into()));
     }
     let namespace = restore.namespace().unwrap_or_default();
+    if let Some(refused) = crate::admission::check(ctx, &namespace).await? {
+        return Ok(Err(refused.into()));
+    }
     let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), &namespace);
     let name = &restore.spec.backup_name;
     let Some(backup) = backups.get_opt(name).await? else {

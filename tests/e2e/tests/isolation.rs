@@ -95,3 +95,37 @@ async fn a_restore_into_the_repositorys_own_pvc_is_refused() -> anyhow::Result<(
     );
     Ok(())
 }
+
+#[tokio::test]
+#[ignore = "needs a cluster: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
+async fn a_namespace_that_enforces_restricted_pod_security_gets_a_reason_not_a_stuck_backup()
+-> anyhow::Result<()> {
+    let client = cluster().await?;
+    install_operator(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-restricted").await?;
+    ns.repository().await?;
+    let data = ns.volume("db", &[("app", "db")]).await?;
+    write_sample_tree(&data, 2)?;
+    // The 1.20 test cluster has no Pod Security admission; the label is what the operator reads.
+    kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .patch(
+            &ns.name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"labels": {
+                "pod-security.kubernetes.io/enforce": "restricted"}}})),
+        )
+        .await?;
+    create::<Backup>(&ns, backup("b", "db")).await?;
+    let failed = finished_backup(&ns, "b", Duration::from_secs(60)).await?;
+    let status = failed.status.clone().unwrap_or_default();
+    assert_eq!(failed.phase(), BackupPhase::Failed, "{status:?}");
+    let reason = condition::find(&status.conditions, "Failed").map(|c| c.reason.clone());
+    assert_eq!(
+        reason.as_deref(),
+        Some("PodSecurityRestricted"),
+        "{status:?}"
+    );
+    let jobs = ns.api::<Job>().list(&Default::default()).await?;
+    assert!(jobs.items.is_empty(), "no Job that could never start");
+    Ok(())
+}
