@@ -43,6 +43,11 @@ pub struct BackupPolicySpec {
     /// The BackupRepository to write to (default: the one named `default`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
+    /// The start deadline of the Backups this policy makes (their `startingDeadlineSeconds`):
+    /// how long a run may wait for its volumes to appear or bind (default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub starting_deadline_seconds: Option<i64>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -90,6 +95,7 @@ impl BackupPolicySpec {
 
     /// Checks what the API server's schema may not have enforced; returns the parsed schedule.
     pub fn validate(&self) -> Result<Schedule, Invalid> {
+        crate::waiting::validate_deadline(self.starting_deadline_seconds)?;
         if let Some(keep) = self.retention.keep_last
             && keep < 1
         {

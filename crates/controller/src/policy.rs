@@ -57,6 +57,7 @@ fn scheduled_backup(policy: &BackupPolicy, at: Timestamp) -> Backup {
         &naming::scheduled_backup(&name, at),
         BackupSpec {
             policy_ref: Some(name.clone()),
+            starting_deadline_seconds: policy.spec.starting_deadline_seconds,
             ..Default::default()
         },
     );

@@ -28,8 +28,9 @@ async fn policy_with_repository(ns: &TestNamespace, app: &str) -> anyhow::Result
 async fn finished(ns: &TestNamespace, name: &str) -> anyhow::Result<Backup> {
     create::<Backup>(
         ns,
+        // A backup that cannot start waits 5 s for its volumes before it fails.
         json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup", "metadata": {"name": name},
-               "spec": {"policyRef": "nightly"}}),
+               "spec": {"policyRef": "nightly", "startingDeadlineSeconds": 5}}),
     )
     .await?;
     finished_backup(ns, name, Duration::from_secs(120)).await
