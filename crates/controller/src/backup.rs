@@ -312,6 +312,11 @@ async fn progress(
                             volume.pvc
                         ),
                     ))),
+                    (Some(repo), Some(_))
+                        if let Some(why) = crate::secrets::refusal(ctx, repo).await? =>
+                    {
+                        Some(Err(why))
+                    }
                     (Some(repo), Some(_)) => {
                         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
                         let running = pods
@@ -721,6 +726,9 @@ async fn cleanup(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
             deletion_blocked(ctx, backup, &mut status, job_name_taken(&job_name)).await
         }
         None => {
+            if let Some(why) = crate::secrets::refusal(ctx, &repo).await? {
+                return deletion_blocked(ctx, backup, &mut status, why).await;
+            }
             let job = jobs::delete_job(backup, &repo, &ctx.mover)?;
             match jobs_api.create(&PostParams::default(), &job).await {
                 Ok(_) => {}

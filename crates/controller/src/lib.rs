@@ -12,6 +12,7 @@ pub mod repository;
 pub mod restore;
 pub mod retention;
 pub mod scheduling;
+pub mod secrets;
 pub mod stores;
 pub mod waiting;
 

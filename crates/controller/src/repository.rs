@@ -244,8 +244,17 @@ async fn start_probe(ctx: &Context, repo: &BackupRepository) -> Result<(), Error
     }
 }
 
-/// An S3 repository: probe, wait for the probe, or report what it found.
+/// An S3 repository: probe, wait for the probe, or report what it found. No probe (no pod) is
+/// given a Secret its owner did not opt in (see `secrets`).
 async fn probe(repo: &BackupRepository, ctx: &Context) -> Result<Action, Error> {
+    if let Some(why) = crate::secrets::refusal(ctx, repo).await? {
+        for job in probe_jobs(ctx, repo).await? {
+            delete_job(ctx, &job).await?;
+        }
+        report(ctx, repo, Err(why)).await?;
+        // Secrets are not watched (the operator may not list them): look again in a minute.
+        return Ok(Action::requeue(RECHECK_NOT_READY));
+    }
     let mut probes = probe_jobs(ctx, repo).await?;
     let latest = probes.pop();
     // Only the latest probe is kept (its pod tells what happened); older ones go.

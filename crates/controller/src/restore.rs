@@ -139,6 +139,12 @@ async fn validate(ctx: &Context, restore: &Restore) -> Result<Result<Plan, Refus
         )
         .into()));
     }
+    if let Some(why) = crate::secrets::refusal(ctx, &repository).await? {
+        return Ok(Err(Refusal::Wait {
+            on: WaitingFor::Repository,
+            why,
+        }));
+    }
     if let Err(why) = repository::readiness(ctx, &repository).await {
         return Ok(Err(Refusal::wait(
             WaitingFor::Repository,

@@ -17,7 +17,8 @@ const PREFIX: &str = "e2e";
 async fn keys_secret(ns: &TestNamespace, name: &str, secret_key: &str) -> anyhow::Result<()> {
     create::<Secret>(
         ns,
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": name, "labels": {"backstop.dev/credentials": "true"}},
                "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": secret_key}}),
     )
     .await?;
@@ -420,5 +421,73 @@ async fn deleting_a_namespace_with_backups_finishes_for_both_repository_kinds() 
         kept.iter().any(|k| k.ends_with("db.manifest.json")),
         "{kept:?}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
+async fn a_secret_its_owner_did_not_opt_in_is_never_given_to_a_mover_pod() -> anyhow::Result<()> {
+    let client = cluster().await?;
+    install_operator(&client).await?;
+    let moto = S3Server::start(S3Kind::Moto)?;
+    moto.create_bucket("backups")?;
+    let ns = TestNamespace::create(&client, "e2e-secret-optin").await?;
+    // Someone else's Secret, in the same namespace, not labelled for Backstop.
+    create::<Secret>(
+        &ns,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db-admin"},
+               "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}}),
+    )
+    .await?;
+    s3_repository(&ns, "default", &moto, "db-admin").await?;
+    assert_eq!(ready(&ns, "default", "False").await?, "SecretNotOptedIn");
+    let data = ns.volume("db", &[("app", "db")]).await?;
+    write_sample_tree(&data, 4)?;
+    create::<Backup>(
+        &ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup", "metadata": {"name": "b"},
+               "spec": {"target": {"pvcSelector": {"matchLabels": {"app": "db"}}},
+                        "startingDeadlineSeconds": 5}}),
+    )
+    .await?;
+    let failed = backstop_e2e::finished_backup(&ns, "b", Duration::from_secs(60)).await?;
+    assert_eq!(failed.phase(), BackupPhase::Failed);
+    let message = failed
+        .status
+        .clone()
+        .unwrap_or_default()
+        .message
+        .unwrap_or_default();
+    assert!(
+        message.contains("backstop.dev/credentials=true"),
+        "{message}"
+    );
+    // No pod of the namespace was ever given the Secret.
+    let pods = ns
+        .api::<k8s_openapi::api::core::v1::Pod>()
+        .list(&ListParams::default())
+        .await?;
+    let given = pods
+        .items
+        .iter()
+        .any(|p| serde_json::to_string(&p.spec).is_ok_and(|spec| spec.contains("\"db-admin\"")));
+    assert!(!given, "a pod was given the Secret");
+    assert!(
+        ns.api::<Job>()
+            .list(&ListParams::default())
+            .await?
+            .items
+            .is_empty()
+    );
+
+    // Its owner opts it in: the repository is probed and becomes Ready.
+    ns.api::<Secret>()
+        .patch(
+            "db-admin",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"backstop.dev/credentials": "true"}}})),
+        )
+        .await?;
+    assert_eq!(ready(&ns, "default", "True").await?, "Ready");
     Ok(())
 }

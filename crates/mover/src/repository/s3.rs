@@ -294,7 +294,51 @@ pub fn classify(err: object_store::Error, bucket: &str, endpoint: &str) -> Store
     };
     StoreFailure {
         reason,
-        message: format!("{advice} ({})", one_line(&text)),
+        message: format!("{advice} ({})", one_line(&without_body(&text))),
+    }
+}
+
+/// `text` with any HTTP error body the server sent reduced to its S3 error code and message,
+/// each bounded: the endpoint is of the repository owner's choosing, and what it answers ends up
+/// in the repository's status, which others may read.
+fn without_body(text: &str) -> String {
+    const STATUS: &str = "Server returned non-2xx status code: ";
+    const RESPONSE: &str = "Server returned error response: ";
+    let (head, body) = if let Some(at) = text.find(STATUS) {
+        let rest = &text[at + STATUS.len()..];
+        // "<code> <reason phrase>: <body>"
+        let status_end = rest.find(": ").unwrap_or(rest.len());
+        (
+            &text[..at + STATUS.len() + status_end],
+            &rest[status_end.min(rest.len())..],
+        )
+    } else if let Some(at) = text.find(RESPONSE) {
+        (
+            &text[..at + RESPONSE.len() - 2],
+            &text[at + RESPONSE.len()..],
+        )
+    } else {
+        return text.to_string();
+    };
+    let element = |name: &str| {
+        let open = format!("<{name}>");
+        let start = body.find(&open)? + open.len();
+        let end = body[start..].find("</")? + start;
+        let value: String = body[start..end]
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(160)
+            .collect();
+        Some(format!("{name} {value:?}"))
+    };
+    let parts: Vec<String> = ["Code", "Message"]
+        .into_iter()
+        .filter_map(element)
+        .collect();
+    if parts.is_empty() {
+        format!("{head} (the response body is not shown)")
+    } else {
+        format!("{head}: {}", parts.join(", "))
     }
 }
 
@@ -445,5 +489,37 @@ impl Read for StreamReader {
         let n = buf.len().min(self.chunk.len());
         buf[..n].copy_from_slice(&self.chunk.split_to(n));
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_servers_error_body_is_reduced_to_its_code_and_message() {
+        let text = "Error performing PUT http://127.0.0.1:9/b/k in 3ms - Server returned non-2xx status code: 403 Forbidden: <?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message><Echo>Credential=AKIAVICTIMSECRET/20261126</Echo></Error>";
+        let shown = without_body(text);
+        assert_eq!(
+            shown,
+            "Error performing PUT http://127.0.0.1:9/b/k in 3ms - Server returned non-2xx status code: 403 Forbidden: Code \"AccessDenied\", Message \"Access Denied\""
+        );
+        let plain =
+            "Server returned non-2xx status code: 400 Bad Request: here is your key: AKIAVICTIM";
+        assert!(
+            !without_body(plain).contains("AKIAVICTIM"),
+            "{}",
+            without_body(plain)
+        );
+        assert!(without_body(plain).ends_with("(the response body is not shown)"));
+        let long = format!(
+            "Server returned error response: <Error><Message>{}</Message></Error>",
+            "x".repeat(5000)
+        );
+        assert!(without_body(&long).len() < 250);
+        assert_eq!(
+            without_body("error sending request: connection refused"),
+            "error sending request: connection refused"
+        );
     }
 }

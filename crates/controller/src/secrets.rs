@@ -1,0 +1,83 @@
+//! Which Secrets mover pods may be given. Whoever may create a BackupRepository names a Secret
+//! and an endpoint, and the mover sends that Secret's values to that endpoint (the access key in
+//! the clear, in the Authorization header). Without an opt-in, a user allowed to create Backstop
+//! resources but not to read Secrets could point `accessKeyIdKey` at any Secret's key and an
+//! endpoint at their own server. So a Secret is only ever handed to a mover pod when it carries
+//! the label `backstop.dev/credentials: "true"`, which its owner sets. The operator reads only
+//! the Secret's metadata (a metadata-only request), never its data.
+
+use backstop_api::BackupRepository;
+use backstop_api::condition::Invalid;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
+
+/// The label a Secret needs before mover pods may be given it.
+pub const OPT_IN_LABEL: &str = "backstop.dev/credentials";
+
+/// Why `repo`'s Secrets may not be given to a mover pod, if they may not.
+pub async fn refusal(
+    ctx: &crate::Context,
+    repo: &BackupRepository,
+) -> Result<Option<Invalid>, kube::Error> {
+    let Some(s3) = &repo.spec.s3 else {
+        return Ok(None);
+    };
+    let namespace = repo.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let named = std::iter::once(("credentialsSecretRef", &s3.credentials_secret_ref.name))
+        .chain(s3.ca_secret_ref.iter().map(|ca| ("caSecretRef", &ca.name)));
+    for (field, name) in named {
+        let labels = match secrets.get_metadata(name).await {
+            Ok(meta) => meta.metadata.labels.unwrap_or_default(),
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                return Ok(Some(Invalid::new(
+                    "CredentialsMissing",
+                    format!(
+                        "Secret {name:?} (spec.s3.{field}) not found in namespace {namespace:?}"
+                    ),
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(why) = not_opted_in(name, field, &labels) {
+            return Ok(Some(why));
+        }
+    }
+    Ok(None)
+}
+
+/// The refusal for Secret `name` (named in `spec.s3.<field>`) labelled `labels`, if any.
+pub fn not_opted_in(
+    name: &str,
+    field: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Option<Invalid> {
+    (labels.get(OPT_IN_LABEL).map(String::as_str) != Some("true")).then(|| {
+        Invalid::new(
+            "SecretNotOptedIn",
+            format!(
+                "Secret {name:?} (spec.s3.{field}) is not labelled {OPT_IN_LABEL}=true: Backstop gives mover pods only Secrets their owners opted in; label it (kubectl label secret {name} {OPT_IN_LABEL}=true)"
+            ),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_secrets_labelled_for_backstop_may_be_used() {
+        let mut labels = std::collections::BTreeMap::new();
+        let why = not_opted_in("db-admin", "credentialsSecretRef", &labels).unwrap();
+        assert_eq!(why.reason, "SecretNotOptedIn");
+        assert!(
+            why.message
+                .contains("kubectl label secret db-admin backstop.dev/credentials=true")
+        );
+        labels.insert(OPT_IN_LABEL.into(), "yes".into());
+        assert!(not_opted_in("k", "caSecretRef", &labels).is_some());
+        labels.insert(OPT_IN_LABEL.into(), "true".into());
+        assert_eq!(not_opted_in("k", "caSecretRef", &labels), None);
+    }
+}
