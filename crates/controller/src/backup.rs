@@ -579,7 +579,7 @@ async fn finish(ctx: &Context, backup: &Backup, mut status: BackupStatus) -> Res
 async fn refused(
     ctx: &Context,
     backup: &Backup,
-    mut status: BackupStatus,
+    status: BackupStatus,
     refusal: Refusal,
 ) -> Result<Action, Error> {
     match waiting::verdict(backup, refusal, backup.spec.starting_deadline_seconds) {
@@ -589,20 +589,8 @@ async fn refused(
             message,
             recheck_in,
         } => {
-            let news = waiting::record(
-                &mut status.conditions,
-                &mut status.message,
-                reason,
-                &message,
-                backup.meta().generation,
-            );
-            if Some(&status) != backup.status.as_ref() {
-                crate::patch_status(&ctx.client, backup, &status, &[]).await?;
-            }
-            if news {
-                events::normal(&ctx.recorder, backup, reason, message).await;
-            }
-            Ok(recheck_in.map_or_else(Action::await_change, Action::requeue))
+            let current = backup.status.as_ref();
+            waiting::wait(ctx, backup, current, status, reason, message, recheck_in).await
         }
     }
 }

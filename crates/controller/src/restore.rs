@@ -445,7 +445,7 @@ async fn progress(
 async fn refused(
     ctx: &Context,
     restore: &Restore,
-    mut status: RestoreStatus,
+    status: RestoreStatus,
     refusal: Refusal,
 ) -> Result<Action, Error> {
     match waiting::verdict(restore, refusal, restore.spec.starting_deadline_seconds) {
@@ -455,20 +455,8 @@ async fn refused(
             message,
             recheck_in,
         } => {
-            let news = waiting::record(
-                &mut status.conditions,
-                &mut status.message,
-                reason,
-                &message,
-                restore.meta().generation,
-            );
-            if Some(&status) != restore.status.as_ref() {
-                crate::patch_status(&ctx.client, restore, &status, &[]).await?;
-            }
-            if news {
-                events::normal(&ctx.recorder, restore, reason, message).await;
-            }
-            Ok(recheck_in.map_or_else(Action::await_change, Action::requeue))
+            let current = restore.status.as_ref();
+            waiting::wait(ctx, restore, current, status, reason, message, recheck_in).await
         }
     }
 }

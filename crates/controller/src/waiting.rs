@@ -18,6 +18,54 @@ pub fn verdict(obj: &impl Resource, refusal: Refusal, deadline_seconds: Option<i
     decide(refusal, created, deadline_seconds, crate::now())
 }
 
+/// Keeps `obj` (a Backup or a Restore, whose current status is `current`) Pending, waiting with
+/// `reason` and `message`: `status` is written when that changes it, with one Normal event when
+/// the reason is new, and the object is looked at again after `recheck_in` (or on a change).
+pub async fn wait<K, S>(
+    ctx: &crate::Context,
+    obj: &K,
+    current: Option<&S>,
+    mut status: S,
+    reason: &'static str,
+    message: String,
+    recheck_in: Option<std::time::Duration>,
+) -> Result<kube::runtime::controller::Action, crate::Error>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    S: Status + serde::Serialize + PartialEq,
+{
+    let (conditions, text) = status.parts();
+    let news = record(conditions, text, reason, &message, obj.meta().generation);
+    if Some(&status) != current {
+        crate::patch_status(&ctx.client, obj, &status, &[]).await?;
+    }
+    if news {
+        crate::events::normal(&ctx.recorder, obj, reason, message).await;
+    }
+    use kube::runtime::controller::Action;
+    Ok(recheck_in.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// The status of something that can wait: its conditions and its message.
+pub trait Status {
+    fn parts(&mut self) -> (&mut Vec<Condition>, &mut Option<String>);
+}
+
+impl Status for backstop_api::BackupStatus {
+    fn parts(&mut self) -> (&mut Vec<Condition>, &mut Option<String>) {
+        (&mut self.conditions, &mut self.message)
+    }
+}
+
+impl Status for backstop_api::RestoreStatus {
+    fn parts(&mut self) -> (&mut Vec<Condition>, &mut Option<String>) {
+        (&mut self.conditions, &mut self.message)
+    }
+}
+
 /// Records on a Pending object's conditions that it waits (`Completed=False` with the waiting
 /// reason) and its message; returns whether the reason is new, so that the caller tells it with
 /// one event and not one per look.
