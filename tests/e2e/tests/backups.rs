@@ -154,17 +154,21 @@ async fn a_file_written_while_it_is_read_makes_a_backup_that_says_so() -> anyhow
     ns.repository().await?;
     let data = ns.volume("db", &[("app", "db")]).await?;
     write_sample_tree(&data, 3)?;
-    // A writer that keeps rewriting a 32 MiB log from scratch while the backup runs: whenever
-    // the mover reads it, it shrinks or grows under the mover's feet.
+    // A writer that keeps appending to a log of 8 to 64 MiB (cut back to 8 MiB now and then):
+    // whenever the mover reads it, it grows (or shrinks) under the mover's feet, which an empty
+    // or briefly idle file would not.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let log = data.join("busy.log");
+    std::fs::write(&log, vec![b'x'; 8 << 20])?;
     let writer = {
-        let (log, stop) = (data.join("busy.log"), stop.clone());
+        let stop = stop.clone();
         std::thread::spawn(move || -> std::io::Result<()> {
-            let block = vec![b'x'; 1 << 20];
+            let mut f = std::fs::OpenOptions::new().append(true).open(&log)?;
+            let block = vec![b'y'; 64 << 10];
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let mut f = std::fs::File::create(&log)?;
-                for _ in 0..32 {
-                    std::io::Write::write_all(&mut f, &block)?;
+                std::io::Write::write_all(&mut f, &block)?;
+                if f.metadata()?.len() > 64 << 20 {
+                    f.set_len(8 << 20)?;
                 }
             }
             Ok(())
