@@ -389,7 +389,7 @@ async fn progress(
                 if repository::REPOSITORY_REASONS.contains(&why.reason.as_str())
                     && let Some(repo) = &repository
                 {
-                    repository::recheck(ctx, repo).await?;
+                    repository::recheck(ctx, repo, &why).await?;
                 }
             }
             None => {

@@ -34,7 +34,7 @@ pub const REPOSITORY_REASONS: &[&str] = &[
     "EndpointUnreachable",
     "TLSHandshakeFailed",
     "CredentialsMissing",
-    "RepositoryFull",
+    REPOSITORY_FULL,
 ];
 
 /// Whether `repo` can be used right now; `Err` says why not. A shared-storage repository's PVC
@@ -48,6 +48,14 @@ pub async fn readiness(ctx: &Context, repo: &BackupRepository) -> Result<(), Inv
     let Some(pvc) = &repo.spec.pvc else {
         return Ok(());
     };
+    if full_until(repo, now()).is_some()
+        && let Some(full) = repo
+            .status
+            .as_ref()
+            .and_then(|s| condition::find(&s.conditions, "Ready"))
+    {
+        return Err(Invalid::new(full.reason.clone(), full.message.clone()));
+    }
     match ctx.claim(&namespace, &pvc.claim_name).await {
         Ok(Some(claim)) if claim.metadata.deletion_timestamp.is_some() => Err(Invalid::new(
             "PVCNotFound",
@@ -219,16 +227,49 @@ async fn delete_job(ctx: &Context, job: &Job) -> Result<(), Error> {
     }
 }
 
-/// Asks for a fresh probe of `repo` (a backup just failed in a way that blames it): the latest
-/// probe goes, and the repository reconciler, which watches its probes, starts a new one.
-pub async fn recheck(ctx: &Context, repo: &BackupRepository) -> Result<(), Error> {
+/// A backup just failed in a way that blames `repo` (`why`). An S3 repository is probed afresh:
+/// the latest probe goes, and the repository reconciler, which watches its probes, starts a new
+/// one. A shared-storage repository that was full stops being Ready for `FULL_COOL_DOWN`, so that
+/// policies stop starting Jobs into it one after another; then it is tried again.
+pub async fn recheck(ctx: &Context, repo: &BackupRepository, why: &Invalid) -> Result<(), Error> {
     if repo.spec.s3.is_none() {
+        if why.reason == REPOSITORY_FULL {
+            let until = now() + jiff::SignedDuration::try_from(FULL_COOL_DOWN).unwrap_or_default();
+            let full = Invalid::new(
+                REPOSITORY_FULL,
+                format!(
+                    "a backup found it full ({}); backups wait until {} and then try again: free space in it or grow its volume",
+                    why.message,
+                    until.round(jiff::Unit::Second).unwrap_or(until)
+                ),
+            );
+            report(ctx, repo, Err(full)).await?;
+        }
         return Ok(());
     }
     for job in probe_jobs(ctx, repo).await? {
         delete_job(ctx, &job).await?;
     }
     Ok(())
+}
+
+/// How long a full shared-storage repository stays not Ready before it is tried again.
+const FULL_COOL_DOWN: Duration = Duration::from_secs(300);
+const REPOSITORY_FULL: &str = "RepositoryFull";
+
+/// Until when `repo` counts as full (its `Ready` condition says `RepositoryFull`, set less than
+/// `FULL_COOL_DOWN` ago).
+pub fn full_until(repo: &BackupRepository, now: Timestamp) -> Option<Timestamp> {
+    let ready = repo
+        .status
+        .as_ref()
+        .and_then(|s| condition::find(&s.conditions, "Ready"))?;
+    if ready.status != "False" || ready.reason != REPOSITORY_FULL {
+        return None;
+    }
+    let until = ready.last_transition_time.0
+        + jiff::SignedDuration::try_from(FULL_COOL_DOWN).unwrap_or_default();
+    (until > now).then_some(until)
 }
 
 async fn start_probe(ctx: &Context, repo: &BackupRepository) -> Result<(), Error> {
@@ -355,8 +396,12 @@ async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Act
         return probe(&repo, &ctx).await;
     }
     report(&ctx, &repo, readiness(&ctx, &repo).await).await?;
-    // Changes to its PVC wake us; this is only a safety net.
-    Ok(Action::requeue(RECHECK_READY))
+    // Changes to its PVC wake us; this is only a safety net (or the end of a full spell).
+    let full_for = full_until(&repo, now())
+        .and_then(|until| Duration::try_from(until.duration_since(now())).ok());
+    Ok(Action::requeue(
+        full_for.map_or(RECHECK_READY, |d| d + Duration::from_millis(100)),
+    ))
 }
 
 fn error_policy(_: Arc<BackupRepository>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -402,6 +447,37 @@ mod tests {
 
     fn at(s: &str) -> Timestamp {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_full_repository_is_not_ready_for_five_minutes() {
+        let full_at = at("2026-11-26T10:00:00Z");
+        let repo = |status: &str, reason: &str| {
+            let mut repo = BackupRepository::new("r", Default::default());
+            let mut conditions = Vec::new();
+            condition::set(
+                &mut conditions,
+                "Ready",
+                status == "True",
+                reason,
+                "",
+                None,
+                full_at,
+            );
+            repo.status = Some(backstop_api::BackupRepositoryStatus {
+                conditions,
+                ..Default::default()
+            });
+            repo
+        };
+        let full = repo("False", "RepositoryFull");
+        assert_eq!(
+            full_until(&full, at("2026-11-26T10:04:00Z")),
+            Some(at("2026-11-26T10:05:00Z"))
+        );
+        assert_eq!(full_until(&full, at("2026-11-26T10:05:00Z")), None);
+        assert_eq!(full_until(&repo("False", "PVCNotBound"), full_at), None);
+        assert_eq!(full_until(&repo("True", "Ready"), full_at), None);
     }
 
     #[test]

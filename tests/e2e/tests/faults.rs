@@ -274,6 +274,23 @@ async fn a_full_repository_fails_the_backup_and_leaves_nothing_that_looks_comple
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "left behind: {left:?}");
+    // The repository stops being Ready, so that policies stop starting Jobs into it.
+    let repos = ns.api::<backstop_api::BackupRepository>();
+    wait_until(
+        Duration::from_secs(30),
+        "the repository Ready=False RepositoryFull",
+        || async {
+            let conditions = repos
+                .get("default")
+                .await?
+                .status
+                .unwrap_or_default()
+                .conditions;
+            Ok(condition::find(&conditions, "Ready")
+                .is_some_and(|c| c.status == "False" && c.reason == "RepositoryFull"))
+        },
+    )
+    .await?;
     Ok(())
 }
 
