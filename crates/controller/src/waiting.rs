@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Api;
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
@@ -29,7 +30,7 @@ pub async fn wait<K, S>(
     reason: &'static str,
     message: String,
     recheck_in: Option<std::time::Duration>,
-) -> Result<kube::runtime::controller::Action, crate::Error>
+) -> Result<Action, crate::Error>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -45,7 +46,6 @@ where
     if news {
         crate::events::normal(&ctx.recorder, obj, reason, message).await;
     }
-    use kube::runtime::controller::Action;
     Ok(recheck_in.map_or_else(Action::await_change, Action::requeue))
 }
 
@@ -69,7 +69,7 @@ impl Status for backstop_api::RestoreStatus {
 /// Records on a Pending object's conditions that it waits (`Completed=False` with the waiting
 /// reason) and its message; returns whether the reason is new, so that the caller tells it with
 /// one event and not one per look.
-pub fn record(
+fn record(
     conditions: &mut Vec<Condition>,
     message: &mut Option<String>,
     reason: &str,
