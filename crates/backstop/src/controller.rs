@@ -31,6 +31,10 @@ pub struct Args {
     /// Run mover pods on the host's network.
     #[arg(long, env = "BACKSTOP_MOVER_HOST_NETWORK")]
     mover_host_network: bool,
+    /// Requests and limits of mover pods, as a ResourceRequirements in JSON (default: requests
+    /// 100m CPU and 128Mi, limit 1Gi memory); a policy's spec.moverResources overrides it.
+    #[arg(long, env = "BACKSTOP_MOVER_RESOURCES", value_parser = parse_resources)]
+    mover_resources: Option<serde_json::Value>,
     /// Namespace of the leader-election Lease (the operator's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "backstop-system")]
     namespace: String,
@@ -134,6 +138,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             image: args.mover_image,
             pull_policy: args.mover_pull_policy,
             host_network: args.mover_host_network,
+            resources: args
+                .mover_resources
+                .unwrap_or_else(backstop_controller::jobs::default_resources),
             ..MoverConfig::default()
         },
         metrics,
@@ -198,4 +205,11 @@ async fn shutdown_signal() {
         () = term => {}
     }
     tracing::info!("shutdown requested");
+}
+
+/// A ResourceRequirements in JSON, checked, e.g. `{"limits":{"memory":"2Gi"}}`.
+fn parse_resources(text: &str) -> Result<serde_json::Value, String> {
+    let parsed: k8s_openapi::api::core::v1::ResourceRequirements = serde_json::from_str(text)
+        .map_err(|e| format!("not a ResourceRequirements in JSON ({e}): {text}"))?;
+    serde_json::to_value(parsed).map_err(|e| e.to_string())
 }

@@ -323,13 +323,9 @@ async fn progress(
                             .list(&crate::cached().fields("status.phase=Running"))
                             .await?;
                         let node = jobs::node_using(&running.items, &volume.pvc);
-                        let job = jobs::backup_job(
-                            backup,
-                            &volume.pvc,
-                            node.as_deref(),
-                            repo,
-                            &ctx.mover,
-                        )?;
+                        let config = mover_config(ctx, backup, &namespace).await?;
+                        let job =
+                            jobs::backup_job(backup, &volume.pvc, node.as_deref(), repo, &config)?;
                         match jobs_api.create(&PostParams::default(), &job).await {
                             Ok(_) => {
                                 events::normal(
@@ -765,6 +761,21 @@ async fn cleanup(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
             Err(not_yet(30, "the artifacts are being removed"))
         }
     }
+}
+
+/// The mover settings for `backup`'s Jobs: the operator's, with the policy's resources when it
+/// sets them.
+async fn mover_config(
+    ctx: &Context,
+    backup: &Backup,
+    namespace: &str,
+) -> Result<jobs::MoverConfig, Error> {
+    let policy = match &backup.spec.policy_ref {
+        Some(name) => ctx.policy(namespace, name).await?,
+        None => None,
+    };
+    let resources = policy.and_then(|p| p.spec.mover_resources.clone());
+    Ok(ctx.mover.with_resources(resources.as_ref())?)
 }
 
 /// Whether `namespace` is being deleted.

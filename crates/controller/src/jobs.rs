@@ -33,6 +33,20 @@ impl Default for MoverConfig {
     }
 }
 
+impl MoverConfig {
+    /// These settings with `resources` instead of the operator's, when given.
+    pub fn with_resources(
+        &self,
+        resources: Option<&k8s_openapi::api::core::v1::ResourceRequirements>,
+    ) -> Result<MoverConfig, serde_json::Error> {
+        let mut config = self.clone();
+        if let Some(resources) = resources {
+            config.resources = serde_json::to_value(resources)?;
+        }
+        Ok(config)
+    }
+}
+
 /// Requests, so that a mover is not the first pod evicted mid-commit, and a memory limit well
 /// above what it uses (backup 32-73 MiB measured, S3 parts 2 x 8 MiB in flight, doubling only
 /// past 80 GiB artifacts).
@@ -636,6 +650,40 @@ mod tests {
             assert!(resources.requests.unwrap().contains_key("memory"), "{name}");
             assert!(resources.limits.unwrap().contains_key("memory"), "{name}");
         }
+    }
+
+    #[test]
+    fn a_policy_can_give_its_movers_other_resources() {
+        let (backup, repo) = fixtures();
+        let resources = |config: &MoverConfig| {
+            backup_job(&backup, "db", None, &repo, config)
+                .unwrap()
+                .spec
+                .unwrap()
+                .template
+                .spec
+                .unwrap()
+                .containers[0]
+                .resources
+                .clone()
+                .unwrap()
+        };
+        let operator = MoverConfig::default();
+        let defaults = resources(&operator);
+        assert_eq!(defaults.limits.unwrap()["memory"].0, "1Gi");
+        let big: k8s_openapi::api::core::v1::ResourceRequirements = serde_json::from_value(
+            json!({"requests": {"memory": "2Gi"}, "limits": {"memory": "4Gi"}}),
+        )
+        .unwrap();
+        let policy = resources(&operator.with_resources(Some(&big)).unwrap());
+        assert_eq!(policy, big);
+        assert_eq!(
+            resources(&operator.with_resources(None).unwrap())
+                .requests
+                .unwrap()["memory"]
+                .0,
+            "128Mi"
+        );
     }
 
     #[test]
