@@ -2,6 +2,7 @@
 //! own digest and size. Written after the artifact, so its presence means the artifact is complete.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 pub const FORMAT: &str = "backstop.dev/manifest/v1";
 
@@ -86,13 +87,14 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The path's exact bytes (`None` when `rawPath` is not hex: a damaged manifest).
-    pub fn path_bytes(&self) -> Option<Vec<u8>> {
+    /// The path's exact bytes (`None` when `rawPath` is not hex: a damaged manifest); borrowed
+    /// from `path` when it is UTF-8, so a restore does not copy every path of a large volume.
+    pub fn path_bytes(&self) -> Option<Cow<'_, [u8]>> {
         exact(&self.path, self.raw_path.as_deref())
     }
 
     /// The target's exact bytes, if the entry has one (`Some(None)` when damaged).
-    pub fn target_bytes(&self) -> Option<Option<Vec<u8>>> {
+    pub fn target_bytes(&self) -> Option<Option<Cow<'_, [u8]>>> {
         let target = self.target.as_deref()?;
         Some(exact(target, self.raw_target.as_deref()))
     }
@@ -107,10 +109,10 @@ impl Entry {
     }
 }
 
-fn exact(shown: &str, raw: Option<&str>) -> Option<Vec<u8>> {
+fn exact<'a>(shown: &'a str, raw: Option<&str>) -> Option<Cow<'a, [u8]>> {
     match raw {
-        Some(raw) => unhex(raw.as_bytes()),
-        None => Some(shown.as_bytes().to_vec()),
+        Some(raw) => unhex(raw.as_bytes()).map(Cow::Owned),
+        None => Some(Cow::Borrowed(shown.as_bytes())),
     }
 }
 
@@ -162,8 +164,8 @@ mod tests {
         entry.set_path(b"caf\xe9/x");
         entry.set_target(b"t\xff");
         assert_eq!(entry.path, "caf\u{fffd}/x");
-        assert_eq!(entry.path_bytes().unwrap(), b"caf\xe9/x");
-        assert_eq!(entry.target_bytes().unwrap().unwrap(), b"t\xff");
+        assert_eq!(&*entry.path_bytes().unwrap(), b"caf\xe9/x");
+        assert_eq!(&*entry.target_bytes().unwrap().unwrap(), b"t\xff");
         // The name that lossy conversion would give is a different entry.
         let mut lookalike = Entry::default();
         lookalike.set_path("caf\u{fffd}/x".as_bytes());
@@ -171,7 +173,7 @@ mod tests {
         assert_ne!(lookalike.path_bytes(), entry.path_bytes());
         let json = serde_json::to_string(&entry).unwrap();
         let back: Entry = serde_json::from_str(&json).unwrap();
-        assert_eq!(back.path_bytes().unwrap(), b"caf\xe9/x");
+        assert_eq!(&*back.path_bytes().unwrap(), b"caf\xe9/x");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::manifest::{Entry, EntryKind, Manifest};
 use crate::repository::{Repository, RepositoryError};
 use backstop_api::ExistingDataPolicy;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
 use std::fs::{self, OpenOptions};
@@ -425,13 +426,16 @@ fn extract_entries(
     manifest: &Manifest,
     into: Option<Extract<'_>>,
 ) -> Result<RestoreResult, RestoreError> {
-    // By exact bytes (the manifest was checked, so every path decodes).
-    let expected: HashMap<Vec<u8>, &Entry> = manifest
+    // By exact bytes (the manifest was checked, so every path decodes), to the entry's index;
+    // `seen` marks the entries the archive held, a byte each.
+    let expected: HashMap<Cow<'_, [u8]>, usize> = manifest
         .entries
         .iter()
-        .map(|e| (e.path_bytes().unwrap_or_default(), e))
+        .enumerate()
+        .map(|(i, e)| (e.path_bytes().unwrap_or_default(), i))
         .collect();
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = vec![false; manifest.entries.len()];
+    let mut seen_count = 0;
     let mut result = RestoreResult {
         files: 0,
         bytes: 0,
@@ -453,18 +457,19 @@ fn extract_entries(
             .map_err(|e| RestoreError::Integrity(format!("reading an entry's path: {e}")))?
             .into_owned();
         let rel = safe_relative(&raw_path)?;
-        let exact = rel.as_os_str().as_bytes().to_vec();
         let key = rel.to_string_lossy().into_owned();
-        let Some(meta) = expected.get(&exact).copied() else {
+        let Some(&index) = expected.get(rel.as_os_str().as_bytes()) else {
             return Err(RestoreError::Integrity(format!(
                 "the archive holds {key:?}, which the manifest does not list"
             )));
         };
-        if !seen.insert(exact) {
+        if std::mem::replace(&mut seen[index], true) {
             return Err(RestoreError::Integrity(format!(
                 "the archive holds {key:?} twice"
             )));
         }
+        seen_count += 1;
+        let meta = &manifest.entries[index];
         // The archive and the manifest must agree on what the entry is, and on a file's size
         // before a byte of it is written.
         let kind = entry_kind(entry.header().entry_type());
@@ -553,7 +558,7 @@ fn extract_entries(
             EntryKind::Symlink => {
                 let target = meta.target_bytes().flatten().unwrap_or_default();
                 let in_archive = entry.link_name_bytes().map(|l| l.into_owned());
-                if in_archive.as_deref() != Some(target.as_slice()) {
+                if in_archive.as_deref() != Some(&*target) {
                     return Err(RestoreError::Integrity(format!(
                         "symlink {key:?} points elsewhere than the manifest says"
                     )));
@@ -611,10 +616,9 @@ fn extract_entries(
         }
         result.entries += 1;
     }
-    if seen.len() != manifest.entries.len() {
+    if seen_count != manifest.entries.len() {
         return Err(RestoreError::Integrity(format!(
-            "the archive holds {} entries; the manifest lists {}",
-            seen.len(),
+            "the archive holds {seen_count} entries; the manifest lists {}",
             manifest.entries.len()
         )));
     }
