@@ -36,9 +36,32 @@ pub enum ArchiveError {
 pub struct Archived {
     pub entries: Vec<Entry>,
     pub totals: Totals,
-    /// Files whose size changed while they were read (the volume was in use): their recorded
-    /// content is what was read, padded or cut to the size seen first.
-    pub changed_while_reading: Vec<String>,
+    /// Entries that changed while they were read (the volume was in use): files whose recorded
+    /// content is what was read, padded or cut to the size seen first, and entries that vanished
+    /// or kept being swapped (left out).
+    pub changed: Changed,
+}
+
+/// How many entries changed while they were read, and the first few of them by name: a volume
+/// being rewritten can have millions, and the mover has a memory limit.
+#[derive(Debug, Default)]
+pub struct Changed {
+    pub count: u64,
+    /// At most `CHANGED_NAMED` names, each at most `CHANGED_NAME_MAX` bytes.
+    pub named: Vec<String>,
+}
+
+const CHANGED_NAMED: usize = 5;
+const CHANGED_NAME_MAX: usize = 120;
+
+impl Changed {
+    fn push(&mut self, name: &str) {
+        self.count += 1;
+        if self.named.len() < CHANGED_NAMED {
+            let name = backstop_api::condition::truncate(name.to_string(), CHANGED_NAME_MAX);
+            self.named.push(name);
+        }
+    }
 }
 
 /// Writes everything below `root` (not `root` itself) as a tar stream into `out`. The walk
@@ -74,7 +97,7 @@ pub fn write<W: Write>(root: &Path, out: W) -> Result<(Archived, W), ArchiveErro
         let child = dir.child(&name).map_err(read_error(&raw_rel))?;
         let meta = match &child {
             walk::Child::Changed => {
-                archived.changed_while_reading.push(rel);
+                archived.changed.push(&rel);
                 continue;
             }
             walk::Child::Dir(_, st)
@@ -189,7 +212,7 @@ pub fn write<W: Write>(root: &Path, out: W) -> Result<(Archived, W), ArchiveErro
                 out.write_all(&[0; BLOCK as usize][..padding as usize])
                     .map_err(ArchiveError::Write)?;
                 if content.size_changed {
-                    archived.changed_while_reading.push(rel.clone());
+                    archived.changed.push(&rel);
                 }
                 entry.blake3 = Some(content.hasher.finalize().to_hex().to_string());
                 archived.entries.push(entry);

@@ -26,14 +26,10 @@ pub struct BackupResult {
     /// torn), entries that vanished or kept being swapped (left out).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub changed_while_reading: u64,
-    /// The first few of them (the whole result must fit a termination message).
+    /// The first few of them (bounded: the whole result must fit a termination message).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changed_files: Vec<String>,
 }
-
-/// How many changed entries the result names, and how long each name may be.
-const CHANGED_NAMED: usize = 5;
-const CHANGED_NAME_MAX: usize = 120;
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
@@ -155,13 +151,8 @@ pub fn run(repo: &dyn Repository, req: &BackupRequest<'_>) -> Result<BackupResul
         digest,
         files: archived.totals.files,
         source_bytes: archived.totals.bytes,
-        changed_while_reading: archived.changed_while_reading.len() as u64,
-        changed_files: archived
-            .changed_while_reading
-            .into_iter()
-            .take(CHANGED_NAMED)
-            .map(|name| backstop_api::condition::truncate(name, CHANGED_NAME_MAX))
-            .collect(),
+        changed_while_reading: archived.changed.count,
+        changed_files: archived.changed.named,
     })
 }
 

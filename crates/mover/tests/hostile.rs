@@ -82,7 +82,7 @@ fn a_volume_that_swaps_files_and_directories_for_links_never_gets_outside_data_a
                 continue;
             }
         };
-        changed += archived.changed_while_reading.len();
+        changed += archived.changed.count;
         assert!(
             !contains(&tar, SECRET),
             "data from outside the volume got into the archive"
