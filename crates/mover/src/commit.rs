@@ -88,9 +88,14 @@ pub fn commit(
 /// a staging directory left behind. Returns whether an interrupted commit was undone.
 pub fn recover(target: &Path) -> Result<bool, RestoreError> {
     remove_all(&target.join(DISCARD))?;
-    let interrupted = fs::symlink_metadata(target.join(PREVIOUS)).is_ok();
+    // Only a real directory is an interrupted commit's; anything else of that name (a link a
+    // tenant planted, say, to make the undo move things in from elsewhere) just goes.
+    let previous = target.join(PREVIOUS);
+    let interrupted = fs::symlink_metadata(&previous).is_ok_and(|m| m.is_dir());
     if interrupted {
         undo(target)?;
+    } else {
+        remove_all(&previous)?;
     }
     remove_all(&target.join(STAGING))?;
     Ok(interrupted)
@@ -126,7 +131,7 @@ fn undo(target: &Path) -> Result<(), RestoreError> {
 /// Renames everything under `old/rel` back to `target/rel`.
 fn move_back(old: &Path, target: &Path, rel: &Path) -> Result<(), RestoreError> {
     let dir = old.join(rel);
-    if fs::symlink_metadata(&dir).is_err() {
+    if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
         return Ok(());
     }
     for name in names(&dir)? {

@@ -833,3 +833,26 @@ fn names_that_are_not_utf8_survive_backup_restore_and_gnu_tar_byte_for_byte() {
     assert!(status.success());
     assert_eq!(byte_listing(&by_tar), expected);
 }
+
+#[test]
+fn a_planted_previous_directory_link_is_removed_not_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("target");
+    let elsewhere = tmp.path().join("elsewhere");
+    fs::create_dir_all(&target).unwrap();
+    fs::create_dir_all(elsewhere.join("old")).unwrap();
+    fs::write(elsewhere.join("old/taken"), "not the target's\n").unwrap();
+    fs::write(target.join("mine"), "the target's own\n").unwrap();
+    symlink(&elsewhere, target.join(commit::PREVIOUS)).unwrap();
+    assert!(!commit::recover(&target).unwrap(), "no interrupted commit");
+    assert!(!target.join(commit::PREVIOUS).exists());
+    assert!(
+        !target.join("taken").exists(),
+        "nothing moved in from elsewhere"
+    );
+    assert!(elsewhere.join("old/taken").exists());
+    assert_eq!(
+        fs::read_to_string(target.join("mine")).unwrap(),
+        "the target's own\n"
+    );
+}
