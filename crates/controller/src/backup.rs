@@ -4,7 +4,7 @@
 //! before the Backup goes away.
 
 use crate::jobs::{self, ROLE_BACKUP};
-use crate::outcome::{MoverFailure, owned_by, termination_message};
+use crate::outcome::{JOB_NAME_TAKEN, MoverFailure, job_name_taken, owned_by, termination_message};
 use crate::{Context, Error, events, metrics, now, repository, waiting};
 use backstop_api::condition::{self, Invalid};
 use backstop_api::waiting::{Refusal, Verdict, WaitingFor};
@@ -270,7 +270,7 @@ async fn select_volumes(
         )));
     }
     for claim in &pvcs {
-        if let Some(refusal) = waiting::unbound(ctx, claim).await? {
+        if let Err(refusal) = waiting::bound(ctx, claim).await? {
             return Ok(Err(refusal));
         }
     }
@@ -869,16 +869,4 @@ pub async fn run(
 
 fn pending(backup: &Backup) -> bool {
     backup.phase() == BackupPhase::Pending && backup.metadata.deletion_timestamp.is_none()
-}
-
-const JOB_NAME_TAKEN: &str = "JobNameTaken";
-
-/// A Job with the name Backstop gives this work exists and belongs to something else.
-pub(crate) fn job_name_taken(name: &str) -> Invalid {
-    Invalid::new(
-        JOB_NAME_TAKEN,
-        format!(
-            "a Job named {name:?} exists and is not Backstop's for this object; it is left alone: delete it and retry"
-        ),
-    )
 }

@@ -52,6 +52,19 @@ pub fn owned_by(obj: &impl Resource, owner: &impl Resource) -> bool {
         .any(|o| o.uid == uid && o.controller == Some(true))
 }
 
+pub const JOB_NAME_TAKEN: &str = "JobNameTaken";
+
+/// A Job with the name Backstop gives this work exists and belongs to something else (it is
+/// never read or deleted).
+pub fn job_name_taken(name: &str) -> Invalid {
+    Invalid::new(
+        JOB_NAME_TAKEN,
+        format!(
+            "a Job named {name:?} exists and is not Backstop's for this object; it is left alone: delete it and retry"
+        ),
+    )
+}
+
 /// Whether a Job has finished: `Some(true)` succeeded, `Some(false)` failed, `None` running.
 pub fn finished(job: &Job) -> Option<bool> {
     let status = job.status.as_ref()?;

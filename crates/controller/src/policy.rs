@@ -89,23 +89,30 @@ async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Actio
     let schedule = match policy.spec.validate() {
         Ok(s) => s,
         Err(invalid) => {
-            return refuse(&ctx, &policy, status, invalid).await;
+            return refuse(&ctx, &policy, status, invalid, Warn::Yes).await;
         }
     };
     let repo_name = policy.spec.repository_name();
     let repository = ctx.repository(&namespace, repo_name).await?;
+    // A repository that exists but is not ready says so itself, with its own Warning when it
+    // needs a person (a PVC still binding does not): the policy's condition names it without a
+    // second Warning. A missing one cannot speak for itself.
     let repo_problem = match repository {
-        None => Some(Invalid::new(
-            "RepositoryNotFound",
-            format!(
-                "BackupRepository {repo_name:?} not found in namespace {namespace:?}: create it or set spec.repository"
+        None => Some((
+            Invalid::new(
+                "RepositoryNotFound",
+                format!(
+                    "BackupRepository {repo_name:?} not found in namespace {namespace:?}: create it or set spec.repository"
+                ),
             ),
+            Warn::Yes,
         )),
         Some(repo) => repository::readiness(&ctx, &repo).await.err().map(|why| {
-            Invalid::new(
+            let why = Invalid::new(
                 "RepositoryNotReady",
                 format!("repository {repo_name:?} is not ready: {}", why.message),
-            )
+            );
+            (why, Warn::No)
         }),
     };
 
@@ -127,12 +134,12 @@ async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Actio
         now(),
     );
 
-    if let Some(problem) = repo_problem {
+    if let Some((problem, warn)) = repo_problem {
         // Say so on the policy instead of failing one Job after another. The run that is due
         // stays due: when the repository changes (it is watched) or the next run comes, the
         // plan makes it, once.
         status.next_scheduled_backup = plan.next.map(Time);
-        refuse(&ctx, &policy, status, problem).await?;
+        refuse(&ctx, &policy, status, problem, warn).await?;
         return Ok(plan
             .requeue_after
             .map_or_else(Action::await_change, Action::requeue));
@@ -279,14 +286,20 @@ async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Actio
     })
 }
 
-/// Ready=False with `why`, and a Warning event when that is news. A repository that exists but
-/// is not ready says so itself, with its own Warning when it needs a person (a PVC still binding
-/// does not): the policy's condition names it without a second Warning.
+/// Whether a refusal of the policy is also a Warning event.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Warn {
+    Yes,
+    No,
+}
+
+/// Ready=False with `why`, and (when `warn` says so) a Warning event when that is news.
 async fn refuse(
     ctx: &Context,
     policy: &BackupPolicy,
     mut status: BackupPolicyStatus,
     why: Invalid,
+    warn: Warn,
 ) -> Result<Action, Error> {
     let before = condition::find(&status.conditions, "Ready")
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()));
@@ -301,7 +314,7 @@ async fn refuse(
     );
     let after = condition::find(&status.conditions, "Ready")
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()));
-    if before != after && why.reason != "RepositoryNotReady" {
+    if before != after && warn == Warn::Yes {
         events::warning(&ctx.recorder, policy, &why.reason, why.message.clone()).await;
     }
     if Some(&status) != policy.status.as_ref() {

@@ -191,10 +191,7 @@ async fn ensure_target(
                 format!("target PVC {:?} is being deleted", target.pvc_name),
             )));
         }
-        return Ok(match waiting::unbound(ctx, &existing).await? {
-            Some(refusal) => Err(refusal),
-            None => Ok(()),
-        });
+        return waiting::bound(ctx, &existing).await;
     }
     let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), &namespace);
     let source = backups
@@ -246,10 +243,7 @@ async fn ensure_target(
         Err(kube::Error::Api(s)) if s.code == 409 => pvc,
         Err(e) => return Err(e.into()),
     };
-    Ok(match waiting::unbound(ctx, &created).await? {
-        Some(refusal) => Err(refusal),
-        None => Ok(()),
-    })
+    waiting::bound(ctx, &created).await
 }
 
 /// Running pods in the namespace that mount `pvc`, other than the restore's own mover (a restart
@@ -372,7 +366,7 @@ async fn progress(
         return fail(ctx, restore, status, why).await;
     };
     if !owned_by(&job, restore) {
-        let why = crate::backup::job_name_taken(&job_name);
+        let why = crate::outcome::job_name_taken(&job_name);
         return fail(ctx, restore, status, why).await;
     }
     let done = crate::outcome::finished(&job);

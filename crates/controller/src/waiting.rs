@@ -107,23 +107,23 @@ where
         .collect()
 }
 
-/// Whether `claim` keeps a mover from starting. A Pending claim is waited for when its class
-/// binds at once (or has no StorageClass object, as static PVs have): the binder is at work. One
-/// whose class binds when a pod first uses it (`WaitForFirstConsumer`) is bound by the mover pod
-/// itself, so it is no reason to wait.
-pub async fn unbound(
+/// Whether a mover can use `claim`: `Ok` when it is bound, or about to be bound by the mover
+/// pod itself (its class binds when a pod first uses it, `WaitForFirstConsumer`). A Pending
+/// claim whose class binds at once (or that has no StorageClass object, as static PVs have) is
+/// waited for: the binder is at work.
+pub async fn bound(
     ctx: &crate::Context,
     claim: &PersistentVolumeClaim,
-) -> Result<Option<Refusal>, crate::Error> {
+) -> Result<Result<(), Refusal>, crate::Error> {
     let name = claim.name_any();
     match claim.status.as_ref().and_then(|s| s.phase.as_deref()) {
-        Some("Bound") => Ok(None),
-        Some("Lost") => Ok(Some(Refusal::Fail(Invalid::new(
+        Some("Bound") => Ok(Ok(())),
+        Some("Lost") => Ok(Err(Refusal::Fail(Invalid::new(
             "VolumeLost",
             format!("PVC {name:?} is Lost: its PersistentVolume is gone"),
         )))),
-        _ if binds_on_first_use(ctx, claim).await? => Ok(None),
-        phase => Ok(Some(Refusal::wait(
+        _ if binds_on_first_use(ctx, claim).await? => Ok(Ok(())),
+        phase => Ok(Err(Refusal::wait(
             WaitingFor::Volume,
             "VolumeNotBound",
             format!(
