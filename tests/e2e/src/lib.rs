@@ -271,6 +271,33 @@ pub async fn install_operator(client: &Client) -> anyhow::Result<()> {
     .await
 }
 
+/// Waits for Backup `name` to be Failed with `reason`, with a BackupFailed event naming it.
+pub async fn backup_failed(
+    ns: &TestNamespace,
+    name: &str,
+    reason: &str,
+    timeout: Duration,
+) -> anyhow::Result<backstop_api::Backup> {
+    let backup = finished_backup(ns, name, timeout).await?;
+    let status = backup.status.clone().unwrap_or_default();
+    assert_eq!(
+        status.phase,
+        backstop_api::BackupPhase::Failed,
+        "{status:?}"
+    );
+    let failed = backstop_api::condition::find(&status.conditions, "Failed")
+        .with_context(|| format!("backup {name} has no Failed condition: {status:?}"))?;
+    assert_eq!(failed.reason, reason, "{status:?}");
+    wait_until(Duration::from_secs(30), "a BackupFailed event", || async {
+        Ok(events(ns, "BackupFailed")
+            .await?
+            .iter()
+            .any(|(on, note)| on == name && note.contains(reason)))
+    })
+    .await?;
+    Ok(backup)
+}
+
 /// Waits until Backup `name` has finished (Completed or Failed) and returns it.
 pub async fn finished_backup(
     ns: &TestNamespace,

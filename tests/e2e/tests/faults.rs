@@ -41,28 +41,6 @@ async fn policy_refused(ns: &TestNamespace, name: &str, reason: &str) -> anyhow:
     .await
 }
 
-/// Waits for the backup to be Failed with `reason`, with a BackupFailed event naming it.
-async fn backup_failed(
-    ns: &TestNamespace,
-    name: &str,
-    reason: &str,
-    timeout: Duration,
-) -> anyhow::Result<Backup> {
-    let backup = finished_backup(ns, name, timeout).await?;
-    let status = backup.status.clone().unwrap_or_default();
-    assert_eq!(status.phase, BackupPhase::Failed, "{status:?}");
-    let failed = condition::find(&status.conditions, "Failed").expect("a Failed condition");
-    assert_eq!(failed.reason, reason, "{status:?}");
-    wait_until(Duration::from_secs(30), "a BackupFailed event", || async {
-        Ok(events(ns, "BackupFailed")
-            .await?
-            .iter()
-            .any(|(on, note)| on == name && note.contains(reason)))
-    })
-    .await?;
-    Ok(backup)
-}
-
 #[tokio::test]
 #[ignore = "needs a cluster: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
 async fn invalid_policies_are_refused_with_a_reason_and_run_nothing() -> anyhow::Result<()> {

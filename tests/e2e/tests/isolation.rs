@@ -51,11 +51,7 @@ async fn backups_whose_names_and_volumes_run_together_each_back_up_their_own_dat
     )
     .await?;
     create::<Backup>(&ns, backup("squatter", "x")).await?;
-    let failed = finished_backup(&ns, "squatter", Duration::from_secs(120)).await?;
-    let status = failed.status.clone().unwrap_or_default();
-    assert_eq!(failed.phase(), BackupPhase::Failed, "{status:?}");
-    let reason = condition::find(&status.conditions, "Failed").map(|c| c.reason.clone());
-    assert_eq!(reason.as_deref(), Some("JobNameTaken"), "{status:?}");
+    backup_failed(&ns, "squatter", "JobNameTaken", Duration::from_secs(120)).await?;
     assert!(
         ns.api::<Job>().get_opt(&squatted).await?.is_some(),
         "left alone"
@@ -116,15 +112,7 @@ async fn a_namespace_that_enforces_restricted_pod_security_gets_a_reason_not_a_s
         )
         .await?;
     create::<Backup>(&ns, backup("b", "db")).await?;
-    let failed = finished_backup(&ns, "b", Duration::from_secs(60)).await?;
-    let status = failed.status.clone().unwrap_or_default();
-    assert_eq!(failed.phase(), BackupPhase::Failed, "{status:?}");
-    let reason = condition::find(&status.conditions, "Failed").map(|c| c.reason.clone());
-    assert_eq!(
-        reason.as_deref(),
-        Some("PodSecurityRestricted"),
-        "{status:?}"
-    );
+    backup_failed(&ns, "b", "PodSecurityRestricted", Duration::from_secs(60)).await?;
     let jobs = ns.api::<Job>().list(&Default::default()).await?;
     assert!(jobs.items.is_empty(), "no Job that could never start");
     Ok(())

@@ -450,8 +450,7 @@ async fn a_secret_its_owner_did_not_opt_in_is_never_given_to_a_mover_pod() -> an
                         "startingDeadlineSeconds": 5}}),
     )
     .await?;
-    let failed = backstop_e2e::finished_backup(&ns, "b", Duration::from_secs(60)).await?;
-    assert_eq!(failed.phase(), BackupPhase::Failed);
+    let failed = backup_failed(&ns, "b", "RepositoryNotReady", Duration::from_secs(60)).await?;
     let message = failed
         .status
         .clone()
