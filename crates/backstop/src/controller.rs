@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use backstop_controller::jobs::MoverConfig;
-use backstop_controller::{Context, metrics::Metrics};
+use backstop_controller::{Context, Scope, metrics::Metrics};
 use kube::runtime::events::{Recorder, Reporter};
 use kube_lease_manager::{LeaseManagerBuilder, LeaseParams};
 use std::net::SocketAddr;
@@ -43,6 +43,11 @@ pub struct Args {
     identity: Option<String>,
     #[arg(long, default_value = "backstop-controller")]
     lease_name: String,
+    /// A namespaced install: act only in these namespaces (comma-separated), with Roles there
+    /// instead of a ClusterRole (`backstop install --namespaces` prints it). Empty: every
+    /// namespace.
+    #[arg(long, env = "BACKSTOP_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -66,6 +71,7 @@ pub fn main(args: Args) -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let scopes = scopes(&args.namespaces)?;
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
@@ -122,35 +128,51 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
-    tracing::info!(%identity, "leading: starting the reconcilers");
+    tracing::info!(%identity, "leading");
 
-    let stores = backstop_controller::stores::Stores::start(&client).await;
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        recorder: Recorder::new(
-            client,
-            Reporter {
-                controller: "backstop".into(),
-                instance: Some(identity.clone()),
-            },
-        ),
-        mover: MoverConfig {
-            image: args.mover_image,
-            pull_policy: args.mover_pull_policy,
-            host_network: args.mover_host_network,
-            resources: args
-                .mover_resources
-                .unwrap_or_else(backstop_controller::jobs::default_resources),
-            ..MoverConfig::default()
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "backstop".into(),
+            instance: Some(identity.clone()),
         },
-        metrics,
-        stores,
-    });
+    );
+    let mover = MoverConfig {
+        image: args.mover_image,
+        pull_policy: args.mover_pull_policy,
+        host_network: args.mover_host_network,
+        resources: args
+            .mover_resources
+            .unwrap_or_else(backstop_controller::jobs::default_resources),
+        ..MoverConfig::default()
+    };
     // Stop when told to, or as soon as the Lease is lost (another replica may be leading).
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let reconcilers = tokio::spawn(backstop_controller::run(ctx, async move {
-        let _ = stop_rx.await;
-    }));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let reconcilers = scopes.into_iter().map(|scope| {
+        tracing::info!(?scope, "starting the reconcilers");
+        let (client, recorder, mover, metrics) = (
+            client.clone(),
+            recorder.clone(),
+            mover.clone(),
+            metrics.clone(),
+        );
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let stores = backstop_controller::stores::Stores::start(&client, scope).await;
+            let ctx = Arc::new(Context {
+                client,
+                recorder,
+                mover,
+                metrics,
+                stores,
+            });
+            backstop_controller::run(ctx, async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            })
+            .await;
+        })
+    });
+    let reconcilers = futures::future::join_all(reconcilers);
     let lost = async {
         while leading.changed().await.is_ok() {
             if !*leading.borrow() {
@@ -162,8 +184,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         () = &mut terminated => false,
         () = lost => true,
     };
-    let _ = stop_tx.send(());
-    let _ = reconcilers.await;
+    let _ = stop_tx.send(true);
+    reconcilers.await;
     drop(leading);
     let _ = lease_task.await;
     if lost_lease {
@@ -207,9 +229,74 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
+/// One set of reconcilers per watched namespace, or one for the whole cluster when none is named
+/// (an empty `BACKSTOP_NAMESPACES` names none).
+fn scopes(namespaces: &[String]) -> anyhow::Result<Vec<Scope>> {
+    let named: std::collections::BTreeSet<String> = namespaces
+        .iter()
+        .filter(|n| !n.trim().is_empty())
+        .map(|n| parse_namespace(n))
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("--namespaces (BACKSTOP_NAMESPACES): {e}"))?;
+    if named.is_empty() {
+        return Ok(vec![Scope::Cluster]);
+    }
+    Ok(named.into_iter().map(Scope::Namespace).collect())
+}
+
+/// A namespace name (an RFC 1123 label), checked so that a typo fails at start.
+pub fn parse_namespace(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let valid = !text.is_empty()
+        && text.len() <= 63
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !text.starts_with('-')
+        && !text.ends_with('-');
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is not a namespace name (lowercase letters, digits and '-', at most 63)"
+        ))
+    }
+}
+
 /// A ResourceRequirements in JSON, checked, e.g. `{"limits":{"memory":"2Gi"}}`.
 fn parse_resources(text: &str) -> Result<serde_json::Value, String> {
     let parsed: k8s_openapi::api::core::v1::ResourceRequirements = serde_json::from_str(text)
         .map_err(|e| format!("not a ResourceRequirements in JSON ({e}): {text}"))?;
     serde_json::to_value(parsed).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn no_namespace_named_means_the_whole_cluster() {
+        assert_eq!(scopes(&[]).unwrap(), [Scope::Cluster]);
+        assert_eq!(scopes(&names(&[""])).unwrap(), [Scope::Cluster]);
+    }
+
+    #[test]
+    fn each_named_namespace_once() {
+        assert_eq!(
+            scopes(&names(&["b", " a", "b"])).unwrap(),
+            [Scope::Namespace("a".into()), Scope::Namespace("b".into())]
+        );
+    }
+
+    #[test]
+    fn a_name_that_is_no_namespace_stops_the_start() {
+        for bad in ["Team", "a_b", "-a", "a-", &"x".repeat(64)] {
+            let err = scopes(&names(&["ok", bad])).unwrap_err().to_string();
+            assert!(err.contains("is not a namespace name"), "{bad}: {err}");
+        }
+    }
 }

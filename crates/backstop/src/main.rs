@@ -28,6 +28,9 @@ enum Command {
     Mover(mover::Command),
     /// Print the CustomResourceDefinitions as YAML.
     Crds,
+    /// Print a namespaced install (operator acting only in the given namespaces, with Roles
+    /// there) as YAML, without the CRDs.
+    Install(manifests::InstallArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
         Command::Controller(args) => controller::main(args),
         Command::Mover(cmd) => mover::main(cmd),
         Command::Crds => manifests::print_crds(),
+        Command::Install(args) => manifests::print_install(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

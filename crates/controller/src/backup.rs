@@ -842,7 +842,7 @@ pub async fn run(
     let controller = stores
         .backups
         .controller(&client, crate::controller_config())
-        .owns(Api::<Job>::all(client.clone()), jobs);
+        .owns(stores.scope.api::<Job>(&client), jobs);
     // Pending Backups wait for policies, repositories and PVCs of their namespace.
     let backups = stores.backups.store.clone();
     let controller = stores

@@ -20,6 +20,28 @@ use kube::Client;
 use kube::runtime::events::Recorder;
 use std::sync::Arc;
 
+/// Where a set of reconcilers acts: every namespace (the cluster-wide install, a ClusterRole), or
+/// one namespace of a namespaced install (Roles there). A namespaced install over several
+/// namespaces runs one set of reconcilers, with its own watches, per namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Cluster,
+    Namespace(String),
+}
+
+impl Scope {
+    /// The API of every `K` in this scope.
+    pub fn api<K>(&self, client: &Client) -> kube::Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match self {
+            Scope::Cluster => kube::Api::all(client.clone()),
+            Scope::Namespace(namespace) => kube::Api::namespaced(client.clone(), namespace),
+        }
+    }
+}
+
 /// The reconcilers' only shared state.
 pub struct Context {
     pub client: Client,
@@ -130,9 +152,9 @@ pub(crate) fn cached() -> kube::api::ListParams {
     kube::api::ListParams::default().match_any()
 }
 
-/// What the operator watches: cluster objects it can deserialize and share between tasks.
+/// What the operator watches: namespaced objects it can deserialize and share between tasks.
 pub trait Watched:
-    kube::Resource<DynamicType = ()>
+    kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
     + Clone
     + serde::de::DeserializeOwned
     + std::fmt::Debug
@@ -143,7 +165,7 @@ pub trait Watched:
 }
 
 impl<K> Watched for K where
-    K: kube::Resource<DynamicType = ()>
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
         + serde::de::DeserializeOwned
         + std::fmt::Debug

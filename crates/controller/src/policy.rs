@@ -345,7 +345,7 @@ pub async fn run(
     let controller = match ctx.stores.backups.events() {
         Some(events) => controller.owns_shared_stream(events),
         None => controller.owns(
-            Api::<Backup>::all(client.clone()),
+            ctx.stores.scope.api::<Backup>(&client),
             watcher::Config::default(),
         ),
     };

@@ -424,7 +424,7 @@ pub async fn run(
         .stores
         .repositories
         .controller(&client, crate::controller_config())
-        .owns(Api::<Job>::all(client.clone()), probes);
+        .owns(ctx.stores.scope.api::<Job>(&client), probes);
     // A shared-storage repository is ready once its PVC is bound.
     let repositories = ctx.stores.repositories.store.clone();
     ctx.stores

@@ -541,10 +541,10 @@ pub async fn run(
 ) {
     let client = ctx.client.clone();
     let jobs = watcher::Config::default().labels(&format!("{}={ROLE_RESTORE}", labels::ROLE));
-    let controller = crate::controller(Api::<Restore>::all(client.clone()))
-        .owns(Api::<Job>::all(client.clone()), jobs);
-    // Pending Restores wait for their Backup, the repository and the target PVC.
     let stores = &ctx.stores;
+    let controller = crate::controller(stores.scope.api::<Restore>(&client))
+        .owns(stores.scope.api::<Job>(&client), jobs);
+    // Pending Restores wait for their Backup, the repository and the target PVC.
     let restores = controller.store();
     let controller = stores.backups.wakes(&client, controller, move |b| {
         waiting::in_namespace(&restores, b.namespace().as_deref(), |r| {

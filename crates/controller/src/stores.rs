@@ -40,6 +40,8 @@ pub struct Stores {
     pub claims: Shared<PersistentVolumeClaim>,
     /// Jobs labelled as Backstop's.
     pub jobs: Store<Job>,
+    /// Where the watches look.
+    pub scope: crate::Scope,
     /// Whether the Job store was filled at the start; if not, `has_jobs_of` cannot say "none".
     jobs_listed: bool,
     watches: Vec<JoinHandle<()>>,
@@ -47,7 +49,7 @@ pub struct Stores {
 
 impl Stores {
     /// Starts the watches (they stop when the `Stores` is dropped) and waits for their first lists.
-    pub async fn start(client: &Client) -> Self {
+    pub async fn start(client: &Client, scope: crate::Scope) -> Self {
         let mut watches = Vec::new();
         let ours = watcher::Config::default().labels(&format!(
             "{}={}",
@@ -55,11 +57,12 @@ impl Stores {
             labels::MANAGER
         ));
         let mut stores = Self {
-            policies: Shared::start(client, 2, &mut watches),
-            backups: Shared::start(client, 3, &mut watches),
-            repositories: Shared::start(client, 4, &mut watches),
-            claims: Shared::start(client, 3, &mut watches),
-            jobs: keep(client, ours, &mut watches),
+            policies: Shared::start(client, &scope, 2, &mut watches),
+            backups: Shared::start(client, &scope, 3, &mut watches),
+            repositories: Shared::start(client, &scope, 4, &mut watches),
+            claims: Shared::start(client, &scope, 3, &mut watches),
+            jobs: keep(scope.api(client), ours, &mut watches),
+            scope,
             jobs_listed: false,
             watches,
         };
@@ -114,25 +117,31 @@ impl Drop for Stores {
     }
 }
 
-/// One lean watch of every `K` in the cluster, kept in `store` and followed by a fixed number of
+/// One lean watch of every `K` in a scope, kept in `store` and followed by a fixed number of
 /// controllers.
 pub struct Shared<K: crate::Watched> {
     pub store: Store<K>,
+    scope: crate::Scope,
     /// One event stream per controller that follows the watch; each takes one, once.
     events: std::sync::Mutex<Vec<ReflectHandle<K>>>,
 }
 
 impl<K: crate::Watched> Shared<K> {
-    fn start(client: &Client, followers: usize, watches: &mut Vec<JoinHandle<()>>) -> Self {
+    fn start(
+        client: &Client,
+        scope: &crate::Scope,
+        followers: usize,
+        watches: &mut Vec<JoinHandle<()>>,
+    ) -> Self {
         let (store, writer) = reflector::store_shared(EVENTS_BUFFER);
         // Every follower subscribes before the watch starts, so none misses an event.
         let events = (0..followers).filter_map(|_| writer.subscribe()).collect();
-        let watch =
-            crate::lean_watch_stream(Api::<K>::all(client.clone()), watcher::Config::default())
-                .reflect_shared(writer);
+        let watch = crate::lean_watch_stream(scope.api::<K>(client), watcher::Config::default())
+            .reflect_shared(writer);
         watches.push(tokio::spawn(watch.for_each(|_| futures::future::ready(()))));
         Self {
             store,
+            scope: scope.clone(),
             events: std::sync::Mutex::new(events),
         }
     }
@@ -154,7 +163,7 @@ impl<K: crate::Watched> Shared<K> {
             Some(events) => {
                 kube::runtime::Controller::for_shared_stream(events, self.store.clone())
             }
-            None => crate::controller(Api::all(client.clone())),
+            None => crate::controller(self.scope.api(client)),
         }
         .with_config(config)
     }
@@ -178,7 +187,7 @@ impl<K: crate::Watched> Shared<K> {
         match self.events() {
             Some(events) => controller.watches_shared_stream(events, mapper),
             None => controller.watches(
-                Api::<K>::all(client.clone()),
+                self.scope.api::<K>(client),
                 watcher::Config::default(),
                 move |obj| mapper(Arc::new(obj)),
             ),
@@ -186,13 +195,13 @@ impl<K: crate::Watched> Shared<K> {
     }
 }
 
-/// A lean watch of every `K` in the cluster (matching `config`), kept in a store by a task.
+/// A lean watch of `api` (matching `config`), kept in a store by a task.
 fn keep<K: crate::Watched>(
-    client: &Client,
+    api: Api<K>,
     config: watcher::Config,
     watches: &mut Vec<JoinHandle<()>>,
 ) -> Store<K> {
-    let (store, stream) = crate::lean_watch(Api::all(client.clone()), config);
+    let (store, stream) = crate::lean_watch(api, config);
     watches.push(tokio::spawn(
         stream.for_each(|_| futures::future::ready(())),
     ));
