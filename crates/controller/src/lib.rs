@@ -127,14 +127,28 @@ where
     Ok(())
 }
 
-/// What every reconciler does with an error: log it, count it, retry soon with backoff from kube.
+/// What every reconciler does with an error: a wait (`Error::NotYet`) looks again when it said,
+/// and is no failure; anything else is logged, counted in `backstop_reconcile_errors_total` and
+/// retried soon.
 pub(crate) fn retry_after_error(
     ctx: &Context,
     controller: &str,
     err: &Error,
 ) -> kube::runtime::controller::Action {
+    after_error(&ctx.metrics, controller, err)
+}
+
+fn after_error(
+    metrics: &metrics::Metrics,
+    controller: &str,
+    err: &Error,
+) -> kube::runtime::controller::Action {
+    if let Error::NotYet { after, why } = err {
+        tracing::debug!(controller, why, "waiting");
+        return kube::runtime::controller::Action::requeue(*after);
+    }
     tracing::warn!(%err, controller, "reconcile failed");
-    ctx.metrics
+    metrics
         .reconcile_errors
         .get_or_create(&metrics::ControllerLabels {
             controller: controller.into(),
@@ -237,4 +251,45 @@ pub(crate) fn controller_config() -> kube::runtime::controller::Config {
 /// Seconds since the epoch as a Kubernetes time.
 pub(crate) fn now() -> jiff::Timestamp {
     jiff::Timestamp::now()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::controller::Action;
+    use std::time::Duration;
+
+    fn errors_counted(metrics: &metrics::Metrics) -> u64 {
+        metrics
+            .reconcile_errors
+            .get_or_create(&metrics::ControllerLabels {
+                controller: "backup".into(),
+            })
+            .get()
+    }
+
+    #[test]
+    fn a_wait_looks_again_when_it_said_and_is_not_counted_as_an_error() {
+        let metrics = metrics::Metrics::new();
+        let wait = Error::NotYet {
+            after: Duration::from_secs(30),
+            why: "the artifacts are being removed".into(),
+        };
+        assert_eq!(
+            after_error(&metrics, "backup", &wait),
+            Action::requeue(Duration::from_secs(30))
+        );
+        assert_eq!(errors_counted(&metrics), 0);
+    }
+
+    #[test]
+    fn a_real_error_is_counted_and_retried_soon() {
+        let metrics = metrics::Metrics::new();
+        let failed = Error::Finalizer("no name".into());
+        assert_eq!(
+            after_error(&metrics, "backup", &failed),
+            Action::requeue(Duration::from_secs(5))
+        );
+        assert_eq!(errors_counted(&metrics), 1);
+    }
 }
