@@ -105,6 +105,9 @@ pub struct BackupStatus {
 pub struct VolumeBackup {
     pub pvc: String,
     pub phase: BackupPhase,
+    /// Why the volume failed (a condition reason), when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// The Job doing the work.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
@@ -199,11 +202,6 @@ impl BackupSpec {
             (Some(_), None) => Ok(()),
         }
     }
-}
-
-/// Where a backup's artifacts live inside the repository: `<namespace>/<backup>/`.
-pub fn artifact_dir(namespace: &str, backup: &str) -> String {
-    format!("{namespace}/{backup}")
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod condition;
+pub mod contract;
 pub mod naming;
 pub mod policy;
 pub mod repository;

@@ -34,7 +34,7 @@ pub struct Args {
     /// Requests and limits of mover pods, as a ResourceRequirements in JSON (default: requests
     /// 100m CPU and 128Mi, limit 1Gi memory); a policy's spec.moverResources overrides it.
     #[arg(long, env = "BACKSTOP_MOVER_RESOURCES", value_parser = parse_resources)]
-    mover_resources: Option<serde_json::Value>,
+    mover_resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
     /// Namespace of the leader-election Lease (the operator's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "backstop-system")]
     namespace: String,
@@ -264,10 +264,9 @@ pub fn parse_namespace(text: &str) -> Result<String, String> {
 }
 
 /// A ResourceRequirements in JSON, checked, e.g. `{"limits":{"memory":"2Gi"}}`.
-fn parse_resources(text: &str) -> Result<serde_json::Value, String> {
-    let parsed: k8s_openapi::api::core::v1::ResourceRequirements = serde_json::from_str(text)
-        .map_err(|e| format!("not a ResourceRequirements in JSON ({e}): {text}"))?;
-    serde_json::to_value(parsed).map_err(|e| e.to_string())
+fn parse_resources(text: &str) -> Result<k8s_openapi::api::core::v1::ResourceRequirements, String> {
+    serde_json::from_str(text)
+        .map_err(|e| format!("not a ResourceRequirements in JSON ({e}): {text}"))
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ fn main() -> ExitCode {
             eprintln!("backstop: {err:#}");
             // In a pod, say why in the termination message too (pod logs may be out of reach),
             // unless the command already reported there (the mover's JSON result).
-            let log = std::path::Path::new("/dev/termination-log");
+            let log = std::path::Path::new(backstop_api::contract::TERMINATION_LOG);
             if std::fs::metadata(log).is_ok_and(|m| m.len() == 0) {
                 let message = backstop_api::condition::truncate(format!("backstop: {err:#}"), 4000);
                 let _ = std::fs::write(log, message);

@@ -1,14 +1,20 @@
-//! `backstop mover ...`: the data path inside mover pods. Each command reports its result as JSON
-//! in the termination message: the result on success, `{"error", "reason"}` on failure.
+//! `backstop mover ...`: the data path inside mover pods. The command line is the operator's
+//! `contract::Request` (`Request::to_args` writes it, `Command::request` reads it back). Each
+//! command reports its result as JSON in the termination message: the result on success, a
+//! `contract::Failure` on failure.
 
 use anyhow::Context as _;
 use backstop_api::ExistingDataPolicy;
+use backstop_api::contract::{Deleted, Failure, Location, Reason, Request, S3Location};
 use backstop_mover::backup::{self, BackupRequest, Compression};
 use backstop_mover::repository::{self, DirRepository, Repository, S3Config, S3Repository};
 use backstop_mover::{inventory, report, restore};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+
+/// How long a failing S3 request is retried when the request does not say.
+const S3_RETRY_TIMEOUT_SECONDS: u64 = 60;
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -115,13 +121,13 @@ pub struct RepositoryArgs {
     s3_force_path_style: bool,
     /// A PEM file with the CA certificate(s) of the endpoint.
     #[arg(long)]
-    s3_ca_file: Option<PathBuf>,
+    s3_ca_file: Option<String>,
     /// Accept any TLS certificate (testing only).
     #[arg(long)]
     s3_insecure_skip_tls_verify: bool,
     /// How long a failing S3 request is retried before the command fails.
-    #[arg(long, env = "BACKSTOP_S3_RETRY_TIMEOUT_SECONDS", default_value_t = 60)]
-    s3_retry_timeout_seconds: u64,
+    #[arg(long, env = "BACKSTOP_S3_RETRY_TIMEOUT_SECONDS")]
+    s3_retry_timeout_seconds: Option<u64>,
     #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true, hide = true)]
     aws_access_key_id: Option<String>,
     #[arg(
@@ -136,29 +142,48 @@ pub struct RepositoryArgs {
 }
 
 impl RepositoryArgs {
-    /// Opens the repository; a failure carries the condition reason.
-    fn open(self) -> Result<Box<dyn Repository>, (&'static str, String)> {
-        match (self.repository, self.s3_bucket) {
-            (Some(root), _) => Ok(Box::new(DirRepository::new(root))),
-            (None, Some(bucket)) => S3Repository::new(&S3Config {
-                endpoint: self.s3_endpoint,
-                bucket,
-                prefix: self.s3_prefix,
-                region: self.s3_region,
+    fn location(&self) -> Location {
+        match (&self.repository, &self.s3_bucket) {
+            (Some(root), _) => Location::Dir(root.to_string_lossy().into_owned()),
+            (None, bucket) => Location::S3(S3Location {
+                bucket: bucket.clone().unwrap_or_default(),
+                endpoint: self.s3_endpoint.clone(),
+                prefix: self.s3_prefix.clone(),
+                region: self.s3_region.clone(),
                 force_path_style: self.s3_force_path_style,
-                access_key_id: self.aws_access_key_id.unwrap_or_default(),
-                secret_access_key: self.aws_secret_access_key.unwrap_or_default(),
-                session_token: self.aws_session_token,
-                ca_file: self.s3_ca_file,
+                ca_file: self.s3_ca_file.clone(),
                 insecure_skip_tls_verify: self.s3_insecure_skip_tls_verify,
-                retry_timeout: std::time::Duration::from_secs(self.s3_retry_timeout_seconds),
+                retry_timeout_seconds: self.s3_retry_timeout_seconds,
+            }),
+        }
+    }
+
+    /// Opens the repository `location` names, with the S3 credentials of the environment; a
+    /// failure carries the condition reason.
+    fn open(&self, location: &Location) -> Result<Box<dyn Repository>, (Reason, String)> {
+        match location {
+            Location::Dir(root) => Ok(Box::new(DirRepository::new(PathBuf::from(root)))),
+            Location::S3(s3) if s3.bucket.is_empty() => Err((
+                Reason::InvalidSpec,
+                "name a repository: --repository DIR or --s3-bucket NAME".into(),
+            )),
+            Location::S3(s3) => S3Repository::new(&S3Config {
+                endpoint: s3.endpoint.clone(),
+                bucket: s3.bucket.clone(),
+                prefix: s3.prefix.clone(),
+                region: s3.region.clone(),
+                force_path_style: s3.force_path_style,
+                access_key_id: self.aws_access_key_id.clone().unwrap_or_default(),
+                secret_access_key: self.aws_secret_access_key.clone().unwrap_or_default(),
+                session_token: self.aws_session_token.clone(),
+                ca_file: s3.ca_file.as_ref().map(PathBuf::from),
+                insecure_skip_tls_verify: s3.insecure_skip_tls_verify,
+                retry_timeout: std::time::Duration::from_secs(
+                    s3.retry_timeout_seconds.unwrap_or(S3_RETRY_TIMEOUT_SECONDS),
+                ),
             })
             .map(|r| Box::new(r) as Box<dyn Repository>)
             .map_err(|f| (f.reason, f.message)),
-            (None, None) => Err((
-                "InvalidSpec",
-                "name a repository: --repository DIR or --s3-bucket NAME".into(),
-            )),
         }
     }
 }
@@ -178,100 +203,176 @@ fn parse_policy(s: &str) -> Result<ExistingDataPolicy, String> {
     s.parse()
 }
 
-#[derive(Serialize)]
-struct Failure {
-    error: String,
-    reason: &'static str,
+impl Command {
+    /// The operator's request this command line carries, with the repository's credentials and
+    /// where to report; `None` for `count`, a diagnostic no operator asks for.
+    fn request(self) -> Option<(Request, RepositoryArgs, Report)> {
+        let text = |path: PathBuf| path.to_string_lossy().into_owned();
+        Some(match self {
+            Command::Count { .. } => return None,
+            Command::Probe { repository, report } => (
+                Request::Probe {
+                    repository: repository.location(),
+                },
+                repository,
+                report,
+            ),
+            Command::Backup {
+                source,
+                repository,
+                pvc,
+                dir,
+                compression,
+                report,
+            } => (
+                Request::Backup {
+                    repository: repository.location(),
+                    source: text(source),
+                    pvc,
+                    dir,
+                    compression,
+                },
+                repository,
+                report,
+            ),
+            Command::Restore {
+                repository,
+                manifest,
+                target,
+                existing_data_policy,
+                artifact_digest,
+                untrusted,
+                report,
+            } => (
+                Request::Restore {
+                    repository: repository.location(),
+                    manifest,
+                    target: text(target),
+                    existing_data_policy,
+                    artifact_digest,
+                    untrusted,
+                },
+                repository,
+                report,
+            ),
+            Command::Verify {
+                repository,
+                manifest,
+                artifact_digest,
+                report,
+            } => (
+                Request::Verify {
+                    repository: repository.location(),
+                    manifest,
+                    artifact_digest,
+                },
+                repository,
+                report,
+            ),
+            Command::Delete {
+                repository,
+                dir,
+                report,
+            } => (
+                Request::Delete {
+                    repository: repository.location(),
+                    dir,
+                },
+                repository,
+                report,
+            ),
+        })
+    }
 }
 
 pub fn main(cmd: Command) -> anyhow::Result<()> {
-    match cmd {
-        Command::Count { path, report } => {
-            let counted = inventory::take(&path);
-            finish(
-                &report,
-                counted.map_err(|e| ("SourceUnreadable", e.to_string())),
-            )
+    if let Command::Count { path, report } = &cmd {
+        let counted = inventory::take(path);
+        return finish(
+            report,
+            counted.map_err(|e| (Reason::SourceUnreadable, e.to_string())),
+        );
+    }
+    let Some((request, credentials, report)) = cmd.request() else {
+        return Ok(());
+    };
+    let result = credentials
+        .open(request.repository())
+        .and_then(|repo| perform(repo.as_ref(), request));
+    finish(&report, result)
+}
+
+/// Carries out `request` on `repo`; the result as JSON, or the failure's reason and message.
+fn perform(repo: &dyn Repository, request: Request) -> Result<serde_json::Value, (Reason, String)> {
+    let json = |value: Result<serde_json::Value, serde_json::Error>| {
+        value.map_err(|e| (Reason::MoverFailed, e.to_string()))
+    };
+    match request {
+        Request::Probe { .. } => {
+            let probed = repository::probe(repo).map_err(|e| {
+                (
+                    e.reason().unwrap_or(Reason::RepositoryUnusable),
+                    e.to_string(),
+                )
+            })?;
+            json(serde_json::to_value(probed))
         }
-        Command::Probe { repository, report } => {
-            let result = repository.open().and_then(|repo| {
-                repository::probe(repo.as_ref())
-                    .map_err(|e| (e.reason().unwrap_or("RepositoryUnusable"), e.to_string()))
-            });
-            finish(&report, result)
-        }
-        Command::Backup {
+        Request::Backup {
             source,
-            repository,
             pvc,
             dir,
             compression,
-            report,
+            ..
         } => {
             let request = BackupRequest {
-                source: &source,
+                source: Path::new(&source),
                 pvc: &pvc,
                 dir: &dir,
                 compression,
                 created_at: jiff::Timestamp::now().to_string(),
             };
-            let result = repository.open().and_then(|repo| {
-                backup::run(repo.as_ref(), &request).map_err(|e| backup_failure(&e))
-            });
-            finish(&report, result)
+            let backed_up = backup::run(repo, &request).map_err(|e| backup_failure(&e))?;
+            json(serde_json::to_value(backed_up))
         }
-        Command::Restore {
-            repository,
+        Request::Restore {
             manifest,
             target,
             existing_data_policy,
             artifact_digest,
             untrusted,
-            report,
+            ..
         } => {
-            let result = repository.open().and_then(|repo| {
-                let options = restore::RestoreOptions {
-                    policy: existing_data_policy,
-                    recorded_digest: artifact_digest.as_deref(),
-                    untrusted,
-                };
-                restore::restore(repo.as_ref(), &manifest, &target, &options)
-                    .map_err(|e| (e.reason(), e.to_string()))
-            });
-            finish(&report, result)
+            let options = restore::RestoreOptions {
+                policy: existing_data_policy,
+                recorded_digest: artifact_digest.as_deref(),
+                untrusted,
+            };
+            let restored = restore::restore(repo, &manifest, Path::new(&target), &options)
+                .map_err(|e| (e.reason(), e.to_string()))?;
+            json(serde_json::to_value(restored))
         }
-        Command::Verify {
-            repository,
+        Request::Verify {
             manifest,
             artifact_digest,
-            report,
+            ..
         } => {
-            let result = repository.open().and_then(|repo| {
-                restore::verify(repo.as_ref(), &manifest, artifact_digest.as_deref())
-                    .map_err(|e| (e.reason(), e.to_string()))
-            });
-            finish(&report, result)
+            let verified = restore::verify(repo, &manifest, artifact_digest.as_deref())
+                .map_err(|e| (e.reason(), e.to_string()))?;
+            json(serde_json::to_value(verified))
         }
-        Command::Delete {
-            repository,
-            dir,
-            report,
-        } => {
-            let result = repository.open().and_then(|repo| {
-                repo.remove_prefix(&dir)
-                    .map(|()| serde_json::json!({"deleted": dir}))
-                    .map_err(|e| ("ArtifactsNotRemoved", e.to_string()))
-            });
-            finish(&report, result)
+        Request::Delete { dir, .. } => {
+            repo.remove_prefix(&dir)
+                .map_err(|e| (Reason::ArtifactsNotRemoved, e.to_string()))?;
+            json(serde_json::to_value(Deleted { deleted: dir }))
         }
     }
 }
 
 /// The condition reason and message for a failed backup.
-fn backup_failure(e: &backup::BackupError) -> (&'static str, String) {
+fn backup_failure(e: &backup::BackupError) -> (Reason, String) {
     match e.reason() {
-        repository::REPOSITORY_FULL => (
-            repository::REPOSITORY_FULL,
+        Reason::RepositoryFull => (
+            Reason::RepositoryFull,
             format!("the repository volume is full: {e}; free space or grow it"),
         ),
         reason => (reason, e.to_string()),
@@ -281,7 +382,7 @@ fn backup_failure(e: &backup::BackupError) -> (&'static str, String) {
 /// Prints the outcome, writes it to the termination log, and fails the process on failure.
 fn finish<T: Serialize>(
     report: &Report,
-    result: Result<T, (&'static str, String)>,
+    result: Result<T, (Reason, String)>,
 ) -> anyhow::Result<()> {
     match result {
         Ok(value) => {
@@ -308,4 +409,108 @@ fn write_log<T: Serialize>(path: Option<&Path>, value: &T) -> anyhow::Result<()>
             .with_context(|| format!("writing the result to {}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Mover {
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    /// What the mover reads from the command line the operator writes for `request`.
+    fn read_back(request: &Request) -> Request {
+        let args = request.to_args();
+        assert_eq!(args[0], "mover");
+        assert_eq!(
+            args[args.len() - 2..],
+            ["--termination-log", backstop_api::contract::TERMINATION_LOG]
+        );
+        let parsed = Mover::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        let (read, _, report) = parsed.command.request().expect("a request");
+        assert_eq!(
+            report.termination_log.as_deref(),
+            Some(Path::new(backstop_api::contract::TERMINATION_LOG))
+        );
+        read
+    }
+
+    fn s3(full: bool) -> Location {
+        Location::S3(S3Location {
+            bucket: "backups".into(),
+            endpoint: full.then(|| "https://minio.example:9000".into()),
+            prefix: if full {
+                "team-a/".into()
+            } else {
+                String::new()
+            },
+            region: full.then(|| "eu-west-3".into()),
+            force_path_style: full,
+            ca_file: full.then(|| "/etc/backstop/s3-ca/ca.crt".into()),
+            insecure_skip_tls_verify: full,
+            retry_timeout_seconds: full.then_some(10),
+        })
+    }
+
+    #[test]
+    fn every_request_the_operator_writes_reads_back_the_same() {
+        let dir = Location::Dir("/repository/sub".into());
+        let requests = [
+            Request::Probe {
+                repository: s3(true),
+            },
+            Request::Probe {
+                repository: s3(false),
+            },
+            Request::Backup {
+                repository: dir.clone(),
+                source: "/source".into(),
+                pvc: "db".into(),
+                dir: "shop/nightly".into(),
+                compression: Compression::Gzip,
+            },
+            Request::Restore {
+                repository: s3(true),
+                manifest: "shop/nightly/db.manifest.json".into(),
+                target: "/target".into(),
+                existing_data_policy: ExistingDataPolicy::Merge,
+                artifact_digest: Some("ab12".into()),
+                untrusted: true,
+            },
+            Request::Restore {
+                repository: dir.clone(),
+                manifest: "shop/nightly/db.manifest.json".into(),
+                target: "/target".into(),
+                existing_data_policy: ExistingDataPolicy::FailIfNotEmpty,
+                artifact_digest: None,
+                untrusted: false,
+            },
+            Request::Verify {
+                repository: dir.clone(),
+                manifest: "shop/nightly/db.manifest.json".into(),
+                artifact_digest: Some("ab12".into()),
+            },
+            Request::Delete {
+                repository: s3(false),
+                dir: "shop/nightly".into(),
+            },
+        ];
+        for request in requests {
+            assert_eq!(read_back(&request), request);
+        }
+    }
+
+    #[test]
+    fn credentials_never_travel_on_the_command_line() {
+        let args = Request::Probe {
+            repository: s3(true),
+        }
+        .to_args()
+        .join(" ");
+        assert!(!args.to_lowercase().contains("aws"), "{args}");
+    }
 }

@@ -4,9 +4,10 @@
 //! before the Backup goes away.
 
 use crate::jobs::{self, ROLE_BACKUP};
-use crate::outcome::{JOB_NAME_TAKEN, MoverFailure, job_name_taken, owned_by, termination_message};
+use crate::outcome::{JOB_NAME_TAKEN, job_name_taken, owned_by, termination_message};
 use crate::{Context, Error, events, metrics, now, repository, waiting};
 use backstop_api::condition::{self, Invalid};
+use backstop_api::contract::{BackupResult, Failure};
 use backstop_api::waiting::{Refusal, Verdict, WaitingFor};
 use backstop_api::{
     ARTIFACTS_FINALIZER, Backup, BackupPhase, BackupPolicy, BackupRepository, BackupStatus,
@@ -21,24 +22,8 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// What a mover pod reports after a successful backup.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct MoverSuccess {
-    artifact: String,
-    bytes: u64,
-    digest: String,
-    files: u64,
-    source_bytes: u64,
-    #[serde(default)]
-    changed_while_reading: u64,
-    #[serde(default)]
-    changed_files: Vec<String>,
-}
 
 struct Resolved {
     selector: String,
@@ -325,7 +310,7 @@ async fn progress(
                         let node = jobs::node_using(&running.items, &volume.pvc);
                         let config = mover_config(ctx, backup, &namespace).await?;
                         let job =
-                            jobs::backup_job(backup, &volume.pvc, node.as_deref(), repo, &config)?;
+                            jobs::backup_job(backup, &volume.pvc, node.as_deref(), repo, &config);
                         match jobs_api.create(&PostParams::default(), &job).await {
                             Ok(_) => {
                                 events::normal(
@@ -373,6 +358,7 @@ async fn progress(
                 let v = &mut status.volumes[i];
                 v.phase = BackupPhase::Failed;
                 v.message = Some(format!("{}: {}", why.reason, why.message));
+                v.reason = Some(why.reason.clone());
                 changed = true;
                 // A Job that can never finish (its PVC is gone) must not linger.
                 if why.reason != JOB_NAME_TAKEN {
@@ -382,7 +368,7 @@ async fn progress(
                 }
                 // The repository failed us: have it checked again, so that it stops being Ready
                 // (and policies stop starting Jobs) if it really is unusable.
-                if repository::REPOSITORY_REASONS.contains(&why.reason.as_str())
+                if repository::blamed(&why.reason)
                     && let Some(repo) = &repository
                 {
                     repository::recheck(ctx, repo, &why).await?;
@@ -413,7 +399,7 @@ async fn job_outcome(
     job: &Job,
     pvc: &str,
     claims: &Api<PersistentVolumeClaim>,
-) -> Result<Option<Result<MoverSuccess, Invalid>>, Error> {
+) -> Result<Option<Result<BackupResult, Invalid>>, Error> {
     let done = crate::outcome::finished(job);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let Some(succeeded) = done else {
@@ -439,7 +425,7 @@ async fn job_outcome(
     let message = termination_message(&pods, job).await?;
     if succeeded {
         return Ok(Some(
-            match message.as_deref().map(serde_json::from_str::<MoverSuccess>) {
+            match message.as_deref().map(serde_json::from_str::<BackupResult>) {
                 Some(Ok(done)) => Ok(done),
                 _ => Err(Invalid::new(
                     "MoverResultMissing",
@@ -535,12 +521,7 @@ async fn finish(ctx: &Context, backup: &Backup, mut status: BackupStatus) -> Res
         let reason = status
             .volumes
             .iter()
-            .find_map(|v| {
-                v.message
-                    .as_deref()
-                    .and_then(|m| m.split(':').next())
-                    .map(str::to_string)
-            })
+            .find_map(|v| v.reason.clone())
             .unwrap_or_else(|| "VolumeFailed".into());
         let message = failures.join("; ");
         condition::set_failed(
@@ -713,7 +694,7 @@ async fn cleanup(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
             if let Some(why) = crate::secrets::refusal(ctx, &repo).await? {
                 return deletion_blocked(ctx, backup, &mut status, why).await;
             }
-            let job = jobs::delete_job(backup, &repo, &ctx.mover)?;
+            let job = jobs::delete_job(backup, &repo, &ctx.mover);
             match jobs_api.create(&PostParams::default(), &job).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
@@ -746,7 +727,7 @@ async fn cleanup(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
                 let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
                 let detail = termination_message(&pods, &job)
                     .await?
-                    .and_then(|m| serde_json::from_str::<MoverFailure>(&m).ok())
+                    .and_then(|m| serde_json::from_str::<Failure>(&m).ok())
                     .map(|f| f.error)
                     .unwrap_or_else(|| "the delete Job failed without a message".into());
                 let _ = jobs_api
@@ -775,7 +756,7 @@ async fn mover_config(
         None => None,
     };
     let resources = policy.and_then(|p| p.spec.mover_resources.clone());
-    Ok(ctx.mover.with_resources(resources.as_ref())?)
+    Ok(ctx.mover.with_resources(resources.as_ref()))
 }
 
 /// Whether `namespace` is being deleted.

@@ -1,11 +1,23 @@
-//! The Jobs Backstop runs: pure builders from a Backup, a volume and a repository to a Job spec.
-//! The mover image is Backstop's own; results come back in the termination message.
+//! The Jobs Backstop runs: pure builders from a Backup, a volume and a repository to a Job, typed
+//! (k8s-openapi structs: a misspelt field does not compile). What the mover is asked to do is a
+//! `contract::Request`; its results come back in the termination message.
 
+use backstop_api::contract::{
+    self, CA_MOUNT, Location, REPOSITORY_MOUNT, Request, S3Location, SOURCE_MOUNT, TARGET_MOUNT,
+    TERMINATION_LOG,
+};
 use backstop_api::{Backup, BackupRepository, ExistingDataPolicy, Restore, labels, naming};
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, Container, EnvVar, EnvVarSource, NodeAffinity, NodeSelector,
+    NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaimVolumeSource, Pod, PodSpec,
+    PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource,
+    SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::Resource;
-use serde_json::json;
+use kube::api::ObjectMeta;
+use std::collections::BTreeMap;
 
 /// Operator-wide settings for the pods Backstop creates.
 #[derive(Debug, Clone)]
@@ -17,8 +29,8 @@ pub struct MoverConfig {
     pub host_network: bool,
     /// Longest a mover Job may run before it is failed.
     pub deadline_seconds: i64,
-    /// The mover container's requests and limits (a `ResourceRequirements` object).
-    pub resources: serde_json::Value,
+    /// The mover container's requests and limits.
+    pub resources: ResourceRequirements,
 }
 
 impl Default for MoverConfig {
@@ -35,23 +47,30 @@ impl Default for MoverConfig {
 
 impl MoverConfig {
     /// These settings with `resources` instead of the operator's, when given.
-    pub fn with_resources(
-        &self,
-        resources: Option<&k8s_openapi::api::core::v1::ResourceRequirements>,
-    ) -> Result<MoverConfig, serde_json::Error> {
+    pub fn with_resources(&self, resources: Option<&ResourceRequirements>) -> MoverConfig {
         let mut config = self.clone();
         if let Some(resources) = resources {
-            config.resources = serde_json::to_value(resources)?;
+            config.resources = resources.clone();
         }
-        Ok(config)
+        config
     }
 }
 
 /// Requests, so that a mover is not the first pod evicted mid-commit, and a memory limit well
 /// above what it uses (backup 32-73 MiB measured, S3 parts 2 x 8 MiB in flight, doubling only
 /// past 80 GiB artifacts).
-pub fn default_resources() -> serde_json::Value {
-    json!({"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}})
+pub fn default_resources() -> ResourceRequirements {
+    let quantities = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+            .collect()
+    };
+    ResourceRequirements {
+        requests: Some(quantities(&[("cpu", "100m"), ("memory", "128Mi")])),
+        limits: Some(quantities(&[("memory", "1Gi")])),
+        ..ResourceRequirements::default()
+    }
 }
 
 /// The Linux capabilities each mover command needs, and no others (every other one is dropped,
@@ -72,96 +91,115 @@ mod capabilities {
     pub const PROBE: &[&str] = &[];
 }
 
-pub const SOURCE_MOUNT: &str = "/source";
-pub const REPOSITORY_MOUNT: &str = "/repository";
 pub const ROLE_BACKUP: &str = "backup";
-/// Where the mover writes its result; the kubelet copies it into the pod's status.
-const TERMINATION_LOG: &str = "/dev/termination-log";
 pub const ROLE_DELETE: &str = "delete";
 pub const ROLE_PROBE: &str = "probe";
+pub const ROLE_RESTORE: &str = "restore";
 /// A probe that has not finished in this time failed (e.g. its pod could not start).
 pub const PROBE_DEADLINE_SECONDS: i64 = 120;
-pub const ROLE_RESTORE: &str = "restore";
-pub const TARGET_MOUNT: &str = "/target";
-
-/// Where a CA bundle Secret is mounted in mover pods.
-pub const CA_MOUNT: &str = "/etc/backstop/s3-ca";
 /// How long a probe retries an unreachable endpoint: long enough for a blip, short enough that
 /// `Ready` says so within a minute.
-const PROBE_RETRY_SECONDS: &str = "10";
+const PROBE_RETRY_SECONDS: u64 = 10;
 
-/// How a mover pod reaches the repository: arguments, environment, volumes and mounts.
+/// How a mover pod reaches the repository: where it is, and the environment, volumes and mounts
+/// that give access.
 #[derive(Default)]
 struct RepositoryAccess {
-    args: Vec<String>,
-    env: Vec<serde_json::Value>,
-    volumes: Vec<serde_json::Value>,
-    mounts: Vec<serde_json::Value>,
+    env: Vec<EnvVar>,
+    volumes: Vec<Volume>,
+    mounts: Vec<VolumeMount>,
+}
+
+fn claim_volume(name: &str, claim: &str, read_only: bool) -> Volume {
+    Volume {
+        name: name.into(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: claim.into(),
+            read_only: read_only.then_some(true),
+        }),
+        ..Volume::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    }
+}
+
+/// Where the mover finds `repo`: a sub-directory of the mounted volume, or the bucket.
+pub fn location(repo: &BackupRepository) -> Location {
+    if let Some(s3) = &repo.spec.s3 {
+        return Location::S3(S3Location {
+            bucket: s3.bucket.clone(),
+            endpoint: s3.endpoint.clone(),
+            prefix: s3.prefix().to_string(),
+            region: s3.region.clone(),
+            force_path_style: s3.force_path_style,
+            ca_file: s3
+                .ca_secret_ref
+                .as_ref()
+                .map(|ca| format!("{CA_MOUNT}/{}", ca.key)),
+            insecure_skip_tls_verify: s3.insecure_skip_tls_verify,
+            retry_timeout_seconds: None,
+        });
+    }
+    let sub_path = repo.spec.pvc.as_ref().and_then(|p| p.sub_path.as_deref());
+    Location::Dir(match sub_path.map(|s| s.trim_matches('/')) {
+        Some(sub) if !sub.is_empty() => format!("{REPOSITORY_MOUNT}/{sub}"),
+        _ => REPOSITORY_MOUNT.to_string(),
+    })
 }
 
 /// Shared storage is mounted (read-only for readers); S3 keys come from the Secret through
 /// `secretKeyRef` (the operator never reads them) and a CA bundle is mounted from its Secret.
 fn repository_access(repo: &BackupRepository, read_only: bool) -> RepositoryAccess {
-    if let Some(s3) = &repo.spec.s3 {
-        let mut args = vec!["--s3-bucket".to_string(), s3.bucket.clone()];
-        let mut flag = |name: &str, value: Option<&str>| {
-            args.push(name.to_string());
-            args.extend(value.map(str::to_string));
+    let Some(s3) = &repo.spec.s3 else {
+        let claim = repo
+            .spec
+            .pvc
+            .as_ref()
+            .map(|p| p.claim_name.as_str())
+            .unwrap_or_default();
+        return RepositoryAccess {
+            env: Vec::new(),
+            volumes: vec![claim_volume("repository", claim, read_only)],
+            mounts: vec![mount("repository", REPOSITORY_MOUNT, read_only)],
         };
-        if let Some(endpoint) = &s3.endpoint {
-            flag("--s3-endpoint", Some(endpoint));
-        }
-        if !s3.prefix().is_empty() {
-            flag("--s3-prefix", Some(s3.prefix()));
-        }
-        if let Some(region) = &s3.region {
-            flag("--s3-region", Some(region));
-        }
-        if s3.force_path_style {
-            flag("--s3-force-path-style", None);
-        }
-        if s3.insecure_skip_tls_verify {
-            flag("--s3-insecure-skip-tls-verify", None);
-        }
-        let mut access = RepositoryAccess::default();
-        if let Some(ca) = &s3.ca_secret_ref {
-            flag("--s3-ca-file", Some(&format!("{CA_MOUNT}/{}", ca.key)));
-            access
-                .volumes
-                .push(json!({"name": "s3-ca", "secret": {"secretName": ca.name}}));
-            access
-                .mounts
-                .push(json!({"name": "s3-ca", "mountPath": CA_MOUNT, "readOnly": true}));
-        }
-        let creds = &s3.credentials_secret_ref;
-        let from_secret = |env: &str, key: &str| json!({"name": env, "valueFrom": {"secretKeyRef": {"name": creds.name, "key": key}}});
-        access.env = vec![
-            from_secret("AWS_ACCESS_KEY_ID", &creds.access_key_id_key),
-            from_secret("AWS_SECRET_ACCESS_KEY", &creds.secret_access_key_key),
-        ];
-        access.args = args;
-        return access;
-    }
-    let (claim, sub_path) = repo
-        .spec
-        .pvc
-        .as_ref()
-        .map(|p| (p.claim_name.clone(), p.sub_path.as_deref()))
-        .unwrap_or_default();
-    let root = match sub_path.map(|s| s.trim_matches('/')) {
-        Some(sub) if !sub.is_empty() => format!("{REPOSITORY_MOUNT}/{sub}"),
-        _ => REPOSITORY_MOUNT.to_string(),
     };
-    RepositoryAccess {
-        args: vec!["--repository".into(), root],
-        env: Vec::new(),
-        volumes: vec![
-            json!({"name": "repository", "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}),
-        ],
-        mounts: vec![
-            json!({"name": "repository", "mountPath": REPOSITORY_MOUNT, "readOnly": read_only}),
-        ],
+    let mut access = RepositoryAccess::default();
+    if let Some(ca) = &s3.ca_secret_ref {
+        access.volumes.push(Volume {
+            name: "s3-ca".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(ca.name.clone()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        access.mounts.push(mount("s3-ca", CA_MOUNT, true));
     }
+    let creds = &s3.credentials_secret_ref;
+    let from_secret = |env: &str, key: &str| EnvVar {
+        name: env.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: creds.name.clone(),
+                key: key.into(),
+                ..SecretKeySelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
+    access.env = vec![
+        from_secret("AWS_ACCESS_KEY_ID", &creds.access_key_id_key),
+        from_secret("AWS_SECRET_ACCESS_KEY", &creds.secret_access_key_key),
+    ];
+    access
 }
 
 /// What differs between the kinds of mover Job.
@@ -171,29 +209,45 @@ struct MoverJob<'a> {
     node: Option<&'a str>,
     role: &'a str,
     /// Labels beyond managed-by and role (which Backup, Restore, PVC).
-    labels: serde_json::Value,
-    args: Vec<String>,
+    labels: BTreeMap<String, String>,
+    request: Request,
     /// The repository, and whether the Job only reads it.
     repository: (&'a BackupRepository, bool),
     /// Volumes besides the repository's, with their mounts.
-    volumes: Vec<serde_json::Value>,
-    mounts: Vec<serde_json::Value>,
+    volumes: Vec<Volume>,
+    mounts: Vec<VolumeMount>,
     deadline_seconds: i64,
     /// The capabilities the command needs.
     capabilities: Vec<&'static str>,
 }
 
-fn job<K: Resource<DynamicType = ()>>(
-    owner: &K,
-    mover: MoverJob<'_>,
-    config: &MoverConfig,
-) -> Result<Job, serde_json::Error> {
+/// A pod that must run on `node`.
+fn on_node(node: &str) -> Affinity {
+    Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_expressions: Some(vec![NodeSelectorRequirement {
+                        key: "kubernetes.io/hostname".into(),
+                        operator: "In".into(),
+                        values: Some(vec![node.into()]),
+                    }]),
+                    ..NodeSelectorTerm::default()
+                }],
+            }),
+            ..NodeAffinity::default()
+        }),
+        ..Affinity::default()
+    }
+}
+
+fn job<K: Resource<DynamicType = ()>>(owner: &K, mover: MoverJob<'_>, config: &MoverConfig) -> Job {
     let MoverJob {
         name,
         node,
         role,
-        labels: extra_labels,
-        mut args,
+        labels: mut job_labels,
+        request,
         repository: (repository, read_only),
         mut volumes,
         mut mounts,
@@ -201,83 +255,94 @@ fn job<K: Resource<DynamicType = ()>>(
         capabilities,
     } = mover;
     let access = repository_access(repository, read_only);
-    args.extend(access.args);
-    args.extend(["--termination-log".to_string(), TERMINATION_LOG.to_string()]);
     volumes.extend(access.volumes);
     mounts.extend(access.mounts);
-    let mut job_labels = json!({
-        labels::MANAGED_BY: labels::MANAGER,
-        labels::ROLE: role,
-    });
-    if let (Some(all), Some(extra)) = (job_labels.as_object_mut(), extra_labels.as_object()) {
-        all.extend(extra.clone());
-    }
-    let owner_namespace = owner.meta().namespace.clone();
-    let owner = owner.controller_owner_ref(&());
-    let affinity = node.map(|node| {
-        json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-            {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}
-        ]}}})
-    });
-    serde_json::from_value(json!({
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": name,
-            "namespace": owner_namespace,
-            "labels": job_labels,
-            "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
+    job_labels.insert(labels::MANAGED_BY.into(), labels::MANAGER.into());
+    job_labels.insert(labels::ROLE.into(), role.into());
+    let container = Container {
+        name: "mover".into(),
+        image: Some(config.image.clone()),
+        image_pull_policy: Some(config.pull_policy.clone()),
+        args: Some(request.to_args()),
+        termination_message_path: Some(TERMINATION_LOG.into()),
+        termination_message_policy: Some("File".into()),
+        // Root, to read every file and record every owner, with only the capabilities this
+        // command needs, no way to gain more, the runtime's default seccomp profile and nothing
+        // writable but its volumes.
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_group: Some(0),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: Some(capabilities.iter().map(|c| c.to_string()).collect()),
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        resources: Some(config.resources.clone()),
+        env: Some(access.env),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+    Job {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: owner.meta().namespace.clone(),
+            labels: Some(job_labels.clone()),
+            owner_references: Some(owner.controller_owner_ref(&()).into_iter().collect()),
+            ..ObjectMeta::default()
         },
-        "spec": {
+        spec: Some(JobSpec {
             // A failed mover is reported, not retried behind the user's back: no Job storms.
-            "backoffLimit": 0,
-            "activeDeadlineSeconds": deadline_seconds,
-            "template": {
-                "metadata": {"labels": job_labels},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "hostNetwork": config.host_network,
-                    "affinity": affinity,
-                    "automountServiceAccountToken": false,
-                    "containers": [{
-                        "name": "mover",
-                        "image": config.image,
-                        "imagePullPolicy": config.pull_policy,
-                        "args": args,
-                        "terminationMessagePath": TERMINATION_LOG,
-                        "terminationMessagePolicy": "File",
-                        // Root, to read every file and record every owner, with only the
-                        // capabilities this command needs, no way to gain more, the runtime's
-                        // default seccomp profile and nothing writable but its volumes.
-                        "securityContext": {
-                            "runAsUser": 0,
-                            "runAsGroup": 0,
-                            "allowPrivilegeEscalation": false,
-                            "readOnlyRootFilesystem": true,
-                            "capabilities": {"drop": ["ALL"], "add": capabilities},
-                            "seccompProfile": {"type": "RuntimeDefault"},
-                        },
-                        "resources": config.resources,
-                        "env": access.env,
-                        "volumeMounts": mounts,
-                    }],
-                    "volumes": volumes,
-                }
-            }
-        }
-    }))
+            backoff_limit: Some(0),
+            active_deadline_seconds: Some(deadline_seconds),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(job_labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    host_network: Some(config.host_network),
+                    affinity: node.map(on_node),
+                    automount_service_account_token: Some(false),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        ..Job::default()
+    }
+}
+
+/// Labels from pairs of names and values (values shortened to what a label can hold).
+fn label_map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), naming::label_value(v)))
+        .collect()
 }
 
 /// Which Backup (and policy, and PVC) a Job works for.
-fn backup_labels(backup: &Backup, pvc: Option<&str>) -> serde_json::Value {
-    let mut l = json!({labels::BACKUP: naming::label_value(&backup.metadata.name.clone().unwrap_or_default())});
-    if let Some(policy) = &backup.spec.policy_ref {
-        l[labels::POLICY] = json!(naming::label_value(policy));
-    }
-    if let Some(pvc) = pvc {
-        l[labels::PVC] = json!(naming::label_value(pvc));
-    }
-    l
+fn backup_labels(backup: &Backup, pvc: Option<&str>) -> BTreeMap<String, String> {
+    let name = backup.metadata.name.clone().unwrap_or_default();
+    let mut pairs = vec![(labels::BACKUP, name.as_str())];
+    pairs.extend(
+        backup
+            .spec
+            .policy_ref
+            .as_deref()
+            .map(|p| (labels::POLICY, p)),
+    );
+    pairs.extend(pvc.map(|pvc| (labels::PVC, pvc)));
+    label_map(&pairs)
 }
 
 /// The node a running pod that mounts `pvc` is on: a mover for a ReadWriteOnce volume must go
@@ -308,32 +373,24 @@ pub fn backup_job(
     node: Option<&str>,
     repo: &BackupRepository,
     config: &MoverConfig,
-) -> Result<Job, serde_json::Error> {
+) -> Job {
     let backup_name = backup.metadata.name.clone().unwrap_or_default();
     let namespace = backup.metadata.namespace.clone().unwrap_or_default();
-    let args = vec![
-        "mover".into(),
-        "backup".into(),
-        "--source".into(),
-        SOURCE_MOUNT.into(),
-        "--pvc".into(),
-        pvc.into(),
-        "--dir".into(),
-        backstop_api::backup::artifact_dir(&namespace, &backup_name),
-        "--compression".into(),
-        repo.spec.compression.as_str().into(),
-    ];
     let mover = MoverJob {
         name: naming::backup_job(&backup_name, pvc),
         node,
         role: ROLE_BACKUP,
         labels: backup_labels(backup, Some(pvc)),
-        args,
+        request: Request::Backup {
+            repository: location(repo),
+            source: SOURCE_MOUNT.into(),
+            pvc: pvc.into(),
+            dir: contract::backup_dir(&namespace, &backup_name),
+            compression: repo.spec.compression,
+        },
         repository: (repo, false),
-        volumes: vec![
-            json!({"name": "source", "persistentVolumeClaim": {"claimName": pvc, "readOnly": true}}),
-        ],
-        mounts: vec![json!({"name": "source", "mountPath": SOURCE_MOUNT, "readOnly": true})],
+        volumes: vec![claim_volume("source", pvc, true)],
+        mounts: vec![mount("source", SOURCE_MOUNT, true)],
         deadline_seconds: config.deadline_seconds,
         capabilities: capabilities::BACKUP.to_vec(),
     };
@@ -341,25 +398,18 @@ pub fn backup_job(
 }
 
 /// The Job that removes `backup`'s artifacts from `repo`.
-pub fn delete_job(
-    backup: &Backup,
-    repo: &BackupRepository,
-    config: &MoverConfig,
-) -> Result<Job, serde_json::Error> {
+pub fn delete_job(backup: &Backup, repo: &BackupRepository, config: &MoverConfig) -> Job {
     let backup_name = backup.metadata.name.clone().unwrap_or_default();
     let namespace = backup.metadata.namespace.clone().unwrap_or_default();
-    let args = vec![
-        "mover".into(),
-        "delete".into(),
-        "--dir".into(),
-        backstop_api::backup::artifact_dir(&namespace, &backup_name),
-    ];
     let mover = MoverJob {
         name: naming::delete_job(&backup_name),
         node: None,
         role: ROLE_DELETE,
         labels: backup_labels(backup, None),
-        args,
+        request: Request::Delete {
+            repository: location(repo),
+            dir: contract::backup_dir(&namespace, &backup_name),
+        },
         repository: (repo, false),
         volumes: Vec::new(),
         mounts: Vec::new(),
@@ -403,39 +453,24 @@ pub fn runs_for_job(pod: &Pod, job: &str) -> bool {
 
 /// The Job that restores one volume of a backup into `target_pvc`: the repository is mounted
 /// read-only, only the target is written.
-pub fn restore_job(
-    restore: &Restore,
-    r: RestoreJob<'_>,
-    config: &MoverConfig,
-) -> Result<Job, serde_json::Error> {
+pub fn restore_job(restore: &Restore, r: RestoreJob<'_>, config: &MoverConfig) -> Job {
     let name = restore.metadata.name.clone().unwrap_or_default();
-    let mut args: Vec<String> = vec![
-        "mover".into(),
-        "restore".into(),
-        "--manifest".into(),
-        r.manifest,
-        "--target".into(),
-        TARGET_MOUNT.into(),
-        "--existing-data-policy".into(),
-        r.policy.as_str().into(),
-    ];
-    if let Some(digest) = r.artifact_digest {
-        args.extend(["--artifact-digest".into(), digest.into()]);
-    }
-    if r.untrusted {
-        args.push("--untrusted".into());
-    }
     let mover = MoverJob {
         name: naming::restore_job(&name),
         node: r.node,
         role: ROLE_RESTORE,
-        labels: json!({labels::RESTORE: naming::label_value(&name), labels::PVC: naming::label_value(r.target_pvc)}),
-        args,
+        labels: label_map(&[(labels::RESTORE, &name), (labels::PVC, r.target_pvc)]),
+        request: Request::Restore {
+            repository: location(r.repository),
+            manifest: r.manifest,
+            target: TARGET_MOUNT.into(),
+            existing_data_policy: r.policy,
+            artifact_digest: r.artifact_digest.map(str::to_string),
+            untrusted: r.untrusted,
+        },
         repository: (r.repository, true),
-        volumes: vec![
-            json!({"name": "target", "persistentVolumeClaim": {"claimName": r.target_pvc}}),
-        ],
-        mounts: vec![json!({"name": "target", "mountPath": TARGET_MOUNT})],
+        volumes: vec![claim_volume("target", r.target_pvc, false)],
+        mounts: vec![mount("target", TARGET_MOUNT, false)],
         deadline_seconds: config.deadline_seconds,
         capabilities: restore_capabilities(r.untrusted),
     };
@@ -443,27 +478,21 @@ pub fn restore_job(
 }
 
 /// The Job that checks an S3 repository: write, read back and remove a small object.
-pub fn probe_job(
-    repo: &BackupRepository,
-    at: i64,
-    config: &MoverConfig,
-) -> Result<Job, serde_json::Error> {
+pub fn probe_job(repo: &BackupRepository, at: i64, config: &MoverConfig) -> Job {
     let name = repo.metadata.name.clone().unwrap_or_default();
     let generation = repo.metadata.generation.unwrap_or_default();
+    let mut repository = location(repo);
+    if let Location::S3(s3) = &mut repository {
+        s3.retry_timeout_seconds = Some(PROBE_RETRY_SECONDS);
+    }
+    let mut job_labels = label_map(&[(labels::REPOSITORY, &name)]);
+    job_labels.insert(labels::GENERATION.into(), generation.to_string());
     let mover = MoverJob {
         name: naming::probe_job(&name, at),
         node: None,
         role: ROLE_PROBE,
-        labels: json!({
-            labels::REPOSITORY: naming::label_value(&name),
-            labels::GENERATION: generation.to_string(),
-        }),
-        args: vec![
-            "mover".into(),
-            "probe".into(),
-            "--s3-retry-timeout-seconds".into(),
-            PROBE_RETRY_SECONDS.into(),
-        ],
+        labels: job_labels,
+        request: Request::Probe { repository },
         repository: (repo, false),
         volumes: Vec::new(),
         mounts: Vec::new(),
@@ -477,6 +506,7 @@ pub fn probe_job(
 mod tests {
     use super::*;
     use backstop_api::{BackupRepositorySpec, BackupSpec, PvcRepository};
+    use serde_json::json;
 
     fn fixtures() -> (Backup, BackupRepository) {
         let mut backup = Backup::new(
@@ -504,7 +534,7 @@ mod tests {
     #[test]
     fn backup_job_mounts_the_source_read_only_and_is_owned_by_the_backup() {
         let (backup, repo) = fixtures();
-        let job = backup_job(&backup, "data", None, &repo, &MoverConfig::default()).unwrap();
+        let job = backup_job(&backup, "data", None, &repo, &MoverConfig::default());
         assert_eq!(
             job.metadata.name,
             Some(naming::backup_job("nightly-202611210200", "data"))
@@ -566,8 +596,7 @@ mod tests {
             node.as_deref(),
             &repo,
             &MoverConfig::default(),
-        )
-        .unwrap();
+        );
         let affinity =
             serde_json::to_value(job.spec.unwrap().template.spec.unwrap().affinity).unwrap();
         let values = &affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
@@ -614,22 +643,19 @@ mod tests {
         );
         let cases = [
             (
-                backup_job(&backup, "db", None, &repo, &config).unwrap(),
+                backup_job(&backup, "db", None, &repo, &config),
                 vec!["DAC_OVERRIDE"],
             ),
+            (delete_job(&backup, &repo, &config), vec!["DAC_OVERRIDE"]),
             (
-                delete_job(&backup, &repo, &config).unwrap(),
-                vec!["DAC_OVERRIDE"],
-            ),
-            (
-                restore_job(&restore, restore_with(false), &config).unwrap(),
+                restore_job(&restore, restore_with(false), &config),
                 vec!["DAC_OVERRIDE", "CHOWN", "FOWNER", "FSETID", "MKNOD"],
             ),
             (
-                restore_job(&restore, restore_with(true), &config).unwrap(),
+                restore_job(&restore, restore_with(true), &config),
                 vec!["DAC_OVERRIDE", "CHOWN", "FOWNER", "FSETID"],
             ),
-            (probe_job(&s3, 1, &config).unwrap(), vec![]),
+            (probe_job(&s3, 1, &config), vec![]),
         ];
         for (job, added) in cases {
             let name = job.metadata.name.clone().unwrap_or_default();
@@ -657,7 +683,6 @@ mod tests {
         let (backup, repo) = fixtures();
         let resources = |config: &MoverConfig| {
             backup_job(&backup, "db", None, &repo, config)
-                .unwrap()
                 .spec
                 .unwrap()
                 .template
@@ -675,13 +700,10 @@ mod tests {
             json!({"requests": {"memory": "2Gi"}, "limits": {"memory": "4Gi"}}),
         )
         .unwrap();
-        let policy = resources(&operator.with_resources(Some(&big)).unwrap());
+        let policy = resources(&operator.with_resources(Some(&big)));
         assert_eq!(policy, big);
         assert_eq!(
-            resources(&operator.with_resources(None).unwrap())
-                .requests
-                .unwrap()["memory"]
-                .0,
+            resources(&operator.with_resources(None)).requests.unwrap()["memory"].0,
             "128Mi"
         );
     }
@@ -689,7 +711,7 @@ mod tests {
     #[test]
     fn delete_job_only_mounts_the_repository() {
         let (backup, repo) = fixtures();
-        let job = delete_job(&backup, &repo, &MoverConfig::default()).unwrap();
+        let job = delete_job(&backup, &repo, &MoverConfig::default());
         let pod = job.spec.unwrap().template.spec.unwrap();
         assert_eq!(pod.volumes.unwrap().len(), 1);
         assert_eq!(job.metadata.labels.unwrap()[labels::ROLE], ROLE_DELETE);
@@ -721,27 +743,28 @@ mod tests {
                 .clone()
                 .unwrap()
         };
-        let with = args(
-            restore_job(
-                &restore,
-                request(Some("b3-digest")),
-                &MoverConfig::default(),
-            )
-            .unwrap(),
-        );
+        let with = args(restore_job(
+            &restore,
+            request(Some("b3-digest")),
+            &MoverConfig::default(),
+        ));
         let at = with
             .iter()
             .position(|a| a == "--artifact-digest")
             .expect("--artifact-digest");
         assert_eq!(with[at + 1], "b3-digest");
-        let without = args(restore_job(&restore, request(None), &MoverConfig::default()).unwrap());
+        let without = args(restore_job(
+            &restore,
+            request(None),
+            &MoverConfig::default(),
+        ));
         assert!(!without.contains(&"--artifact-digest".to_string()));
         assert!(!without.contains(&"--untrusted".to_string()));
         let untrusted = RestoreJob {
             untrusted: true,
             ..request(None)
         };
-        let untrusted = args(restore_job(&restore, untrusted, &MoverConfig::default()).unwrap());
+        let untrusted = args(restore_job(&restore, untrusted, &MoverConfig::default()));
         assert!(untrusted.contains(&"--untrusted".to_string()));
     }
 
@@ -757,7 +780,7 @@ mod tests {
                 "caSecretRef": {"name": "minio-ca"}}}
         }))
         .unwrap();
-        let job = backup_job(&backup, "data", None, &repo, &MoverConfig::default()).unwrap();
+        let job = backup_job(&backup, "data", None, &repo, &MoverConfig::default());
         let pod = job.spec.unwrap().template.spec.unwrap();
         let container = &pod.containers[0];
         let args = container.args.clone().unwrap().join(" ");
@@ -788,7 +811,7 @@ mod tests {
         assert_eq!(volumes, ["source", "s3-ca"]);
 
         repo.spec.s3.as_mut().unwrap().ca_secret_ref = None;
-        let probe = probe_job(&repo, 1_795_300_000, &MoverConfig::default()).unwrap();
+        let probe = probe_job(&repo, 1_795_300_000, &MoverConfig::default());
         assert_eq!(probe.metadata.name.as_deref(), Some("s3-probe-1795300000"));
         let labels = probe.metadata.labels.clone().unwrap();
         assert_eq!(labels[labels::GENERATION], "3");

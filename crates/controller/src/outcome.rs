@@ -3,19 +3,11 @@
 
 use crate::Error;
 use backstop_api::condition::Invalid;
+use backstop_api::contract::Failure;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use kube::{Resource, ResourceExt};
-use serde::Deserialize;
-
-/// What a mover pod reports when it fails.
-#[derive(Debug, Deserialize)]
-pub struct MoverFailure {
-    pub error: String,
-    #[serde(default)]
-    pub reason: Option<String>,
-}
 
 /// The termination message of the finished container of `job`'s pod, if any. Only pods the Job
 /// itself owns count: anyone who may create pods in the namespace can label one `job-name=...`
@@ -85,12 +77,9 @@ pub fn finished(job: &Job) -> Option<bool> {
 pub fn failure(job: &Job, message: Option<String>) -> Invalid {
     if let Some(failure) = message
         .as_deref()
-        .and_then(|m| serde_json::from_str::<MoverFailure>(m).ok())
+        .and_then(|m| serde_json::from_str::<Failure>(m).ok())
     {
-        return Invalid::new(
-            failure.reason.unwrap_or_else(|| "MoverFailed".into()),
-            failure.error,
-        );
+        return Invalid::new(failure.reason.as_str(), failure.error);
     }
     let why = job
         .status

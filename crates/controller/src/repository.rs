@@ -8,6 +8,7 @@
 use crate::outcome::{self, termination_message};
 use crate::{Context, Error, events, jobs, now};
 use backstop_api::condition::{self, Invalid};
+use backstop_api::contract::{Blame, Reason};
 use backstop_api::{BackupRepository, labels, naming};
 use futures::StreamExt;
 use jiff::Timestamp;
@@ -27,15 +28,10 @@ const RECHECK_NOT_READY: Duration = Duration::from_secs(60);
 pub const PROBING: &str = "Probing";
 /// The reason `Ready` has while a shared-storage repository's PVC is not bound.
 const PVC_NOT_BOUND: &str = "PVCNotBound";
-/// Mover failure reasons that blame the repository rather than the volume.
-pub const REPOSITORY_REASONS: &[&str] = &[
-    "AccessDenied",
-    "BucketNotFound",
-    "EndpointUnreachable",
-    "TLSHandshakeFailed",
-    "CredentialsMissing",
-    REPOSITORY_FULL,
-];
+/// Whether a failure with condition reason `reason` blames the repository rather than the volume.
+pub fn blamed(reason: &str) -> bool {
+    Reason::named(reason).blames() == Blame::Repository
+}
 
 /// Whether `repo` can be used right now; `Err` says why not. A shared-storage repository's PVC
 /// is read from the watched copy (the repository reconciler itself only looks every few minutes).
@@ -255,7 +251,7 @@ pub async fn recheck(ctx: &Context, repo: &BackupRepository, why: &Invalid) -> R
 
 /// How long a full shared-storage repository stays not Ready before it is tried again.
 const FULL_COOL_DOWN: Duration = Duration::from_secs(300);
-const REPOSITORY_FULL: &str = "RepositoryFull";
+const REPOSITORY_FULL: &str = Reason::RepositoryFull.as_str();
 
 /// Until when `repo` counts as full (its `Ready` condition says `RepositoryFull`, set less than
 /// `FULL_COOL_DOWN` ago).
@@ -273,7 +269,7 @@ pub fn full_until(repo: &BackupRepository, now: Timestamp) -> Option<Timestamp> 
 }
 
 async fn start_probe(ctx: &Context, repo: &BackupRepository) -> Result<(), Error> {
-    let job = jobs::probe_job(repo, now().as_second(), &ctx.mover)?;
+    let job = jobs::probe_job(repo, now().as_second(), &ctx.mover);
     let api: Api<Job> = Api::namespaced(ctx.client.clone(), &repo.namespace().unwrap_or_default());
     match api.create(&PostParams::default(), &job).await {
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),

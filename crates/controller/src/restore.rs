@@ -9,6 +9,7 @@ use crate::jobs::{self, ROLE_RESTORE, RestoreJob};
 use crate::outcome::{owned_by, termination_message};
 use crate::{Context, Error, events, metrics, now, repository, waiting};
 use backstop_api::condition::{self, Invalid};
+use backstop_api::contract::{self, RestoreResult};
 use backstop_api::restore::source_volume;
 use backstop_api::waiting::{Refusal, Verdict, WaitingFor};
 use backstop_api::{Backup, BackupPhase, BackupRepository, Restore, RestoreStatus, labels, naming};
@@ -20,24 +21,9 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct MoverRestored {
-    files: u64,
-    bytes: u64,
-    verification: String,
-    /// An earlier restore into the target, killed mid-commit, was undone first.
-    #[serde(default)]
-    recovered_interrupted_restore: bool,
-    /// Device nodes not created (`spec.untrusted`).
-    #[serde(default)]
-    skipped_devices: u64,
-}
 
 /// Everything a restore Job needs, once validation passed.
 struct Plan {
@@ -155,11 +141,7 @@ async fn validate(ctx: &Context, restore: &Restore) -> Result<Result<Plan, Refus
             ),
         )));
     }
-    let manifest = format!(
-        "{}/{}",
-        backstop_api::backup::artifact_dir(&namespace, name),
-        format_args!("{source_pvc}.manifest.json")
-    );
+    let manifest = contract::manifest_key(&contract::backup_dir(&namespace, name), &source_pvc);
     let artifact_digest = status
         .volumes
         .iter()
@@ -311,7 +293,7 @@ async fn start(
             node: node.as_deref(),
         },
         &ctx.mover,
-    )?;
+    );
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     match jobs_api.create(&PostParams::default(), &job).await {
         Ok(_) => {}
@@ -375,7 +357,7 @@ async fn progress(
         let message = termination_message(&pods, &job).await?;
         let Some(done) = message
             .as_deref()
-            .and_then(|m| serde_json::from_str::<MoverRestored>(m).ok())
+            .and_then(|m| serde_json::from_str::<RestoreResult>(m).ok())
         else {
             let why = Invalid::new(
                 "MoverResultMissing",

@@ -7,33 +7,11 @@ use crate::archive;
 use crate::manifest::{self, ArtifactInfo, Manifest};
 use crate::repository::{Repository, RepositoryError};
 pub use backstop_api::Compression;
-use serde::{Deserialize, Serialize};
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
-/// What the mover reports to the controller (in the termination message).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BackupResult {
-    pub pvc: String,
-    /// Artifact path relative to the repository root.
-    pub artifact: String,
-    pub bytes: u64,
-    pub digest: String,
-    pub files: u64,
-    pub source_bytes: u64,
-    /// Entries that changed while they were read: files whose size changed (their copy may be
-    /// torn), entries that vanished or kept being swapped (left out).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub changed_while_reading: u64,
-    /// The first few of them (bounded: the whole result must fit a termination message).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub changed_files: Vec<String>,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
+pub use backstop_api::contract::BackupResult;
+use backstop_api::contract::Reason;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -48,13 +26,13 @@ pub enum BackupError {
 impl BackupError {
     /// The condition reason: what is wrong with the repository (full, unreachable, refusing the
     /// keys...), a write to it that failed, or the source volume.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            BackupError::Repository(r) => r.reason().unwrap_or("RepositoryWriteFailed"),
+            BackupError::Repository(r) => r.reason().unwrap_or(Reason::RepositoryWriteFailed),
             BackupError::Archive(archive::ArchiveError::Write(e)) => {
-                crate::repository::reason(e).unwrap_or("RepositoryWriteFailed")
+                crate::repository::reason(e).unwrap_or(Reason::RepositoryWriteFailed)
             }
-            _ => "SourceUnreadable",
+            _ => Reason::SourceUnreadable,
         }
     }
 }
@@ -81,9 +59,8 @@ pub fn run(repo: &dyn Repository, req: &BackupRequest<'_>) -> Result<BackupResul
         )));
     }
     let artifact_name = manifest::artifact_name(req.pvc, req.compression.extension());
-    let manifest_name = manifest::manifest_name(req.pvc);
     let artifact_key = format!("{}/{artifact_name}", req.dir);
-    let manifest_key = format!("{}/{manifest_name}", req.dir);
+    let manifest_key = backstop_api::contract::manifest_key(req.dir, req.pvc);
     // A retried Job must not leave an old manifest describing a new artifact.
     repo.remove(&manifest_key)?;
 

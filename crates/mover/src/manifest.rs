@@ -150,10 +150,6 @@ pub fn artifact_name(pvc: &str, extension: &str) -> String {
     format!("{pvc}.{extension}")
 }
 
-pub fn manifest_name(pvc: &str) -> String {
-    format!("{pvc}.manifest.json")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

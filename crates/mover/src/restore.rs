@@ -7,7 +7,6 @@ use crate::commit;
 use crate::manifest::{Entry, EntryKind, Manifest};
 use crate::repository::{Repository, RepositoryError};
 use backstop_api::ExistingDataPolicy;
-use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
@@ -45,15 +44,17 @@ pub enum RestoreError {
 
 impl RestoreError {
     /// The condition reason the controller shows.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            RestoreError::Integrity(_) => "IntegrityCheckFailed",
-            RestoreError::Unsafe { .. } => "UnsafeArchive",
-            RestoreError::TargetNotEmpty(_) => "TargetNotEmpty",
-            RestoreError::Repository(r) => r.reason().unwrap_or("ArtifactUnreadable"),
-            RestoreError::Manifest(_) => "ArtifactUnreadable",
-            RestoreError::Write { source, .. } if source.raw_os_error() == Some(28) => "TargetFull",
-            RestoreError::Write { .. } => "TargetWriteFailed",
+            RestoreError::Integrity(_) => Reason::IntegrityCheckFailed,
+            RestoreError::Unsafe { .. } => Reason::UnsafeArchive,
+            RestoreError::TargetNotEmpty(_) => Reason::TargetNotEmpty,
+            RestoreError::Repository(r) => r.reason().unwrap_or(Reason::ArtifactUnreadable),
+            RestoreError::Manifest(_) => Reason::ArtifactUnreadable,
+            RestoreError::Write { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+                Reason::TargetFull
+            }
+            RestoreError::Write { .. } => Reason::TargetWriteFailed,
         }
     }
 }
@@ -65,24 +66,8 @@ pub(crate) fn write_err(path: &Path) -> impl FnOnce(io::Error) -> RestoreError +
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RestoreResult {
-    pub files: u64,
-    pub bytes: u64,
-    pub entries: u64,
-    pub verification: String,
-    /// An earlier restore into this target had been killed mid-commit; it was undone first.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub recovered_interrupted_restore: bool,
-    /// Device nodes not created (an untrusted restore).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub skipped_devices: u64,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
+use backstop_api::contract::Reason;
+pub use backstop_api::contract::RestoreResult;
 
 /// The manifest at `key`, checked (see `check_manifest`).
 pub fn read_manifest(repo: &dyn Repository, key: &str) -> Result<Manifest, RestoreError> {

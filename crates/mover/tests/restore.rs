@@ -4,6 +4,7 @@
 //! that try to escape the target are refused.
 
 use backstop_api::ExistingDataPolicy;
+use backstop_api::contract::Reason;
 use backstop_mover::backup::{self, BackupRequest, Compression};
 use backstop_mover::commit;
 use backstop_mover::manifest::{ArtifactInfo, Entry, EntryKind, Manifest, Totals};
@@ -149,7 +150,7 @@ fn a_non_empty_target_is_refused_by_default_and_left_alone() {
         },
     )
     .unwrap_err();
-    assert_eq!(err.reason(), "TargetNotEmpty");
+    assert_eq!(err.reason(), Reason::TargetNotEmpty);
     assert_eq!(listing(&f.target), before);
 }
 
@@ -214,7 +215,7 @@ fn one_flipped_byte_fails_the_restore_and_leaves_the_target_as_it_was() {
         .unwrap_err();
         assert_eq!(
             err.reason(),
-            "IntegrityCheckFailed",
+            Reason::IntegrityCheckFailed,
             "{compression:?}: {err}"
         );
         assert_eq!(listing(&f.target), before, "{compression:?}");
@@ -364,7 +365,7 @@ fn archives_that_escape_the_target_are_refused() {
             },
         )
         .unwrap_err();
-        assert_eq!(err.reason(), "UnsafeArchive", "{name}: {err}");
+        assert_eq!(err.reason(), Reason::UnsafeArchive, "{name}: {err}");
         assert_eq!(
             fs::read_dir(&target).unwrap().count(),
             0,
@@ -459,10 +460,10 @@ fn a_manifest_that_reaches_outside_the_target_or_lists_a_path_twice_is_refused()
             },
         )
         .unwrap_err();
-        assert_eq!(err.reason(), "UnsafeArchive", "{name}: {err}");
+        assert_eq!(err.reason(), Reason::UnsafeArchive, "{name}: {err}");
         assert_eq!(fs::read_dir(&target).unwrap().count(), 0, "{name}");
         let err = restore::verify(&repo, "ns/b/data.manifest.json", None).unwrap_err();
-        assert_eq!(err.reason(), "UnsafeArchive", "{name}: {err}");
+        assert_eq!(err.reason(), Reason::UnsafeArchive, "{name}: {err}");
     }
     let mode = fs::metadata(&outside).unwrap().mode() & 0o7777;
     assert_eq!(mode, 0o755, "the directory outside was changed");
@@ -518,7 +519,7 @@ fn the_archive_and_the_manifest_must_agree_entry_by_entry() {
             },
         )
         .unwrap_err();
-        assert_eq!(err.reason(), "IntegrityCheckFailed", "{name}: {err}");
+        assert_eq!(err.reason(), Reason::IntegrityCheckFailed, "{name}: {err}");
         assert!(err.to_string().contains(expected), "{name}: {err}");
         assert_eq!(fs::read_dir(&target).unwrap().count(), 0, "{name}");
     }
@@ -556,11 +557,11 @@ fn a_manifest_swapped_in_the_repository_is_caught_by_the_digest_recorded_at_back
         },
     )
     .unwrap_err();
-    assert_eq!(err.reason(), "IntegrityCheckFailed", "{err}");
+    assert_eq!(err.reason(), Reason::IntegrityCheckFailed, "{err}");
     assert!(err.to_string().contains("was replaced"), "{err}");
     assert_eq!(fs::read_dir(&f.target).unwrap().count(), 0);
     let err = restore::verify(&f.repo, "ns/b/data.manifest.json", Some(&recorded)).unwrap_err();
-    assert_eq!(err.reason(), "IntegrityCheckFailed", "{err}");
+    assert_eq!(err.reason(), Reason::IntegrityCheckFailed, "{err}");
 }
 
 /// `listing` without directories' mtimes (adding and removing entries moves them; the content,
@@ -663,7 +664,7 @@ fn a_commit_killed_midway_is_undone_by_the_next_restore() {
         },
     )
     .unwrap_err();
-    assert_eq!(err.reason(), "TargetNotEmpty");
+    assert_eq!(err.reason(), Reason::TargetNotEmpty);
     assert_eq!(content_listing(&f.target), before);
 }
 
@@ -681,7 +682,7 @@ fn a_restore_that_fails_before_its_commit_leaves_no_staging_directory() {
         },
     )
     .unwrap_err();
-    assert_eq!(err.reason(), "ArtifactUnreadable", "{err}");
+    assert_eq!(err.reason(), Reason::ArtifactUnreadable, "{err}");
     assert_eq!(fs::read_dir(&f.target).unwrap().count(), 0);
 }
 

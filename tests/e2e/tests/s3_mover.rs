@@ -4,6 +4,7 @@
 //! that stops leaves no object and no manifest; wrong keys and a missing bucket say so.
 
 use backstop_api::ExistingDataPolicy;
+use backstop_api::contract::Reason;
 use backstop_e2e::s3::{S3Kind, S3Server};
 use backstop_e2e::{extract_with_tar, tree_listing, write_sample_tree};
 use backstop_mover::backup::{self, BackupRequest, Compression};
@@ -149,7 +150,7 @@ fn an_upload_cut_off_by_a_stopped_server_leaves_nothing_and_the_next_one_succeed
         Ok(done) => anyhow::bail!("the backup succeeded with the server stopped: {done:?}"),
         Err(e) => e,
     };
-    assert_eq!(err.reason(), "EndpointUnreachable", "{err}");
+    assert_eq!(err.reason(), Reason::EndpointUnreachable, "{err}");
     eprintln!("failed after {:?}: {err}", started.elapsed());
 
     server.restart()?;
@@ -184,23 +185,23 @@ fn wrong_keys_and_a_missing_bucket_are_named() -> anyhow::Result<()> {
     config.secret_access_key = "not-the-key".into();
     let wrong = S3Repository::new(&config)?;
     let err = backstop_mover::repository::probe(&wrong).expect_err("wrong keys must fail");
-    assert_eq!(err.reason(), Some("AccessDenied"), "{err}");
+    assert_eq!(err.reason(), Some(Reason::AccessDenied), "{err}");
     assert!(err.to_string().contains("credentialsSecretRef"), "{err}");
 
     let moto = S3Server::start(S3Kind::Moto)?;
     let missing = S3Repository::new(&moto.config("no-such-bucket", ""))?;
     let err = backstop_mover::repository::probe(&missing).expect_err("no bucket must fail");
-    assert_eq!(err.reason(), Some("BucketNotFound"), "{err}");
+    assert_eq!(err.reason(), Some(Reason::BucketNotFound), "{err}");
     let source = tempfile::tempdir()?;
     write_sample_tree(source.path(), 1)?;
     let err = backup::run(&missing, &request(source.path(), "ns/b", Compression::Zstd))
         .expect_err("no bucket must fail");
-    assert_eq!(err.reason(), "BucketNotFound", "{err}");
+    assert_eq!(err.reason(), Reason::BucketNotFound, "{err}");
 
     let nobody = S3Repository::new(&moto.config("backups", ""))?;
     drop(moto);
     let err = backstop_mover::repository::probe(&nobody).expect_err("no server must fail");
-    assert_eq!(err.reason(), Some("EndpointUnreachable"), "{err}");
+    assert_eq!(err.reason(), Some(Reason::EndpointUnreachable), "{err}");
     Ok(())
 }
 
@@ -212,7 +213,7 @@ fn tls_needs_the_ca_or_an_explicit_skip() -> anyhow::Result<()> {
     let mut config = server.config("backups", "");
     let untrusted = S3Repository::new(&config)?;
     let err = backstop_mover::repository::probe(&untrusted).expect_err("unknown CA must fail");
-    assert_eq!(err.reason(), Some("TLSHandshakeFailed"), "{err}");
+    assert_eq!(err.reason(), Some(Reason::TlsHandshakeFailed), "{err}");
     assert!(err.to_string().contains("caSecretRef"), "{err}");
 
     config.ca_file = Some(server.ca_file());

@@ -6,6 +6,7 @@
 mod dir;
 mod s3;
 
+pub use backstop_api::contract::{ProbeResult, Reason};
 pub use dir::DirRepository;
 pub use s3::{S3Config, S3Repository};
 
@@ -95,42 +96,37 @@ impl RepositoryError {
 
     /// The condition reason for a problem with the repository itself (full, unreachable,
     /// refusing the credentials, missing bucket), if this is one.
-    pub fn reason(&self) -> Option<&'static str> {
+    pub fn reason(&self) -> Option<Reason> {
         self.io().and_then(reason)
     }
 }
 
 /// The condition reason for an I/O error that says the repository cannot be used, if it does.
-pub fn reason(err: &io::Error) -> Option<&'static str> {
+pub fn reason(err: &io::Error) -> Option<Reason> {
     if let Some(failure) = err.get_ref().and_then(|e| e.downcast_ref::<StoreFailure>()) {
         return Some(failure.reason);
     }
     (err.kind() == io::ErrorKind::StorageFull || err.raw_os_error() == Some(libc::ENOSPC))
-        .then_some(REPOSITORY_FULL)
+        .then_some(Reason::RepositoryFull)
 }
-
-pub const REPOSITORY_FULL: &str = "RepositoryFull";
-pub const ACCESS_DENIED: &str = "AccessDenied";
-pub const BUCKET_NOT_FOUND: &str = "BucketNotFound";
-pub const ENDPOINT_UNREACHABLE: &str = "EndpointUnreachable";
-pub const TLS_FAILED: &str = "TLSHandshakeFailed";
-pub const REQUEST_FAILED: &str = "StorageRequestFailed";
 
 /// An object storage failure with the reason a user can act on; travels inside `io::Error`
 /// through the writers the archive goes through.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct StoreFailure {
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
 }
 
 impl StoreFailure {
     pub fn into_io(self) -> io::Error {
         let kind = match self.reason {
-            ACCESS_DENIED => io::ErrorKind::PermissionDenied,
-            BUCKET_NOT_FOUND => io::ErrorKind::NotFound,
-            ENDPOINT_UNREACHABLE | TLS_FAILED => io::ErrorKind::ConnectionRefused,
+            Reason::AccessDenied => io::ErrorKind::PermissionDenied,
+            Reason::BucketNotFound => io::ErrorKind::NotFound,
+            Reason::EndpointUnreachable | Reason::TlsHandshakeFailed => {
+                io::ErrorKind::ConnectionRefused
+            }
             _ => io::ErrorKind::Other,
         };
         io::Error::new(kind, self)
@@ -147,15 +143,6 @@ pub(crate) fn check_key(key: &str) -> Result<(), RepositoryError> {
         return Err(RepositoryError::InvalidKey(key.to_string()));
     }
     Ok(())
-}
-
-/// What a successful probe did.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ProbeResult {
-    /// The key written, read back and removed.
-    pub key: String,
-    pub bytes: u64,
 }
 
 /// Checks that the repository can be used: writes a small object, reads it back, removes it.

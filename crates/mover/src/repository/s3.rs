@@ -3,10 +3,7 @@
 //! that fails or is abandoned is aborted, so no object appears under its key. Transient errors
 //! (connection failures, 5xx, 429) are retried with exponential backoff.
 
-use super::{
-    ACCESS_DENIED, BUCKET_NOT_FOUND, ENDPOINT_UNREACHABLE, REQUEST_FAILED, Repository,
-    RepositoryError, StoreFailure, TLS_FAILED, Upload, check_key,
-};
+use super::{Reason, Repository, RepositoryError, StoreFailure, Upload, check_key};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -73,12 +70,12 @@ impl Location {
 impl S3Repository {
     pub fn new(config: &S3Config) -> Result<Self, StoreFailure> {
         let invalid = |message: String| StoreFailure {
-            reason: "InvalidSpec",
+            reason: Reason::InvalidSpec,
             message,
         };
         if config.access_key_id.is_empty() || config.secret_access_key.is_empty() {
             return Err(StoreFailure {
-                reason: "CredentialsMissing",
+                reason: Reason::CredentialsMissing,
                 message: "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (the keys of the Secret named in credentialsSecretRef)".into(),
             });
         }
@@ -258,7 +255,7 @@ pub fn classify(err: object_store::Error, bucket: &str, endpoint: &str) -> Store
     let has = |needle: &str| text.contains(needle);
     let (reason, advice) = if has("NoSuchBucket") {
         (
-            BUCKET_NOT_FOUND,
+            Reason::BucketNotFound,
             format!(
                 "bucket {bucket:?} does not exist at {endpoint}: create it or fix spec.s3.bucket"
             ),
@@ -271,14 +268,14 @@ pub fn classify(err: object_store::Error, bucket: &str, endpoint: &str) -> Store
         || has("AccessDenied")
     {
         (
-            ACCESS_DENIED,
+            Reason::AccessDenied,
             format!(
                 "{endpoint} refused the credentials for bucket {bucket:?}: check the keys in the Secret named in spec.s3.credentialsSecretRef and their permissions"
             ),
         )
     } else if has("certificate") || has("Certificate") || has("UnknownIssuer") {
         (
-            TLS_FAILED,
+            Reason::TlsHandshakeFailed,
             format!(
                 "the TLS certificate of {endpoint} is not trusted: put its CA in the Secret named in spec.s3.caSecretRef"
             ),
@@ -286,11 +283,14 @@ pub fn classify(err: object_store::Error, bucket: &str, endpoint: &str) -> Store
     } else if has("error sending request") || has("connect") || has("dns error") || has("timed out")
     {
         (
-            ENDPOINT_UNREACHABLE,
+            Reason::EndpointUnreachable,
             format!("cannot reach {endpoint}: check spec.s3.endpoint and the network"),
         )
     } else {
-        (REQUEST_FAILED, format!("the request to {endpoint} failed"))
+        (
+            Reason::StorageRequestFailed,
+            format!("the request to {endpoint} failed"),
+        )
     };
     StoreFailure {
         reason,

@@ -1,0 +1,425 @@
+//! The contract between the operator and the mover, written once: what the operator asks a mover
+//! pod to do (`Request`, turned into its command line by `to_args`), where things are mounted,
+//! where the repository keeps a backup's objects, and what the mover reports back in its
+//! termination message (`BackupResult`, `RestoreResult`, `ProbeResult`, `Deleted`, or a
+//! `Failure` with a `Reason`). The mover's command line parses into `Request` again; a test there
+//! checks that every request survives the trip.
+
+use crate::ExistingDataPolicy;
+use crate::repository::Compression;
+use serde::{Deserialize, Serialize};
+
+/// Where the mover writes its result; the kubelet copies it into the pod's status.
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
+/// Where a backup's source volume is mounted (read-only).
+pub const SOURCE_MOUNT: &str = "/source";
+/// Where a shared-storage repository's volume is mounted.
+pub const REPOSITORY_MOUNT: &str = "/repository";
+/// Where a restore's target volume is mounted.
+pub const TARGET_MOUNT: &str = "/target";
+/// Where an S3 endpoint's CA bundle Secret is mounted.
+pub const CA_MOUNT: &str = "/etc/backstop/s3-ca";
+
+/// The repository directory of one Backup's objects: `<namespace>/<backup>`.
+pub fn backup_dir(namespace: &str, backup: &str) -> String {
+    format!("{namespace}/{backup}")
+}
+
+/// The key of the manifest of `pvc`'s artifact in the backup directory `dir`.
+pub fn manifest_key(dir: &str, pvc: &str) -> String {
+    format!("{dir}/{pvc}.manifest.json")
+}
+
+/// Where a mover finds the repository. S3 credentials are not part of it: they reach the pod as
+/// environment variables from the Secret (`secretKeyRef`), never on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A directory (a mounted volume, or a sub-path of it).
+    Dir(String),
+    S3(S3Location),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct S3Location {
+    pub bucket: String,
+    /// The endpoint URL (AWS when absent).
+    pub endpoint: Option<String>,
+    /// Keys are stored under this prefix.
+    pub prefix: String,
+    pub region: Option<String>,
+    /// Path-style requests (endpoint/bucket/key), as MinIO-likes need.
+    pub force_path_style: bool,
+    /// A PEM file with the CA certificate(s) of the endpoint.
+    pub ca_file: Option<String>,
+    /// Accept any TLS certificate (testing only).
+    pub insecure_skip_tls_verify: bool,
+    /// How long a failing request is retried before the command fails (the mover's default when
+    /// absent).
+    pub retry_timeout_seconds: Option<u64>,
+}
+
+/// What the operator asks a mover pod to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Check that the repository can be used: write, read back and remove a small object.
+    Probe { repository: Location },
+    /// Back up the volume mounted at `source` into `dir` of the repository.
+    Backup {
+        repository: Location,
+        source: String,
+        /// The PVC's name (names the artifact).
+        pvc: String,
+        dir: String,
+        compression: Compression,
+    },
+    /// Restore the artifact the manifest `manifest` describes into the volume at `target`:
+    /// stage, verify every digest, then commit.
+    Restore {
+        repository: Location,
+        manifest: String,
+        target: String,
+        existing_data_policy: ExistingDataPolicy,
+        /// The artifact's BLAKE3 recorded when the backup completed: the manifest must name it.
+        artifact_digest: Option<String>,
+        /// Create no device nodes and clear setuid/setgid bits.
+        untrusted: bool,
+    },
+    /// Check an artifact against its manifest without restoring anything.
+    Verify {
+        repository: Location,
+        manifest: String,
+        artifact_digest: Option<String>,
+    },
+    /// Remove a backup's directory from the repository.
+    Delete { repository: Location, dir: String },
+}
+
+impl Request {
+    /// The mover's subcommand for this request.
+    pub fn command(&self) -> &'static str {
+        match self {
+            Request::Probe { .. } => "probe",
+            Request::Backup { .. } => "backup",
+            Request::Restore { .. } => "restore",
+            Request::Verify { .. } => "verify",
+            Request::Delete { .. } => "delete",
+        }
+    }
+
+    pub fn repository(&self) -> &Location {
+        match self {
+            Request::Probe { repository }
+            | Request::Backup { repository, .. }
+            | Request::Restore { repository, .. }
+            | Request::Verify { repository, .. }
+            | Request::Delete { repository, .. } => repository,
+        }
+    }
+
+    /// The container's arguments: `mover <command> <flags>`, reporting to `TERMINATION_LOG`.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = Args(vec!["mover".into(), self.command().into()]);
+        match self {
+            Request::Probe { .. } => {}
+            Request::Backup {
+                source,
+                pvc,
+                dir,
+                compression,
+                ..
+            } => {
+                args.value("--source", source);
+                args.value("--pvc", pvc);
+                args.value("--dir", dir);
+                args.value("--compression", compression.as_str());
+            }
+            Request::Restore {
+                manifest,
+                target,
+                existing_data_policy,
+                artifact_digest,
+                untrusted,
+                ..
+            } => {
+                args.value("--manifest", manifest);
+                args.value("--target", target);
+                args.value("--existing-data-policy", existing_data_policy.as_str());
+                args.optional("--artifact-digest", artifact_digest.as_deref());
+                args.flag("--untrusted", *untrusted);
+            }
+            Request::Verify {
+                manifest,
+                artifact_digest,
+                ..
+            } => {
+                args.value("--manifest", manifest);
+                args.optional("--artifact-digest", artifact_digest.as_deref());
+            }
+            Request::Delete { dir, .. } => args.value("--dir", dir),
+        }
+        match self.repository() {
+            Location::Dir(root) => args.value("--repository", root),
+            Location::S3(s3) => {
+                args.value("--s3-bucket", &s3.bucket);
+                args.optional("--s3-endpoint", s3.endpoint.as_deref());
+                if !s3.prefix.is_empty() {
+                    args.value("--s3-prefix", &s3.prefix);
+                }
+                args.optional("--s3-region", s3.region.as_deref());
+                args.flag("--s3-force-path-style", s3.force_path_style);
+                args.optional("--s3-ca-file", s3.ca_file.as_deref());
+                args.flag("--s3-insecure-skip-tls-verify", s3.insecure_skip_tls_verify);
+                if let Some(seconds) = s3.retry_timeout_seconds {
+                    args.value("--s3-retry-timeout-seconds", &seconds.to_string());
+                }
+            }
+        }
+        args.value("--termination-log", TERMINATION_LOG);
+        args.0
+    }
+}
+
+struct Args(Vec<String>);
+
+impl Args {
+    fn value(&mut self, flag: &str, value: &str) {
+        self.0.extend([flag.to_string(), value.to_string()]);
+    }
+    fn optional(&mut self, flag: &str, value: Option<&str>) {
+        if let Some(value) = value {
+            self.value(flag, value);
+        }
+    }
+    fn flag(&mut self, flag: &str, set: bool) {
+        if set {
+            self.0.push(flag.to_string());
+        }
+    }
+}
+
+/// Why a mover command failed, and so what the user must look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reason {
+    /// The source volume could not be read.
+    SourceUnreadable,
+    RepositoryWriteFailed,
+    /// The repository's volume is full.
+    RepositoryFull,
+    /// Object storage refused the credentials.
+    AccessDenied,
+    BucketNotFound,
+    EndpointUnreachable,
+    #[serde(rename = "TLSHandshakeFailed")]
+    TlsHandshakeFailed,
+    StorageRequestFailed,
+    /// The credentials Secret's keys reached the pod empty.
+    CredentialsMissing,
+    /// The request itself cannot work (e.g. no repository named).
+    InvalidSpec,
+    RepositoryUnusable,
+    /// An artifact or a restored file does not match its recorded digest.
+    IntegrityCheckFailed,
+    /// An archive entry would land outside the target or is not what the manifest says.
+    UnsafeArchive,
+    TargetNotEmpty,
+    ArtifactUnreadable,
+    TargetFull,
+    TargetWriteFailed,
+    ArtifactsNotRemoved,
+    /// No reason given, or one this operator does not know (a mover of another version).
+    #[serde(other)]
+    MoverFailed,
+}
+
+/// What a failure blames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The repository (its volume, bucket, endpoint or credentials): the repository is not Ready
+    /// until it is probed again, and the policy's other volumes would fail the same way.
+    Repository,
+    /// The backup's volume, a restore's target, or the artifact read back.
+    Data,
+    /// The mover itself, or something it did not say.
+    Mover,
+}
+
+impl Reason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::SourceUnreadable => "SourceUnreadable",
+            Reason::RepositoryWriteFailed => "RepositoryWriteFailed",
+            Reason::RepositoryFull => "RepositoryFull",
+            Reason::AccessDenied => "AccessDenied",
+            Reason::BucketNotFound => "BucketNotFound",
+            Reason::EndpointUnreachable => "EndpointUnreachable",
+            Reason::TlsHandshakeFailed => "TLSHandshakeFailed",
+            Reason::StorageRequestFailed => "StorageRequestFailed",
+            Reason::CredentialsMissing => "CredentialsMissing",
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::RepositoryUnusable => "RepositoryUnusable",
+            Reason::IntegrityCheckFailed => "IntegrityCheckFailed",
+            Reason::UnsafeArchive => "UnsafeArchive",
+            Reason::TargetNotEmpty => "TargetNotEmpty",
+            Reason::ArtifactUnreadable => "ArtifactUnreadable",
+            Reason::TargetFull => "TargetFull",
+            Reason::TargetWriteFailed => "TargetWriteFailed",
+            Reason::ArtifactsNotRemoved => "ArtifactsNotRemoved",
+            Reason::MoverFailed => "MoverFailed",
+        }
+    }
+
+    /// The reason called `name` (a condition's reason); one this operator does not know is
+    /// `MoverFailed`.
+    pub fn named(name: &str) -> Reason {
+        serde_json::from_value(serde_json::Value::String(name.into()))
+            .unwrap_or(Reason::MoverFailed)
+    }
+
+    pub fn blames(self) -> Blame {
+        match self {
+            Reason::RepositoryFull
+            | Reason::AccessDenied
+            | Reason::BucketNotFound
+            | Reason::EndpointUnreachable
+            | Reason::TlsHandshakeFailed
+            | Reason::CredentialsMissing => Blame::Repository,
+            Reason::MoverFailed => Blame::Mover,
+            _ => Blame::Data,
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a mover reports when it fails.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub error: String,
+    #[serde(default = "mover_failed")]
+    pub reason: Reason,
+}
+
+fn mover_failed() -> Reason {
+    Reason::MoverFailed
+}
+
+/// What a backup reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupResult {
+    pub pvc: String,
+    /// Artifact path relative to the repository root.
+    pub artifact: String,
+    pub bytes: u64,
+    pub digest: String,
+    pub files: u64,
+    pub source_bytes: u64,
+    /// Entries that changed while they were read: files whose size changed (their copy may be
+    /// torn), entries that vanished or kept being swapped (left out).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub changed_while_reading: u64,
+    /// The first few of them (bounded: the whole result must fit a termination message).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed_files: Vec<String>,
+}
+
+/// What a restore (or a verification) reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreResult {
+    pub files: u64,
+    pub bytes: u64,
+    pub entries: u64,
+    pub verification: String,
+    /// An earlier restore into this target had been killed mid-commit; it was undone first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recovered_interrupted_restore: bool,
+    /// Device nodes not created (an untrusted restore).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped_devices: u64,
+}
+
+/// What a probe reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeResult {
+    /// The key written, read back and removed.
+    pub key: String,
+    pub bytes: u64,
+}
+
+/// What a deletion reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deleted {
+    /// The backup directory removed.
+    pub deleted: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_travel_by_their_names_and_unknown_ones_are_mover_failures() {
+        let failure = Failure {
+            error: "no route".into(),
+            reason: Reason::TlsHandshakeFailed,
+        };
+        let text = serde_json::to_string(&failure).unwrap();
+        assert_eq!(
+            text,
+            r#"{"error":"no route","reason":"TLSHandshakeFailed"}"#
+        );
+        assert_eq!(serde_json::from_str::<Failure>(&text).unwrap(), failure);
+        let newer: Failure =
+            serde_json::from_str(r#"{"error":"x","reason":"SomethingNew"}"#).unwrap();
+        assert_eq!(newer.reason, Reason::MoverFailed);
+        let silent: Failure = serde_json::from_str(r#"{"error":"x"}"#).unwrap();
+        assert_eq!(silent.reason, Reason::MoverFailed);
+    }
+
+    #[test]
+    fn as_str_is_the_serialized_name() {
+        for reason in [
+            Reason::SourceUnreadable,
+            Reason::RepositoryFull,
+            Reason::TlsHandshakeFailed,
+            Reason::ArtifactsNotRemoved,
+            Reason::MoverFailed,
+        ] {
+            assert_eq!(
+                serde_json::to_value(reason).unwrap(),
+                serde_json::json!(reason.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn only_repository_problems_blame_the_repository() {
+        assert_eq!(Reason::RepositoryFull.blames(), Blame::Repository);
+        assert_eq!(Reason::CredentialsMissing.blames(), Blame::Repository);
+        assert_eq!(Reason::SourceUnreadable.blames(), Blame::Data);
+        assert_eq!(Reason::StorageRequestFailed.blames(), Blame::Data);
+        assert_eq!(Reason::MoverFailed.blames(), Blame::Mover);
+        assert_eq!(
+            Reason::named("TLSHandshakeFailed"),
+            Reason::TlsHandshakeFailed
+        );
+        assert_eq!(Reason::named("JobNameTaken"), Reason::MoverFailed);
+    }
+
+    #[test]
+    fn keys_of_a_backup() {
+        let dir = backup_dir("shop", "nightly");
+        assert_eq!(dir, "shop/nightly");
+        assert_eq!(manifest_key(&dir, "db"), "shop/nightly/db.manifest.json");
+    }
+}
