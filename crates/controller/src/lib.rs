@@ -4,6 +4,8 @@
 pub mod admission;
 pub mod backup;
 pub mod events;
+#[cfg(test)]
+mod fixtures;
 pub mod jobs;
 pub mod metrics;
 pub mod outcome;
@@ -155,6 +157,35 @@ fn after_error(
         })
         .inc();
     kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(5))
+}
+
+/// Creates `obj` unless an object of its name exists (deterministic names: another replica or an
+/// earlier pass made it). Whether this call created it.
+pub(crate) async fn create_once<K>(api: &kube::Api<K>, obj: &K) -> Result<bool>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    match api.create(&kube::api::PostParams::default(), obj).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Deletes `name` (in the background: dependents go after it) unless it is already gone.
+/// Whether this call deleted it.
+pub(crate) async fn delete_if_present<K>(api: &kube::Api<K>, name: &str) -> Result<bool>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api
+        .delete(name, &kube::api::DeleteParams::background())
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// List parameters for reads served from the API server's watch cache instead of etcd. A LIST

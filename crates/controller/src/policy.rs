@@ -13,7 +13,7 @@ use backstop_api::{
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
@@ -78,144 +78,107 @@ fn scheduled_backup(policy: &BackupPolicy, at: Timestamp) -> Backup {
     backup
 }
 
+/// What the policy reconciler reads before deciding.
+struct Observed {
+    /// Why the repository cannot take backups now, if it cannot.
+    repository: Result<(), RepositoryProblem>,
+    /// The policy's Backups (see `backups_of`).
+    backups: Vec<Arc<Backup>>,
+    now: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum RepositoryProblem {
+    Missing,
+    NotReady(Invalid),
+}
+
+/// What the policy reconciler does, decided from what it read (`decide`).
+#[derive(Debug, Default)]
+struct Decision {
+    /// The Backup for the run that is due.
+    create: Option<Backup>,
+    /// Completed Backups past `keepLast`, oldest last.
+    expire: Vec<String>,
+    /// A Warning event: the policy is refused, and that is news.
+    warning: Option<Invalid>,
+    /// The gauges (none while the policy is refused).
+    figures: Option<metrics::PolicyFigures>,
+    status: BackupPolicyStatus,
+    /// When to look again even if nothing changes.
+    requeue_after: Option<Duration>,
+}
+
 async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let observed = observe(&ctx, &policy).await?;
+    let decision = decide(&policy, &observed);
+    apply(&ctx, &policy, decision).await
+}
+
+async fn observe(ctx: &Context, policy: &BackupPolicy) -> Result<Observed, Error> {
     let namespace = policy.namespace().unwrap_or_default();
-    let name = policy.name_any();
+    let repository = match ctx
+        .repository(&namespace, policy.spec.repository_name())
+        .await?
+    {
+        None => Err(RepositoryProblem::Missing),
+        Some(repo) => repository::readiness(ctx, &repo)
+            .await
+            .map_err(RepositoryProblem::NotReady),
+    };
+    Ok(Observed {
+        repository,
+        backups: backups_of(ctx, &namespace, &policy.name_any()),
+        now: now(),
+    })
+}
+
+/// The whole policy decision: pure, so that every case is a table test.
+fn decide(policy: &BackupPolicy, observed: &Observed) -> Decision {
+    let now = observed.now;
     let generation = policy.meta().generation;
-    let backups_api: Api<Backup> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut status = policy.status.clone().unwrap_or_default();
     status.observed_generation = generation;
-
     let schedule = match policy.spec.validate() {
-        Ok(s) => s,
-        Err(invalid) => {
-            return refuse(&ctx, &policy, status, invalid, Warn::Yes).await;
-        }
+        Ok(schedule) => schedule,
+        Err(invalid) => return refused(policy, status, invalid, Warn::Yes, now, None),
     };
-    let repo_name = policy.spec.repository_name();
-    let repository = ctx.repository(&namespace, repo_name).await?;
-    // A repository that exists but is not ready says so itself, with its own Warning when it
-    // needs a person (a PVC still binding does not): the policy's condition names it without a
-    // second Warning. A missing one cannot speak for itself.
-    let repo_problem = match repository {
-        None => Some((
-            Invalid::new(
-                "RepositoryNotFound",
-                format!(
-                    "BackupRepository {repo_name:?} not found in namespace {namespace:?}: create it or set spec.repository"
-                ),
-            ),
-            Warn::Yes,
-        )),
-        Some(repo) => repository::readiness(&ctx, &repo).await.err().map(|why| {
-            let why = Invalid::new(
-                "RepositoryNotReady",
-                format!("repository {repo_name:?} is not ready: {}", why.message),
-            );
-            (why, Warn::No)
-        }),
-    };
-
-    let backups = backups_of(&ctx, &namespace, &name);
-    let summaries: Vec<BackupSummary> = backups.iter().map(|b| summarize(b)).collect();
+    let summaries: Vec<BackupSummary> = observed.backups.iter().map(|b| summarize(b)).collect();
     let since = policy
         .metadata
         .creation_timestamp
         .as_ref()
-        .map(|t| t.0)
-        .unwrap_or_else(now);
-    let last_scheduled = status.last_schedule_time.as_ref().map(|t| t.0);
+        .map_or(now, |t| t.0);
     let plan = scheduling::plan(
         &schedule,
         policy.spec.suspend,
-        last_scheduled,
+        status.last_schedule_time.as_ref().map(|t| t.0),
         since,
         &summaries,
-        now(),
+        now,
     );
-
-    if let Some((problem, warn)) = repo_problem {
+    status.next_scheduled_backup = plan.next.map(Time);
+    if let Err(problem) = &observed.repository {
         // Say so on the policy instead of failing one Job after another. The run that is due
         // stays due: when the repository changes (it is watched) or the next run comes, the
         // plan makes it, once.
-        status.next_scheduled_backup = plan.next.map(Time);
-        refuse(&ctx, &policy, status, problem, warn).await?;
-        return Ok(plan
-            .requeue_after
-            .map_or_else(Action::await_change, Action::requeue));
+        let (why, warn) = repository_refusal(policy, problem);
+        return refused(policy, status, why, warn, now, plan.requeue_after);
     }
-
-    if let Some(at) = plan.run {
-        let backup = scheduled_backup(&policy, at);
-        match backups_api.create(&PostParams::default(), &backup).await {
-            Ok(_) => {
-                tracing::info!(policy = %name, backup = %backup.name_any(), "scheduled backup created");
-            }
-            Err(kube::Error::Api(s)) if s.code == 409 => {
-                tracing::debug!(backup = %backup.name_any(), "scheduled backup already exists");
-            }
-            Err(e) => return Err(e.into()),
-        }
-        status.last_schedule_time = Some(Time(at));
+    let create = plan.run.map(|at| scheduled_backup(policy, at));
+    if let Some(backup) = &create {
+        status.last_schedule_time = plan.run.map(Time);
         status.last_backup = Some(backup.name_any());
-        status.last_backup_time = Some(Time(now()));
+        status.last_backup_time = Some(Time(now));
     }
-    if let Some(running) = &plan.waiting_for {
-        tracing::info!(policy = %name, %running, "a run is due; waiting for the previous backup to finish");
-    }
-
-    // Retention: only Completed backups count; the rest are never touched.
-    let doomed = retention::expired(&summaries, policy.spec.retention.keep_last);
-    let mut deleted = 0;
-    for victim in &doomed {
-        match backups_api
-            .delete(victim, &DeleteParams::background())
-            .await
-        {
-            Ok(_) => deleted += 1,
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if deleted > 0 {
-        let keep = policy.spec.retention.keep_last.unwrap_or_default();
-        events::normal(
-            &ctx.recorder,
-            policy.as_ref(),
-            "CleanupTriggered",
-            format!(
-                "Deleted {deleted} old backup{} (keepLast={keep}): {}",
-                if deleted == 1 { "" } else { "s" },
-                doomed.join(", ")
-            ),
-        )
-        .await;
-        ctx.metrics
-            .retention_deletions
-            .get_or_create(&metrics::PolicyLabels {
-                namespace: namespace.clone(),
-                policy: name.clone(),
-            })
-            .inc_by(deleted);
-    }
-
-    // What the backups say (the newest first).
-    let mut by_time: Vec<&Arc<Backup>> = backups
-        .iter()
-        .filter(|b| b.metadata.deletion_timestamp.is_none())
-        .collect();
-    // summarize clones the status: once per Backup, not once per comparison.
-    by_time.sort_by_cached_key(|b| {
-        let s = summarize(b);
-        std::cmp::Reverse(s.scheduled_time.or(s.created))
-    });
-    if let Some(last) = by_time.first() {
+    let newest = newest_first(&observed.backups);
+    if let Some(last) = newest.first() {
         status.last_backup.get_or_insert_with(|| last.name_any());
         if status.last_backup_time.is_none() {
             status.last_backup_time = last.metadata.creation_timestamp.clone();
         }
     }
-    let newest_ok = by_time.iter().find(|b| b.phase() == BackupPhase::Completed);
+    let newest_ok = newest.iter().find(|b| b.phase() == BackupPhase::Completed);
     if let Some(ok) = newest_ok {
         status.last_successful_backup_time =
             ok.status.as_ref().and_then(|s| s.completion_time.clone());
@@ -234,33 +197,20 @@ async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Actio
                 .next_after(next)
                 .map(|after| after.duration_since(next).as_secs_f64())
         }),
-        consecutive_failures: by_time
+        consecutive_failures: newest
             .iter()
             .filter(|b| b.phase().is_terminal())
             .take_while(|b| b.phase() == BackupPhase::Failed)
             .count() as i64,
     };
-    ctx.metrics.observe_policy(
-        &metrics::PolicyLabels {
-            namespace: namespace.clone(),
-            policy: name.clone(),
-        },
-        &figures,
-    );
-    status.next_scheduled_backup = plan.next.map(Time);
     let (reason, message) = if policy.spec.suspend {
         (
             "Suspended",
             "spec.suspend is true: no new backups are scheduled".to_string(),
         )
     } else {
-        (
-            "Scheduled",
-            format!(
-                "next backup at {}",
-                plan.next.map(|t| t.to_string()).unwrap_or_default()
-            ),
-        )
+        let next = plan.next.map(|t| t.to_string()).unwrap_or_default();
+        ("Scheduled", format!("next backup at {next}"))
     };
     condition::set(
         &mut status.conditions,
@@ -269,40 +219,81 @@ async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Actio
         reason,
         &message,
         generation,
-        now(),
+        now,
     );
-    if Some(&status) != policy.status.as_ref() {
-        crate::patch_status(
-            &ctx.client,
-            policy.as_ref(),
-            &status,
-            &["nextScheduledBackup"],
-        )
-        .await?;
+    Decision {
+        create,
+        // Retention: only Completed backups count; the rest are never touched.
+        expire: retention::expired(&summaries, policy.spec.retention.keep_last),
+        warning: None,
+        figures: Some(figures),
+        status,
+        requeue_after: plan.requeue_after,
     }
-    Ok(match plan.requeue_after {
-        Some(wait) => Action::requeue(wait),
-        None => Action::await_change(),
-    })
+}
+
+/// The refusal for a repository that cannot take backups. One that exists but is not ready says
+/// so itself, with its own Warning when it needs a person (a PVC still binding does not): the
+/// policy's condition names it without a second Warning. A missing one cannot speak for itself.
+fn repository_refusal(policy: &BackupPolicy, problem: &RepositoryProblem) -> (Invalid, Warn) {
+    let repo_name = policy.spec.repository_name();
+    match problem {
+        RepositoryProblem::Missing => (
+            Invalid::new(
+                "RepositoryNotFound",
+                format!(
+                    "BackupRepository {repo_name:?} not found in namespace {:?}: create it or set spec.repository",
+                    policy.namespace().unwrap_or_default()
+                ),
+            ),
+            Warn::Yes,
+        ),
+        RepositoryProblem::NotReady(why) => (
+            Invalid::new(
+                "RepositoryNotReady",
+                format!("repository {repo_name:?} is not ready: {}", why.message),
+            ),
+            Warn::No,
+        ),
+    }
+}
+
+/// The policy's Backups not being deleted, the newest (by scheduled time, else creation) first.
+fn newest_first(backups: &[Arc<Backup>]) -> Vec<&Arc<Backup>> {
+    let mut by_time: Vec<&Arc<Backup>> = backups
+        .iter()
+        .filter(|b| b.metadata.deletion_timestamp.is_none())
+        .collect();
+    // summarize clones the status: once per Backup, not once per comparison.
+    by_time.sort_by_cached_key(|b| {
+        let s = summarize(b);
+        std::cmp::Reverse(s.scheduled_time.or(s.created))
+    });
+    by_time
 }
 
 /// Whether a refusal of the policy is also a Warning event.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Warn {
     Yes,
     No,
 }
 
-/// Ready=False with `why`, and (when `warn` says so) a Warning event when that is news.
-async fn refuse(
-    ctx: &Context,
+/// Ready=False with `why`, a Warning when `warn` says so and that is news; nothing made or
+/// deleted.
+fn refused(
     policy: &BackupPolicy,
     mut status: BackupPolicyStatus,
     why: Invalid,
     warn: Warn,
-) -> Result<Action, Error> {
-    let before = condition::find(&status.conditions, "Ready")
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()));
+    now: Timestamp,
+    requeue_after: Option<Duration>,
+) -> Decision {
+    let ready = |status: &BackupPolicyStatus| {
+        condition::find(&status.conditions, "Ready")
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    let before = ready(&status);
     condition::set(
         &mut status.conditions,
         "Ready",
@@ -310,18 +301,76 @@ async fn refuse(
         &why.reason,
         &why.message,
         policy.meta().generation,
-        now(),
+        now,
     );
-    let after = condition::find(&status.conditions, "Ready")
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()));
-    if before != after && warn == Warn::Yes {
+    let news = before != ready(&status);
+    Decision {
+        warning: (news && warn == Warn::Yes).then_some(why),
+        status,
+        // A spec problem is fixed by editing the policy, which wakes us.
+        requeue_after,
+        ..Decision::default()
+    }
+}
+
+/// Carries out `decision`: the due Backup, retention, events, gauges, then the status.
+async fn apply(ctx: &Context, policy: &BackupPolicy, decision: Decision) -> Result<Action, Error> {
+    let namespace = policy.namespace().unwrap_or_default();
+    let name = policy.name_any();
+    let backups_api: Api<Backup> = Api::namespaced(ctx.client.clone(), &namespace);
+    if let Some(backup) = &decision.create {
+        if crate::create_once(&backups_api, backup).await? {
+            tracing::info!(policy = %name, backup = %backup.name_any(), "scheduled backup created");
+        }
+    }
+    let mut deleted = 0;
+    for victim in &decision.expire {
+        if crate::delete_if_present(&backups_api, victim).await? {
+            deleted += 1;
+        }
+    }
+    if deleted > 0 {
+        let keep = policy.spec.retention.keep_last.unwrap_or_default();
+        events::normal(
+            &ctx.recorder,
+            policy,
+            "CleanupTriggered",
+            format!(
+                "Deleted {deleted} old backup{} (keepLast={keep}): {}",
+                if deleted == 1 { "" } else { "s" },
+                decision.expire.join(", ")
+            ),
+        )
+        .await;
+    }
+    if let Some(why) = &decision.warning {
         events::warning(&ctx.recorder, policy, &why.reason, why.message.clone()).await;
     }
-    if Some(&status) != policy.status.as_ref() {
-        crate::patch_status(&ctx.client, policy, &status, &["nextScheduledBackup"]).await?;
+    let labels = metrics::PolicyLabels {
+        namespace,
+        policy: name,
+    };
+    if deleted > 0 {
+        ctx.metrics
+            .retention_deletions
+            .get_or_create(&labels)
+            .inc_by(deleted);
     }
-    // A spec problem is fixed by editing the policy, which wakes us.
-    Ok(Action::await_change())
+    if let Some(figures) = &decision.figures {
+        ctx.metrics.observe_policy(&labels, figures);
+    }
+    if Some(&decision.status) != policy.status.as_ref() {
+        crate::patch_status(
+            &ctx.client,
+            policy,
+            &decision.status,
+            &["nextScheduledBackup"],
+        )
+        .await?;
+    }
+    Ok(decision
+        .requeue_after
+        .map_or_else(Action::await_change, Action::requeue))
 }
 
 fn error_policy(_: Arc<BackupPolicy>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -382,4 +431,160 @@ pub async fn run(
         .for_each(|_| futures::future::ready(()))
         .await;
     pruner.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{self, at, scheduled};
+    use backstop_api::BackupPhase::{Completed, Failed, Running};
+
+    fn ready(now: &str, backups: Vec<Arc<Backup>>) -> Observed {
+        Observed {
+            repository: Ok(()),
+            backups,
+            now: at(now),
+        }
+    }
+
+    fn ready_condition(decision: &Decision) -> (String, String) {
+        let c = condition::find(&decision.status.conditions, "Ready").expect("Ready");
+        (c.status.clone(), c.reason.clone())
+    }
+
+    #[test]
+    fn a_due_run_is_made_once_with_its_schedule_recorded() {
+        let policy = fixtures::policy("nightly", "0 2 * * *", Some(3));
+        let decision = decide(&policy, &ready("02:00", vec![]));
+        let backup = decision.create.as_ref().expect("the 02:00 run");
+        assert_eq!(
+            backup.metadata.name.as_deref(),
+            Some(naming::scheduled_backup("nightly", at("02:00")).as_str())
+        );
+        assert_eq!(backup.spec.policy_ref.as_deref(), Some("nightly"));
+        assert_eq!(
+            backup.metadata.finalizers,
+            Some(vec![ARTIFACTS_FINALIZER.to_string()])
+        );
+        assert_eq!(
+            backup.metadata.owner_references.as_ref().unwrap()[0].uid,
+            "uid-nightly"
+        );
+        assert_eq!(decision.status.last_schedule_time, Some(Time(at("02:00"))));
+        assert_eq!(
+            ready_condition(&decision),
+            ("True".into(), "Scheduled".into())
+        );
+        assert_eq!(decision.warning, None);
+
+        // Once it exists, the same minute makes nothing more.
+        let made = scheduled(&policy, "02:00", Running);
+        let again = decide(&policy, &ready("02:00", vec![made]));
+        assert!(again.create.is_none());
+    }
+
+    #[test]
+    fn retention_expires_the_oldest_completed_backups_beyond_keep_last() {
+        let policy = fixtures::policy("hourly", "0 * * * *", Some(2));
+        let backups = vec![
+            scheduled(&policy, "01:00", Completed),
+            scheduled(&policy, "02:00", Completed),
+            scheduled(&policy, "03:00", Failed),
+            scheduled(&policy, "04:00", Completed),
+            scheduled(&policy, "05:00", Running),
+        ];
+        let decision = decide(&policy, &ready("05:30", backups.clone()));
+        let name = |b: &Arc<Backup>| b.metadata.name.clone().unwrap();
+        assert_eq!(decision.expire, vec![name(&backups[0])]);
+        assert!(decision.create.is_none(), "05:00 is still running");
+    }
+
+    #[test]
+    fn a_missing_repository_refuses_with_a_warning_once_and_keeps_the_run_due() {
+        let policy = fixtures::policy("nightly", "0 2 * * *", None);
+        let observed = Observed {
+            repository: Err(RepositoryProblem::Missing),
+            ..ready("02:00", vec![])
+        };
+        let decision = decide(&policy, &observed);
+        assert!(decision.create.is_none());
+        assert!(decision.figures.is_none());
+        assert_eq!(
+            ready_condition(&decision),
+            ("False".into(), "RepositoryNotFound".into())
+        );
+        let warning = decision.warning.expect("a Warning the first time");
+        assert!(warning.message.contains("create it"), "{}", warning.message);
+        assert_eq!(
+            decision.status.last_schedule_time, None,
+            "the run stays due"
+        );
+        assert!(decision.requeue_after.is_some());
+
+        // The same refusal again is no news.
+        let mut refused = policy.clone();
+        refused.status = Some(decision.status);
+        assert_eq!(decide(&refused, &observed).warning, None);
+    }
+
+    #[test]
+    fn a_repository_that_is_not_ready_refuses_without_a_second_warning() {
+        let policy = fixtures::policy("nightly", "0 2 * * *", None);
+        let observed = Observed {
+            repository: Err(RepositoryProblem::NotReady(Invalid::new(
+                "PVCNotBound",
+                "binding",
+            ))),
+            ..ready("02:00", vec![])
+        };
+        let decision = decide(&policy, &observed);
+        assert!(decision.create.is_none());
+        assert_eq!(
+            ready_condition(&decision),
+            ("False".into(), "RepositoryNotReady".into())
+        );
+        assert_eq!(decision.warning, None);
+    }
+
+    #[test]
+    fn an_invalid_schedule_is_refused_with_a_warning_and_nothing_else() {
+        let policy = fixtures::policy("bad", "every night", None);
+        let decision = decide(&policy, &ready("02:00", vec![]));
+        assert!(decision.create.is_none() && decision.expire.is_empty());
+        assert_eq!(ready_condition(&decision).0, "False");
+        assert!(decision.warning.is_some());
+        assert_eq!(decision.requeue_after, None, "editing the policy wakes it");
+    }
+
+    #[test]
+    fn a_suspended_policy_makes_nothing_and_says_so() {
+        let mut policy = fixtures::policy("nightly", "0 2 * * *", Some(1));
+        policy.spec.suspend = true;
+        let decision = decide(&policy, &ready("02:00", vec![]));
+        assert!(decision.create.is_none());
+        assert_eq!(decision.status.next_scheduled_backup, None);
+        assert_eq!(
+            ready_condition(&decision),
+            ("True".into(), "Suspended".into())
+        );
+    }
+
+    #[test]
+    fn gauges_count_failures_since_the_last_success() {
+        let policy = fixtures::policy("hourly", "0 * * * *", None);
+        let backups = vec![
+            scheduled(&policy, "01:00", Completed),
+            scheduled(&policy, "02:00", Failed),
+            scheduled(&policy, "03:00", Failed),
+        ];
+        let decision = decide(&policy, &ready("03:30", backups));
+        let figures = decision.figures.expect("figures");
+        assert_eq!(figures.consecutive_failures, 2);
+        assert_eq!(figures.last_size_bytes, Some(4096.0));
+        assert_eq!(figures.interval_seconds, Some(3600.0));
+        assert_eq!(
+            decision.status.last_successful_backup_time,
+            Some(Time(at("01:05")))
+        );
+    }
 }
