@@ -17,7 +17,7 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
@@ -73,62 +73,89 @@ async fn apply(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
         adopt(ctx, backup, policy).await?;
     }
     if phase == BackupPhase::Pending || status.volumes.is_empty() {
-        let resolved = match resolve(ctx, backup).await? {
-            Ok(r) => r,
-            Err(refusal) => return refused(ctx, backup, status, refusal).await,
-        };
-        let pvcs = match select_volumes(ctx, backup, &resolved).await? {
-            Ok(p) => p,
-            Err(refusal) => return refused(ctx, backup, status, refusal).await,
-        };
-        let name = backup.name_any();
-        status.phase = BackupPhase::Running;
-        status.start_time = Some(Time(now()));
-        status.repository = Some(resolved.repository.name_any());
-        status.volumes = pvcs
-            .iter()
-            .map(|claim| {
-                let pvc = claim.name_any();
-                let spec = claim.spec.clone().unwrap_or_default();
-                VolumeBackup {
-                    job: Some(naming::backup_job(&name, &pvc)),
-                    pvc,
-                    phase: BackupPhase::Pending,
-                    capacity: spec
-                        .resources
-                        .and_then(|r| r.requests)
-                        .and_then(|r| r.get("storage").map(|q| q.0.clone())),
-                    storage_class_name: spec.storage_class_name,
-                    ..Default::default()
-                }
-            })
-            .collect();
-        let pvcs: Vec<String> = status.volumes.iter().map(|v| v.pvc.clone()).collect();
-        condition::set(
-            &mut status.conditions,
-            "Completed",
-            false,
-            "Running",
-            "backup is running",
-            backup.meta().generation,
-            now(),
-        );
-        crate::patch_status(&ctx.client, backup, &status, &[]).await?;
-        events::normal(
-            &ctx.recorder,
-            backup,
-            "BackupStarted",
-            format!(
-                "Backing up {} volume{} ({}) to repository {:?}",
-                pvcs.len(),
-                if pvcs.len() == 1 { "" } else { "s" },
-                pvcs.join(", "),
-                resolved.repository.name_any()
-            ),
-        )
-        .await;
+        match start(ctx, backup, status).await? {
+            Ok(started) => status = started,
+            Err(action) => return Ok(action),
+        }
     }
     progress(ctx, backup, status).await
+}
+
+/// Resolves what to back up and where, and records the Backup as Running with one Pending entry
+/// per volume; a refusal waits or fails instead (`Err`: what the reconcile returns).
+async fn start(
+    ctx: &Context,
+    backup: &Backup,
+    status: BackupStatus,
+) -> Result<Result<BackupStatus, Action>, Error> {
+    let resolved = match resolve(ctx, backup).await? {
+        Ok(r) => r,
+        Err(refusal) => return Ok(Err(refused(ctx, backup, status, refusal).await?)),
+    };
+    let pvcs = match select_volumes(ctx, backup, &resolved).await? {
+        Ok(p) => p,
+        Err(refusal) => return Ok(Err(refused(ctx, backup, status, refusal).await?)),
+    };
+    let repository = resolved.repository.name_any();
+    let status = running(backup, status, &pvcs, &repository, now());
+    crate::patch_status(&ctx.client, backup, &status, &[]).await?;
+    let names: Vec<&str> = status.volumes.iter().map(|v| v.pvc.as_str()).collect();
+    events::normal(
+        &ctx.recorder,
+        backup,
+        "BackupStarted",
+        format!(
+            "Backing up {} volume{} ({}) to repository {repository:?}",
+            names.len(),
+            if names.len() == 1 { "" } else { "s" },
+            names.join(", "),
+        ),
+    )
+    .await;
+    Ok(Ok(status))
+}
+
+/// The status of a backup that starts: Running into `repository`, each of `pvcs` Pending with
+/// its Job's name, its requested size and storage class.
+fn running(
+    backup: &Backup,
+    mut status: BackupStatus,
+    pvcs: &[PersistentVolumeClaim],
+    repository: &str,
+    now: jiff::Timestamp,
+) -> BackupStatus {
+    let name = backup.name_any();
+    status.phase = BackupPhase::Running;
+    status.start_time = Some(Time(now));
+    status.repository = Some(repository.to_string());
+    status.volumes = pvcs
+        .iter()
+        .map(|claim| {
+            let pvc = claim.name_any();
+            let spec = claim.spec.clone().unwrap_or_default();
+            VolumeBackup {
+                job: Some(naming::backup_job(&name, &pvc)),
+                pvc,
+                phase: BackupPhase::Pending,
+                capacity: spec
+                    .resources
+                    .and_then(|r| r.requests)
+                    .and_then(|r| r.get("storage").map(|q| q.0.clone())),
+                storage_class_name: spec.storage_class_name,
+                ..Default::default()
+            }
+        })
+        .collect();
+    condition::set(
+        &mut status.conditions,
+        "Completed",
+        false,
+        "Running",
+        "backup is running",
+        backup.meta().generation,
+        now,
+    );
+    status
 }
 
 /// A Backup made by hand that names a policy belongs to it like a scheduled one: labelled and
@@ -262,125 +289,33 @@ async fn select_volumes(
     Ok(Ok(pvcs))
 }
 
+/// What became of one volume on this pass.
+enum Step {
+    /// Its Job runs (or was just created).
+    Running,
+    Done(BackupResult),
+    Failed(Invalid),
+}
+
 async fn progress(
     ctx: &Context,
     backup: &Backup,
     mut status: BackupStatus,
 ) -> Result<Action, Error> {
     let namespace = backup.namespace().unwrap_or_default();
-    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
     let repo_name = status.repository.clone().unwrap_or_default();
     let repository = ctx.repository(&namespace, &repo_name).await?;
     let mut changed = false;
-    for i in 0..status.volumes.len() {
-        if status.volumes[i].phase.is_terminal() {
-            continue;
-        }
-        let volume = status.volumes[i].clone();
+    for volume in status.volumes.iter_mut().filter(|v| !v.phase.is_terminal()) {
         let job_name = volume
             .job
             .clone()
             .unwrap_or_else(|| naming::backup_job(&backup.name_any(), &volume.pvc));
-        let outcome = match jobs_api.get_opt(&job_name).await? {
-            None => {
-                let source = claims.get_opt(&volume.pvc).await?;
-                match (&repository, source) {
-                    (None, _) => Some(Err(Invalid::new(
-                        "RepositoryNotFound",
-                        format!("BackupRepository {repo_name:?} was deleted during the backup"),
-                    ))),
-                    (_, None) => Some(Err(Invalid::new(
-                        "SourceVolumeDeleted",
-                        format!(
-                            "PVC {:?} was deleted before it could be backed up",
-                            volume.pvc
-                        ),
-                    ))),
-                    (Some(repo), Some(_))
-                        if let Some(why) = crate::secrets::refusal(ctx, repo).await? =>
-                    {
-                        Some(Err(why))
-                    }
-                    (Some(repo), Some(_)) => {
-                        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-                        let running = pods
-                            .list(&crate::cached().fields("status.phase=Running"))
-                            .await?;
-                        let node = jobs::node_using(&running.items, &volume.pvc);
-                        let config = mover_config(ctx, backup, &namespace).await?;
-                        let job =
-                            jobs::backup_job(backup, &volume.pvc, node.as_deref(), repo, &config);
-                        match jobs_api.create(&PostParams::default(), &job).await {
-                            Ok(_) => {
-                                events::normal(
-                                    &ctx.recorder,
-                                    backup,
-                                    "JobCreated",
-                                    format!(
-                                        "Created Job {job_name} to back up PVC {:?}",
-                                        volume.pvc
-                                    ),
-                                )
-                                .await;
-                            }
-                            Err(kube::Error::Api(s)) if s.code == 409 => {}
-                            Err(e) => return Err(e.into()),
-                        }
-                        status.volumes[i].phase = BackupPhase::Running;
-                        changed = true;
-                        None
-                    }
-                }
-            }
-            // A Job of this name that is not this Backup's (made by someone else, in advance)
-            // is never adopted, read or deleted.
-            Some(job) if !owned_by(&job, backup) => Some(Err(job_name_taken(&job_name))),
-            Some(job) => job_outcome(ctx, &namespace, &job, &volume.pvc, &claims).await?,
-        };
-        match outcome {
-            Some(Ok(done)) => {
-                let v = &mut status.volumes[i];
-                v.phase = BackupPhase::Completed;
-                v.bytes = i64::try_from(done.bytes).ok();
-                v.files = i64::try_from(done.files).ok();
-                v.source_bytes = i64::try_from(done.source_bytes).ok();
-                v.digest = Some(done.digest);
-                v.artifact = Some(done.artifact);
-                v.changed_while_reading = i64::try_from(done.changed_while_reading)
-                    .ok()
-                    .filter(|n| *n > 0);
-                v.changed_files = done.changed_files;
-                v.message = None;
-                changed = true;
-            }
-            Some(Err(why)) => {
-                let v = &mut status.volumes[i];
-                v.phase = BackupPhase::Failed;
-                v.message = Some(format!("{}: {}", why.reason, why.message));
-                v.reason = Some(why.reason.clone());
-                changed = true;
-                // A Job that can never finish (its PVC is gone) must not linger.
-                if why.reason != JOB_NAME_TAKEN {
-                    let _ = jobs_api
-                        .delete(&job_name, &DeleteParams::background())
-                        .await;
-                }
-                // The repository failed us: have it checked again, so that it stops being Ready
-                // (and policies stop starting Jobs) if it really is unusable.
-                if repository::blamed(&why.reason)
-                    && let Some(repo) = &repository
-                {
-                    repository::recheck(ctx, repo, &why).await?;
-                }
-            }
-            None => {
-                if volume.phase == BackupPhase::Pending {
-                    status.volumes[i].phase = BackupPhase::Running;
-                    changed = true;
-                }
-            }
+        let step = step(ctx, backup, &volume.pvc, &job_name, repository.as_deref()).await?;
+        if let Step::Failed(why) = &step {
+            after_failure(ctx, backup, &job_name, why, repository.as_deref()).await?;
         }
+        changed |= record(volume, step);
     }
     if status.volumes.iter().all(|v| v.phase.is_terminal()) {
         return finish(ctx, backup, status).await;
@@ -392,6 +327,129 @@ async fn progress(
     Ok(Action::requeue(Duration::from_secs(60)))
 }
 
+/// Moves one volume on: starts its Job when there is none, else reads the Job's outcome.
+async fn step(
+    ctx: &Context,
+    backup: &Backup,
+    pvc: &str,
+    job_name: &str,
+    repository: Option<&BackupRepository>,
+) -> Result<Step, Error> {
+    let namespace = backup.namespace().unwrap_or_default();
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+    match jobs_api.get_opt(job_name).await? {
+        // A Job of this name that is not this Backup's (made by someone else, in advance) is
+        // never adopted, read or deleted.
+        Some(job) if !owned_by(&job, backup) => Ok(Step::Failed(job_name_taken(job_name))),
+        Some(job) => Ok(job_outcome(ctx, &namespace, &job, pvc, &claims).await?),
+        None => {
+            let Some(repo) = repository else {
+                let repo_name = backup
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.repository.clone())
+                    .unwrap_or_default();
+                return Ok(Step::Failed(Invalid::new(
+                    "RepositoryNotFound",
+                    format!("BackupRepository {repo_name:?} was deleted during the backup"),
+                )));
+            };
+            if claims.get_opt(pvc).await?.is_none() {
+                return Ok(Step::Failed(Invalid::new(
+                    "SourceVolumeDeleted",
+                    format!("PVC {pvc:?} was deleted before it could be backed up"),
+                )));
+            }
+            if let Some(why) = crate::secrets::refusal(ctx, repo).await? {
+                return Ok(Step::Failed(why));
+            }
+            start_job(ctx, backup, pvc, repo).await?;
+            Ok(Step::Running)
+        }
+    }
+}
+
+/// Creates the mover Job for `pvc`, on the node of a running pod that mounts it, if any.
+async fn start_job(
+    ctx: &Context,
+    backup: &Backup,
+    pvc: &str,
+    repo: &BackupRepository,
+) -> Result<(), Error> {
+    let namespace = backup.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let running = pods
+        .list(&crate::cached().fields("status.phase=Running"))
+        .await?;
+    let node = jobs::node_using(&running.items, pvc);
+    let config = mover_config(ctx, backup, &namespace).await?;
+    let job = jobs::backup_job(backup, pvc, node.as_deref(), repo, &config);
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+    if crate::create_once(&jobs_api, &job).await? {
+        let name = job.name_any();
+        let message = format!("Created Job {name} to back up PVC {pvc:?}");
+        events::normal(&ctx.recorder, backup, "JobCreated", message).await;
+    }
+    Ok(())
+}
+
+/// A Job that can never finish (its PVC is gone) must not linger; a repository that failed us is
+/// checked again, so that it stops being Ready (and policies stop starting Jobs) if it really is
+/// unusable.
+async fn after_failure(
+    ctx: &Context,
+    backup: &Backup,
+    job_name: &str,
+    why: &Invalid,
+    repository: Option<&BackupRepository>,
+) -> Result<(), Error> {
+    if why.reason != JOB_NAME_TAKEN {
+        let jobs_api: Api<Job> =
+            Api::namespaced(ctx.client.clone(), &backup.namespace().unwrap_or_default());
+        // Best effort: the volume's failure is recorded either way.
+        let _ = crate::delete_if_present(&jobs_api, job_name).await;
+    }
+    if repository::blamed(&why.reason)
+        && let Some(repo) = repository
+    {
+        repository::recheck(ctx, repo, why).await?;
+    }
+    Ok(())
+}
+
+/// Writes `step` into the volume's status entry; whether it changed.
+fn record(volume: &mut VolumeBackup, step: Step) -> bool {
+    match step {
+        Step::Done(done) => {
+            volume.phase = BackupPhase::Completed;
+            volume.bytes = i64::try_from(done.bytes).ok();
+            volume.files = i64::try_from(done.files).ok();
+            volume.source_bytes = i64::try_from(done.source_bytes).ok();
+            volume.digest = Some(done.digest);
+            volume.artifact = Some(done.artifact);
+            volume.changed_while_reading = i64::try_from(done.changed_while_reading)
+                .ok()
+                .filter(|n| *n > 0);
+            volume.changed_files = done.changed_files;
+            volume.message = None;
+            volume.reason = None;
+            true
+        }
+        Step::Failed(why) => {
+            volume.phase = BackupPhase::Failed;
+            volume.message = Some(format!("{}: {}", why.reason, why.message));
+            volume.reason = Some(why.reason);
+            true
+        }
+        Step::Running if volume.phase == BackupPhase::Pending => {
+            volume.phase = BackupPhase::Running;
+            true
+        }
+        Step::Running => false,
+    }
+}
+
 /// The volume's result once its Job finished: from the pod's termination message.
 async fn job_outcome(
     ctx: &Context,
@@ -399,7 +457,7 @@ async fn job_outcome(
     job: &Job,
     pvc: &str,
     claims: &Api<PersistentVolumeClaim>,
-) -> Result<Option<Result<BackupResult, Invalid>>, Error> {
+) -> Result<Step, Error> {
     let done = crate::outcome::finished(job);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let Some(succeeded) = done else {
@@ -415,37 +473,49 @@ async fn job_outcome(
         let gone =
             claim.is_none() || claim.is_some_and(|c| c.metadata.deletion_timestamp.is_some());
         if gone && !started {
-            return Ok(Some(Err(Invalid::new(
+            return Ok(Step::Failed(Invalid::new(
                 "SourceVolumeDeleted",
                 format!("PVC {pvc:?} was deleted during the backup; its mover pod could not start"),
-            ))));
+            )));
         }
-        return Ok(None);
+        return Ok(Step::Running);
     };
     let message = termination_message(&pods, job).await?;
-    if succeeded {
-        return Ok(Some(
-            match message.as_deref().map(serde_json::from_str::<BackupResult>) {
-                Some(Ok(done)) => Ok(done),
-                _ => Err(Invalid::new(
-                    "MoverResultMissing",
-                    format!(
-                        "Job {} succeeded but its pod left no readable result",
-                        job.name_any()
-                    ),
-                )),
-            },
-        ));
+    if !succeeded {
+        return Ok(Step::Failed(crate::outcome::failure(job, message)));
     }
-    Ok(Some(Err(crate::outcome::failure(job, message))))
+    Ok(
+        match message.as_deref().map(serde_json::from_str::<BackupResult>) {
+            Some(Ok(done)) => Step::Done(done),
+            _ => Step::Failed(Invalid::new(
+                "MoverResultMissing",
+                format!(
+                    "Job {} succeeded but its pod left no readable result",
+                    job.name_any()
+                ),
+            )),
+        },
+    )
 }
 
-async fn finish(ctx: &Context, backup: &Backup, mut status: BackupStatus) -> Result<Action, Error> {
+/// How a backup whose volumes have all finished ends.
+struct Ending {
+    status: BackupStatus,
+    completed: bool,
+    /// The closing event's message (`BackupCompleted` or `BackupFailed`).
+    message: String,
+    /// A `ChangedWhileReading` Warning.
+    changed_while_reading: Option<String>,
+    seconds: f64,
+}
+
+/// The final status of a backup whose volumes have all finished: Completed when every volume
+/// is, with totals and the Consistent condition; else Failed with the first volume's reason.
+fn ending(backup: &Backup, mut status: BackupStatus, end: jiff::Timestamp) -> Ending {
     let completed = status
         .volumes
         .iter()
         .all(|v| v.phase == BackupPhase::Completed);
-    let end = now();
     let start = status.start_time.as_ref().map(|t| t.0).unwrap_or(end);
     let seconds = end.duration_since(start).as_secs_f64().max(0.0);
     status.completion_time = Some(Time(end));
@@ -454,31 +524,26 @@ async fn finish(ctx: &Context, backup: &Backup, mut status: BackupStatus) -> Res
     status.size = status.total_bytes.map(events::human_bytes);
     status.total_files = Some(status.volumes.iter().filter_map(|v| v.files).sum());
     let generation = backup.meta().generation;
-    let policy = backup.spec.policy_ref.clone().unwrap_or_default();
-    let labels = metrics::PolicyLabels {
-        namespace: backup.namespace().unwrap_or_default(),
-        policy: policy.clone(),
-    };
-    if completed {
+    let mut changed_while_reading = None;
+    let message = if completed {
         status.phase = BackupPhase::Completed;
-        let bytes = status.total_bytes.unwrap_or(0);
-        let changed = status.changed_while_reading();
         let mut message = format!(
             "Backed up {} volume{} ({}, {} files) in {}",
             status.volumes.len(),
             if status.volumes.len() == 1 { "" } else { "s" },
-            events::human_bytes(bytes),
+            events::human_bytes(status.total_bytes.unwrap_or(0)),
             status.total_files.unwrap_or(0),
             status.duration.clone().unwrap_or_default()
         );
         // Never a silent Completed: entries that changed while read are a condition, a Warning
         // and part of the message.
-        let (consistent, reason, detail) = match &changed {
+        let (consistent, reason, detail) = match status.changed_while_reading() {
             Some((count, detail)) => {
                 message.push_str(&format!(
                     "; {count} changed while read, see the Consistent condition"
                 ));
-                (false, "ChangedWhileReading", detail.clone())
+                changed_while_reading = Some(detail.clone());
+                (false, "ChangedWhileReading", detail)
             }
             None => (
                 true,
@@ -486,8 +551,9 @@ async fn finish(ctx: &Context, backup: &Backup, mut status: BackupStatus) -> Res
                 "no file changed while it was read".to_string(),
             ),
         };
+        let conditions = &mut status.conditions;
         condition::set(
-            &mut status.conditions,
+            conditions,
             "Consistent",
             consistent,
             reason,
@@ -495,11 +561,8 @@ async fn finish(ctx: &Context, backup: &Backup, mut status: BackupStatus) -> Res
             generation,
             end,
         );
-        if changed.is_some() {
-            events::warning(&ctx.recorder, backup, "ChangedWhileReading", detail).await;
-        }
         condition::set(
-            &mut status.conditions,
+            conditions,
             "Completed",
             true,
             "Completed",
@@ -507,9 +570,7 @@ async fn finish(ctx: &Context, backup: &Backup, mut status: BackupStatus) -> Res
             generation,
             end,
         );
-        status.message = Some(message.clone());
-        crate::patch_status(&ctx.client, backup, &status, &[]).await?;
-        events::normal(&ctx.recorder, backup, "BackupCompleted", message).await;
+        message
     } else {
         status.phase = BackupPhase::Failed;
         let failures: Vec<String> = status
@@ -524,29 +585,49 @@ async fn finish(ctx: &Context, backup: &Backup, mut status: BackupStatus) -> Res
             .find_map(|v| v.reason.clone())
             .unwrap_or_else(|| "VolumeFailed".into());
         let message = failures.join("; ");
-        condition::set_failed(
-            &mut status.conditions,
-            &Invalid::new(reason, message.clone()),
-            generation,
-            end,
-        );
-        status.message = Some(message.clone());
-        crate::patch_status(&ctx.client, backup, &status, &[]).await?;
-        events::warning(&ctx.recorder, backup, "BackupFailed", message).await;
+        let why = Invalid::new(reason, message.clone());
+        condition::set_failed(&mut status.conditions, &why, generation, end);
+        message
+    };
+    status.message = Some(message.clone());
+    Ending {
+        status,
+        completed,
+        message,
+        changed_while_reading,
+        seconds,
     }
-    let result = if completed { "completed" } else { "failed" };
+}
+
+async fn finish(ctx: &Context, backup: &Backup, status: BackupStatus) -> Result<Action, Error> {
+    let ending = ending(backup, status, now());
+    crate::patch_status(&ctx.client, backup, &ending.status, &[]).await?;
+    if let Some(detail) = ending.changed_while_reading {
+        events::warning(&ctx.recorder, backup, "ChangedWhileReading", detail).await;
+    }
+    let result = if ending.completed {
+        events::normal(&ctx.recorder, backup, "BackupCompleted", ending.message).await;
+        "completed"
+    } else {
+        events::warning(&ctx.recorder, backup, "BackupFailed", ending.message).await;
+        "failed"
+    };
+    let labels = metrics::PolicyLabels {
+        namespace: backup.namespace().unwrap_or_default(),
+        policy: backup.spec.policy_ref.clone().unwrap_or_default(),
+    };
     ctx.metrics
         .backups
         .get_or_create(&metrics::BackupLabels {
             namespace: labels.namespace.clone(),
-            policy,
+            policy: labels.policy.clone(),
             result: result.into(),
         })
         .inc();
     ctx.metrics
         .backup_duration
         .get_or_create(&labels)
-        .observe(seconds);
+        .observe(ending.seconds);
     delete_jobs(ctx, backup, ROLE_BACKUP).await?;
     Ok(Action::await_change())
 }
@@ -624,16 +705,10 @@ async fn delete_jobs(ctx: &Context, backup: &Backup, role: &str) -> Result<usize
         if !owned {
             continue;
         }
-        remaining += 1;
-        if job.metadata.deletion_timestamp.is_none() {
-            match jobs_api
-                .delete(&job.name_any(), &DeleteParams::background())
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => remaining -= 1,
-                Err(e) => return Err(e.into()),
-            }
+        let gone = job.metadata.deletion_timestamp.is_none()
+            && !crate::delete_if_present(&jobs_api, &job.name_any()).await?;
+        if !gone {
+            remaining += 1;
         }
     }
     Ok(remaining)
@@ -684,62 +759,67 @@ async fn cleanup(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
         );
         return deletion_blocked(ctx, backup, &mut status, why).await;
     };
+    remove_artifacts(ctx, backup, status, &repo).await
+}
+
+/// Runs the delete Job for `backup`'s artifacts in `repo` and waits for it; done (`Ok`) once it
+/// succeeded, or once the namespace is going (nothing can run there any more).
+async fn remove_artifacts(
+    ctx: &Context,
+    backup: &Backup,
+    mut status: BackupStatus,
+    repo: &BackupRepository,
+) -> Result<Action, Error> {
+    let namespace = backup.namespace().unwrap_or_default();
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let job_name = naming::delete_job(&backup.name_any());
-    match jobs_api.get_opt(&job_name).await? {
-        Some(job) if !owned_by(&job, backup) => {
-            deletion_blocked(ctx, backup, &mut status, job_name_taken(&job_name)).await
+    let removing = || Err(not_yet(30, "the artifacts are being removed"));
+    let Some(job) = jobs_api.get_opt(&job_name).await? else {
+        if let Some(why) = crate::secrets::refusal(ctx, repo).await? {
+            return deletion_blocked(ctx, backup, &mut status, why).await;
         }
-        None => {
-            if let Some(why) = crate::secrets::refusal(ctx, &repo).await? {
-                return deletion_blocked(ctx, backup, &mut status, why).await;
-            }
-            let job = jobs::delete_job(backup, &repo, &ctx.mover);
-            match jobs_api.create(&PostParams::default(), &job).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 409 => {}
-                // The whole namespace is going, repository volume included: nothing can run there
-                // any more, so holding the Backup would only hold the namespace.
-                Err(kube::Error::Api(s))
-                    if s.code == 403 && s.message.contains("being terminated") =>
-                {
-                    tracing::warn!(
-                        backup = %backup.name_any(),
-                        %namespace,
-                        "namespace is being deleted: artifacts left in repository {repo_name:?}"
-                    );
-                    return Ok(Action::await_change());
-                }
-                Err(e) => return Err(e.into()),
-            }
-            Err(not_yet(30, "the artifacts are being removed"))
-        }
-        Some(job) => {
-            let js = job.status.clone().unwrap_or_default();
-            if js.succeeded.unwrap_or(0) > 0 {
-                let _ = jobs_api
-                    .delete(&job_name, &DeleteParams::background())
-                    .await;
-                tracing::info!(backup = %backup.name_any(), "artifacts removed");
-                return Ok(Action::await_change());
-            }
-            if js.failed.unwrap_or(0) > 0 {
-                let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-                let detail = termination_message(&pods, &job)
-                    .await?
-                    .and_then(|m| serde_json::from_str::<Failure>(&m).ok())
-                    .map(|f| f.error)
-                    .unwrap_or_else(|| "the delete Job failed without a message".into());
-                let _ = jobs_api
-                    .delete(&job_name, &DeleteParams::background())
-                    .await;
-                let why = Invalid::new(
-                    "ArtifactsNotRemoved",
-                    format!("removing the artifacts failed, retrying: {detail}"),
+        let job = jobs::delete_job(backup, repo, &ctx.mover);
+        return match crate::create_once(&jobs_api, &job).await {
+            Ok(_) => removing(),
+            // The whole namespace is going, repository volume included: nothing can run there
+            // any more, so holding the Backup would only hold the namespace.
+            Err(Error::Kube(kube::Error::Api(s)))
+                if s.code == 403 && s.message.contains("being terminated") =>
+            {
+                tracing::warn!(
+                    backup = %backup.name_any(),
+                    %namespace,
+                    "namespace is being deleted: artifacts left in repository {:?}",
+                    repo.name_any()
                 );
-                return deletion_blocked(ctx, backup, &mut status, why).await;
+                Ok(Action::await_change())
             }
-            Err(not_yet(30, "the artifacts are being removed"))
+            Err(e) => Err(e),
+        };
+    };
+    if !owned_by(&job, backup) {
+        return deletion_blocked(ctx, backup, &mut status, job_name_taken(&job_name)).await;
+    }
+    match crate::outcome::finished(&job) {
+        None => removing(),
+        Some(true) => {
+            let _ = crate::delete_if_present(&jobs_api, &job_name).await;
+            tracing::info!(backup = %backup.name_any(), "artifacts removed");
+            Ok(Action::await_change())
+        }
+        Some(false) => {
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+            let detail = termination_message(&pods, &job)
+                .await?
+                .and_then(|m| serde_json::from_str::<Failure>(&m).ok())
+                .map(|f| f.error)
+                .unwrap_or_else(|| "the delete Job failed without a message".into());
+            let _ = crate::delete_if_present(&jobs_api, &job_name).await;
+            let why = Invalid::new(
+                "ArtifactsNotRemoved",
+                format!("removing the artifacts failed, retrying: {detail}"),
+            );
+            deletion_blocked(ctx, backup, &mut status, why).await
         }
     }
 }
@@ -850,4 +930,179 @@ pub async fn run(
 
 fn pending(backup: &Backup) -> bool {
     backup.phase() == BackupPhase::Pending && backup.metadata.deletion_timestamp.is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{self, at};
+    use backstop_api::contract::BackupResult;
+
+    fn backup() -> Backup {
+        let policy = fixtures::policy("nightly", "0 2 * * *", None);
+        fixtures::scheduled(&policy, "02:00", BackupPhase::Running)
+            .as_ref()
+            .clone()
+    }
+
+    fn claim(name: &str, size: &str, class: &str) -> PersistentVolumeClaim {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": fixtures::NAMESPACE},
+            "spec": {"storageClassName": class, "resources": {"requests": {"storage": size}}}
+        }))
+        .unwrap()
+    }
+
+    fn result(pvc: &str, changed: u64) -> BackupResult {
+        BackupResult {
+            pvc: pvc.into(),
+            artifact: format!("shop/b/{pvc}.tar.zst"),
+            bytes: 2048,
+            digest: "b3".into(),
+            files: 7,
+            source_bytes: 8192,
+            changed_while_reading: changed,
+            changed_files: vec!["log".to_string()],
+        }
+    }
+
+    #[test]
+    fn a_started_backup_lists_each_volume_pending_with_its_job_size_and_class() {
+        let backup = backup();
+        let pvcs = [claim("db", "5Gi", "fast"), claim("logs", "1Gi", "slow")];
+        let status = running(
+            &backup,
+            BackupStatus::default(),
+            &pvcs,
+            "default",
+            at("02:00"),
+        );
+        assert_eq!(status.phase, BackupPhase::Running);
+        assert_eq!(status.repository.as_deref(), Some("default"));
+        assert_eq!(status.start_time, Some(Time(at("02:00"))));
+        let db = &status.volumes[0];
+        assert_eq!(db.phase, BackupPhase::Pending);
+        assert_eq!(db.job, Some(naming::backup_job(&backup.name_any(), "db")));
+        assert_eq!(db.capacity.as_deref(), Some("5Gi"));
+        assert_eq!(db.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(status.volumes[1].pvc, "logs");
+        let completed = condition::find(&status.conditions, "Completed").unwrap();
+        assert_eq!(
+            (completed.status.as_str(), completed.reason.as_str()),
+            ("False", "Running")
+        );
+    }
+
+    #[test]
+    fn each_step_is_recorded_in_the_volumes_entry() {
+        let mut volume = VolumeBackup {
+            pvc: "db".into(),
+            phase: BackupPhase::Pending,
+            ..VolumeBackup::default()
+        };
+        assert!(record(&mut volume, Step::Running));
+        assert_eq!(volume.phase, BackupPhase::Running);
+        assert!(!record(&mut volume, Step::Running), "no change, no write");
+        assert!(record(&mut volume, Step::Done(result("db", 0))));
+        assert_eq!(volume.phase, BackupPhase::Completed);
+        assert_eq!(
+            (volume.bytes, volume.files, volume.source_bytes),
+            (Some(2048), Some(7), Some(8192))
+        );
+        assert_eq!(volume.changed_while_reading, None, "zero is not recorded");
+        let mut failed = VolumeBackup::default();
+        record(
+            &mut failed,
+            Step::Failed(Invalid::new("SourceUnreadable", "EIO on a")),
+        );
+        assert_eq!(failed.phase, BackupPhase::Failed);
+        assert_eq!(failed.reason.as_deref(), Some("SourceUnreadable"));
+        assert_eq!(
+            failed.message.as_deref(),
+            Some("SourceUnreadable: EIO on a")
+        );
+    }
+
+    fn finished_volumes(steps: Vec<(&str, Step)>) -> BackupStatus {
+        let mut status = BackupStatus {
+            start_time: Some(Time(at("02:00"))),
+            ..BackupStatus::default()
+        };
+        for (pvc, step) in steps {
+            let mut volume = VolumeBackup {
+                pvc: pvc.into(),
+                ..VolumeBackup::default()
+            };
+            record(&mut volume, step);
+            status.volumes.push(volume);
+        }
+        status
+    }
+
+    #[test]
+    fn a_backup_completes_when_every_volume_did_with_totals() {
+        let status = finished_volumes(vec![
+            ("db", Step::Done(result("db", 0))),
+            ("logs", Step::Done(result("logs", 0))),
+        ]);
+        let end = ending(&backup(), status, at("02:03"));
+        assert!(end.completed);
+        assert_eq!(end.status.phase, BackupPhase::Completed);
+        assert_eq!(end.status.total_bytes, Some(4096));
+        assert_eq!(end.status.total_files, Some(14));
+        assert_eq!(end.status.duration.as_deref(), Some("180s"));
+        assert_eq!(end.seconds, 180.0);
+        assert_eq!(end.changed_while_reading, None);
+        let consistent = condition::find(&end.status.conditions, "Consistent").unwrap();
+        assert_eq!(consistent.status, "True");
+        assert!(
+            end.message
+                .starts_with("Backed up 2 volumes (4.0 KiB, 14 files)"),
+            "{}",
+            end.message
+        );
+    }
+
+    #[test]
+    fn a_volume_that_changed_while_read_is_never_a_silent_completed() {
+        let status = finished_volumes(vec![("db", Step::Done(result("db", 3)))]);
+        let end = ending(&backup(), status, at("02:01"));
+        assert!(end.completed);
+        let consistent = condition::find(&end.status.conditions, "Consistent").unwrap();
+        assert_eq!(
+            (consistent.status.as_str(), consistent.reason.as_str()),
+            ("False", "ChangedWhileReading")
+        );
+        assert!(
+            end.changed_while_reading
+                .as_deref()
+                .unwrap()
+                .contains("log and 2 more")
+        );
+        assert!(
+            end.message.contains("3 changed while read"),
+            "{}",
+            end.message
+        );
+    }
+
+    #[test]
+    fn one_failed_volume_fails_the_backup_with_its_reason() {
+        let status = finished_volumes(vec![
+            ("db", Step::Done(result("db", 0))),
+            (
+                "logs",
+                Step::Failed(Invalid::new("RepositoryFull", "no space")),
+            ),
+        ]);
+        let end = ending(&backup(), status, at("02:01"));
+        assert!(!end.completed);
+        assert_eq!(end.status.phase, BackupPhase::Failed);
+        let completed = condition::find(&end.status.conditions, "Completed").unwrap();
+        assert_eq!(
+            (completed.status.as_str(), completed.reason.as_str()),
+            ("False", "RepositoryFull")
+        );
+        assert_eq!(end.message, "PVC logs: RepositoryFull: no space");
+    }
 }

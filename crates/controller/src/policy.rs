@@ -183,26 +183,7 @@ fn decide(policy: &BackupPolicy, observed: &Observed) -> Decision {
         status.last_successful_backup_time =
             ok.status.as_ref().and_then(|s| s.completion_time.clone());
     }
-    let ok_status = newest_ok.and_then(|b| b.status.as_ref());
-    let figures = metrics::PolicyFigures {
-        last_success: status
-            .last_successful_backup_time
-            .as_ref()
-            .map(|t| t.0.as_second() as f64),
-        last_size_bytes: ok_status.and_then(|s| s.total_bytes).map(|b| b as f64),
-        last_files: ok_status.and_then(|s| s.total_files).map(|f| f as f64),
-        next_run: plan.next.map(|t| t.as_second() as f64),
-        interval_seconds: plan.next.and_then(|next| {
-            schedule
-                .next_after(next)
-                .map(|after| after.duration_since(next).as_secs_f64())
-        }),
-        consecutive_failures: newest
-            .iter()
-            .filter(|b| b.phase().is_terminal())
-            .take_while(|b| b.phase() == BackupPhase::Failed)
-            .count() as i64,
-    };
+    let figures = figures(&status, &newest, &plan, &schedule);
     let (reason, message) = if policy.spec.suspend {
         (
             "Suspended",
@@ -229,6 +210,39 @@ fn decide(policy: &BackupPolicy, observed: &Observed) -> Decision {
         figures: Some(figures),
         status,
         requeue_after: plan.requeue_after,
+    }
+}
+
+/// The policy's gauges: its last success and size, its next run and interval, and how many of
+/// its newest finished backups failed in a row.
+fn figures(
+    status: &BackupPolicyStatus,
+    newest: &[&Arc<Backup>],
+    plan: &scheduling::Plan,
+    schedule: &backstop_api::schedule::Schedule,
+) -> metrics::PolicyFigures {
+    let ok_status = newest
+        .iter()
+        .find(|b| b.phase() == BackupPhase::Completed)
+        .and_then(|b| b.status.as_ref());
+    metrics::PolicyFigures {
+        last_success: status
+            .last_successful_backup_time
+            .as_ref()
+            .map(|t| t.0.as_second() as f64),
+        last_size_bytes: ok_status.and_then(|s| s.total_bytes).map(|b| b as f64),
+        last_files: ok_status.and_then(|s| s.total_files).map(|f| f as f64),
+        next_run: plan.next.map(|t| t.as_second() as f64),
+        interval_seconds: plan.next.and_then(|next| {
+            schedule
+                .next_after(next)
+                .map(|after| after.duration_since(next).as_secs_f64())
+        }),
+        consecutive_failures: newest
+            .iter()
+            .filter(|b| b.phase().is_terminal())
+            .take_while(|b| b.phase() == BackupPhase::Failed)
+            .count() as i64,
     }
 }
 
@@ -318,10 +332,10 @@ async fn apply(ctx: &Context, policy: &BackupPolicy, decision: Decision) -> Resu
     let namespace = policy.namespace().unwrap_or_default();
     let name = policy.name_any();
     let backups_api: Api<Backup> = Api::namespaced(ctx.client.clone(), &namespace);
-    if let Some(backup) = &decision.create {
-        if crate::create_once(&backups_api, backup).await? {
-            tracing::info!(policy = %name, backup = %backup.name_any(), "scheduled backup created");
-        }
+    if let Some(backup) = &decision.create
+        && crate::create_once(&backups_api, backup).await?
+    {
+        tracing::info!(policy = %name, backup = %backup.name_any(), "scheduled backup created");
     }
     let mut deleted = 0;
     for victim in &decision.expire {

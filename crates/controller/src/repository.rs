@@ -14,7 +14,7 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
@@ -213,14 +213,8 @@ async fn delete_job(ctx: &Context, job: &Job) -> Result<(), Error> {
         return Ok(());
     }
     let api: Api<Job> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-    match api
-        .delete(&job.name_any(), &DeleteParams::background())
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    crate::delete_if_present(&api, &job.name_any()).await?;
+    Ok(())
 }
 
 /// A backup just failed in a way that blames `repo` (`why`). An S3 repository is probed afresh:
@@ -271,14 +265,10 @@ pub fn full_until(repo: &BackupRepository, now: Timestamp) -> Option<Timestamp> 
 async fn start_probe(ctx: &Context, repo: &BackupRepository) -> Result<(), Error> {
     let job = jobs::probe_job(repo, now().as_second(), &ctx.mover);
     let api: Api<Job> = Api::namespaced(ctx.client.clone(), &repo.namespace().unwrap_or_default());
-    match api.create(&PostParams::default(), &job).await {
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-        Ok(_) => {
-            tracing::info!(repository = %repo.name_any(), job = %job.name_any(), "probe started");
-            Ok(())
-        }
+    if crate::create_once(&api, &job).await? {
+        tracing::info!(repository = %repo.name_any(), job = %job.name_any(), "probe started");
     }
+    Ok(())
 }
 
 /// An S3 repository: probe, wait for the probe, or report what it found. No probe (no pod) is

@@ -9,7 +9,7 @@ use crate::jobs::{self, ROLE_RESTORE, RestoreJob};
 use crate::outcome::{owned_by, termination_message};
 use crate::{Context, Error, events, metrics, now, repository, waiting};
 use backstop_api::condition::{self, Invalid};
-use backstop_api::contract::{self, RestoreResult};
+use backstop_api::contract::{self, Reason, RestoreResult};
 use backstop_api::restore::source_volume;
 use backstop_api::waiting::{Refusal, Verdict, WaitingFor};
 use backstop_api::{Backup, BackupPhase, BackupRepository, Restore, RestoreStatus, labels, naming};
@@ -17,7 +17,7 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
@@ -61,39 +61,11 @@ async fn validate(ctx: &Context, restore: &Restore) -> Result<Result<Plan, Refus
     }
     let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), &namespace);
     let name = &restore.spec.backup_name;
-    let Some(backup) = backups.get_opt(name).await? else {
-        return Ok(Err(Refusal::wait(
-            WaitingFor::Backup,
-            "BackupNotFound",
-            format!("Backup {name:?} not found in namespace {namespace:?}"),
-        )));
+    let backup = match restorable(&namespace, name, backups.get_opt(name).await?) {
+        Ok(backup) => backup,
+        Err(refusal) => return Ok(Err(refusal)),
     };
-    // Delete events reach no follower of a watch: the deletion's start is the last word.
-    if backup.metadata.deletion_timestamp.is_some() {
-        return Ok(Err(Invalid::new(
-            "BackupDeleted",
-            format!("Backup {name:?} is being deleted"),
-        )
-        .into()));
-    }
-    let not_completed = format!(
-        "Backup {name:?} is {}; only a Completed backup can be restored",
-        backup.phase().as_str()
-    );
-    match backup.phase() {
-        BackupPhase::Completed => {}
-        BackupPhase::Failed => {
-            return Ok(Err(Invalid::new("BackupNotCompleted", not_completed).into()));
-        }
-        BackupPhase::Pending | BackupPhase::Running => {
-            return Ok(Err(Refusal::wait(
-                WaitingFor::BackupToFinish,
-                "BackupNotCompleted",
-                not_completed,
-            )));
-        }
-    }
-    let status = backup.status.clone().unwrap_or_default();
+    let status = backup.status.unwrap_or_default();
     let volumes: Vec<String> = status
         .volumes
         .iter()
@@ -105,11 +77,70 @@ async fn validate(ctx: &Context, restore: &Restore) -> Result<Result<Plan, Refus
         Err(invalid) => return Ok(Err(invalid.into())),
     };
     let repo_name = status.repository.clone().unwrap_or_default();
-    let Some(repository) = ctx.repository(&namespace, &repo_name).await? else {
+    let repository = match usable_repository(ctx, restore, &repo_name).await? {
+        Ok(repository) => repository,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    let manifest = contract::manifest_key(&contract::backup_dir(&namespace, name), &source_pvc);
+    let artifact_digest = status
+        .volumes
+        .iter()
+        .find(|v| v.pvc == source_pvc)
+        .and_then(|v| v.digest.clone());
+    Ok(Ok(Plan {
+        source_pvc,
+        manifest,
+        artifact_digest,
+        repository,
+    }))
+}
+
+/// The Backup `name` if it can be restored: it exists, is not being deleted and is Completed.
+/// One still running is waited for; a Failed one never will be.
+fn restorable(namespace: &str, name: &str, backup: Option<Backup>) -> Result<Backup, Refusal> {
+    let Some(backup) = backup else {
+        return Err(Refusal::wait(
+            WaitingFor::Backup,
+            "BackupNotFound",
+            format!("Backup {name:?} not found in namespace {namespace:?}"),
+        ));
+    };
+    // Delete events reach no follower of a watch: the deletion's start is the last word.
+    if backup.metadata.deletion_timestamp.is_some() {
+        let why = Invalid::new("BackupDeleted", format!("Backup {name:?} is being deleted"));
+        return Err(why.into());
+    }
+    let not_completed = format!(
+        "Backup {name:?} is {}; only a Completed backup can be restored",
+        backup.phase().as_str()
+    );
+    match backup.phase() {
+        BackupPhase::Completed => Ok(backup),
+        BackupPhase::Failed => Err(Invalid::new("BackupNotCompleted", not_completed).into()),
+        BackupPhase::Pending | BackupPhase::Running => Err(Refusal::wait(
+            WaitingFor::BackupToFinish,
+            "BackupNotCompleted",
+            not_completed,
+        )),
+    }
+}
+
+/// The Backup's repository `repo_name`, if it can be read from now: it exists, is not the
+/// restore's target, its Secrets are opted in, and it is ready.
+async fn usable_repository(
+    ctx: &Context,
+    restore: &Restore,
+    repo_name: &str,
+) -> Result<Result<Arc<BackupRepository>, Refusal>, Error> {
+    let namespace = restore.namespace().unwrap_or_default();
+    let Some(repository) = ctx.repository(&namespace, repo_name).await? else {
         return Ok(Err(Refusal::wait(
             WaitingFor::Repository,
             "RepositoryNotFound",
-            format!("BackupRepository {repo_name:?} of Backup {name:?} not found"),
+            format!(
+                "BackupRepository {repo_name:?} of Backup {:?} not found",
+                restore.spec.backup_name
+            ),
         )));
     };
     // Overwrite would wipe every backup in it (other namespaces' too, on a shared volume).
@@ -141,18 +172,7 @@ async fn validate(ctx: &Context, restore: &Restore) -> Result<Result<Plan, Refus
             ),
         )));
     }
-    let manifest = contract::manifest_key(&contract::backup_dir(&namespace, name), &source_pvc);
-    let artifact_digest = status
-        .volumes
-        .iter()
-        .find(|v| v.pvc == source_pvc)
-        .and_then(|v| v.digest.clone());
-    Ok(Ok(Plan {
-        source_pvc,
-        manifest,
-        artifact_digest,
-        repository,
-    }))
+    Ok(Ok(repository))
 }
 
 /// The target PVC, created like the source (or as the spec says) when absent, and bound (or
@@ -295,22 +315,20 @@ async fn start(
         &ctx.mover,
     );
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
-    match jobs_api.create(&PostParams::default(), &job).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => return Err(e.into()),
-    }
+    crate::create_once(&jobs_api, &job).await?;
     status.phase = BackupPhase::Running;
     status.start_time = Some(Time(now()));
     status.source_pvc = Some(plan.source_pvc.clone());
-    status.job = Some(naming::restore_job(&restore.name_any()));
+    status.job = job.metadata.name.clone();
+    let generation = restore.meta().generation;
+    let conditions = &mut status.conditions;
     condition::set(
-        &mut status.conditions,
+        conditions,
         "Completed",
         false,
         "Running",
         "restore is running",
-        restore.meta().generation,
+        generation,
         now(),
     );
     crate::patch_status(&ctx.client, restore, &status, &[]).await?;
@@ -351,69 +369,82 @@ async fn progress(
         let why = crate::outcome::job_name_taken(&job_name);
         return fail(ctx, restore, status, why).await;
     }
-    let done = crate::outcome::finished(&job);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    if done == Some(true) {
-        let message = termination_message(&pods, &job).await?;
-        let Some(done) = message
-            .as_deref()
-            .and_then(|m| serde_json::from_str::<RestoreResult>(m).ok())
-        else {
-            let why = Invalid::new(
-                "MoverResultMissing",
-                format!("Job {job_name} succeeded but its pod left no readable result"),
-            );
-            return fail(ctx, restore, status, why).await;
-        };
-        let end = now();
-        let start = status.start_time.as_ref().map(|t| t.0).unwrap_or(end);
-        let seconds = end.duration_since(start).as_secs_f64().round() as i64;
-        status.phase = BackupPhase::Completed;
-        status.completion_time = Some(Time(end));
-        status.files_restored = i64::try_from(done.files).ok();
-        status.bytes_restored = i64::try_from(done.bytes).ok();
-        status.verification = Some(done.verification);
-        let mut message = format!(
-            "Restored {} files ({}) into PVC {:?} in {seconds}s; every digest verified",
-            done.files,
-            events::human_bytes(i64::try_from(done.bytes).unwrap_or(i64::MAX)),
-            restore.spec.target.pvc_name
-        );
-        if done.skipped_devices > 0 {
-            message.push_str(&format!(
-                "; {} device node(s) not created (untrusted)",
-                done.skipped_devices
-            ));
+    match crate::outcome::finished(&job) {
+        None => Ok(Action::requeue(Duration::from_secs(60))),
+        Some(false) => {
+            let message = termination_message(&pods, &job).await?;
+            let why = crate::outcome::failure(&job, message);
+            if why.reason == Reason::IntegrityCheckFailed.as_str() {
+                status.verification = Some("Failed".into());
+            }
+            fail(ctx, restore, status, why).await
         }
-        if done.recovered_interrupted_restore {
-            message
-                .push_str("; an earlier restore into it, interrupted mid-commit, was undone first");
+        Some(true) => {
+            let message = termination_message(&pods, &job).await?;
+            let Some(done) = message
+                .as_deref()
+                .and_then(|m| serde_json::from_str::<RestoreResult>(m).ok())
+            else {
+                let why = Invalid::new(
+                    "MoverResultMissing",
+                    format!("Job {job_name} succeeded but its pod left no readable result"),
+                );
+                return fail(ctx, restore, status, why).await;
+            };
+            let status = completed(restore, status, &done, now());
+            let message = status.message.clone().unwrap_or_default();
+            crate::patch_status(&ctx.client, restore, &status, &[]).await?;
+            events::normal(&ctx.recorder, restore, "RestoreCompleted", message).await;
+            count(ctx, restore, "completed");
+            delete_jobs(ctx, restore).await?;
+            Ok(Action::await_change())
         }
-        status.message = Some(message.clone());
-        condition::set(
-            &mut status.conditions,
-            "Completed",
-            true,
-            "Completed",
-            &message,
-            restore.meta().generation,
-            end,
-        );
-        crate::patch_status(&ctx.client, restore, &status, &[]).await?;
-        events::normal(&ctx.recorder, restore, "RestoreCompleted", message).await;
-        count(ctx, restore, "completed");
-        delete_jobs(ctx, restore).await?;
-        return Ok(Action::await_change());
     }
-    if done == Some(false) {
-        let message = termination_message(&pods, &job).await?;
-        let why = crate::outcome::failure(&job, message);
-        if why.reason == "IntegrityCheckFailed" {
-            status.verification = Some("Failed".into());
-        }
-        return fail(ctx, restore, status, why).await;
+}
+
+/// The status of a restore whose mover reported `done` at `end`.
+fn completed(
+    restore: &Restore,
+    mut status: RestoreStatus,
+    done: &RestoreResult,
+    end: jiff::Timestamp,
+) -> RestoreStatus {
+    let start = status.start_time.as_ref().map(|t| t.0).unwrap_or(end);
+    let seconds = end.duration_since(start).as_secs_f64().round() as i64;
+    status.phase = BackupPhase::Completed;
+    status.completion_time = Some(Time(end));
+    status.files_restored = i64::try_from(done.files).ok();
+    status.bytes_restored = i64::try_from(done.bytes).ok();
+    status.verification = Some(done.verification.clone());
+    let mut message = format!(
+        "Restored {} files ({}) into PVC {:?} in {seconds}s; every digest verified",
+        done.files,
+        events::human_bytes(i64::try_from(done.bytes).unwrap_or(i64::MAX)),
+        restore.spec.target.pvc_name
+    );
+    if done.skipped_devices > 0 {
+        message.push_str(&format!(
+            "; {} device node(s) not created (untrusted)",
+            done.skipped_devices
+        ));
     }
-    Ok(Action::requeue(Duration::from_secs(60)))
+    if done.recovered_interrupted_restore {
+        message.push_str("; an earlier restore into it, interrupted mid-commit, was undone first");
+    }
+    status.message = Some(message.clone());
+    let generation = restore.meta().generation;
+    let conditions = &mut status.conditions;
+    condition::set(
+        conditions,
+        "Completed",
+        true,
+        "Completed",
+        &message,
+        generation,
+        end,
+    );
+    status
 }
 
 /// A restore that cannot start yet waits (Pending, with the reason and one event) until its
@@ -500,14 +531,7 @@ async fn delete_jobs(ctx: &Context, restore: &Restore) -> Result<(), Error> {
             .iter()
             .any(|o| Some(&o.uid) == restore.meta().uid.as_ref());
         if owned && job.metadata.deletion_timestamp.is_none() {
-            match jobs_api
-                .delete(&job.name_any(), &DeleteParams::background())
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
+            crate::delete_if_present(&jobs_api, &job.name_any()).await?;
         }
     }
     Ok(())
@@ -553,4 +577,87 @@ pub async fn run(
 
 fn pending(restore: &Restore) -> bool {
     restore.phase() == BackupPhase::Pending && restore.metadata.deletion_timestamp.is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{self, at};
+
+    fn backup(phase: BackupPhase) -> Backup {
+        let policy = fixtures::policy("nightly", "0 2 * * *", None);
+        fixtures::scheduled(&policy, "02:00", phase)
+            .as_ref()
+            .clone()
+    }
+
+    fn reason(refusal: Refusal) -> (bool, String) {
+        match refusal {
+            Refusal::Wait { why, .. } => (true, why.reason),
+            Refusal::Fail(why) => (false, why.reason),
+        }
+    }
+
+    #[test]
+    fn only_a_completed_backup_not_being_deleted_is_restored() {
+        let name = "nightly";
+        assert!(restorable("shop", name, Some(backup(BackupPhase::Completed))).is_ok());
+        let cases = [
+            (None, (true, "BackupNotFound")),
+            (
+                Some(backup(BackupPhase::Running)),
+                (true, "BackupNotCompleted"),
+            ),
+            (
+                Some(backup(BackupPhase::Pending)),
+                (true, "BackupNotCompleted"),
+            ),
+            (
+                Some(backup(BackupPhase::Failed)),
+                (false, "BackupNotCompleted"),
+            ),
+        ];
+        for (found, (waits, expected)) in cases {
+            let refusal = restorable("shop", name, found).unwrap_err();
+            assert_eq!(reason(refusal), (waits, expected.to_string()));
+        }
+        let mut going = backup(BackupPhase::Completed);
+        going.metadata.deletion_timestamp = Some(Time(at("03:00")));
+        let refusal = restorable("shop", name, Some(going)).unwrap_err();
+        assert_eq!(reason(refusal), (false, "BackupDeleted".to_string()));
+    }
+
+    #[test]
+    fn a_completed_restore_says_what_it_did_and_what_it_undid() {
+        let mut restore = Restore::new("back", Default::default());
+        restore.spec.target.pvc_name = "db-restored".into();
+        let status = RestoreStatus {
+            start_time: Some(Time(at("03:00"))),
+            ..RestoreStatus::default()
+        };
+        let done = RestoreResult {
+            files: 3,
+            bytes: 2048,
+            entries: 5,
+            verification: "Verified".into(),
+            recovered_interrupted_restore: true,
+            skipped_devices: 2,
+        };
+        let status = completed(&restore, status, &done, at("03:01"));
+        assert_eq!(status.phase, BackupPhase::Completed);
+        assert_eq!(status.files_restored, Some(3));
+        assert_eq!(status.verification.as_deref(), Some("Verified"));
+        let message = status.message.unwrap();
+        assert!(
+            message.starts_with("Restored 3 files (2.0 KiB) into PVC \"db-restored\" in 60s"),
+            "{message}"
+        );
+        assert!(
+            message.contains("2 device node(s) not created"),
+            "{message}"
+        );
+        assert!(message.contains("was undone first"), "{message}");
+        let condition = condition::find(&status.conditions, "Completed").unwrap();
+        assert_eq!(condition.status, "True");
+    }
 }
