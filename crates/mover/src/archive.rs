@@ -161,10 +161,10 @@ pub fn write<W: Write>(root: &Path, out: W) -> Result<(Archived, W), ArchiveErro
                 header.set_entry_type(tar_kind);
                 entry.kind = entry_kind;
                 header
-                    .set_device_major(libc_major(meta.rdev))
+                    .set_device_major(libc::major(meta.rdev))
                     .map_err(ArchiveError::Write)?;
                 header
-                    .set_device_minor(libc_minor(meta.rdev))
+                    .set_device_minor(libc::minor(meta.rdev))
                     .map_err(ArchiveError::Write)?;
                 archived.totals.specials += 1;
             }
@@ -192,7 +192,10 @@ pub fn write<W: Write>(root: &Path, out: W) -> Result<(Archived, W), ArchiveErro
         }
 
         if !pax.is_empty() {
-            append_pax(&mut builder, &raw_rel, &pax)?;
+            // A PAX extended header (`x`) entry carrying the records for the entry that follows.
+            builder
+                .append_pax_extensions(pax.iter().map(|(key, value)| (*key, value.as_slice())))
+                .map_err(ArchiveError::Write)?;
         }
         header.set_cksum();
         match child {
@@ -298,40 +301,6 @@ fn format_pax_time(secs: i64, nanos: u32) -> String {
     }
 }
 
-/// A PAX extended header (`x`) entry carrying `records` for the entry that follows.
-fn append_pax<W: Write>(
-    builder: &mut tar::Builder<W>,
-    rel: &[u8],
-    records: &[(&str, Vec<u8>)],
-) -> Result<(), ArchiveError> {
-    let mut data = Vec::new();
-    for (key, value) in records {
-        // "<len> <key>=<value>\n" where <len> counts the whole record, itself included.
-        let rest = key.len() + value.len() + 3;
-        let mut len = rest + 1;
-        while len != rest + len.to_string().len() {
-            len = rest + len.to_string().len();
-        }
-        data.extend_from_slice(format!("{len} {key}=").as_bytes());
-        data.extend_from_slice(value);
-        data.push(b'\n');
-    }
-    let mut header = Header::new_ustar();
-    header.set_entry_type(EntryType::XHeader);
-    let name: Vec<u8> = rel.iter().copied().filter(u8::is_ascii).take(80).collect();
-    let mut pax_name = b"PaxHeaders/".to_vec();
-    pax_name.extend_from_slice(&name);
-    if let Some(ustar) = header.as_ustar_mut() {
-        ustar.name[..pax_name.len()].copy_from_slice(&pax_name);
-    }
-    header.set_mode(0o644);
-    header.set_size(data.len() as u64);
-    header.set_cksum();
-    builder
-        .append(&header, data.as_slice())
-        .map_err(ArchiveError::Write)
-}
-
 /// Reads exactly `size` bytes from a file that may change underneath (cut when it grew, padded
 /// with zeros when it shrank), hashing what it hands out so the digest matches the archive.
 struct ExactContent {
@@ -388,12 +357,4 @@ impl Read for ExactContent {
         self.remaining -= n as u64;
         Ok(n)
     }
-}
-
-fn libc_major(dev: u64) -> u32 {
-    (((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff)) as u32
-}
-
-fn libc_minor(dev: u64) -> u32 {
-    (((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff)) as u32
 }

@@ -107,7 +107,7 @@ pub fn run(repo: &dyn Repository, req: &BackupRequest<'_>) -> Result<BackupResul
         format: manifest::FORMAT.to_string(),
         created_at: req.created_at.clone(),
         source: req.pvc.to_string(),
-        compression: req.compression.as_str().to_string(),
+        compression: req.compression,
         artifact: ArtifactInfo {
             name: artifact_name,
             size,

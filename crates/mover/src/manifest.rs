@@ -14,7 +14,9 @@ pub struct Manifest {
     pub created_at: String,
     /// The volume (PVC) the artifact was made from.
     pub source: String,
-    pub compression: String,
+    /// How the artifact is compressed; a value this mover does not know fails the reading of
+    /// the manifest (never "uncompressed").
+    pub compression: backstop_api::Compression,
     pub artifact: ArtifactInfo,
     pub totals: Totals,
     pub entries: Vec<Entry>,

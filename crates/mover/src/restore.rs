@@ -6,7 +6,7 @@
 use crate::commit;
 use crate::manifest::{Entry, EntryKind, Manifest};
 use crate::repository::{Repository, RepositoryError};
-use backstop_api::ExistingDataPolicy;
+use backstop_api::{Compression, ExistingDataPolicy};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
@@ -82,6 +82,13 @@ pub fn read_manifest(repo: &dyn Repository, key: &str) -> Result<Manifest, Resto
 /// must pass the rules archive paths pass, written in its one plain form (no `.`, no empty or
 /// trailing components), and no path may be listed twice.
 pub fn check_manifest(manifest: &Manifest) -> Result<(), RestoreError> {
+    if manifest.format != crate::manifest::FORMAT {
+        return Err(RestoreError::Manifest(format!(
+            "format {:?} is not {:?}, the one this mover reads",
+            manifest.format,
+            crate::manifest::FORMAT
+        )));
+    }
     let mut seen = std::collections::HashSet::new();
     for entry in &manifest.entries {
         let damaged =
@@ -309,16 +316,16 @@ fn read_artifact(
     // Reading, hashing and decompressing run on their own thread, extracting on this one: the two
     // halves of the work overlap the way `zstd -dc | tar -x` does.
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
-    let compression = manifest.compression.clone();
+    let compression = manifest.compression;
     let producer = std::thread::spawn(move || {
         let mut raw = DigestReader::new(io::BufReader::with_capacity(1 << 20, artifact));
         {
-            let decoder: io::Result<Box<dyn Read + '_>> = match compression.as_str() {
-                "zstd" => {
+            let decoder: io::Result<Box<dyn Read + '_>> = match compression {
+                Compression::Zstd => {
                     zstd::stream::read::Decoder::new(&mut raw).map(|d| Box::new(d) as Box<dyn Read>)
                 }
-                "gzip" => Ok(Box::new(flate2::read::GzDecoder::new(&mut raw))),
-                _ => Ok(Box::new(&mut raw)),
+                Compression::Gzip => Ok(Box::new(flate2::read::GzDecoder::new(&mut raw))),
+                Compression::None => Ok(Box::new(&mut raw)),
             };
             match decoder {
                 Err(e) => {

@@ -241,7 +241,7 @@ fn crafted(
         format: backstop_mover::manifest::FORMAT.into(),
         created_at: String::new(),
         source: "data".into(),
-        compression: "none".into(),
+        compression: backstop_api::Compression::None,
         artifact: ArtifactInfo {
             name: "data.tar".into(),
             size: data.len() as u64,
@@ -856,4 +856,29 @@ fn a_planted_previous_directory_link_is_removed_not_followed() {
         fs::read_to_string(target.join("mine")).unwrap(),
         "the target's own\n"
     );
+}
+
+#[test]
+fn a_manifest_of_another_format_or_an_unknown_compression_is_refused_not_guessed() {
+    let f = backed_up(Compression::Zstd);
+    let path = f.repo_dir.join("ns/b/data.manifest.json");
+    let original: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    for (field, value, expected) in [
+        ("compression", "lz4", "lz4"),
+        ("format", "backstop.dev/manifest/v9", "is not"),
+    ] {
+        let mut changed = original.clone();
+        changed[field] = serde_json::json!(value);
+        fs::write(&path, serde_json::to_vec(&changed).unwrap()).unwrap();
+        let err = restore::restore(
+            &f.repo,
+            "ns/b/data.manifest.json",
+            &f.target,
+            &RestoreOptions::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.reason(), Reason::ArtifactUnreadable, "{field}: {err}");
+        assert!(err.to_string().contains(expected), "{field}: {err}");
+        assert_eq!(fs::read_dir(&f.target).unwrap().count(), 0, "{field}");
+    }
 }
