@@ -25,17 +25,45 @@ impl std::fmt::Display for Invalid {
     }
 }
 
+/// The conditions Backstop's resources have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConditionType {
+    /// Policies and repositories: whether they can be used now.
+    Ready,
+    /// Backups and Restores: whether they finished successfully (False while running or failed).
+    Completed,
+    /// Backups and Restores that failed: why.
+    Failed,
+    /// Completed Backups: whether nothing changed while it was read.
+    Consistent,
+    /// Backups being deleted: what holds the deletion.
+    Deleting,
+}
+
+impl ConditionType {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ConditionType::Ready => "Ready",
+            ConditionType::Completed => "Completed",
+            ConditionType::Failed => "Failed",
+            ConditionType::Consistent => "Consistent",
+            ConditionType::Deleting => "Deleting",
+        }
+    }
+}
+
 /// Sets condition `type_` in `conditions`, keeping `lastTransitionTime` when the status did not
 /// change (so the time says when it last flipped, as Kubernetes conventions ask).
 pub fn set(
     conditions: &mut Vec<Condition>,
-    type_: &str,
+    type_: ConditionType,
     status: bool,
     reason: &str,
     message: &str,
     generation: Option<i64>,
     now: jiff::Timestamp,
 ) {
+    let type_ = type_.as_str();
     let status = if status { "True" } else { "False" }.to_string();
     let transition = conditions
         .iter()
@@ -75,7 +103,7 @@ pub fn set_failed(
 ) {
     set(
         conditions,
-        "Completed",
+        ConditionType::Completed,
         false,
         &why.reason,
         &why.message,
@@ -84,7 +112,7 @@ pub fn set_failed(
     );
     set(
         conditions,
-        "Failed",
+        ConditionType::Failed,
         true,
         &why.reason,
         &why.message,
@@ -93,11 +121,11 @@ pub fn set_failed(
     );
 }
 
-pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
-    conditions.iter().find(|c| c.type_ == type_)
+pub fn find(conditions: &[Condition], type_: ConditionType) -> Option<&Condition> {
+    conditions.iter().find(|c| c.type_ == type_.as_str())
 }
 
-pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+pub fn is_true(conditions: &[Condition], type_: ConditionType) -> bool {
     find(conditions, type_).is_some_and(|c| c.status == "True")
 }
 
@@ -119,7 +147,7 @@ mod tests {
         let mut conditions = Vec::new();
         set(
             &mut conditions,
-            "Ready",
+            ConditionType::Ready,
             false,
             "PVCNotFound",
             "a",
@@ -128,7 +156,7 @@ mod tests {
         );
         set(
             &mut conditions,
-            "Ready",
+            ConditionType::Ready,
             false,
             "PVCNotFound",
             "b",
@@ -138,8 +166,16 @@ mod tests {
         assert_eq!(conditions.len(), 1);
         assert_eq!(conditions[0].last_transition_time.0, t0);
         assert_eq!(conditions[0].message, "b");
-        set(&mut conditions, "Ready", true, "Ready", "ok", Some(2), t2);
+        set(
+            &mut conditions,
+            ConditionType::Ready,
+            true,
+            "Ready",
+            "ok",
+            Some(2),
+            t2,
+        );
         assert_eq!(conditions[0].last_transition_time.0, t2);
-        assert!(is_true(&conditions, "Ready"));
+        assert!(is_true(&conditions, ConditionType::Ready));
     }
 }

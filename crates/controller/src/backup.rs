@@ -6,6 +6,7 @@
 use crate::jobs::{self, ROLE_BACKUP};
 use crate::outcome::{JOB_NAME_TAKEN, job_name_taken, owned_by, termination_message};
 use crate::{Context, Error, events, metrics, now, repository, waiting};
+use backstop_api::condition::ConditionType;
 use backstop_api::condition::{self, Invalid};
 use backstop_api::contract::{BackupResult, Failure};
 use backstop_api::waiting::{Refusal, Verdict, WaitingFor};
@@ -148,7 +149,7 @@ fn running(
         .collect();
     condition::set(
         &mut status.conditions,
-        "Completed",
+        ConditionType::Completed,
         false,
         "Running",
         "backup is running",
@@ -554,7 +555,7 @@ fn ending(backup: &Backup, mut status: BackupStatus, end: jiff::Timestamp) -> En
         let conditions = &mut status.conditions;
         condition::set(
             conditions,
-            "Consistent",
+            ConditionType::Consistent,
             consistent,
             reason,
             &detail,
@@ -563,7 +564,7 @@ fn ending(backup: &Backup, mut status: BackupStatus, end: jiff::Timestamp) -> En
         );
         condition::set(
             conditions,
-            "Completed",
+            ConditionType::Completed,
             true,
             "Completed",
             &message,
@@ -876,7 +877,7 @@ async fn deletion_blocked(
 ) -> Result<Action, Error> {
     condition::set(
         &mut status.conditions,
-        "Deleting",
+        ConditionType::Deleting,
         false,
         &why.reason,
         &why.message,
@@ -986,7 +987,7 @@ mod tests {
         assert_eq!(db.capacity.as_deref(), Some("5Gi"));
         assert_eq!(db.storage_class_name.as_deref(), Some("fast"));
         assert_eq!(status.volumes[1].pvc, "logs");
-        let completed = condition::find(&status.conditions, "Completed").unwrap();
+        let completed = condition::find(&status.conditions, ConditionType::Completed).unwrap();
         assert_eq!(
             (completed.status.as_str(), completed.reason.as_str()),
             ("False", "Running")
@@ -1053,7 +1054,8 @@ mod tests {
         assert_eq!(end.status.duration.as_deref(), Some("180s"));
         assert_eq!(end.seconds, 180.0);
         assert_eq!(end.changed_while_reading, None);
-        let consistent = condition::find(&end.status.conditions, "Consistent").unwrap();
+        let consistent =
+            condition::find(&end.status.conditions, ConditionType::Consistent).unwrap();
         assert_eq!(consistent.status, "True");
         assert!(
             end.message
@@ -1068,7 +1070,8 @@ mod tests {
         let status = finished_volumes(vec![("db", Step::Done(result("db", 3)))]);
         let end = ending(&backup(), status, at("02:01"));
         assert!(end.completed);
-        let consistent = condition::find(&end.status.conditions, "Consistent").unwrap();
+        let consistent =
+            condition::find(&end.status.conditions, ConditionType::Consistent).unwrap();
         assert_eq!(
             (consistent.status.as_str(), consistent.reason.as_str()),
             ("False", "ChangedWhileReading")
@@ -1098,7 +1101,7 @@ mod tests {
         let end = ending(&backup(), status, at("02:01"));
         assert!(!end.completed);
         assert_eq!(end.status.phase, BackupPhase::Failed);
-        let completed = condition::find(&end.status.conditions, "Completed").unwrap();
+        let completed = condition::find(&end.status.conditions, ConditionType::Completed).unwrap();
         assert_eq!(
             (completed.status.as_str(), completed.reason.as_str()),
             ("False", "RepositoryFull")

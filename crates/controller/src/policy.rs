@@ -5,6 +5,7 @@
 
 use crate::scheduling::{self, BackupSummary};
 use crate::{Context, Error, events, metrics, now, repository, retention};
+use backstop_api::condition::ConditionType;
 use backstop_api::condition::{self, Invalid};
 use backstop_api::{
     ARTIFACTS_FINALIZER, Backup, BackupPhase, BackupPolicy, BackupPolicyStatus, BackupSpec, labels,
@@ -195,7 +196,7 @@ fn decide(policy: &BackupPolicy, observed: &Observed) -> Decision {
     };
     condition::set(
         &mut status.conditions,
-        "Ready",
+        ConditionType::Ready,
         true,
         reason,
         &message,
@@ -304,13 +305,13 @@ fn refused(
     requeue_after: Option<Duration>,
 ) -> Decision {
     let ready = |status: &BackupPolicyStatus| {
-        condition::find(&status.conditions, "Ready")
+        condition::find(&status.conditions, ConditionType::Ready)
             .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
     };
     let before = ready(&status);
     condition::set(
         &mut status.conditions,
-        "Ready",
+        ConditionType::Ready,
         false,
         &why.reason,
         &why.message,
@@ -462,7 +463,7 @@ mod tests {
     }
 
     fn ready_condition(decision: &Decision) -> (String, String) {
-        let c = condition::find(&decision.status.conditions, "Ready").expect("Ready");
+        let c = condition::find(&decision.status.conditions, ConditionType::Ready).expect("Ready");
         (c.status.clone(), c.reason.clone())
     }
 

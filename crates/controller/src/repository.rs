@@ -7,6 +7,7 @@
 
 use crate::outcome::{self, termination_message};
 use crate::{Context, Error, events, jobs, now};
+use backstop_api::condition::ConditionType;
 use backstop_api::condition::{self, Invalid};
 use backstop_api::contract::{Blame, Reason};
 use backstop_api::{BackupRepository, labels, naming};
@@ -48,7 +49,7 @@ pub async fn readiness(ctx: &Context, repo: &BackupRepository) -> Result<(), Inv
         && let Some(full) = repo
             .status
             .as_ref()
-            .and_then(|s| condition::find(&s.conditions, "Ready"))
+            .and_then(|s| condition::find(&s.conditions, ConditionType::Ready))
     {
         return Err(Invalid::new(full.reason.clone(), full.message.clone()));
     }
@@ -101,7 +102,7 @@ pub fn probed_readiness(repo: &BackupRepository) -> Result<(), Invalid> {
     let ready = repo
         .status
         .as_ref()
-        .and_then(|s| condition::find(&s.conditions, "Ready"))
+        .and_then(|s| condition::find(&s.conditions, ConditionType::Ready))
         .filter(|c| c.observed_generation == repo.meta().generation);
     match ready {
         Some(c) if c.status == "True" => Ok(()),
@@ -253,7 +254,7 @@ pub fn full_until(repo: &BackupRepository, now: Timestamp) -> Option<Timestamp> 
     let ready = repo
         .status
         .as_ref()
-        .and_then(|s| condition::find(&s.conditions, "Ready"))?;
+        .and_then(|s| condition::find(&s.conditions, ConditionType::Ready))?;
     if ready.status != "False" || ready.reason != REPOSITORY_FULL {
         return None;
     }
@@ -333,8 +334,8 @@ async fn report(
     ready: Result<(), Invalid>,
 ) -> Result<(), Error> {
     let mut status = repo.status.clone().unwrap_or_default();
-    let was_ready =
-        condition::find(&status.conditions, "Ready").map(|c| (c.status.clone(), c.reason.clone()));
+    let was_ready = condition::find(&status.conditions, ConditionType::Ready)
+        .map(|c| (c.status.clone(), c.reason.clone()));
     let generation = repo.meta().generation;
     let (ok, reason, message) = match &ready {
         Ok(()) => (true, "Ready", "repository is usable"),
@@ -342,7 +343,7 @@ async fn report(
     };
     condition::set(
         &mut status.conditions,
-        "Ready",
+        ConditionType::Ready,
         ok,
         reason,
         message,
@@ -358,7 +359,7 @@ async fn report(
         })
         .set(i64::from(ok));
     let changed = was_ready
-        != condition::find(&status.conditions, "Ready")
+        != condition::find(&status.conditions, ConditionType::Ready)
             .map(|c| (c.status.clone(), c.reason.clone()));
     // A new repository whose PVC is still being bound (applied together with it) or whose
     // first probe runs is on its way, not broken: the condition says so, without a Warning.
@@ -443,7 +444,7 @@ mod tests {
             let mut conditions = Vec::new();
             condition::set(
                 &mut conditions,
-                "Ready",
+                ConditionType::Ready,
                 status == "True",
                 reason,
                 "",

@@ -8,6 +8,7 @@
 use crate::jobs::{self, ROLE_RESTORE, RestoreJob};
 use crate::outcome::{owned_by, termination_message};
 use crate::{Context, Error, events, metrics, now, repository, waiting};
+use backstop_api::condition::ConditionType;
 use backstop_api::condition::{self, Invalid};
 use backstop_api::contract::{self, Reason, RestoreResult};
 use backstop_api::restore::source_volume;
@@ -324,7 +325,7 @@ async fn start(
     let conditions = &mut status.conditions;
     condition::set(
         conditions,
-        "Completed",
+        ConditionType::Completed,
         false,
         "Running",
         "restore is running",
@@ -437,7 +438,7 @@ fn completed(
     let conditions = &mut status.conditions;
     condition::set(
         conditions,
-        "Completed",
+        ConditionType::Completed,
         true,
         "Completed",
         &message,
@@ -657,7 +658,7 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("was undone first"), "{message}");
-        let condition = condition::find(&status.conditions, "Completed").unwrap();
+        let condition = condition::find(&status.conditions, ConditionType::Completed).unwrap();
         assert_eq!(condition.status, "True");
     }
 }

@@ -3,6 +3,7 @@
 //! the reconcilers follow the watches of what they wait for (repositories, PVCs, policies,
 //! Backups) and look again when one of them changes, or when the start deadline passes.
 
+use backstop_api::condition::ConditionType;
 use backstop_api::condition::{self, Invalid};
 use backstop_api::waiting::{Refusal, Verdict, WaitingFor, decide};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
@@ -76,10 +77,10 @@ fn record(
     text: &str,
     generation: Option<i64>,
 ) -> bool {
-    let before = condition::find(conditions, "Completed").map(|c| c.reason.clone());
+    let before = condition::find(conditions, ConditionType::Completed).map(|c| c.reason.clone());
     condition::set(
         conditions,
-        "Completed",
+        ConditionType::Completed,
         false,
         reason,
         text,

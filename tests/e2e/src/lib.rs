@@ -9,6 +9,7 @@
 pub mod s3;
 
 use anyhow::{Context, bail};
+use backstop_api::condition::ConditionType;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
 use kube::Client;
@@ -285,7 +286,7 @@ pub async fn backup_failed(
         backstop_api::BackupPhase::Failed,
         "{status:?}"
     );
-    let failed = backstop_api::condition::find(&status.conditions, "Failed")
+    let failed = backstop_api::condition::find(&status.conditions, ConditionType::Failed)
         .with_context(|| format!("backup {name} has no Failed condition: {status:?}"))?;
     assert_eq!(failed.reason, reason, "{status:?}");
     wait_until(Duration::from_secs(30), "a BackupFailed event", || async {

@@ -1,6 +1,7 @@
 //! Backups as Kubernetes resources, end to end, with the operator running in the cluster under its
 //! own ServiceAccount: a per-minute policy on two PVCs, retention, artifacts read back with tar.
 
+use backstop_api::condition::ConditionType;
 use backstop_api::{Backup, BackupPhase, BackupPolicy, condition};
 use backstop_e2e::*;
 use k8s_openapi::api::batch::v1::Job;
@@ -92,7 +93,7 @@ async fn per_minute_policy_keeps_the_newest_two_completed_backups_with_their_art
     for name in &kept {
         let backup = backups.get(name).await?;
         let status = backup.status.clone().unwrap_or_default();
-        let consistent = condition::find(&status.conditions, "Consistent");
+        let consistent = condition::find(&status.conditions, ConditionType::Consistent);
         assert!(consistent.is_some_and(|c| c.status == "True"), "{status:?}");
         assert_eq!(status.volumes.len(), 2, "{status:?}");
         for (pvc, listing) in &sources {
@@ -189,7 +190,8 @@ async fn a_file_written_while_it_is_read_makes_a_backup_that_says_so() -> anyhow
     let status = backup.status.clone().unwrap_or_default();
     // Completed (every other file is exact), but not silently.
     assert_eq!(backup.phase(), BackupPhase::Completed, "{status:?}");
-    let consistent = condition::find(&status.conditions, "Consistent").expect("Consistent");
+    let consistent =
+        condition::find(&status.conditions, ConditionType::Consistent).expect("Consistent");
     assert_eq!(consistent.status, "False", "{status:?}");
     assert_eq!(consistent.reason, "ChangedWhileReading");
     assert!(

@@ -1,6 +1,7 @@
 //! Bad input and faults: each gives a condition with a reason and a Warning event, a Failed
 //! backup where it applies, and no storm of Jobs. The operator runs in the cluster.
 
+use backstop_api::condition::ConditionType;
 use backstop_api::{Backup, BackupPhase, BackupPolicy, BackupRepository, condition};
 use backstop_e2e::*;
 use k8s_openapi::api::batch::v1::Job;
@@ -28,7 +29,7 @@ async fn policy_refused(ns: &TestNamespace, name: &str, reason: &str) -> anyhow:
         || async {
             let p = api.get(name).await?;
             let conditions = p.status.map(|s| s.conditions).unwrap_or_default();
-            Ok(condition::find(&conditions, "Ready")
+            Ok(condition::find(&conditions, ConditionType::Ready)
                 .is_some_and(|c| c.status == "False" && c.reason == reason))
         },
     )
@@ -264,7 +265,7 @@ async fn a_full_repository_fails_the_backup_and_leaves_nothing_that_looks_comple
                 .status
                 .unwrap_or_default()
                 .conditions;
-            Ok(condition::find(&conditions, "Ready")
+            Ok(condition::find(&conditions, ConditionType::Ready)
                 .is_some_and(|c| c.status == "False" && c.reason == "RepositoryFull"))
         },
     )

@@ -1,6 +1,7 @@
 //! What one namespace's objects must not do to another's data, or to their own Backups: names
 //! that collide, Jobs that are not Backstop's, a Restore that would overwrite the repository.
 
+use backstop_api::condition::ConditionType;
 use backstop_api::{Backup, BackupPhase, Restore, condition, naming};
 use backstop_e2e::*;
 use k8s_openapi::api::batch::v1::Job;
@@ -82,7 +83,8 @@ async fn a_restore_into_the_repositorys_own_pvc_is_refused() -> anyhow::Result<(
     let r = finished_restore(&ns, "wipe", Duration::from_secs(60)).await?;
     let status = r.status.clone().unwrap_or_default();
     assert_eq!(r.phase(), BackupPhase::Failed, "{status:?}");
-    let reason = condition::find(&status.conditions, "Failed").map(|c| c.reason.clone());
+    let reason =
+        condition::find(&status.conditions, ConditionType::Failed).map(|c| c.reason.clone());
     assert_eq!(reason.as_deref(), Some("TargetIsRepository"), "{status:?}");
     assert_eq!(
         tree_listing(&repo_dir)?,

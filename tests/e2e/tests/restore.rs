@@ -3,6 +3,7 @@
 //! and Merge do what they say, a damaged artifact fails with the target unchanged, and restores
 //! of unfinished backups or into a volume in use are refused before any Job exists.
 
+use backstop_api::condition::ConditionType;
 use backstop_api::{Backup, BackupPhase, Restore, condition};
 use backstop_e2e::*;
 use k8s_openapi::api::batch::v1::Job;
@@ -44,7 +45,7 @@ async fn restore(
 
 fn reason(r: &Restore) -> String {
     let conditions = r.status.clone().unwrap_or_default().conditions;
-    condition::find(&conditions, "Failed")
+    condition::find(&conditions, ConditionType::Failed)
         .map(|c| c.reason.clone())
         .unwrap_or_default()
 }

@@ -3,6 +3,7 @@
 //! probes decide `Ready`; a policy backs up, retention deletes, a restore brings the tree back;
 //! wrong keys, a deleted bucket and a server stopped mid-upload each say what happened.
 
+use backstop_api::condition::ConditionType;
 use backstop_api::{Backup, BackupPhase, BackupPolicy, BackupRepository, Restore, condition};
 use backstop_e2e::s3::{ACCESS_KEY, S3Kind, S3Server, SECRET_KEY};
 use backstop_e2e::*;
@@ -52,7 +53,7 @@ async fn ready(ns: &TestNamespace, name: &str, status: &str) -> anyhow::Result<S
         || async {
             let repo = api.get(name).await?;
             let conditions = repo.status.unwrap_or_default().conditions;
-            Ok(condition::find(&conditions, "Ready")
+            Ok(condition::find(&conditions, ConditionType::Ready)
                 .filter(|c| c.status == status && c.reason != "Probing")
                 .map(|c| c.reason.clone()))
         },
