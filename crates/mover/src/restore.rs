@@ -413,21 +413,66 @@ struct Extract<'a> {
     skip_devices: bool,
 }
 
+/// The manifest's entries by exact path bytes (the manifest was checked, so every path decodes),
+/// and which of them the archive held so far, a byte each.
+struct Expected<'m> {
+    index: HashMap<Cow<'m, [u8]>, usize>,
+    seen: Vec<bool>,
+    seen_count: usize,
+}
+
+impl<'m> Expected<'m> {
+    fn new(manifest: &'m Manifest) -> Self {
+        Self {
+            index: manifest
+                .entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e.path_bytes().unwrap_or_default(), i))
+                .collect(),
+            seen: vec![false; manifest.entries.len()],
+            seen_count: 0,
+        }
+    }
+
+    /// The manifest index of the archive entry at `rel`: listed, and met for the first time.
+    fn claim(&mut self, rel: &Path, key: &str) -> Result<usize, RestoreError> {
+        let Some(&index) = self.index.get(rel.as_os_str().as_bytes()) else {
+            return Err(RestoreError::Integrity(format!(
+                "the archive holds {key:?}, which the manifest does not list"
+            )));
+        };
+        if std::mem::replace(&mut self.seen[index], true) {
+            return Err(RestoreError::Integrity(format!(
+                "the archive holds {key:?} twice"
+            )));
+        }
+        self.seen_count += 1;
+        Ok(index)
+    }
+
+    /// Every listed entry was in the archive.
+    fn all_seen(&self) -> Result<(), RestoreError> {
+        if self.seen_count != self.seen.len() {
+            return Err(RestoreError::Integrity(format!(
+                "the archive holds {} entries; the manifest lists {}",
+                self.seen_count,
+                self.seen.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Where an entry goes: its path under the target, and the target.
+type Dest<'a> = Option<(PathBuf, &'a Path)>;
+
 fn extract_entries(
     reader: impl Read,
     manifest: &Manifest,
     into: Option<Extract<'_>>,
 ) -> Result<RestoreResult, RestoreError> {
-    // By exact bytes (the manifest was checked, so every path decodes), to the entry's index;
-    // `seen` marks the entries the archive held, a byte each.
-    let expected: HashMap<Cow<'_, [u8]>, usize> = manifest
-        .entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.path_bytes().unwrap_or_default(), i))
-        .collect();
-    let mut seen = vec![false; manifest.entries.len()];
-    let mut seen_count = 0;
+    let mut expected = Expected::new(manifest);
     let mut result = RestoreResult {
         files: 0,
         bytes: 0,
@@ -450,36 +495,9 @@ fn extract_entries(
             .into_owned();
         let rel = safe_relative(&raw_path)?;
         let key = rel.to_string_lossy().into_owned();
-        let Some(&index) = expected.get(rel.as_os_str().as_bytes()) else {
-            return Err(RestoreError::Integrity(format!(
-                "the archive holds {key:?}, which the manifest does not list"
-            )));
-        };
-        if std::mem::replace(&mut seen[index], true) {
-            return Err(RestoreError::Integrity(format!(
-                "the archive holds {key:?} twice"
-            )));
-        }
-        seen_count += 1;
-        let meta = &manifest.entries[index];
-        // The archive and the manifest must agree on what the entry is, and on a file's size
-        // before a byte of it is written.
-        let kind = entry_kind(entry.header().entry_type());
-        if kind != Some(meta.kind) {
-            return Err(RestoreError::Integrity(format!(
-                "{key:?} is a {:?} entry in the archive; the manifest says {:?}",
-                entry.header().entry_type(),
-                meta.kind
-            )));
-        }
-        if meta.kind == EntryKind::File && entry.size() != meta.size {
-            return Err(RestoreError::Integrity(format!(
-                "{key:?} holds {} bytes in the archive; the manifest says {}",
-                entry.size(),
-                meta.size
-            )));
-        }
-        let dest = into.map(|into| (into.root.join(&rel), into.root));
+        let meta = &manifest.entries[expected.claim(&rel, &key)?];
+        agrees(&entry, meta, &key)?;
+        let dest: Dest<'_> = into.map(|into| (into.root.join(&rel), into.root));
         if let Some((path, root)) = &dest {
             check_parents(root, &rel)?;
             if meta.kind != EntryKind::Dir {
@@ -489,101 +507,17 @@ fn extract_entries(
         }
         match meta.kind {
             EntryKind::File => {
-                let mut hasher = blake3::Hasher::new();
-                let mut out = match &dest {
-                    Some((path, _)) => Some(
-                        OpenOptions::new()
-                            .write(true)
-                            .create_new(true)
-                            .open(path)
-                            .map_err(write_err(path))?,
-                    ),
-                    None => None,
-                };
-                let mut buf = vec![0u8; BLOCK];
-                let mut written = 0u64;
-                loop {
-                    let n = read_full(&mut entry, &mut buf).map_err(|e| {
-                        RestoreError::Integrity(format!("reading {key:?} from the archive: {e}"))
-                    })?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                    if let (Some(f), Some((path, _))) = (out.as_mut(), &dest) {
-                        if buf[..n].iter().all(|b| *b == 0) {
-                            f.seek(SeekFrom::Current(n as i64))
-                                .map_err(write_err(path))?;
-                        } else {
-                            f.write_all(&buf[..n]).map_err(write_err(path))?;
-                        }
-                    }
-                    written += n as u64;
-                }
-                if let (Some(f), Some((path, _))) = (out.as_mut(), &dest) {
-                    f.set_len(written).map_err(write_err(path))?;
-                }
-                let digest = hasher.finalize().to_hex().to_string();
-                if Some(digest.as_str()) != meta.blake3.as_deref() || written != meta.size {
-                    return Err(RestoreError::Integrity(format!(
-                        "{key:?} has BLAKE3 {digest} ({written} bytes); the manifest says {} ({} bytes)",
-                        meta.blake3.as_deref().unwrap_or("none"),
-                        meta.size
-                    )));
-                }
+                result.bytes += extract_file(&mut entry, meta, &key, &dest)?;
                 result.files += 1;
-                result.bytes += written;
             }
             EntryKind::Dir => {
                 if let Some((path, _)) = &dest {
-                    match fs::symlink_metadata(path) {
-                        Ok(m) if m.is_dir() => {}
-                        Ok(_) => {
-                            remove_all(path)?;
-                            fs::create_dir(path).map_err(write_err(path))?;
-                        }
-                        Err(_) => fs::create_dir(path).map_err(write_err(path))?,
-                    }
+                    make_dir(path)?;
                     deferred.push((rel.clone(), meta));
                 }
             }
-            EntryKind::Symlink => {
-                let target = meta.target_bytes().flatten().unwrap_or_default();
-                let in_archive = entry.link_name_bytes().map(|l| l.into_owned());
-                if in_archive.as_deref() != Some(&*target) {
-                    return Err(RestoreError::Integrity(format!(
-                        "symlink {key:?} points elsewhere than the manifest says"
-                    )));
-                }
-                if let Some((path, _)) = &dest {
-                    // Creating a link never writes through it; its target is kept as recorded.
-                    symlink(OsStr::from_bytes(&target), path).map_err(write_err(path))?;
-                }
-            }
-            EntryKind::Hardlink => {
-                let target = meta.target_bytes().flatten().unwrap_or_default();
-                let target = safe_relative(Path::new(OsStr::from_bytes(&target)))?;
-                let in_archive = entry.link_name().ok().flatten().map(|l| l.into_owned());
-                if in_archive.as_deref() != Some(target.as_path()) {
-                    return Err(RestoreError::Integrity(format!(
-                        "hardlink {key:?} links elsewhere than the manifest says"
-                    )));
-                }
-                if let Some((path, root)) = &dest {
-                    check_parents(root, &target)?;
-                    let source = root.join(&target);
-                    if fs::symlink_metadata(&source)
-                        .map(|m| !m.is_file())
-                        .unwrap_or(true)
-                    {
-                        return Err(RestoreError::Unsafe {
-                            path: key.clone(),
-                            why: "hardlinks to something that is not a restored file",
-                        });
-                    }
-                    fs::hard_link(&source, path).map_err(write_err(path))?;
-                }
-            }
+            EntryKind::Symlink => extract_symlink(&entry, meta, &key, &dest)?,
+            EntryKind::Hardlink => extract_hardlink(&entry, meta, &key, &dest)?,
             EntryKind::Char | EntryKind::Block if into.is_some_and(|i| i.skip_devices) => {
                 result.skipped_devices += 1;
                 result.entries += 1;
@@ -608,12 +542,7 @@ fn extract_entries(
         }
         result.entries += 1;
     }
-    if seen_count != manifest.entries.len() {
-        return Err(RestoreError::Integrity(format!(
-            "the archive holds {seen_count} entries; the manifest lists {}",
-            manifest.entries.len()
-        )));
-    }
+    expected.all_seen()?;
     // Directories last, deepest first: writing their children changed their times.
     if let Some(Extract { root, .. }) = into {
         for (rel, meta) in deferred.iter().rev() {
@@ -621,6 +550,147 @@ fn extract_entries(
         }
     }
     Ok(result)
+}
+
+/// The archive and the manifest must agree on what the entry is, and on a file's size before a
+/// byte of it is written.
+fn agrees<R: Read>(entry: &tar::Entry<'_, R>, meta: &Entry, key: &str) -> Result<(), RestoreError> {
+    let kind = entry_kind(entry.header().entry_type());
+    if kind != Some(meta.kind) {
+        return Err(RestoreError::Integrity(format!(
+            "{key:?} is a {:?} entry in the archive; the manifest says {:?}",
+            entry.header().entry_type(),
+            meta.kind
+        )));
+    }
+    if meta.kind == EntryKind::File && entry.size() != meta.size {
+        return Err(RestoreError::Integrity(format!(
+            "{key:?} holds {} bytes in the archive; the manifest says {}",
+            entry.size(),
+            meta.size
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a file entry, hashing it, and writes it (holes for blocks of zeros) when it has a
+/// destination; its size and BLAKE3 must be the manifest's. Returns the bytes read.
+fn extract_file<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    meta: &Entry,
+    key: &str,
+    dest: &Dest<'_>,
+) -> Result<u64, RestoreError> {
+    let mut hasher = blake3::Hasher::new();
+    let mut out = match dest {
+        Some((path, _)) => Some((
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map_err(write_err(path))?,
+            path,
+        )),
+        None => None,
+    };
+    let mut buf = vec![0u8; BLOCK];
+    let mut written = 0u64;
+    loop {
+        let n = read_full(entry, &mut buf).map_err(|e| {
+            RestoreError::Integrity(format!("reading {key:?} from the archive: {e}"))
+        })?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        if let Some((f, path)) = out.as_mut() {
+            if buf[..n].iter().all(|b| *b == 0) {
+                f.seek(SeekFrom::Current(n as i64))
+                    .map_err(write_err(path))?;
+            } else {
+                f.write_all(&buf[..n]).map_err(write_err(path))?;
+            }
+        }
+        written += n as u64;
+    }
+    if let Some((f, path)) = out.as_mut() {
+        f.set_len(written).map_err(write_err(path))?;
+    }
+    let digest = hasher.finalize().to_hex().to_string();
+    if Some(digest.as_str()) != meta.blake3.as_deref() || written != meta.size {
+        return Err(RestoreError::Integrity(format!(
+            "{key:?} has BLAKE3 {digest} ({written} bytes); the manifest says {} ({} bytes)",
+            meta.blake3.as_deref().unwrap_or("none"),
+            meta.size
+        )));
+    }
+    Ok(written)
+}
+
+/// A directory at `path`, replacing anything else there.
+fn make_dir(path: &Path) -> Result<(), RestoreError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => {
+            remove_all(path)?;
+            fs::create_dir(path).map_err(write_err(path))
+        }
+        Err(_) => fs::create_dir(path).map_err(write_err(path)),
+    }
+}
+
+/// A symlink entry must point where the manifest says; it is created with that target as
+/// recorded (creating a link never writes through it).
+fn extract_symlink<R: Read>(
+    entry: &tar::Entry<'_, R>,
+    meta: &Entry,
+    key: &str,
+    dest: &Dest<'_>,
+) -> Result<(), RestoreError> {
+    let target = meta.target_bytes().flatten().unwrap_or_default();
+    let in_archive = entry.link_name_bytes().map(|l| l.into_owned());
+    if in_archive.as_deref() != Some(&*target) {
+        return Err(RestoreError::Integrity(format!(
+            "symlink {key:?} points elsewhere than the manifest says"
+        )));
+    }
+    if let Some((path, _)) = dest {
+        symlink(OsStr::from_bytes(&target), path).map_err(write_err(path))?;
+    }
+    Ok(())
+}
+
+/// A hardlink entry must link where the manifest says, inside the target, to a file already
+/// restored there.
+fn extract_hardlink<R: Read>(
+    entry: &tar::Entry<'_, R>,
+    meta: &Entry,
+    key: &str,
+    dest: &Dest<'_>,
+) -> Result<(), RestoreError> {
+    let target = meta.target_bytes().flatten().unwrap_or_default();
+    let target = safe_relative(Path::new(OsStr::from_bytes(&target)))?;
+    let in_archive = entry.link_name().ok().flatten().map(|l| l.into_owned());
+    if in_archive.as_deref() != Some(target.as_path()) {
+        return Err(RestoreError::Integrity(format!(
+            "hardlink {key:?} links elsewhere than the manifest says"
+        )));
+    }
+    if let Some((path, root)) = dest {
+        check_parents(root, &target)?;
+        let source = root.join(&target);
+        if fs::symlink_metadata(&source)
+            .map(|m| !m.is_file())
+            .unwrap_or(true)
+        {
+            return Err(RestoreError::Unsafe {
+                path: key.to_string(),
+                why: "hardlinks to something that is not a restored file",
+            });
+        }
+        fs::hard_link(&source, path).map_err(write_err(path))?;
+    }
+    Ok(())
 }
 
 /// The manifest kind a tar entry type stands for (none for types Backstop never writes).
