@@ -109,135 +109,194 @@ pub fn write<W: Write>(root: &Path, out: W) -> Result<(Archived, W), ArchiveErro
             archived.totals.skipped_sockets += 1;
             continue;
         }
-        let mut entry = Entry {
-            mode: meta.mode,
-            uid: u64::from(meta.uid),
-            gid: u64::from(meta.gid),
-            mtime: meta.mtime,
-            mtime_nanos: meta.mtime_nanos,
-            ..Default::default()
-        };
-        entry.set_path(&raw_rel);
-        let mut header = Header::new_ustar();
-        let mut pax: Vec<(&str, Vec<u8>)> = Vec::new();
-        match (&child, meta.kind) {
-            (_, Kind::Dir) => {
-                entry.kind = EntryKind::Dir;
-                header.set_entry_type(EntryType::Directory);
-                archived.totals.dirs += 1;
-            }
-            (walk::Child::Symlink(target, _), _) => {
-                entry.kind = EntryKind::Symlink;
-                header.set_entry_type(EntryType::Symlink);
-                set_link(&mut header, &mut pax, target);
-                entry.set_target(target);
-                archived.totals.symlinks += 1;
-            }
-            (_, Kind::File) => {
-                if meta.nlink > 1
-                    && let Some(first) = first_link_paths.get(&(meta.dev, meta.ino))
-                {
-                    entry.kind = EntryKind::Hardlink;
-                    header.set_entry_type(EntryType::Link);
-                    set_link(&mut header, &mut pax, first);
-                    entry.set_target(first);
-                    archived.totals.hardlinks += 1;
-                } else {
-                    if meta.nlink > 1 {
-                        first_link_paths.insert((meta.dev, meta.ino), raw_rel.clone());
-                    }
-                    entry.size = meta.size;
-                    header.set_entry_type(EntryType::Regular);
-                    archived.totals.files += 1;
-                    archived.totals.bytes += meta.size;
-                }
-            }
-            (_, kind) => {
-                let (tar_kind, entry_kind) = match kind {
-                    Kind::Fifo => (EntryType::Fifo, EntryKind::Fifo),
-                    Kind::Char => (EntryType::Char, EntryKind::Char),
-                    _ => (EntryType::Block, EntryKind::Block),
-                };
-                header.set_entry_type(tar_kind);
-                entry.kind = entry_kind;
-                header
-                    .set_device_major(libc::major(meta.rdev))
-                    .map_err(ArchiveError::Write)?;
-                header
-                    .set_device_minor(libc::minor(meta.rdev))
-                    .map_err(ArchiveError::Write)?;
-                archived.totals.specials += 1;
-            }
-        }
-
-        set_path(
-            &mut header,
-            &mut pax,
+        let (mut entry, link) = describe(
+            &child,
+            &meta,
             &raw_rel,
-            entry.kind == EntryKind::Dir,
+            &mut first_link_paths,
+            &mut archived.totals,
         );
-        header.set_mode(entry.mode);
-        set_id(&mut pax, "uid", entry.uid, |v| header.set_uid(v));
-        set_id(&mut pax, "gid", entry.gid, |v| header.set_gid(v));
-        header.set_mtime(u64::try_from(entry.mtime).unwrap_or(0));
-        if entry.mtime_nanos != 0 || entry.mtime < 0 {
-            pax.push((
-                "mtime",
-                format_pax_time(entry.mtime, entry.mtime_nanos).into_bytes(),
-            ));
-        }
-        header.set_size(entry.size.min(USTAR_MAX));
-        if entry.size > USTAR_MAX {
-            pax.push(("size", entry.size.to_string().into_bytes()));
-        }
-
+        let (header, pax) = header_for(&entry, &raw_rel, link.as_deref(), meta.rdev)?;
         if !pax.is_empty() {
             // A PAX extended header (`x`) entry carrying the records for the entry that follows.
             builder
                 .append_pax_extensions(pax.iter().map(|(key, value)| (*key, value.as_slice())))
                 .map_err(ArchiveError::Write)?;
         }
-        header.set_cksum();
         match child {
             walk::Child::File(file, _) if entry.kind == EntryKind::File => {
-                let mut content = ExactContent::new(file, entry.size);
-                let out = builder.get_mut();
-                out.write_all(header.as_bytes())
-                    .map_err(ArchiveError::Write)?;
-                loop {
-                    let n = content.read(&mut chunk).map_err(read_error(&raw_rel))?;
-                    if n == 0 {
-                        break;
-                    }
-                    out.write_all(&chunk[..n]).map_err(ArchiveError::Write)?;
-                }
-                let padding = (BLOCK - entry.size % BLOCK) % BLOCK;
-                out.write_all(&[0; BLOCK as usize][..padding as usize])
-                    .map_err(ArchiveError::Write)?;
+                let content = ExactContent::new(file, entry.size);
+                let content = append_content(builder.get_mut(), &header, content, &mut chunk)
+                    .map_err(|e| match e {
+                        Copy::Read(source) => read_error(&raw_rel)(source),
+                        Copy::Write(source) => ArchiveError::Write(source),
+                    })?;
                 if content.size_changed {
                     archived.changed.push(&rel);
                 }
                 entry.blake3 = Some(content.hasher.finalize().to_hex().to_string());
-                archived.entries.push(entry);
             }
             walk::Child::Dir(below, _) => {
                 builder
                     .append(&header, io::empty())
                     .map_err(ArchiveError::Write)?;
-                archived.entries.push(entry);
                 let names = below.names().map_err(read_error(&raw_rel))?;
                 stack.push((below, names.into_iter(), raw_rel));
             }
-            _ => {
-                builder
-                    .append(&header, io::empty())
-                    .map_err(ArchiveError::Write)?;
-                archived.entries.push(entry);
-            }
+            _ => builder
+                .append(&header, io::empty())
+                .map_err(ArchiveError::Write)?,
         }
+        archived.entries.push(entry);
     }
     let out = builder.into_inner().map_err(ArchiveError::Write)?;
     Ok((archived, out))
+}
+
+/// The manifest entry of a walked child (its digest comes with its content), and the path its
+/// tar header links to: a symlink's target, or the first path of a file linked more than once
+/// (later paths are hardlinks to it).
+fn describe(
+    child: &walk::Child,
+    meta: &walk::Stat,
+    raw_rel: &[u8],
+    first_link_paths: &mut HashMap<(u64, u64), Vec<u8>>,
+    totals: &mut Totals,
+) -> (Entry, Option<Vec<u8>>) {
+    let mut entry = Entry {
+        mode: meta.mode,
+        uid: u64::from(meta.uid),
+        gid: u64::from(meta.gid),
+        mtime: meta.mtime,
+        mtime_nanos: meta.mtime_nanos,
+        ..Default::default()
+    };
+    entry.set_path(raw_rel);
+    let mut link = None;
+    match (child, meta.kind) {
+        (_, Kind::Dir) => {
+            entry.kind = EntryKind::Dir;
+            totals.dirs += 1;
+        }
+        (walk::Child::Symlink(target, _), _) => {
+            entry.kind = EntryKind::Symlink;
+            entry.set_target(target);
+            link = Some(target.clone());
+            totals.symlinks += 1;
+        }
+        (_, Kind::File) => {
+            if meta.nlink > 1
+                && let Some(first) = first_link_paths.get(&(meta.dev, meta.ino))
+            {
+                entry.kind = EntryKind::Hardlink;
+                entry.set_target(first);
+                link = Some(first.clone());
+                totals.hardlinks += 1;
+            } else {
+                if meta.nlink > 1 {
+                    first_link_paths.insert((meta.dev, meta.ino), raw_rel.to_vec());
+                }
+                entry.kind = EntryKind::File;
+                entry.size = meta.size;
+                totals.files += 1;
+                totals.bytes += meta.size;
+            }
+        }
+        (_, kind) => {
+            entry.kind = match kind {
+                Kind::Fifo => EntryKind::Fifo,
+                Kind::Char => EntryKind::Char,
+                _ => EntryKind::Block,
+            };
+            totals.specials += 1;
+        }
+    }
+    (entry, link)
+}
+
+/// PAX extended header records (key, value) for one entry.
+type PaxRecords = Vec<(&'static str, Vec<u8>)>;
+
+/// The ustar header of `entry` (checksummed), and the PAX records for what ustar cannot hold:
+/// long paths and link targets, large ids and sizes, sub-second and pre-1970 times.
+fn header_for(
+    entry: &Entry,
+    raw_rel: &[u8],
+    link: Option<&[u8]>,
+    rdev: u64,
+) -> Result<(Header, PaxRecords), ArchiveError> {
+    let mut header = Header::new_ustar();
+    let mut pax = PaxRecords::new();
+    header.set_entry_type(match entry.kind {
+        EntryKind::Dir => EntryType::Directory,
+        EntryKind::Symlink => EntryType::Symlink,
+        EntryKind::Hardlink => EntryType::Link,
+        EntryKind::File => EntryType::Regular,
+        EntryKind::Fifo => EntryType::Fifo,
+        EntryKind::Char => EntryType::Char,
+        EntryKind::Block => EntryType::Block,
+    });
+    if let Some(target) = link {
+        set_link(&mut header, &mut pax, target);
+    }
+    if matches!(
+        entry.kind,
+        EntryKind::Fifo | EntryKind::Char | EntryKind::Block
+    ) {
+        header
+            .set_device_major(libc::major(rdev))
+            .map_err(ArchiveError::Write)?;
+        header
+            .set_device_minor(libc::minor(rdev))
+            .map_err(ArchiveError::Write)?;
+    }
+    set_path(&mut header, &mut pax, raw_rel, entry.kind == EntryKind::Dir);
+    header.set_mode(entry.mode);
+    set_id(&mut pax, "uid", entry.uid, |v| header.set_uid(v));
+    set_id(&mut pax, "gid", entry.gid, |v| header.set_gid(v));
+    header.set_mtime(u64::try_from(entry.mtime).unwrap_or(0));
+    if entry.mtime_nanos != 0 || entry.mtime < 0 {
+        pax.push((
+            "mtime",
+            format_pax_time(entry.mtime, entry.mtime_nanos).into_bytes(),
+        ));
+    }
+    header.set_size(entry.size.min(USTAR_MAX));
+    if entry.size > USTAR_MAX {
+        pax.push(("size", entry.size.to_string().into_bytes()));
+    }
+    header.set_cksum();
+    Ok((header, pax))
+}
+
+/// Which side of a copy failed.
+enum Copy {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Writes `header` and exactly the content's size (see `ExactContent`) in `chunk`-sized pieces,
+/// padded to the tar block; returns the content, which has hashed what it handed out.
+fn append_content<W: Write>(
+    out: &mut W,
+    header: &Header,
+    mut content: ExactContent,
+    chunk: &mut [u8],
+) -> Result<ExactContent, Copy> {
+    out.write_all(header.as_bytes()).map_err(Copy::Write)?;
+    let mut size = 0u64;
+    loop {
+        let n = content.read(chunk).map_err(Copy::Read)?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&chunk[..n]).map_err(Copy::Write)?;
+        size += n as u64;
+    }
+    let padding = (BLOCK - size % BLOCK) % BLOCK;
+    out.write_all(&[0; BLOCK as usize][..padding as usize])
+        .map_err(Copy::Write)?;
+    Ok(content)
 }
 
 fn raw_rel_path(prefix: &[u8], name: &[u8]) -> Vec<u8> {
@@ -253,7 +312,7 @@ fn raw_rel_path(prefix: &[u8], name: &[u8]) -> Vec<u8> {
 
 /// Puts the path in the ustar header when it fits (ASCII, name ≤ 100 bytes or a prefix/name
 /// split), otherwise in a PAX `path` record with a truncated stand-in in the header.
-fn set_path(header: &mut Header, pax: &mut Vec<(&str, Vec<u8>)>, rel: &[u8], dir: bool) {
+fn set_path(header: &mut Header, pax: &mut PaxRecords, rel: &[u8], dir: bool) {
     let mut path = rel.to_vec();
     if dir {
         path.push(b'/');
@@ -273,7 +332,7 @@ fn set_path(header: &mut Header, pax: &mut Vec<(&str, Vec<u8>)>, rel: &[u8], dir
     }
 }
 
-fn set_link(header: &mut Header, pax: &mut Vec<(&str, Vec<u8>)>, target: &[u8]) {
+fn set_link(header: &mut Header, pax: &mut PaxRecords, target: &[u8]) {
     let fits = target.is_ascii()
         && target.len() <= 100
         && header
@@ -284,7 +343,7 @@ fn set_link(header: &mut Header, pax: &mut Vec<(&str, Vec<u8>)>, target: &[u8]) 
     }
 }
 
-fn set_id(pax: &mut Vec<(&str, Vec<u8>)>, key: &'static str, id: u64, set: impl FnOnce(u64)) {
+fn set_id(pax: &mut PaxRecords, key: &'static str, id: u64, set: impl FnOnce(u64)) {
     if id > USTAR_ID_MAX {
         pax.push((key, id.to_string().into_bytes()));
         set(0);
