@@ -76,23 +76,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
     let metrics = Arc::new(Metrics::new());
-    let health = Health {
-        metrics: metrics.clone(),
-        ready: Arc::new(AtomicBool::new(false)),
-    };
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .with_state(health.clone());
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
-    tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).await {
-            tracing::error!(%err, "health server stopped");
-        }
-    });
+    let ready = Arc::new(AtomicBool::new(false));
+    serve_health(args.listen, metrics.clone(), ready.clone()).await?;
 
     let identity = args
         .identity
@@ -110,7 +95,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             )
         })?;
     let (mut leading, lease_task) = lease.watch().await;
-    health.ready.store(true, Ordering::SeqCst);
+    ready.store(true, Ordering::SeqCst);
     tracing::info!(%identity, "waiting to become the leader");
 
     let terminated = shutdown_signal();
@@ -130,49 +115,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     tracing::info!(%identity, "leading");
 
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "backstop".into(),
-            instance: Some(identity.clone()),
-        },
-    );
-    let mover = MoverConfig {
-        image: args.mover_image,
-        pull_policy: args.mover_pull_policy,
-        host_network: args.mover_host_network,
-        resources: args
-            .mover_resources
-            .unwrap_or_else(backstop_controller::jobs::default_resources),
-        ..MoverConfig::default()
-    };
     // Stop when told to, or as soon as the Lease is lost (another replica may be leading).
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let reconcilers = scopes.into_iter().map(|scope| {
-        tracing::info!(?scope, "starting the reconcilers");
-        let (client, recorder, mover, metrics) = (
+    let context = Shared {
+        recorder: Recorder::new(
             client.clone(),
-            recorder.clone(),
-            mover.clone(),
-            metrics.clone(),
-        );
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let stores = backstop_controller::stores::Stores::start(&client, scope).await;
-            let ctx = Arc::new(Context {
-                client,
-                recorder,
-                mover,
-                metrics,
-                stores,
-            });
-            backstop_controller::run(ctx, async move {
-                let _ = stop.wait_for(|stopped| *stopped).await;
-            })
-            .await;
-        })
-    });
-    let reconcilers = futures::future::join_all(reconcilers);
+            Reporter {
+                controller: "backstop".into(),
+                instance: Some(identity.clone()),
+            },
+        ),
+        mover: mover_config(&args),
+        metrics,
+        client,
+    };
+    let reconcilers = futures::future::join_all(
+        scopes
+            .into_iter()
+            .map(|scope| tokio::spawn(reconcile(context.clone(), scope, stop_rx.clone()))),
+    );
     let lost = async {
         while leading.changed().await.is_ok() {
             if !*leading.borrow() {
@@ -193,6 +154,67 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// /healthz, /readyz (once leader election is set up) and /metrics on `listen`.
+async fn serve_health(
+    listen: SocketAddr,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(Health { metrics, ready });
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            tracing::error!(%err, "health server stopped");
+        }
+    });
+    Ok(())
+}
+
+fn mover_config(args: &Args) -> MoverConfig {
+    MoverConfig {
+        image: args.mover_image.clone(),
+        pull_policy: args.mover_pull_policy.clone(),
+        host_network: args.mover_host_network,
+        resources: args
+            .mover_resources
+            .clone()
+            .unwrap_or_else(backstop_controller::jobs::default_resources),
+        ..MoverConfig::default()
+    }
+}
+
+/// What every scope's reconcilers share.
+#[derive(Clone)]
+struct Shared {
+    client: kube::Client,
+    recorder: Recorder,
+    mover: MoverConfig,
+    metrics: Arc<Metrics>,
+}
+
+/// Watches `scope` and runs its reconcilers until `stop` turns true.
+async fn reconcile(shared: Shared, scope: Scope, mut stop: tokio::sync::watch::Receiver<bool>) {
+    tracing::info!(?scope, "starting the reconcilers");
+    let stores = backstop_controller::stores::Stores::start(&shared.client, scope).await;
+    let ctx = Arc::new(Context {
+        client: shared.client,
+        recorder: shared.recorder,
+        mover: shared.mover,
+        metrics: shared.metrics,
+        stores,
+    });
+    backstop_controller::run(ctx, async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    })
+    .await;
 }
 
 async fn readyz(State(health): State<Health>) -> (StatusCode, &'static str) {

@@ -538,20 +538,14 @@ fn ending(backup: &Backup, mut status: BackupStatus, end: jiff::Timestamp) -> En
         );
         // Never a silent Completed: entries that changed while read are a condition, a Warning
         // and part of the message.
-        let (consistent, reason, detail) = match status.changed_while_reading() {
-            Some((count, detail)) => {
-                message.push_str(&format!(
-                    "; {count} changed while read, see the Consistent condition"
-                ));
-                changed_while_reading = Some(detail.clone());
-                (false, "ChangedWhileReading", detail)
-            }
-            None => (
-                true,
-                "NothingChangedWhileReading",
-                "no file changed while it was read".to_string(),
-            ),
-        };
+        let (consistent, reason, detail) = consistency(&status);
+        if !consistent {
+            let count = status.changed_while_reading().map_or(0, |(count, _)| count);
+            message.push_str(&format!(
+                "; {count} changed while read, see the Consistent condition"
+            ));
+            changed_while_reading = Some(detail.clone());
+        }
         let conditions = &mut status.conditions;
         condition::set(
             conditions,
@@ -574,21 +568,9 @@ fn ending(backup: &Backup, mut status: BackupStatus, end: jiff::Timestamp) -> En
         message
     } else {
         status.phase = BackupPhase::Failed;
-        let failures: Vec<String> = status
-            .volumes
-            .iter()
-            .filter(|v| v.phase == BackupPhase::Failed)
-            .map(|v| format!("PVC {}: {}", v.pvc, v.message.clone().unwrap_or_default()))
-            .collect();
-        let reason = status
-            .volumes
-            .iter()
-            .find_map(|v| v.reason.clone())
-            .unwrap_or_else(|| "VolumeFailed".into());
-        let message = failures.join("; ");
-        let why = Invalid::new(reason, message.clone());
+        let why = failure(&status);
         condition::set_failed(&mut status.conditions, &why, generation, end);
-        message
+        why.message
     };
     status.message = Some(message.clone());
     Ending {
@@ -597,6 +579,35 @@ fn ending(backup: &Backup, mut status: BackupStatus, end: jiff::Timestamp) -> En
         message,
         changed_while_reading,
         seconds,
+    }
+}
+
+/// Why a backup with failed volumes failed: the first failed volume's reason, and every failed
+/// volume's message.
+fn failure(status: &BackupStatus) -> Invalid {
+    let failures: Vec<String> = status
+        .volumes
+        .iter()
+        .filter(|v| v.phase == BackupPhase::Failed)
+        .map(|v| format!("PVC {}: {}", v.pvc, v.message.clone().unwrap_or_default()))
+        .collect();
+    let reason = status
+        .volumes
+        .iter()
+        .find_map(|v| v.reason.clone())
+        .unwrap_or_else(|| "VolumeFailed".into());
+    Invalid::new(reason, failures.join("; "))
+}
+
+/// The Consistent condition of a completed backup: whether nothing changed while it was read.
+fn consistency(status: &BackupStatus) -> (bool, &'static str, String) {
+    match status.changed_while_reading() {
+        Some((_, detail)) => (false, "ChangedWhileReading", detail),
+        None => (
+            true,
+            "NothingChangedWhileReading",
+            "no file changed while it was read".to_string(),
+        ),
     }
 }
 
