@@ -69,3 +69,78 @@ pub fn scheduled(policy: &BackupPolicy, scheduled: &str, phase: BackupPhase) -> 
     });
     Arc::new(backup)
 }
+
+/// A mocked API server and a Context whose client talks to it (see `ApiServer`).
+pub fn mocked() -> (crate::Context, ApiServer) {
+    let (service, handle) = tower_test::mock::pair::<
+        http::Request<kube::client::Body>,
+        http::Response<kube::client::Body>,
+    >();
+    let client = kube::Client::new(service, NAMESPACE);
+    let ctx = crate::Context {
+        recorder: kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "backstop".into(),
+                instance: None,
+            },
+        ),
+        client,
+        mover: crate::jobs::MoverConfig::default(),
+        metrics: Arc::new(crate::metrics::Metrics::new()),
+        stores: crate::stores::Stores::unwatched(),
+    };
+    (ctx, ApiServer(handle))
+}
+
+/// The API server's side of `mocked`: each expected request in turn.
+pub struct ApiServer(
+    tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<kube::client::Body>>,
+);
+
+impl ApiServer {
+    /// Whether the client sent nothing more (call once the client is dropped).
+    pub async fn idle(mut self) -> bool {
+        self.0.next_request().await.is_none()
+    }
+
+    /// The next request: checks its method and path, answers `status` with `body`, and returns
+    /// the request's own body as JSON.
+    pub async fn expect(
+        &mut self,
+        method: &str,
+        path: &str,
+        status: u16,
+        body: serde_json::Value,
+    ) -> serde_json::Value {
+        let (request, respond) = self
+            .0
+            .next_request()
+            .await
+            .unwrap_or_else(|| panic!("expected {method} {path}, the client sent nothing"));
+        assert_eq!(
+            (request.method().as_str(), request.uri().path()),
+            (method, path),
+            "unexpected request"
+        );
+        let sent = request
+            .into_body()
+            .collect_bytes()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let response = http::Response::builder()
+            .status(status)
+            .body(kube::client::Body::from(
+                serde_json::to_vec(&body).unwrap_or_default(),
+            ))
+            .unwrap_or_else(|e| panic!("{e}"));
+        respond.send_response(response);
+        serde_json::from_slice(&sent).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// The API server's answer that an object of that name exists.
+pub fn already_exists() -> serde_json::Value {
+    serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "reason": "AlreadyExists", "code": 409, "message": "already exists"})
+}

@@ -602,4 +602,73 @@ mod tests {
             Some(Time(at("01:05")))
         );
     }
+
+    const BACKUPS: &str = "/apis/backstop.dev/v1alpha1/namespaces/shop/backups";
+    const STATUS: &str =
+        "/apis/backstop.dev/v1alpha1/namespaces/shop/backuppolicies/nightly/status";
+
+    #[tokio::test]
+    async fn a_due_run_creates_its_backup_and_then_records_it_in_the_status() {
+        let (ctx, mut api) = fixtures::mocked();
+        let policy = fixtures::policy("nightly", "0 2 * * *", Some(3));
+        let decision = decide(&policy, &ready("02:00", vec![]));
+        let expected = decision.create.clone().unwrap();
+        let patched = serde_json::to_value(&policy).unwrap();
+        let server = tokio::spawn(async move {
+            let sent = api
+                .expect(
+                    "POST",
+                    BACKUPS,
+                    201,
+                    serde_json::to_value(&expected).unwrap(),
+                )
+                .await;
+            assert_eq!(sent["metadata"]["name"], expected.metadata.name.unwrap());
+            assert_eq!(sent["metadata"]["finalizers"][0], ARTIFACTS_FINALIZER);
+            let patch = api.expect("PATCH", STATUS, 200, patched).await;
+            assert_eq!(
+                patch["status"]["lastScheduleTime"], "2026-11-26T02:00:00Z",
+                "{patch}"
+            );
+            assert_eq!(patch["status"]["conditions"][0]["reason"], "Scheduled");
+            api
+        });
+        let action = apply(&ctx, &policy, decision).await.unwrap();
+        assert_ne!(action, Action::await_change(), "woken for the next run");
+        let api = server.await.unwrap();
+        drop(ctx);
+        assert!(api.idle().await, "nothing else was sent");
+    }
+
+    #[tokio::test]
+    async fn a_run_another_replica_made_already_is_not_an_error() {
+        let (ctx, mut api) = fixtures::mocked();
+        let policy = fixtures::policy("nightly", "0 2 * * *", None);
+        let decision = decide(&policy, &ready("02:00", vec![]));
+        let patched = serde_json::to_value(&policy).unwrap();
+        let server = tokio::spawn(async move {
+            api.expect("POST", BACKUPS, 409, fixtures::already_exists())
+                .await;
+            api.expect("PATCH", STATUS, 200, patched).await;
+        });
+        apply(&ctx, &policy, decision).await.unwrap();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_create_is_an_error_and_records_nothing() {
+        let (ctx, mut api) = fixtures::mocked();
+        let policy = fixtures::policy("nightly", "0 2 * * *", None);
+        let decision = decide(&policy, &ready("02:00", vec![]));
+        let server = tokio::spawn(async move {
+            let forbidden = serde_json::json!({"kind": "Status", "apiVersion": "v1",
+                "status": "Failure", "reason": "Forbidden", "code": 403, "message": "no"});
+            api.expect("POST", BACKUPS, 403, forbidden).await;
+            api
+        });
+        assert!(apply(&ctx, &policy, decision).await.is_err());
+        let api = server.await.unwrap();
+        drop(ctx);
+        assert!(api.idle().await, "no status was written");
+    }
 }

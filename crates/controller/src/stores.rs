@@ -109,6 +109,31 @@ impl Stores {
     }
 }
 
+#[cfg(test)]
+impl Stores {
+    /// Stores that no watch fills, for reconciler tests against a mocked API: every lookup goes
+    /// to the API server, and `has_jobs_of` cannot say "none".
+    pub(crate) fn unwatched() -> Self {
+        fn empty<K: crate::Watched>() -> Shared<K> {
+            Shared {
+                store: reflector::store().0,
+                scope: crate::Scope::Cluster,
+                events: std::sync::Mutex::new(Vec::new()),
+            }
+        }
+        Self {
+            policies: empty(),
+            backups: empty(),
+            repositories: empty(),
+            claims: empty(),
+            jobs: reflector::store().0,
+            scope: crate::Scope::Cluster,
+            jobs_listed: false,
+            watches: Vec::new(),
+        }
+    }
+}
+
 impl Drop for Stores {
     fn drop(&mut self) {
         for watch in &self.watches {
