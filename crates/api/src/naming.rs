@@ -169,11 +169,21 @@ mod tests {
                     operator: "DoesNotExist".into(),
                     values: None,
                 },
+                LabelSelectorRequirement {
+                    key: "env".into(),
+                    operator: "NotIn".into(),
+                    values: Some(vec!["test".into()]),
+                },
+                LabelSelectorRequirement {
+                    key: "backup".into(),
+                    operator: "Exists".into(),
+                    values: None,
+                },
             ]),
         };
         assert_eq!(
             selector_string(&selector).unwrap(),
-            "app=postgres,tier in (a,b),!legacy"
+            "app=postgres,tier in (a,b),!legacy,env notin (test),backup"
         );
         let bad = LabelSelector {
             match_expressions: Some(vec![LabelSelectorRequirement {

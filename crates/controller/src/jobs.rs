@@ -820,4 +820,58 @@ mod tests {
         assert_eq!(spec.active_deadline_seconds, Some(PROBE_DEADLINE_SECONDS));
         assert!(spec.template.spec.unwrap().volumes.unwrap().is_empty());
     }
+
+    #[test]
+    fn a_backup_job_compresses_as_its_repository_says() {
+        let (backup, mut repo) = fixtures();
+        for compression in [
+            backstop_api::Compression::Gzip,
+            backstop_api::Compression::None,
+            backstop_api::Compression::Zstd,
+        ] {
+            repo.spec.compression = compression;
+            let job = backup_job(&backup, "db", None, &repo, &MoverConfig::default());
+            let args = job.spec.unwrap().template.spec.unwrap().containers[0]
+                .args
+                .clone()
+                .unwrap();
+            let at = args.iter().position(|a| a == "--compression").unwrap();
+            assert_eq!(args[at + 1], compression.as_str());
+        }
+    }
+
+    #[test]
+    fn only_the_restore_target_is_writable_in_a_restore_job() {
+        let (_, repo) = fixtures();
+        let mut restore = Restore::new("back", Default::default());
+        restore.metadata.namespace = Some("shop".into());
+        let job = restore_job(
+            &restore,
+            RestoreJob {
+                repository: &repo,
+                manifest: "shop/b/db.manifest.json".into(),
+                artifact_digest: None,
+                target_pvc: "db-restored",
+                policy: ExistingDataPolicy::FailIfNotEmpty,
+                untrusted: false,
+                node: None,
+            },
+            &MoverConfig::default(),
+        );
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let volumes = pod.volumes.unwrap();
+        let claim = |name: &str| {
+            volumes
+                .iter()
+                .find(|v| v.name == name)
+                .and_then(|v| v.persistent_volume_claim.clone())
+                .unwrap()
+        };
+        assert_eq!(claim("repository").read_only, Some(true));
+        assert_eq!(claim("target").read_only, None);
+        let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+        let mount = |name: &str| mounts.iter().find(|m| m.name == name).unwrap().read_only;
+        assert_eq!(mount("repository"), Some(true));
+        assert_eq!(mount("target"), None);
+    }
 }

@@ -83,4 +83,27 @@ mod tests {
         ];
         assert_eq!(expired(&backups, Some(1)), vec!["c1"]);
     }
+
+    #[test]
+    fn keep_last_below_one_deletes_nothing() {
+        // Validation refuses keepLast < 1; retention must not rely on it.
+        let backups = [
+            backup("b1", 1, BackupPhase::Completed),
+            backup("b2", 2, BackupPhase::Completed),
+        ];
+        assert!(expired(&backups, Some(0)).is_empty());
+        assert!(expired(&backups, Some(-1)).is_empty());
+    }
+
+    #[test]
+    fn newest_means_the_scheduled_time_not_when_the_object_was_created() {
+        // A catch-up run for 01:00 created at 05:00 is older than the 02:00 run created at 02:00.
+        let mut late_catch_up = backup("for-0100", 1, BackupPhase::Completed);
+        late_catch_up.created = Some(Timestamp::from_second(1_800_000_000 + 5 * 60).unwrap());
+        let on_time = backup("for-0200", 2, BackupPhase::Completed);
+        assert_eq!(
+            expired(&[late_catch_up, on_time], Some(1)),
+            vec!["for-0100"]
+        );
+    }
 }

@@ -183,4 +183,75 @@ mod tests {
         assert_eq!(p.next, None);
         assert_eq!(p.requeue_after, None);
     }
+
+    #[test]
+    fn a_backup_being_deleted_does_not_hold_up_the_next_run() {
+        let s = Schedule::parse("0 * * * *", None).unwrap();
+        let mut going = scheduled("p-1", "2026-11-21T01:00:00Z", BackupPhase::Running);
+        going.deleting = true;
+        let p = plan(
+            &s,
+            false,
+            None,
+            ts("2026-11-21T00:00:00Z"),
+            &[going],
+            ts("2026-11-21T02:00:05Z"),
+        );
+        assert_eq!(p.run, Some(ts("2026-11-21T02:00:00Z")));
+        assert_eq!(p.waiting_for, None);
+    }
+
+    #[test]
+    fn runs_fire_at_the_schedules_local_time_in_winter_and_in_summer() {
+        let s = Schedule::parse("0 2 * * *", Some("Europe/Paris")).unwrap();
+        // 02:00 in Paris is 01:00 UTC in winter (CET) and 00:00 UTC in summer (CEST).
+        for (since, now, due) in [
+            (
+                "2026-11-20T12:00:00Z",
+                "2026-11-21T01:00:01Z",
+                "2026-11-21T01:00:00Z",
+            ),
+            (
+                "2026-06-30T12:00:00Z",
+                "2026-07-01T00:00:01Z",
+                "2026-07-01T00:00:00Z",
+            ),
+        ] {
+            let p = plan(&s, false, None, ts(since), &[], ts(now));
+            assert_eq!(p.run, Some(ts(due)), "{now}");
+        }
+        // The night clocks go forward (2026-03-29 in Paris), the next run still comes at 02:00
+        // local the following night.
+        let p = plan(
+            &s,
+            false,
+            None,
+            ts("2026-03-29T12:00:00Z"),
+            &[],
+            ts("2026-03-29T12:00:01Z"),
+        );
+        assert_eq!(p.next, Some(ts("2026-03-30T00:00:00Z")));
+    }
+
+    #[test]
+    fn no_run_is_due_from_before_the_policy_existed() {
+        // A policy recreated under an old name finds its predecessor's backups: their times do
+        // not make the hour it was created in (or any before) due.
+        let s = Schedule::parse("0 * * * *", None).unwrap();
+        let old = [scheduled(
+            "p-old",
+            "2026-11-21T01:00:00Z",
+            BackupPhase::Completed,
+        )];
+        let p = plan(
+            &s,
+            false,
+            Some(ts("2026-11-21T01:00:00Z")),
+            ts("2026-11-21T10:00:00Z"),
+            &old,
+            ts("2026-11-21T10:30:00Z"),
+        );
+        assert_eq!(p.run, None);
+        assert_eq!(p.next, Some(ts("2026-11-21T11:00:00Z")));
+    }
 }

@@ -349,7 +349,23 @@ fn archives_that_escape_the_target_are_refused() {
                 entry("escape/evil", EntryKind::File, None, Some(b"x")),
             ],
         ),
+        (
+            "a hardlink to a file outside",
+            Box::new(|b| {
+                file(b, b"a", b"x");
+                b.append(
+                    &raw_header(b"l", tar::EntryType::Link, 0, Some("../../victim")),
+                    &b""[..],
+                )
+                .unwrap();
+            }),
+            vec![
+                entry("a", EntryKind::File, None, Some(b"x")),
+                entry("l", EntryKind::Hardlink, Some("../../victim"), None),
+            ],
+        ),
     ];
+    fs::write(tmp.path().join("victim"), "secret\n").unwrap();
     for (name, build, entries) in cases {
         let case_dir = tmp.path().join(name);
         let target = case_dir.join("target");
@@ -378,6 +394,8 @@ fn archives_that_escape_the_target_are_refused() {
         "nothing was written outside"
     );
     assert!(!tmp.path().join("evil").exists());
+    let victim = fs::metadata(tmp.path().join("victim")).unwrap();
+    assert_eq!(victim.nlink(), 1, "no link to the file outside was made");
 }
 
 /// A regular file entry for a crafted archive.
@@ -501,6 +519,25 @@ fn the_archive_and_the_manifest_must_agree_entry_by_entry() {
                 "a file bigger than the manifest says",
                 Box::new(|b| file(b, b"big", &[7u8; 1 << 20])),
                 vec![entry("big", EntryKind::File, None, Some(b"small"))],
+            ),
+        ),
+        (
+            "the archive holds 1 entries; the manifest lists 2",
+            (
+                "an entry the archive lacks",
+                Box::new(|b| file(b, b"a", b"x")),
+                vec![
+                    entry("a", EntryKind::File, None, Some(b"x")),
+                    entry("lost", EntryKind::File, None, Some(b"y")),
+                ],
+            ),
+        ),
+        (
+            "has BLAKE3",
+            (
+                "a file whose content is not the one the manifest names",
+                Box::new(|b| file(b, b"a", b"x")),
+                vec![entry("a", EntryKind::File, None, Some(b"y"))],
             ),
         ),
     ];
@@ -881,4 +918,43 @@ fn a_manifest_of_another_format_or_an_unknown_compression_is_refused_not_guessed
         assert!(err.to_string().contains(expected), "{field}: {err}");
         assert_eq!(fs::read_dir(&f.target).unwrap().count(), 0, "{field}");
     }
+}
+
+#[test]
+fn the_artifact_must_be_the_one_its_manifest_names_even_when_every_file_matches() {
+    let f = backed_up(Compression::Zstd);
+    let path = f.repo_dir.join("ns/b/data.manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    manifest["artifact"]["blake3"] = serde_json::json!(blake3::hash(b"other").to_hex().to_string());
+    fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let err = restore::restore(
+        &f.repo,
+        "ns/b/data.manifest.json",
+        &f.target,
+        &RestoreOptions::default(),
+    )
+    .unwrap_err();
+    assert_eq!(err.reason(), Reason::IntegrityCheckFailed, "{err}");
+    assert_eq!(fs::read_dir(&f.target).unwrap().count(), 0);
+    let err = restore::verify(&f.repo, "ns/b/data.manifest.json", None).unwrap_err();
+    assert_eq!(err.reason(), Reason::IntegrityCheckFailed, "{err}");
+}
+
+#[test]
+fn a_fresh_filesystems_lost_and_found_does_not_make_the_target_non_empty() {
+    let f = backed_up(Compression::Zstd);
+    fs::create_dir(f.target.join("lost+found")).unwrap();
+    restore::restore(
+        &f.repo,
+        "ns/b/data.manifest.json",
+        &f.target,
+        &RestoreOptions {
+            policy: ExistingDataPolicy::FailIfNotEmpty,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(f.target.join("lost+found").is_dir(), "kept");
+    assert!(f.target.join("a/file.txt").is_file());
 }
