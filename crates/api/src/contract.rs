@@ -422,4 +422,83 @@ mod tests {
         assert_eq!(dir, "shop/nightly");
         assert_eq!(manifest_key(&dir, "db"), "shop/nightly/db.manifest.json");
     }
+
+    fn words(text: &str) -> Vec<String> {
+        text.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn a_request_is_the_exact_command_line_the_mover_reads() {
+        let backup = Request::Backup {
+            repository: Location::Dir("/repository/sub".into()),
+            source: SOURCE_MOUNT.into(),
+            pvc: "db".into(),
+            dir: backup_dir("shop", "nightly"),
+            compression: Compression::Gzip,
+        };
+        assert_eq!(
+            backup.to_args(),
+            words(
+                "mover backup --source /source --pvc db --dir shop/nightly --compression gzip \
+                 --repository /repository/sub --termination-log /dev/termination-log"
+            )
+        );
+        let restore = Request::Restore {
+            repository: Location::S3(S3Location {
+                bucket: "b".into(),
+                prefix: "team".into(),
+                force_path_style: true,
+                retry_timeout_seconds: Some(10),
+                ..S3Location::default()
+            }),
+            manifest: "shop/n/db.manifest.json".into(),
+            target: TARGET_MOUNT.into(),
+            existing_data_policy: ExistingDataPolicy::Overwrite,
+            artifact_digest: Some("ab".into()),
+            untrusted: true,
+        };
+        assert_eq!(
+            restore.to_args(),
+            words(
+                "mover restore --manifest shop/n/db.manifest.json --target /target \
+                 --existing-data-policy Overwrite --artifact-digest ab --untrusted \
+                 --s3-bucket b --s3-prefix team --s3-force-path-style \
+                 --s3-retry-timeout-seconds 10 --termination-log /dev/termination-log"
+            )
+        );
+        let probe = Request::Probe {
+            repository: Location::S3(S3Location {
+                bucket: "b".into(),
+                ..S3Location::default()
+            }),
+        };
+        assert_eq!(
+            probe.to_args(),
+            words("mover probe --s3-bucket b --termination-log /dev/termination-log")
+        );
+    }
+
+    #[test]
+    fn a_reason_reads_as_its_name() {
+        assert_eq!(Reason::TlsHandshakeFailed.to_string(), "TLSHandshakeFailed");
+    }
+
+    #[test]
+    fn results_leave_out_what_did_not_happen() {
+        let mut result = BackupResult {
+            pvc: "db".into(),
+            artifact: "a".into(),
+            bytes: 1,
+            digest: "d".into(),
+            files: 1,
+            source_bytes: 1,
+            changed_while_reading: 0,
+            changed_files: Vec::new(),
+        };
+        let text = serde_json::to_string(&result).unwrap();
+        assert!(!text.contains("changedWhileReading"), "{text}");
+        result.changed_while_reading = 2;
+        let text = serde_json::to_string(&result).unwrap();
+        assert!(text.contains(r#""changedWhileReading":2"#), "{text}");
+    }
 }

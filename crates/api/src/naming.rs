@@ -195,4 +195,55 @@ mod tests {
         };
         assert_eq!(selector_string(&bad).unwrap_err().reason, "InvalidSelector");
     }
+
+    #[test]
+    fn a_long_name_is_cut_to_exactly_the_limit_with_its_hash() {
+        let long = "x".repeat(300);
+        let fitted = fit(&long, LABEL_MAX);
+        assert_eq!(fitted.len(), LABEL_MAX);
+        assert!(fitted.starts_with(&"x".repeat(LABEL_MAX - 9)), "{fitted}");
+        assert_eq!(label_value(&long), fitted);
+        assert_eq!(label_value("db"), "db");
+    }
+
+    /// Names must not change between versions: an upgraded operator looks for the Jobs of
+    /// running backups and restores by these names.
+    #[test]
+    fn job_names_are_stable_across_versions() {
+        assert_eq!(
+            backup_job("nightly-202611210200", "db"),
+            "nightly-202611210200-db-475aa4d4"
+        );
+        assert_eq!(
+            delete_job("nightly-202611210200"),
+            "nightly-202611210200-delete-4fdb6df0"
+        );
+        assert_eq!(restore_job("back"), "back-restore-0e95ec8e");
+        assert_eq!(probe_job("s3", 1_795_300_000), "s3-probe-1795300000");
+        assert_eq!(
+            fit(&"y".repeat(70), LABEL_MAX),
+            "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy-a909bd8b"
+        );
+        let long_repo = "r".repeat(70);
+        let probe = probe_job(&long_repo, 1_795_300_000);
+        assert_eq!(probe.len(), LABEL_MAX, "{probe}");
+        assert!(probe.ends_with("-probe-1795300000"), "{probe}");
+    }
+
+    #[test]
+    fn an_unknown_selector_operator_is_invalid() {
+        let selector = LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "app".into(),
+                operator: "Matches".into(),
+                values: None,
+            }]),
+            ..Default::default()
+        };
+        assert_eq!(
+            validate_selector(&selector).unwrap_err().reason,
+            "InvalidSelector"
+        );
+        assert!(validate_selector(&LabelSelector::default()).is_ok());
+    }
 }

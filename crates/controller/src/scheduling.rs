@@ -114,8 +114,9 @@ mod tests {
         );
         assert_eq!(p.run, None);
         assert_eq!(p.next, Some(ts("2026-11-22T02:00:00Z")));
-        let wait = p.requeue_after.unwrap();
-        assert!(wait > Duration::from_secs(15 * 3600) && wait < Duration::from_secs(16 * 3600));
+        // Just after the next run: a hair early would find nothing due.
+        let to_next = Duration::from_secs(15 * 3600 + 55 * 60);
+        assert_eq!(p.requeue_after, Some(to_next + Duration::from_millis(200)));
     }
 
     #[test]
