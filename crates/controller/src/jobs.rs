@@ -802,13 +802,21 @@ mod tests {
                 {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "AWS_SECRET_ACCESS_KEY"}}},
             ])
         );
-        let volumes: Vec<String> = pod
-            .volumes
-            .unwrap()
+        let volumes = pod.volumes.unwrap();
+        let names: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["source", "s3-ca"]);
+        let ca = volumes[1].secret.as_ref().unwrap();
+        assert_eq!(ca.secret_name.as_deref(), Some("minio-ca"));
+        let mount = container
+            .volume_mounts
             .iter()
-            .map(|v| v.name.clone())
-            .collect();
-        assert_eq!(volumes, ["source", "s3-ca"]);
+            .flatten()
+            .find(|m| m.name == "s3-ca")
+            .unwrap();
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            (CA_MOUNT, Some(true))
+        );
 
         repo.spec.s3.as_mut().unwrap().ca_secret_ref = None;
         let probe = probe_job(&repo, 1_795_300_000, &MoverConfig::default());
@@ -873,5 +881,145 @@ mod tests {
         let mount = |name: &str| mounts.iter().find(|m| m.name == name).unwrap().read_only;
         assert_eq!(mount("repository"), Some(true));
         assert_eq!(mount("target"), None);
+    }
+
+    /// The whole backup Job, field by field: a field dropped or changed in the builder (a lost
+    /// label, a writable source, a token mounted, another termination path) fails here.
+    #[test]
+    fn a_backup_job_is_exactly_this() {
+        let (backup, repo) = fixtures();
+        let job = backup_job(&backup, "data", None, &repo, &MoverConfig::default());
+        let expected = serde_json::json!(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {
+                "labels": {
+                    "app.kubernetes.io/managed-by": "backstop",
+                    "backstop.dev/backup": "nightly-202611210200",
+                    "backstop.dev/policy": "nightly",
+                    "backstop.dev/pvc": "data",
+                    "backstop.dev/role": "backup"
+                },
+                "name": "nightly-202611210200-data-25192fae",
+                "namespace": "shop",
+                "ownerReferences": [
+                    {
+                        "apiVersion": "backstop.dev/v1alpha1",
+                        "controller": true,
+                        "kind": "Backup",
+                        "name": "nightly-202611210200",
+                        "uid": "uid-1"
+                    }
+                ]
+            },
+            "spec": {
+                "activeDeadlineSeconds": 21600,
+                "backoffLimit": 0,
+                "template": {
+                    "metadata": {
+                        "labels": {
+                            "app.kubernetes.io/managed-by": "backstop",
+                            "backstop.dev/backup": "nightly-202611210200",
+                            "backstop.dev/policy": "nightly",
+                            "backstop.dev/pvc": "data",
+                            "backstop.dev/role": "backup"
+                        }
+                    },
+                    "spec": {
+                        "automountServiceAccountToken": false,
+                        "containers": [
+                            {
+                                "args": [
+                                    "mover",
+                                    "backup",
+                                    "--source",
+                                    "/source",
+                                    "--pvc",
+                                    "data",
+                                    "--dir",
+                                    "shop/nightly-202611210200",
+                                    "--compression",
+                                    "zstd",
+                                    "--repository",
+                                    "/repository/cluster-a",
+                                    "--termination-log",
+                                    "/dev/termination-log"
+                                ],
+                                "env": [],
+                                "image": "backstop:dev",
+                                "imagePullPolicy": "IfNotPresent",
+                                "name": "mover",
+                                "resources": {
+                                    "limits": {
+                                        "memory": "1Gi"
+                                    },
+                                    "requests": {
+                                        "cpu": "100m",
+                                        "memory": "128Mi"
+                                    }
+                                },
+                                "securityContext": {
+                                    "allowPrivilegeEscalation": false,
+                                    "capabilities": {
+                                        "add": [
+                                            "DAC_OVERRIDE"
+                                        ],
+                                        "drop": [
+                                            "ALL"
+                                        ]
+                                    },
+                                    "readOnlyRootFilesystem": true,
+                                    "runAsGroup": 0,
+                                    "runAsUser": 0,
+                                    "seccompProfile": {
+                                        "type": "RuntimeDefault"
+                                    }
+                                },
+                                "terminationMessagePath": "/dev/termination-log",
+                                "terminationMessagePolicy": "File",
+                                "volumeMounts": [
+                                    {
+                                        "mountPath": "/source",
+                                        "name": "source",
+                                        "readOnly": true
+                                    },
+                                    {
+                                        "mountPath": "/repository",
+                                        "name": "repository"
+                                    }
+                                ]
+                            }
+                        ],
+                        "hostNetwork": false,
+                        "restartPolicy": "Never",
+                        "volumes": [
+                            {
+                                "name": "source",
+                                "persistentVolumeClaim": {
+                                    "claimName": "data",
+                                    "readOnly": true
+                                }
+                            },
+                            {
+                                "name": "repository",
+                                "persistentVolumeClaim": {
+                                    "claimName": "backups"
+                                }
+                            }
+                        ]
+                    }
+                }
+            }
+        }
+        );
+        assert_eq!(serde_json::to_value(&job).unwrap(), expected);
+    }
+
+    #[test]
+    fn a_repository_sub_path_of_only_slashes_is_the_volume_root() {
+        let (_, mut repo) = fixtures();
+        repo.spec.pvc.as_mut().unwrap().sub_path = Some("/".into());
+        assert_eq!(location(&repo), Location::Dir(REPOSITORY_MOUNT.into()));
     }
 }
