@@ -94,6 +94,24 @@ pub fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
+/// Marks a finished operation as completed: `Completed=True` with `message`.
+pub fn set_completed(
+    conditions: &mut Vec<Condition>,
+    message: &str,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+) {
+    set(
+        conditions,
+        ConditionType::Completed,
+        true,
+        "Completed",
+        message,
+        generation,
+        now,
+    );
+}
+
 /// Marks a finished operation as failed: `Completed=False` and `Failed=True`, both with `why`.
 pub fn set_failed(
     conditions: &mut Vec<Condition>,

@@ -556,15 +556,7 @@ fn ending(backup: &Backup, mut status: BackupStatus, end: jiff::Timestamp) -> En
             generation,
             end,
         );
-        condition::set(
-            conditions,
-            ConditionType::Completed,
-            true,
-            "Completed",
-            &message,
-            generation,
-            end,
-        );
+        condition::set_completed(conditions, &message, generation, end);
         message
     } else {
         status.phase = BackupPhase::Failed;

@@ -435,16 +435,7 @@ fn completed(
     }
     status.message = Some(message.clone());
     let generation = restore.meta().generation;
-    let conditions = &mut status.conditions;
-    condition::set(
-        conditions,
-        ConditionType::Completed,
-        true,
-        "Completed",
-        &message,
-        generation,
-        end,
-    );
+    condition::set_completed(&mut status.conditions, &message, generation, end);
     status
 }
 
