@@ -314,13 +314,13 @@ pub async fn finished_backup(
 }
 
 /// Waits until the Backups seen Completed in the namespace (even if deleted since, by retention)
-/// are `enough`; any Backup that fails meanwhile fails the test.
+/// are `enough`, and returns their names; any Backup that fails meanwhile fails the test.
 pub async fn completed_runs(
     ns: &TestNamespace,
     timeout: Duration,
     what: &str,
     enough: impl Fn(&std::collections::BTreeSet<String>) -> bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<std::collections::BTreeSet<String>> {
     let backups = ns.api::<backstop_api::Backup>();
     let seen = std::sync::Mutex::new(std::collections::BTreeSet::new());
     wait_until(timeout, what, || async {
@@ -339,7 +339,8 @@ pub async fn completed_runs(
         }
         Ok(enough(&seen))
     })
-    .await
+    .await?;
+    seen.into_inner().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Waits until Restore `name` has finished (Completed or Failed) and returns it.

@@ -40,7 +40,7 @@ async fn per_minute_policy_keeps_the_newest_two_completed_backups_with_their_art
     .await?;
 
     // At least three runs complete; retention leaves the newest two.
-    completed_runs(
+    let seen = completed_runs(
         &ns,
         Duration::from_secs(300),
         "three completed runs",
@@ -73,6 +73,12 @@ async fn per_minute_policy_keeps_the_newest_two_completed_backups_with_their_art
     )
     .await?;
     kept.sort();
+    // The two kept are the newest of every run seen completed (scheduled names sort by time).
+    let mut every: Vec<String> = seen.into_iter().chain(kept.iter().cloned()).collect();
+    every.sort();
+    every.dedup();
+    assert!(every.len() >= 3, "{every:?}");
+    assert_eq!(kept, every[every.len() - 2..], "kept {kept:?} of {every:?}");
 
     // The repository holds exactly the kept backups; the deleted ones' artifacts are gone.
     wait_until(
