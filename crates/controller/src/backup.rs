@@ -6,8 +6,7 @@
 use crate::jobs::{self, ROLE_BACKUP};
 use crate::outcome::{JOB_NAME_TAKEN, job_name_taken, owned_by, termination_message};
 use crate::{Context, Error, events, metrics, now, repository, waiting};
-use backstop_api::condition::ConditionType;
-use backstop_api::condition::{self, Invalid};
+use backstop_api::condition::{self, ConditionType, Invalid};
 use backstop_api::contract::{BackupResult, Failure};
 use backstop_api::waiting::{Refusal, Verdict, WaitingFor};
 use backstop_api::{
@@ -538,14 +537,20 @@ fn ending(backup: &Backup, mut status: BackupStatus, end: jiff::Timestamp) -> En
         );
         // Never a silent Completed: entries that changed while read are a condition, a Warning
         // and part of the message.
-        let (consistent, reason, detail) = consistency(&status);
-        if !consistent {
-            let count = status.changed_while_reading().map_or(0, |(count, _)| count);
-            message.push_str(&format!(
-                "; {count} changed while read, see the Consistent condition"
-            ));
-            changed_while_reading = Some(detail.clone());
-        }
+        let (consistent, reason, detail) = match status.changed_while_reading() {
+            Some((count, detail)) => {
+                message.push_str(&format!(
+                    "; {count} changed while read, see the Consistent condition"
+                ));
+                changed_while_reading = Some(detail.clone());
+                (false, "ChangedWhileReading", detail)
+            }
+            None => (
+                true,
+                "NothingChangedWhileReading",
+                "no file changed while it was read".to_string(),
+            ),
+        };
         let conditions = &mut status.conditions;
         condition::set(
             conditions,
@@ -589,18 +594,6 @@ fn failure(status: &BackupStatus) -> Invalid {
         .find_map(|v| v.reason.clone())
         .unwrap_or_else(|| "VolumeFailed".into());
     Invalid::new(reason, failures.join("; "))
-}
-
-/// The Consistent condition of a completed backup: whether nothing changed while it was read.
-fn consistency(status: &BackupStatus) -> (bool, &'static str, String) {
-    match status.changed_while_reading() {
-        Some((_, detail)) => (false, "ChangedWhileReading", detail),
-        None => (
-            true,
-            "NothingChangedWhileReading",
-            "no file changed while it was read".to_string(),
-        ),
-    }
 }
 
 async fn finish(ctx: &Context, backup: &Backup, status: BackupStatus) -> Result<Action, Error> {

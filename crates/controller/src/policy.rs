@@ -5,8 +5,7 @@
 
 use crate::scheduling::{self, BackupSummary};
 use crate::{Context, Error, events, metrics, now, repository, retention};
-use backstop_api::condition::ConditionType;
-use backstop_api::condition::{self, Invalid};
+use backstop_api::condition::{self, ConditionType, Invalid};
 use backstop_api::{
     ARTIFACTS_FINALIZER, Backup, BackupPhase, BackupPolicy, BackupPolicyStatus, BackupSpec, labels,
     naming,

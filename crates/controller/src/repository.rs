@@ -7,8 +7,7 @@
 
 use crate::outcome::{self, termination_message};
 use crate::{Context, Error, events, jobs, now};
-use backstop_api::condition::ConditionType;
-use backstop_api::condition::{self, Invalid};
+use backstop_api::condition::{self, ConditionType, Invalid};
 use backstop_api::contract::{Blame, Reason};
 use backstop_api::{BackupRepository, labels, naming};
 use futures::StreamExt;

@@ -8,8 +8,7 @@
 use crate::jobs::{self, ROLE_RESTORE, RestoreJob};
 use crate::outcome::{owned_by, termination_message};
 use crate::{Context, Error, events, metrics, now, repository, waiting};
-use backstop_api::condition::ConditionType;
-use backstop_api::condition::{self, Invalid};
+use backstop_api::condition::{self, ConditionType, Invalid};
 use backstop_api::contract::{self, Reason, RestoreResult};
 use backstop_api::restore::source_volume;
 use backstop_api::waiting::{Refusal, Verdict, WaitingFor};

@@ -3,8 +3,7 @@
 //! the reconcilers follow the watches of what they wait for (repositories, PVCs, policies,
 //! Backups) and look again when one of them changes, or when the start deadline passes.
 
-use backstop_api::condition::ConditionType;
-use backstop_api::condition::{self, Invalid};
+use backstop_api::condition::{self, ConditionType, Invalid};
 use backstop_api::waiting::{Refusal, Verdict, WaitingFor, decide};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::storage::v1::StorageClass;
