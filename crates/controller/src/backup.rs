@@ -389,7 +389,8 @@ async fn start_job(
     if crate::create_once(&jobs_api, &job).await? {
         let name = job.name_any();
         let message = format!("Created Job {name} to back up PVC {pvc:?}");
-        events::normal(&ctx.recorder, backup, "JobCreated", message).await;
+        let related = job.object_ref(&());
+        events::normal_related(&ctx.recorder, backup, related, "JobCreated", message).await;
     }
     Ok(())
 }

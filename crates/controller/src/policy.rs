@@ -345,9 +345,18 @@ async fn apply(ctx: &Context, policy: &BackupPolicy, decision: Decision) -> Resu
     }
     if deleted > 0 {
         let keep = policy.spec.retention.keep_last.unwrap_or_default();
-        events::normal(
+        // Related to the first backup deleted, so that the next cleanup is an event of its own.
+        let first = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some(Backup::api_version(&()).into_owned()),
+            kind: Some(Backup::kind(&()).into_owned()),
+            namespace: Some(namespace.clone()),
+            name: decision.expire.first().cloned(),
+            ..Default::default()
+        };
+        events::normal_related(
             &ctx.recorder,
             policy,
+            first,
             "CleanupTriggered",
             format!(
                 "Deleted {deleted} old backup{} (keepLast={keep}): {}",

@@ -362,15 +362,15 @@ fn format_pax_time(secs: i64, nanos: u32) -> String {
 
 /// Reads exactly `size` bytes from a file that may change underneath (cut when it grew, padded
 /// with zeros when it shrank), hashing what it hands out so the digest matches the archive.
-struct ExactContent {
-    file: File,
+struct ExactContent<R = File> {
+    file: R,
     remaining: u64,
     hasher: blake3::Hasher,
     size_changed: bool,
 }
 
-impl ExactContent {
-    fn new(file: File, size: u64) -> Self {
+impl<R: Read> ExactContent<R> {
+    fn new(file: R, size: u64) -> Self {
         Self {
             file,
             remaining: size,
@@ -380,7 +380,7 @@ impl ExactContent {
     }
 }
 
-impl Read for ExactContent {
+impl<R: Read> Read for ExactContent<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.remaining == 0 {
             // Anything still readable means the file grew while we read it.
@@ -415,5 +415,283 @@ impl Read for ExactContent {
         self.hasher.update(&buf[..n]);
         self.remaining -= n as u64;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_entries_are_all_counted_and_the_first_few_named() {
+        let mut changed = Changed::default();
+        let long = "x".repeat(CHANGED_NAME_MAX + 50);
+        for i in 0..7 {
+            changed.push(&if i == 0 {
+                long.clone()
+            } else {
+                format!("f{i}")
+            });
+        }
+        assert_eq!(changed.count, 7);
+        assert_eq!(changed.named.len(), CHANGED_NAMED);
+        assert!(
+            changed.named[0].len() <= CHANGED_NAME_MAX,
+            "{}",
+            changed.named[0]
+        );
+        assert_eq!(changed.named[1..], ["f1", "f2", "f3", "f4"]);
+    }
+
+    fn stat(kind: Kind, ino: u64, nlink: u64) -> walk::Stat {
+        walk::Stat {
+            kind,
+            dev: 1,
+            ino,
+            mode: 0o644,
+            nlink,
+            uid: 0,
+            gid: 0,
+            size: 10,
+            rdev: 0,
+            mtime: 0,
+            mtime_nanos: 0,
+        }
+    }
+
+    #[test]
+    fn a_file_linked_once_is_not_remembered_and_a_link_that_went_away_is_content() {
+        let mut first = HashMap::new();
+        let mut totals = Totals::default();
+        let other = walk::Child::Other(stat(Kind::File, 0, 1));
+        // Linked once: stored as content, and its inode is not kept (memory per million files).
+        let (entry, link) = describe(
+            &other,
+            &stat(Kind::File, 7, 1),
+            b"a",
+            &mut first,
+            &mut totals,
+        );
+        assert_eq!((entry.kind, link), (EntryKind::File, None));
+        assert!(first.is_empty());
+        // Linked twice: the first path has the content, the second links to it.
+        let (entry, _) = describe(
+            &other,
+            &stat(Kind::File, 8, 2),
+            b"b",
+            &mut first,
+            &mut totals,
+        );
+        assert_eq!(entry.kind, EntryKind::File);
+        let (entry, link) = describe(
+            &other,
+            &stat(Kind::File, 8, 2),
+            b"c",
+            &mut first,
+            &mut totals,
+        );
+        assert_eq!(entry.kind, EntryKind::Hardlink);
+        assert_eq!(link.as_deref(), Some(&b"b"[..]));
+        // The inode's other link was removed during the walk: this path is the content.
+        let (entry, link) = describe(
+            &other,
+            &stat(Kind::File, 8, 1),
+            b"d",
+            &mut first,
+            &mut totals,
+        );
+        assert_eq!((entry.kind, entry.size, link), (EntryKind::File, 10, None));
+        assert_eq!((totals.files, totals.hardlinks, totals.bytes), (3, 1, 30));
+    }
+
+    fn entry(kind: EntryKind) -> Entry {
+        Entry {
+            kind,
+            mode: 0o644,
+            ..Default::default()
+        }
+    }
+
+    fn records(pax: &PaxRecords) -> Vec<(&str, String)> {
+        pax.iter()
+            .map(|(k, v)| (*k, String::from_utf8_lossy(v).into_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn pax_records_only_for_what_ustar_cannot_hold() -> Result<(), ArchiveError> {
+        let plain = entry(EntryKind::File);
+        let (header, pax) = header_for(&plain, b"f", None, 0)?;
+        assert!(pax.is_empty(), "{:?}", records(&pax));
+        assert_eq!(header.mtime().ok(), Some(0));
+
+        let mut e = entry(EntryKind::File);
+        e.mtime = 5;
+        e.mtime_nanos = 7;
+        assert_eq!(
+            records(&header_for(&e, b"f", None, 0)?.1),
+            [("mtime", "5.000000007".into())]
+        );
+        e.mtime = -5;
+        e.mtime_nanos = 0;
+        let (header, pax) = header_for(&e, b"f", None, 0)?;
+        assert_eq!(records(&pax), [("mtime", "-5".into())]);
+        assert_eq!(header.mtime().ok(), Some(0));
+
+        let mut e = entry(EntryKind::File);
+        e.size = USTAR_MAX;
+        let (header, pax) = header_for(&e, b"f", None, 0)?;
+        assert!(pax.is_empty());
+        assert_eq!(header.size().ok(), Some(USTAR_MAX));
+        e.size = USTAR_MAX + 1;
+        let (header, pax) = header_for(&e, b"f", None, 0)?;
+        assert_eq!(records(&pax), [("size", (USTAR_MAX + 1).to_string())]);
+        assert_eq!(header.size().ok(), Some(USTAR_MAX));
+
+        let mut e = entry(EntryKind::File);
+        e.uid = USTAR_ID_MAX;
+        e.gid = USTAR_ID_MAX + 1;
+        let (header, pax) = header_for(&e, b"f", None, 0)?;
+        assert_eq!(records(&pax), [("gid", (USTAR_ID_MAX + 1).to_string())]);
+        assert_eq!(header.uid().ok(), Some(USTAR_ID_MAX));
+        assert_eq!(header.gid().ok(), Some(0));
+        e.uid = 1000;
+        assert_eq!(header_for(&e, b"f", None, 0)?.0.uid().ok(), Some(1000));
+        Ok(())
+    }
+
+    #[test]
+    fn link_targets_over_100_bytes_or_not_ascii_go_in_pax() -> Result<(), ArchiveError> {
+        let link = entry(EntryKind::Symlink);
+        let short = "t".repeat(100);
+        let (header, pax) = header_for(&link, b"l", Some(short.as_bytes()), 0)?;
+        assert!(pax.is_empty(), "{:?}", records(&pax));
+        let name = header.link_name_bytes().map(|n| n.into_owned());
+        assert_eq!(name.as_deref(), Some(short.as_bytes()));
+        let long = "t".repeat(101);
+        let (_, pax) = header_for(&link, b"l", Some(long.as_bytes()), 0)?;
+        assert_eq!(records(&pax), [("linkpath", long)]);
+        let (_, pax) = header_for(&link, b"l", Some("é".as_bytes()), 0)?;
+        assert_eq!(records(&pax), [("linkpath", "é".into())]);
+        Ok(())
+    }
+
+    #[test]
+    fn pax_times_have_nanoseconds_only_when_there_are_some() {
+        assert_eq!(format_pax_time(12, 0), "12");
+        assert_eq!(format_pax_time(12, 5), "12.000000005");
+        assert_eq!(format_pax_time(-3, 0), "-3");
+    }
+
+    fn read_all<R: Read>(content: &mut ExactContent<R>) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 3];
+        loop {
+            match content.read(&mut buf)? {
+                0 => return Ok(out),
+                n => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    #[test]
+    fn content_is_cut_or_padded_to_the_size_seen_first_and_says_so() -> io::Result<()> {
+        let mut grown = ExactContent::new(&b"abcdefg"[..], 4);
+        assert_eq!(read_all(&mut grown)?, b"abcd");
+        assert!(grown.size_changed);
+        assert_eq!(grown.hasher.finalize(), blake3::hash(b"abcd"));
+
+        let mut shrunk = ExactContent::new(&b"ab"[..], 5);
+        assert_eq!(read_all(&mut shrunk)?, b"ab\0\0\0");
+        assert!(shrunk.size_changed);
+        assert_eq!(shrunk.hasher.finalize(), blake3::hash(b"ab\0\0\0"));
+
+        let mut exact = ExactContent::new(&b"abc"[..], 3);
+        assert_eq!(read_all(&mut exact)?, b"abc");
+        assert!(!exact.size_changed);
+        Ok(())
+    }
+
+    /// Interrupted once before each read, or failing for good.
+    struct Flaky {
+        data: &'static [u8],
+        interrupt: bool,
+        broken: bool,
+    }
+
+    impl Read for Flaky {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.broken {
+                return Err(io::Error::other("disk on fire"));
+            }
+            self.interrupt = !self.interrupt;
+            if self.interrupt {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            self.data.read(buf)
+        }
+    }
+
+    #[test]
+    fn an_interrupted_read_is_retried_and_another_error_is_returned() -> io::Result<()> {
+        let flaky = Flaky {
+            data: b"hello",
+            interrupt: false,
+            broken: false,
+        };
+        assert_eq!(read_all(&mut ExactContent::new(flaky, 5))?, b"hello");
+        let broken = Flaky {
+            data: b"",
+            interrupt: false,
+            broken: true,
+        };
+        let err = read_all(&mut ExactContent::new(broken, 5)).expect_err("a read error");
+        assert_eq!(err.to_string(), "disk on fire");
+        Ok(())
+    }
+
+    #[test]
+    fn write_counts_every_kind_and_leaves_sockets_and_hardlink_content_out()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path();
+        std::fs::create_dir(root.join("d"))?;
+        std::fs::write(root.join("d/f"), b"content")?;
+        std::fs::hard_link(root.join("d/f"), root.join("g"))?;
+        std::os::unix::fs::symlink("d/f", root.join("s"))?;
+        let fifo = std::ffi::CString::new(root.join("p").as_os_str().as_bytes())?;
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let _socket = std::os::unix::net::UnixListener::bind(root.join("sock"))?;
+
+        let (archived, _) = write(root, Vec::new())?;
+        let totals = &archived.totals;
+        assert_eq!(
+            (
+                totals.dirs,
+                totals.files,
+                totals.hardlinks,
+                totals.symlinks,
+                totals.specials
+            ),
+            (1, 1, 1, 1, 1)
+        );
+        assert_eq!((totals.skipped_sockets, totals.bytes), (1, 7));
+        let kinds: Vec<(&str, EntryKind, bool)> = archived
+            .entries
+            .iter()
+            .map(|e| (e.path.as_str(), e.kind, e.blake3.is_some()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("d", EntryKind::Dir, false),
+                ("d/f", EntryKind::File, true),
+                ("g", EntryKind::Hardlink, false),
+                ("p", EntryKind::Fifo, false),
+                ("s", EntryKind::Symlink, false),
+            ]
+        );
+        Ok(())
     }
 }

@@ -170,3 +170,58 @@ impl<W: Write> Write for HashingWriter<W> {
         self.inner.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repository::StoreFailure;
+
+    #[test]
+    fn the_reason_names_the_repository_problem_or_the_source() {
+        let full = || io::Error::from_raw_os_error(libc::ENOSPC);
+        let denied = StoreFailure {
+            reason: Reason::AccessDenied,
+            message: "403".into(),
+        };
+        let write = |source| {
+            BackupError::Repository(RepositoryError::Write {
+                key: "k".into(),
+                source,
+            })
+        };
+        assert_eq!(write(denied.into_io()).reason(), Reason::AccessDenied);
+        assert_eq!(
+            write(io::Error::other("?")).reason(),
+            Reason::RepositoryWriteFailed
+        );
+        let archive_write = BackupError::Archive(archive::ArchiveError::Write(full()));
+        assert_eq!(archive_write.reason(), Reason::RepositoryFull);
+        let archive_write =
+            BackupError::Archive(archive::ArchiveError::Write(io::Error::other("?")));
+        assert_eq!(archive_write.reason(), Reason::RepositoryWriteFailed);
+        // A full source volume is not a full repository.
+        let read = BackupError::Archive(archive::ArchiveError::Read {
+            path: "/data/f".into(),
+            source: full(),
+        });
+        assert_eq!(read.reason(), Reason::SourceUnreadable);
+        assert_eq!(
+            BackupError::Source("gone".into()).reason(),
+            Reason::SourceUnreadable
+        );
+    }
+
+    #[test]
+    fn the_hashing_writer_counts_hashes_and_flushes_through() -> io::Result<()> {
+        let mut writer = HashingWriter::new(BufWriter::new(Vec::new()));
+        writer.write_all(b"artifact")?;
+        writer.flush()?;
+        assert_eq!(writer.inner.get_ref().as_slice(), b"artifact");
+        let (_, digest, size) = writer.finish();
+        assert_eq!(
+            (digest, size),
+            (blake3::hash(b"artifact").to_hex().to_string(), 8)
+        );
+        Ok(())
+    }
+}

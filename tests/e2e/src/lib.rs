@@ -6,6 +6,8 @@
 //! command brings the local cluster up and runs them with `--ignored`. Asked to run without a
 //! reachable cluster, they fail with a message that says how to get one.
 
+pub mod jobs_seen;
+pub mod ports;
 pub mod s3;
 
 use anyhow::{Context, bail};
@@ -492,24 +494,34 @@ pub fn extract_with_tar(artifact: &Path, into: &Path) -> anyhow::Result<()> {
 /// A plain HTTP GET on loopback (the operator and Prometheus run on the host's network); returns
 /// the body of a 200 answer.
 pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    let (status, body) = http(addr, "GET", path)?;
+    anyhow::ensure!(status == 200, "{addr}{path}: HTTP {status}");
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// One HTTP/1.0 request without a body on loopback: the answer's status and body.
+pub fn http(addr: &str, method: &str, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
     use std::io::{Read, Write};
     let mut stream =
         std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     write!(
         stream,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
         .with_context(|| format!("no HTTP answer from {addr}{path}"))?;
-    anyhow::ensure!(
-        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
-        "{addr}{path}: {head}"
-    );
-    Ok(body.to_string())
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad HTTP answer from {addr}{path}: {head}"))?;
+    Ok((status, response[split + 4..].to_vec()))
 }
 
 /// Where the leading operator replica serves /metrics (its BACKSTOP_LISTEN on the host network).

@@ -3,11 +3,11 @@
 //! (`BACKSTOP_MOTO_SERVER`, `BACKSTOP_S3S_FS`). Buckets are made and inspected without Backstop's
 //! code: moto answers unsigned requests, s3s-fs keeps buckets as directories.
 
-use anyhow::{Context, bail};
-use std::io::{Read, Write};
+use crate::ports::{ReservedPort, wait_serving};
+use anyhow::Context;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const ACCESS_KEY: &str = "backstop-e2e";
 pub const SECRET_KEY: &str = "backstop-e2e-secret";
@@ -20,7 +20,8 @@ pub enum S3Kind {
 
 pub struct S3Server {
     pub kind: S3Kind,
-    pub port: u16,
+    /// Held for the server's whole life, also while it is stopped (see `ports`).
+    port: ReservedPort,
     /// s3s-fs's data directory (one subdirectory per bucket).
     data: tempfile::TempDir,
     child: Option<Child>,
@@ -52,12 +53,9 @@ impl S3Server {
     }
 
     fn start_with(kind: S3Kind, tls: bool) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
         let mut server = Self {
             kind,
-            port,
+            port: ReservedPort::new()?,
             data: tempfile::tempdir()?,
             child: None,
             tls,
@@ -141,7 +139,7 @@ impl S3Server {
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let port = self.port.to_string();
+        let port = self.port.port.to_string();
         let mut cmd = match self.kind {
             S3Kind::Moto => {
                 let mut c = Command::new(binary(
@@ -166,25 +164,22 @@ impl S3Server {
                 c
             }
         };
-        let child = cmd
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {:?}", self.kind))?;
+        let what = format!("{:?} on {}", self.kind, self.endpoint());
+        // Any S3 answer will do: moto lists its buckets, s3s-fs refuses an unsigned request.
+        let serving = wait_serving(&mut child, &what, || {
+            self.http_bytes("GET", "/").is_ok_and(|(_, body)| {
+                let body = String::from_utf8_lossy(&body);
+                body.contains("ListAllMyBucketsResult") || body.contains("<Code>")
+            })
+        });
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if Instant::now() > deadline {
-                bail!(
-                    "{:?} did not listen on 127.0.0.1:{} in 60s",
-                    self.kind,
-                    self.port
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(())
+        serving
     }
 
     /// True while s3s-fs holds parts of a multipart upload that is not completed.
@@ -200,7 +195,7 @@ impl S3Server {
 
     pub fn endpoint(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.port)
+        format!("{scheme}://{}", self.port.addr())
     }
 
     /// Stops the server (the bucket's data stays on disk for s3s-fs).
@@ -294,54 +289,36 @@ impl S3Server {
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 
-    /// An unsigned HTTP/1.0 request (moto does not check signatures unless told to).
+    /// An unsigned request (moto does not check signatures unless told to); over TLS with curl,
+    /// trusting the test CA.
     fn http_bytes(&self, method: &str, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
-        if self.tls {
-            let out = Command::new("curl")
-                .args([
-                    "-sS",
-                    "-o",
-                    "-",
-                    "-w",
-                    "\n%{http_code}",
-                    "-X",
-                    method,
-                    "--cacert",
-                ])
-                .arg(self.ca_file())
-                .arg(format!("{}{path}", self.endpoint()))
-                .output()?;
-            anyhow::ensure!(
-                out.status.success(),
-                "curl: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let split = out.stdout.iter().rposition(|b| *b == b'\n').unwrap_or(0);
-            let status = String::from_utf8_lossy(&out.stdout[split..])
-                .trim()
-                .parse()?;
-            return Ok((status, out.stdout[..split].to_vec()));
+        if !self.tls {
+            return crate::http(&self.port.addr(), method, path);
         }
-        let addr = format!("127.0.0.1:{}", self.port);
-        let mut stream = std::net::TcpStream::connect(&addr)?;
-        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-        write!(
-            stream,
-            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response)?;
-        let split = response
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .context("no HTTP answer")?;
-        let head = String::from_utf8_lossy(&response[..split]).into_owned();
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("bad HTTP answer: {head}"))?;
-        Ok((status, response[split + 4..].to_vec()))
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                "-X",
+                method,
+                "--cacert",
+            ])
+            .arg(self.ca_file())
+            .arg(format!("{}{path}", self.endpoint()))
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "curl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let split = out.stdout.iter().rposition(|b| *b == b'\n').unwrap_or(0);
+        let status = String::from_utf8_lossy(&out.stdout[split..])
+            .trim()
+            .parse()?;
+        Ok((status, out.stdout[..split].to_vec()))
     }
 
     /// The mover's settings for `bucket` on this server.

@@ -119,14 +119,21 @@ async fn per_minute_policy_keeps_the_newest_two_completed_backups_with_their_art
         }
     }
 
-    // The story is told in events, and finished Jobs are gone.
+    // The story is told in events (each backup deleted named by exactly one cleanup event), and
+    // finished Jobs are gone.
     let cleanup = events(&ns, "CleanupTriggered").await?;
     assert!(
         cleanup
             .iter()
-            .any(|(on, note)| on == "db" && note.contains("keepLast=2")),
+            .all(|(on, note)| on == "db" && note.contains("keepLast=2")),
         "{cleanup:?}"
     );
+    for deleted in every.iter().filter(|name| !kept.contains(name)) {
+        let naming = cleanup
+            .iter()
+            .filter(|(_, note)| note.contains(deleted.as_str()));
+        assert_eq!(naming.count(), 1, "{deleted}: {cleanup:?}");
+    }
     let completed = events(&ns, "BackupCompleted").await?;
     assert!(completed.len() >= 3, "{completed:?}");
     wait_until(
@@ -149,6 +156,38 @@ async fn per_minute_policy_keeps_the_newest_two_completed_backups_with_their_art
         status.next_scheduled_backup.is_none(),
         "suspended policy has no next run"
     );
+    // Suspended means no run, not only no next time shown: a second policy is the clock, and once
+    // its run of the next minute has completed, the suspended policy has made nothing new.
+    create::<BackupPolicy>(
+        &ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "BackupPolicy",
+               "metadata": {"name": "clock"},
+               "spec": {"schedule": "* * * * *", "retention": {"keepLast": 1},
+                        "target": {"pvcSelector": {"matchLabels": {"app": "web"}}}}}),
+    )
+    .await?;
+    let by_policy = |items: &[Backup], policy: &str| -> Vec<String> {
+        let mut names: Vec<String> = items
+            .iter()
+            .filter(|b| b.spec.policy_ref.as_deref() == Some(policy))
+            .filter_map(|b| b.metadata.name.clone())
+            .collect();
+        names.sort();
+        names
+    };
+    let items = wait_for(
+        Duration::from_secs(120),
+        "the clock policy's first completed run",
+        || async {
+            let items = backups.list(&ListParams::default()).await?.items;
+            let ticked = items.iter().any(|b| {
+                b.spec.policy_ref.as_deref() == Some("clock") && b.phase() == BackupPhase::Completed
+            });
+            Ok(ticked.then_some(items))
+        },
+    )
+    .await?;
+    assert_eq!(by_policy(&items, "db"), kept, "the suspended policy ran");
     Ok(())
 }
 
@@ -161,12 +200,13 @@ async fn a_file_written_while_it_is_read_makes_a_backup_that_says_so() -> anyhow
     ns.repository().await?;
     let data = ns.volume("db", &[("app", "db")]).await?;
     write_sample_tree(&data, 3)?;
-    // A writer that keeps appending to a log of 8 to 64 MiB (cut back to 8 MiB now and then):
+    // A writer that keeps appending to a log of 32 to 256 MiB (cut back to 32 MiB now and then):
     // whenever the mover reads it, it grows (or shrinks) under the mover's feet, which an empty
-    // or briefly idle file would not.
+    // or briefly idle file would not. Big enough that reading it takes a good part of a second:
+    // a 20 MiB log was once read whole while the loaded machine did not run the writer.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let log = data.join("busy.log");
-    std::fs::write(&log, vec![b'x'; 8 << 20])?;
+    std::fs::write(&log, vec![b'x'; 32 << 20])?;
     let writer = {
         let stop = stop.clone();
         std::thread::spawn(move || -> std::io::Result<()> {
@@ -174,8 +214,8 @@ async fn a_file_written_while_it_is_read_makes_a_backup_that_says_so() -> anyhow
             let block = vec![b'y'; 64 << 10];
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 std::io::Write::write_all(&mut f, &block)?;
-                if f.metadata()?.len() > 64 << 20 {
-                    f.set_len(8 << 20)?;
+                if f.metadata()?.len() > 256 << 20 {
+                    f.set_len(32 << 20)?;
                 }
             }
             Ok(())

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 const STANDBY: &str = "backstop-controller-standby";
+const STANDBY_LISTEN: &str = "127.0.0.1:8081";
 
 /// A second replica of the operator (its own Deployment: on the host network each replica needs
 /// its own port). Removed when dropped.
@@ -34,18 +35,27 @@ impl Drop for Standby {
 
 async fn start_standby(client: &kube::Client) -> anyhow::Result<Standby> {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "backstop-system");
-    let _ = deployments.delete(STANDBY, &DeleteParams::default()).await;
+    let leftover = deployments
+        .delete(STANDBY, &DeleteParams::default())
+        .await
+        .is_ok();
     let main = deployments.get("backstop-controller").await?;
     let mut spec = serde_json::to_value(main.spec)?;
     let labels =
         json!({"app.kubernetes.io/name": "backstop", "app.kubernetes.io/component": "standby"});
     spec["selector"] = json!({"matchLabels": labels});
     spec["template"]["metadata"]["labels"] = labels;
+    // A fixed port below the kernel's ephemeral range (no test server's port-0 bind gets it), so
+    // only another program can hold it: say so instead of a standby that never serves.
+    anyhow::ensure!(
+        leftover || std::net::TcpStream::connect(STANDBY_LISTEN).is_err(),
+        "{STANDBY_LISTEN} is in use by another program; the standby replica listens there"
+    );
     let env = spec["template"]["spec"]["containers"][0]["env"]
         .as_array_mut()
         .ok_or_else(|| anyhow::anyhow!("controller container has no env"))?;
     env.retain(|e| e["name"] != "BACKSTOP_LISTEN");
-    env.push(json!({"name": "BACKSTOP_LISTEN", "value": "127.0.0.1:8081"}));
+    env.push(json!({"name": "BACKSTOP_LISTEN", "value": STANDBY_LISTEN}));
     let standby: Deployment = serde_json::from_value(json!({
         "metadata": {"name": STANDBY, "namespace": "backstop-system"},
         "spec": spec,
@@ -94,6 +104,9 @@ async fn killing_the_leader_mid_backup_makes_no_duplicate_backup_or_job() -> any
     for (pvc, seed) in [("alpha", 1), ("beta", 2)] {
         let dir = ns.volume(pvc, &[("app", "ha")]).await?;
         write_sample_tree(&dir, seed)?;
+        // 4 GiB of holes: no memory or disk, but each mover reads them for several seconds, so
+        // the leader dies while the Jobs run.
+        std::fs::File::create(dir.join("sparse.img"))?.set_len(4 << 30)?;
     }
     create::<BackupRepository>(
         &ns,
@@ -109,11 +122,16 @@ async fn killing_the_leader_mid_backup_makes_no_duplicate_backup_or_job() -> any
                "spec": {"target": {"pvcSelector": {"matchLabels": {"app": "ha"}}}}}),
     )
     .await?;
-    // Kill the leader as soon as it has started the backup.
-    wait_until(Duration::from_secs(60), "the backup to start", || async {
-        Ok(ns.api::<Backup>().get("ha").await?.phase() != BackupPhase::Pending)
-    })
-    .await?;
+    // Kill the leader once both Jobs run (it created them and said so), and prove the backup was
+    // still running when it died.
+    let running = || async {
+        let backup = ns.api::<Backup>().get("ha").await?;
+        let volumes = backup.status.clone().unwrap_or_default().volumes;
+        Ok(backup.phase() == BackupPhase::Running
+            && volumes.len() == 2
+            && volumes.iter().all(|v| v.phase == BackupPhase::Running))
+    };
+    wait_until(Duration::from_secs(60), "both Jobs to run", running).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "backstop-system");
     pods.delete(
         &before,
@@ -123,6 +141,10 @@ async fn killing_the_leader_mid_backup_makes_no_duplicate_backup_or_job() -> any
         },
     )
     .await?;
+    assert!(
+        running().await?,
+        "the backup finished before the leader was killed: the test proves nothing"
+    );
 
     let backup = finished_backup(&ns, "ha", Duration::from_secs(180)).await?;
     assert_eq!(
@@ -150,7 +172,10 @@ async fn killing_the_leader_mid_backup_makes_no_duplicate_backup_or_job() -> any
     }
     assert_eq!(per_job.len(), 2, "{pod_creations:?}");
     assert!(per_job.values().all(|n| *n == 1), "{pod_creations:?}");
+    // Each Job was created, and said to be, once; the backup completed once, said by the new leader.
     let job_created = events(&ns, "JobCreated").await?;
-    assert!(job_created.len() <= 2, "{job_created:?}");
+    assert_eq!(job_created.len(), 2, "{job_created:?}");
+    let completed = events(&ns, "BackupCompleted").await?;
+    assert_eq!(completed.len(), 1, "{completed:?}");
     Ok(())
 }

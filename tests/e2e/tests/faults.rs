@@ -20,6 +20,22 @@ fn manual_backup(name: &str, spec: serde_json::Value) -> serde_json::Value {
     json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup", "metadata": {"name": name}, "spec": spec})
 }
 
+/// Asserts that the API server refused an object as invalid (422, not any error), naming `field`.
+fn invalid<K: std::fmt::Debug>(created: anyhow::Result<K>, field: &str) -> anyhow::Result<()> {
+    let err = match created {
+        Ok(object) => anyhow::bail!("the API server accepted an invalid {field}: {object:?}"),
+        Err(err) => err,
+    };
+    match err.downcast_ref::<kube::Error>() {
+        Some(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422, "{status:?}");
+            assert!(status.message.contains(field), "{status:?}");
+            Ok(())
+        }
+        _ => anyhow::bail!("not a rejection by the API server: {err:#}"),
+    }
+}
+
 /// Waits for the policy's Ready condition to be False with `reason`, and for a Warning event.
 async fn policy_refused(ns: &TestNamespace, name: &str, reason: &str) -> anyhow::Result<()> {
     let api = ns.api::<BackupPolicy>();
@@ -48,11 +64,12 @@ async fn invalid_policies_are_refused_with_a_reason_and_run_nothing() -> anyhow:
     let client = cluster().await?;
     install_operator(&client).await?;
     let ns = TestNamespace::create(&client, "e2e-bad-policy").await?;
+    let jobs = ns.watch_jobs().await?;
     ns.repository().await?;
     let target = json!({"pvcSelector": {"matchLabels": {"app": "db"}}});
 
     // The schema rejects what it can: keepLast below 1 and a schedule without five fields.
-    let err = create::<BackupPolicy>(
+    let zero = create::<BackupPolicy>(
         &ns,
         policy(
             "zero",
@@ -60,19 +77,13 @@ async fn invalid_policies_are_refused_with_a_reason_and_run_nothing() -> anyhow:
         ),
     )
     .await;
-    assert!(
-        err.is_err(),
-        "keepLast: 0 must be rejected by the API server"
-    );
-    let err = create::<BackupPolicy>(
+    invalid(zero, "spec.retention.keepLast")?;
+    let short = create::<BackupPolicy>(
         &ns,
         policy("short", json!({"schedule": "0 2 *", "target": target})),
     )
     .await;
-    assert!(
-        err.is_err(),
-        "a 3-field schedule must be rejected by the API server"
-    );
+    invalid(short, "spec.schedule")?;
 
     // The controller rejects the rest.
     create::<BackupPolicy>(
@@ -103,22 +114,32 @@ async fn invalid_policies_are_refused_with_a_reason_and_run_nothing() -> anyhow:
     policy_refused(&ns, "bad-zone", "InvalidTimeZone").await?;
     policy_refused(&ns, "no-repo", "RepositoryNotFound").await?;
 
-    // Past a scheduled minute, none of them has made a Backup or a Job.
-    tokio::time::sleep(Duration::from_secs(65)).await;
-    assert!(
-        ns.api::<Backup>()
-            .list(&ListParams::default())
-            .await?
-            .items
-            .is_empty()
-    );
-    assert!(
-        ns.api::<Job>()
-            .list(&ListParams::default())
-            .await?
-            .items
-            .is_empty()
-    );
+    // A valid policy on the same every-minute schedule, as a clock: once it has made its Backup, a
+    // scheduled minute has passed, and none of the refused ones has made a Backup or a Job.
+    create::<BackupPolicy>(
+        &ns,
+        policy(
+            "clock",
+            json!({"schedule": "* * * * *", "target": {"pvcSelector": {"matchLabels": {"app": "clock"}}}}),
+        ),
+    )
+    .await?;
+    let backups = ns.api::<Backup>();
+    wait_until(
+        Duration::from_secs(90),
+        "the clock policy's first Backup",
+        || async { Ok(!backups.list(&ListParams::default()).await?.items.is_empty()) },
+    )
+    .await?;
+    let made: Vec<_> = backups
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|b| b.spec.policy_ref.unwrap_or_default())
+        .collect();
+    assert!(made.iter().all(|p| p == "clock"), "{made:?}");
+    assert_eq!(jobs.names(), Vec::<String>::new());
     // The missing repository is reported once, not once per minute.
     let reports = events(&ns, "RepositoryNotFound").await?;
     assert_eq!(
@@ -135,6 +156,7 @@ async fn backups_that_cannot_start_fail_with_a_reason_and_no_job() -> anyhow::Re
     let client = cluster().await?;
     install_operator(&client).await?;
     let ns = TestNamespace::create(&client, "e2e-bad-backup").await?;
+    let jobs = ns.watch_jobs().await?;
     ns.repository().await?;
     // Each of these could resolve itself (a PVC, a repository or a policy may still be on its
     // way): they wait for their short start deadline, then fail with the reason.
@@ -183,13 +205,7 @@ async fn backups_that_cannot_start_fail_with_a_reason_and_no_job() -> anyhow::Re
     )
     .await?;
     backup_failed(&ns, "no-policy", "PolicyNotFound", Duration::from_secs(60)).await?;
-    assert!(
-        ns.api::<Job>()
-            .list(&ListParams::default())
-            .await?
-            .items
-            .is_empty()
-    );
+    assert_eq!(jobs.names(), Vec::<String>::new());
     // Failed is final: a Failed backup can be deleted (nothing to remove) and goes away.
     ns.api::<Backup>()
         .delete("no-match", &DeleteParams::default())

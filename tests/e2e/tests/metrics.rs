@@ -3,6 +3,7 @@
 //! backup-failure alert when a backup fails on purpose.
 
 use backstop_api::{Backup, BackupPhase, BackupPolicy, BackupRepository};
+use backstop_e2e::ports::{ReservedPort, wait_serving};
 use backstop_e2e::*;
 use serde_json::json;
 use std::process::{Child, Command, Stdio};
@@ -102,6 +103,7 @@ async fn metrics_show_the_backup_counter_histogram_and_last_success() -> anyhow:
 struct Prometheus {
     child: Child,
     addr: String,
+    _port: ReservedPort,
     _dir: tempfile::TempDir,
 }
 
@@ -115,9 +117,8 @@ impl Drop for Prometheus {
 fn start_prometheus(target: &str) -> anyhow::Result<Prometheus> {
     let dir = tempfile::tempdir()?;
     let rules = repo_root().join("deploy/monitoring/alerts.yaml");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = ReservedPort::new()?;
+    let addr = port.addr();
     let config = format!(
         "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
          rule_files: [{}]\n\
@@ -134,16 +135,21 @@ fn start_prometheus(target: &str) -> anyhow::Result<Prometheus> {
             "--storage.tsdb.path={}",
             dir.path().join("data").display()
         ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg(format!("--web.listen-address={addr}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| anyhow::anyhow!("starting prometheus (Debian package `prometheus`): {e}"))?;
-    Ok(Prometheus {
+    let mut prometheus = Prometheus {
         child,
-        addr: format!("127.0.0.1:{port}"),
+        addr,
+        _port: port,
         _dir: dir,
-    })
+    };
+    wait_serving(&mut prometheus.child, "prometheus", || {
+        http_get(&prometheus.addr, "/-/ready").is_ok()
+    })?;
+    Ok(prometheus)
 }
 
 #[tokio::test]

@@ -6,9 +6,8 @@
 use backstop_api::condition::ConditionType;
 use backstop_api::{Backup, BackupPhase, Restore, condition};
 use backstop_e2e::*;
-use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use serde_json::json;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
@@ -50,13 +49,10 @@ fn reason(r: &Restore) -> String {
         .unwrap_or_default()
 }
 
-async fn jobs_of(ns: &TestNamespace, restore: &str) -> anyhow::Result<usize> {
-    Ok(ns
-        .api::<Job>()
-        .list(&ListParams::default().labels(&format!("backstop.dev/restore={restore}")))
-        .await?
-        .items
-        .len())
+const RESTORE_LABEL: &str = "backstop.dev/restore";
+
+fn no_jobs() -> Vec<String> {
+    Vec::new()
 }
 
 /// What the issue asks a restore to carry: nested dirs, unicode and space names, symlinks,
@@ -255,6 +251,7 @@ async fn restores_of_unfinished_backups_or_into_a_volume_in_use_are_refused_befo
     let client = cluster().await?;
     install_operator(&client).await?;
     let ns = TestNamespace::create(&client, "e2e-restore-refused").await?;
+    let jobs = ns.watch_jobs().await?;
     ns.repository().await?;
     let source = ns.volume("source", &[("app", "db")]).await?;
     write_sample_tree(&source, 6)?;
@@ -286,7 +283,7 @@ async fn restores_of_unfinished_backups_or_into_a_volume_in_use_are_refused_befo
     )
     .await?;
     assert_eq!(reason(&r), "BackupNotCompleted", "{:?}", r.status);
-    assert_eq!(jobs_of(&ns, "from-failed").await?, 0);
+    assert_eq!(jobs.labelled(RESTORE_LABEL, "from-failed"), no_jobs());
     // A running backup may still complete: the restore waits for it (past its own start
     // deadline, which bounds waiting for what is absent, not for a backup at work).
     create::<Restore>(
@@ -300,7 +297,7 @@ async fn restores_of_unfinished_backups_or_into_a_volume_in_use_are_refused_befo
     assert!(why.contains("Backup \"running\" is Running"), "{why}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     waits_with(&restores, "from-running", "WaitingForBackup").await?;
-    assert_eq!(jobs_of(&ns, "from-running").await?, 0);
+    assert_eq!(jobs.labelled(RESTORE_LABEL, "from-running"), no_jobs());
     let r = restore(
         &ns,
         "wrong-volume",
@@ -332,7 +329,7 @@ async fn restores_of_unfinished_backups_or_into_a_volume_in_use_are_refused_befo
     )
     .await?;
     assert_eq!(reason(&r), "TargetInUse", "{:?}", r.status);
-    assert_eq!(jobs_of(&ns, "in-use").await?, 0);
+    assert_eq!(jobs.labelled(RESTORE_LABEL, "in-use"), no_jobs());
     let r = restore(
         &ns,
         "in-use-allowed",
@@ -345,13 +342,16 @@ async fn restores_of_unfinished_backups_or_into_a_volume_in_use_are_refused_befo
     backups.delete("running", &Default::default()).await?;
     let r = finished_restore(&ns, "from-running", Duration::from_secs(60)).await?;
     assert_eq!(reason(&r), "BackupDeleted", "{:?}", r.status);
+    // The watch saw the allowed restore's Job, and none, ever, for a refused one; each refusal
+    // was said once.
+    assert_eq!(jobs.labelled(RESTORE_LABEL, "in-use-allowed").len(), 1);
+    let warnings = events(&ns, "RestoreFailed").await?;
     for name in ["from-failed", "from-running", "wrong-volume", "in-use"] {
-        assert!(
-            events(&ns, "RestoreFailed")
-                .await?
-                .iter()
-                .any(|(on, _)| on == name),
-            "no Warning for {name}"
+        assert_eq!(jobs.labelled(RESTORE_LABEL, name), no_jobs());
+        assert_eq!(
+            warnings.iter().filter(|(on, _)| on == name).count(),
+            1,
+            "{name}: {warnings:?}"
         );
     }
     let _ = Api::<PersistentVolume>::all(client.clone())

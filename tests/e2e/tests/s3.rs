@@ -233,6 +233,7 @@ async fn wrong_keys_a_deleted_bucket_and_a_stopped_server_each_say_what_happened
     let client = cluster().await?;
     install_operator(&client).await?;
     let ns = TestNamespace::create(&client, "e2e-s3-faults").await?;
+    let jobs = ns.watch_jobs().await?;
     let mut s3s = S3Server::start(S3Kind::S3sFs)?;
     let moto = S3Server::start(S3Kind::Moto)?;
     s3s.create_bucket("backups")?;
@@ -277,12 +278,9 @@ async fn wrong_keys_a_deleted_bucket_and_a_stopped_server_each_say_what_happened
     )
     .await?;
     assert!(message.contains("credentialsSecretRef"), "{message}");
-    let backup_jobs = ns
-        .api::<Job>()
-        .list(&ListParams::default().labels("backstop.dev/role=backup"))
-        .await?;
-    assert!(
-        backup_jobs.items.is_empty(),
+    assert_eq!(
+        jobs.labelled("backstop.dev/role", "backup"),
+        Vec::<String>::new(),
         "no backup Job against a repository that is not ready"
     );
     policies.delete("wrong", &Default::default()).await?;

@@ -188,7 +188,7 @@ fn wrong_keys_and_a_missing_bucket_are_named() -> anyhow::Result<()> {
     assert_eq!(err.reason(), Some(Reason::AccessDenied), "{err}");
     assert!(err.to_string().contains("credentialsSecretRef"), "{err}");
 
-    let moto = S3Server::start(S3Kind::Moto)?;
+    let mut moto = S3Server::start(S3Kind::Moto)?;
     let missing = S3Repository::new(&moto.config("no-such-bucket", ""))?;
     let err = backstop_mover::repository::probe(&missing).expect_err("no bucket must fail");
     assert_eq!(err.reason(), Some(Reason::BucketNotFound), "{err}");
@@ -199,7 +199,8 @@ fn wrong_keys_and_a_missing_bucket_are_named() -> anyhow::Result<()> {
     assert_eq!(err.reason(), Reason::BucketNotFound, "{err}");
 
     let nobody = S3Repository::new(&moto.config("backups", ""))?;
-    drop(moto);
+    // Stopped, its port still held by the test: nothing else can answer there.
+    moto.stop();
     let err = backstop_mover::repository::probe(&nobody).expect_err("no server must fail");
     assert_eq!(err.reason(), Some(Reason::EndpointUnreachable), "{err}");
     Ok(())
