@@ -232,3 +232,137 @@ fn below_without_links(root: &Path, rel: &Path) -> Result<bool, RestoreError> {
     }
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    type Result = std::result::Result<(), Box<dyn std::error::Error>>;
+
+    fn write(path: &Path, content: &str) -> io::Result<()> {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::write(path, content)
+    }
+
+    fn read(path: &Path) -> String {
+        fs::read_to_string(path).unwrap_or_else(|e| format!("<{e}>"))
+    }
+
+    /// A target with a directory the backup merges into, a file it replaces, a file that becomes
+    /// a directory and a directory that becomes a file; the staged tree beside it.
+    fn target_and_staging() -> io::Result<tempfile::TempDir> {
+        let dir = tempfile::tempdir()?;
+        let t = dir.path();
+        write(&t.join("d/keep"), "kept")?;
+        write(&t.join("d/over"), "old over")?;
+        write(&t.join("f"), "old f")?;
+        write(&t.join("was-file"), "old was-file")?;
+        write(&t.join("was-dir/inner"), "old inner")?;
+        let s = t.join(STAGING);
+        write(&s.join("d/over"), "new over")?;
+        write(&s.join("d/new"), "new")?;
+        write(&s.join("f"), "new f")?;
+        write(&s.join("was-file/child"), "new child")?;
+        write(&s.join("was-dir"), "new was-dir")?;
+        Ok(dir)
+    }
+
+    #[test]
+    fn merge_merges_directories_and_replaces_the_rest_whatever_its_type() -> Result {
+        let dir = target_and_staging()?;
+        let t = dir.path();
+        commit(t, ExistingDataPolicy::Merge, || Ok(()))?;
+        assert_eq!(read(&t.join("d/keep")), "kept");
+        assert_eq!(read(&t.join("d/over")), "new over");
+        assert_eq!(read(&t.join("d/new")), "new");
+        assert_eq!(read(&t.join("f")), "new f");
+        assert_eq!(read(&t.join("was-file/child")), "new child");
+        assert_eq!(read(&t.join("was-dir")), "new was-dir");
+        let left: Vec<_> = names(t)?;
+        assert_eq!(left, ["d", "f", "was-dir", "was-file"]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_failed_commit_puts_back_exactly_what_was_there() -> Result {
+        let dir = target_and_staging()?;
+        let t = dir.path();
+        let failed = commit(t, ExistingDataPolicy::Merge, || {
+            Err(RestoreError::Unsafe {
+                path: "x".into(),
+                why: "fails on purpose",
+            })
+        });
+        assert!(failed.is_err());
+        assert_eq!(read(&t.join("d/keep")), "kept");
+        assert_eq!(read(&t.join("d/over")), "old over");
+        assert!(!t.join("d/new").exists());
+        assert_eq!(read(&t.join("f")), "old f");
+        assert_eq!(read(&t.join("was-file")), "old was-file");
+        assert_eq!(read(&t.join("was-dir/inner")), "old inner");
+        assert_eq!(names(t)?, ["d", "f", "was-dir", "was-file"]);
+        Ok(())
+    }
+
+    /// What an interrupted commit leaves: `PREVIOUS/old` and the journal of added paths.
+    fn interrupted(t: &Path, journal: &[&str]) -> io::Result<()> {
+        fs::create_dir_all(t.join(PREVIOUS).join(OLD))?;
+        let lines: String = journal
+            .iter()
+            .map(|rel| format!("{}\n", hex(rel.as_bytes())))
+            .collect();
+        fs::write(t.join(PREVIOUS).join(ADDED), lines)
+    }
+
+    #[test]
+    fn recovery_puts_displaced_entries_back_over_whatever_is_in_their_place() -> Result {
+        let dir = tempfile::tempdir()?;
+        let t = dir.path();
+        interrupted(t, &["added"])?;
+        write(&t.join("added"), "half restored")?;
+        // A file was displaced and a directory now stands in its place (not in the journal).
+        write(&t.join(PREVIOUS).join(OLD).join("x"), "old x")?;
+        write(&t.join("x/y"), "stray")?;
+        assert!(recover(t)?);
+        assert_eq!(read(&t.join("x")), "old x");
+        assert!(!t.join("added").exists());
+        assert_eq!(names(t)?, ["x"]);
+        Ok(())
+    }
+
+    #[test]
+    fn recovery_without_a_journal_still_moves_back_and_a_broken_journal_stops_it() -> Result {
+        let dir = tempfile::tempdir()?;
+        let t = dir.path();
+        fs::create_dir_all(t.join(PREVIOUS).join(OLD))?;
+        write(&t.join(PREVIOUS).join(OLD).join("f"), "old f")?;
+        assert!(recover(t)?);
+        assert_eq!(read(&t.join("f")), "old f");
+
+        let dir = tempfile::tempdir()?;
+        let t = dir.path();
+        fs::create_dir_all(t.join(PREVIOUS).join(OLD))?;
+        write(&t.join(PREVIOUS).join(OLD).join("f"), "old f")?;
+        // The journal cannot be read (a directory): better stop than guess what was added.
+        fs::create_dir(t.join(PREVIOUS).join(ADDED))?;
+        assert!(recover(t).is_err());
+        assert_eq!(read(&t.join(PREVIOUS).join(OLD).join("f")), "old f");
+        Ok(())
+    }
+
+    #[test]
+    fn the_journal_never_removes_through_a_link_and_skips_what_is_gone() -> Result {
+        let outside = tempfile::tempdir()?;
+        write(&outside.path().join("victim"), "not yours")?;
+        let dir = tempfile::tempdir()?;
+        let t = dir.path();
+        symlink(outside.path(), t.join("link"))?;
+        interrupted(t, &["gone/x", "link/victim"])?;
+        assert!(recover(t)?);
+        assert_eq!(read(&outside.path().join("victim")), "not yours");
+        Ok(())
+    }
+}

@@ -77,6 +77,7 @@ mod tests {
         // A link to the parent would loop forever if followed.
         symlink("..", root.join("a/up")).unwrap();
         symlink("/etc", root.join("outside")).unwrap();
+        let _socket = std::os::unix::net::UnixListener::bind(root.join("a/sock")).unwrap();
 
         let inventory = take(root).unwrap();
 
@@ -86,7 +87,7 @@ mod tests {
                 files: 2,
                 dirs: 3,
                 symlinks: 2,
-                others: 0,
+                others: 1,
                 bytes: 1005
             }
         );
