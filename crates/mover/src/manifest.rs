@@ -175,6 +175,16 @@ mod tests {
     }
 
     #[test]
+    fn sub_second_times_are_written_only_when_there_are_some() {
+        let mut entry = Entry::default();
+        let json = serde_json::to_value(&entry).unwrap();
+        assert!(json.get("mtimeNanos").is_none(), "{json}");
+        entry.mtime_nanos = 5;
+        let json = serde_json::to_value(&entry).unwrap();
+        assert_eq!(json["mtimeNanos"], 5, "{json}");
+    }
+
+    #[test]
     fn hex_round_trips_and_refuses_what_is_not_hex() {
         let name = b"a\nb/\xff\xfe c";
         assert_eq!(unhex(hex(name).as_bytes()).unwrap(), name);

@@ -41,5 +41,9 @@ mod tests {
         let big = "x".repeat(TERMINATION_MESSAGE_LIMIT);
         assert!(write_termination_message(&path, &big).is_err());
         assert!(!path.exists());
+        // Exactly the limit (two bytes of quotes) still fits.
+        let fits = "x".repeat(TERMINATION_MESSAGE_LIMIT - 2);
+        write_termination_message(&path, &fits).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 4096);
     }
 }
