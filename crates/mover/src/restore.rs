@@ -846,3 +846,42 @@ impl<R: Read> Read for DigestReader<R> {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_target_is_named_apart_from_other_write_failures() {
+        let write = |source| RestoreError::Write {
+            path: "/target/f".into(),
+            source,
+        };
+        let full = write(io::Error::from_raw_os_error(libc::ENOSPC));
+        assert_eq!(full.reason(), Reason::TargetFull);
+        let other = write(io::Error::from_raw_os_error(libc::EIO));
+        assert_eq!(other.reason(), Reason::TargetWriteFailed);
+    }
+
+    #[test]
+    fn the_recorded_digest_must_be_the_one_the_manifest_names() {
+        let manifest = Manifest {
+            format: "backstop/v1".into(),
+            created_at: String::new(),
+            source: "data".into(),
+            compression: backstop_api::Compression::Zstd,
+            artifact: crate::manifest::ArtifactInfo {
+                name: "data.tar.zst".into(),
+                size: 1,
+                blake3: "ab".repeat(32),
+            },
+            totals: Default::default(),
+            entries: Vec::new(),
+        };
+        assert!(check_recorded_digest(&manifest, None).is_ok());
+        assert!(check_recorded_digest(&manifest, Some(&"ab".repeat(32))).is_ok());
+        let err = check_recorded_digest(&manifest, Some(&"cd".repeat(32)))
+            .expect_err("a swapped manifest");
+        assert_eq!(err.reason(), Reason::IntegrityCheckFailed);
+    }
+}

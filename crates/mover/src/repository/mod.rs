@@ -172,3 +172,93 @@ pub fn probe(repo: &dyn Repository) -> Result<ProbeResult, RepositoryError> {
         bytes: data.len() as u64,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_or_refusing_repository_is_named_and_anything_else_is_not() {
+        let full = io::Error::from_raw_os_error(libc::ENOSPC);
+        assert_eq!(reason(&full), Some(Reason::RepositoryFull));
+        let full = io::Error::new(io::ErrorKind::StorageFull, "quota");
+        assert_eq!(reason(&full), Some(Reason::RepositoryFull));
+        assert_eq!(reason(&io::Error::other("?")), None);
+        let denied = StoreFailure {
+            reason: Reason::AccessDenied,
+            message: "403".into(),
+        };
+        let err = RepositoryError::Write {
+            key: "k".into(),
+            source: denied.into_io(),
+        };
+        assert_eq!(err.reason(), Some(Reason::AccessDenied));
+        assert!(err.io().is_some());
+        assert_eq!(RepositoryError::InvalidKey("..".into()).reason(), None);
+        for err in [
+            RepositoryError::Remove {
+                key: "k".into(),
+                source: io::Error::from_raw_os_error(libc::ENOSPC),
+            },
+            RepositoryError::Read {
+                key: "k".into(),
+                source: io::Error::from_raw_os_error(libc::ENOSPC),
+            },
+        ] {
+            assert_eq!(err.reason(), Some(Reason::RepositoryFull), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_store_failure_travels_as_the_io_error_kind_that_fits_it() {
+        let kind = |reason| {
+            let failure = StoreFailure {
+                reason,
+                message: "m".into(),
+            }
+            .into_io();
+            assert_eq!(super::reason(&failure), Some(reason));
+            failure.kind()
+        };
+        assert_eq!(kind(Reason::AccessDenied), io::ErrorKind::PermissionDenied);
+        assert_eq!(kind(Reason::BucketNotFound), io::ErrorKind::NotFound);
+        assert_eq!(
+            kind(Reason::EndpointUnreachable),
+            io::ErrorKind::ConnectionRefused
+        );
+        assert_eq!(
+            kind(Reason::TlsHandshakeFailed),
+            io::ErrorKind::ConnectionRefused
+        );
+        assert_eq!(kind(Reason::RepositoryFull), io::ErrorKind::Other);
+    }
+
+    /// Storage that keeps what it is given but answers every read with other bytes.
+    struct Forgetful(DirRepository);
+
+    impl Repository for Forgetful {
+        fn create(&self, key: &str) -> Result<Box<dyn Upload>, RepositoryError> {
+            self.0.create(key)
+        }
+        fn open(&self, _key: &str) -> Result<Box<dyn Read + Send>, RepositoryError> {
+            Ok(Box::new(io::Cursor::new(b"something else".to_vec())))
+        }
+        fn remove(&self, key: &str) -> Result<(), RepositoryError> {
+            self.0.remove(key)
+        }
+        fn remove_prefix(&self, prefix: &str) -> Result<(), RepositoryError> {
+            self.0.remove_prefix(prefix)
+        }
+    }
+
+    #[test]
+    fn the_probe_passes_on_storage_that_returns_what_it_stores_and_only_there() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let done = probe(&DirRepository::new(dir.path())).expect("a working directory");
+        assert!(done.bytes > 0);
+        let empty = std::fs::read_dir(dir.path().join(".backstop-probe")).map(|d| d.count());
+        assert_eq!(empty.ok(), Some(0), "the probe object is removed");
+        let err = probe(&Forgetful(DirRepository::new(dir.path()))).expect_err("other bytes");
+        assert!(err.to_string().contains("differs"), "{err}");
+    }
+}
