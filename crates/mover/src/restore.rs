@@ -864,6 +864,27 @@ mod tests {
     }
 
     #[test]
+    fn nothing_is_written_through_a_link_or_below_a_file() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path();
+        fs::create_dir(root.join("d"))?;
+        fs::write(root.join("f"), b"")?;
+        symlink("/etc", root.join("l"))?;
+        assert!(check_parents(root, Path::new("d/x")).is_ok());
+        assert!(
+            check_parents(root, Path::new("new/x")).is_ok(),
+            "made later"
+        );
+        let why = |rel: &str| match check_parents(root, Path::new(rel)) {
+            Err(RestoreError::Unsafe { why, .. }) => why,
+            other => panic!("{rel}: {other:?}"),
+        };
+        assert_eq!(why("l/passwd"), "would be written through a symlink");
+        assert_eq!(why("f/x"), "has a parent that is not a directory");
+        Ok(())
+    }
+
+    #[test]
     fn the_recorded_digest_must_be_the_one_the_manifest_names() {
         let manifest = Manifest {
             format: "backstop/v1".into(),

@@ -111,6 +111,10 @@ fn a_restore_reproduces_the_tree_exactly_and_keeps_sparse_files_sparse() {
         )
         .unwrap();
         assert_eq!(result.verification, "Verified");
+        assert_eq!(
+            result.files, 4,
+            "regular files; the hardlink is not a second file"
+        );
         assert_eq!(listing(&f.target), listing(&f.source), "{compression:?}");
         let a = fs::metadata(f.target.join("a/file.txt")).unwrap();
         let b = fs::metadata(f.target.join("hard")).unwrap();
