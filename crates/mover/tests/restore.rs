@@ -962,3 +962,96 @@ fn a_fresh_filesystems_lost_and_found_does_not_make_the_target_non_empty() {
     assert!(f.target.join("lost+found").is_dir(), "kept");
     assert!(f.target.join("a/file.txt").is_file());
 }
+
+#[test]
+fn an_archive_listing_children_before_their_directory_keeps_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = crafted(
+        &tmp.path().join("repo"),
+        |b| {
+            file(b, b"d/f", b"child first");
+            b.append(
+                &raw_header(b"d/", tar::EntryType::Directory, 0, None),
+                std::io::empty(),
+            )
+            .unwrap();
+        },
+        vec![
+            entry("d/f", EntryKind::File, None, Some(b"child first")),
+            entry("d", EntryKind::Dir, None, None),
+        ],
+    );
+    let target = tmp.path().join("target");
+    fs::create_dir(&target).unwrap();
+    let result = restore::restore(
+        &repo,
+        "ns/b/data.manifest.json",
+        &target,
+        &RestoreOptions::default(),
+    )
+    .unwrap();
+    assert_eq!((result.entries, result.files), (2, 1));
+    assert_eq!(fs::read(target.join("d/f")).unwrap(), b"child first");
+}
+
+fn mknod(path: &Path, kind: libc::mode_t, dev: libc::dev_t) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mknod(c.as_ptr(), kind | 0o640, dev) }, 0);
+}
+
+#[test]
+fn fifos_and_devices_come_back_as_they_were_and_devices_are_skipped_when_untrusted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("source");
+    fs::create_dir(&source).unwrap();
+    fs::write(source.join("plain"), "p").unwrap();
+    mknod(&source.join("pipe"), libc::S_IFIFO, 0);
+    let null = libc::makedev(1, 3);
+    mknod(&source.join("null"), libc::S_IFCHR, null);
+    let repo = DirRepository::new(tmp.path().join("repo"));
+    let request = BackupRequest {
+        source: &source,
+        pvc: "data",
+        dir: "ns/b",
+        compression: Compression::Zstd,
+        created_at: String::new(),
+    };
+    backup::run(&repo, &request).unwrap();
+
+    let trusted = tmp.path().join("trusted");
+    fs::create_dir(&trusted).unwrap();
+    let result = restore::restore(
+        &repo,
+        "ns/b/data.manifest.json",
+        &trusted,
+        &RestoreOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        (result.entries, result.files, result.skipped_devices),
+        (3, 1, 0)
+    );
+    let pipe = fs::symlink_metadata(trusted.join("pipe")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&pipe.file_type()));
+    let dev = fs::symlink_metadata(trusted.join("null")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+        &dev.file_type()
+    ));
+    assert_eq!(dev.rdev(), null);
+    assert_eq!(dev.mode() & 0o7777, 0o640);
+
+    let untrusted = tmp.path().join("untrusted");
+    fs::create_dir(&untrusted).unwrap();
+    let options = RestoreOptions {
+        untrusted: true,
+        ..Default::default()
+    };
+    let result = restore::restore(&repo, "ns/b/data.manifest.json", &untrusted, &options).unwrap();
+    assert_eq!(
+        (result.entries, result.files, result.skipped_devices),
+        (3, 1, 1)
+    );
+    assert!(!untrusted.join("null").exists());
+    assert!(untrusted.join("pipe").exists());
+}
