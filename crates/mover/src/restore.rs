@@ -884,6 +884,41 @@ mod tests {
         Ok(())
     }
 
+    /// Interrupted before every read, and handing out at most 2 bytes at a time.
+    struct Interrupting<'a> {
+        data: &'a [u8],
+        interrupt: bool,
+    }
+
+    impl Read for Interrupting<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.interrupt = !self.interrupt;
+            if self.interrupt {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let n = buf.len().min(2);
+            self.data.read(&mut buf[..n])
+        }
+    }
+
+    #[test]
+    fn read_full_fills_the_buffer_across_short_and_interrupted_reads() -> io::Result<()> {
+        let mut buf = [0u8; 5];
+        let mut reader = Interrupting {
+            data: b"abcdefg",
+            interrupt: false,
+        };
+        assert_eq!(read_full(&mut reader, &mut buf)?, 5);
+        assert_eq!(&buf, b"abcde");
+        assert_eq!(
+            read_full(&mut reader, &mut buf)?,
+            2,
+            "what is left, at the end"
+        );
+        assert_eq!(&buf[..2], b"fg");
+        Ok(())
+    }
+
     #[test]
     fn the_recorded_digest_must_be_the_one_the_manifest_names() {
         let manifest = Manifest {

@@ -1009,6 +1009,8 @@ fn fifos_and_devices_come_back_as_they_were_and_devices_are_skipped_when_untrust
     mknod(&source.join("pipe"), libc::S_IFIFO, 0);
     let null = libc::makedev(1, 3);
     mknod(&source.join("null"), libc::S_IFCHR, null);
+    let loop0 = libc::makedev(7, 0);
+    mknod(&source.join("loop"), libc::S_IFBLK, loop0);
     let repo = DirRepository::new(tmp.path().join("repo"));
     let request = BackupRequest {
         source: &source,
@@ -1030,7 +1032,7 @@ fn fifos_and_devices_come_back_as_they_were_and_devices_are_skipped_when_untrust
     .unwrap();
     assert_eq!(
         (result.entries, result.files, result.skipped_devices),
-        (3, 1, 0)
+        (4, 1, 0)
     );
     let pipe = fs::symlink_metadata(trusted.join("pipe")).unwrap();
     assert!(std::os::unix::fs::FileTypeExt::is_fifo(&pipe.file_type()));
@@ -1040,6 +1042,11 @@ fn fifos_and_devices_come_back_as_they_were_and_devices_are_skipped_when_untrust
     ));
     assert_eq!(dev.rdev(), null);
     assert_eq!(dev.mode() & 0o7777, 0o640);
+    let block = fs::symlink_metadata(trusted.join("loop")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_block_device(
+        &block.file_type()
+    ));
+    assert_eq!(block.rdev(), loop0);
 
     let untrusted = tmp.path().join("untrusted");
     fs::create_dir(&untrusted).unwrap();
@@ -1050,8 +1057,9 @@ fn fifos_and_devices_come_back_as_they_were_and_devices_are_skipped_when_untrust
     let result = restore::restore(&repo, "ns/b/data.manifest.json", &untrusted, &options).unwrap();
     assert_eq!(
         (result.entries, result.files, result.skipped_devices),
-        (3, 1, 1)
+        (4, 1, 2)
     );
     assert!(!untrusted.join("null").exists());
+    assert!(!untrusted.join("loop").exists());
     assert!(untrusted.join("pipe").exists());
 }
