@@ -346,6 +346,75 @@ mod tests {
         ));
     }
 
+    fn mknod(path: &Path, kind: libc::mode_t, dev: libc::dev_t) {
+        let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mknod(c.as_ptr(), kind | 0o600, dev) }, 0);
+    }
+
+    #[test]
+    fn special_files_are_reported_by_kind_and_never_opened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        mknod(&root.join("pipe"), libc::S_IFIFO, 0);
+        mknod(&root.join("chr"), libc::S_IFCHR, libc::makedev(1, 3));
+        mknod(&root.join("blk"), libc::S_IFBLK, libc::makedev(7, 0));
+        let _socket = std::os::unix::net::UnixListener::bind(root.join("sock")).unwrap();
+        let dir = Dir::open_root(root).unwrap();
+        for (name, kind) in [
+            ("pipe", Kind::Fifo),
+            ("chr", Kind::Char),
+            ("blk", Kind::Block),
+            ("sock", Kind::Socket),
+        ] {
+            match dir.child(OsStr::new(name)).unwrap() {
+                Child::Other(stat) => assert_eq!(stat.kind, kind, "{name}"),
+                _ => panic!("{name} was opened"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_same_object_is_the_same_device_inode_and_kind() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("f"), b"").unwrap();
+        let dir = Dir::open_root(tmp.path()).unwrap();
+        let Child::File(_, stat) = dir.child(OsStr::new("f")).unwrap() else {
+            panic!("f is a file");
+        };
+        assert!(stat.same_object(&stat));
+        for other in [
+            Stat {
+                dev: stat.dev + 1,
+                ..stat
+            },
+            Stat {
+                ino: stat.ino + 1,
+                ..stat
+            },
+            Stat {
+                kind: Kind::Dir,
+                ..stat
+            },
+        ] {
+            assert!(!stat.same_object(&other), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn the_root_must_be_a_directory_and_an_impossible_name_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("f"), b"").unwrap();
+        let err = Dir::open_root(&tmp.path().join("f"))
+            .err()
+            .expect("not a directory");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOTDIR));
+        let dir = Dir::open_root(tmp.path()).unwrap();
+        // Not "changed while read": the walk never lists such a name, so it is a real error.
+        let long = "n".repeat(300);
+        assert!(dir.child(OsStr::new(&long)).is_err());
+    }
+
     #[test]
     fn a_directory_below_the_root_is_never_reached_through_a_link() {
         let tmp = tempfile::tempdir().unwrap();
