@@ -161,4 +161,26 @@ mod tests {
         repo.remove_prefix("ns/b").unwrap();
         assert!(!tmp.path().join("ns").exists());
     }
+
+    #[test]
+    fn removing_what_is_missing_is_fine_and_what_cannot_go_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = DirRepository::new(tmp.path());
+        repo.put("ns/b/data.tar", b"x").unwrap();
+        repo.remove("ns/b/data.tar").unwrap();
+        assert!(!tmp.path().join("ns/b/data.tar").exists());
+        repo.remove("ns/b/data.tar").unwrap();
+        repo.remove_prefix("ns/gone").unwrap();
+        // A directory where an object is expected, an object where a backup's directory is.
+        assert!(matches!(
+            repo.remove("ns/b"),
+            Err(RepositoryError::Remove { .. })
+        ));
+        repo.put("ns/file", b"x").unwrap();
+        assert!(matches!(
+            repo.remove_prefix("ns/file"),
+            Err(RepositoryError::Remove { .. })
+        ));
+        assert!(tmp.path().join("ns/file").exists());
+    }
 }

@@ -522,4 +522,113 @@ mod tests {
             "error sending request: connection refused"
         );
     }
+
+    /// An error with a chain of causes, as the HTTP and TLS stacks make them.
+    #[derive(Debug)]
+    struct Chain(&'static str, Option<Box<Chain>>);
+
+    impl std::fmt::Display for Chain {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Chain {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|c| c as _)
+        }
+    }
+
+    fn reason_for(text: &'static str) -> Reason {
+        let err = object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(Chain(text, None)),
+        };
+        classify(err, "b", "http://s3").reason
+    }
+
+    #[test]
+    fn every_sign_of_each_failure_is_recognised_on_its_own() {
+        assert_eq!(reason_for("NoSuchBucket"), Reason::BucketNotFound);
+        for text in [
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "AccessDenied",
+        ] {
+            assert_eq!(reason_for(text), Reason::AccessDenied, "{text}");
+        }
+        for text in ["bad certificate", "Certificate expired", "UnknownIssuer"] {
+            assert_eq!(reason_for(text), Reason::TlsHandshakeFailed, "{text}");
+        }
+        for text in [
+            "error sending request",
+            "tcp connect",
+            "dns error",
+            "timed out",
+        ] {
+            assert_eq!(reason_for(text), Reason::EndpointUnreachable, "{text}");
+        }
+        assert_eq!(reason_for("teapot"), Reason::StorageRequestFailed);
+        let denied = object_store::Error::PermissionDenied {
+            path: "k".into(),
+            source: Box::new(Chain("no", None)),
+        };
+        assert_eq!(classify(denied, "b", "e").reason, Reason::AccessDenied);
+        let unauthenticated = object_store::Error::Unauthenticated {
+            path: "k".into(),
+            source: Box::new(Chain("no", None)),
+        };
+        assert_eq!(
+            classify(unauthenticated, "b", "e").reason,
+            Reason::AccessDenied
+        );
+    }
+
+    #[test]
+    fn a_cause_deep_in_the_chain_is_seen_and_told() {
+        let deep = Chain(
+            "error sending request",
+            Some(Box::new(Chain(
+                "client error",
+                Some(Box::new(Chain(
+                    "invalid peer certificate: UnknownIssuer",
+                    None,
+                ))),
+            ))),
+        );
+        let err = object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(deep),
+        };
+        let failure = classify(err, "b", "https://s3");
+        assert_eq!(failure.reason, Reason::TlsHandshakeFailed);
+        assert!(
+            failure.message.contains("client error: invalid peer"),
+            "{}",
+            failure.message
+        );
+        assert_eq!(failure.message.matches("error sending request").count(), 1);
+    }
+
+    #[test]
+    fn an_error_response_keeps_its_head_and_its_code() {
+        let text =
+            "PUT failed - Server returned error response: <Error><Code>SlowDown</Code></Error>";
+        assert_eq!(
+            without_body(text),
+            "PUT failed - Server returned error response: Code \"SlowDown\""
+        );
+    }
+
+    #[test]
+    fn one_line_collapses_whitespace_and_cuts_long_text_on_a_character() {
+        assert_eq!(one_line("a\n  b\tc"), "a b c");
+        let fits = "x".repeat(600);
+        assert_eq!(one_line(&fits), fits);
+        // 1 + 2n bytes: byte 600 falls inside an 'é', so the cut is at 599.
+        let long = format!("a{}", "é".repeat(400));
+        let cut = one_line(&long);
+        assert_eq!(cut.len(), 599 + 3, "{cut}");
+        assert!(cut.ends_with("é..."));
+    }
 }
