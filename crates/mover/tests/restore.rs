@@ -1034,6 +1034,7 @@ fn fifos_and_devices_come_back_as_they_were_and_devices_are_skipped_when_untrust
         (result.entries, result.files, result.skipped_devices),
         (4, 1, 0)
     );
+    assert_eq!(result.bytes, 1, "the one byte of plain");
     let pipe = fs::symlink_metadata(trusted.join("pipe")).unwrap();
     assert!(std::os::unix::fs::FileTypeExt::is_fifo(&pipe.file_type()));
     let dev = fs::symlink_metadata(trusted.join("null")).unwrap();
