@@ -29,6 +29,9 @@ fn round_trip(kind: S3Kind) -> anyhow::Result<()> {
     let server = S3Server::start(kind)?;
     server.create_bucket("backups")?;
     let repo = S3Repository::new(&server.config("backups", "cluster-a/"))?;
+    // The probe writes, reads back and removes its object: nothing of it stays.
+    backstop_mover::repository::probe(&repo)?;
+    assert_eq!(server.keys("backups", "cluster-a/")?, Vec::<String>::new());
     let source = tempfile::tempdir()?;
     write_sample_tree(source.path(), 7)?;
     let listing = tree_listing(source.path())?;
