@@ -643,3 +643,39 @@ pub fn kubectl_apply(manifest: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Waits until the repository's `Ready` condition has `status` and a reason other than Probing;
+/// returns the reason.
+pub async fn repository_ready(
+    ns: &TestNamespace,
+    name: &str,
+    status: &str,
+) -> anyhow::Result<String> {
+    let api = ns.api::<backstop_api::BackupRepository>();
+    wait_for(
+        Duration::from_secs(150),
+        &format!("repository {name} Ready={status}"),
+        || async {
+            let repo = api.get(name).await?;
+            let conditions = repo.status.unwrap_or_default().conditions;
+            Ok(
+                backstop_api::condition::find(&conditions, ConditionType::Ready)
+                    .filter(|c| c.status == status && c.reason != "Probing")
+                    .map(|c| c.reason.clone()),
+            )
+        },
+    )
+    .await
+}
+
+/// A Secret `name` with the S3 keys, labelled so that the operator may hand it to mover pods.
+pub async fn keys_secret(ns: &TestNamespace, name: &str, secret_key: &str) -> anyhow::Result<()> {
+    create::<k8s_openapi::api::core::v1::Secret>(
+        ns,
+        serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": name, "labels": {"backstop.dev/credentials": "true"}},
+               "stringData": {"AWS_ACCESS_KEY_ID": s3::ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": secret_key}}),
+    )
+    .await?;
+    Ok(())
+}

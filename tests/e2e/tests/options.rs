@@ -6,7 +6,7 @@
 use backstop_api::condition::ConditionType;
 use backstop_api::contract::Reason;
 use backstop_api::{Backup, BackupPhase, BackupRepository, Restore, condition};
-use backstop_e2e::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
+use backstop_e2e::s3::{S3Server, SECRET_KEY};
 use backstop_e2e::*;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use kube::api::{Patch, PatchParams};
@@ -269,14 +269,8 @@ async fn an_s3_endpoint_signed_by_a_private_ca_is_trusted_through_ca_secret_ref(
     let ns = TestNamespace::create(&client, "e2e-s3-ca").await?;
     let server = S3Server::start_tls()?;
     server.create_bucket("backups")?;
+    keys_secret(&ns, "keys", SECRET_KEY).await?;
     let opted_in = json!({"backstop.dev/credentials": "true"});
-    create::<Secret>(
-        &ns,
-        json!({"apiVersion": "v1", "kind": "Secret",
-               "metadata": {"name": "keys", "labels": opted_in},
-               "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}}),
-    )
-    .await?;
     create::<Secret>(
         &ns,
         json!({"apiVersion": "v1", "kind": "Secret",
@@ -294,28 +288,11 @@ async fn an_s3_endpoint_signed_by_a_private_ca_is_trusted_through_ca_secret_ref(
     };
     create::<BackupRepository>(&ns, repository("untrusted", s3(false))).await?;
     create::<BackupRepository>(&ns, repository("trusted", s3(true))).await?;
-    let repos = ns.api::<BackupRepository>();
-    let ready = |name: &'static str| {
-        let repos = repos.clone();
-        async move {
-            wait_for(
-                Duration::from_secs(150),
-                &format!("repository {name} probed"),
-                || async {
-                    let conditions = repos.get(name).await?.status.unwrap_or_default().conditions;
-                    Ok(condition::find(&conditions, ConditionType::Ready)
-                        .filter(|c| c.reason != "Probing")
-                        .map(|c| (c.status.clone(), c.reason.clone())))
-                },
-            )
-            .await
-        }
-    };
     assert_eq!(
-        ready("untrusted").await?,
-        ("False".into(), Reason::TlsHandshakeFailed.as_str().into())
+        repository_ready(&ns, "untrusted", "False").await?,
+        Reason::TlsHandshakeFailed.as_str()
     );
-    assert_eq!(ready("trusted").await?, ("True".into(), "Ready".into()));
+    assert_eq!(repository_ready(&ns, "trusted", "True").await?, "Ready");
 
     let data = ns.volume("data", &[("app", "db")]).await?;
     write_sample_tree(&data, 5)?;

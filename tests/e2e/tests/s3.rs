@@ -3,8 +3,7 @@
 //! probes decide `Ready`; a policy backs up, retention deletes, a restore brings the tree back;
 //! wrong keys, a deleted bucket and a server stopped mid-upload each say what happened.
 
-use backstop_api::condition::ConditionType;
-use backstop_api::{Backup, BackupPhase, BackupPolicy, BackupRepository, Restore, condition};
+use backstop_api::{Backup, BackupPhase, BackupPolicy, BackupRepository, Restore};
 use backstop_e2e::s3::{ACCESS_KEY, S3Kind, S3Server, SECRET_KEY};
 use backstop_e2e::*;
 use k8s_openapi::api::batch::v1::Job;
@@ -14,17 +13,6 @@ use serde_json::json;
 use std::time::Duration;
 
 const PREFIX: &str = "e2e";
-
-async fn keys_secret(ns: &TestNamespace, name: &str, secret_key: &str) -> anyhow::Result<()> {
-    create::<Secret>(
-        ns,
-        json!({"apiVersion": "v1", "kind": "Secret",
-               "metadata": {"name": name, "labels": {"backstop.dev/credentials": "true"}},
-               "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": secret_key}}),
-    )
-    .await?;
-    Ok(())
-}
 
 async fn s3_repository(
     ns: &TestNamespace,
@@ -41,24 +29,6 @@ async fn s3_repository(
     )
     .await?;
     Ok(())
-}
-
-/// Waits until the repository's `Ready` condition has `status` and a reason other than Probing;
-/// returns the reason.
-async fn ready(ns: &TestNamespace, name: &str, status: &str) -> anyhow::Result<String> {
-    let api = ns.api::<BackupRepository>();
-    wait_for(
-        Duration::from_secs(150),
-        &format!("repository {name} Ready={status}"),
-        || async {
-            let repo = api.get(name).await?;
-            let conditions = repo.status.unwrap_or_default().conditions;
-            Ok(condition::find(&conditions, ConditionType::Ready)
-                .filter(|c| c.status == status && c.reason != "Probing")
-                .map(|c| c.reason.clone()))
-        },
-    )
-    .await
 }
 
 async fn finished_backup(
@@ -105,7 +75,7 @@ async fn policy_retention_and_restore_through_moto_and_s3s_fs() -> anyhow::Resul
         sources.push(tree_listing(&data)?);
     }
     for (name, _) in &servers {
-        assert_eq!(ready(&ns, name, "True").await?, "Ready");
+        assert_eq!(repository_ready(&ns, name, "True").await?, "Ready");
         create::<BackupPolicy>(
             &ns,
             json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "BackupPolicy",
@@ -243,7 +213,10 @@ async fn wrong_keys_a_deleted_bucket_and_a_stopped_server_each_say_what_happened
 
     // Wrong keys: not Ready, with a reason and a Warning; a policy on it says so and starts nothing.
     s3_repository(&ns, "wrong", &s3s, "wrong-keys").await?;
-    assert_eq!(ready(&ns, "wrong", "False").await?, "AccessDenied");
+    assert_eq!(
+        repository_ready(&ns, "wrong", "False").await?,
+        "AccessDenied"
+    );
     assert!(
         events(&ns, "AccessDenied")
             .await?
@@ -287,7 +260,7 @@ async fn wrong_keys_a_deleted_bucket_and_a_stopped_server_each_say_what_happened
 
     // A deleted bucket: the backup fails saying so, and the repository stops being Ready.
     s3_repository(&ns, "moto", &moto, "s3-keys").await?;
-    assert_eq!(ready(&ns, "moto", "True").await?, "Ready");
+    assert_eq!(repository_ready(&ns, "moto", "True").await?, "Ready");
     moto.delete_bucket("backups")?;
     let failed = finished_backup(&ns, "no-bucket", "db", "moto").await?;
     assert_eq!(failed.phase(), BackupPhase::Failed);
@@ -296,12 +269,15 @@ async fn wrong_keys_a_deleted_bucket_and_a_stopped_server_each_say_what_happened
         .clone()
         .unwrap_or_default();
     assert!(why.starts_with("BucketNotFound"), "{why}");
-    assert_eq!(ready(&ns, "moto", "False").await?, "BucketNotFound");
+    assert_eq!(
+        repository_ready(&ns, "moto", "False").await?,
+        "BucketNotFound"
+    );
 
     // The server stops mid-upload: the backup fails, nothing of it is stored, and once the server
     // is back (and the repository Ready again) the next backup succeeds.
     s3_repository(&ns, "s3s", &s3s, "s3-keys").await?;
-    assert_eq!(ready(&ns, "s3s", "True").await?, "Ready");
+    assert_eq!(repository_ready(&ns, "s3s", "True").await?, "Ready");
     let big = ns.volume("big", &[("app", "big")]).await?;
     let noise = std::process::Command::new("head")
         .args(["-c", "512M", "/dev/urandom"])
@@ -341,7 +317,7 @@ async fn wrong_keys_a_deleted_bucket_and_a_stopped_server_each_say_what_happened
         Vec::<String>::new(),
         "nothing of the cut backup is stored"
     );
-    assert_eq!(ready(&ns, "s3s", "True").await?, "Ready");
+    assert_eq!(repository_ready(&ns, "s3s", "True").await?, "Ready");
     let after = finished_backup(&ns, "after", "big", "s3s").await?;
     assert_eq!(after.phase(), BackupPhase::Completed, "{:?}", after.status);
     assert_eq!(
@@ -439,7 +415,10 @@ async fn a_secret_its_owner_did_not_opt_in_is_never_given_to_a_mover_pod() -> an
     )
     .await?;
     s3_repository(&ns, "default", &moto, "db-admin").await?;
-    assert_eq!(ready(&ns, "default", "False").await?, "SecretNotOptedIn");
+    assert_eq!(
+        repository_ready(&ns, "default", "False").await?,
+        "SecretNotOptedIn"
+    );
     let data = ns.volume("db", &[("app", "db")]).await?;
     write_sample_tree(&data, 4)?;
     create::<Backup>(
@@ -486,6 +465,6 @@ async fn a_secret_its_owner_did_not_opt_in_is_never_given_to_a_mover_pod() -> an
             &Patch::Merge(json!({"metadata": {"labels": {"backstop.dev/credentials": "true"}}})),
         )
         .await?;
-    assert_eq!(ready(&ns, "default", "True").await?, "Ready");
+    assert_eq!(repository_ready(&ns, "default", "True").await?, "Ready");
     Ok(())
 }
