@@ -33,8 +33,14 @@ pub struct Args {
     mover_host_network: bool,
     /// Requests and limits of mover pods, as a ResourceRequirements in JSON (default: requests
     /// 100m CPU and 128Mi, limit 1Gi memory); a policy's spec.moverResources overrides it.
-    #[arg(long, env = "BACKSTOP_MOVER_RESOURCES", value_parser = parse_resources)]
+    #[arg(long, env = "BACKSTOP_MOVER_RESOURCES", value_parser = parse_json::<k8s_openapi::api::core::v1::ResourceRequirements>)]
     mover_resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    /// Nodes mover pods may run on, as a nodeSelector map in JSON (e.g. `{"backup":"yes"}`).
+    #[arg(long, env = "BACKSTOP_MOVER_NODE_SELECTOR", value_parser = parse_json::<std::collections::BTreeMap<String, String>>)]
+    mover_node_selector: Option<std::collections::BTreeMap<String, String>>,
+    /// Taints mover pods tolerate, as a list of Tolerations in JSON.
+    #[arg(long, env = "BACKSTOP_MOVER_TOLERATIONS", value_parser = parse_json::<Vec<k8s_openapi::api::core::v1::Toleration>>)]
+    mover_tolerations: Option<Vec<k8s_openapi::api::core::v1::Toleration>>,
     /// Namespace of the leader-election Lease (the operator's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "backstop-system")]
     namespace: String,
@@ -187,6 +193,9 @@ fn mover_config(args: &Args) -> MoverConfig {
             .mover_resources
             .clone()
             .unwrap_or_else(backstop_controller::jobs::default_resources),
+        // An empty map or list (what a Helm chart renders for "none") sets nothing.
+        node_selector: args.mover_node_selector.clone().filter(|s| !s.is_empty()),
+        tolerations: args.mover_tolerations.clone().filter(|t| !t.is_empty()),
         ..MoverConfig::default()
     }
 }
@@ -286,9 +295,9 @@ pub fn parse_namespace(text: &str) -> Result<String, String> {
 }
 
 /// A ResourceRequirements in JSON, checked, e.g. `{"limits":{"memory":"2Gi"}}`.
-fn parse_resources(text: &str) -> Result<k8s_openapi::api::core::v1::ResourceRequirements, String> {
-    serde_json::from_str(text)
-        .map_err(|e| format!("not a ResourceRequirements in JSON ({e}): {text}"))
+/// A structured setting given as JSON (env vars carry them this way).
+fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    serde_json::from_str(text).map_err(|e| format!("not JSON of the expected shape ({e}): {text}"))
 }
 
 #[cfg(test)]

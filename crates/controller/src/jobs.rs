@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, EnvVar, EnvVarSource, NodeAffinity, NodeSelector,
     NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaimVolumeSource, Pod, PodSpec,
     PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource,
-    SecurityContext, Volume, VolumeMount,
+    SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::Resource;
@@ -31,6 +31,9 @@ pub struct MoverConfig {
     pub deadline_seconds: i64,
     /// The mover container's requests and limits.
     pub resources: ResourceRequirements,
+    /// Where mover pods may run (ANDed with the node pinning of a volume in use).
+    pub node_selector: Option<BTreeMap<String, String>>,
+    pub tolerations: Option<Vec<Toleration>>,
 }
 
 impl Default for MoverConfig {
@@ -41,6 +44,8 @@ impl Default for MoverConfig {
             host_network: false,
             deadline_seconds: 6 * 3600,
             resources: default_resources(),
+            node_selector: None,
+            tolerations: None,
         }
     }
 }
@@ -310,6 +315,8 @@ fn job<K: Resource<DynamicType = ()>>(owner: &K, mover: MoverJob<'_>, config: &M
                     restart_policy: Some("Never".into()),
                     host_network: Some(config.host_network),
                     affinity: node.map(on_node),
+                    node_selector: config.node_selector.clone(),
+                    tolerations: config.tolerations.clone(),
                     automount_service_account_token: Some(false),
                     containers: vec![container],
                     volumes: Some(volumes),
@@ -604,6 +611,28 @@ mod tests {
         assert_eq!(values, &serde_json::json!(["node-c"]));
     }
 
+
+    #[test]
+    fn mover_placement_settings_reach_the_pod_beside_the_node_pinning() {
+        let (backup, repo) = fixtures();
+        let config = MoverConfig {
+            node_selector: Some([("backup".to_string(), "yes".to_string())].into()),
+            tolerations: Some(vec![Toleration {
+                key: Some("dedicated".into()),
+                operator: Some("Exists".into()),
+                ..Toleration::default()
+            }]),
+            ..MoverConfig::default()
+        };
+        let job = backup_job(&backup, "data", Some("node-c"), &repo, &config);
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.node_selector, config.node_selector);
+        assert_eq!(pod.tolerations, config.tolerations);
+        assert!(pod.affinity.is_some(), "the volume's node pinning stays");
+        let plain = backup_job(&backup, "data", None, &repo, &MoverConfig::default());
+        let pod = plain.spec.unwrap().template.spec.unwrap();
+        assert_eq!((pod.node_selector, pod.tolerations), (None, None));
+    }
     #[test]
     fn a_restores_own_mover_pod_is_recognised_by_its_job() {
         let mut pod = Pod::default();
