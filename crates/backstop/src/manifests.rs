@@ -191,6 +191,32 @@ mod tests {
         );
     }
 
+    /// Helm reads only files inside the chart: it carries copies of the CRDs and the monitoring
+    /// files, which must not drift from deploy/ (the rendered objects are compared by the chart's
+    /// end-to-end test, which needs helm).
+    #[test]
+    fn the_chart_carries_the_same_files_as_deploy() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+        let read = |path: &str| {
+            std::fs::read_to_string(format!("{root}/{path}"))
+                .unwrap_or_else(|e| panic!("reading {path}: {e}"))
+        };
+        for (copy, source) in [
+            ("charts/backstop/crds/crds.yaml", "deploy/crds.yaml"),
+            ("charts/backstop/files/alerts.yaml", "deploy/monitoring/alerts.yaml"),
+            ("charts/backstop/files/dashboard.json", "deploy/monitoring/dashboard.json"),
+        ] {
+            assert!(
+                read(copy) == read(source),
+                "{copy} differs from {source}: run `cp {source} {copy}`"
+            );
+        }
+        let chart: serde_yaml::Value = serde_yaml::from_str(&read("charts/backstop/Chart.yaml")).unwrap();
+        let version = env!("CARGO_PKG_VERSION");
+        assert_eq!(chart["version"].as_str(), Some(version), "Chart.yaml's version");
+        assert_eq!(chart["appVersion"].as_str(), Some(version), "Chart.yaml's appVersion");
+    }
+
     fn docs(yaml: &str) -> Vec<serde_yaml::Value> {
         use serde::Deserialize;
         serde_yaml::Deserializer::from_str(yaml)
