@@ -1,6 +1,7 @@
-//! The one Backstop binary: the controller, the mover run inside Jobs, and the commands that
-//! print the install manifests.
+//! The one Backstop binary: the controller, the mover run inside Jobs, the commands that print
+//! the install manifests, and the commands for people (backups, restores, policies).
 
+mod cli;
 mod controller;
 mod manifests;
 mod mover;
@@ -31,6 +32,14 @@ enum Command {
     /// Print a namespaced install (operator acting only in the given namespaces, with Roles
     /// there) as YAML, without the CRDs.
     Install(manifests::InstallArgs),
+    /// List backups; back up now from a policy.
+    #[command(subcommand)]
+    Backup(cli::BackupCommand),
+    /// Restore a volume from its latest (or a named) backup into a PVC, and wait for it.
+    Restore(cli::RestoreArgs),
+    /// Show a policy's next runs and what its retention would delete.
+    #[command(subcommand)]
+    Policy(cli::PolicyCommand),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +49,9 @@ fn main() -> ExitCode {
         Command::Mover(cmd) => mover::main(cmd),
         Command::Crds => manifests::print_crds(),
         Command::Install(args) => manifests::print_install(args),
+        Command::Backup(cmd) => cli::run(cmd.run()),
+        Command::Restore(args) => cli::run(args.run()),
+        Command::Policy(cmd) => cli::run(cmd.run()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -203,18 +203,33 @@ mod tests {
         };
         for (copy, source) in [
             ("charts/backstop/crds/crds.yaml", "deploy/crds.yaml"),
-            ("charts/backstop/files/alerts.yaml", "deploy/monitoring/alerts.yaml"),
-            ("charts/backstop/files/dashboard.json", "deploy/monitoring/dashboard.json"),
+            (
+                "charts/backstop/files/alerts.yaml",
+                "deploy/monitoring/alerts.yaml",
+            ),
+            (
+                "charts/backstop/files/dashboard.json",
+                "deploy/monitoring/dashboard.json",
+            ),
         ] {
             assert!(
                 read(copy) == read(source),
                 "{copy} differs from {source}: run `cp {source} {copy}`"
             );
         }
-        let chart: serde_yaml::Value = serde_yaml::from_str(&read("charts/backstop/Chart.yaml")).unwrap();
+        let chart: serde_yaml::Value =
+            serde_yaml::from_str(&read("charts/backstop/Chart.yaml")).unwrap();
         let version = env!("CARGO_PKG_VERSION");
-        assert_eq!(chart["version"].as_str(), Some(version), "Chart.yaml's version");
-        assert_eq!(chart["appVersion"].as_str(), Some(version), "Chart.yaml's appVersion");
+        assert_eq!(
+            chart["version"].as_str(),
+            Some(version),
+            "Chart.yaml's version"
+        );
+        assert_eq!(
+            chart["appVersion"].as_str(),
+            Some(version),
+            "Chart.yaml's appVersion"
+        );
     }
 
     fn docs(yaml: &str) -> Vec<serde_yaml::Value> {

@@ -611,7 +611,6 @@ mod tests {
         assert_eq!(values, &serde_json::json!(["node-c"]));
     }
 
-
     #[test]
     fn mover_placement_settings_reach_the_pod_beside_the_node_pinning() {
         let (backup, repo) = fixtures();

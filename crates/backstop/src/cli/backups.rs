@@ -1,0 +1,321 @@
+//! `backstop backup list` and `backstop backup now POLICY`.
+
+use super::format::{age, table};
+use super::wait::{Progress, reason, until_finished};
+use super::{Output, Target, connect, not_found, print_structured};
+use backstop_api::{Backup, BackupPhase, BackupPolicy, BackupSpec};
+use jiff::Timestamp;
+use kube::api::{ListParams, ObjectList, PostParams};
+use kube::{Api, ResourceExt};
+use std::time::Duration;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BackupCommand {
+    /// List backups, newest first: phase, volumes, size, files, age, and why one failed.
+    #[command(alias = "ls")]
+    List {
+        /// Only the backups of this policy.
+        #[arg(long, short = 'p')]
+        policy: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Back up now what a policy selects (a Backup that names the policy), and wait for it.
+    Now {
+        policy: String,
+        /// Return once the Backup is created.
+        #[arg(long)]
+        no_wait: bool,
+        /// Longest wait for it to finish (e.g. 30m, 2h).
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        timeout: Duration,
+        /// Print the finished Backup as YAML or JSON instead of a summary.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let span: jiff::Span = text
+        .parse()
+        .map_err(|e| format!("not a duration like 90s, 30m or 2h ({e})"))?;
+    let signed = jiff::SignedDuration::try_from(span).map_err(|e| e.to_string())?;
+    Duration::try_from(signed).map_err(|_| "a duration must not be negative".to_string())
+}
+
+impl BackupCommand {
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self {
+            BackupCommand::List {
+                policy,
+                output,
+                target,
+            } => list(&target, policy.as_deref(), output).await,
+            BackupCommand::Now {
+                policy,
+                no_wait,
+                timeout,
+                output,
+                target,
+            } => now(&target, &policy, (!no_wait).then_some(timeout), output).await,
+        }
+    }
+}
+
+async fn list(target: &Target, policy: Option<&str>, output: Output) -> anyhow::Result<()> {
+    let (client, namespace) = connect(target).await?;
+    let api: Api<Backup> = Api::namespaced(client, &namespace);
+    let mut backups = api.list(&ListParams::default()).await?;
+    backups
+        .items
+        .retain(|b| policy.is_none() || b.spec.policy_ref.as_deref() == policy);
+    newest_first(&mut backups.items);
+    if output != Output::Table {
+        return print_structured(&as_list(backups), output);
+    }
+    if backups.items.is_empty() {
+        let of = policy
+            .map(|p| format!(" of policy {p}"))
+            .unwrap_or_default();
+        eprintln!("No backups{of} in namespace {namespace}.");
+        return Ok(());
+    }
+    print!("{}", backup_table(&backups.items, Timestamp::now()));
+    Ok(())
+}
+
+/// Newest first by creation, then name (deterministic for backups made in the same second).
+fn newest_first(backups: &mut [Backup]) {
+    backups.sort_by(|a, b| {
+        let key = |x: &Backup| {
+            (
+                x.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                x.name_any(),
+            )
+        };
+        key(b).cmp(&key(a))
+    });
+}
+
+/// A list as kubectl prints one with `-o yaml|json`.
+fn as_list(list: ObjectList<Backup>) -> serde_json::Value {
+    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": list.items})
+}
+
+fn backup_table(backups: &[Backup], now: Timestamp) -> String {
+    let rows: Vec<Vec<String>> = backups
+        .iter()
+        .map(|b| {
+            let status = b.status.clone().unwrap_or_default();
+            let done = status
+                .volumes
+                .iter()
+                .filter(|v| v.phase == BackupPhase::Completed)
+                .count();
+            let volumes = if status.volumes.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{done}/{}", status.volumes.len())
+            };
+            let why = match b.phase() {
+                BackupPhase::Completed => String::new(),
+                _ => reason(&status.conditions, None).unwrap_or_default(),
+            };
+            vec![
+                b.name_any(),
+                b.spec.policy_ref.clone().unwrap_or_else(|| "-".into()),
+                b.phase().as_str().to_string(),
+                volumes,
+                status.size.unwrap_or_else(|| "-".into()),
+                status.total_files.map_or("-".into(), |n| n.to_string()),
+                b.metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map_or("-".into(), |t| age(t.0, now)),
+                backstop_api::condition::truncate(why, 100),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME", "POLICY", "PHASE", "VOLUMES", "SIZE", "FILES", "AGE", "REASON",
+        ],
+        &rows,
+    )
+}
+
+async fn now(
+    target: &Target,
+    policy: &str,
+    wait: Option<Duration>,
+    output: Output,
+) -> anyhow::Result<()> {
+    let (client, namespace) = connect(target).await?;
+    let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), &namespace);
+    policies
+        .get(policy)
+        .await
+        .map_err(|e| not_found(e, &format!("BackupPolicy {policy}"), &namespace))?;
+    let backups: Api<Backup> = Api::namespaced(client, &namespace);
+    let mut backup = Backup::new(
+        "",
+        BackupSpec {
+            policy_ref: Some(policy.to_string()),
+            ..BackupSpec::default()
+        },
+    );
+    backup.metadata.name = None;
+    // The server picks the suffix: two people backing up at once never collide.
+    backup.metadata.generate_name =
+        Some(format!("{}-now-", backstop_api::naming::fit(policy, 200)));
+    let created = backups.create(&PostParams::default(), &backup).await?;
+    let name = created.name_any();
+    eprintln!("backup {name} created in namespace {namespace} (policy {policy})");
+    let Some(timeout) = wait else {
+        println!("{name}");
+        return Ok(());
+    };
+    let finished = until_finished(&backups, "backup", &name, timeout, progress).await?;
+    let status = finished.status.clone().unwrap_or_default();
+    if finished.phase() == BackupPhase::Failed {
+        anyhow::bail!(
+            "backup {name} failed: {}",
+            reason(&status.conditions, status.message.as_deref())
+                .unwrap_or_else(|| "no reason recorded".into())
+        );
+    }
+    if output != Output::Table {
+        return print_structured(&finished, output);
+    }
+    println!(
+        "backup {name} Completed: {} volume(s), {} files, {} stored, in {}",
+        status.volumes.len(),
+        status.total_files.unwrap_or(0),
+        status.size.as_deref().unwrap_or("?"),
+        status.duration.as_deref().unwrap_or("?"),
+    );
+    if let Some((_, message)) = status.changed_while_reading() {
+        println!("note: {message}");
+    }
+    Ok(())
+}
+
+fn progress(backup: &Backup) -> Progress {
+    let status = backup.status.clone().unwrap_or_default();
+    let phase = backup.phase();
+    let mut line = phase.as_str().to_string();
+    if !status.volumes.is_empty() {
+        let done = status
+            .volumes
+            .iter()
+            .filter(|v| v.phase.is_terminal())
+            .count();
+        line.push_str(&format!(", {done}/{} volume(s) done", status.volumes.len()));
+    }
+    if phase != BackupPhase::Completed
+        && let Some(why) = reason(&status.conditions, None)
+    {
+        line.push_str(&format!(" ({why})"));
+    }
+    Progress { phase, line }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backstop_api::{BackupStatus, VolumeBackup};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn backup(name: &str, second: i64, phase: BackupPhase, volumes: &[BackupPhase]) -> Backup {
+        let mut b = Backup::new(
+            name,
+            BackupSpec {
+                policy_ref: Some("nightly".into()),
+                ..BackupSpec::default()
+            },
+        );
+        b.metadata.creation_timestamp = Some(Time(
+            Timestamp::from_second(1_800_000_000 + second).unwrap(),
+        ));
+        b.status = Some(BackupStatus {
+            phase,
+            size: Some("1.2 MiB".into()),
+            total_files: Some(7),
+            volumes: volumes
+                .iter()
+                .map(|p| VolumeBackup {
+                    pvc: "data".into(),
+                    phase: *p,
+                    ..VolumeBackup::default()
+                })
+                .collect(),
+            ..BackupStatus::default()
+        });
+        b
+    }
+
+    #[test]
+    fn the_list_is_newest_first_with_volumes_done_and_age() {
+        let mut backups = vec![
+            backup("old", 0, BackupPhase::Completed, &[BackupPhase::Completed]),
+            backup(
+                "new",
+                60,
+                BackupPhase::Running,
+                &[BackupPhase::Completed, BackupPhase::Running],
+            ),
+        ];
+        newest_first(&mut backups);
+        let now = Timestamp::from_second(1_800_000_120).unwrap();
+        let text = backup_table(&backups, now);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("NAME"), "{text}");
+        assert!(lines[1].starts_with("new "), "{text}");
+        assert!(
+            lines[1].contains("Running") && lines[1].contains("1/2") && lines[1].contains("60s"),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with("old ") && lines[2].contains("1/1") && lines[2].contains("2m0s"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_failed_backup_says_why_in_the_list_and_progress() {
+        let mut failed = backup("f", 0, BackupPhase::Failed, &[BackupPhase::Failed]);
+        let status = failed.status.as_mut().unwrap();
+        backstop_api::condition::set_failed(
+            &mut status.conditions,
+            &backstop_api::condition::Invalid::new("MoverFailed", "volume data: disk full"),
+            None,
+            Timestamp::from_second(1_800_000_000).unwrap(),
+        );
+        let text = backup_table(
+            std::slice::from_ref(&failed),
+            Timestamp::from_second(1_800_000_000).unwrap(),
+        );
+        assert!(
+            text.contains("MoverFailed: volume data: disk full"),
+            "{text}"
+        );
+        let p = progress(&failed);
+        assert_eq!(p.phase, BackupPhase::Failed);
+        assert_eq!(
+            p.line,
+            "Failed, 1/1 volume(s) done (MoverFailed: volume data: disk full)"
+        );
+    }
+
+    #[test]
+    fn durations_are_read_as_people_write_them() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-5m").is_err());
+    }
+}

@@ -1,0 +1,108 @@
+//! How results look to a person: kubectl-like tables and ages.
+
+use jiff::{SignedDuration, Timestamp};
+
+/// kubectl's way of writing an age: `42s`, `3m20s` below ten minutes, `5h` or `3h12m` below a
+/// day's hours, `4d` beyond.
+pub fn age(since: Timestamp, now: Timestamp) -> String {
+    let seconds = now.duration_since(since).as_secs().max(0);
+    let (m, h, d) = (seconds / 60, seconds / 3600, seconds / 86400);
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 600 => format!("{m}m{}s", s % 60),
+        s if s < 3 * 3600 => format!("{m}m"),
+        s if s < 8 * 3600 => format!("{h}h{}m", m % 60),
+        s if s < 2 * 86400 => format!("{h}h"),
+        s if s < 8 * 86400 => format!("{d}d{}h", h % 24),
+        _ => format!("{d}d"),
+    }
+}
+
+/// A duration as a person says it: `12s`, `3m05s`.
+pub fn elapsed(duration: SignedDuration) -> String {
+    let s = duration.as_secs().max(0);
+    if s < 60 {
+        format!("{s}s")
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+/// Rows under a header, each column as wide as its widest cell, separated by three spaces (as
+/// kubectl prints).
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let mut out = String::new();
+        for (i, cell) in cells.into_iter().enumerate() {
+            out.push_str(cell);
+            if i < last {
+                let pad = widths[i] - cell.chars().count() + 3;
+                out.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push('\n');
+        out
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_are_written_as_kubectl_writes_them() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let ago = |s: i64| age(Timestamp::from_second(1_800_000_000 - s).unwrap(), now);
+        assert_eq!(ago(0), "0s");
+        assert_eq!(ago(119), "119s");
+        assert_eq!(ago(200), "3m20s");
+        assert_eq!(ago(45 * 60), "45m");
+        assert_eq!(ago(5 * 3600 + 30 * 60), "5h30m");
+        assert_eq!(ago(30 * 3600), "30h");
+        assert_eq!(ago(3 * 86400 + 5 * 3600), "3d5h");
+        assert_eq!(ago(45 * 86400), "45d");
+        // A clock behind the server's never gives a negative age.
+        assert_eq!(
+            age(Timestamp::from_second(1_800_000_010).unwrap(), now),
+            "0s"
+        );
+    }
+
+    #[test]
+    fn elapsed_times_are_short() {
+        assert_eq!(elapsed(SignedDuration::from_secs(9)), "9s");
+        assert_eq!(elapsed(SignedDuration::from_secs(185)), "3m05s");
+    }
+
+    #[test]
+    fn columns_are_as_wide_as_their_widest_cell() {
+        let rows = vec![
+            vec!["a".to_string(), "Completed".to_string(), "1s".to_string()],
+            vec![
+                "longer-name".to_string(),
+                "Failed".to_string(),
+                "2d".to_string(),
+            ],
+        ];
+        assert_eq!(
+            table(&["NAME", "PHASE", "AGE"], &rows),
+            "NAME          PHASE       AGE\n\
+             a             Completed   1s\n\
+             longer-name   Failed      2d\n"
+        );
+    }
+}

@@ -1,0 +1,255 @@
+//! `backstop policy show POLICY`: when it runs next, and which backups its retention would
+//! delete now (the operator's own rule, applied to the backups the cluster has).
+
+use super::format::age;
+use super::{Output, Target, connect, not_found, print_structured};
+use backstop_api::{Backup, BackupPolicy};
+use backstop_controller::{policy::summarize, retention};
+use jiff::Timestamp;
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+use serde::Serialize;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// A policy's schedule, next runs, last backups, and what retention would delete now.
+    Show {
+        policy: String,
+        /// How many next runs to list.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// What `policy show` tells, in the shape `-o yaml|json` prints.
+#[derive(Serialize, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+struct PolicyReport {
+    name: String,
+    namespace: String,
+    schedule: String,
+    time_zone: String,
+    suspended: bool,
+    next_runs: Vec<Timestamp>,
+    keep_last: Option<i64>,
+    completed_backups: usize,
+    last_successful_backup: Option<Timestamp>,
+    /// The Completed backups retention deletes, oldest first.
+    retention_would_delete: Vec<String>,
+}
+
+impl PolicyCommand {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let PolicyCommand::Show {
+            policy,
+            runs,
+            output,
+            target,
+        } = self;
+        let (client, namespace) = connect(&target).await?;
+        let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), &namespace);
+        let found = policies
+            .get(&policy)
+            .await
+            .map_err(|e| not_found(e, &format!("BackupPolicy {policy}"), &namespace))?;
+        let backups: Vec<Backup> = Api::<Backup>::namespaced(client, &namespace)
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|b| b.spec.policy_ref.as_deref() == Some(policy.as_str()))
+            .collect();
+        let report = report(&found, &backups, runs, Timestamp::now())?;
+        if output != Output::Table {
+            return print_structured(&report, output);
+        }
+        print!("{}", describe(&report, Timestamp::now()));
+        Ok(())
+    }
+}
+
+fn report(
+    policy: &BackupPolicy,
+    backups: &[Backup],
+    runs: usize,
+    now: Timestamp,
+) -> anyhow::Result<PolicyReport> {
+    let schedule = policy
+        .spec
+        .validate()
+        .map_err(|invalid| anyhow::anyhow!("policy {} is invalid: {invalid}", policy.name_any()))?;
+    let next_runs = if policy.spec.suspend {
+        Vec::new()
+    } else {
+        std::iter::successors(schedule.next_after(now), |t| schedule.next_after(*t))
+            .take(runs)
+            .collect()
+    };
+    let summaries: Vec<_> = backups.iter().map(summarize).collect();
+    let completed: Vec<_> = summaries
+        .iter()
+        .filter(|b| b.phase == backstop_api::BackupPhase::Completed && !b.deleting)
+        .collect();
+    Ok(PolicyReport {
+        name: policy.name_any(),
+        namespace: policy.namespace().unwrap_or_default(),
+        schedule: policy.spec.schedule.clone(),
+        time_zone: policy
+            .spec
+            .time_zone
+            .clone()
+            .unwrap_or_else(|| "UTC".into()),
+        suspended: policy.spec.suspend,
+        next_runs,
+        keep_last: policy.spec.retention.keep_last,
+        completed_backups: completed.len(),
+        last_successful_backup: completed.iter().filter_map(|b| b.completion_time).max(),
+        retention_would_delete: retention::expired(&summaries, policy.spec.retention.keep_last),
+    })
+}
+
+fn describe(report: &PolicyReport, now: Timestamp) -> String {
+    let mut out = format!(
+        "Policy:      {}/{}\nSchedule:    {} ({})\n",
+        report.namespace, report.name, report.schedule, report.time_zone
+    );
+    if report.suspended {
+        out.push_str("Next runs:   none, the policy is suspended\n");
+    } else {
+        out.push_str("Next runs:\n");
+        for run in &report.next_runs {
+            out.push_str(&format!("  {run}  (in {})\n", age(now, *run)));
+        }
+    }
+    let keep = report
+        .keep_last
+        .map_or("all".to_string(), |k| format!("the newest {k}"));
+    out.push_str(&format!(
+        "Retention:   keep {keep} Completed backup(s); {} Completed now",
+        report.completed_backups
+    ));
+    match report.last_successful_backup {
+        Some(t) => out.push_str(&format!(", the last {} ago\n", age(t, now))),
+        None => out.push('\n'),
+    }
+    if report.retention_would_delete.is_empty() {
+        out.push_str("Would delete: nothing\n");
+    } else {
+        out.push_str("Would delete (with their data, oldest first):\n");
+        for name in &report.retention_would_delete {
+            out.push_str(&format!("  {name}\n"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backstop_api::{BackupPhase, BackupSpec, BackupStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn policy(suspend: bool, keep_last: Option<i64>) -> BackupPolicy {
+        let mut p: BackupPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "backstop.dev/v1alpha1", "kind": "BackupPolicy",
+            "metadata": {"name": "nightly", "namespace": "shop"},
+            "spec": {"schedule": "0 2 * * *", "timeZone": "Europe/Paris", "suspend": suspend,
+                     "target": {"pvcSelector": {"matchLabels": {"app": "db"}}}}
+        }))
+        .unwrap();
+        p.spec.retention.keep_last = keep_last;
+        p
+    }
+
+    fn backup(name: &str, hour: i64, phase: BackupPhase) -> Backup {
+        let at = Time(Timestamp::from_second(1_800_000_000 + hour * 3600).unwrap());
+        let mut b = Backup::new(
+            name,
+            BackupSpec {
+                policy_ref: Some("nightly".into()),
+                ..BackupSpec::default()
+            },
+        );
+        b.metadata.creation_timestamp = Some(at.clone());
+        b.status = Some(BackupStatus {
+            phase,
+            completion_time: Some(at),
+            ..BackupStatus::default()
+        });
+        b
+    }
+
+    #[test]
+    fn next_runs_follow_the_schedule_in_its_time_zone() {
+        // 2027-01-15T08:00:00Z; 02:00 in Paris (UTC+1 in winter) is 01:00 UTC.
+        let now: Timestamp = "2027-01-15T08:00:00Z".parse().unwrap();
+        let r = report(&policy(false, None), &[], 3, now).unwrap();
+        let runs: Vec<String> = r.next_runs.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            runs,
+            [
+                "2027-01-16T01:00:00Z",
+                "2027-01-17T01:00:00Z",
+                "2027-01-18T01:00:00Z"
+            ]
+        );
+        let text = describe(&r, now);
+        assert!(text.contains("0 2 * * * (Europe/Paris)"), "{text}");
+        assert!(text.contains("2027-01-16T01:00:00Z  (in 17h)"), "{text}");
+        assert!(
+            report(&policy(true, None), &[], 3, now)
+                .unwrap()
+                .next_runs
+                .is_empty()
+        );
+        assert!(
+            describe(&report(&policy(true, None), &[], 3, now).unwrap(), now).contains("suspended")
+        );
+    }
+
+    #[test]
+    fn retention_preview_is_the_operators_rule() {
+        let backups = [
+            backup("b1", 1, BackupPhase::Completed),
+            backup("b2", 2, BackupPhase::Completed),
+            backup("b3", 3, BackupPhase::Failed),
+            backup("b4", 4, BackupPhase::Completed),
+        ];
+        let now = Timestamp::from_second(1_800_000_000 + 5 * 3600).unwrap();
+        let r = report(&policy(false, Some(1)), &backups, 1, now).unwrap();
+        assert_eq!(r.retention_would_delete, ["b1", "b2"]);
+        assert_eq!(r.completed_backups, 3);
+        assert_eq!(
+            r.last_successful_backup,
+            Some(Timestamp::from_second(1_800_000_000 + 4 * 3600).unwrap())
+        );
+        let text = describe(&r, now);
+        assert!(
+            text.contains(
+                "keep the newest 1 Completed backup(s); 3 Completed now, the last 60m ago"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("Would delete (with their data, oldest first):\n  b1\n  b2\n"),
+            "{text}"
+        );
+        let keep_all = report(&policy(false, None), &backups, 1, now).unwrap();
+        assert!(describe(&keep_all, now).contains("keep all Completed backup(s)"));
+        assert!(describe(&keep_all, now).contains("Would delete: nothing"));
+    }
+
+    #[test]
+    fn an_invalid_policy_is_refused_with_its_reason() {
+        let mut bad = policy(false, None);
+        bad.spec.schedule = "every day".into();
+        let err = report(&bad, &[], 1, Timestamp::now())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("policy nightly is invalid: "), "{err}");
+    }
+}

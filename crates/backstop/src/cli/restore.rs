@@ -1,0 +1,252 @@
+//! `backstop restore PVC --latest --to NEW`: restore a volume from its newest good backup (or a
+//! named one) into a new PVC, and wait for the verified result.
+
+use super::backups::parse_duration;
+use super::wait::{Progress, reason, until_finished};
+use super::{Output, Target, connect, not_found, print_structured};
+use backstop_api::{Backup, BackupPhase, ExistingDataPolicy, Restore, RestoreSpec, RestoreTarget};
+use kube::api::{ListParams, PostParams};
+use kube::{Api, ResourceExt};
+use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["latest", "backup"])))]
+pub struct RestoreArgs {
+    /// The volume (PVC name at backup time) to restore.
+    pvc: String,
+    /// From the newest Completed backup that holds the volume.
+    #[arg(long)]
+    latest: bool,
+    /// From this backup.
+    #[arg(long)]
+    backup: Option<String>,
+    /// With --latest: only backups of this policy.
+    #[arg(long, short = 'p')]
+    policy: Option<String>,
+    /// The PVC to restore into (created when absent, with the recorded size and class).
+    #[arg(long)]
+    to: String,
+    /// Storage class of the PVC created for the restore (default: the source volume's).
+    #[arg(long)]
+    storage_class: Option<String>,
+    /// When --to exists and holds files: FailIfNotEmpty, Overwrite or Merge.
+    #[arg(long, value_parser = parse_existing_data, default_value = "FailIfNotEmpty")]
+    existing_data: ExistingDataPolicy,
+    /// Return once the Restore is created.
+    #[arg(long)]
+    no_wait: bool,
+    /// Longest wait for it to finish (e.g. 30m, 2h).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Print the finished Restore as YAML or JSON instead of a summary.
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    output: Output,
+    #[command(flatten)]
+    target: Target,
+}
+
+fn parse_existing_data(text: &str) -> Result<ExistingDataPolicy, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_string()))
+        .map_err(|_| format!("{text} is not one of FailIfNotEmpty, Overwrite, Merge"))
+}
+
+/// The newest Completed backup (not being deleted) whose volume `pvc` completed, optionally of
+/// one policy: by completion time, then creation, then name.
+fn latest_with<'a>(backups: &'a [Backup], pvc: &str, policy: Option<&str>) -> Option<&'a Backup> {
+    backups
+        .iter()
+        .filter(|b| b.phase() == BackupPhase::Completed && b.metadata.deletion_timestamp.is_none())
+        .filter(|b| policy.is_none() || b.spec.policy_ref.as_deref() == policy)
+        .filter(|b| {
+            b.status
+                .iter()
+                .flat_map(|s| &s.volumes)
+                .any(|v| v.pvc == pvc && v.phase == BackupPhase::Completed)
+        })
+        .max_by_key(|b| {
+            (
+                b.status
+                    .as_ref()
+                    .and_then(|s| s.completion_time.as_ref())
+                    .map(|t| t.0),
+                b.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                b.name_any(),
+            )
+        })
+}
+
+impl RestoreArgs {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let (client, namespace) = connect(&self.target).await?;
+        let backups: Api<Backup> = Api::namespaced(client.clone(), &namespace);
+        let backup = match &self.backup {
+            Some(name) => backups
+                .get(name)
+                .await
+                .map_err(|e| not_found(e, &format!("Backup {name}"), &namespace))?
+                .name_any(),
+            None => {
+                let all = backups.list(&ListParams::default()).await?.items;
+                let of = self
+                    .policy
+                    .as_ref()
+                    .map(|p| format!(" of policy {p}"))
+                    .unwrap_or_default();
+                latest_with(&all, &self.pvc, self.policy.as_deref())
+                    .map(ResourceExt::name_any)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "no Completed backup{of} in namespace {namespace} holds volume {}",
+                            self.pvc
+                        )
+                    })?
+            }
+        };
+        let restores: Api<Restore> = Api::namespaced(client, &namespace);
+        let mut restore = Restore::new(
+            "",
+            RestoreSpec {
+                backup_name: backup.clone(),
+                source_pvc: Some(self.pvc.clone()),
+                target: RestoreTarget {
+                    pvc_name: self.to.clone(),
+                    storage_class_name: self.storage_class.clone(),
+                    size: None,
+                },
+                existing_data_policy: self.existing_data,
+                ..RestoreSpec::default()
+            },
+        );
+        restore.metadata.name = None;
+        restore.metadata.generate_name = Some(format!(
+            "{}-restore-",
+            backstop_api::naming::fit(&self.to, 200)
+        ));
+        let created = restores.create(&PostParams::default(), &restore).await?;
+        let name = created.name_any();
+        eprintln!(
+            "restore {name} created: volume {} of backup {backup} into PVC {} (namespace {namespace})",
+            self.pvc, self.to
+        );
+        if self.no_wait {
+            println!("{name}");
+            return Ok(());
+        }
+        let finished = until_finished(&restores, "restore", &name, self.timeout, progress).await?;
+        let status = finished.status.clone().unwrap_or_default();
+        if finished.phase() == BackupPhase::Failed {
+            anyhow::bail!(
+                "restore {name} failed: {}",
+                reason(&status.conditions, status.message.as_deref())
+                    .unwrap_or_else(|| "no reason recorded".into())
+            );
+        }
+        if self.output != Output::Table {
+            return print_structured(&finished, self.output);
+        }
+        println!(
+            "restore {name} Completed: {} files, {} bytes into PVC {}; {}",
+            status.files_restored.unwrap_or(0),
+            status.bytes_restored.unwrap_or(0),
+            self.to,
+            status.verification.as_deref().unwrap_or("not verified"),
+        );
+        Ok(())
+    }
+}
+
+fn progress(restore: &Restore) -> Progress {
+    let status = restore.status.clone().unwrap_or_default();
+    let phase = restore.phase();
+    let mut line = phase.as_str().to_string();
+    if phase != BackupPhase::Completed
+        && let Some(why) = reason(&status.conditions, None)
+    {
+        line.push_str(&format!(" ({why})"));
+    }
+    Progress { phase, line }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backstop_api::{BackupSpec, BackupStatus, VolumeBackup};
+    use jiff::Timestamp;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn backup(
+        name: &str,
+        policy: &str,
+        minute: i64,
+        phase: BackupPhase,
+        pvcs: &[(&str, BackupPhase)],
+    ) -> Backup {
+        let at = Time(Timestamp::from_second(1_800_000_000 + minute * 60).unwrap());
+        let mut b = Backup::new(
+            name,
+            BackupSpec {
+                policy_ref: Some(policy.into()),
+                ..BackupSpec::default()
+            },
+        );
+        b.metadata.creation_timestamp = Some(at.clone());
+        b.status = Some(BackupStatus {
+            phase,
+            completion_time: Some(at),
+            volumes: pvcs
+                .iter()
+                .map(|(pvc, phase)| VolumeBackup {
+                    pvc: pvc.to_string(),
+                    phase: *phase,
+                    ..VolumeBackup::default()
+                })
+                .collect(),
+            ..BackupStatus::default()
+        });
+        b
+    }
+
+    #[test]
+    fn latest_is_the_newest_completed_backup_that_holds_the_volume() {
+        use BackupPhase::*;
+        let mut deleting = backup("deleting", "p", 9, Completed, &[("data", Completed)]);
+        deleting.metadata.deletion_timestamp =
+            Some(Time(Timestamp::from_second(1_800_001_000).unwrap()));
+        let backups = [
+            backup("old", "p", 1, Completed, &[("data", Completed)]),
+            backup(
+                "good",
+                "p",
+                2,
+                Completed,
+                &[("data", Completed), ("logs", Completed)],
+            ),
+            backup("other-policy", "q", 3, Completed, &[("data", Completed)]),
+            backup("failed", "p", 4, Failed, &[("data", Failed)]),
+            backup("running", "p", 5, Running, &[("data", Running)]),
+            backup("without-it", "p", 6, Completed, &[("logs", Completed)]),
+            deleting,
+        ];
+        let name = |b: Option<&Backup>| b.map(ResourceExt::name_any);
+        assert_eq!(
+            name(latest_with(&backups, "data", None)).as_deref(),
+            Some("other-policy")
+        );
+        assert_eq!(
+            name(latest_with(&backups, "data", Some("p"))).as_deref(),
+            Some("good")
+        );
+        assert_eq!(
+            name(latest_with(&backups, "logs", Some("p"))).as_deref(),
+            Some("without-it")
+        );
+        assert_eq!(name(latest_with(&backups, "cache", None)), None);
+        assert_eq!(name(latest_with(&backups, "data", Some("none"))), None);
+    }
+
+    #[test]
+    fn existing_data_policies_are_read_by_their_api_names() {
+        assert_eq!(parse_existing_data("Merge"), Ok(ExistingDataPolicy::Merge));
+        assert!(parse_existing_data("merge-please").is_err());
+    }
+}
