@@ -679,3 +679,46 @@ pub async fn keys_secret(ns: &TestNamespace, name: &str, secret_key: &str) -> an
     .await?;
     Ok(())
 }
+
+/// The `backstop` binary the image was built from (`hack/image` builds it in release mode), or
+/// `BACKSTOP_BIN`.
+pub fn backstop_bin() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("BACKSTOP_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    // This test runs from <target>/<profile>/deps/.
+    let exe = std::env::current_exe()?;
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .context("the test binary is not in <target>/<profile>/deps")?;
+    let bin = target.join("release/backstop");
+    anyhow::ensure!(
+        bin.is_file(),
+        "{} is missing: run `hack/image` (or `cargo build --release -p backstop`), or set BACKSTOP_BIN",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// What a CLI run gave: exit code, standard output and standard error.
+#[derive(Debug)]
+pub struct CliRun {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `backstop <args>` as a person would, with the tests' KUBECONFIG.
+pub async fn backstop_cli(args: &[&str]) -> anyhow::Result<CliRun> {
+    let mut command = Command::new(backstop_bin()?);
+    command.args(args).stdin(std::process::Stdio::null());
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await?
+        .with_context(|| format!("running backstop {}", args.join(" ")))?;
+    Ok(CliRun {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}

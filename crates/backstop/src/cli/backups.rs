@@ -156,15 +156,17 @@ async fn now(
 ) -> anyhow::Result<()> {
     let (client, namespace) = connect(target).await?;
     let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), &namespace);
-    policies
+    let found = policies
         .get(policy)
         .await
         .map_err(|e| not_found(e, &format!("BackupPolicy {policy}"), &namespace))?;
     let backups: Api<Backup> = Api::namespaced(client, &namespace);
+    // As the policy's scheduled Backups are: its start deadline comes with it.
     let mut backup = Backup::new(
         "",
         BackupSpec {
             policy_ref: Some(policy.to_string()),
+            starting_deadline_seconds: found.spec.starting_deadline_seconds,
             ..BackupSpec::default()
         },
     );
