@@ -49,6 +49,8 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
                 out.extend(std::iter::repeat_n(' ', pad));
             }
         }
+        // An empty last cell leaves no padding behind.
+        let mut out = out.trim_end().to_string();
         out.push('\n');
         out
     };
@@ -97,12 +99,14 @@ mod tests {
                 "Failed".to_string(),
                 "2d".to_string(),
             ],
+            vec!["b".to_string(), "Running".to_string(), String::new()],
         ];
         assert_eq!(
             table(&["NAME", "PHASE", "AGE"], &rows),
             "NAME          PHASE       AGE\n\
              a             Completed   1s\n\
-             longer-name   Failed      2d\n"
+             longer-name   Failed      2d\n\
+             b             Running\n"
         );
     }
 }
