@@ -722,3 +722,72 @@ pub async fn backstop_cli(args: &[&str]) -> anyhow::Result<CliRun> {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
 }
+
+/// Runs a command to its end; its standard output, or an error with its standard error.
+pub fn output_of(command: &mut Command) -> anyhow::Result<String> {
+    let out = command
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// `kubectl <args>` (the cluster's own kubectl, first on PATH) from the repository's root.
+pub fn kubectl(args: &[&str]) -> anyhow::Result<String> {
+    output_of(Command::new("kubectl").args(args).current_dir(repo_root()))
+}
+
+/// `helm <args>` from the repository's root, with the Helm `make test` installs (`BACKSTOP_HELM`).
+pub fn helm(args: &[&str]) -> anyhow::Result<String> {
+    let helm = std::env::var_os("BACKSTOP_HELM").context(
+        "BACKSTOP_HELM is not set: run `make test` (it installs Helm 3.17.3 and sets it), or point \
+         it at a helm binary",
+    )?;
+    output_of(Command::new(helm).args(args).current_dir(repo_root()))
+}
+
+/// The chart's directory, as helm takes it.
+pub fn chart_dir() -> String {
+    repo_root().join("charts/backstop").display().to_string()
+}
+
+/// Scales the operator `install_operator` installs to zero and waits until its pod is gone (on
+/// the host network a second operator could not listen on its port). For a test that installs
+/// another operator: alone in its test binary (cargo runs binaries one at a time), and bringing
+/// it back with `restart_cluster_wide_operator` when done.
+pub async fn stop_cluster_wide_operator(client: &Client) -> anyhow::Result<()> {
+    install_operator(client).await?;
+    kubectl(&[
+        "-n",
+        "backstop-system",
+        "scale",
+        "deployment/backstop-controller",
+        "--replicas=0",
+    ])?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "backstop-system");
+    let controllers = ListParams::default().labels("app.kubernetes.io/component=controller");
+    wait_until(
+        Duration::from_secs(90),
+        "the cluster-wide operator to stop",
+        || async { Ok(pods.list(&controllers).await?.items.is_empty()) },
+    )
+    .await
+}
+
+/// Undoes `stop_cluster_wide_operator` (for Drop: errors are ignored; the next
+/// `install_operator` waits for it to lead).
+pub fn restart_cluster_wide_operator() {
+    let _ = kubectl(&[
+        "-n",
+        "backstop-system",
+        "scale",
+        "deployment/backstop-controller",
+        "--replicas=1",
+    ]);
+}

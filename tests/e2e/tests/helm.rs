@@ -2,50 +2,15 @@
 //! (`BACKSTOP_HELM`): it lints; with default values it renders exactly the objects
 //! `kubectl apply -k deploy/` installs, and with tests/e2e/helm-values.yaml exactly the operator
 //! the test overlay installs; its optional objects carry deploy/monitoring's rules and dashboard;
-//! the API server accepts what it renders for Kubernetes 1.20.2; and a release installs, backs
-//! up, upgrades and uninstalls on the local cluster, leaving the CRDs and the Backups.
-//!
-//! `serial_*` tests stop the operator the other tests use while they run: `hack/test` runs them
-//! alone, after the others (`--skip serial_` first, then `serial_`).
+//! the API server accepts what it renders for Kubernetes 1.20.2. (A release's install, upgrade
+//! and uninstall: helm_release.rs.)
 
-use anyhow::{Context as _, bail};
-use backstop_api::{Backup, BackupPhase};
+use anyhow::Context as _;
 use backstop_e2e::*;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::Api;
 use serde::Deserialize as _;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
-use std::time::Duration;
-
-fn helm(args: &[&str]) -> anyhow::Result<String> {
-    let helm = std::env::var_os("BACKSTOP_HELM").context(
-        "BACKSTOP_HELM is not set: run `make test` (it installs Helm 3.17.3 and sets it), or point \
-         it at a helm binary",
-    )?;
-    run(Command::new(helm).args(args).current_dir(repo_root()))
-}
-
-fn run(command: &mut Command) -> anyhow::Result<String> {
-    let out = command
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {command:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{command:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8(out.stdout)?)
-}
-
-fn kubectl(args: &[&str]) -> anyhow::Result<String> {
-    run(Command::new("kubectl").args(args).current_dir(repo_root()))
-}
 
 /// The documents of a YAML stream as JSON values (empty documents dropped).
 fn docs(yaml: &str) -> anyhow::Result<Vec<Value>> {
@@ -150,14 +115,18 @@ fn assert_same_objects(chart: &BTreeMap<String, Value>, kustomize: &BTreeMap<Str
     }
 }
 
-fn chart() -> String {
-    repo_root().join("charts/backstop").display().to_string()
+/// `helm template` of the chart as release `backstop` in `backstop-system`, with `values`.
+fn template(values: &[&str]) -> anyhow::Result<String> {
+    let chart = chart_dir();
+    let mut args = vec!["template", "backstop", &chart, "-n", "backstop-system"];
+    args.extend_from_slice(values);
+    helm(&args)
 }
 
 #[test]
 #[ignore = "needs helm and kubectl: make test"]
 fn the_chart_renders_what_deploy_and_the_test_overlay_install() -> anyhow::Result<()> {
-    let chart = chart();
+    let chart = chart_dir();
     helm(&["lint", "--strict", &chart])?;
     helm(&[
         "lint",
@@ -168,26 +137,12 @@ fn the_chart_renders_what_deploy_and_the_test_overlay_install() -> anyhow::Resul
     ])?;
 
     // Defaults (and the namespace object deploy/ has): the same objects, CRDs included.
-    let rendered = helm(&[
-        "template",
-        "backstop",
-        &chart,
-        "-n",
-        "backstop-system",
-        "--include-crds",
-        "--set",
-        "createNamespace=true",
-    ])?;
+    let rendered = template(&["--include-crds", "--set", "createNamespace=true"])?;
     let deploy = kubectl(&["kustomize", "deploy"])?;
     assert_same_objects(&objects(&rendered)?, &objects(&deploy)?);
 
     // The local cluster's values: the same operator as the test overlay.
-    let rendered = helm(&[
-        "template",
-        "backstop",
-        &chart,
-        "-n",
-        "backstop-system",
+    let rendered = template(&[
         "--set",
         "createNamespace=true",
         "-f",
@@ -226,13 +181,7 @@ async fn optional_objects_and_settings_render_and_the_api_server_accepts_them() 
 {
     let client = cluster().await?;
     install_operator(&client).await?;
-    let chart = chart();
-    let rendered = helm(&[
-        "template",
-        "backstop",
-        &chart,
-        "-n",
-        "backstop-system",
+    let rendered = template(&[
         "--kube-version",
         "1.20.2",
         "--set",
@@ -311,16 +260,7 @@ async fn optional_objects_and_settings_render_and_the_api_server_accepts_them() 
 
     // Everything but the Prometheus Operator's kinds (whose CRDs this cluster does not have)
     // passes the 1.20 API server's validation, CRDs included.
-    let crds = helm(&[
-        "template",
-        "backstop",
-        &chart,
-        "-n",
-        "backstop-system",
-        "--include-crds",
-        "--kube-version",
-        "1.20.2",
-    ])?;
+    let crds = template(&["--include-crds", "--kube-version", "1.20.2"])?;
     let mut accepted: Vec<Value> = docs(&rendered)?
         .into_iter()
         .filter(|d| {
@@ -351,227 +291,5 @@ async fn optional_objects_and_settings_render_and_the_api_server_accepts_them() 
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(said.lines().count(), accepted.len(), "{said}");
-    Ok(())
-}
-
-const RELEASE: &str = "backstop-helm";
-
-/// While it lives, the overlay's operator is stopped; when dropped, the release is uninstalled
-/// (if a failure left it) and the overlay's operator runs again.
-struct OverlayOperatorStopped;
-
-impl OverlayOperatorStopped {
-    async fn stop(client: &kube::Client) -> anyhow::Result<Self> {
-        install_operator(client).await?;
-        kubectl(&[
-            "-n",
-            "backstop-system",
-            "scale",
-            "deployment/backstop-controller",
-            "--replicas=0",
-        ])?;
-        let pods: Api<k8s_openapi::api::core::v1::Pod> =
-            Api::namespaced(client.clone(), "backstop-system");
-        wait_until(
-            Duration::from_secs(60),
-            "the overlay's operator to stop",
-            || async { Ok(pods.list(&Default::default()).await?.items.is_empty()) },
-        )
-        .await?;
-        Ok(Self)
-    }
-}
-
-impl Drop for OverlayOperatorStopped {
-    fn drop(&mut self) {
-        let _ = helm(&[
-            "uninstall",
-            RELEASE,
-            "-n",
-            RELEASE,
-            "--wait",
-            "--timeout",
-            "60s",
-        ]);
-        let _ = kubectl(&[
-            "delete",
-            "namespace",
-            RELEASE,
-            "--wait=false",
-            "--ignore-not-found",
-        ]);
-        let _ = kubectl(&[
-            "-n",
-            "backstop-system",
-            "scale",
-            "deployment/backstop-controller",
-            "--replicas=1",
-        ]);
-    }
-}
-
-/// Waits until the release's one pod (after an upgrade: the new one) runs and leads.
-async fn release_leads(client: &kube::Client) -> anyhow::Result<()> {
-    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(client.clone(), RELEASE);
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), RELEASE);
-    wait_until(
-        Duration::from_secs(120),
-        "the release's operator to lead",
-        || async {
-            let holder = leases
-                .get_opt("backstop-controller")
-                .await?
-                .and_then(|l| l.spec?.holder_identity);
-            let Some(holder) = holder else {
-                return Ok(false);
-            };
-            let running = pods.list(&Default::default()).await?.items;
-            Ok(running.len() == 1
-                && running.iter().all(|p| {
-                    p.metadata.name.as_deref() == Some(holder.as_str())
-                        && p.metadata.deletion_timestamp.is_none()
-                        && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-                }))
-        },
-    )
-    .await
-}
-
-async fn backup_completes(ns: &TestNamespace, name: &str) -> anyhow::Result<()> {
-    create::<Backup>(
-        ns,
-        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup", "metadata": {"name": name},
-               "spec": {"target": {"pvcSelector": {"matchLabels": {"app": "helm"}}}}}),
-    )
-    .await?;
-    let done = finished_backup(ns, name, Duration::from_secs(180)).await?;
-    assert_eq!(done.phase(), BackupPhase::Completed, "{:?}", done.status);
-    Ok(())
-}
-
-#[tokio::test]
-#[ignore = "stops the shared operator: hack/test runs it alone"]
-async fn serial_helm_install_backup_upgrade_uninstall() -> anyhow::Result<()> {
-    let client = cluster().await?;
-    let stopped = OverlayOperatorStopped::stop(&client).await?;
-    let chart = chart();
-    let image = backstop_image();
-    let (repository, tag) = image.rsplit_once(':').unwrap_or((&image, "dev"));
-    helm(&[
-        "install",
-        RELEASE,
-        &chart,
-        "-n",
-        RELEASE,
-        "--create-namespace",
-        "-f",
-        "tests/e2e/helm-values.yaml",
-        "--set",
-        &format!("image.repository={repository},image.tag={tag}"),
-        "--wait",
-        "--timeout",
-        "120s",
-    ])?;
-    release_leads(&client).await?;
-
-    let ns = TestNamespace::create(&client, "e2e-helm").await?;
-    ns.repository().await?;
-    let data = ns.volume("data", &[("app", "helm")]).await?;
-    write_sample_tree(&data, 3)?;
-    backup_completes(&ns, "through-helm").await?;
-
-    // An upgrade to other mover resources: the new operator leads and its movers carry them.
-    helm(&[
-        "upgrade",
-        RELEASE,
-        &chart,
-        "-n",
-        RELEASE,
-        "--reuse-values",
-        "--set",
-        "mover.resources.requests.memory=64Mi,mover.resources.limits.memory=300Mi",
-        "--wait",
-        "--timeout",
-        "120s",
-    ])?;
-    release_leads(&client).await?;
-    backup_completes(&ns, "after-upgrade").await?;
-    let stranded_pv = ns.stranded_volume("helm-stranded").await?;
-    create::<Backup>(
-        &ns,
-        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup", "metadata": {"name": "held"},
-               "spec": {"target": {"pvcSelector": {"matchLabels": {"app": "helm-stranded"}}}}}),
-    )
-    .await?;
-    let job_api: Api<Job> = ns.api();
-    let job = wait_for(Duration::from_secs(60), "the held backup's Job", || async {
-        Ok(job_api
-            .list(&Default::default())
-            .await?
-            .items
-            .into_iter()
-            .next())
-    })
-    .await?;
-    let limits = job
-        .spec
-        .and_then(|s| s.template.spec)
-        .and_then(|p| p.containers.into_iter().next())
-        .and_then(|c| c.resources)
-        .and_then(|r| r.limits)
-        .unwrap_or_default();
-    assert_eq!(limits.get("memory").map(|q| q.0.as_str()), Some("300Mi"));
-
-    // Uninstall: the operator goes, the CRDs and every Backup stay.
-    helm(&[
-        "uninstall",
-        RELEASE,
-        "-n",
-        RELEASE,
-        "--wait",
-        "--timeout",
-        "60s",
-    ])?;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), RELEASE);
-    assert!(
-        deployments
-            .get_opt("backstop-helm-controller")
-            .await?
-            .is_none()
-    );
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [
-        "backups",
-        "backuppolicies",
-        "backuprepositories",
-        "restores",
-    ] {
-        assert!(
-            crds.get_opt(&format!("{crd}.backstop.dev"))
-                .await?
-                .is_some(),
-            "{crd}"
-        );
-    }
-    let backups: Api<Backup> = ns.api();
-    for name in ["through-helm", "after-upgrade"] {
-        assert_eq!(
-            backups.get(name).await?.phase(),
-            BackupPhase::Completed,
-            "{name}"
-        );
-    }
-    drop(stopped);
-    install_operator(&client).await?;
-    // The overlay's operator finishes what the release left: the held Backup goes with its Job.
-    backups.delete("held", &Default::default()).await?;
-    wait_until(Duration::from_secs(60), "the held backup to go", || async {
-        Ok(backups.get_opt("held").await?.is_none())
-    })
-    .await?;
-    Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(client)
-        .delete(&stranded_pv, &Default::default())
-        .await?;
     Ok(())
 }

@@ -5,46 +5,13 @@
 //! (both would act on the watched namespace) and then brought back. `cargo test` runs test
 //! binaries one after another, so no other test sees the operator missing.
 
-use anyhow::{Context as _, bail};
 use backstop_api::{Backup, BackupPhase, Restore};
 use backstop_e2e::*;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use serde_json::json;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
-
-const CLUSTER_WIDE: &str = "backstop-controller";
-
-/// The release binary `make demo` built into the image: what a user runs to print the install.
-fn backstop_binary() -> anyhow::Result<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"));
-    let binary = target.join("release/backstop");
-    anyhow::ensure!(
-        binary.is_file(),
-        "{} is missing: build it with hack/image (make demo)",
-        binary.display()
-    );
-    Ok(binary)
-}
-
-fn run(command: &mut Command) -> anyhow::Result<String> {
-    let out = command
-        .output()
-        .with_context(|| format!("running {command:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{command:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8(out.stdout)?)
-}
 
 /// The namespaced install in `namespace`, removed when dropped, after which the cluster-wide
 /// operator runs again.
@@ -59,17 +26,10 @@ impl Drop for ScopedOperator {
             // Waits for the pod to go: it listens on the port the cluster-wide operator needs.
             vec!["delete", "namespace", &self.namespace, "--timeout=120s"],
             vec!["delete", "clusterrole,clusterrolebinding", &reader],
-            vec![
-                "-n",
-                "backstop-system",
-                "scale",
-                "deployment",
-                CLUSTER_WIDE,
-                "--replicas=1",
-            ],
         ] {
             let _ = Command::new("kubectl").args(args).output();
         }
+        restart_cluster_wide_operator();
     }
 }
 
@@ -83,29 +43,9 @@ async fn install_scoped(
     let guard = ScopedOperator {
         namespace: namespace.into(),
     };
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "backstop-system");
-    deployments
-        .patch(
-            CLUSTER_WIDE,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": 0}})),
-        )
-        .await?;
-    // On the host network both replicas would listen on one port: wait for the old one to go.
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "backstop-system");
-    wait_until(
-        Duration::from_secs(90),
-        "the cluster-wide operator to stop",
-        || async {
-            let running = pods
-                .list(&ListParams::default().labels("app.kubernetes.io/component=controller"))
-                .await?;
-            Ok(running.items.is_empty())
-        },
-    )
-    .await?;
+    stop_cluster_wide_operator(client).await?;
 
-    let install = run(Command::new(backstop_binary()?).args([
+    let install = output_of(Command::new(backstop_bin()?).args([
         "install",
         "--namespaces",
         watched,
@@ -124,9 +64,11 @@ async fn install_scoped(
             "resources: [install.yaml]\npatchesJson6902:\n  - target: {{group: apps, version: v1, kind: Deployment, name: backstop-controller, namespace: {namespace}}}\n    path: controller-patch.yaml\n"
         ),
     )?;
-    run(Command::new("kubectl")
-        .args(["apply", "-k"])
-        .arg(overlay.path()))?;
+    output_of(
+        Command::new("kubectl")
+            .args(["apply", "-k"])
+            .arg(overlay.path()),
+    )?;
 
     let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
     wait_until(
