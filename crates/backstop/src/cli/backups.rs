@@ -218,7 +218,8 @@ fn progress(backup: &Backup) -> Progress {
             .count();
         line.push_str(&format!(", {done}/{} volume(s) done", status.volumes.len()));
     }
-    if phase != BackupPhase::Completed
+    // While it runs the reason only repeats the phase; waiting and failing have one to tell.
+    if matches!(phase, BackupPhase::Pending | BackupPhase::Failed)
         && let Some(why) = reason(&status.conditions, None)
     {
         line.push_str(&format!(" ({why})"));

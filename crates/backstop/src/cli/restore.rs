@@ -4,7 +4,9 @@
 use super::backups::parse_duration;
 use super::wait::{Progress, reason, until_finished};
 use super::{Output, Target, connect, not_found, print_structured};
-use backstop_api::{Backup, BackupPhase, ExistingDataPolicy, Restore, RestoreSpec, RestoreTarget};
+use backstop_api::{
+    Backup, BackupPhase, ExistingDataPolicy, Restore, RestoreSpec, RestoreStatus, RestoreTarget,
+};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use std::time::Duration;
@@ -135,11 +137,7 @@ impl RestoreArgs {
         let finished = until_finished(&restores, "restore", &name, self.timeout, progress).await?;
         let status = finished.status.clone().unwrap_or_default();
         if finished.phase() == BackupPhase::Failed {
-            anyhow::bail!(
-                "restore {name} failed: {}",
-                reason(&status.conditions, status.message.as_deref())
-                    .unwrap_or_else(|| "no reason recorded".into())
-            );
+            anyhow::bail!("{}", failure(&name, &status));
         }
         if self.output != Output::Table {
             return print_structured(&finished, self.output);
@@ -155,11 +153,25 @@ impl RestoreArgs {
     }
 }
 
+/// The one line a failed restore ends the command with.
+fn failure(name: &str, status: &RestoreStatus) -> String {
+    let why = reason(&status.conditions, status.message.as_deref())
+        .unwrap_or_else(|| "no reason recorded".into());
+    // The operator's advice names the spec field; say it as this command's flag too.
+    let hint = if why.contains("existingDataPolicy") {
+        " (here: --existing-data Overwrite or Merge)"
+    } else {
+        ""
+    };
+    format!("restore {name} failed: {why}{hint}")
+}
+
 fn progress(restore: &Restore) -> Progress {
     let status = restore.status.clone().unwrap_or_default();
     let phase = restore.phase();
     let mut line = phase.as_str().to_string();
-    if phase != BackupPhase::Completed
+    // While it runs the reason only repeats the phase; waiting and failing have one to tell.
+    if matches!(phase, BackupPhase::Pending | BackupPhase::Failed)
         && let Some(why) = reason(&status.conditions, None)
     {
         line.push_str(&format!(" ({why})"));
@@ -242,6 +254,66 @@ mod tests {
         );
         assert_eq!(name(latest_with(&backups, "cache", None)), None);
         assert_eq!(name(latest_with(&backups, "data", Some("none"))), None);
+    }
+
+    #[test]
+    fn progress_tells_why_it_waits_or_failed_not_that_it_runs() {
+        let at = Timestamp::from_second(1_800_000_000).unwrap();
+        let with = |phase: BackupPhase, reason: &str, message: &str| {
+            let mut status = RestoreStatus {
+                phase,
+                ..RestoreStatus::default()
+            };
+            let why = backstop_api::condition::Invalid::new(reason, message);
+            if phase == BackupPhase::Failed {
+                backstop_api::condition::set_failed(&mut status.conditions, &why, None, at);
+            } else {
+                backstop_api::condition::set(
+                    &mut status.conditions,
+                    backstop_api::condition::ConditionType::Completed,
+                    false,
+                    reason,
+                    message,
+                    None,
+                    at,
+                );
+            }
+            let mut restore = Restore::new("r", RestoreSpec::default());
+            restore.status = Some(status);
+            restore
+        };
+        let line = |r: &Restore| progress(r).line;
+        assert_eq!(
+            line(&with(BackupPhase::Running, "Running", "restore is running")),
+            "Running"
+        );
+        assert_eq!(
+            line(&with(
+                BackupPhase::Pending,
+                "WaitingForBackup",
+                "backup b is Running"
+            )),
+            "Pending (WaitingForBackup: backup b is Running)"
+        );
+        let failed = with(
+            BackupPhase::Failed,
+            "TargetNotEmpty",
+            "use existingDataPolicy Overwrite or Merge",
+        );
+        assert_eq!(
+            line(&failed),
+            "Failed (TargetNotEmpty: use existingDataPolicy Overwrite or Merge)"
+        );
+        assert_eq!(
+            failure("r", failed.status.as_ref().unwrap()),
+            "restore r failed: TargetNotEmpty: use existingDataPolicy Overwrite or Merge \
+             (here: --existing-data Overwrite or Merge)"
+        );
+        let other = with(BackupPhase::Failed, "DigestMismatch", "file a");
+        assert_eq!(
+            failure("r", other.status.as_ref().unwrap()),
+            "restore r failed: DigestMismatch: file a"
+        );
     }
 
     #[test]
