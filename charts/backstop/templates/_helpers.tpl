@@ -31,3 +31,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "backstop.image" -}}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
 {{- end -}}
+
+{{/* The port of `listen` (default 0.0.0.0:8080). On the host network no container port is
+declared (it would be a host port), so probes and the Service name it by number. */}}
+{{- define "backstop.port" -}}
+{{- .Values.listen | default "0.0.0.0:8080" | splitList ":" | last -}}
+{{- end -}}
+
+{{- define "backstop.portRef" -}}
+{{- if .Values.hostNetwork -}}{{ include "backstop.port" . }}{{- else -}}http{{- end -}}
+{{- end -}}

@@ -160,6 +160,21 @@ fn the_chart_renders_what_deploy_and_the_test_overlay_install() -> anyhow::Resul
         );
     }
 
+    // On the host network with probes kept: no container port (it would be a host port), the
+    // probes and the Service name the port of `listen` by number, updates recreate.
+    let host = objects(&template(&[
+        "--set",
+        "hostNetwork=true,listen=0.0.0.0:9090",
+    ])?)?;
+    let deployment = &host["Deployment/backstop-system/backstop-controller"];
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container.get("ports"), None, "{container}");
+    assert_eq!(container["livenessProbe"]["httpGet"]["port"], 9090);
+    assert_eq!(container["readinessProbe"]["httpGet"]["port"], 9090);
+    assert_eq!(deployment["spec"]["strategy"], json!({"type": "Recreate"}));
+    let service = &host["Service/backstop-system/backstop-metrics"];
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], 9090);
+
     // Another release in another namespace shares no cluster object with the first.
     let other = objects(&helm(&["template", "nightly", &chart, "-n", "ops"])?)?;
     let names: Vec<&String> = other.keys().collect();
