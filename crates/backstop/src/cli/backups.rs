@@ -5,7 +5,7 @@ use super::wait::{Progress, reason, until_finished};
 use super::{Output, Target, connect, not_found, print_structured};
 use backstop_api::{Backup, BackupPhase, BackupPolicy, BackupSpec};
 use jiff::Timestamp;
-use kube::api::{ListParams, ObjectList, PostParams};
+use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use std::time::Duration;
 
@@ -69,22 +69,19 @@ impl BackupCommand {
 async fn list(target: &Target, policy: Option<&str>, output: Output) -> anyhow::Result<()> {
     let (client, namespace) = connect(target).await?;
     let api: Api<Backup> = Api::namespaced(client, &namespace);
-    let mut backups = api.list(&ListParams::default()).await?;
-    backups
-        .items
-        .retain(|b| policy.is_none() || b.spec.policy_ref.as_deref() == policy);
-    newest_first(&mut backups.items);
+    let mut backups = of_policy(api.list(&ListParams::default()).await?.items, policy);
+    newest_first(&mut backups);
     if output != Output::Table {
-        return print_structured(&as_list(backups), output);
+        return print_structured(&as_list(&backups), output);
     }
-    if backups.items.is_empty() {
+    if backups.is_empty() {
         let of = policy
             .map(|p| format!(" of policy {p}"))
             .unwrap_or_default();
         eprintln!("No backups{of} in namespace {namespace}.");
         return Ok(());
     }
-    print!("{}", backup_table(&backups.items, Timestamp::now()));
+    print!("{}", backup_table(&backups, Timestamp::now()));
     Ok(())
 }
 
@@ -101,9 +98,17 @@ fn newest_first(backups: &mut [Backup]) {
     });
 }
 
+/// The backups that name `policy` (all of them when none is given).
+pub fn of_policy(backups: Vec<Backup>, policy: Option<&str>) -> Vec<Backup> {
+    backups
+        .into_iter()
+        .filter(|b| policy.is_none() || b.spec.policy_ref.as_deref() == policy)
+        .collect()
+}
+
 /// A list as kubectl prints one with `-o yaml|json`.
-fn as_list(list: ObjectList<Backup>) -> serde_json::Value {
-    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": list.items})
+fn as_list(items: &[Backup]) -> serde_json::Value {
+    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
 }
 
 fn backup_table(backups: &[Backup], now: Timestamp) -> String {
@@ -121,10 +126,7 @@ fn backup_table(backups: &[Backup], now: Timestamp) -> String {
             } else {
                 format!("{done}/{}", status.volumes.len())
             };
-            let why = match b.phase() {
-                BackupPhase::Completed => String::new(),
-                _ => reason(&status.conditions, None).unwrap_or_default(),
-            };
+            let why = reason(&status.conditions, None).unwrap_or_default();
             vec![
                 b.name_any(),
                 b.spec.policy_ref.clone().unwrap_or_else(|| "-".into()),
@@ -161,19 +163,7 @@ async fn now(
         .await
         .map_err(|e| not_found(e, &format!("BackupPolicy {policy}"), &namespace))?;
     let backups: Api<Backup> = Api::namespaced(client, &namespace);
-    // As the policy's scheduled Backups are: its start deadline comes with it.
-    let mut backup = Backup::new(
-        "",
-        BackupSpec {
-            policy_ref: Some(policy.to_string()),
-            starting_deadline_seconds: found.spec.starting_deadline_seconds,
-            ..BackupSpec::default()
-        },
-    );
-    backup.metadata.name = None;
-    // The server picks the suffix: two people backing up at once never collide.
-    backup.metadata.generate_name =
-        Some(format!("{}-now-", backstop_api::naming::fit(policy, 200)));
+    let backup = manual_backup(&found);
     let created = backups.create(&PostParams::default(), &backup).await?;
     let name = created.name_any();
     eprintln!("backup {name} created in namespace {namespace} (policy {policy})");
@@ -204,6 +194,24 @@ async fn now(
         println!("note: {message}");
     }
     Ok(())
+}
+
+/// The Backup `backup now` makes: it names the policy and, as the policy's scheduled Backups
+/// do, carries its start deadline; the server picks the name's suffix, so two people backing up
+/// at once never collide.
+fn manual_backup(policy: &BackupPolicy) -> Backup {
+    let name = policy.name_any();
+    let mut backup = Backup::new(
+        "",
+        BackupSpec {
+            policy_ref: Some(name.clone()),
+            starting_deadline_seconds: policy.spec.starting_deadline_seconds,
+            ..BackupSpec::default()
+        },
+    );
+    backup.metadata.name = None;
+    backup.metadata.generate_name = Some(format!("{}-now-", backstop_api::naming::fit(&name, 200)));
+    backup
 }
 
 fn progress(backup: &Backup) -> Progress {
@@ -312,6 +320,46 @@ mod tests {
             p.line,
             "Failed, 1/1 volume(s) done (MoverFailed: volume data: disk full)"
         );
+    }
+
+    #[test]
+    fn backup_now_names_the_policy_with_its_deadline_and_a_server_chosen_name() {
+        let mut policy: BackupPolicy = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "nightly", "namespace": "shop"},
+            "spec": {"schedule": "0 2 * * *", "startingDeadlineSeconds": 30,
+                     "target": {"pvcSelector": {"matchLabels": {"app": "db"}}}}
+        }))
+        .unwrap();
+        let backup = manual_backup(&policy);
+        assert_eq!(backup.metadata.name, None);
+        assert_eq!(
+            backup.metadata.generate_name.as_deref(),
+            Some("nightly-now-")
+        );
+        assert_eq!(backup.spec.policy_ref.as_deref(), Some("nightly"));
+        assert_eq!(backup.spec.starting_deadline_seconds, Some(30));
+        assert_eq!((backup.spec.target, backup.spec.repository), (None, None));
+        policy.metadata.name = Some("p".repeat(250));
+        let long = manual_backup(&policy)
+            .metadata
+            .generate_name
+            .unwrap_or_default();
+        assert!(long.len() <= 205 && long.ends_with("-now-"), "{long}");
+    }
+
+    #[test]
+    fn a_policy_filter_keeps_only_its_backups() {
+        let mut other = backup("other", 0, BackupPhase::Completed, &[]);
+        other.spec.policy_ref = Some("weekly".into());
+        let hand_made = Backup::new("hand", BackupSpec::default());
+        let all = vec![
+            backup("mine", 0, BackupPhase::Completed, &[]),
+            other,
+            hand_made,
+        ];
+        let names = |list: Vec<Backup>| list.iter().map(ResourceExt::name_any).collect::<Vec<_>>();
+        assert_eq!(names(of_policy(all.clone(), Some("nightly"))), ["mine"]);
+        assert_eq!(names(of_policy(all, None)), ["mine", "other", "hand"]);
     }
 
     #[test]

@@ -40,16 +40,12 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let line = |cells: Vec<&str>| {
-        let last = cells.len().saturating_sub(1);
         let mut out = String::new();
-        for (i, cell) in cells.into_iter().enumerate() {
+        for (cell, width) in cells.into_iter().zip(&widths) {
             out.push_str(cell);
-            if i < last {
-                let pad = widths[i] - cell.chars().count() + 3;
-                out.extend(std::iter::repeat_n(' ', pad));
-            }
+            out.extend(std::iter::repeat_n(' ', width - cell.chars().count() + 3));
         }
-        // An empty last cell leaves no padding behind.
+        // No padding after the last column (nor after an empty last cell).
         let mut out = out.trim_end().to_string();
         out.push('\n');
         out
@@ -71,11 +67,18 @@ mod tests {
         let ago = |s: i64| age(Timestamp::from_second(1_800_000_000 - s).unwrap(), now);
         assert_eq!(ago(0), "0s");
         assert_eq!(ago(119), "119s");
+        assert_eq!(ago(120), "2m0s");
         assert_eq!(ago(200), "3m20s");
+        assert_eq!(ago(600), "10m");
         assert_eq!(ago(45 * 60), "45m");
+        assert_eq!(ago(2 * 3600), "120m");
+        assert_eq!(ago(3 * 3600), "3h0m");
         assert_eq!(ago(5 * 3600 + 30 * 60), "5h30m");
+        assert_eq!(ago(8 * 3600), "8h");
         assert_eq!(ago(30 * 3600), "30h");
+        assert_eq!(ago(2 * 86400), "2d0h");
         assert_eq!(ago(3 * 86400 + 5 * 3600), "3d5h");
+        assert_eq!(ago(8 * 86400), "8d");
         assert_eq!(ago(45 * 86400), "45d");
         // A clock behind the server's never gives a negative age.
         assert_eq!(
@@ -87,6 +90,7 @@ mod tests {
     #[test]
     fn elapsed_times_are_short() {
         assert_eq!(elapsed(SignedDuration::from_secs(9)), "9s");
+        assert_eq!(elapsed(SignedDuration::from_secs(60)), "1m00s");
         assert_eq!(elapsed(SignedDuration::from_secs(185)), "3m05s");
     }
 

@@ -56,13 +56,11 @@ impl PolicyCommand {
             .get(&policy)
             .await
             .map_err(|e| not_found(e, &format!("BackupPolicy {policy}"), &namespace))?;
-        let backups: Vec<Backup> = Api::<Backup>::namespaced(client, &namespace)
+        let all = Api::<Backup>::namespaced(client, &namespace)
             .list(&ListParams::default())
             .await?
-            .items
-            .into_iter()
-            .filter(|b| b.spec.policy_ref.as_deref() == Some(policy.as_str()))
-            .collect();
+            .items;
+        let backups = super::backups::of_policy(all, Some(&policy));
         let report = report(&found, &backups, runs, Timestamp::now())?;
         if output != Output::Table {
             return print_structured(&report, output);

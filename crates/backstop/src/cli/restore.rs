@@ -78,6 +78,30 @@ fn latest_with<'a>(backups: &'a [Backup], pvc: &str, policy: Option<&str>) -> Op
 }
 
 impl RestoreArgs {
+    /// The Restore this command makes from `backup`; the server picks the name's suffix.
+    fn restore_of(&self, backup: &str) -> Restore {
+        let mut restore = Restore::new(
+            "",
+            RestoreSpec {
+                backup_name: backup.to_string(),
+                source_pvc: Some(self.pvc.clone()),
+                target: RestoreTarget {
+                    pvc_name: self.to.clone(),
+                    storage_class_name: self.storage_class.clone(),
+                    size: None,
+                },
+                existing_data_policy: self.existing_data,
+                ..RestoreSpec::default()
+            },
+        );
+        restore.metadata.name = None;
+        restore.metadata.generate_name = Some(format!(
+            "{}-restore-",
+            backstop_api::naming::fit(&self.to, 200)
+        ));
+        restore
+    }
+
     pub async fn run(self) -> anyhow::Result<()> {
         let (client, namespace) = connect(&self.target).await?;
         let backups: Api<Backup> = Api::namespaced(client.clone(), &namespace);
@@ -105,25 +129,7 @@ impl RestoreArgs {
             }
         };
         let restores: Api<Restore> = Api::namespaced(client, &namespace);
-        let mut restore = Restore::new(
-            "",
-            RestoreSpec {
-                backup_name: backup.clone(),
-                source_pvc: Some(self.pvc.clone()),
-                target: RestoreTarget {
-                    pvc_name: self.to.clone(),
-                    storage_class_name: self.storage_class.clone(),
-                    size: None,
-                },
-                existing_data_policy: self.existing_data,
-                ..RestoreSpec::default()
-            },
-        );
-        restore.metadata.name = None;
-        restore.metadata.generate_name = Some(format!(
-            "{}-restore-",
-            backstop_api::naming::fit(&self.to, 200)
-        ));
+        let restore = self.restore_of(&backup);
         let created = restores.create(&PostParams::default(), &restore).await?;
         let name = created.name_any();
         eprintln!(
@@ -313,6 +319,48 @@ mod tests {
         assert_eq!(
             failure("r", other.status.as_ref().unwrap()),
             "restore r failed: DigestMismatch: file a"
+        );
+    }
+
+    #[test]
+    fn the_restore_made_is_the_one_asked_for() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: RestoreArgs,
+        }
+        let args = Cli::try_parse_from([
+            "restore",
+            "data",
+            "--latest",
+            "--to",
+            "copy",
+            "--storage-class",
+            "fast",
+            "--existing-data",
+            "Merge",
+        ])
+        .unwrap()
+        .args;
+        let restore = args.restore_of("nightly-1");
+        assert_eq!(
+            restore.metadata.generate_name.as_deref(),
+            Some("copy-restore-")
+        );
+        assert_eq!(restore.metadata.name, None);
+        let spec = restore.spec;
+        assert_eq!(spec.backup_name, "nightly-1");
+        assert_eq!(spec.source_pvc.as_deref(), Some("data"));
+        assert_eq!(spec.target.pvc_name, "copy");
+        assert_eq!(spec.target.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(spec.existing_data_policy, ExistingDataPolicy::Merge);
+        assert!(!spec.allow_in_use && !spec.untrusted);
+        // One of --latest and --backup is required.
+        assert!(Cli::try_parse_from(["restore", "data", "--to", "copy"]).is_err());
+        assert!(
+            Cli::try_parse_from(["restore", "data", "--latest", "--backup", "b", "--to", "c"])
+                .is_err()
         );
     }
 
