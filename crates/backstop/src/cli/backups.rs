@@ -363,6 +363,17 @@ mod tests {
     }
 
     #[test]
+    fn json_and_yaml_lists_are_shaped_as_kubectl_prints_them() {
+        let list = as_list(&[backup("a", 0, BackupPhase::Completed, &[])]);
+        assert_eq!(
+            (&list["apiVersion"], &list["kind"]),
+            (&"v1".into(), &"List".into())
+        );
+        assert_eq!(list["items"][0]["metadata"]["name"], "a");
+        assert_eq!(list["items"][0]["kind"], "Backup");
+    }
+
+    #[test]
     fn durations_are_read_as_people_write_them() {
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
