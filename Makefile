@@ -30,6 +30,6 @@ bench-controller:
 	hack/bench-controller $(BENCH_ARGS)
 
 # Mutation testing of the mover and the controller's pure modules (not part of `make test`: over an
-# hour on 2 cores). MUTANTS=pure or MUTANTS=mover for one half.
+# hour on 2 cores). MUTANTS=pure, MUTANTS=mover or MUTANTS=cli for one part.
 mutants:
 	hack/mutants $(MUTANTS)

@@ -294,8 +294,8 @@ pub fn parse_namespace(text: &str) -> Result<String, String> {
     }
 }
 
-/// A ResourceRequirements in JSON, checked, e.g. `{"limits":{"memory":"2Gi"}}`.
-/// A structured setting given as JSON (env vars carry them this way).
+/// A structured setting given as JSON (env vars carry them this way), e.g. mover resources
+/// `{"limits":{"memory":"2Gi"}}`.
 fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
     serde_json::from_str(text).map_err(|e| format!("not JSON of the expected shape ({e}): {text}"))
 }
