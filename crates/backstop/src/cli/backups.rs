@@ -238,51 +238,19 @@ fn progress(backup: &Backup) -> Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use backstop_api::{BackupStatus, VolumeBackup};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-
-    fn backup(name: &str, second: i64, phase: BackupPhase, volumes: &[BackupPhase]) -> Backup {
-        let mut b = Backup::new(
-            name,
-            BackupSpec {
-                policy_ref: Some("nightly".into()),
-                ..BackupSpec::default()
-            },
-        );
-        b.metadata.creation_timestamp = Some(Time(
-            Timestamp::from_second(1_800_000_000 + second).unwrap(),
-        ));
-        b.status = Some(BackupStatus {
-            phase,
-            size: Some("1.2 MiB".into()),
-            total_files: Some(7),
-            volumes: volumes
-                .iter()
-                .map(|p| VolumeBackup {
-                    pvc: "data".into(),
-                    phase: *p,
-                    ..VolumeBackup::default()
-                })
-                .collect(),
-            ..BackupStatus::default()
-        });
-        b
-    }
+    use crate::cli::fixtures::{at, backup};
 
     #[test]
     fn the_list_is_newest_first_with_volumes_done_and_age() {
-        let mut backups = vec![
-            backup("old", 0, BackupPhase::Completed, &[BackupPhase::Completed]),
-            backup(
-                "new",
-                60,
-                BackupPhase::Running,
-                &[BackupPhase::Completed, BackupPhase::Running],
-            ),
-        ];
+        use BackupPhase::*;
+        let mut old = backup("old", "nightly", 0, Completed, &[("data", Completed)]);
+        if let Some(status) = old.status.as_mut() {
+            (status.size, status.total_files) = (Some("1.2 MiB".into()), Some(7));
+        }
+        let volumes = [("data", Completed), ("logs", Running)];
+        let mut backups = vec![old, backup("new", "nightly", 60, Running, &volumes)];
         newest_first(&mut backups);
-        let now = Timestamp::from_second(1_800_000_120).unwrap();
-        let text = backup_table(&backups, now);
+        let text = backup_table(&backups, at(120));
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("NAME"), "{text}");
         assert!(lines[1].starts_with("new "), "{text}");
@@ -294,22 +262,25 @@ mod tests {
             lines[2].starts_with("old ") && lines[2].contains("1/1") && lines[2].contains("2m0s"),
             "{text}"
         );
+        assert!(
+            lines[2].contains(" 1.2 MiB ") && lines[2].contains(" 7 "),
+            "{text}"
+        );
+        assert!(lines[1].contains(" - "), "no size yet: {text}");
     }
 
     #[test]
     fn a_failed_backup_says_why_in_the_list_and_progress() {
-        let mut failed = backup("f", 0, BackupPhase::Failed, &[BackupPhase::Failed]);
+        let failed_volume = [("data", BackupPhase::Failed)];
+        let mut failed = backup("f", "nightly", 0, BackupPhase::Failed, &failed_volume);
         let status = failed.status.as_mut().unwrap();
         backstop_api::condition::set_failed(
             &mut status.conditions,
             &backstop_api::condition::Invalid::new("MoverFailed", "volume data: disk full"),
             None,
-            Timestamp::from_second(1_800_000_000).unwrap(),
+            at(0),
         );
-        let text = backup_table(
-            std::slice::from_ref(&failed),
-            Timestamp::from_second(1_800_000_000).unwrap(),
-        );
+        let text = backup_table(std::slice::from_ref(&failed), at(0));
         assert!(
             text.contains("MoverFailed: volume data: disk full"),
             "{text}"
@@ -349,11 +320,10 @@ mod tests {
 
     #[test]
     fn a_policy_filter_keeps_only_its_backups() {
-        let mut other = backup("other", 0, BackupPhase::Completed, &[]);
-        other.spec.policy_ref = Some("weekly".into());
+        let other = backup("other", "weekly", 0, BackupPhase::Completed, &[]);
         let hand_made = Backup::new("hand", BackupSpec::default());
         let all = vec![
-            backup("mine", 0, BackupPhase::Completed, &[]),
+            backup("mine", "nightly", 0, BackupPhase::Completed, &[]),
             other,
             hand_made,
         ];
@@ -364,7 +334,7 @@ mod tests {
 
     #[test]
     fn json_and_yaml_lists_are_shaped_as_kubectl_prints_them() {
-        let list = as_list(&[backup("a", 0, BackupPhase::Completed, &[])]);
+        let list = as_list(&[backup("a", "nightly", 0, BackupPhase::Completed, &[])]);
         assert_eq!(
             (&list["apiVersion"], &list["kind"]),
             (&"v1".into(), &"List".into())

@@ -60,11 +60,12 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::fixtures::at;
 
     #[test]
     fn ages_are_written_as_kubectl_writes_them() {
-        let now = Timestamp::from_second(1_800_000_000).unwrap();
-        let ago = |s: i64| age(Timestamp::from_second(1_800_000_000 - s).unwrap(), now);
+        let now = at(0);
+        let ago = |s: i64| age(at(-s), now);
         assert_eq!(ago(0), "0s");
         assert_eq!(ago(119), "119s");
         assert_eq!(ago(120), "2m0s");
@@ -81,10 +82,7 @@ mod tests {
         assert_eq!(ago(8 * 86400), "8d");
         assert_eq!(ago(45 * 86400), "45d");
         // A clock behind the server's never gives a negative age.
-        assert_eq!(
-            age(Timestamp::from_second(1_800_000_010).unwrap(), now),
-            "0s"
-        );
+        assert_eq!(age(at(10), now), "0s");
     }
 
     #[test]

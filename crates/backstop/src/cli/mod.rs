@@ -5,6 +5,8 @@
 //! `kubectl-backstop` on the PATH, the same binary is a kubectl plugin (`kubectl backstop ...`).
 
 mod backups;
+#[cfg(test)]
+mod fixtures;
 mod format;
 mod policy;
 mod restore;

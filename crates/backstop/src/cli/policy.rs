@@ -148,8 +148,8 @@ fn describe(report: &PolicyReport, now: Timestamp) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use backstop_api::{BackupPhase, BackupSpec, BackupStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use crate::cli::fixtures::{at, backup};
+    use backstop_api::BackupPhase;
 
     fn policy(suspend: bool, keep_last: Option<i64>) -> BackupPolicy {
         let mut p: BackupPolicy = serde_json::from_value(serde_json::json!({
@@ -161,24 +161,6 @@ mod tests {
         .unwrap();
         p.spec.retention.keep_last = keep_last;
         p
-    }
-
-    fn backup(name: &str, hour: i64, phase: BackupPhase) -> Backup {
-        let at = Time(Timestamp::from_second(1_800_000_000 + hour * 3600).unwrap());
-        let mut b = Backup::new(
-            name,
-            BackupSpec {
-                policy_ref: Some("nightly".into()),
-                ..BackupSpec::default()
-            },
-        );
-        b.metadata.creation_timestamp = Some(at.clone());
-        b.status = Some(BackupStatus {
-            phase,
-            completion_time: Some(at),
-            ..BackupStatus::default()
-        });
-        b
     }
 
     #[test]
@@ -212,19 +194,16 @@ mod tests {
     #[test]
     fn retention_preview_is_the_operators_rule() {
         let backups = [
-            backup("b1", 1, BackupPhase::Completed),
-            backup("b2", 2, BackupPhase::Completed),
-            backup("b3", 3, BackupPhase::Failed),
-            backup("b4", 4, BackupPhase::Completed),
+            backup("b1", "nightly", 3600, BackupPhase::Completed, &[]),
+            backup("b2", "nightly", 7200, BackupPhase::Completed, &[]),
+            backup("b3", "nightly", 10800, BackupPhase::Failed, &[]),
+            backup("b4", "nightly", 14400, BackupPhase::Completed, &[]),
         ];
-        let now = Timestamp::from_second(1_800_000_000 + 5 * 3600).unwrap();
+        let now = at(5 * 3600);
         let r = report(&policy(false, Some(1)), &backups, 1, now).unwrap();
         assert_eq!(r.retention_would_delete, ["b1", "b2"]);
         assert_eq!(r.completed_backups, 3);
-        assert_eq!(
-            r.last_successful_backup,
-            Some(Timestamp::from_second(1_800_000_000 + 4 * 3600).unwrap())
-        );
+        assert_eq!(r.last_successful_backup, Some(at(4 * 3600)));
         let text = describe(&r, now);
         assert!(
             text.contains(

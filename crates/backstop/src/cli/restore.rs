@@ -188,61 +188,27 @@ fn progress(restore: &Restore) -> Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use backstop_api::{BackupSpec, BackupStatus, VolumeBackup};
-    use jiff::Timestamp;
+    use crate::cli::fixtures::{at, backup};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-
-    fn backup(
-        name: &str,
-        policy: &str,
-        minute: i64,
-        phase: BackupPhase,
-        pvcs: &[(&str, BackupPhase)],
-    ) -> Backup {
-        let at = Time(Timestamp::from_second(1_800_000_000 + minute * 60).unwrap());
-        let mut b = Backup::new(
-            name,
-            BackupSpec {
-                policy_ref: Some(policy.into()),
-                ..BackupSpec::default()
-            },
-        );
-        b.metadata.creation_timestamp = Some(at.clone());
-        b.status = Some(BackupStatus {
-            phase,
-            completion_time: Some(at),
-            volumes: pvcs
-                .iter()
-                .map(|(pvc, phase)| VolumeBackup {
-                    pvc: pvc.to_string(),
-                    phase: *phase,
-                    ..VolumeBackup::default()
-                })
-                .collect(),
-            ..BackupStatus::default()
-        });
-        b
-    }
 
     #[test]
     fn latest_is_the_newest_completed_backup_that_holds_the_volume() {
         use BackupPhase::*;
-        let mut deleting = backup("deleting", "p", 9, Completed, &[("data", Completed)]);
-        deleting.metadata.deletion_timestamp =
-            Some(Time(Timestamp::from_second(1_800_001_000).unwrap()));
+        let mut deleting = backup("deleting", "p", 540, Completed, &[("data", Completed)]);
+        deleting.metadata.deletion_timestamp = Some(Time(at(1000)));
         let backups = [
-            backup("old", "p", 1, Completed, &[("data", Completed)]),
+            backup("old", "p", 60, Completed, &[("data", Completed)]),
             backup(
                 "good",
                 "p",
-                2,
+                120,
                 Completed,
                 &[("data", Completed), ("logs", Completed)],
             ),
-            backup("other-policy", "q", 3, Completed, &[("data", Completed)]),
-            backup("failed", "p", 4, Failed, &[("data", Failed)]),
-            backup("running", "p", 5, Running, &[("data", Running)]),
-            backup("without-it", "p", 6, Completed, &[("logs", Completed)]),
+            backup("other-policy", "q", 180, Completed, &[("data", Completed)]),
+            backup("failed", "p", 240, Failed, &[("data", Failed)]),
+            backup("running", "p", 300, Running, &[("data", Running)]),
+            backup("without-it", "p", 360, Completed, &[("logs", Completed)]),
             deleting,
         ];
         let name = |b: Option<&Backup>| b.map(ResourceExt::name_any);
@@ -264,7 +230,7 @@ mod tests {
 
     #[test]
     fn progress_tells_why_it_waits_or_failed_not_that_it_runs() {
-        let at = Timestamp::from_second(1_800_000_000).unwrap();
+        let now = at(0);
         let with = |phase: BackupPhase, reason: &str, message: &str| {
             let mut status = RestoreStatus {
                 phase,
@@ -272,7 +238,7 @@ mod tests {
             };
             let why = backstop_api::condition::Invalid::new(reason, message);
             if phase == BackupPhase::Failed {
-                backstop_api::condition::set_failed(&mut status.conditions, &why, None, at);
+                backstop_api::condition::set_failed(&mut status.conditions, &why, None, now);
             } else {
                 backstop_api::condition::set(
                     &mut status.conditions,
@@ -281,7 +247,7 @@ mod tests {
                     reason,
                     message,
                     None,
-                    at,
+                    now,
                 );
             }
             let mut restore = Restore::new("r", RestoreSpec::default());
