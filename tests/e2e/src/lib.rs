@@ -248,10 +248,18 @@ pub async fn install_operator(client: &Client) -> anyhow::Result<()> {
         );
     }
     drop(applying);
+    operator_leads(client, "backstop-system").await
+}
+
+/// Waits until the Lease `backstop-controller` in `namespace` is held by a running pod of the
+/// operator's Deployment there (label component=controller: not a test's extra standby, not a pod
+/// being deleted, so after a Recreate upgrade only the new pod counts).
+pub async fn operator_leads(client: &Client, namespace: &str) -> anyhow::Result<()> {
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(client.clone(), "backstop-system");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "backstop-system");
-    wait_until(Duration::from_secs(120), "the operator to lead", || async {
+        Api::namespaced(client.clone(), namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let what = format!("the operator in {namespace} to lead");
+    wait_until(Duration::from_secs(120), &what, || async {
         let Some(lease) = leases.get_opt("backstop-controller").await? else {
             return Ok(false);
         };
@@ -259,7 +267,6 @@ pub async fn install_operator(client: &Client) -> anyhow::Result<()> {
             return Ok(false);
         };
         let pod = pods.get_opt(&holder).await?;
-        // The installed Deployment's replica (not a test's extra standby) leads, and is running.
         Ok(pod.is_some_and(|p| {
             p.metadata.deletion_timestamp.is_none()
                 && p.metadata

@@ -56,34 +56,6 @@ impl Drop for OverlayOperatorStopped {
     }
 }
 
-/// Waits until the release's one pod (after an upgrade: the new one) runs and leads.
-async fn release_leads(client: &kube::Client) -> anyhow::Result<()> {
-    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(client.clone(), RELEASE);
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), RELEASE);
-    wait_until(
-        Duration::from_secs(120),
-        "the release's operator to lead",
-        || async {
-            let holder = leases
-                .get_opt("backstop-controller")
-                .await?
-                .and_then(|l| l.spec?.holder_identity);
-            let Some(holder) = holder else {
-                return Ok(false);
-            };
-            let running = pods.list(&Default::default()).await?.items;
-            Ok(running.len() == 1
-                && running.iter().all(|p| {
-                    p.metadata.name.as_deref() == Some(holder.as_str())
-                        && p.metadata.deletion_timestamp.is_none()
-                        && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-                }))
-        },
-    )
-    .await
-}
-
 async fn backup_completes(ns: &TestNamespace, name: &str) -> anyhow::Result<()> {
     create::<Backup>(
         ns,
@@ -120,7 +92,7 @@ async fn a_release_installs_backs_up_upgrades_and_uninstalls_keeping_the_backups
         "--timeout",
         "120s",
     ])?;
-    release_leads(&client).await?;
+    operator_leads(&client, RELEASE).await?;
 
     let ns = TestNamespace::create(&client, "e2e-helm").await?;
     ns.repository().await?;
@@ -142,7 +114,7 @@ async fn a_release_installs_backs_up_upgrades_and_uninstalls_keeping_the_backups
         "--timeout",
         "120s",
     ])?;
-    release_leads(&client).await?;
+    operator_leads(&client, RELEASE).await?;
     backup_completes(&ns, "after-upgrade").await?;
     let stranded_pv = ns.stranded_volume("helm-stranded").await?;
     create::<Backup>(

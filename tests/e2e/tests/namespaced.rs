@@ -7,8 +7,7 @@
 
 use backstop_api::{Backup, BackupPhase, Restore};
 use backstop_e2e::*;
-use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, ListParams};
+use kube::api::ListParams;
 use serde_json::json;
 use std::process::Command;
 use std::time::Duration;
@@ -70,19 +69,7 @@ async fn install_scoped(
             .arg(overlay.path()),
     )?;
 
-    let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
-    wait_until(
-        Duration::from_secs(120),
-        "the namespaced operator to lead",
-        || async {
-            Ok(leases
-                .get_opt("backstop-controller")
-                .await?
-                .and_then(|l| l.spec?.holder_identity)
-                .is_some())
-        },
-    )
-    .await?;
+    operator_leads(client, namespace).await?;
     Ok(guard)
 }
 
