@@ -4,6 +4,11 @@
 use crate::scheduling::BackupSummary;
 use backstop_api::BackupPhase;
 
+/// Whether a backup counts for retention: Completed and not already being deleted.
+pub fn counts(backup: &BackupSummary) -> bool {
+    backup.phase == BackupPhase::Completed && !backup.deleting
+}
+
 /// Names of the backups to delete, oldest first.
 pub fn expired(backups: &[BackupSummary], keep_last: Option<i64>) -> Vec<String> {
     let Some(keep) = keep_last
@@ -12,10 +17,7 @@ pub fn expired(backups: &[BackupSummary], keep_last: Option<i64>) -> Vec<String>
     else {
         return Vec::new();
     };
-    let mut completed: Vec<&BackupSummary> = backups
-        .iter()
-        .filter(|b| b.phase == BackupPhase::Completed && !b.deleting)
-        .collect();
+    let mut completed: Vec<&BackupSummary> = backups.iter().filter(|b| counts(b)).collect();
     // Newest first: by the time they stand for, then completion, then name (deterministic).
     completed.sort_by(|a, b| {
         let key = |x: &BackupSummary| (x.scheduled_time.or(x.created), x.completion_time);

@@ -88,10 +88,7 @@ fn report(
             .collect()
     };
     let summaries: Vec<_> = backups.iter().map(summarize).collect();
-    let completed: Vec<_> = summaries
-        .iter()
-        .filter(|b| b.phase == backstop_api::BackupPhase::Completed && !b.deleting)
-        .collect();
+    let completed: Vec<_> = summaries.iter().filter(|b| retention::counts(b)).collect();
     Ok(PolicyReport {
         name: policy.name_any(),
         namespace: policy.namespace().unwrap_or_default(),
