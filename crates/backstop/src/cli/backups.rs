@@ -226,13 +226,7 @@ fn progress(backup: &Backup) -> Progress {
             .count();
         line.push_str(&format!(", {done}/{} volume(s) done", status.volumes.len()));
     }
-    // While it runs the reason only repeats the phase; waiting and failing have one to tell.
-    if matches!(phase, BackupPhase::Pending | BackupPhase::Failed)
-        && let Some(why) = reason(&status.conditions, None)
-    {
-        line.push_str(&format!(" ({why})"));
-    }
-    Progress { phase, line }
+    Progress::of(phase, line, &status.conditions)
 }
 
 #[cfg(test)]

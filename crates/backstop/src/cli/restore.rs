@@ -175,14 +175,7 @@ fn failure(name: &str, status: &RestoreStatus) -> String {
 fn progress(restore: &Restore) -> Progress {
     let status = restore.status.clone().unwrap_or_default();
     let phase = restore.phase();
-    let mut line = phase.as_str().to_string();
-    // While it runs the reason only repeats the phase; waiting and failing have one to tell.
-    if matches!(phase, BackupPhase::Pending | BackupPhase::Failed)
-        && let Some(why) = reason(&status.conditions, None)
-    {
-        line.push_str(&format!(" ({why})"));
-    }
-    Progress { phase, line }
+    Progress::of(phase, phase.as_str().to_string(), &status.conditions)
 }
 
 #[cfg(test)]

@@ -14,6 +14,19 @@ pub struct Progress {
     pub line: String,
 }
 
+impl Progress {
+    /// `line` (the phase, and what else the command tells), then why the object waits or
+    /// failed; while it runs the reason would only repeat the phase.
+    pub fn of(phase: BackupPhase, mut line: String, conditions: &[Condition]) -> Self {
+        if matches!(phase, BackupPhase::Pending | BackupPhase::Failed)
+            && let Some(why) = reason(conditions, None)
+        {
+            line.push_str(&format!(" ({why})"));
+        }
+        Progress { phase, line }
+    }
+}
+
 /// Polls `name` every second until it is Completed or Failed, and returns it; gives up after
 /// `timeout` (the object goes on in the cluster).
 pub async fn until_finished<K>(
