@@ -223,7 +223,7 @@ fn backstop_restore<'a>(backstop: &'a Path, repo: &'a Path, target: &'a Path) ->
         let mut c = Command::new(backstop);
         c.args(["mover", "restore", "--repository"])
             .arg(repo)
-            .args(["--manifest", "b/data.manifest.json", "--target"])
+            .args(["--manifest", "b/data.manifest.jsonl.zst", "--target"])
             .arg(target)
             .stdout(std::process::Stdio::null());
         Ok(c)
@@ -329,7 +329,7 @@ fn bench_dataset(name: &str, data: &Path, work: &Path, runs: usize) -> anyhow::R
         t.measure("backstop zstd to S3 (s3s-fs)", "restore+verify", || {
             fresh(&target)?;
             let mut c = s3("restore");
-            c.args(["--manifest", "b/data.manifest.json", "--target"])
+            c.args(["--manifest", "b/data.manifest.jsonl.zst", "--target"])
                 .arg(&target);
             Ok(c)
         })?;

@@ -25,10 +25,16 @@ pub fn backup_dir(namespace: &str, backup: &str) -> String {
     format!("{namespace}/{backup}")
 }
 
-/// The key of the manifest of `pvc`'s artifact in the backup directory `dir`.
+/// The key of the manifest of `pvc`'s artifact in the backup directory `dir`: JSON lines,
+/// zstd-compressed.
 pub fn manifest_key(dir: &str, pvc: &str) -> String {
-    format!("{dir}/{pvc}.manifest.json")
+    format!("{dir}/{pvc}{MANIFEST_SUFFIX}")
 }
+
+/// How the name of a manifest ends.
+pub const MANIFEST_SUFFIX: &str = ".manifest.jsonl.zst";
+/// How it ended before manifests were streamed (one JSON document): backups made then keep it.
+pub const LEGACY_MANIFEST_SUFFIX: &str = ".manifest.json";
 
 /// Where a mover finds the repository. S3 credentials are not part of it: they reach the pod as
 /// environment variables from the Secret (`secretKeyRef`), never on the command line.
@@ -420,7 +426,10 @@ mod tests {
     fn keys_of_a_backup() {
         let dir = backup_dir("shop", "nightly");
         assert_eq!(dir, "shop/nightly");
-        assert_eq!(manifest_key(&dir, "db"), "shop/nightly/db.manifest.json");
+        assert_eq!(
+            manifest_key(&dir, "db"),
+            "shop/nightly/db.manifest.jsonl.zst"
+        );
     }
 
     fn words(text: &str) -> Vec<String> {
@@ -451,7 +460,7 @@ mod tests {
                 retry_timeout_seconds: Some(10),
                 ..S3Location::default()
             }),
-            manifest: "shop/n/db.manifest.json".into(),
+            manifest: "shop/n/db.manifest.jsonl.zst".into(),
             target: TARGET_MOUNT.into(),
             existing_data_policy: ExistingDataPolicy::Overwrite,
             artifact_digest: Some("ab".into()),
@@ -460,7 +469,7 @@ mod tests {
         assert_eq!(
             restore.to_args(),
             words(
-                "mover restore --manifest shop/n/db.manifest.json --target /target \
+                "mover restore --manifest shop/n/db.manifest.jsonl.zst --target /target \
                  --existing-data-policy Overwrite --artifact-digest ab --untrusted \
                  --s3-bucket b --s3-prefix team --s3-force-path-style \
                  --s3-retry-timeout-seconds 10 --termination-log /dev/termination-log"

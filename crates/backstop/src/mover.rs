@@ -53,7 +53,7 @@ pub enum Command {
     Restore {
         #[command(flatten)]
         repository: RepositoryArgs,
-        /// The manifest's path inside the repository (`<namespace>/<backup>/<pvc>.manifest.json`).
+        /// The manifest's path inside the repository (`<namespace>/<backup>/<pvc>.manifest.jsonl.zst`).
         #[arg(long)]
         manifest: String,
         /// The mounted target volume.
@@ -475,7 +475,7 @@ mod tests {
             },
             Request::Restore {
                 repository: s3(true),
-                manifest: "shop/nightly/db.manifest.json".into(),
+                manifest: "shop/nightly/db.manifest.jsonl.zst".into(),
                 target: "/target".into(),
                 existing_data_policy: ExistingDataPolicy::Merge,
                 artifact_digest: Some("ab12".into()),
@@ -483,7 +483,7 @@ mod tests {
             },
             Request::Restore {
                 repository: dir.clone(),
-                manifest: "shop/nightly/db.manifest.json".into(),
+                manifest: "shop/nightly/db.manifest.jsonl.zst".into(),
                 target: "/target".into(),
                 existing_data_policy: ExistingDataPolicy::FailIfNotEmpty,
                 artifact_digest: None,
@@ -491,7 +491,7 @@ mod tests {
             },
             Request::Verify {
                 repository: dir.clone(),
-                manifest: "shop/nightly/db.manifest.json".into(),
+                manifest: "shop/nightly/db.manifest.jsonl.zst".into(),
                 artifact_digest: Some("ab12".into()),
             },
             Request::Delete {

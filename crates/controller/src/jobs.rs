@@ -656,7 +656,7 @@ mod tests {
         restore.metadata.namespace = Some("shop".into());
         let restore_with = |untrusted| RestoreJob {
             repository: &repo,
-            manifest: "shop/b/db.manifest.json".into(),
+            manifest: "shop/b/db.manifest.jsonl.zst".into(),
             artifact_digest: None,
             target_pvc: "db",
             policy: ExistingDataPolicy::FailIfNotEmpty,
@@ -758,7 +758,7 @@ mod tests {
         restore.metadata.namespace = Some("shop".into());
         let request = |digest| RestoreJob {
             repository: &repo,
-            manifest: "shop/nightly-202611210200/db.manifest.json".into(),
+            manifest: "shop/nightly-202611210200/db.manifest.jsonl.zst".into(),
             artifact_digest: digest,
             target_pvc: "db-restored",
             policy: ExistingDataPolicy::Overwrite,
@@ -885,7 +885,7 @@ mod tests {
             &restore,
             RestoreJob {
                 repository: &repo,
-                manifest: "shop/b/db.manifest.json".into(),
+                manifest: "shop/b/db.manifest.jsonl.zst".into(),
                 artifact_digest: None,
                 target_pvc: "db-restored",
                 policy: ExistingDataPolicy::FailIfNotEmpty,

@@ -1,11 +1,11 @@
 //! `backstop mover backup`: one volume into one artifact plus its manifest in a repository.
-//! The artifact only appears under its key when it is complete (a renamed `.partial` file, a
-//! completed multipart upload); the manifest is written last (the commit point), so an
-//! interrupted backup never looks complete.
+//! Both are written as the volume is read, and only appear under their keys when complete (a
+//! renamed `.partial` file, a completed multipart upload); the manifest is committed last (the
+//! commit point), so an interrupted backup never looks complete.
 
 use crate::archive;
-use crate::manifest::{self, ArtifactInfo, Manifest};
-use crate::repository::{Repository, RepositoryError};
+use crate::manifest::{self, ArtifactInfo, Header};
+use crate::repository::{Repository, RepositoryError, Upload};
 pub use backstop_api::Compression;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
@@ -29,9 +29,9 @@ impl BackupError {
     pub fn reason(&self) -> Reason {
         match self {
             BackupError::Repository(r) => r.reason().unwrap_or(Reason::RepositoryWriteFailed),
-            BackupError::Archive(archive::ArchiveError::Write(e)) => {
-                crate::repository::reason(e).unwrap_or(Reason::RepositoryWriteFailed)
-            }
+            BackupError::Archive(
+                archive::ArchiveError::Write(e) | archive::ArchiveError::Record(e),
+            ) => crate::repository::reason(e).unwrap_or(Reason::RepositoryWriteFailed),
             _ => Reason::SourceUnreadable,
         }
     }
@@ -64,63 +64,58 @@ pub fn run(repo: &dyn Repository, req: &BackupRequest<'_>) -> Result<BackupResul
     // A retried Job must not leave an old manifest describing a new artifact.
     repo.remove(&manifest_key)?;
 
-    let write_error = |source| RepositoryError::Write {
-        key: artifact_key.clone(),
-        source,
-    };
-    let mut upload = repo.create(&artifact_key)?;
-    let written = (|| -> Result<_, BackupError> {
-        let hashing = HashingWriter::new(BufWriter::with_capacity(1 << 20, &mut upload));
-        let (archived, hashing) = match req.compression {
-            Compression::Zstd => {
-                let mut enc = zstd::stream::write::Encoder::new(hashing, 3).map_err(write_error)?;
-                let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-                enc.multithread(threads).map_err(write_error)?;
-                enc.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))
-                    .map_err(write_error)?;
-                let (archived, enc) = archive::write(req.source, enc)?;
-                let hashing = enc.finish().map_err(write_error)?;
-                (archived, hashing)
-            }
-            Compression::Gzip => {
-                let enc = flate2::write::GzEncoder::new(hashing, flate2::Compression::new(6));
-                let (archived, enc) = archive::write(req.source, enc)?;
-                let hashing = enc.finish().map_err(write_error)?;
-                (archived, hashing)
-            }
-            Compression::None => archive::write(req.source, hashing)?,
-        };
-        let (mut buffered, digest, size) = hashing.finish();
-        buffered.flush().map_err(write_error)?;
-        Ok((archived, digest, size))
-    })();
-    let (archived, digest, size) = match written {
-        Ok(w) => w,
-        Err(e) => {
-            upload.abort();
-            return Err(e);
-        }
-    };
-    upload.commit()?;
-
-    let manifest = Manifest {
+    let header = Header {
         format: manifest::FORMAT.to_string(),
         created_at: req.created_at.clone(),
         source: req.pvc.to_string(),
         compression: req.compression,
-        artifact: ArtifactInfo {
-            name: artifact_name,
-            size,
-            blake3: digest.clone(),
-        },
-        totals: archived.totals.clone(),
-        entries: archived.entries,
     };
-    let json = serde_json::to_vec(&manifest).map_err(|e| RepositoryError::Write {
+    let manifest_error = |source| RepositoryError::Write {
         key: manifest_key.clone(),
-        source: io::Error::other(e),
-    })?;
-    repo.put(&manifest_key, &json)?;
+        source,
+    };
+    let mut listed = repo.create(&manifest_key)?;
+    let mut upload = match repo.create(&artifact_key) {
+        Ok(upload) => upload,
+        Err(e) => {
+            listed.abort();
+            return Err(e.into());
+        }
+    };
+    let written = manifest::Writer::new(&mut listed, &header)
+        .map_err(|e| BackupError::from(manifest_error(e)))
+        .and_then(|mut listing| {
+            let written = write_artifact(req, &mut upload, &artifact_key, &mut listing)?;
+            Ok((written, listing))
+        });
+    let ((archived, digest, size), listing) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            upload.abort();
+            listed.abort();
+            return Err(e);
+        }
+    };
+    let artifact = ArtifactInfo {
+        name: artifact_name,
+        size,
+        blake3: digest.clone(),
+    };
+    let finished = upload
+        .commit()
+        .and_then(|()| {
+            listing
+                .finish(artifact, archived.totals.clone())
+                .map_err(manifest_error)
+        })
+        .map(|_| ());
+    match finished {
+        Ok(()) => listed.commit()?,
+        Err(e) => {
+            listed.abort();
+            return Err(e.into());
+        }
+    }
     Ok(BackupResult {
         pvc: req.pvc.to_string(),
         artifact: artifact_key,
@@ -131,6 +126,44 @@ pub fn run(repo: &dyn Repository, req: &BackupRequest<'_>) -> Result<BackupResul
         changed_while_reading: archived.changed.count,
         changed_files: archived.changed.named,
     })
+}
+
+/// Writes the artifact (compressed as asked, its digest and size taken as it goes) into `upload`,
+/// each entry into `listing`.
+fn write_artifact(
+    req: &BackupRequest<'_>,
+    upload: &mut Box<dyn Upload>,
+    key: &str,
+    listing: &mut manifest::Writer<&mut Box<dyn Upload>>,
+) -> Result<(archive::Archived, String, u64), BackupError> {
+    let write_error = |source| RepositoryError::Write {
+        key: key.to_string(),
+        source,
+    };
+    let mut record = |entry: &manifest::Entry| listing.entry(entry);
+    let hashing = HashingWriter::new(BufWriter::with_capacity(1 << 20, upload));
+    let (archived, hashing) = match req.compression {
+        Compression::Zstd => {
+            let mut enc = zstd::stream::write::Encoder::new(hashing, 3).map_err(write_error)?;
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+            enc.multithread(threads).map_err(write_error)?;
+            enc.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))
+                .map_err(write_error)?;
+            let (archived, enc) = archive::write(req.source, enc, &mut record)?;
+            let hashing = enc.finish().map_err(write_error)?;
+            (archived, hashing)
+        }
+        Compression::Gzip => {
+            let enc = flate2::write::GzEncoder::new(hashing, flate2::Compression::new(6));
+            let (archived, enc) = archive::write(req.source, enc, &mut record)?;
+            let hashing = enc.finish().map_err(write_error)?;
+            (archived, hashing)
+        }
+        Compression::None => archive::write(req.source, hashing, &mut record)?,
+    };
+    let (mut buffered, digest, size) = hashing.finish();
+    buffered.flush().map_err(write_error)?;
+    Ok((archived, digest, size))
 }
 
 /// Counts and hashes the bytes that go through it (the compressed artifact).

@@ -9,13 +9,14 @@
 //! Once the new tree is complete, the previous directory is renamed to `.backstop-restore-discard`
 //! (the point of no return) and removed. Renames stay within the volume, so each is atomic.
 
-use crate::manifest::{hex, unhex};
-use crate::restore::{RestoreError, remove_all, safe_relative, write_err};
+use crate::manifest::{Entry, EntryKind, hex, unhex};
+use crate::restore::{RestoreError, apply_dir_metadata, remove_all, safe_relative, write_err};
 use backstop_api::ExistingDataPolicy;
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Where the verified tree is extracted, inside the target volume.
@@ -179,24 +180,45 @@ impl Step<'_> {
         for name in names(&staging.join(rel))? {
             let rel = rel.join(&name);
             let (src, dst) = (staging.join(&rel), self.target.join(&rel));
-            let src_is_dir = is_dir(&src)?;
+            let src_meta = fs::symlink_metadata(&src).map_err(write_err(&src))?;
+            // A directory's time as restored, before moving entries out of it changes it.
+            let restored = src_meta.is_dir().then(|| dir_entry(&src_meta));
             match fs::symlink_metadata(&dst) {
-                Ok(existing) if existing.is_dir() && src_is_dir => {
+                Ok(existing) if existing.is_dir() && src_meta.is_dir() => {
                     self.merge(&rel)?;
-                    continue;
                 }
-                Ok(_) => set_aside(self.target, &rel)?,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(write_err(&dst)(e)),
+                found => {
+                    match found {
+                        Ok(_) => set_aside(self.target, &rel)?,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(write_err(&dst)(e)),
+                    }
+                    let mut line = hex(rel.as_os_str().as_bytes());
+                    line.push('\n');
+                    self.journal
+                        .write_all(line.as_bytes())
+                        .map_err(write_err(self.journal_path))?;
+                    fs::rename(&src, &dst).map_err(write_err(&dst))?;
+                }
             }
-            let mut line = hex(rel.as_os_str().as_bytes());
-            line.push('\n');
-            self.journal
-                .write_all(line.as_bytes())
-                .map_err(write_err(self.journal_path))?;
-            fs::rename(&src, &dst).map_err(write_err(&dst))?;
+            if let Some(restored) = restored {
+                apply_dir_metadata(self.target, &rel, &restored)?;
+            }
         }
         Ok(())
+    }
+}
+
+/// A staged directory's owner, mode and time, to set again where it ends up.
+fn dir_entry(meta: &fs::Metadata) -> Entry {
+    Entry {
+        kind: EntryKind::Dir,
+        mode: meta.mode() & 0o7777,
+        uid: u64::from(meta.uid()),
+        gid: u64::from(meta.gid()),
+        mtime: meta.mtime(),
+        mtime_nanos: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
+        ..Default::default()
     }
 }
 

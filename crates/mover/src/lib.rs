@@ -4,6 +4,7 @@
 pub mod archive;
 pub mod backup;
 pub mod commit;
+pub mod extract;
 pub mod inventory;
 pub mod manifest;
 pub mod report;

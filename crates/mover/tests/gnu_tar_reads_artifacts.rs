@@ -2,7 +2,7 @@
 //! (and the zstd / gzip tools), and the result compared with the source entry by entry.
 
 use backstop_mover::backup::{self, BackupRequest, Compression};
-use backstop_mover::manifest::{EntryKind, Manifest};
+use backstop_mover::manifest::{Entry, EntryKind, walk_order};
 use backstop_mover::repository::DirRepository;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -181,27 +181,44 @@ fn back_up_and_extract(compression: Compression, tar_flag: &str) {
             .to_string(),
         result.digest
     );
-    let manifest: Manifest = serde_json::from_slice(
-        &fs::read(repo_dir.join("shop/nightly-1/data.manifest.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(manifest.artifact.blake3, result.digest);
-    assert_eq!(manifest.totals.files, 7);
-    assert_eq!(manifest.totals.hardlinks, 1);
-    assert_eq!(manifest.totals.symlinks, 2);
-    for entry in manifest
-        .entries
+    // The manifest read with the standard zstd tool: JSON lines, a header, the entries, an end.
+    let decoded = Command::new("zstd")
+        .arg("-dc")
+        .arg(repo_dir.join("shop/nightly-1/data.manifest.jsonl.zst"))
+        .output()
+        .unwrap();
+    assert!(decoded.status.success());
+    let lines: Vec<serde_json::Value> = decoded
+        .stdout
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["format"], backstop_mover::manifest::FORMAT);
+    let end = &lines[lines.len() - 1]["end"];
+    assert_eq!(end["artifact"]["blake3"], result.digest.as_str());
+    assert_eq!(end["entries"], lines.len() - 2);
+    assert_eq!(
+        (
+            &end["totals"]["files"],
+            &end["totals"]["hardlinks"],
+            &end["totals"]["symlinks"]
+        ),
+        (&7.into(), &1.into(), &2.into())
+    );
+    let entries: Vec<Entry> = lines[1..lines.len() - 1]
         .iter()
-        .filter(|e| e.kind == EntryKind::File)
-    {
-        let content = fs::read(source.join(&entry.path)).unwrap();
-        assert_eq!(
-            entry.blake3.as_deref(),
-            Some(blake3::hash(&content).to_hex().as_str()),
-            "{}",
-            entry.path
-        );
+        .map(|l| serde_json::from_value(l.clone()).unwrap())
+        .collect();
+    for entry in entries.iter().filter(|e| e.kind == EntryKind::File) {
+        let size = fs::metadata(source.join(&entry.path)).unwrap().len();
+        assert_eq!(entry.size, size, "{}", entry.path);
     }
+    let paths: Vec<&[u8]> = entries.iter().map(|e| e.path.as_bytes()).collect();
+    assert!(
+        paths.windows(2).all(|w| walk_order(w[0], w[1]).is_lt()),
+        "in the walk's order: {paths:?}"
+    );
     // Nothing with a temporary name is left behind.
     let names: Vec<_> = fs::read_dir(repo_dir.join("shop/nightly-1"))
         .unwrap()
@@ -267,5 +284,9 @@ fn a_backup_of_a_missing_source_fails_and_leaves_nothing() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("not a directory"), "{err}");
-    assert!(!tmp.path().join("repo/ns/b/data.manifest.json").exists());
+    assert!(
+        !tmp.path()
+            .join("repo/ns/b/data.manifest.jsonl.zst")
+            .exists()
+    );
 }

@@ -75,7 +75,14 @@ fn a_volume_that_swaps_files_and_directories_for_links_never_gets_outside_data_a
     ];
     let (mut changed, mut failed) = (0, Vec::new());
     for _ in 0..20 {
-        let (archived, tar) = match archive::write(&volume, Vec::new()) {
+        let mut sizes = Vec::new();
+        let recorded = |e: &backstop_mover::manifest::Entry| {
+            if e.kind == backstop_mover::manifest::EntryKind::File {
+                sizes.push(e.size);
+            }
+            Ok(())
+        };
+        let (archived, tar) = match archive::write(&volume, Vec::new(), recorded) {
             Ok(done) => done,
             Err(e) => {
                 failed.push(e.to_string());
@@ -88,11 +95,8 @@ fn a_volume_that_swaps_files_and_directories_for_links_never_gets_outside_data_a
             "data from outside the volume got into the archive"
         );
         assert!(
-            archived
-                .entries
-                .iter()
-                .all(|e| e.blake3.as_deref() != Some(blake3::hash(SECRET).to_hex().as_str())),
-            "a manifest entry has the outside file's digest"
+            sizes.iter().all(|size| *size == b"innocent".len() as u64),
+            "a manifest entry has the outside file's size: {sizes:?}"
         );
     }
     stop.store(true, Ordering::Relaxed);

@@ -7,7 +7,9 @@ use backstop_api::ExistingDataPolicy;
 use backstop_api::contract::Reason;
 use backstop_mover::backup::{self, BackupRequest, Compression};
 use backstop_mover::commit;
-use backstop_mover::manifest::{ArtifactInfo, Entry, EntryKind, Manifest, Totals};
+use backstop_mover::manifest::{
+    self, ArtifactInfo, Entry, EntryKind, Header, LegacyManifest, Totals,
+};
 use backstop_mover::repository::DirRepository;
 use backstop_mover::restore::{self, RestoreError, RestoreOptions};
 use std::fs;
@@ -102,7 +104,7 @@ fn a_restore_reproduces_the_tree_exactly_and_keeps_sparse_files_sparse() {
         let f = backed_up(compression);
         let result = restore::restore(
             &f.repo,
-            "ns/b/data.manifest.json",
+            "ns/b/data.manifest.jsonl.zst",
             &f.target,
             &RestoreOptions {
                 policy: ExistingDataPolicy::FailIfNotEmpty,
@@ -132,7 +134,7 @@ fn a_restore_reproduces_the_tree_exactly_and_keeps_sparse_files_sparse() {
 #[test]
 fn verify_checks_an_artifact_without_writing() {
     let f = backed_up(Compression::Zstd);
-    let result = restore::verify(&f.repo, "ns/b/data.manifest.json", None).unwrap();
+    let result = restore::verify(&f.repo, "ns/b/data.manifest.jsonl.zst", None).unwrap();
     assert_eq!(
         result.files, 4,
         "regular files; the hardlink is not a second file"
@@ -146,7 +148,7 @@ fn a_non_empty_target_is_refused_by_default_and_left_alone() {
     let before = listing(&f.target);
     let err = restore::restore(
         &f.repo,
-        "ns/b/data.manifest.json",
+        "ns/b/data.manifest.jsonl.zst",
         &f.target,
         &RestoreOptions {
             policy: ExistingDataPolicy::FailIfNotEmpty,
@@ -166,7 +168,7 @@ fn overwrite_makes_the_target_exactly_the_backup_and_merge_keeps_other_files() {
     fs::write(f.target.join("extra"), "extra").unwrap();
     restore::restore(
         &f.repo,
-        "ns/b/data.manifest.json",
+        "ns/b/data.manifest.jsonl.zst",
         &f.target,
         &RestoreOptions {
             policy: ExistingDataPolicy::Merge,
@@ -182,7 +184,7 @@ fn overwrite_makes_the_target_exactly_the_backup_and_merge_keeps_other_files() {
 
     restore::restore(
         &f.repo,
-        "ns/b/data.manifest.json",
+        "ns/b/data.manifest.jsonl.zst",
         &f.target,
         &RestoreOptions {
             policy: ExistingDataPolicy::Overwrite,
@@ -209,7 +211,7 @@ fn one_flipped_byte_fails_the_restore_and_leaves_the_target_as_it_was() {
 
         let err = restore::restore(
             &f.repo,
-            "ns/b/data.manifest.json",
+            "ns/b/data.manifest.jsonl.zst",
             &f.target,
             &RestoreOptions {
                 policy: ExistingDataPolicy::Overwrite,
@@ -224,7 +226,7 @@ fn one_flipped_byte_fails_the_restore_and_leaves_the_target_as_it_was() {
         );
         assert_eq!(listing(&f.target), before, "{compression:?}");
         assert!(matches!(
-            restore::verify(&f.repo, "ns/b/data.manifest.json", None),
+            restore::verify(&f.repo, "ns/b/data.manifest.jsonl.zst", None),
             Err(RestoreError::Integrity(_))
         ));
     }
@@ -241,25 +243,46 @@ fn crafted(
     let data = builder.into_inner().unwrap();
     fs::create_dir_all(repo_dir.join("ns/b")).unwrap();
     fs::write(repo_dir.join("ns/b/data.tar"), &data).unwrap();
-    let manifest = Manifest {
-        format: backstop_mover::manifest::FORMAT.into(),
+    let header = Header {
+        format: manifest::FORMAT.into(),
         created_at: String::new(),
         source: "data".into(),
         compression: backstop_api::Compression::None,
-        artifact: ArtifactInfo {
-            name: "data.tar".into(),
-            size: data.len() as u64,
-            blake3: blake3::hash(&data).to_hex().to_string(),
-        },
-        totals: Totals::default(),
-        entries,
     };
-    fs::write(
-        repo_dir.join("ns/b/data.manifest.json"),
-        serde_json::to_vec(&manifest).unwrap(),
-    )
-    .unwrap();
+    let mut writer = manifest::Writer::new(Vec::new(), &header).unwrap();
+    for entry in &entries {
+        writer.entry(entry).unwrap();
+    }
+    let listed = writer
+        .finish(artifact_of(&data), Totals::default())
+        .unwrap();
+    fs::write(repo_dir.join("ns/b/data.manifest.jsonl.zst"), listed).unwrap();
     DirRepository::new(repo_dir)
+}
+
+fn artifact_of(data: &[u8]) -> ArtifactInfo {
+    ArtifactInfo {
+        name: "data.tar".into(),
+        size: data.len() as u64,
+        blake3: blake3::hash(data).to_hex().to_string(),
+    }
+}
+
+/// A manifest's lines as JSON values, and back.
+fn manifest_lines(path: &Path) -> Vec<serde_json::Value> {
+    let text = zstd::decode_all(&fs::read(path).unwrap()[..]).unwrap();
+    text.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect()
+}
+
+fn write_manifest_lines(path: &Path, lines: &[serde_json::Value]) {
+    let text: Vec<u8> = lines
+        .iter()
+        .flat_map(|l| format!("{l}\n").into_bytes())
+        .collect();
+    fs::write(path, zstd::encode_all(&text[..], 3).unwrap()).unwrap();
 }
 
 fn entry(path: &str, kind: EntryKind, target: Option<&str>, content: Option<&[u8]>) -> Entry {
@@ -273,7 +296,6 @@ fn entry(path: &str, kind: EntryKind, target: Option<&str>, content: Option<&[u8
         mtime: 0,
         mtime_nanos: 0,
         target: target.map(str::to_string),
-        blake3: content.map(|c| blake3::hash(c).to_hex().to_string()),
         ..Default::default()
     }
 }
@@ -377,7 +399,7 @@ fn archives_that_escape_the_target_are_refused() {
         let repo = crafted(&case_dir.join("repo"), build, entries);
         let err = restore::restore(
             &repo,
-            "ns/b/data.manifest.json",
+            "ns/b/data.manifest.jsonl.zst",
             &target,
             &RestoreOptions {
                 policy: ExistingDataPolicy::FailIfNotEmpty,
@@ -474,7 +496,7 @@ fn a_manifest_that_reaches_outside_the_target_or_lists_a_path_twice_is_refused()
         let repo = crafted(&tmp.path().join(format!("repo-{name}")), build, entries);
         let err = restore::restore(
             &repo,
-            "ns/b/data.manifest.json",
+            "ns/b/data.manifest.jsonl.zst",
             &target,
             &RestoreOptions {
                 policy: ExistingDataPolicy::FailIfNotEmpty,
@@ -484,7 +506,7 @@ fn a_manifest_that_reaches_outside_the_target_or_lists_a_path_twice_is_refused()
         .unwrap_err();
         assert_eq!(err.reason(), Reason::UnsafeArchive, "{name}: {err}");
         assert_eq!(fs::read_dir(&target).unwrap().count(), 0, "{name}");
-        let err = restore::verify(&repo, "ns/b/data.manifest.json", None).unwrap_err();
+        let err = restore::verify(&repo, "ns/b/data.manifest.jsonl.zst", None).unwrap_err();
         assert_eq!(err.reason(), Reason::UnsafeArchive, "{name}: {err}");
     }
     let mode = fs::metadata(&outside).unwrap().mode() & 0o7777;
@@ -496,7 +518,7 @@ fn the_archive_and_the_manifest_must_agree_entry_by_entry() {
     let tmp = tempfile::tempdir().unwrap();
     let cases: Vec<(&str, Case)> = vec![
         (
-            "twice",
+            "where the manifest lists \"b\"",
             (
                 "duplicate archive entry",
                 Box::new(|b| {
@@ -537,11 +559,14 @@ fn the_archive_and_the_manifest_must_agree_entry_by_entry() {
             ),
         ),
         (
-            "has BLAKE3",
+            "after the last entry the manifest lists",
             (
-                "a file whose content is not the one the manifest names",
-                Box::new(|b| file(b, b"a", b"x")),
-                vec![entry("a", EntryKind::File, None, Some(b"y"))],
+                "an entry the manifest lacks",
+                Box::new(|b| {
+                    file(b, b"a", b"x");
+                    file(b, b"b", b"y");
+                }),
+                vec![entry("a", EntryKind::File, None, Some(b"x"))],
             ),
         ),
     ];
@@ -552,7 +577,7 @@ fn the_archive_and_the_manifest_must_agree_entry_by_entry() {
         let repo = crafted(&case_dir.join("repo"), build, entries);
         let err = restore::restore(
             &repo,
-            "ns/b/data.manifest.json",
+            "ns/b/data.manifest.jsonl.zst",
             &target,
             &RestoreOptions {
                 policy: ExistingDataPolicy::FailIfNotEmpty,
@@ -566,11 +591,64 @@ fn the_archive_and_the_manifest_must_agree_entry_by_entry() {
     }
 }
 
+/// A backup made before manifests were streamed: one JSON document under the old name, with a
+/// BLAKE3 digest per file, which is still checked.
+fn legacy(repo_dir: &Path, content: &[u8], listed: &[u8]) -> DirRepository {
+    let mut builder = tar::Builder::new(Vec::new());
+    file(&mut builder, b"a", content);
+    let data = builder.into_inner().unwrap();
+    fs::create_dir_all(repo_dir.join("ns/b")).unwrap();
+    fs::write(repo_dir.join("ns/b/data.tar"), &data).unwrap();
+    let mut a = entry("a", EntryKind::File, None, Some(listed));
+    a.blake3 = Some(blake3::hash(listed).to_hex().to_string());
+    let old = LegacyManifest {
+        format: manifest::LEGACY_FORMAT.into(),
+        created_at: String::new(),
+        source: "data".into(),
+        compression: backstop_api::Compression::None,
+        artifact: artifact_of(&data),
+        totals: Totals::default(),
+        entries: vec![a],
+    };
+    fs::write(
+        repo_dir.join("ns/b/data.manifest.json"),
+        serde_json::to_vec(&old).unwrap(),
+    )
+    .unwrap();
+    DirRepository::new(repo_dir)
+}
+
+#[test]
+fn backups_with_a_legacy_manifest_still_restore_and_their_file_digests_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = RestoreOptions {
+        policy: ExistingDataPolicy::FailIfNotEmpty,
+        ..Default::default()
+    };
+    let repo = legacy(&tmp.path().join("good"), b"x", b"x");
+    let target = tmp.path().join("target-good");
+    fs::create_dir_all(&target).unwrap();
+    let result =
+        restore::restore(&repo, "ns/b/data.manifest.jsonl.zst", &target, &options).unwrap();
+    assert_eq!((result.files, result.bytes), (1, 1));
+    assert_eq!(fs::read(target.join("a")).unwrap(), b"x");
+
+    let repo = legacy(&tmp.path().join("bad"), b"x", b"y");
+    let target = tmp.path().join("target-bad");
+    fs::create_dir_all(&target).unwrap();
+    let err =
+        restore::restore(&repo, "ns/b/data.manifest.jsonl.zst", &target, &options).unwrap_err();
+    assert_eq!(err.reason(), Reason::IntegrityCheckFailed, "{err}");
+    assert!(err.to_string().contains("has BLAKE3"), "{err}");
+    assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
+}
+
 #[test]
 fn a_manifest_swapped_in_the_repository_is_caught_by_the_digest_recorded_at_backup() {
     let f = backed_up(Compression::Zstd);
-    let recorded = restore::read_manifest(&f.repo, "ns/b/data.manifest.json")
+    let recorded = restore::read_manifest(&f.repo, "ns/b/data.manifest.jsonl.zst", None)
         .unwrap()
+        .1
         .artifact
         .blake3;
     // Someone with write access to the repository replaces artifact and manifest by a pair
@@ -589,7 +667,7 @@ fn a_manifest_swapped_in_the_repository_is_caught_by_the_digest_recorded_at_back
     .unwrap();
     let err = restore::restore(
         &f.repo,
-        "ns/b/data.manifest.json",
+        "ns/b/data.manifest.jsonl.zst",
         &f.target,
         &RestoreOptions {
             policy: ExistingDataPolicy::FailIfNotEmpty,
@@ -601,7 +679,8 @@ fn a_manifest_swapped_in_the_repository_is_caught_by_the_digest_recorded_at_back
     assert_eq!(err.reason(), Reason::IntegrityCheckFailed, "{err}");
     assert!(err.to_string().contains("was replaced"), "{err}");
     assert_eq!(fs::read_dir(&f.target).unwrap().count(), 0);
-    let err = restore::verify(&f.repo, "ns/b/data.manifest.json", Some(&recorded)).unwrap_err();
+    let err =
+        restore::verify(&f.repo, "ns/b/data.manifest.jsonl.zst", Some(&recorded)).unwrap_err();
     assert_eq!(err.reason(), Reason::IntegrityCheckFailed, "{err}");
 }
 
@@ -697,7 +776,7 @@ fn a_commit_killed_midway_is_undone_by_the_next_restore() {
     assert_eq!(content_listing(&f.target), before);
     let err = restore::restore(
         &f.repo,
-        "ns/b/data.manifest.json",
+        "ns/b/data.manifest.jsonl.zst",
         &f.target,
         &RestoreOptions {
             policy: ExistingDataPolicy::FailIfNotEmpty,
@@ -715,7 +794,7 @@ fn a_restore_that_fails_before_its_commit_leaves_no_staging_directory() {
     fs::remove_file(f.repo_dir.join("ns/b/data.tar.zst")).unwrap();
     let err = restore::restore(
         &f.repo,
-        "ns/b/data.manifest.json",
+        "ns/b/data.manifest.jsonl.zst",
         &f.target,
         &RestoreOptions {
             policy: ExistingDataPolicy::FailIfNotEmpty,
@@ -757,7 +836,7 @@ fn an_untrusted_restore_creates_no_device_nodes_and_clears_set_id_bits() {
     fs::create_dir_all(&trusted).unwrap();
     restore::restore(
         &repo,
-        "ns/b/data.manifest.json",
+        "ns/b/data.manifest.jsonl.zst",
         &trusted,
         &RestoreOptions::default(),
     )
@@ -771,7 +850,8 @@ fn an_untrusted_restore_creates_no_device_nodes_and_clears_set_id_bits() {
         untrusted: true,
         ..Default::default()
     };
-    let result = restore::restore(&repo, "ns/b/data.manifest.json", &untrusted, &options).unwrap();
+    let result =
+        restore::restore(&repo, "ns/b/data.manifest.jsonl.zst", &untrusted, &options).unwrap();
     assert_eq!(result.skipped_devices, 1);
     assert_eq!(result.verification, "Verified");
     assert!(!untrusted.join("mem").exists());
@@ -850,7 +930,7 @@ fn names_that_are_not_utf8_survive_backup_restore_and_gnu_tar_byte_for_byte() {
     fs::create_dir_all(&target).unwrap();
     let result = restore::restore(
         &repo,
-        "ns/b/data.manifest.json",
+        "ns/b/data.manifest.jsonl.zst",
         &target,
         &RestoreOptions::default(),
     )
@@ -902,18 +982,18 @@ fn a_planted_previous_directory_link_is_removed_not_followed() {
 #[test]
 fn a_manifest_of_another_format_or_an_unknown_compression_is_refused_not_guessed() {
     let f = backed_up(Compression::Zstd);
-    let path = f.repo_dir.join("ns/b/data.manifest.json");
-    let original: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    let path = f.repo_dir.join("ns/b/data.manifest.jsonl.zst");
+    let original = manifest_lines(&path);
     for (field, value, expected) in [
         ("compression", "lz4", "lz4"),
-        ("format", "backstop.dev/manifest/v9", "is not"),
+        ("format", "backstop.dev/manifest/v9", "is neither"),
     ] {
         let mut changed = original.clone();
-        changed[field] = serde_json::json!(value);
-        fs::write(&path, serde_json::to_vec(&changed).unwrap()).unwrap();
+        changed[0][field] = serde_json::json!(value);
+        write_manifest_lines(&path, &changed);
         let err = restore::restore(
             &f.repo,
-            "ns/b/data.manifest.json",
+            "ns/b/data.manifest.jsonl.zst",
             &f.target,
             &RestoreOptions::default(),
         )
@@ -927,21 +1007,22 @@ fn a_manifest_of_another_format_or_an_unknown_compression_is_refused_not_guessed
 #[test]
 fn the_artifact_must_be_the_one_its_manifest_names_even_when_every_file_matches() {
     let f = backed_up(Compression::Zstd);
-    let path = f.repo_dir.join("ns/b/data.manifest.json");
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-    manifest["artifact"]["blake3"] = serde_json::json!(blake3::hash(b"other").to_hex().to_string());
-    fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let path = f.repo_dir.join("ns/b/data.manifest.jsonl.zst");
+    let mut lines = manifest_lines(&path);
+    let end = lines.len() - 1;
+    lines[end]["end"]["artifact"]["blake3"] =
+        serde_json::json!(blake3::hash(b"other").to_hex().to_string());
+    write_manifest_lines(&path, &lines);
     let err = restore::restore(
         &f.repo,
-        "ns/b/data.manifest.json",
+        "ns/b/data.manifest.jsonl.zst",
         &f.target,
         &RestoreOptions::default(),
     )
     .unwrap_err();
     assert_eq!(err.reason(), Reason::IntegrityCheckFailed, "{err}");
     assert_eq!(fs::read_dir(&f.target).unwrap().count(), 0);
-    let err = restore::verify(&f.repo, "ns/b/data.manifest.json", None).unwrap_err();
+    let err = restore::verify(&f.repo, "ns/b/data.manifest.jsonl.zst", None).unwrap_err();
     assert_eq!(err.reason(), Reason::IntegrityCheckFailed, "{err}");
 }
 
@@ -951,7 +1032,7 @@ fn a_fresh_filesystems_lost_and_found_does_not_make_the_target_non_empty() {
     fs::create_dir(f.target.join("lost+found")).unwrap();
     restore::restore(
         &f.repo,
-        "ns/b/data.manifest.json",
+        "ns/b/data.manifest.jsonl.zst",
         &f.target,
         &RestoreOptions {
             policy: ExistingDataPolicy::FailIfNotEmpty,
@@ -964,7 +1045,7 @@ fn a_fresh_filesystems_lost_and_found_does_not_make_the_target_non_empty() {
 }
 
 #[test]
-fn an_archive_listing_children_before_their_directory_keeps_them() {
+fn a_manifest_listing_children_before_their_directory_is_refused_before_anything_is_written() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = crafted(
         &tmp.path().join("repo"),
@@ -983,15 +1064,16 @@ fn an_archive_listing_children_before_their_directory_keeps_them() {
     );
     let target = tmp.path().join("target");
     fs::create_dir(&target).unwrap();
-    let result = restore::restore(
+    let err = restore::restore(
         &repo,
-        "ns/b/data.manifest.json",
+        "ns/b/data.manifest.jsonl.zst",
         &target,
         &RestoreOptions::default(),
     )
-    .unwrap();
-    assert_eq!((result.entries, result.files), (2, 1));
-    assert_eq!(fs::read(target.join("d/f")).unwrap(), b"child first");
+    .unwrap_err();
+    assert_eq!(err.reason(), Reason::UnsafeArchive, "{err}");
+    assert!(err.to_string().contains("walk's order"), "{err}");
+    assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
 }
 
 fn mknod(path: &Path, kind: libc::mode_t, dev: libc::dev_t) {
@@ -1025,7 +1107,7 @@ fn fifos_and_devices_come_back_as_they_were_and_devices_are_skipped_when_untrust
     fs::create_dir(&trusted).unwrap();
     let result = restore::restore(
         &repo,
-        "ns/b/data.manifest.json",
+        "ns/b/data.manifest.jsonl.zst",
         &trusted,
         &RestoreOptions::default(),
     )
@@ -1055,7 +1137,8 @@ fn fifos_and_devices_come_back_as_they_were_and_devices_are_skipped_when_untrust
         untrusted: true,
         ..Default::default()
     };
-    let result = restore::restore(&repo, "ns/b/data.manifest.json", &untrusted, &options).unwrap();
+    let result =
+        restore::restore(&repo, "ns/b/data.manifest.jsonl.zst", &untrusted, &options).unwrap();
     assert_eq!(
         (result.entries, result.files, result.skipped_devices),
         (4, 1, 2)

@@ -137,7 +137,7 @@ async fn policy_retention_and_restore_through_moto_and_s3s_fs() -> anyhow::Resul
                     b.metadata.name.clone().unwrap_or_default()
                 );
                 [
-                    format!("{dir}/data-{name}.manifest.json"),
+                    format!("{dir}/data-{name}.manifest.jsonl.zst"),
                     format!("{dir}/data-{name}.tar.zst"),
                 ]
             })
@@ -323,7 +323,7 @@ async fn wrong_keys_a_deleted_bucket_and_a_stopped_server_each_say_what_happened
     assert_eq!(
         s3s.keys("backups", &format!("{PREFIX}/{}/", ns.name))?,
         [
-            format!("{PREFIX}/{}/after/big.manifest.json", ns.name),
+            format!("{PREFIX}/{}/after/big.manifest.jsonl.zst", ns.name),
             format!("{PREFIX}/{}/after/big.tar.zst", ns.name),
         ]
     );
@@ -393,7 +393,7 @@ async fn deleting_a_namespace_with_backups_finishes_for_both_repository_kinds() 
     // An S3 repository's artifacts outlive the namespace (they are what disaster recovery needs).
     let kept = moto.keys("backups", &format!("{PREFIX}/{}/once/", s3.name))?;
     assert!(
-        kept.iter().any(|k| k.ends_with("db.manifest.json")),
+        kept.iter().any(|k| k.ends_with("db.manifest.jsonl.zst")),
         "{kept:?}"
     );
     Ok(())

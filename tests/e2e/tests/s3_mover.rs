@@ -63,7 +63,7 @@ fn round_trip(kind: S3Kind) -> anyhow::Result<()> {
         extract_with_tar(&artifact, &out)?;
         assert_eq!(tree_listing(&out)?, listing, "{kind:?} {dir}: tar's view");
 
-        let manifest = format!("{dir}/data.manifest.json");
+        let manifest = format!("{dir}/data.manifest.jsonl.zst");
         let verified = restore::verify(&repo, &manifest, Some(&done.digest))?;
         assert_eq!(verified.verification, "Verified");
         let target = tempfile::tempdir()?;
@@ -86,9 +86,9 @@ fn round_trip(kind: S3Kind) -> anyhow::Result<()> {
     assert_eq!(
         server.keys("backups", "cluster-a/")?,
         [
-            "cluster-a/ns/gzip/data.manifest.json",
+            "cluster-a/ns/gzip/data.manifest.jsonl.zst",
             "cluster-a/ns/gzip/data.tar.gz",
-            "cluster-a/ns/zstd/data.manifest.json",
+            "cluster-a/ns/zstd/data.manifest.jsonl.zst",
             "cluster-a/ns/zstd/data.tar.zst",
         ]
     );
@@ -98,7 +98,7 @@ fn round_trip(kind: S3Kind) -> anyhow::Result<()> {
     assert_eq!(
         server.keys("backups", "cluster-a/")?,
         [
-            "cluster-a/ns/zstd/data.manifest.json",
+            "cluster-a/ns/zstd/data.manifest.jsonl.zst",
             "cluster-a/ns/zstd/data.tar.zst"
         ]
     );
@@ -163,12 +163,12 @@ fn an_upload_cut_off_by_a_stopped_server_leaves_nothing_and_the_next_one_succeed
     assert!(done.bytes > noise.len() as u64, "{done:?}");
     assert_eq!(
         server.keys("backups", "ns/")?,
-        ["ns/b2/data.manifest.json", "ns/b2/data.tar"]
+        ["ns/b2/data.manifest.jsonl.zst", "ns/b2/data.tar"]
     );
     let target = tempfile::tempdir()?;
     restore::restore(
         &repo,
-        "ns/b2/data.manifest.json",
+        "ns/b2/data.manifest.jsonl.zst",
         target.path(),
         &RestoreOptions {
             policy: ExistingDataPolicy::FailIfNotEmpty,
@@ -230,7 +230,7 @@ fn tls_needs_the_ca_or_an_explicit_skip() -> anyhow::Result<()> {
         &request(source.path(), "ns/tls", Compression::Zstd),
     )?;
     assert_eq!(
-        restore::verify(&trusted, "ns/tls/data.manifest.json", None)?.verification,
+        restore::verify(&trusted, "ns/tls/data.manifest.jsonl.zst", None)?.verification,
         "Verified"
     );
 
