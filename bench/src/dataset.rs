@@ -107,6 +107,24 @@ pub fn small_files(root: &Path, count: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// (d, e) many tiny files of 0-200 bytes, 1,000 directories (a mail spool, a package cache).
+pub fn tiny_files(root: &Path, count: u64) -> io::Result<()> {
+    let mut rng = Rng::new(4);
+    let per_dir = count.div_ceil(1000).max(1);
+    let mut dir = root.to_path_buf();
+    for i in 0..count {
+        if i % per_dir == 0 {
+            dir = root.join(format!("d{:03}", i / per_dir));
+            fs::create_dir_all(&dir)?;
+        }
+        let size = rng.below(201);
+        let mut buf = Vec::with_capacity(size as usize);
+        fill(&mut buf, &mut rng, size, i % 2 == 0)?;
+        fs::write(dir.join(format!("f{i:07}")), buf)?;
+    }
+    Ok(())
+}
+
 /// (b) a few large files.
 pub fn large_files(root: &Path, count: u64, size: u64) -> io::Result<()> {
     let mut rng = Rng::new(2);

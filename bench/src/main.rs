@@ -1,8 +1,9 @@
 //! `backstop-bench mover [--quick] [--only abc]`: generates seeded datasets, then backs each up and
 //! restores it with Backstop (zstd, gzip, and zstd to S3 on a loopback s3s-fs when installed),
 //! `tar -czf`, `tar | zstd -T0 -3` and restic, in one run on the same data, and prints MB/s, CPU
-//! seconds, peak RSS and artifact size with Backstop's ratios.
-//! `backstop-bench dataset a|b|c DIR`: only writes one dataset (to profile the mover by hand).
+//! seconds, peak RSS and artifact size with Backstop's ratios. Datasets d and e (one and two
+//! million tiny files) get their own table: stored bytes, manifest bytes per file, peak RSS.
+//! `backstop-bench dataset a|b|c|d|e DIR`: only writes one dataset (to profile the mover by hand).
 //! `backstop-bench controller`: the operator at scale on the local cluster (see controller.rs).
 
 mod controller;
@@ -30,14 +31,14 @@ fn main() -> anyhow::Result<()> {
         Some("dataset") => {
             // Only generates one dataset (for profiling the mover by hand).
             let (Some(letter), Some(dir)) = (args.get(1), args.get(2)) else {
-                anyhow::bail!("usage: backstop-bench dataset a|b|c DIR [--quick]");
+                anyhow::bail!("usage: backstop-bench dataset a|b|c|d|e DIR [--quick]");
             };
             let quick = args.iter().any(|a| a == "--quick");
             let Some(set) = mover::datasets(quick)
                 .into_iter()
                 .find(|s| letter.starts_with(s.letter))
             else {
-                anyhow::bail!("no dataset {letter:?}: a, b or c");
+                anyhow::bail!("no dataset {letter:?}: a to e");
             };
             std::fs::create_dir_all(dir)?;
             (set.generate)(std::path::Path::new(dir))?;
@@ -56,7 +57,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: backstop-bench mover [--quick] [--only abc]\n       backstop-bench dataset a|b|c DIR [--quick]\n       backstop-bench controller [--policies N] [--backups N] [--per-minute N] [--observe-minutes N]"
+                "usage: backstop-bench mover [--quick] [--only abc]\n       backstop-bench dataset a|b|c|d|e DIR [--quick]\n       backstop-bench controller [--policies N] [--backups N] [--per-minute N] [--observe-minutes N]"
             );
             std::process::exit(2);
         }

@@ -120,6 +120,7 @@ struct Row {
     op: &'static str,
     m: Measured,
     artifact: Option<u64>,
+    manifest: Option<u64>,
 }
 
 fn backstop_binary() -> anyhow::Result<PathBuf> {
@@ -179,6 +180,7 @@ impl Table {
                 op,
                 m,
                 artifact: None,
+                manifest: None,
             });
         }
         Ok(())
@@ -186,13 +188,22 @@ impl Table {
 
     /// Records the size of what `tool`'s backup wrote.
     fn artifact(&mut self, tool: &str, bytes: u64) {
-        if let Some(row) = self
-            .rows
-            .iter_mut()
-            .find(|r| r.tool == tool && r.op == "backup")
-        {
+        if let Some(row) = self.backup_row(tool) {
             row.artifact = Some(bytes);
         }
+    }
+
+    /// Records the size of the manifest `tool`'s backup wrote beside its artifact.
+    fn manifest(&mut self, tool: &str, bytes: u64) {
+        if let Some(row) = self.backup_row(tool) {
+            row.manifest = Some(bytes);
+        }
+    }
+
+    fn backup_row(&mut self, tool: &str) -> Option<&mut Row> {
+        self.rows
+            .iter_mut()
+            .find(|r| r.tool == tool && r.op == "backup")
     }
 }
 
@@ -216,6 +227,9 @@ fn backstop_backup<'a>(
     })
 }
 
+/// Where the benchmark's Backstop backups keep their manifest, inside their repository.
+const MANIFEST: &str = "b/data.manifest.jsonl.zst";
+
 /// A Backstop restore (with verification) of that backup into a fresh target.
 fn backstop_restore<'a>(backstop: &'a Path, repo: &'a Path, target: &'a Path) -> Prepare<'a> {
     Box::new(move || {
@@ -223,8 +237,20 @@ fn backstop_restore<'a>(backstop: &'a Path, repo: &'a Path, target: &'a Path) ->
         let mut c = Command::new(backstop);
         c.args(["mover", "restore", "--repository"])
             .arg(repo)
-            .args(["--manifest", "b/data.manifest.jsonl.zst", "--target"])
+            .args(["--manifest", MANIFEST, "--target"])
             .arg(target)
+            .stdout(std::process::Stdio::null());
+        Ok(c)
+    })
+}
+
+/// A Backstop verification of that backup (reads it all, writes nothing).
+fn backstop_verify<'a>(backstop: &'a Path, repo: &'a Path) -> Prepare<'a> {
+    Box::new(move || {
+        let mut c = Command::new(backstop);
+        c.args(["mover", "verify", "--repository"])
+            .arg(repo)
+            .args(["--manifest", MANIFEST])
             .stdout(std::process::Stdio::null());
         Ok(c)
     })
@@ -262,6 +288,7 @@ fn bench_dataset(name: &str, data: &Path, work: &Path, runs: usize) -> anyhow::R
     ])?;
     let artifact = repo.join("b/data.tar.zst");
     t.artifact("backstop zstd", fs::metadata(&artifact)?.len());
+    t.manifest("backstop zstd", fs::metadata(repo.join(MANIFEST))?.len());
     t.artifact("tar | zstd -T0 -3", fs::metadata(&zst)?.len());
     t.measure_in_turns(vec![
         (
@@ -329,8 +356,7 @@ fn bench_dataset(name: &str, data: &Path, work: &Path, runs: usize) -> anyhow::R
         t.measure("backstop zstd to S3 (s3s-fs)", "restore+verify", || {
             fresh(&target)?;
             let mut c = s3("restore");
-            c.args(["--manifest", "b/data.manifest.jsonl.zst", "--target"])
-                .arg(&target);
+            c.args(["--manifest", MANIFEST, "--target"]).arg(&target);
             Ok(c)
         })?;
     }
@@ -358,6 +384,17 @@ fn bench_dataset(name: &str, data: &Path, work: &Path, runs: usize) -> anyhow::R
         )))
     })?;
 
+    restic_rows(&mut t, data, work, &target)?;
+    let _ = fs::remove_dir_all(work);
+
+    print_table(name, bytes, runs, &t.rows);
+    print_summary(&t.rows, bytes);
+    Ok(())
+}
+
+/// restic 0.14's backup into a fresh repository (a second backup into the same one would only
+/// dedupe) and its restore.
+fn restic_rows(t: &mut Table, data: &Path, work: &Path, target: &Path) -> anyhow::Result<()> {
     let restic_repo = work.join("restic");
     let restic = |args: &[&str]| {
         let mut c = Command::new("restic");
@@ -369,7 +406,6 @@ fn bench_dataset(name: &str, data: &Path, work: &Path, runs: usize) -> anyhow::R
         c.stdout(std::process::Stdio::null());
         c
     };
-    // A fresh repository for every run: a second backup into the same one would only dedupe.
     t.measure("restic 0.14", "backup", || {
         fresh(&restic_repo)?;
         if !restic(&["init"]).status()?.success() {
@@ -381,14 +417,102 @@ fn bench_dataset(name: &str, data: &Path, work: &Path, runs: usize) -> anyhow::R
     })?;
     t.artifact("restic 0.14", du(&restic_repo)?);
     t.measure("restic 0.14", "restore", || {
-        fresh(&target)?;
+        fresh(target)?;
         let mut c = restic(&["restore", "latest", "--no-cache", "--target"]);
-        c.arg(&target);
+        c.arg(target);
         Ok(c)
-    })?;
+    })
+}
+
+/// Many tiny files: where memory and per-entry cost show. Backstop's backup against
+/// `tar | zstd` and its restore against `tar -x` in turns, its verification, and restic.
+fn bench_many_files(
+    name: &str,
+    data: &Path,
+    files: u64,
+    work: &Path,
+    runs: usize,
+) -> anyhow::Result<()> {
+    let bytes = dataset::size(data)?;
+    let backstop = backstop_binary()?;
+    let mut t = Table {
+        runs,
+        rows: Vec::new(),
+    };
+    let target = work.join("target");
+    let repo = work.join("repo-zstd");
+    let zst = work.join("peer.tar.zst");
+    t.measure_in_turns(vec![
+        (
+            "backstop zstd",
+            "backup",
+            backstop_backup(&backstop, data, &repo, "zstd"),
+        ),
+        (
+            "tar | zstd -T0 -3",
+            "backup",
+            Box::new(|| {
+                Ok(sh(&format!(
+                    "tar -C '{}' -cf - . | zstd -T0 -3 -q -f -o '{}'",
+                    data.display(),
+                    zst.display()
+                )))
+            }),
+        ),
+    ])?;
+    let artifact = repo.join("b/data.tar.zst");
+    t.artifact("backstop zstd", fs::metadata(&artifact)?.len());
+    t.manifest("backstop zstd", fs::metadata(repo.join(MANIFEST))?.len());
+    t.artifact("tar | zstd -T0 -3", fs::metadata(&zst)?.len());
+    t.measure_in_turns(vec![
+        (
+            "backstop zstd",
+            "restore+verify",
+            backstop_restore(&backstop, &repo, &target),
+        ),
+        (
+            "tar -x of backstop's .tar.zst",
+            "restore",
+            Box::new(|| {
+                fresh(&target)?;
+                Ok(sh(&format!(
+                    "zstd -dcq '{}' | tar -C '{}' -xf -",
+                    artifact.display(),
+                    target.display()
+                )))
+            }),
+        ),
+    ])?;
+    t.measure("backstop zstd", "verify", backstop_verify(&backstop, &repo))?;
+    restic_rows(&mut t, data, work, &target)?;
     let _ = fs::remove_dir_all(work);
 
     print_table(name, bytes, runs, &t.rows);
+    let row = |tool: &str, op: &str| t.rows.iter().find(|r| r.tool == tool && r.op == op);
+    let (Some(ours), Some(peer)) = (
+        row("backstop zstd", "backup"),
+        row("tar | zstd -T0 -3", "backup"),
+    ) else {
+        bail!("a backup row is missing");
+    };
+    let manifest = ours.manifest.unwrap_or(0);
+    let stored = ours.artifact.unwrap_or(0) + manifest;
+    println!(
+        "\nStored: {:.1} MB ({:.1} MB artifact + {:.1} MB manifest, {:.1} manifest bytes per file) = {:.2}x `tar | zstd -3` (goal <= 1.5)",
+        stored as f64 / 1e6,
+        ours.artifact.unwrap_or(0) as f64 / 1e6,
+        manifest as f64 / 1e6,
+        manifest as f64 / files as f64,
+        stored as f64 / peer.artifact.unwrap_or(1) as f64,
+    );
+    let rss = |op: &str| row("backstop zstd", op).map_or(f64::NAN, |r| r.m.max_rss_mib);
+    println!(
+        "Peak RSS with {files} files: backup {:.0} MiB, restore {:.0} MiB, verify {:.0} MiB (goal < 64)",
+        rss("backup"),
+        rss("restore+verify"),
+        rss("verify"),
+    );
+    print_summary(&t.rows, bytes);
     Ok(())
 }
 
@@ -400,22 +524,32 @@ fn print_table(name: &str, bytes: u64, runs: usize, rows: &[Row]) {
             "(each row: the median of {runs} runs by wall time; commands over {REPEAT_UNDER_S:.0} s run once)\n"
         );
     }
-    println!("| tool | operation | MB/s | wall s | CPU s | peak RSS MiB | artifact MB |");
-    println!("|---|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| tool | operation | MB/s | wall s | CPU s | peak RSS MiB | artifact MB | manifest MB |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    let megabytes = |b: Option<u64>| {
+        b.map(|b| format!("{:.1}", b as f64 / 1e6))
+            .unwrap_or_default()
+    };
     for r in rows {
         println!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.0} | {} |",
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.0} | {} | {} |",
             r.tool,
             r.op,
             mb / r.m.wall,
             r.m.wall,
             r.m.cpu,
             r.m.max_rss_mib,
-            r.artifact
-                .map(|a| format!("{:.1}", a as f64 / 1e6))
-                .unwrap_or_default()
+            megabytes(r.artifact),
+            megabytes(r.manifest),
         );
     }
+}
+
+/// Backstop's speed against its peers, where the table has them.
+fn print_summary(rows: &[Row], bytes: u64) {
+    let mb = bytes as f64 / 1e6;
     let speed = |tool: &str, op: &str| {
         rows.iter()
             .find(|r| r.tool == tool && r.op == op)
@@ -423,10 +557,15 @@ fn print_table(name: &str, bytes: u64, runs: usize, rows: &[Row]) {
             .unwrap_or(f64::NAN)
     };
     let ours = speed("backstop zstd", "backup");
+    let gzip = speed("tar -czf", "backup");
     println!(
-        "\nBackstop zstd backup: {:.2}x `tar | zstd -T0` (goal >= 0.9), {:.2}x `tar -czf` (goal >= 4), {:.2}x restic",
+        "\nBackstop zstd backup: {:.2}x `tar | zstd -T0` (goal >= 0.9){}, {:.2}x restic",
         ours / speed("tar | zstd -T0 -3", "backup"),
-        ours / speed("tar -czf", "backup"),
+        if gzip.is_nan() {
+            String::new()
+        } else {
+            format!(", {:.2}x `tar -czf` (goal >= 4)", ours / gzip)
+        },
         ours / speed("restic 0.14", "backup"),
     );
     println!(
@@ -444,35 +583,51 @@ pub struct Dataset {
     pub letter: char,
     pub label: String,
     pub generate: Generator,
+    /// Many tiny files: the table of memory and per-entry cost (`bench_many_files`).
+    pub files: Option<u64>,
 }
 
-/// The three datasets, full size or `quick` (small enough for a smoke run).
-pub fn datasets(quick: bool) -> [Dataset; 3] {
-    let (small, large, large_size, mixed_scale) = if quick {
-        (2_000, 4, 64 << 20, 1)
+/// The datasets, full size or `quick` (small enough for a smoke run).
+pub fn datasets(quick: bool) -> Vec<Dataset> {
+    let (small, large, large_size, mixed_scale, tiny) = if quick {
+        (2_000, 4, 64 << 20, 1, 20_000)
     } else {
-        (20_000, 4, 512 << 20, 4)
+        (20_000, 4, 512 << 20, 4, 1_000_000)
     };
-    [
+    let many = |letter, count: u64| Dataset {
+        letter,
+        label: format!(
+            "({letter}) many tiny files, 0-200 bytes, {count} files in 1,000 directories"
+        ),
+        generate: Box::new(move |p| dataset::tiny_files(p, count)),
+        files: Some(count),
+    };
+    vec![
         Dataset {
             letter: 'a',
             label: format!("(a) small files, 1-64 KiB, {small} files"),
             generate: Box::new(move |p| dataset::small_files(p, small)),
+            files: None,
         },
         Dataset {
             letter: 'b',
             label: format!("(b) large files, {large} x {} MiB", large_size >> 20),
             generate: Box::new(move |p| dataset::large_files(p, large, large_size)),
+            files: None,
         },
         Dataset {
             letter: 'c',
             label: "(c) mixed tree".to_string(),
             generate: Box::new(move |p| dataset::mixed(p, mixed_scale)),
+            files: None,
         },
+        many('d', tiny),
+        // Twice as many: memory must stay flat, not just low.
+        many('e', 2 * tiny),
     ]
 }
 
-/// `only`: the datasets to run, by letter (`a`, `b`, `c`); all when empty.
+/// `only`: the datasets to run, by letter (`a` to `e`); all when empty.
 pub fn run(quick: bool, only: &str) -> anyhow::Result<()> {
     for tool in ["tar", "zstd", "restic", "du"] {
         if Command::new("sh")
@@ -500,12 +655,11 @@ pub fn run(quick: bool, only: &str) -> anyhow::Result<()> {
         }
         let data = fresh(&base.join(format!("data{i}")))?;
         (set.generate)(&data)?;
-        bench_dataset(
-            &set.label,
-            &data,
-            &base.join("work"),
-            if quick { 1 } else { 3 },
-        )?;
+        let (work, runs) = (base.join("work"), if quick { 1 } else { 3 });
+        match set.files {
+            Some(files) => bench_many_files(&set.label, &data, files, &work, runs)?,
+            None => bench_dataset(&set.label, &data, &work, runs)?,
+        }
         fs::remove_dir_all(&data)?;
     }
     Ok(())

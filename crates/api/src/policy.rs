@@ -48,8 +48,8 @@ pub struct BackupPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub starting_deadline_seconds: Option<i64>,
-    /// Requests and limits of this policy's backup mover pods, instead of the operator's
-    /// defaults (`BACKSTOP_MOVER_RESOURCES`), e.g. for a volume with huge files.
+    /// Requests and limits of the mover pods of this policy's backups (and of restores of them,
+    /// while the policy exists), instead of the operator's defaults (`BACKSTOP_MOVER_RESOURCES`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mover_resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
 }

@@ -383,7 +383,7 @@ async fn start_job(
         .list(&crate::cached().fields("status.phase=Running"))
         .await?;
     let node = jobs::node_using(&running.items, pvc);
-    let config = mover_config(ctx, backup, &namespace).await?;
+    let config = mover_config(ctx, &namespace, backup.spec.policy_ref.as_deref()).await?;
     let job = jobs::backup_job(backup, pvc, node.as_deref(), repo, &config);
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     if crate::create_once(&jobs_api, &job).await? {
@@ -822,14 +822,15 @@ async fn remove_artifacts(
     }
 }
 
-/// The mover settings for `backup`'s Jobs: the operator's, with the policy's resources when it
-/// sets them.
-async fn mover_config(
+/// The mover settings of a Job for a backup of the policy `policy` (its backup, or a restore of
+/// it): the operator's, with the policy's resources when it exists and sets them (a volume that
+/// needed more memory to back up needs it to restore).
+pub(crate) async fn mover_config(
     ctx: &Context,
-    backup: &Backup,
     namespace: &str,
+    policy: Option<&str>,
 ) -> Result<jobs::MoverConfig, Error> {
-    let policy = match &backup.spec.policy_ref {
+    let policy = match policy {
         Some(name) => ctx.policy(namespace, name).await?,
         None => None,
     };

@@ -32,6 +32,8 @@ struct Plan {
     /// The artifact digest recorded when the backup completed.
     artifact_digest: Option<String>,
     repository: Arc<BackupRepository>,
+    /// The policy that made the backup: its mover resources are the restore's too.
+    policy: Option<String>,
 }
 
 async fn reconcile(restore: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -92,6 +94,7 @@ async fn validate(ctx: &Context, restore: &Restore) -> Result<Result<Plan, Refus
         manifest,
         artifact_digest,
         repository,
+        policy: backup.spec.policy_ref.clone(),
     }))
 }
 
@@ -312,7 +315,7 @@ async fn start(
             untrusted: restore.spec.untrusted,
             node: node.as_deref(),
         },
-        &ctx.mover,
+        &crate::backup::mover_config(ctx, &namespace, plan.policy.as_deref()).await?,
     );
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     crate::create_once(&jobs_api, &job).await?;

@@ -200,8 +200,10 @@ pub struct Writer<W: Write> {
     entries: u64,
 }
 
-/// zstd level of the manifest (MEASURE).
-const LEVEL: i32 = 9;
+/// zstd level of the manifest. A million small files' lines (118 MB) measured 5.8 MB in 0.33 s
+/// at level 3 and 4.1 MB in 1.97 s at level 9: the CPU went to the backup's time, the bytes
+/// hardly mattered beside a 80 MB artifact.
+const LEVEL: i32 = 3;
 
 impl<W: Write> Writer<W> {
     pub fn new(out: W, header: &Header) -> io::Result<Self> {
