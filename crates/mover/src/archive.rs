@@ -58,11 +58,12 @@ const CHANGED_NAMED: usize = 5;
 const CHANGED_NAME_MAX: usize = 120;
 
 impl Changed {
-    fn push(&mut self, name: &str) {
+    fn push(&mut self, name: &[u8]) {
         self.count += 1;
         if self.named.len() < CHANGED_NAMED {
-            let name = backstop_api::condition::truncate(name.to_string(), CHANGED_NAME_MAX);
-            self.named.push(name);
+            let name = String::from_utf8_lossy(name).into_owned();
+            self.named
+                .push(backstop_api::condition::truncate(name, CHANGED_NAME_MAX));
         }
     }
 }
@@ -76,7 +77,9 @@ pub fn write<W: Write>(
     out: W,
     mut record: impl FnMut(&Entry) -> io::Result<()>,
 ) -> Result<(Archived, W), ArchiveError> {
-    let mut builder = tar::Builder::new(out);
+    // Headers and small files reach the compressor in big writes: a write into multithreaded
+    // zstd takes a lock, and a million small files made three writes each.
+    let mut builder = tar::Builder::new(io::BufWriter::with_capacity(CHUNK, out));
     let mut archived = Archived::default();
     // The first path (exact bytes) of each multiply-linked file: later ones are hardlinks to it.
     let mut first_link_paths: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
@@ -101,11 +104,10 @@ pub fn write<W: Write>(
             continue;
         };
         let raw_rel = raw_rel_path(prefix, name.as_bytes());
-        let rel = String::from_utf8_lossy(&raw_rel).into_owned();
         let child = dir.child(&name).map_err(read_error(&raw_rel))?;
         let meta = match &child {
             walk::Child::Changed => {
-                archived.changed.push(&rel);
+                archived.changed.push(&raw_rel);
                 continue;
             }
             walk::Child::Dir(_, st)
@@ -140,7 +142,7 @@ pub fn write<W: Write>(
                         Copy::Write(source) => ArchiveError::Write(source),
                     })?;
                 if content.size_changed {
-                    archived.changed.push(&rel);
+                    archived.changed.push(&raw_rel);
                 }
             }
             walk::Child::Dir(below, _) => {
@@ -156,7 +158,11 @@ pub fn write<W: Write>(
         }
         record(&entry).map_err(ArchiveError::Record)?;
     }
-    let out = builder.into_inner().map_err(ArchiveError::Write)?;
+    let out = builder
+        .into_inner()
+        .map_err(ArchiveError::Write)?
+        .into_inner()
+        .map_err(|e| ArchiveError::Write(e.into_error()))?;
     Ok((archived, out))
 }
 
@@ -373,6 +379,8 @@ struct ExactContent<R = File> {
     file: R,
     remaining: u64,
     size_changed: bool,
+    /// A read came back short of what it asked for: the file ended there.
+    at_end: bool,
 }
 
 impl<R: Read> ExactContent<R> {
@@ -381,6 +389,7 @@ impl<R: Read> ExactContent<R> {
             file,
             remaining: size,
             size_changed: false,
+            at_end: false,
         }
     }
 }
@@ -388,26 +397,41 @@ impl<R: Read> ExactContent<R> {
 impl<R: Read> Read for ExactContent<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.remaining == 0 {
-            // Anything still readable means the file grew while we read it.
-            if !self.size_changed {
+            // Anything still readable means the file grew while we read it (the last read asked
+            // for one byte more than the size when it could, so this is rarely needed).
+            if !self.size_changed && !self.at_end {
                 let mut probe = [0u8; 1];
                 if matches!(self.file.read(&mut probe), Ok(n) if n > 0) {
                     self.size_changed = true;
                 }
+                self.at_end = true;
             }
             return Ok(0);
         }
         let want = buf
             .len()
             .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        // One byte more than what is left, when the buffer has room: a file that ends where its
+        // size says answers with less, and no second read is needed to know it ended there.
+        let ask = if want < buf.len() { want + 1 } else { want };
         let n = if self.size_changed {
             0
         } else {
-            match self.file.read(&mut buf[..want]) {
+            match self.file.read(&mut buf[..ask]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => return self.read(buf),
                 Err(e) => return Err(e),
             }
+        };
+        let n = if n > want {
+            // The file grew: what goes in is cut to the size seen first.
+            self.size_changed = true;
+            want
+        } else {
+            if ask > want && n == want {
+                self.at_end = true;
+            }
+            n
         };
         let n = if n == 0 {
             // The file shrank: pad with zeros up to the size in the header.
@@ -431,11 +455,14 @@ mod tests {
         let mut changed = Changed::default();
         let long = "x".repeat(CHANGED_NAME_MAX + 50);
         for i in 0..7 {
-            changed.push(&if i == 0 {
-                long.clone()
-            } else {
-                format!("f{i}")
-            });
+            changed.push(
+                if i == 0 {
+                    long.clone()
+                } else {
+                    format!("f{i}")
+                }
+                .as_bytes(),
+            );
         }
         assert_eq!(changed.count, 7);
         assert_eq!(changed.named.len(), CHANGED_NAMED);
@@ -596,6 +623,46 @@ mod tests {
                 n => out.extend_from_slice(&buf[..n]),
             }
         }
+    }
+
+    /// Counts the reads it is asked for.
+    struct Counting<'a> {
+        data: &'a [u8],
+        reads: usize,
+    }
+
+    impl Read for Counting<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.reads += 1;
+            self.data.read(buf)
+        }
+    }
+
+    #[test]
+    fn a_small_file_is_read_with_one_read_that_also_sees_growth() -> io::Result<()> {
+        let mut buf = [0u8; 64];
+        let mut exact = ExactContent::new(
+            Counting {
+                data: b"hello",
+                reads: 0,
+            },
+            5,
+        );
+        assert_eq!(exact.read(&mut buf)?, 5);
+        assert_eq!(exact.read(&mut buf)?, 0);
+        assert_eq!((exact.file.reads, exact.size_changed), (1, false));
+        let mut grown = ExactContent::new(
+            Counting {
+                data: b"hello!",
+                reads: 0,
+            },
+            5,
+        );
+        assert_eq!(grown.read(&mut buf)?, 5);
+        assert_eq!(&buf[..5], b"hello");
+        assert_eq!(grown.read(&mut buf)?, 0);
+        assert_eq!((grown.file.reads, grown.size_changed), (1, true));
+        Ok(())
     }
 
     #[test]
