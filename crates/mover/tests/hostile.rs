@@ -94,9 +94,11 @@ fn a_volume_that_swaps_files_and_directories_for_links_never_gets_outside_data_a
             !contains(&tar, SECRET),
             "data from outside the volume got into the archive"
         );
+        // Files of the volume are being rewritten (0 to 8 bytes); one of the secret's size was
+        // read from outside.
         assert!(
-            sizes.iter().all(|size| *size == b"innocent".len() as u64),
-            "a manifest entry has the outside file's size: {sizes:?}"
+            sizes.iter().all(|size| *size != SECRET.len() as u64),
+            "a manifest entry has the outside file's size"
         );
     }
     stop.store(true, Ordering::Relaxed);
