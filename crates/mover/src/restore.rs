@@ -462,11 +462,16 @@ fn extract_entries(
         }
         result.entries += 1;
     }
-    if listing.next_entry()?.is_some() || listing.trailer() != Some(expected) {
+    if listing.next_entry()?.is_some() {
         return Err(integrity(format!(
             "the archive holds {archived} entries; the manifest lists {}",
             expected.entries
         )));
+    }
+    if listing.trailer() != Some(expected) {
+        return Err(integrity(
+            "the manifest changed in the repository while the restore read it".into(),
+        ));
     }
     if let Some(x) = extractor {
         x.finish()?;
