@@ -466,6 +466,21 @@ pub fn tree_listing(root: &Path) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
+/// What GNU tar alone gives back of a `tree_listing`: times to the whole second (their
+/// nanoseconds are in Backstop's manifest, not in the archive).
+pub fn tar_view(listing: &[String]) -> Vec<String> {
+    listing
+        .iter()
+        .map(|line| match line.rsplit_once(" mtime=") {
+            Some((head, ns)) => {
+                let ns: i64 = ns.parse().unwrap_or_default();
+                format!("{head} mtime={}", ns - ns.rem_euclid(1_000_000_000))
+            }
+            None => line.clone(),
+        })
+        .collect()
+}
+
 fn fingerprint(data: &[u8]) -> String {
     // A content fingerprint for comparisons; std's hasher is enough here.
     use std::hash::{Hash, Hasher};

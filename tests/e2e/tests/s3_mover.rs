@@ -6,7 +6,7 @@
 use backstop_api::ExistingDataPolicy;
 use backstop_api::contract::Reason;
 use backstop_e2e::s3::{S3Kind, S3Server};
-use backstop_e2e::{extract_with_tar, tree_listing, write_sample_tree};
+use backstop_e2e::{extract_with_tar, tar_view, tree_listing, write_sample_tree};
 use backstop_mover::backup::{self, BackupRequest, Compression};
 use backstop_mover::repository::{Repository, S3Repository};
 use backstop_mover::restore::{self, RestoreOptions};
@@ -61,7 +61,11 @@ fn round_trip(kind: S3Kind) -> anyhow::Result<()> {
         );
         let out = fetched.path().join("out");
         extract_with_tar(&artifact, &out)?;
-        assert_eq!(tree_listing(&out)?, listing, "{kind:?} {dir}: tar's view");
+        assert_eq!(
+            tree_listing(&out)?,
+            tar_view(&listing),
+            "{kind:?} {dir}: tar's view"
+        );
 
         let manifest = format!("{dir}/data.manifest.jsonl.zst");
         let verified = restore::verify(&repo, &manifest, Some(&done.digest))?;
