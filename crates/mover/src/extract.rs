@@ -31,6 +31,8 @@ struct OpenDir {
 
 impl<'a> Extractor<'a> {
     pub fn new(root: &'a Path) -> Result<Self, RestoreError> {
+        // One directory is held open per level of depth.
+        crate::walk::raise_open_file_limit();
         let fd = crate::walk::open_dir_beneath(root, Path::new("")).map_err(write_err(root))?;
         Ok(Extractor {
             root,
