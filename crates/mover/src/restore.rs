@@ -306,10 +306,7 @@ fn read_artifact(
         chunk: Vec::new(),
         pos: 0,
     };
-    let outcome = extract_entries(reader, listing, trailer, into).map_err(|e| match e {
-        Failed::Manifest(e) => manifest_error(manifest_key, e),
-        Failed::Restore(e) => e,
-    });
+    let outcome = extract_entries(reader, listing, manifest_key, trailer, into);
     let (digest, size) = producer
         .join()
         .map_err(|_| RestoreError::Integrity("the artifact reader crashed".into()))?
@@ -362,30 +359,13 @@ struct Extract<'a> {
     untrusted: bool,
 }
 
-/// What stopped the extraction: the manifest read beside it, or the entries themselves.
-enum Failed {
-    Manifest(ManifestError),
-    Restore(RestoreError),
-}
-
-impl From<RestoreError> for Failed {
-    fn from(e: RestoreError) -> Self {
-        Failed::Restore(e)
-    }
-}
-
-impl From<ManifestError> for Failed {
-    fn from(e: ManifestError) -> Self {
-        Failed::Manifest(e)
-    }
-}
-
 fn extract_entries(
     reader: impl Read,
     mut listing: manifest::Reader<'_>,
+    manifest_key: &str,
     expected: &Trailer,
     into: Option<Extract<'_>>,
-) -> Result<RestoreResult, Failed> {
+) -> Result<RestoreResult, RestoreError> {
     let mut result = RestoreResult {
         files: 0,
         bytes: 0,
@@ -394,7 +374,12 @@ fn extract_entries(
         recovered_interrupted_restore: false,
         skipped_devices: 0,
     };
-    let integrity = |message: String| Failed::Restore(RestoreError::Integrity(message));
+    let integrity = RestoreError::Integrity;
+    let mut next_listed = || {
+        listing
+            .next_entry()
+            .map_err(|e| manifest_error(manifest_key, e))
+    };
     let mut archive = tar::Archive::new(reader);
     let entries = archive
         .entries()
@@ -412,7 +397,7 @@ fn extract_entries(
         let rel = safe_relative(&raw_path)?;
         let key = rel.to_string_lossy().into_owned();
         archived += 1;
-        let Some(mut meta) = listing.next_entry()? else {
+        let Some(mut meta) = next_listed()? else {
             return Err(integrity(format!(
                 "the archive holds {key:?} after the last entry the manifest lists"
             )));
@@ -462,7 +447,7 @@ fn extract_entries(
         }
         result.entries += 1;
     }
-    if listing.next_entry()?.is_some() {
+    if next_listed()?.is_some() {
         return Err(integrity(format!(
             "the archive holds {archived} entries; the manifest lists {}",
             expected.entries
