@@ -7,10 +7,11 @@
 
 use crate::manifest::{Entry, EntryKind};
 use crate::restore::{RestoreError, write_err};
+use crate::walk::{Kind, owned, stat_at};
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -228,18 +229,7 @@ impl<'a> Extractor<'a> {
             }
         };
         let target_name = CString::new(target_name).map_err(|_| not_a_file())?;
-        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: NUL-terminated name below an open directory; `st` is written on success.
-        let rc = unsafe {
-            libc::fstatat(
-                target_dir,
-                target_name.as_ptr(),
-                st.as_mut_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        // SAFETY: read only when fstatat succeeded.
-        if rc != 0 || unsafe { st.assume_init() }.st_mode & libc::S_IFMT != libc::S_IFREG {
+        if !stat_at(target_dir, &target_name).is_ok_and(|st| st.kind == Kind::File) {
             return Err(not_a_file());
         }
         // SAFETY: NUL-terminated names below open directories; links are not followed.
@@ -266,28 +256,12 @@ fn unsafe_entry(rel: &[u8], why: &'static str) -> RestoreError {
 
 /// Whether `name` in the open directory `dir` is a symbolic link.
 fn is_link(dir: RawFd, name: &CStr) -> bool {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: NUL-terminated name below an open directory; `st` is read only on success.
-    let rc = unsafe {
-        libc::fstatat(
-            dir,
-            name.as_ptr(),
-            st.as_mut_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    // SAFETY: fstatat succeeded.
-    rc == 0 && unsafe { st.assume_init() }.st_mode & libc::S_IFMT == libc::S_IFLNK
+    stat_at(dir, name).is_ok_and(|st| st.kind == Kind::Symlink)
 }
 
 fn openat(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: `name` is NUL-terminated and resolved relative to the open directory `dir`.
-    let fd = unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC, 0o600) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a descriptor just returned by the kernel, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    owned(unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC, 0o600) })
 }
 
 fn check(rc: libc::c_int) -> io::Result<()> {

@@ -8,7 +8,7 @@
 
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
@@ -208,22 +208,7 @@ impl Dir {
     }
 
     fn stat_at(&self, name: &CStr) -> io::Result<Stat> {
-        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: `name` is NUL-terminated; `st` is written by a successful call before being read.
-        let rc = unsafe {
-            libc::fstatat(
-                self.fd.as_raw_fd(),
-                name.as_ptr(),
-                st.as_mut_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fstatat succeeded, so `st` is initialised.
-        let st = unsafe { st.assume_init() };
-        Ok(Stat::from_raw(&st))
+        stat_at(self.fd.as_raw_fd(), name)
     }
 
     fn read_link_at(&self, name: &CStr) -> io::Result<Vec<u8>> {
@@ -262,7 +247,28 @@ fn fstat(fd: &OwnedFd) -> io::Result<Stat> {
     Ok(Stat::from_raw(&st))
 }
 
-fn owned(fd: libc::c_int) -> io::Result<OwnedFd> {
+/// What `name` in the open directory `dir` is, without following a link.
+pub(crate) fn stat_at(dir: RawFd, name: &CStr) -> io::Result<Stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `name` is NUL-terminated; `st` is written by a successful call before being read.
+    let rc = unsafe {
+        libc::fstatat(
+            dir,
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstatat succeeded, so `st` is initialised.
+    let st = unsafe { st.assume_init() };
+    Ok(Stat::from_raw(&st))
+}
+
+/// A descriptor the kernel just returned (or the error a negative one stands for).
+pub(crate) fn owned(fd: libc::c_int) -> io::Result<OwnedFd> {
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
