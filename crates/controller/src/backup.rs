@@ -344,6 +344,16 @@ async fn step(
         Some(job) if !owned_by(&job, backup) => Ok(Step::Failed(job_name_taken(job_name))),
         Some(job) => Ok(job_outcome(ctx, &namespace, &job, pvc, &claims).await?),
         None => {
+            // Jobs are deleted once the Backup is finished: a finished Backup seen from an older
+            // cache must not start its movers again. (A volume this reconcile just recorded has
+            // no Job yet by design, and its Backup is newer than the cache anyway.)
+            let recorded = backup
+                .status
+                .as_ref()
+                .is_some_and(|s| s.volumes.iter().any(|v| v.pvc == pvc));
+            if recorded && !crate::cache_is_current(&ctx.client, backup).await? {
+                return Err(crate::cache_behind());
+            }
             let Some(repo) = repository else {
                 let repo_name = backup
                     .status
@@ -1105,5 +1115,47 @@ mod tests {
             ("False", "RepositoryFull")
         );
         assert_eq!(end.message, "PVC logs: RepositoryFull: no space");
+    }
+
+    /// Jobs are deleted once the Backup finished; their deletion wakes a reconcile that may still
+    /// see the Backup Running. It must not start the volume's mover again (a second backup into
+    /// the finished one's keys): it waits for the cache.
+    #[tokio::test]
+    async fn a_finished_backup_seen_from_an_old_cache_starts_no_mover_again() {
+        let (ctx, mut api) = fixtures::mocked();
+        let mut stale = backup();
+        stale.metadata.resource_version = Some("7".into());
+        let job = naming::backup_job(&stale.name_any(), "db");
+        stale.status.as_mut().unwrap().volumes = vec![VolumeBackup {
+            pvc: "db".into(),
+            phase: BackupPhase::Running,
+            job: Some(job.clone()),
+            ..VolumeBackup::default()
+        }];
+        let mut latest = stale.clone();
+        latest.metadata.resource_version = Some("8".into());
+        latest.status.as_mut().unwrap().phase = BackupPhase::Completed;
+        let name = stale.name_any();
+        let server = tokio::spawn(async move {
+            let jobs = format!("/apis/batch/v1/namespaces/shop/jobs/{job}");
+            api.expect("GET", &jobs, 404, fixtures::not_found()).await;
+            let backup = format!("/apis/backstop.dev/v1alpha1/namespaces/shop/backups/{name}");
+            api.expect("GET", &backup, 200, serde_json::to_value(&latest).unwrap())
+                .await;
+            api
+        });
+        let waited = step(
+            &ctx,
+            &stale,
+            "db",
+            &naming::backup_job(&stale.name_any(), "db"),
+            None,
+        )
+        .await
+        .err();
+        assert!(matches!(waited, Some(Error::NotYet { .. })), "{waited:?}");
+        let api = server.await.unwrap();
+        drop(ctx);
+        assert!(api.idle().await, "no Job was created, no status written");
     }
 }

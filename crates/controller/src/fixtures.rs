@@ -144,3 +144,9 @@ pub fn already_exists() -> serde_json::Value {
     serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
         "reason": "AlreadyExists", "code": 409, "message": "already exists"})
 }
+
+/// The API server's answer that no object of that name exists.
+pub fn not_found() -> serde_json::Value {
+    serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "reason": "NotFound", "code": 404, "message": "not found"})
+}

@@ -129,6 +129,35 @@ where
     Ok(())
 }
 
+/// Whether `obj`, as the reconciler got it from its cache, is still the object the API server
+/// holds. A reconcile woken by an event of a child (its Job deleted after the status was written)
+/// can start before the cache has the parent's newest status: checked before acting on a missing
+/// Job, so that a finished Backup or Restore is neither failed nor started again from its own past.
+pub(crate) async fn cache_is_current<K>(client: &Client, obj: &K) -> Result<bool>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    use kube::ResourceExt;
+    let api: kube::Api<K> =
+        kube::Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
+    Ok(api
+        .get_opt(&obj.name_any())
+        .await?
+        .is_some_and(|latest| latest.resource_version() == obj.resource_version()))
+}
+
+/// The wait of a reconcile whose cache is behind the API server: the newer object's own event
+/// runs it again; the delay is only a safety net.
+pub(crate) fn cache_behind() -> Error {
+    Error::NotYet {
+        after: std::time::Duration::from_secs(2),
+        why: "the cache is behind the API server".into(),
+    }
+}
+
 /// What every reconciler does with an error: a wait (`Error::NotYet`) looks again when it said,
 /// and is no failure; anything else is logged, counted in `backstop_reconcile_errors_total` and
 /// retried soon.

@@ -362,6 +362,9 @@ async fn progress(
         .clone()
         .unwrap_or_else(|| naming::restore_job(&restore.name_any()));
     let Some(job) = jobs_api.get_opt(&job_name).await? else {
+        if !crate::cache_is_current(&ctx.client, restore).await? {
+            return Err(crate::cache_behind());
+        }
         let why = Invalid::new(
             "JobLost",
             format!("the restore Job {job_name} disappeared before it finished"),
@@ -653,5 +656,69 @@ mod tests {
         assert!(message.contains("was undone first"), "{message}");
         let condition = condition::find(&status.conditions, ConditionType::Completed).unwrap();
         assert_eq!(condition.status, "True");
+    }
+
+    fn running_restore(resource_version: &str) -> Restore {
+        let mut restore = Restore::new("back", Default::default());
+        restore.metadata.namespace = Some(fixtures::NAMESPACE.into());
+        restore.metadata.resource_version = Some(resource_version.into());
+        restore.spec.backup_name = "nightly".into();
+        restore.spec.target.pvc_name = "db-restored".into();
+        restore.status = Some(RestoreStatus {
+            phase: BackupPhase::Running,
+            job: Some("back-restore".into()),
+            ..RestoreStatus::default()
+        });
+        restore
+    }
+
+    const JOB: &str = "/apis/batch/v1/namespaces/shop/jobs/back-restore";
+    const RESTORE: &str = "/apis/backstop.dev/v1alpha1/namespaces/shop/restores/back";
+
+    /// The Job is deleted right after the status says Completed; its deletion wakes a reconcile
+    /// that may still see the Restore Running. That one waits for the cache instead of writing
+    /// JobLost over the Completed status (CI failure of stop 30).
+    #[tokio::test]
+    async fn a_job_gone_after_completion_seen_from_an_old_cache_fails_nothing() {
+        let (ctx, mut api) = fixtures::mocked();
+        let stale = running_restore("7");
+        let mut latest = running_restore("8");
+        latest.status.as_mut().unwrap().phase = BackupPhase::Completed;
+        let server = tokio::spawn(async move {
+            api.expect("GET", JOB, 404, fixtures::not_found()).await;
+            api.expect("GET", RESTORE, 200, serde_json::to_value(&latest).unwrap())
+                .await;
+            api
+        });
+        let status = stale.status.clone().unwrap();
+        let waited = progress(&ctx, &stale, status).await.unwrap_err();
+        assert!(matches!(waited, Error::NotYet { .. }), "{waited}");
+        let api = server.await.unwrap();
+        drop(ctx);
+        assert!(api.idle().await, "no status was written");
+    }
+
+    /// The same Job gone while the API server agrees the Restore is still running: that is a
+    /// lost Job, and the Restore fails with JobLost.
+    #[tokio::test]
+    async fn a_job_gone_while_the_restore_still_runs_is_job_lost() {
+        let (ctx, mut api) = fixtures::mocked();
+        let current = running_restore("7");
+        let echoed = serde_json::to_value(&current).unwrap();
+        let server = tokio::spawn(async move {
+            api.expect("GET", JOB, 404, fixtures::not_found()).await;
+            api.expect("GET", RESTORE, 200, echoed.clone()).await;
+            let patch = api
+                .expect("PATCH", &format!("{RESTORE}/status"), 200, echoed)
+                .await;
+            assert_eq!(patch["status"]["phase"], "Failed", "{patch}");
+            assert_eq!(
+                patch["status"]["conditions"][1]["reason"], "JobLost",
+                "{patch}"
+            );
+        });
+        let status = current.status.clone().unwrap();
+        let _ = progress(&ctx, &current, status).await;
+        server.await.unwrap();
     }
 }
