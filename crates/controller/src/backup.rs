@@ -914,31 +914,30 @@ pub async fn run(
         .controller(&client, crate::controller_config())
         .owns(stores.scope.api::<Job>(&client), jobs);
     // Pending Backups wait for policies, repositories and PVCs of their namespace.
-    let backups = stores.backups.store.clone();
+    let woken = ctx.clone();
     let controller = stores
         .policies
         .wakes(&client, controller, move |p: Arc<BackupPolicy>| {
-            waiting::in_namespace(&backups, p.namespace().as_deref(), |b| {
-                pending(b) && b.spec.policy_ref.as_deref() == Some(p.name_any().as_str())
-            })
+            let namespace = p.namespace().unwrap_or_default();
+            woken
+                .stores
+                .waiting_backups(&namespace, Some(&p.name_any()))
         });
-    let backups = stores.backups.store.clone();
+    let woken = ctx.clone();
     let controller = stores.repositories.wakes(&client, controller, move |r| {
-        waiting::in_namespace(&backups, r.namespace().as_deref(), pending)
+        let namespace = r.namespace().unwrap_or_default();
+        woken.stores.waiting_backups(&namespace, None)
     });
-    let backups = stores.backups.store.clone();
+    let woken = ctx.clone();
     let controller = stores.claims.wakes(&client, controller, move |c| {
-        waiting::in_namespace(&backups, c.namespace().as_deref(), pending)
+        let namespace = c.namespace().unwrap_or_default();
+        woken.stores.waiting_backups(&namespace, None)
     });
     controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
-}
-
-fn pending(backup: &Backup) -> bool {
-    backup.phase() == BackupPhase::Pending && backup.metadata.deletion_timestamp.is_none()
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod backup;
 pub mod events;
 #[cfg(test)]
 mod fixtures;
+pub mod index;
 pub mod jobs;
 pub mod metrics;
 pub mod outcome;

@@ -35,22 +35,6 @@ pub fn summarize(backup: &Backup) -> BackupSummary {
     }
 }
 
-/// The policy's backups: those in its namespace naming it, from the watched copy (a Backup made
-/// a moment ago may be missing; its deterministic name makes a second create answer
-/// AlreadyExists, and `lastScheduleTime` records the run too).
-fn backups_of(ctx: &Context, namespace: &str, policy: &str) -> Vec<Arc<Backup>> {
-    ctx.stores
-        .backups
-        .store
-        .state()
-        .into_iter()
-        .filter(|b| {
-            b.metadata.namespace.as_deref() == Some(namespace)
-                && b.spec.policy_ref.as_deref() == Some(policy)
-        })
-        .collect()
-}
-
 fn scheduled_backup(policy: &BackupPolicy, at: Timestamp) -> Backup {
     let name = policy.name_any();
     let mut backup = Backup::new(
@@ -82,7 +66,9 @@ fn scheduled_backup(policy: &BackupPolicy, at: Timestamp) -> Backup {
 struct Observed {
     /// Why the repository cannot take backups now, if it cannot.
     repository: Result<(), RepositoryProblem>,
-    /// The policy's Backups (see `backups_of`).
+    /// The policy's Backups, from the watched copy (a Backup made a moment ago may be missing;
+    /// its deterministic name makes a second create answer AlreadyExists, and
+    /// `lastScheduleTime` records the run too).
     backups: Vec<Arc<Backup>>,
     now: Timestamp,
 }
@@ -128,7 +114,7 @@ async fn observe(ctx: &Context, policy: &BackupPolicy) -> Result<Observed, Error
     };
     Ok(Observed {
         repository,
-        backups: backups_of(ctx, &namespace, &policy.name_any()),
+        backups: ctx.stores.backups_of(&namespace, &policy.name_any()),
         now: now(),
     })
 }
@@ -422,14 +408,13 @@ pub async fn run(
         ),
     };
     // A policy whose repository was missing or not ready makes its due run once it is ready.
-    let policies = ctx.stores.policies.store.clone();
+    let woken = ctx.clone();
     let controller = ctx
         .stores
         .repositories
         .wakes(&client, controller, move |repo| {
-            crate::waiting::in_namespace(&policies, repo.namespace().as_deref(), |p| {
-                p.spec.repository_name() == repo.name_any()
-            })
+            let namespace = repo.namespace().unwrap_or_default();
+            woken.stores.policies_of(&namespace, &repo.name_any())
         });
     // Deleted policies get no reconcile: their metric series are pruned from the watch cache.
     let store = controller.store();

@@ -8,6 +8,7 @@
 //! namespace, every new Backup three more GETs before its first write, and a restart one LIST of
 //! Jobs per existing Backup (controller scale benchmark).
 
+use crate::index::{Index, keys};
 use backstop_api::{Backup, BackupPolicy, BackupRepository, labels};
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
@@ -40,6 +41,8 @@ pub struct Stores {
     pub claims: Shared<PersistentVolumeClaim>,
     /// Jobs labelled as Backstop's.
     pub jobs: Store<Job>,
+    /// The Jobs in `jobs` by the uid of the Backup or Restore that controls them.
+    jobs_by_owner: Arc<Index<Job>>,
     /// Where the watches look.
     pub scope: crate::Scope,
     /// Whether the Job store was filled at the start; if not, `has_jobs_of` cannot say "none".
@@ -56,12 +59,20 @@ impl Stores {
             labels::MANAGED_BY,
             labels::MANAGER
         ));
+        let (jobs, jobs_by_owner) = keep(scope.api(client), ours, keys::owner_of, &mut watches);
         let mut stores = Self {
-            policies: Shared::start(client, &scope, 2, &mut watches),
-            backups: Shared::start(client, &scope, 3, &mut watches),
-            repositories: Shared::start(client, &scope, 4, &mut watches),
-            claims: Shared::start(client, &scope, 3, &mut watches),
-            jobs: keep(scope.api(client), ours, &mut watches),
+            policies: Shared::start(client, &scope, 2, &[keys::repository_of], &mut watches),
+            backups: Shared::start(
+                client,
+                &scope,
+                3,
+                &[keys::policy_of, keys::waiting],
+                &mut watches,
+            ),
+            repositories: Shared::start(client, &scope, 4, &[], &mut watches),
+            claims: Shared::start(client, &scope, 3, &[], &mut watches),
+            jobs,
+            jobs_by_owner,
             scope,
             jobs_listed: false,
             watches,
@@ -99,13 +110,27 @@ impl Stores {
         let Some(uid) = owner.meta().uid.as_ref() else {
             return false;
         };
-        self.jobs.state().iter().any(|job| {
-            job.meta()
-                .owner_references
-                .iter()
-                .flatten()
-                .any(|o| &o.uid == uid)
-        })
+        let namespace = owner.meta().namespace.as_deref().unwrap_or_default();
+        self.jobs_by_owner.any(namespace, uid)
+    }
+
+    /// The Backups in `namespace` that name `policy` (a Backup made a moment ago may be missing).
+    pub fn backups_of(&self, namespace: &str, policy: &str) -> Vec<Arc<Backup>> {
+        self.backups.indexes[0].objects(namespace, policy)
+    }
+
+    /// The Backups in `namespace` that wait to start: those naming `policy`, or all of them.
+    pub fn waiting_backups(&self, namespace: &str, policy: Option<&str>) -> Vec<ObjectRef<Backup>> {
+        let waiting = &self.backups.indexes[1];
+        match policy {
+            Some(policy) => waiting.refs(namespace, policy),
+            None => waiting.refs_in(namespace),
+        }
+    }
+
+    /// The policies in `namespace` that write to `repository`.
+    pub fn policies_of(&self, namespace: &str, repository: &str) -> Vec<ObjectRef<BackupPolicy>> {
+        self.policies.indexes[0].refs(namespace, repository)
     }
 }
 
@@ -114,19 +139,23 @@ impl Stores {
     /// Stores that no watch fills, for reconciler tests against a mocked API: every lookup goes
     /// to the API server, and `has_jobs_of` cannot say "none".
     pub(crate) fn unwatched() -> Self {
-        fn empty<K: crate::Watched>() -> Shared<K> {
+        fn empty<K: crate::Watched>(keys: &[fn(&K) -> Option<String>]) -> Shared<K> {
+            let store = reflector::store().0;
             Shared {
-                store: reflector::store().0,
+                indexes: indexes(&store, keys),
+                store,
                 scope: crate::Scope::Cluster,
                 events: std::sync::Mutex::new(Vec::new()),
             }
         }
+        let jobs = reflector::store().0;
         Self {
-            policies: empty(),
-            backups: empty(),
-            repositories: empty(),
-            claims: empty(),
-            jobs: reflector::store().0,
+            policies: empty(&[keys::repository_of]),
+            backups: empty(&[keys::policy_of, keys::waiting]),
+            repositories: empty(&[]),
+            claims: empty(&[]),
+            jobs_by_owner: Arc::new(Index::new(jobs.clone(), keys::owner_of)),
+            jobs,
             scope: crate::Scope::Cluster,
             jobs_listed: false,
             watches: Vec::new(),
@@ -146,6 +175,8 @@ impl Drop for Stores {
 /// controllers.
 pub struct Shared<K: crate::Watched> {
     pub store: Store<K>,
+    /// Indexes over `store`, in the order of the keys given to `start`.
+    indexes: Vec<Arc<Index<K>>>,
     scope: crate::Scope,
     /// One event stream per controller that follows the watch; each takes one, once.
     events: std::sync::Mutex<Vec<ReflectHandle<K>>>,
@@ -156,15 +187,21 @@ impl<K: crate::Watched> Shared<K> {
         client: &Client,
         scope: &crate::Scope,
         followers: usize,
+        keys: &[fn(&K) -> Option<String>],
         watches: &mut Vec<JoinHandle<()>>,
     ) -> Self {
         let (store, writer) = reflector::store_shared(EVENTS_BUFFER);
         // Every follower subscribes before the watch starts, so none misses an event.
         let events = (0..followers).filter_map(|_| writer.subscribe()).collect();
-        let watch = crate::lean_watch_stream(scope.api::<K>(client), watcher::Config::default())
-            .reflect_shared(writer);
+        let indexes = indexes(&store, keys);
+        let watch = indexed(
+            crate::lean_watch_stream(scope.api::<K>(client), watcher::Config::default()),
+            indexes.clone(),
+        )
+        .reflect_shared(writer);
         watches.push(tokio::spawn(watch.for_each(|_| futures::future::ready(()))));
         Self {
+            indexes,
             store,
             scope: scope.clone(),
             events: std::sync::Mutex::new(events),
@@ -220,17 +257,43 @@ impl<K: crate::Watched> Shared<K> {
     }
 }
 
-/// A lean watch of `api` (matching `config`), kept in a store by a task.
+/// A lean watch of `api` (matching `config`), kept in a store by a task, with an index by `key`.
 fn keep<K: crate::Watched>(
     api: Api<K>,
     config: watcher::Config,
+    key: fn(&K) -> Option<String>,
     watches: &mut Vec<JoinHandle<()>>,
-) -> Store<K> {
-    let (store, stream) = crate::lean_watch(api, config);
+) -> (Store<K>, Arc<Index<K>>) {
+    let (store, writer) = reflector::store();
+    let index = Arc::new(Index::new(store.clone(), key));
+    let stream = indexed(crate::lean_watch_stream(api, config), vec![index.clone()]);
     watches.push(tokio::spawn(
-        stream.for_each(|_| futures::future::ready(())),
+        reflector::reflector(writer, stream).for_each(|_| futures::future::ready(())),
     ));
-    store
+    (store, index)
+}
+
+fn indexes<K: crate::Watched>(
+    store: &Store<K>,
+    keys: &[fn(&K) -> Option<String>],
+) -> Vec<Arc<Index<K>>> {
+    keys.iter()
+        .map(|key| Arc::new(Index::new(store.clone(), *key)))
+        .collect()
+}
+
+/// `events`, each told to `indexes` before it goes on to the copy (see `index`).
+fn indexed<K: crate::Watched>(
+    events: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>>,
+    indexes: Vec<Arc<Index<K>>>,
+) -> impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> {
+    events.inspect(move |event| {
+        if let Ok(event) = event {
+            for index in &indexes {
+                index.apply(event);
+            }
+        }
+    })
 }
 
 /// `name` in `namespace`: from `store`, or from the API server when the store does not have it.
