@@ -4,11 +4,19 @@
 //! seconds, peak RSS and artifact size with Backstop's ratios. Datasets d and e (one and two
 //! million tiny files) get their own table: stored bytes, manifest bytes per file, peak RSS.
 //! `backstop-bench dataset a|b|c|d|e DIR`: only writes one dataset (to profile the mover by hand).
-//! `backstop-bench controller`: the operator at scale on the local cluster (see controller.rs).
+//! `backstop-bench controller`: the operator at scale on the local cluster (see controller.rs),
+//! after a table of the bytes the operator caches per watched object (see state.rs).
+//! `backstop-bench state`: only that table.
 
 mod controller;
 mod dataset;
 mod mover;
+mod state;
+
+/// Counts heap bytes in use, for the cached-state table of `controller` (the mover runs are
+/// child processes: their figures come from the kernel).
+#[global_allocator]
+static ALLOCATOR: state::Counting = state::Counting;
 
 fn flag(args: &[String], name: &str, default: usize) -> usize {
     args.iter()
@@ -45,6 +53,10 @@ fn main() -> anyhow::Result<()> {
             println!("{} in {dir}", set.label);
             Ok(())
         }
+        Some("state") => {
+            state::print();
+            Ok(())
+        }
         Some("controller") => {
             tokio::runtime::Runtime::new()?.block_on(controller::run(controller::Options {
                 policies: flag(&args, "--policies", 1000),
@@ -57,7 +69,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: backstop-bench mover [--quick] [--only abc]\n       backstop-bench dataset a|b|c|d|e DIR [--quick]\n       backstop-bench controller [--policies N] [--backups N] [--per-minute N] [--observe-minutes N]"
+                "usage: backstop-bench mover [--quick] [--only abc]\n       backstop-bench dataset a|b|c|d|e DIR [--quick]\n       backstop-bench controller [--policies N] [--backups N] [--per-minute N] [--observe-minutes N]\n       backstop-bench state"
             );
             std::process::exit(2);
         }

@@ -237,23 +237,38 @@ pub trait Watched:
     + Sync
     + 'static
 {
+    /// Drops, from the watched copy, what no reconciler reads there (see `lean`).
+    fn compact(&mut self) {}
 }
 
-impl<K> Watched for K where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static
-{
+impl Watched for backstop_api::BackupPolicy {}
+impl Watched for backstop_api::BackupRepository {}
+impl Watched for backstop_api::Restore {}
+impl Watched for k8s_openapi::api::core::v1::PersistentVolumeClaim {}
+impl Watched for k8s_openapi::api::batch::v1::Job {}
+impl Watched for backstop_api::Backup {
+    fn compact(&mut self) {
+        stores::compact_finished_backup(self);
+    }
 }
 
-/// A watch of `api` whose objects come without `managedFields` and the last-applied annotation
-/// (the API server's bookkeeping, which no decision here reads); with 10,000 Backups they were
-/// most of the operator's memory (controller scale benchmark: 115 -> 54 MiB). Watch errors are
-/// retried with backoff.
+/// What a watched object is cached as: without `managedFields` and the last-applied annotation
+/// (the API server's bookkeeping, which no decision here reads; with 10,000 Backups they were
+/// most of the operator's memory, controller scale benchmark: 115 -> 54 MiB), and compacted as
+/// its kind says.
+pub fn lean<K: Watched>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
+    obj.compact();
+}
+
+/// A watch of `api` whose objects come `lean`. Watch errors are retried with backoff.
 pub(crate) fn lean_watch_stream<K>(
     api: kube::Api<K>,
     config: kube::runtime::watcher::Config,
@@ -264,15 +279,7 @@ where
     K: Watched,
 {
     use kube::runtime::{WatchStreamExt, watcher};
-    watcher(api, config)
-        .default_backoff()
-        .modify(|obj: &mut K| {
-            let meta = obj.meta_mut();
-            meta.managed_fields = None;
-            if let Some(annotations) = meta.annotations.as_mut() {
-                annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
-            }
-        })
+    watcher(api, config).default_backoff().modify(lean)
 }
 
 /// A lean watch of `api` (see `lean_watch_stream`) kept in a store: the store and the stream of

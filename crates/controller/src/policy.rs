@@ -491,6 +491,64 @@ mod tests {
         assert!(again.create.is_none());
     }
 
+    /// The watched copy keeps only part of a finished Backup (`compact_finished_backup`): the
+    /// policy must decide the same from it as from the whole objects.
+    #[test]
+    fn the_policy_decides_the_same_from_compacted_backups() {
+        let policy = fixtures::policy("hourly", "0 * * * *", Some(2));
+        let whole: Vec<Arc<Backup>> = [
+            ("01:00", Completed),
+            ("02:00", Completed),
+            ("03:00", Failed),
+            ("04:00", Completed),
+            ("05:00", Running),
+        ]
+        .into_iter()
+        .map(|(at, phase)| {
+            let mut backup = scheduled(&policy, at, phase).as_ref().clone();
+            backup.metadata.labels = Some([(labels::POLICY.into(), "hourly".into())].into());
+            if let Some(status) = backup.status.as_mut() {
+                status.message = Some("Backed up 1 volume".into());
+                status.repository = Some("default".into());
+                status.volumes = vec![backstop_api::VolumeBackup {
+                    pvc: "db".into(),
+                    phase,
+                    ..Default::default()
+                }];
+            }
+            Arc::new(backup)
+        })
+        .collect();
+        let compacted: Vec<Arc<Backup>> = whole
+            .iter()
+            .map(|b| {
+                let mut b = b.as_ref().clone();
+                crate::lean(&mut b);
+                Arc::new(b)
+            })
+            .collect();
+        assert!(
+            compacted[0].status.as_ref().unwrap().volumes.is_empty(),
+            "compacted"
+        );
+        assert!(
+            !compacted[4].status.as_ref().unwrap().volumes.is_empty(),
+            "running: whole"
+        );
+        for now in ["05:30", "06:00"] {
+            let from_whole = decide(&policy, &ready(now, whole.clone()));
+            let from_compacted = decide(&policy, &ready(now, compacted.clone()));
+            assert_eq!(from_whole.status, from_compacted.status, "at {now}");
+            assert_eq!(from_whole.expire, from_compacted.expire, "at {now}");
+            assert_eq!(
+                from_whole.create.map(|b| b.metadata.name),
+                from_compacted.create.map(|b| b.metadata.name),
+                "at {now}"
+            );
+            assert_eq!(from_whole.figures, from_compacted.figures, "at {now}");
+        }
+    }
+
     #[test]
     fn retention_expires_the_oldest_completed_backups_beyond_keep_last() {
         let policy = fixtures::policy("hourly", "0 * * * *", Some(2));

@@ -316,6 +316,34 @@ where
     Ok(api.get_opt(name).await?.map(Arc::new))
 }
 
+/// What the watched copy keeps of a Backup that finished and is not being deleted: what the
+/// reconcilers read there. The policy reads its phase, scheduled, creation and completion times
+/// and totals; the backup reconciler its uid, finalizers and owner; the indexes its policy.
+/// Labels, other annotations, the selector, conditions, messages and per-volume details go: whoever needs them
+/// reads the Backup from the API server (a Restore does), and a deletion's event carries the
+/// whole object again, which is what the cleanup of its artifacts reads. A reconciler that comes
+/// to read more of a finished Backup from the copy must keep it here.
+pub fn compact_finished_backup(backup: &mut Backup) {
+    if !backup.phase().is_terminal() || backup.metadata.deletion_timestamp.is_some() {
+        return;
+    }
+    let meta = &mut backup.metadata;
+    meta.labels = None;
+    meta.annotations = meta.annotations.take().and_then(|mut all| {
+        let scheduled = all.remove_entry(labels::SCHEDULED_TIME)?;
+        Some([scheduled].into())
+    });
+    backup.spec.target = None;
+    if let Some(status) = backup.status.as_mut() {
+        status.volumes = Vec::new();
+        status.conditions = Vec::new();
+        status.message = None;
+        status.repository = None;
+        status.duration = None;
+        status.size = None;
+    }
+}
+
 impl crate::Context {
     /// The BackupRepository `name` in `namespace` (see `get`).
     pub(crate) async fn repository(
@@ -348,5 +376,91 @@ impl crate::Context {
         name: &str,
     ) -> Result<Option<Arc<PersistentVolumeClaim>>, kube::Error> {
         get(&self.stores.claims.store, &self.client, namespace, name).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures;
+    use backstop_api::BackupPhase;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn whole(phase: BackupPhase) -> Backup {
+        let policy = fixtures::policy("nightly", "0 2 * * *", None);
+        let mut backup = fixtures::scheduled(&policy, "02:00", phase)
+            .as_ref()
+            .clone();
+        backup.metadata.labels = Some([(labels::POLICY.into(), "nightly".into())].into());
+        backup.metadata.finalizers = Some(vec![backstop_api::ARTIFACTS_FINALIZER.into()]);
+        backup.metadata.uid = Some("uid-b".into());
+        if let Some(a) = backup.metadata.annotations.as_mut() {
+            a.insert("team".into(), "shop".into());
+        }
+        let status = backup.status.get_or_insert_default();
+        status.message = Some("Backed up 1 volume".into());
+        status.volumes = vec![backstop_api::VolumeBackup {
+            pvc: "db".into(),
+            phase,
+            digest: Some("b3".into()),
+            ..Default::default()
+        }];
+        backup
+    }
+
+    #[test]
+    fn a_finished_backup_is_cached_with_what_the_reconcilers_read() {
+        let full = whole(BackupPhase::Completed);
+        let mut cached = full.clone();
+        compact_finished_backup(&mut cached);
+        // Kept: identity, finalizer, policy, scheduled time, phase, times and totals.
+        assert_eq!(cached.metadata.name, full.metadata.name);
+        assert_eq!(cached.metadata.uid, full.metadata.uid);
+        assert_eq!(cached.metadata.finalizers, full.metadata.finalizers);
+        assert_eq!(cached.spec.policy_ref.as_deref(), Some("nightly"));
+        let annotations = cached.metadata.annotations.clone().unwrap();
+        assert_eq!(
+            annotations.keys().collect::<Vec<_>>(),
+            [labels::SCHEDULED_TIME]
+        );
+        let (kept, was) = (cached.status.unwrap(), full.status.unwrap());
+        assert_eq!(
+            (
+                kept.phase,
+                kept.completion_time,
+                kept.total_bytes,
+                kept.total_files
+            ),
+            (
+                was.phase,
+                was.completion_time,
+                was.total_bytes,
+                was.total_files
+            )
+        );
+        // Dropped: what only people and the API server's readers need.
+        assert_eq!(cached.metadata.labels, None);
+        assert!(kept.volumes.is_empty() && kept.conditions.is_empty());
+        assert_eq!(kept.message, None);
+    }
+
+    fn json(backup: &Backup) -> serde_json::Value {
+        serde_json::to_value(backup).unwrap()
+    }
+
+    #[test]
+    fn a_backup_still_at_work_or_being_deleted_is_cached_whole() {
+        for phase in [BackupPhase::Pending, BackupPhase::Running] {
+            let full = whole(phase);
+            let mut cached = full.clone();
+            compact_finished_backup(&mut cached);
+            assert_eq!(json(&cached), json(&full), "{phase:?}");
+        }
+        // Deleting it reads its volumes (the artifacts to remove).
+        let mut deleting = whole(BackupPhase::Completed);
+        deleting.metadata.deletion_timestamp = Some(Time(fixtures::at("04:00")));
+        let mut cached = deleting.clone();
+        compact_finished_backup(&mut cached);
+        assert_eq!(json(&cached), json(&deleting));
     }
 }
