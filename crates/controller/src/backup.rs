@@ -5,7 +5,7 @@
 
 use crate::jobs::{self, ROLE_BACKUP};
 use crate::outcome::{JOB_NAME_TAKEN, job_name_taken, owned_by, termination_message};
-use crate::{Context, Error, events, metrics, now, repository, waiting};
+use crate::{Context, Error, Watched, events, metrics, now, repository, waiting};
 use backstop_api::condition::{self, ConditionType, Invalid};
 use backstop_api::contract::{BackupResult, Failure};
 use backstop_api::waiting::{Refusal, Verdict, WaitingFor};
@@ -20,6 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use std::sync::Arc;
@@ -897,6 +898,43 @@ async fn deletion_blocked(
     Err(not_yet(30, why.message))
 }
 
+/// How often the Job copy is looked through for Jobs of finished Backups (`sweep_finished_jobs`).
+const SWEEP_EVERY: Duration = Duration::from_secs(120);
+
+/// Deletes the mover Jobs of Backups that finished. `finish` deletes them once the status is
+/// written, but a finished Backup leaves the watched copy (see `history`): a deletion that failed
+/// there, or an operator stopped in between, is not retried by a reconcile. This looks through the
+/// Job copy, in memory, and asks the API server only about a Job whose Backup is not at work.
+async fn sweep_finished_jobs(ctx: &Context) -> Result<usize, Error> {
+    let mut swept = 0;
+    for job in ctx.stores.jobs.state() {
+        if job.labels().get(labels::ROLE).map(String::as_str) != Some(ROLE_BACKUP) {
+            continue;
+        }
+        let Some(owner) = job
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true) && o.kind == "Backup")
+        else {
+            continue;
+        };
+        let namespace = job.namespace().unwrap_or_default();
+        let at_work = ObjectRef::new(&owner.name).within(&namespace);
+        if ctx.stores.backups.store.get(&at_work).is_some() {
+            continue;
+        }
+        let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), &namespace);
+        let Some(backup) = backups.get_opt(&owner.name).await? else {
+            continue; // gone: the garbage collector removes what it owned
+        };
+        if backup.meta().uid.as_deref() == Some(owner.uid.as_str()) && !backup.cached() {
+            delete_jobs(ctx, &backup, ROLE_BACKUP).await?;
+            swept += 1;
+        }
+    }
+    Ok(swept)
+}
+
 fn error_policy(_: Arc<Backup>, err: &Error, ctx: Arc<Context>) -> Action {
     crate::retry_after_error(&ctx, "backup", err)
 }
@@ -933,11 +971,23 @@ pub async fn run(
         let namespace = c.namespace().unwrap_or_default();
         woken.stores.waiting_backups(&namespace, None)
     });
+    let swept = ctx.clone();
+    let sweeper = tokio::spawn(async move {
+        loop {
+            match sweep_finished_jobs(&swept).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("deleted the Jobs of {n} finished Backup(s)"),
+                Err(err) => tracing::warn!(%err, "looking for Jobs of finished Backups"),
+            }
+            tokio::time::sleep(SWEEP_EVERY).await;
+        }
+    });
     controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
+    sweeper.abort();
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Indexes over the watched copies: which objects of a namespace are filed under a key (the
-//! Backups of a policy, the policies of a repository, the Jobs of an owner), kept up to date from
+//! Backups waiting for a policy, the policies of a repository, the Jobs of an owner), kept up to date from
 //! the same watch events that fill the copy, so that a reconcile looks up its own objects instead
 //! of scanning every object of the kind.
 //!
@@ -53,9 +53,16 @@ impl<K: crate::Watched> Index<K> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
 
+/// What is told each event of a watch just before its copy is (an index, the Backup history).
+pub trait Observer<K>: Send + Sync {
+    fn apply(&self, event: &watcher::Event<K>);
+}
+
+impl<K: crate::Watched> Observer<K> for Index<K> {
     /// Files the object of `event`; called before the copy applies the same event.
-    pub fn apply(&self, event: &watcher::Event<K>) {
+    fn apply(&self, event: &watcher::Event<K>) {
         let mut state = self.state();
         match event {
             watcher::Event::Apply(obj) => {
@@ -105,7 +112,9 @@ impl<K: crate::Watched> Index<K> {
             }
         }
     }
+}
 
+impl<K: crate::Watched> Index<K> {
     /// Whether any object of `namespace` is filed under `key`.
     pub fn any(&self, namespace: &str, key: &str) -> bool {
         self.state()
@@ -178,11 +187,6 @@ pub mod keys {
     use k8s_openapi::api::batch::v1::Job;
     use kube::ResourceExt;
 
-    /// A Backup under the policy it names.
-    pub fn policy_of(backup: &Backup) -> Option<String> {
-        backup.spec.policy_ref.clone()
-    }
-
     /// A Backup that waits to start (Pending, not being deleted) under the policy it names, or
     /// "" when it names none: what a change to a policy, a repository or a PVC may unblock.
     pub fn waiting(backup: &Backup) -> Option<String> {
@@ -243,6 +247,11 @@ mod tests {
         }
     }
 
+    /// A key that can change: the policy a Backup names.
+    fn policy_ref(backup: &Backup) -> Option<String> {
+        backup.spec.policy_ref.clone()
+    }
+
     fn backup(name: &str, policy: &str, phase: BackupPhase) -> Backup {
         let policy = fixtures::policy(policy, "0 2 * * *", None);
         let mut backup = fixtures::scheduled(&policy, "02:00", phase)
@@ -259,7 +268,7 @@ mod tests {
 
     #[test]
     fn a_backup_is_found_under_its_policy_until_it_names_another_or_is_deleted() {
-        let mut w = Watched::new(keys::policy_of);
+        let mut w = Watched::new(policy_ref);
         w.event(watcher::Event::Apply(backup(
             "a1",
             "a",
@@ -328,7 +337,7 @@ mod tests {
 
     #[test]
     fn a_relist_replaces_the_index_when_it_is_done() {
-        let mut w = Watched::new(keys::policy_of);
+        let mut w = Watched::new(policy_ref);
         w.event(watcher::Event::Apply(backup(
             "a1",
             "a",

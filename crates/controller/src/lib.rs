@@ -6,6 +6,7 @@ pub mod backup;
 pub mod events;
 #[cfg(test)]
 mod fixtures;
+pub mod history;
 pub mod index;
 pub mod jobs;
 pub mod metrics;
@@ -237,8 +238,10 @@ pub trait Watched:
     + Sync
     + 'static
 {
-    /// Drops, from the watched copy, what no reconciler reads there (see `lean`).
-    fn compact(&mut self) {}
+    /// Whether the watched copy keeps this object (see `stores::cached_only`).
+    fn cached(&self) -> bool {
+        true
+    }
 }
 
 impl Watched for backstop_api::BackupPolicy {}
@@ -246,16 +249,17 @@ impl Watched for backstop_api::BackupRepository {}
 impl Watched for backstop_api::Restore {}
 impl Watched for k8s_openapi::api::core::v1::PersistentVolumeClaim {}
 impl Watched for k8s_openapi::api::batch::v1::Job {}
+/// A finished Backup that is not being deleted is remembered as a summary (`history`), not
+/// cached: nothing reconciles it until it is deleted, and that change brings it back whole.
 impl Watched for backstop_api::Backup {
-    fn compact(&mut self) {
-        stores::compact_finished_backup(self);
+    fn cached(&self) -> bool {
+        !self.phase().is_terminal() || self.metadata.deletion_timestamp.is_some()
     }
 }
 
 /// What a watched object is cached as: without `managedFields` and the last-applied annotation
 /// (the API server's bookkeeping, which no decision here reads; with 10,000 Backups they were
-/// most of the operator's memory, controller scale benchmark: 115 -> 54 MiB), and compacted as
-/// its kind says.
+/// most of the operator's memory, controller scale benchmark: 115 -> 54 MiB).
 pub fn lean<K: Watched>(obj: &mut K) {
     let meta = obj.meta_mut();
     meta.managed_fields = None;
@@ -265,7 +269,6 @@ pub fn lean<K: Watched>(obj: &mut K) {
             meta.annotations = None;
         }
     }
-    obj.compact();
 }
 
 /// A watch of `api` whose objects come `lean`. Watch errors are retried with backoff.

@@ -15,13 +15,14 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::watcher;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What the policy reads of one of its Backups.
 pub fn summarize(backup: &Backup) -> BackupSummary {
-    let status = backup.status.clone().unwrap_or_default();
+    let status = backup.status.as_ref();
     BackupSummary {
         name: backup.name_any(),
         phase: backup.phase(),
@@ -30,8 +31,10 @@ pub fn summarize(backup: &Backup) -> BackupSummary {
             .get(labels::SCHEDULED_TIME)
             .and_then(|t| t.parse::<Timestamp>().ok()),
         created: backup.metadata.creation_timestamp.as_ref().map(|t| t.0),
-        completion_time: status.completion_time.map(|t| t.0),
+        completion_time: status.and_then(|s| s.completion_time.as_ref()).map(|t| t.0),
         deleting: backup.metadata.deletion_timestamp.is_some(),
+        total_bytes: status.and_then(|s| s.total_bytes),
+        total_files: status.and_then(|s| s.total_files),
     }
 }
 
@@ -66,10 +69,10 @@ fn scheduled_backup(policy: &BackupPolicy, at: Timestamp) -> Backup {
 struct Observed {
     /// Why the repository cannot take backups now, if it cannot.
     repository: Result<(), RepositoryProblem>,
-    /// The policy's Backups, from the watched copy (a Backup made a moment ago may be missing;
-    /// its deterministic name makes a second create answer AlreadyExists, and
+    /// The policy's Backups, from the watched history (a Backup made a moment ago may be
+    /// missing; its deterministic name makes a second create answer AlreadyExists, and
     /// `lastScheduleTime` records the run too).
-    backups: Vec<Arc<Backup>>,
+    backups: Vec<BackupSummary>,
     now: Timestamp,
 }
 
@@ -129,7 +132,7 @@ fn decide(policy: &BackupPolicy, observed: &Observed) -> Decision {
         Ok(schedule) => schedule,
         Err(invalid) => return refused(policy, status, invalid, Warn::Yes, now, None),
     };
-    let summaries: Vec<BackupSummary> = observed.backups.iter().map(|b| summarize(b)).collect();
+    let summaries = &observed.backups;
     let since = policy
         .metadata
         .creation_timestamp
@@ -140,7 +143,7 @@ fn decide(policy: &BackupPolicy, observed: &Observed) -> Decision {
         policy.spec.suspend,
         status.last_schedule_time.as_ref().map(|t| t.0),
         since,
-        &summaries,
+        summaries,
         now,
     );
     status.next_scheduled_backup = plan.next.map(Time);
@@ -157,17 +160,16 @@ fn decide(policy: &BackupPolicy, observed: &Observed) -> Decision {
         status.last_backup = Some(backup.name_any());
         status.last_backup_time = Some(Time(now));
     }
-    let newest = newest_first(&observed.backups);
+    let newest = newest_first(summaries);
     if let Some(last) = newest.first() {
-        status.last_backup.get_or_insert_with(|| last.name_any());
+        status.last_backup.get_or_insert_with(|| last.name.clone());
         if status.last_backup_time.is_none() {
-            status.last_backup_time = last.metadata.creation_timestamp.clone();
+            status.last_backup_time = last.created.map(Time);
         }
     }
-    let newest_ok = newest.iter().find(|b| b.phase() == BackupPhase::Completed);
+    let newest_ok = newest.iter().find(|b| b.phase == BackupPhase::Completed);
     if let Some(ok) = newest_ok {
-        status.last_successful_backup_time =
-            ok.status.as_ref().and_then(|s| s.completion_time.clone());
+        status.last_successful_backup_time = ok.completion_time.map(Time);
     }
     let figures = figures(&status, &newest, &plan, &schedule);
     let (reason, message) = if policy.spec.suspend {
@@ -191,7 +193,7 @@ fn decide(policy: &BackupPolicy, observed: &Observed) -> Decision {
     Decision {
         create,
         // Retention: only Completed backups count; the rest are never touched.
-        expire: retention::expired(&summaries, policy.spec.retention.keep_last),
+        expire: retention::expired(summaries, policy.spec.retention.keep_last),
         warning: None,
         figures: Some(figures),
         status,
@@ -203,21 +205,18 @@ fn decide(policy: &BackupPolicy, observed: &Observed) -> Decision {
 /// its newest finished backups failed in a row.
 fn figures(
     status: &BackupPolicyStatus,
-    newest: &[&Arc<Backup>],
+    newest: &[&BackupSummary],
     plan: &scheduling::Plan,
     schedule: &backstop_api::schedule::Schedule,
 ) -> metrics::PolicyFigures {
-    let ok_status = newest
-        .iter()
-        .find(|b| b.phase() == BackupPhase::Completed)
-        .and_then(|b| b.status.as_ref());
+    let ok = newest.iter().find(|b| b.phase == BackupPhase::Completed);
     metrics::PolicyFigures {
         last_success: status
             .last_successful_backup_time
             .as_ref()
             .map(|t| t.0.as_second() as f64),
-        last_size_bytes: ok_status.and_then(|s| s.total_bytes).map(|b| b as f64),
-        last_files: ok_status.and_then(|s| s.total_files).map(|f| f as f64),
+        last_size_bytes: ok.and_then(|b| b.total_bytes).map(|b| b as f64),
+        last_files: ok.and_then(|b| b.total_files).map(|f| f as f64),
         next_run: plan.next.map(|t| t.as_second() as f64),
         interval_seconds: plan.next.and_then(|next| {
             schedule
@@ -226,8 +225,8 @@ fn figures(
         }),
         consecutive_failures: newest
             .iter()
-            .filter(|b| b.phase().is_terminal())
-            .take_while(|b| b.phase() == BackupPhase::Failed)
+            .filter(|b| b.phase.is_terminal())
+            .take_while(|b| b.phase == BackupPhase::Failed)
             .count() as i64,
     }
 }
@@ -259,16 +258,9 @@ fn repository_refusal(policy: &BackupPolicy, problem: &RepositoryProblem) -> (In
 }
 
 /// The policy's Backups not being deleted, the newest (by scheduled time, else creation) first.
-fn newest_first(backups: &[Arc<Backup>]) -> Vec<&Arc<Backup>> {
-    let mut by_time: Vec<&Arc<Backup>> = backups
-        .iter()
-        .filter(|b| b.metadata.deletion_timestamp.is_none())
-        .collect();
-    // summarize clones the status: once per Backup, not once per comparison.
-    by_time.sort_by_cached_key(|b| {
-        let s = summarize(b);
-        std::cmp::Reverse(s.scheduled_time.or(s.created))
-    });
+fn newest_first(backups: &[BackupSummary]) -> Vec<&BackupSummary> {
+    let mut by_time: Vec<&BackupSummary> = backups.iter().filter(|b| !b.deleting).collect();
+    by_time.sort_by_key(|b| std::cmp::Reverse(b.scheduled_time.or(b.created)));
     by_time
 }
 
@@ -400,13 +392,17 @@ pub async fn run(
         &client,
         crate::controller_config().concurrency(POLICY_CONCURRENCY),
     );
-    let controller = match ctx.stores.backups.events() {
-        Some(events) => controller.owns_shared_stream(events),
-        None => controller.owns(
-            ctx.stores.scope.api::<Backup>(&client),
-            watcher::Config::default(),
-        ),
-    };
+    // A change to one of its Backups (finished ones included, which the Backup copy does not
+    // hold) wakes the policy.
+    let controller = controller.reconcile_on(ctx.stores.history.subscribe().flat_map(|change| {
+        let namespace = change.namespace;
+        futures::stream::iter(
+            change
+                .policies
+                .into_iter()
+                .map(move |policy: String| ObjectRef::new(&policy).within(&namespace)),
+        )
+    }));
     // A policy whose repository was missing or not ready makes its due run once it is ready.
     let woken = ctx.clone();
     let controller = ctx
@@ -450,7 +446,7 @@ mod tests {
     fn ready(now: &str, backups: Vec<Arc<Backup>>) -> Observed {
         Observed {
             repository: Ok(()),
-            backups,
+            backups: backups.iter().map(|b| summarize(b)).collect(),
             now: at(now),
         }
     }
@@ -489,64 +485,6 @@ mod tests {
         let made = scheduled(&policy, "02:00", Running);
         let again = decide(&policy, &ready("02:00", vec![made]));
         assert!(again.create.is_none());
-    }
-
-    /// The watched copy keeps only part of a finished Backup (`compact_finished_backup`): the
-    /// policy must decide the same from it as from the whole objects.
-    #[test]
-    fn the_policy_decides_the_same_from_compacted_backups() {
-        let policy = fixtures::policy("hourly", "0 * * * *", Some(2));
-        let whole: Vec<Arc<Backup>> = [
-            ("01:00", Completed),
-            ("02:00", Completed),
-            ("03:00", Failed),
-            ("04:00", Completed),
-            ("05:00", Running),
-        ]
-        .into_iter()
-        .map(|(at, phase)| {
-            let mut backup = scheduled(&policy, at, phase).as_ref().clone();
-            backup.metadata.labels = Some([(labels::POLICY.into(), "hourly".into())].into());
-            if let Some(status) = backup.status.as_mut() {
-                status.message = Some("Backed up 1 volume".into());
-                status.repository = Some("default".into());
-                status.volumes = vec![backstop_api::VolumeBackup {
-                    pvc: "db".into(),
-                    phase,
-                    ..Default::default()
-                }];
-            }
-            Arc::new(backup)
-        })
-        .collect();
-        let compacted: Vec<Arc<Backup>> = whole
-            .iter()
-            .map(|b| {
-                let mut b = b.as_ref().clone();
-                crate::lean(&mut b);
-                Arc::new(b)
-            })
-            .collect();
-        assert!(
-            compacted[0].status.as_ref().unwrap().volumes.is_empty(),
-            "compacted"
-        );
-        assert!(
-            !compacted[4].status.as_ref().unwrap().volumes.is_empty(),
-            "running: whole"
-        );
-        for now in ["05:30", "06:00"] {
-            let from_whole = decide(&policy, &ready(now, whole.clone()));
-            let from_compacted = decide(&policy, &ready(now, compacted.clone()));
-            assert_eq!(from_whole.status, from_compacted.status, "at {now}");
-            assert_eq!(from_whole.expire, from_compacted.expire, "at {now}");
-            assert_eq!(
-                from_whole.create.map(|b| b.metadata.name),
-                from_compacted.create.map(|b| b.metadata.name),
-                "at {now}"
-            );
-            assert_eq!(from_whole.figures, from_compacted.figures, "at {now}");
-        }
     }
 
     #[test]

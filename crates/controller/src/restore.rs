@@ -549,11 +549,14 @@ pub async fn run(
         .owns(stores.scope.api::<Job>(&client), jobs);
     // Pending Restores wait for their Backup, the repository and the target PVC.
     let restores = controller.store();
-    let controller = stores.backups.wakes(&client, controller, move |b| {
-        waiting::in_namespace(&restores, b.namespace().as_deref(), |r| {
-            pending(r) && r.spec.backup_name == b.name_any()
-        })
+    let finished = stores.history.subscribe().flat_map(move |change| {
+        futures::stream::iter(waiting::in_namespace(
+            &restores,
+            Some(&change.namespace),
+            |r| pending(r) && r.spec.backup_name == change.backup,
+        ))
     });
+    let controller = controller.reconcile_on(finished);
     let restores = controller.store();
     let controller = stores.repositories.wakes(&client, controller, move |repo| {
         waiting::in_namespace(&restores, repo.namespace().as_deref(), pending)

@@ -46,6 +46,7 @@ mod tests {
             created: Some(at),
             completion_time: Some(at),
             deleting: false,
+            ..BackupSummary::default()
         }
     }
 

@@ -6,8 +6,9 @@ use backstop_api::schedule::Schedule;
 use jiff::{SignedDuration, Timestamp};
 use std::time::Duration;
 
-/// What the planner needs to know of one of the policy's backups.
-#[derive(Debug, Clone, PartialEq)]
+/// What the policy reconciler knows of one of the policy's backups: all it reads of them (the
+/// operator keeps this, not the Backup, for each finished one; see `history`).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct BackupSummary {
     pub name: String,
     pub phase: BackupPhase,
@@ -16,6 +17,8 @@ pub struct BackupSummary {
     pub created: Option<Timestamp>,
     pub completion_time: Option<Timestamp>,
     pub deleting: bool,
+    pub total_bytes: Option<i64>,
+    pub total_files: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +101,7 @@ mod tests {
             created: Some(ts(at)),
             completion_time: None,
             deleting: false,
+            ..BackupSummary::default()
         }
     }
 
