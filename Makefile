@@ -22,7 +22,7 @@ image:
 bench:
 	command -v restic >/dev/null || (apt-get update -qq && apt-get install -y -qq restic zstd >/dev/null)
 	cargo build --release --locked -p backstop -p backstop-bench
-	target/release/backstop-bench mover $(BENCH_ARGS)
+	"$${CARGO_TARGET_DIR:-target}/release/backstop-bench" mover $(BENCH_ARGS)
 
 # The operator at scale on the local cluster: 1,000 policies, 10,000 backups of history; RSS, time to
 # a next run on every policy, per-minute scheduling delay, API requests/s. BENCH_ARGS to change sizes.
