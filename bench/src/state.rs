@@ -92,17 +92,18 @@ fn from_json<K: serde::de::DeserializeOwned>(value: serde_json::Value) -> K {
     serde_json::from_value(value).unwrap_or_else(|e| panic!("a sample object: {e}"))
 }
 
-/// A Backup as the controller benchmark makes them (Completed, no volumes).
+/// A Backup as the controller benchmark makes them (Completed, no volumes; ten per policy).
 fn bench_backup(i: usize) -> Backup {
+    let policy = format!("p{:04}", i % (COUNT / 10));
     from_json(json!({
         "apiVersion": "backstop.dev/v1alpha1", "kind": "Backup",
-        "metadata": {"name": format!("p{:04}-20261127-{:06}", i % 10_000, i), "namespace": "bench-scale",
+        "metadata": {"name": format!("{policy}-20261127-{:06}", i), "namespace": "bench-scale",
             "uid": format!("8d1c6b1e-5f0a-4a57-9a53-{i:012}"), "resourceVersion": format!("{}", 100_000 + i),
             "generation": 1, "creationTimestamp": "2026-11-27T07:00:00Z",
-            "labels": {"backstop.dev/policy": format!("p{:04}", i % 10_000)},
+            "labels": {"backstop.dev/policy": policy},
             "annotations": {"backstop.dev/scheduled-time": "2026-11-27T06:00:00Z"},
             "finalizers": ["backstop.dev/artifacts"]},
-        "spec": {"policyRef": format!("p{:04}", i % 10_000)},
+        "spec": {"policyRef": policy},
         "status": {"phase": "Completed", "completionTime": "2026-11-27T06:01:00Z",
             "totalBytes": 1024, "totalFiles": 1}}))
 }
