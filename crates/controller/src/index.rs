@@ -17,7 +17,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
 /// Names, by namespace, then by key.
 type Entries = HashMap<String, HashMap<String, HashSet<String>>>;
@@ -122,14 +122,6 @@ impl<K: crate::Watched> Index<K> {
             .get(namespace)
             .and_then(|keys| keys.get(key))
             .is_some_and(|names| !names.is_empty())
-    }
-
-    /// The objects of `namespace` filed under `key`, from the copy.
-    pub fn objects(&self, namespace: &str, key: &str) -> Vec<Arc<K>> {
-        self.refs(namespace, key)
-            .iter()
-            .filter_map(|r| self.store.get(r))
-            .collect()
     }
 
     /// References to the objects of `namespace` filed under `key`.
@@ -238,9 +230,9 @@ mod tests {
         fn names(&self, namespace: &str, key: &str) -> Vec<String> {
             let mut names: Vec<String> = self
                 .index
-                .objects(namespace, key)
-                .iter()
-                .map(|o| o.name_any())
+                .refs(namespace, key)
+                .into_iter()
+                .map(|r| r.name)
                 .collect();
             names.sort();
             names
@@ -292,14 +284,13 @@ mod tests {
         assert_eq!(w.names(NAMESPACE, "b"), ["b1"]);
         assert_eq!(w.names("other", "a"), ["a9"], "namespaces are apart");
 
-        // An update under the same key changes nothing but the object the copy returns.
+        // An update under the same key changes nothing.
         w.event(watcher::Event::Apply(backup(
             "a2",
             "a",
             BackupPhase::Completed,
         )));
         assert_eq!(w.names(NAMESPACE, "a"), ["a1", "a2"]);
-        assert_eq!(w.index.objects(NAMESPACE, "a").len(), 2);
 
         // Moved to another policy: found there only.
         w.event(watcher::Event::Apply(backup(
