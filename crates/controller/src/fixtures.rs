@@ -70,6 +70,14 @@ pub fn scheduled(policy: &BackupPolicy, scheduled: &str, phase: BackupPhase) -> 
     Arc::new(backup)
 }
 
+/// `scheduled` for policy `policy` at 02:00, named `name` and owned (not shared).
+pub fn backup(name: &str, policy: &str, phase: BackupPhase) -> Backup {
+    let policy = self::policy(policy, "0 2 * * *", None);
+    let mut backup = scheduled(&policy, "02:00", phase).as_ref().clone();
+    backup.metadata.name = Some(name.into());
+    backup
+}
+
 /// A mocked API server and a Context whose client talks to it (see `ApiServer`).
 pub fn mocked() -> (crate::Context, ApiServer) {
     let (service, handle) = tower_test::mock::pair::<

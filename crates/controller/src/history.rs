@@ -205,18 +205,9 @@ fn dedup(mut policies: Vec<String>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{self, NAMESPACE};
+    use crate::fixtures::{NAMESPACE, backup};
     use crate::index::Observer;
     use backstop_api::BackupPhase;
-
-    fn backup(name: &str, policy: &str, phase: BackupPhase) -> Backup {
-        let policy = fixtures::policy(policy, "0 2 * * *", None);
-        let mut backup = fixtures::scheduled(&policy, "02:00", phase)
-            .as_ref()
-            .clone();
-        backup.metadata.name = Some(name.into());
-        backup
-    }
 
     fn names(history: &History, namespace: &str, policy: &str) -> Vec<String> {
         let mut names: Vec<String> = history

@@ -203,7 +203,7 @@ pub mod keys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{self, NAMESPACE};
+    use crate::fixtures::{self, NAMESPACE, backup};
     use backstop_api::{Backup, BackupPhase, BackupPolicy};
     use kube::runtime::reflector::{self, store::Writer};
 
@@ -242,15 +242,6 @@ mod tests {
     /// A key that can change: the policy a Backup names.
     fn policy_ref(backup: &Backup) -> Option<String> {
         backup.spec.policy_ref.clone()
-    }
-
-    fn backup(name: &str, policy: &str, phase: BackupPhase) -> Backup {
-        let policy = fixtures::policy(policy, "0 2 * * *", None);
-        let mut backup = fixtures::scheduled(&policy, "02:00", phase)
-            .as_ref()
-            .clone();
-        backup.metadata.name = Some(name.into());
-        backup
     }
 
     fn in_namespace(mut backup: Backup, namespace: &str) -> Backup {

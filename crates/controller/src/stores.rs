@@ -391,10 +391,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn backup(phase: BackupPhase) -> Backup {
-        let policy = fixtures::policy("nightly", "0 2 * * *", None);
-        fixtures::scheduled(&policy, "02:00", phase)
-            .as_ref()
-            .clone()
+        fixtures::backup("nightly-0200", "nightly", phase)
     }
 
     fn what(event: Option<watcher::Result<watcher::Event<Backup>>>) -> &'static str {
