@@ -1207,4 +1207,88 @@ mod tests {
         drop(ctx);
         assert!(api.idle().await, "no Job was created, no status written");
     }
+
+    /// A Job of `backup` as the operator makes them: labelled with its role, controlled by it.
+    fn mover_job(backup: &Backup) -> Job {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("{}-db", backup.name_any()), "namespace": fixtures::NAMESPACE,
+                "labels": {labels::ROLE: ROLE_BACKUP, labels::BACKUP: backup.name_any()},
+                "ownerReferences": [{"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup",
+                    "name": backup.name_any(), "uid": backup.meta().uid, "controller": true}]}}))
+        .unwrap()
+    }
+
+    fn with_uid(mut backup: Backup, uid: &str) -> Backup {
+        backup.metadata.uid = Some(uid.into());
+        backup
+    }
+
+    /// A finished Backup whose Job is left (its deletion failed, or the operator stopped before
+    /// it): the sweep finds it in the Job copy, asks the API server, and deletes the Job. A
+    /// Backup still at work, in the copy, costs no request.
+    #[tokio::test]
+    async fn the_jobs_of_a_finished_backup_are_swept_and_those_at_work_left_alone() {
+        let finished = with_uid(
+            fixtures::backup("done", "nightly", BackupPhase::Completed),
+            "u1",
+        );
+        let at_work = with_uid(
+            fixtures::backup("busy", "nightly", BackupPhase::Running),
+            "u2",
+        );
+        let (mut ctx, mut api) = fixtures::mocked();
+        ctx.stores = crate::stores::Stores::holding(
+            vec![mover_job(&finished), mover_job(&at_work)],
+            vec![at_work.clone()],
+        );
+        let job = mover_job(&finished);
+        let server = tokio::spawn(async move {
+            let backups = "/apis/backstop.dev/v1alpha1/namespaces/shop/backups";
+            api.expect(
+                "GET",
+                &format!("{backups}/done"),
+                200,
+                serde_json::to_value(&finished).unwrap(),
+            )
+            .await;
+            let jobs = "/apis/batch/v1/namespaces/shop/jobs";
+            let list = serde_json::json!({"apiVersion": "batch/v1", "kind": "JobList",
+                "metadata": {}, "items": [job]});
+            api.expect("GET", jobs, 200, list).await;
+            api.expect(
+                "DELETE",
+                &format!("{jobs}/done-db"),
+                200,
+                serde_json::json!({}),
+            )
+            .await;
+            api
+        });
+        assert_eq!(sweep_finished_jobs(&ctx).await.unwrap(), 1);
+        let api = server.await.unwrap();
+        drop(ctx);
+        assert!(api.idle().await, "nothing asked about the Backup at work");
+    }
+
+    /// The same left Job while the API server says its Backup is still running (the copy is
+    /// behind): nothing is deleted.
+    #[tokio::test]
+    async fn a_job_of_a_backup_still_running_is_not_swept() {
+        let running = with_uid(
+            fixtures::backup("late", "nightly", BackupPhase::Running),
+            "u3",
+        );
+        let (mut ctx, mut api) = fixtures::mocked();
+        ctx.stores = crate::stores::Stores::holding(vec![mover_job(&running)], vec![]);
+        let server = tokio::spawn(async move {
+            let path = "/apis/backstop.dev/v1alpha1/namespaces/shop/backups/late";
+            api.expect("GET", path, 200, serde_json::to_value(&running).unwrap())
+                .await;
+            api
+        });
+        assert_eq!(sweep_finished_jobs(&ctx).await.unwrap(), 0);
+        let api = server.await.unwrap();
+        drop(ctx);
+        assert!(api.idle().await, "no Job deleted");
+    }
 }

@@ -207,6 +207,31 @@ impl Stores {
     }
 }
 
+#[cfg(test)]
+impl Stores {
+    /// `unwatched`, except that the Job copy (listed) holds `jobs` and the Backup copy holds
+    /// `at_work`.
+    pub(crate) fn holding(jobs: Vec<Job>, at_work: Vec<Backup>) -> Self {
+        let mut stores = Self::unwatched();
+        let (job_copy, mut writer) = reflector::store();
+        let by_owner = Arc::new(Index::new(job_copy.clone(), keys::owner_of));
+        for job in jobs {
+            let event = watcher::Event::Apply(job);
+            by_owner.apply(&event);
+            writer.apply_watcher_event(&event);
+        }
+        let (backup_copy, mut writer) = reflector::store();
+        for backup in at_work {
+            writer.apply_watcher_event(&watcher::Event::Apply(backup));
+        }
+        stores.jobs = job_copy;
+        stores.jobs_by_owner = by_owner;
+        stores.jobs_listed = true;
+        stores.backups.store = backup_copy;
+        stores
+    }
+}
+
 impl Drop for Stores {
     fn drop(&mut self) {
         for watch in &self.watches {
