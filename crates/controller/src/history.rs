@@ -11,13 +11,14 @@
 //! A finished Backup leaving the copy no longer wakes its policy or a Restore through the copy's
 //! events: the history tells its listeners of every change instead (`subscribe`).
 
+use crate::index::Listed;
 use crate::scheduling::BackupSummary;
 use backstop_api::Backup;
 use futures::channel::mpsc;
 use kube::ResourceExt;
 use kube::runtime::watcher;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 /// A Backup that changed (appeared, changed, or went), and the policies it was and is filed under.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,15 +30,8 @@ pub struct Change {
 
 #[derive(Default)]
 pub struct History {
-    state: Mutex<State>,
+    state: Mutex<Listed<Book>>,
     listeners: Mutex<Vec<mpsc::UnboundedSender<Change>>>,
-}
-
-#[derive(Default)]
-struct State {
-    live: Book,
-    /// The Backups of a relist, filed until it is done (`InitDone` swaps them in).
-    relist: Option<Book>,
 }
 
 /// Summaries by namespace.
@@ -90,35 +84,22 @@ impl Book {
 }
 
 impl History {
-    fn state(&self) -> MutexGuard<'_, State> {
-        // An update is a few map operations that cannot leave the maps half-changed.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// A stream of every change from now on.
     pub fn subscribe(&self) -> mpsc::UnboundedReceiver<Change> {
         let (sender, receiver) = mpsc::unbounded();
-        self.listeners
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(sender);
+        crate::lock(&self.listeners).push(sender);
         receiver
     }
 
     fn tell(&self, changes: Vec<Change>) {
-        let mut listeners = self
-            .listeners
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut listeners = crate::lock(&self.listeners);
         // A listener that went away (its controller stopped) is forgotten.
         listeners.retain(|l| changes.iter().all(|c| l.unbounded_send(c.clone()).is_ok()));
     }
 
     /// The summaries of the Backups in `namespace` that name `policy`.
     pub fn of(&self, namespace: &str, policy: &str) -> Vec<BackupSummary> {
-        self.state()
+        crate::lock(&self.state)
             .live
             .0
             .get(namespace)
@@ -131,22 +112,23 @@ impl History {
 impl crate::index::Observer<Backup> for History {
     fn apply(&self, event: &watcher::Event<Backup>) {
         let changes = {
-            let mut state = self.state();
+            let mut state = crate::lock(&self.state);
             match event {
                 watcher::Event::Apply(backup) => {
                     let namespace = backup.namespace().unwrap_or_default();
                     let now = backup.spec.policy_ref.clone();
                     let summary = crate::policy::summarize(backup);
                     let before = state.live.file(&namespace, summary, now.as_deref());
-                    let policies = before
+                    let mut policies: Vec<String> = before
                         .map(|p| p.to_string())
                         .into_iter()
                         .chain(now)
-                        .collect::<Vec<_>>();
+                        .collect();
+                    policies.dedup();
                     vec![Change {
                         namespace,
                         backup: backup.name_any(),
-                        policies: dedup(policies),
+                        policies,
                     }]
                 }
                 watcher::Event::Delete(backup) => {
@@ -160,12 +142,11 @@ impl crate::index::Observer<Backup> for History {
                     }]
                 }
                 watcher::Event::Init => {
-                    state.relist = Some(Book::default());
+                    state.begin();
                     Vec::new()
                 }
                 watcher::Event::InitApply(backup) => {
-                    let relist = state.relist.get_or_insert_with(Book::default);
-                    relist.file(
+                    state.relisted().file(
                         &backup.namespace().unwrap_or_default(),
                         crate::policy::summarize(backup),
                         backup.spec.policy_ref.as_deref(),
@@ -173,7 +154,7 @@ impl crate::index::Observer<Backup> for History {
                     Vec::new()
                 }
                 watcher::Event::InitDone => {
-                    state.live = state.relist.take().unwrap_or_default();
+                    state.done();
                     // What changed while the watch was down is not known: every policy with
                     // Backups looks again.
                     state
@@ -195,11 +176,6 @@ impl crate::index::Observer<Backup> for History {
             self.tell(changes);
         }
     }
-}
-
-fn dedup(mut policies: Vec<String>) -> Vec<String> {
-    policies.dedup();
-    policies
 }
 
 #[cfg(test)]
@@ -301,7 +277,7 @@ mod tests {
             BackupPhase::Completed,
         )));
         assert!(
-            !history.state().live.0.contains_key(NAMESPACE),
+            !crate::lock(&history.state).live.0.contains_key(NAMESPACE),
             "nothing kept for an empty namespace"
         );
     }
@@ -313,7 +289,7 @@ mod tests {
         let mut by_hand = backup("manual", "a", BackupPhase::Completed);
         by_hand.spec.policy_ref = None;
         history.apply(&watcher::Event::Apply(by_hand.clone()));
-        assert!(history.state().live.0.is_empty());
+        assert!(crate::lock(&history.state).live.0.is_empty());
         assert_eq!(told(&mut changes), [("manual".into(), vec![])]);
         // Adopted by a policy later: filed there.
         by_hand.spec.policy_ref = Some("a".into());

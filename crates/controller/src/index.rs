@@ -1,7 +1,7 @@
 //! Indexes over the watched copies: which objects of a namespace are filed under a key (the
-//! Backups waiting for a policy, the policies of a repository, the Jobs of an owner), kept up to date from
-//! the same watch events that fill the copy, so that a reconcile looks up its own objects instead
-//! of scanning every object of the kind.
+//! Backups waiting for a policy, the policies of a repository, the Jobs of an owner), kept up to
+//! date from the same watch events that fill the copy, so that a reconcile looks up its own
+//! objects instead of scanning every object of the kind.
 //!
 //! Why: the policy reconciler filtered the whole Backup copy on every pass, and every change to a
 //! policy made the backup reconciler scan it again for Backups waiting on it; with 10,000 policies
@@ -17,7 +17,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 /// Names, by namespace, then by key.
 type Entries = HashMap<String, HashMap<String, HashSet<String>>>;
@@ -27,15 +27,33 @@ pub struct Index<K: crate::Watched> {
     key: fn(&K) -> Option<String>,
     /// The copy the index is over (read for objects' previous versions and for lookups).
     store: Store<K>,
-    state: Mutex<State>,
+    state: Mutex<Listed<Entries>>,
 }
 
+/// What a watch's events file: the live maps, and those of a relist until it is done
+/// (`InitDone` swaps them in, as the copy does: objects not listed again were deleted while the
+/// watch was down).
 #[derive(Default)]
-struct State {
-    live: Entries,
-    /// The objects of a relist, filed until it is done (`InitDone` swaps them in, as the copy
-    /// does: objects not listed again were deleted while the watch was down).
-    relist: Option<Entries>,
+pub(crate) struct Listed<T> {
+    pub(crate) live: T,
+    relist: Option<T>,
+}
+
+impl<T: Default> Listed<T> {
+    /// A relist starts (`Init`).
+    pub(crate) fn begin(&mut self) {
+        self.relist = Some(T::default());
+    }
+
+    /// Where an object of the relist is filed (`InitApply`).
+    pub(crate) fn relisted(&mut self) -> &mut T {
+        self.relist.get_or_insert_with(T::default)
+    }
+
+    /// The relist is done (`InitDone`): its maps are the live ones.
+    pub(crate) fn done(&mut self) {
+        self.live = self.relist.take().unwrap_or_default();
+    }
 }
 
 impl<K: crate::Watched> Index<K> {
@@ -43,15 +61,8 @@ impl<K: crate::Watched> Index<K> {
         Self {
             key,
             store,
-            state: Mutex::new(State::default()),
+            state: Mutex::default(),
         }
-    }
-
-    fn state(&self) -> MutexGuard<'_, State> {
-        // An update is a few map operations that cannot leave the maps half-changed.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -63,7 +74,7 @@ pub trait Observer<K>: Send + Sync {
 impl<K: crate::Watched> Observer<K> for Index<K> {
     /// Files the object of `event`; called before the copy applies the same event.
     fn apply(&self, event: &watcher::Event<K>) {
-        let mut state = self.state();
+        let mut state = crate::lock(&self.state);
         match event {
             watcher::Event::Apply(obj) => {
                 let namespace = obj.namespace().unwrap_or_default();
@@ -95,21 +106,18 @@ impl<K: crate::Watched> Observer<K> for Index<K> {
                     unfile(&mut state.live, &namespace, &key, &name);
                 }
             }
-            watcher::Event::Init => state.relist = Some(Entries::new()),
+            watcher::Event::Init => state.begin(),
             watcher::Event::InitApply(obj) => {
                 if let Some(key) = (self.key)(obj) {
-                    let relist = state.relist.get_or_insert_with(Entries::new);
                     file(
-                        relist,
+                        state.relisted(),
                         obj.namespace().unwrap_or_default(),
                         key,
                         obj.name_any(),
                     );
                 }
             }
-            watcher::Event::InitDone => {
-                state.live = state.relist.take().unwrap_or_default();
-            }
+            watcher::Event::InitDone => state.done(),
         }
     }
 }
@@ -117,7 +125,7 @@ impl<K: crate::Watched> Observer<K> for Index<K> {
 impl<K: crate::Watched> Index<K> {
     /// Whether any object of `namespace` is filed under `key`.
     pub fn any(&self, namespace: &str, key: &str) -> bool {
-        self.state()
+        crate::lock(&self.state)
             .live
             .get(namespace)
             .and_then(|keys| keys.get(key))
@@ -126,7 +134,7 @@ impl<K: crate::Watched> Index<K> {
 
     /// References to the objects of `namespace` filed under `key`.
     pub fn refs(&self, namespace: &str, key: &str) -> Vec<ObjectRef<K>> {
-        let state = self.state();
+        let state = crate::lock(&self.state);
         let Some(names) = state.live.get(namespace).and_then(|keys| keys.get(key)) else {
             return Vec::new();
         };
@@ -138,7 +146,7 @@ impl<K: crate::Watched> Index<K> {
 
     /// References to the objects of `namespace` filed under any key.
     pub fn refs_in(&self, namespace: &str) -> Vec<ObjectRef<K>> {
-        let state = self.state();
+        let state = crate::lock(&self.state);
         let Some(keys) = state.live.get(namespace) else {
             return Vec::new();
         };
@@ -301,7 +309,7 @@ mod tests {
         assert!(w.names(NAMESPACE, "a").is_empty());
         assert!(!w.index.any(NAMESPACE, "a"));
         assert!(
-            !w.index.state().live[NAMESPACE].contains_key("a"),
+            !crate::lock(&w.index.state).live[NAMESPACE].contains_key("a"),
             "no empty sets kept"
         );
         w.event(watcher::Event::Delete(backup(
@@ -314,7 +322,7 @@ mod tests {
             "b",
             BackupPhase::Completed,
         )));
-        assert!(!w.index.state().live.contains_key(NAMESPACE));
+        assert!(!crate::lock(&w.index.state).live.contains_key(NAMESPACE));
     }
 
     #[test]

@@ -160,6 +160,14 @@ pub(crate) fn cache_behind() -> Error {
     }
 }
 
+/// `mutex`'s guard, also after a panic while it was held: the maps guarded here are changed by a
+/// few map operations that cannot leave them half-changed.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// What every reconciler does with an error: a wait (`Error::NotYet`) looks again when it said,
 /// and is no failure; anything else is logged, counted in `backstop_reconcile_errors_total` and
 /// retried soon.
