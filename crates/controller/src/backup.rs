@@ -906,28 +906,38 @@ const SWEEP_EVERY: Duration = Duration::from_secs(120);
 /// there, or an operator stopped in between, is not retried by a reconcile. This looks through the
 /// Job copy, in memory, and asks the API server only about a Job whose Backup is not at work.
 async fn sweep_finished_jobs(ctx: &Context) -> Result<usize, Error> {
+    // Each Backup once, however many volumes (Jobs) it has: (namespace, name, uid).
+    let mut owners: Vec<(String, String, String)> = ctx
+        .stores
+        .jobs
+        .state()
+        .iter()
+        .filter(|job| job.labels().get(labels::ROLE).map(String::as_str) == Some(ROLE_BACKUP))
+        .filter_map(|job| {
+            let owner = job
+                .owner_references()
+                .iter()
+                .find(|o| o.controller == Some(true) && o.kind == "Backup")?;
+            Some((
+                job.namespace().unwrap_or_default(),
+                owner.name.clone(),
+                owner.uid.clone(),
+            ))
+        })
+        .filter(|(namespace, name, _)| {
+            let at_work = ObjectRef::new(name).within(namespace);
+            ctx.stores.backups.store.get(&at_work).is_none()
+        })
+        .collect();
+    owners.sort();
+    owners.dedup();
     let mut swept = 0;
-    for job in ctx.stores.jobs.state() {
-        if job.labels().get(labels::ROLE).map(String::as_str) != Some(ROLE_BACKUP) {
-            continue;
-        }
-        let Some(owner) = job
-            .owner_references()
-            .iter()
-            .find(|o| o.controller == Some(true) && o.kind == "Backup")
-        else {
-            continue;
-        };
-        let namespace = job.namespace().unwrap_or_default();
-        let at_work = ObjectRef::new(&owner.name).within(&namespace);
-        if ctx.stores.backups.store.get(&at_work).is_some() {
-            continue;
-        }
+    for (namespace, name, uid) in owners {
         let backups: Api<Backup> = Api::namespaced(ctx.client.clone(), &namespace);
-        let Some(backup) = backups.get_opt(&owner.name).await? else {
+        let Some(backup) = backups.get_opt(&name).await? else {
             continue; // gone: the garbage collector removes what it owned
         };
-        if backup.meta().uid.as_deref() == Some(owner.uid.as_str()) && !backup.cached() {
+        if backup.meta().uid.as_deref() == Some(uid.as_str()) && !backup.cached() {
             delete_jobs(ctx, &backup, ROLE_BACKUP).await?;
             swept += 1;
         }
@@ -1208,10 +1218,11 @@ mod tests {
         assert!(api.idle().await, "no Job was created, no status written");
     }
 
-    /// A Job of `backup` as the operator makes them: labelled with its role, controlled by it.
-    fn mover_job(backup: &Backup) -> Job {
+    /// The Job of `backup` for `pvc` as the operator makes them: labelled with its role,
+    /// controlled by it.
+    fn mover_job(backup: &Backup, pvc: &str) -> Job {
         serde_json::from_value(serde_json::json!({
-            "metadata": {"name": format!("{}-db", backup.name_any()), "namespace": fixtures::NAMESPACE,
+            "metadata": {"name": format!("{}-{pvc}", backup.name_any()), "namespace": fixtures::NAMESPACE,
                 "labels": {labels::ROLE: ROLE_BACKUP, labels::BACKUP: backup.name_any()},
                 "ownerReferences": [{"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup",
                     "name": backup.name_any(), "uid": backup.meta().uid, "controller": true}]}}))
@@ -1223,9 +1234,9 @@ mod tests {
         backup
     }
 
-    /// A finished Backup whose Job is left (its deletion failed, or the operator stopped before
-    /// it): the sweep finds it in the Job copy, asks the API server, and deletes the Job. A
-    /// Backup still at work, in the copy, costs no request.
+    /// A finished Backup whose Jobs are left (their deletion failed, or the operator stopped
+    /// before it): the sweep finds them in the Job copy, asks the API server about the Backup
+    /// once, and deletes them. A Backup still at work, in the copy, costs no request.
     #[tokio::test]
     async fn the_jobs_of_a_finished_backup_are_swept_and_those_at_work_left_alone() {
         let finished = with_uid(
@@ -1238,10 +1249,14 @@ mod tests {
         );
         let (mut ctx, mut api) = fixtures::mocked();
         ctx.stores = crate::stores::Stores::holding(
-            vec![mover_job(&finished), mover_job(&at_work)],
+            vec![
+                mover_job(&finished, "db"),
+                mover_job(&finished, "logs"),
+                mover_job(&at_work, "db"),
+            ],
             vec![at_work.clone()],
         );
-        let job = mover_job(&finished);
+        let left = [mover_job(&finished, "db"), mover_job(&finished, "logs")];
         let server = tokio::spawn(async move {
             let backups = "/apis/backstop.dev/v1alpha1/namespaces/shop/backups";
             api.expect(
@@ -1253,15 +1268,13 @@ mod tests {
             .await;
             let jobs = "/apis/batch/v1/namespaces/shop/jobs";
             let list = serde_json::json!({"apiVersion": "batch/v1", "kind": "JobList",
-                "metadata": {}, "items": [job]});
+                "metadata": {}, "items": left});
             api.expect("GET", jobs, 200, list).await;
-            api.expect(
-                "DELETE",
-                &format!("{jobs}/done-db"),
-                200,
-                serde_json::json!({}),
-            )
-            .await;
+            for pvc in ["db", "logs"] {
+                let path = format!("{jobs}/done-{pvc}");
+                api.expect("DELETE", &path, 200, serde_json::json!({}))
+                    .await;
+            }
             api
         });
         assert_eq!(sweep_finished_jobs(&ctx).await.unwrap(), 1);
@@ -1279,7 +1292,7 @@ mod tests {
             "u3",
         );
         let (mut ctx, mut api) = fixtures::mocked();
-        ctx.stores = crate::stores::Stores::holding(vec![mover_job(&running)], vec![]);
+        ctx.stores = crate::stores::Stores::holding(vec![mover_job(&running, "db")], vec![]);
         let server = tokio::spawn(async move {
             let path = "/apis/backstop.dev/v1alpha1/namespaces/shop/backups/late";
             api.expect("GET", path, 200, serde_json::to_value(&running).unwrap())
