@@ -945,6 +945,17 @@ async fn sweep_finished_jobs(ctx: &Context) -> Result<usize, Error> {
     Ok(swept)
 }
 
+/// Wakes every Backup of the changed object's namespace that waits to start.
+fn waiting_in_namespace<K: Resource>(
+    ctx: &Arc<Context>,
+) -> impl Fn(Arc<K>) -> Vec<ObjectRef<Backup>> + Send + Sync + 'static {
+    let ctx = ctx.clone();
+    move |changed| {
+        let namespace = changed.namespace().unwrap_or_default();
+        ctx.stores.waiting_backups(&namespace, None)
+    }
+}
+
 fn error_policy(_: Arc<Backup>, err: &Error, ctx: Arc<Context>) -> Action {
     crate::retry_after_error(&ctx, "backup", err)
 }
@@ -971,16 +982,12 @@ pub async fn run(
                 .stores
                 .waiting_backups(&namespace, Some(&p.name_any()))
         });
-    let woken = ctx.clone();
-    let controller = stores.repositories.wakes(&client, controller, move |r| {
-        let namespace = r.namespace().unwrap_or_default();
-        woken.stores.waiting_backups(&namespace, None)
-    });
-    let woken = ctx.clone();
-    let controller = stores.claims.wakes(&client, controller, move |c| {
-        let namespace = c.namespace().unwrap_or_default();
-        woken.stores.waiting_backups(&namespace, None)
-    });
+    let controller = stores
+        .repositories
+        .wakes(&client, controller, waiting_in_namespace(&ctx));
+    let controller = stores
+        .claims
+        .wakes(&client, controller, waiting_in_namespace(&ctx));
     let swept = ctx.clone();
     let sweeper = tokio::spawn(async move {
         loop {

@@ -1,5 +1,6 @@
-//! Watched copies of the objects the reconcilers look up on nearly every pass (policies, their
-//! Backups, repositories, PVCs) and of Backstop's own Jobs. A lookup is answered from memory; a
+//! Watched copies of the objects the reconcilers look up on nearly every pass (policies, the
+//! Backups at work, repositories, PVCs) and of Backstop's own Jobs, with the indexes over them
+//! and the history of every Backup (`history`). A lookup is answered from memory; a
 //! name the copy does not have (an object created a moment ago) is asked of the API server, so a
 //! copy that is a few milliseconds behind never makes an object look missing.
 //!
