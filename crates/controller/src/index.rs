@@ -357,6 +357,27 @@ mod tests {
         assert_eq!(w.names(NAMESPACE, "b"), ["b1"]);
     }
 
+    /// A list cut short (the watch failed mid-list) starts again from nothing: what the first
+    /// try filed is not kept.
+    #[test]
+    fn a_relist_that_starts_again_keeps_only_the_last_listing() {
+        let mut w = Watched::new(policy_ref);
+        w.event(watcher::Event::Init);
+        w.event(watcher::Event::InitApply(backup(
+            "a1",
+            "a",
+            BackupPhase::Completed,
+        )));
+        w.event(watcher::Event::Init);
+        w.event(watcher::Event::InitApply(backup(
+            "a2",
+            "a",
+            BackupPhase::Completed,
+        )));
+        w.event(watcher::Event::InitDone);
+        assert_eq!(w.names(NAMESPACE, "a"), ["a2"]);
+    }
+
     #[test]
     fn a_backup_waits_only_while_it_is_pending_and_not_being_deleted() {
         let mut w = Watched::new(keys::waiting);
