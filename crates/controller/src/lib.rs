@@ -105,6 +105,19 @@ pub(crate) fn status_patch<T: serde::Serialize>(
     Ok(serde_json::json!({ "status": value }))
 }
 
+/// Whether writing `new` would change `current` as the API server holds it. Compared as written,
+/// not as held in memory: a time kept to the nanosecond here is written to the second, so a status
+/// computed from a Backup whose `completionTime` has a fraction (written by another tool) never
+/// equals its own round trip, and every reconcile wrote it again (controller bench: two status
+/// writes per policy at start).
+pub(crate) fn status_differs<S: serde::Serialize>(current: Option<&S>, new: &S) -> bool {
+    match (current.map(serde_json::to_value), serde_json::to_value(new)) {
+        (Some(Ok(current)), Ok(new)) => current != new,
+        // Nothing yet, or not comparable: write, and let the write say what is wrong.
+        _ => true,
+    }
+}
+
 /// Writes `status` to the object's `/status` with a merge patch (see `status_patch`).
 pub(crate) async fn patch_status<K, S>(
     client: &Client,
@@ -337,6 +350,30 @@ mod tests {
     use super::*;
     use kube::runtime::controller::Action;
     use std::time::Duration;
+
+    #[test]
+    fn a_status_differs_only_in_what_is_written() {
+        use backstop_api::BackupPolicyStatus;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let at = |t: &str| Some(Time(t.parse().expect("a time")));
+        let held = BackupPolicyStatus {
+            last_successful_backup_time: at("2026-11-07T18:45:17Z"),
+            ..Default::default()
+        };
+        // Computed from a Backup whose completionTime has a fraction: written to the second.
+        let computed = BackupPolicyStatus {
+            last_successful_backup_time: at("2026-11-07T18:45:17.123456789Z"),
+            ..Default::default()
+        };
+        assert_ne!(held, computed, "in memory they differ");
+        assert!(!status_differs(Some(&held), &computed));
+        let later = BackupPolicyStatus {
+            last_successful_backup_time: at("2026-11-07T18:45:18Z"),
+            ..Default::default()
+        };
+        assert!(status_differs(Some(&held), &later));
+        assert!(status_differs(None, &held));
+    }
 
     fn errors_counted(metrics: &metrics::Metrics) -> u64 {
         metrics

@@ -360,7 +360,7 @@ async fn apply(ctx: &Context, policy: &BackupPolicy, decision: Decision) -> Resu
     if let Some(figures) = &decision.figures {
         ctx.metrics.observe_policy(&labels, figures);
     }
-    if Some(&decision.status) != policy.status.as_ref() {
+    if crate::status_differs(policy.status.as_ref(), &decision.status) {
         crate::patch_status(
             &ctx.client,
             policy,

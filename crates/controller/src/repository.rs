@@ -371,7 +371,7 @@ async fn report(
     {
         events::warning(&ctx.recorder, repo, &why.reason, why.message.clone()).await;
     }
-    if Some(&status) != repo.status.as_ref() {
+    if crate::status_differs(repo.status.as_ref(), &status) {
         crate::patch_status(&ctx.client, repo, &status, &[]).await?;
     }
     Ok(())

@@ -36,11 +36,11 @@ where
         + Clone
         + serde::de::DeserializeOwned
         + std::fmt::Debug,
-    S: Status + serde::Serialize + PartialEq,
+    S: Status + serde::Serialize,
 {
     let (conditions, text) = status.parts();
     let news = record(conditions, text, reason, &message, obj.meta().generation);
-    if Some(&status) != current {
+    if crate::status_differs(current, &status) {
         crate::patch_status(&ctx.client, obj, &status, &[]).await?;
     }
     if news {
