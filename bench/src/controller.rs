@@ -275,7 +275,6 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    follow.abort();
     let observe_until = Instant::now() + opts.observe;
     while Instant::now() < observe_until {
         if let Some((rss, _)) = operator_rss() {
@@ -283,8 +282,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    // At rest: per-minute policies suspended, nothing to do but wait for the next runs.
-    futures::stream::iter(0..opts.per_minute)
+    // At rest: every policy suspended, so that no run falls in the measured minute (hourly
+    // policies run in most minutes), once the operator has shown each as suspended.
+    futures::stream::iter(0..opts.policies)
         .map(|i| {
             let policies = policies.clone();
             async move {
@@ -301,6 +301,18 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .buffer_unordered(16)
         .try_collect::<Vec<_>>()
         .await?;
+    let suspending = Instant::now();
+    while followed
+        .state()
+        .iter()
+        .any(|p| p.status.as_ref().is_none_or(|s| s.next_scheduled_backup.is_some()))
+    {
+        if suspending.elapsed() > Duration::from_secs(300) {
+            bail!("the operator did not show every policy suspended in 5 minutes");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    follow.abort();
     tokio::time::sleep(Duration::from_secs(10)).await;
     let at_rest = request_rate(&client, Duration::from_secs(60)).await?;
     let (rss_now, hwm) = operator_rss().unwrap_or_default();

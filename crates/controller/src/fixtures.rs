@@ -97,6 +97,7 @@ pub fn mocked() -> (crate::Context, ApiServer) {
         mover: crate::jobs::MoverConfig::default(),
         metrics: Arc::new(crate::metrics::Metrics::new()),
         stores: crate::stores::Stores::unwatched(),
+        policy_writes: Default::default(),
     };
     (ctx, ApiServer(handle))
 }

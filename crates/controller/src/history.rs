@@ -18,7 +18,9 @@ use futures::channel::mpsc;
 use kube::ResourceExt;
 use kube::runtime::watcher;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
 
 /// A Backup that changed (appeared, changed, or went), and the policies it was and is filed under.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,6 +34,10 @@ pub struct Change {
 pub struct History {
     state: Mutex<Listed<Book>>,
     listeners: Mutex<Vec<mpsc::UnboundedSender<Change>>>,
+    /// Set once the first listing of every Backup is in (and never unset: a relist keeps the
+    /// previous listing until the new one is complete).
+    listed: AtomicBool,
+    on_listed: Notify,
 }
 
 /// Summaries by namespace.
@@ -95,6 +101,24 @@ impl History {
         let mut listeners = crate::lock(&self.listeners);
         // A listener that went away (its controller stopped) is forgotten.
         listeners.retain(|l| changes.iter().all(|c| l.unbounded_send(c.clone()).is_ok()));
+    }
+
+    /// Whether the first listing of every Backup is in: until then, what `of` answers may miss
+    /// Backups.
+    pub fn is_listed(&self) -> bool {
+        self.listed.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the first listing of every Backup is in.
+    pub async fn listed(&self) {
+        loop {
+            // Made before the check: a `notify_waiters` in between still reaches it.
+            let notified = self.on_listed.notified();
+            if self.is_listed() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// The summaries of the Backups in `namespace` that name `policy`.
@@ -172,6 +196,9 @@ impl crate::index::Observer<Backup> for History {
                 }
             }
         };
+        if matches!(event, watcher::Event::InitDone) && !self.listed.swap(true, Ordering::AcqRel) {
+            self.on_listed.notify_waiters();
+        }
         if !changes.is_empty() {
             self.tell(changes);
         }
@@ -330,6 +357,32 @@ mod tests {
         let mut woken: Vec<Vec<String>> = told(&mut changes).into_iter().map(|c| c.1).collect();
         woken.sort();
         assert_eq!(woken, [vec!["a".to_string()], vec!["b".to_string()]]);
+    }
+
+    #[tokio::test]
+    async fn listed_once_the_first_listing_is_done_and_for_good() {
+        let history = Arc::new(History::default());
+        let waiting = tokio::spawn({
+            let history = history.clone();
+            async move { history.listed().await }
+        });
+        history.apply(&watcher::Event::Init);
+        history.apply(&watcher::Event::InitApply(backup(
+            "a1",
+            "a",
+            BackupPhase::Completed,
+        )));
+        tokio::task::yield_now().await;
+        assert!(!history.is_listed() && !waiting.is_finished());
+        history.apply(&watcher::Event::InitDone);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("woken when the listing is done")
+            .expect("the waiting task");
+        // A relist after a broken watch keeps the previous listing until it is done.
+        history.apply(&watcher::Event::Init);
+        assert!(history.is_listed());
+        history.listed().await;
     }
 
     #[test]

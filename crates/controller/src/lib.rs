@@ -19,6 +19,7 @@ pub mod scheduling;
 pub mod secrets;
 pub mod stores;
 pub mod waiting;
+pub mod written;
 
 use kube::Client;
 use kube::runtime::events::Recorder;
@@ -53,6 +54,8 @@ pub struct Context {
     pub mover: jobs::MoverConfig,
     pub metrics: Arc<metrics::Metrics>,
     pub stores: stores::Stores,
+    /// Policy statuses written that the policy copy may not show yet.
+    pub policy_writes: written::Written<backstop_api::BackupPolicy>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,13 +121,14 @@ pub(crate) fn status_differs<S: serde::Serialize>(current: Option<&S>, new: &S) 
     }
 }
 
-/// Writes `status` to the object's `/status` with a merge patch (see `status_patch`).
+/// Writes `status` to the object's `/status` with a merge patch (see `status_patch`); the object's
+/// resourceVersion after the write.
 pub(crate) async fn patch_status<K, S>(
     client: &Client,
     obj: &K,
     status: &S,
     clearable: &[&str],
-) -> Result<()>
+) -> Result<Option<String>>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -135,13 +139,14 @@ where
     use kube::ResourceExt;
     let api: kube::Api<K> =
         kube::Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
-    api.patch_status(
-        &obj.name_any(),
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(status_patch(status, clearable)?),
-    )
-    .await?;
-    Ok(())
+    let written = api
+        .patch_status(
+            &obj.name_any(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(status_patch(status, clearable)?),
+        )
+        .await?;
+    Ok(written.meta().resource_version.clone())
 }
 
 /// Whether `obj`, as the reconciler got it from its cache, is still the object the API server

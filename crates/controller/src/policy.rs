@@ -71,8 +71,8 @@ struct Observed {
     repository: Result<(), RepositoryProblem>,
     /// The policy's Backups, from the watched history (a Backup made a moment ago may be
     /// missing; its deterministic name makes a second create answer AlreadyExists, and
-    /// `lastScheduleTime` records the run too).
-    backups: Vec<BackupSummary>,
+    /// `lastScheduleTime` records the run too). None until every Backup is listed.
+    backups: Option<Vec<BackupSummary>>,
     now: Timestamp,
 }
 
@@ -117,7 +117,11 @@ async fn observe(ctx: &Context, policy: &BackupPolicy) -> Result<Observed, Error
     };
     Ok(Observed {
         repository,
-        backups: ctx.stores.backups_of(&namespace, &policy.name_any()),
+        backups: ctx
+            .stores
+            .history
+            .is_listed()
+            .then(|| ctx.stores.backups_of(&namespace, &policy.name_any())),
         now: now(),
     })
 }
@@ -132,7 +136,11 @@ fn decide(policy: &BackupPolicy, observed: &Observed) -> Decision {
         Ok(schedule) => schedule,
         Err(invalid) => return refused(policy, status, invalid, Warn::Yes, now, None),
     };
-    let summaries = &observed.backups;
+    // Until every Backup is listed (tens of seconds with a hundred thousand), what is due and
+    // what retention removes are not known; the next run is (the schedule alone says it), and is
+    // shown at once. The listing wakes every policy.
+    let listed = observed.backups.is_some();
+    let summaries = observed.backups.as_deref().unwrap_or_default();
     let since = policy
         .metadata
         .creation_timestamp
@@ -154,7 +162,10 @@ fn decide(policy: &BackupPolicy, observed: &Observed) -> Decision {
         let (why, warn) = repository_refusal(policy, problem);
         return refused(policy, status, why, warn, now, plan.requeue_after);
     }
-    let create = plan.run.map(|at| scheduled_backup(policy, at));
+    let create = plan
+        .run
+        .filter(|_| listed)
+        .map(|at| scheduled_backup(policy, at));
     if let Some(backup) = &create {
         status.last_schedule_time = plan.run.map(Time);
         status.last_backup = Some(backup.name_any());
@@ -195,7 +206,8 @@ fn decide(policy: &BackupPolicy, observed: &Observed) -> Decision {
         // Retention: only Completed backups count; the rest are never touched.
         expire: retention::expired(summaries, policy.spec.retention.keep_last),
         warning: None,
-        figures: Some(figures),
+        // Gauges from a history not listed yet would say "never succeeded".
+        figures: listed.then_some(figures),
         status,
         requeue_after: plan.requeue_after,
     }
@@ -360,14 +372,21 @@ async fn apply(ctx: &Context, policy: &BackupPolicy, decision: Decision) -> Resu
     if let Some(figures) = &decision.figures {
         ctx.metrics.observe_policy(&labels, figures);
     }
-    if crate::status_differs(policy.status.as_ref(), &decision.status) {
-        crate::patch_status(
+    let status = serde_json::to_value(&decision.status)?;
+    let held = policy
+        .status
+        .as_ref()
+        .map(serde_json::to_value)
+        .transpose()?;
+    if ctx.policy_writes.needed(policy, held.as_ref(), &status) {
+        let version = crate::patch_status(
             &ctx.client,
             policy,
             &decision.status,
             &["nextScheduledBackup"],
         )
         .await?;
+        ctx.policy_writes.record(policy, version.as_deref(), status);
     }
     Ok(decision
         .requeue_after
@@ -394,7 +413,7 @@ pub async fn run(
     );
     // A change to one of its Backups (finished ones included, which the Backup copy does not
     // hold) wakes the policy.
-    let controller = controller.reconcile_on(ctx.stores.history.subscribe().flat_map(|change| {
+    let changed = ctx.stores.history.subscribe().flat_map(|change| {
         let namespace = change.namespace;
         futures::stream::iter(
             change
@@ -402,7 +421,22 @@ pub async fn run(
                 .into_iter()
                 .map(move |policy: String| ObjectRef::new(&policy).within(&namespace)),
         )
-    }));
+    });
+    // Policies reconciled before every Backup was listed showed their next run only: once the
+    // listing is in, each looks again (runs due, retention, figures).
+    let listing = ctx.clone();
+    let listed = futures::stream::once(async move {
+        listing.stores.history.listed().await;
+        listing.stores.policies.store.state()
+    })
+    .flat_map(|policies| {
+        futures::stream::iter(
+            policies
+                .into_iter()
+                .map(|policy| ObjectRef::from_obj(policy.as_ref())),
+        )
+    });
+    let controller = controller.reconcile_on(futures::stream::select(changed, listed));
     // A policy whose repository was missing or not ready makes its due run once it is ready.
     let woken = ctx.clone();
     let controller = ctx
@@ -446,7 +480,7 @@ mod tests {
     fn ready(now: &str, backups: Vec<Arc<Backup>>) -> Observed {
         Observed {
             repository: Ok(()),
-            backups: backups.iter().map(|b| summarize(b)).collect(),
+            backups: Some(backups.iter().map(|b| summarize(b)).collect()),
             now: at(now),
         }
     }
@@ -485,6 +519,33 @@ mod tests {
         let made = scheduled(&policy, "02:00", Running);
         let again = decide(&policy, &ready("02:00", vec![made]));
         assert!(again.create.is_none());
+    }
+
+    #[test]
+    fn before_every_backup_is_listed_only_the_next_run_is_shown() {
+        let policy = fixtures::policy("nightly", "0 2 * * *", Some(1));
+        let listing = Observed {
+            backups: None,
+            ..ready("02:00", vec![])
+        };
+        let decision = decide(&policy, &listing);
+        assert!(decision.create.is_none(), "what is due is not known yet");
+        assert!(decision.expire.is_empty());
+        assert!(
+            decision.figures.is_none(),
+            "no gauge says 'never succeeded'"
+        );
+        assert_eq!(decision.status.last_schedule_time, None);
+        assert_eq!(
+            decision.status.next_scheduled_backup,
+            Some(Time(at("02:00") + jiff::SignedDuration::from_hours(24)))
+        );
+        assert_eq!(
+            ready_condition(&decision),
+            ("True".into(), "Scheduled".into())
+        );
+        // Listed, the same moment makes the due run.
+        assert!(decide(&policy, &ready("02:00", vec![])).create.is_some());
     }
 
     #[test]

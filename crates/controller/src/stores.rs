@@ -120,10 +120,13 @@ impl Stores {
         };
         // Lookups are right without the stores (they fall back to the API server), only slower:
         // a watch that cannot list (RBAC, API server trouble) delays the start, never stops it.
+        // The Backups are not waited for: they can be a hundred thousand, listed in pages for
+        // tens of seconds, and policies show their next run without them (the history says when
+        // it is listed; the Backup reconciler waits for its own copy, as every kube controller
+        // does).
         let first_lists = async {
             futures::join!(
                 stores.policies.store.wait_until_ready(),
-                stores.backups.store.wait_until_ready(),
                 stores.repositories.store.wait_until_ready(),
                 stores.claims.store.wait_until_ready(),
                 stores.jobs.wait_until_ready(),
@@ -134,7 +137,7 @@ impl Stores {
             .is_ok();
         if !stores.jobs_listed {
             tracing::warn!(
-                "watched copies of policies, Backups, repositories, PVCs and Jobs not filled after {}s; starting anyway (check the operator's RBAC: list and watch)",
+                "watched copies of policies, repositories, PVCs and Jobs not filled after {}s; starting anyway (check the operator's RBAC: list and watch)",
                 FIRST_LIST_TIMEOUT.as_secs()
             );
         }
