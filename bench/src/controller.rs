@@ -302,11 +302,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .try_collect::<Vec<_>>()
         .await?;
     let suspending = Instant::now();
-    while followed
-        .state()
-        .iter()
-        .any(|p| p.status.as_ref().is_none_or(|s| s.next_scheduled_backup.is_some()))
-    {
+    while followed.state().iter().any(|p| {
+        p.status
+            .as_ref()
+            .is_none_or(|s| s.next_scheduled_backup.is_some())
+    }) {
         if suspending.elapsed() > Duration::from_secs(300) {
             bail!("the operator did not show every policy suspended in 5 minutes");
         }

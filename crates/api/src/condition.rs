@@ -38,6 +38,8 @@ pub enum ConditionType {
     Consistent,
     /// Backups being deleted: what holds the deletion.
     Deleting,
+    /// Policies: whether the retention brake holds deletions back until a person approves.
+    RetentionHeld,
 }
 
 impl ConditionType {
@@ -48,6 +50,7 @@ impl ConditionType {
             ConditionType::Failed => "Failed",
             ConditionType::Consistent => "Consistent",
             ConditionType::Deleting => "Deleting",
+            ConditionType::RetentionHeld => "RetentionHeld",
         }
     }
 }

@@ -12,7 +12,10 @@ pub mod schedule;
 pub mod waiting;
 
 pub use backup::{Backup, BackupPhase, BackupSpec, BackupStatus, VolumeBackup};
-pub use policy::{BackupPolicy, BackupPolicySpec, BackupPolicyStatus, Retention, Target};
+pub use policy::{
+    BackupPolicy, BackupPolicySpec, BackupPolicyStatus, KeptBackup, Retention, RetentionStatus,
+    Target,
+};
 pub use repository::{
     BackupRepository, BackupRepositorySpec, BackupRepositoryStatus, Compression, PvcRepository,
     S3Repository, SecretKeySelector,
@@ -39,6 +42,9 @@ pub mod labels {
     pub const PVC: &str = "backstop.dev/pvc";
     /// On a scheduled Backup: the cron time it stands for (RFC 3339, UTC).
     pub const SCHEDULED_TIME: &str = "backstop.dev/scheduled-time";
+    /// On a policy, set by a person: the `metadata.generation` whose retention may delete more
+    /// than the brake allows.
+    pub const APPROVE_RETENTION: &str = "backstop.dev/approve-retention";
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
     pub const MANAGER: &str = "backstop";
 }

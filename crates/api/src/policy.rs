@@ -57,11 +57,40 @@ pub struct BackupPolicySpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Retention {
-    /// How many Completed backups to keep; older ones are deleted with their artifacts.
-    /// Unset keeps everything.
+    /// Keep the newest N good backups (Completed, not empty where the one before had files).
+    /// A backup stays when any rule keeps it; the newest good backup always stays; no rule at
+    /// all keeps everything. Deleted backups go with their artifacts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub keep_last: Option<i64>,
+    /// Keep the newest good backup of each of the N newest hours that have one (in the
+    /// policy's time zone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub keep_hourly: Option<i64>,
+    /// The same for days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub keep_daily: Option<i64>,
+    /// The same for ISO weeks (Monday to Sunday).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub keep_weekly: Option<i64>,
+    /// The same for months.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub keep_monthly: Option<i64>,
+    /// The same for years.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub keep_yearly: Option<i64>,
+    /// The brake: a retention pass that would delete more than this percentage of the policy's
+    /// good backups (and more than one) deletes nothing, says so in the `RetentionHeld`
+    /// condition and a Warning event, and waits for the annotation
+    /// `backstop.dev/approve-retention: "<metadata.generation>"`. Default 50; 100 turns it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_delete_percent: Option<u8>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -86,10 +115,83 @@ pub struct BackupPolicyStatus {
     /// The newest scheduled time a Backup was made for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_schedule_time: Option<Time>,
+    /// What retention keeps and why, and what it holds back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionStatus>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionStatus {
+    /// The good backups retention keeps, newest first, with the rules that keep each (`last`,
+    /// `hourly`, `daily`, `weekly`, `monthly`, `yearly`; `newest`: the newest good backup, which
+    /// always stays). Empty when no rule is set (everything stays).
+    // Always written, even empty: a merge patch leaves out fields alone.
+    #[serde(default)]
+    pub kept: Vec<KeptBackup>,
+    /// Completed backups of no files made after a good one with files: suspect (a selector or
+    /// volume that suddenly holds nothing), so they neither count as good nor are removed.
+    // Always written, even empty: a merge patch leaves out fields alone.
+    #[serde(default)]
+    pub empty: Vec<String>,
+    /// Backups the brake holds back from deletion, oldest first (see `RetentionHeld`).
+    // Always written, even empty: a merge patch leaves out fields alone.
+    #[serde(default)]
+    pub held: Vec<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeptBackup {
+    pub name: String,
+    pub rules: Vec<String>,
+}
+
+impl Retention {
+    /// The rules by their field names, set or not.
+    pub fn rules(&self) -> [(&'static str, Option<i64>); 6] {
+        [
+            ("keepLast", self.keep_last),
+            ("keepHourly", self.keep_hourly),
+            ("keepDaily", self.keep_daily),
+            ("keepWeekly", self.keep_weekly),
+            ("keepMonthly", self.keep_monthly),
+            ("keepYearly", self.keep_yearly),
+        ]
+    }
+
+    /// The brake's percentage (see `max_delete_percent`).
+    pub fn brake_percent(&self) -> u8 {
+        self.max_delete_percent.unwrap_or(50)
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        for (field, keep) in self.rules() {
+            if let Some(keep) = keep
+                && keep < 1
+            {
+                return Err(Invalid::new(
+                    "InvalidRetention",
+                    format!(
+                        "retention.{field} is {keep}; it must be at least 1 (or unset to keep all)"
+                    ),
+                ));
+            }
+        }
+        if let Some(percent) = self.max_delete_percent
+            && percent > 100
+        {
+            return Err(Invalid::new(
+                "InvalidRetention",
+                format!("retention.maxDeletePercent is {percent}; it must be 0 to 100"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl BackupPolicySpec {
@@ -100,16 +202,7 @@ impl BackupPolicySpec {
     /// Checks what the API server's schema may not have enforced; returns the parsed schedule.
     pub fn validate(&self) -> Result<Schedule, Invalid> {
         crate::waiting::validate_deadline(self.starting_deadline_seconds)?;
-        if let Some(keep) = self.retention.keep_last
-            && keep < 1
-        {
-            return Err(Invalid::new(
-                "InvalidRetention",
-                format!(
-                    "retention.keepLast is {keep}; it must be at least 1 (or unset to keep all)"
-                ),
-            ));
-        }
+        self.retention.validate()?;
         crate::naming::validate_selector(&self.target.pvc_selector)?;
         Schedule::parse(&self.schedule, self.time_zone.as_deref())
             .map_err(|e| Invalid::new(e.reason(), e.to_string()))
@@ -147,7 +240,33 @@ spec:
     fn keep_last_below_one_is_rejected_with_a_reason() {
         let spec = BackupPolicySpec {
             schedule: "0 2 * * *".into(),
-            retention: Retention { keep_last: Some(0) },
+            retention: Retention {
+                keep_last: Some(0),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(spec.validate().unwrap_err().reason, "InvalidRetention");
+        let spec = BackupPolicySpec {
+            schedule: "0 2 * * *".into(),
+            retention: Retention {
+                keep_weekly: Some(-1),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let invalid = spec.validate().unwrap_err();
+        assert!(
+            invalid.message.contains("retention.keepWeekly is -1"),
+            "{}",
+            invalid.message
+        );
+        let spec = BackupPolicySpec {
+            schedule: "0 2 * * *".into(),
+            retention: Retention {
+                max_delete_percent: Some(101),
+                ..Default::default()
+            },
             ..Default::default()
         };
         assert_eq!(spec.validate().unwrap_err().reason, "InvalidRetention");

@@ -54,6 +54,11 @@ impl Schedule {
         Ok(Self { cron, zone })
     }
 
+    /// The time zone the schedule is read in.
+    pub fn zone(&self) -> &TimeZone {
+        &self.zone
+    }
+
     /// The first run strictly after `t`.
     pub fn next_after(&self, t: Timestamp) -> Option<Timestamp> {
         let zoned = t.to_zoned(self.zone.clone());

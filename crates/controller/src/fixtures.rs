@@ -24,7 +24,10 @@ pub fn policy(name: &str, schedule: &str, keep_last: Option<i64>) -> BackupPolic
         name,
         BackupPolicySpec {
             schedule: schedule.into(),
-            retention: Retention { keep_last },
+            retention: Retention {
+                keep_last,
+                ..Retention::default()
+            },
             target: Target {
                 pvc_selector: LabelSelector {
                     match_labels: Some([("app".to_string(), "db".to_string())].into()),

@@ -91,6 +91,8 @@ struct Decision {
     expire: Vec<String>,
     /// A Warning event: the policy is refused, and that is news.
     warning: Option<Invalid>,
+    /// Warning events of retention that are news (held deletions, empty backups).
+    retention_warnings: Vec<Invalid>,
     /// The gauges (none while the policy is refused).
     figures: Option<metrics::PolicyFigures>,
     status: BackupPolicyStatus,
@@ -201,15 +203,129 @@ fn decide(policy: &BackupPolicy, observed: &Observed) -> Decision {
         generation,
         now,
     );
+    let (expire, retention_warnings) = if listed {
+        retain(policy, &schedule, summaries, &mut status, now)
+    } else {
+        (Vec::new(), Vec::new())
+    };
     Decision {
         create,
-        // Retention: only Completed backups count; the rest are never touched.
-        expire: retention::expired(summaries, policy.spec.retention.keep_last),
+        expire,
         warning: None,
+        retention_warnings,
         // Gauges from a history not listed yet would say "never succeeded".
         figures: listed.then_some(figures),
         status,
         requeue_after: plan.requeue_after,
+    }
+}
+
+/// Retention's part of the decision (see `retention`): the backups to delete now, the status
+/// that says what stays and why, and Warnings for what is news (the brake holding a mass
+/// deletion, a backup that came out empty).
+fn retain(
+    policy: &BackupPolicy,
+    schedule: &backstop_api::schedule::Schedule,
+    summaries: &[BackupSummary],
+    status: &mut BackupPolicyStatus,
+    now: Timestamp,
+) -> (Vec<String>, Vec<Invalid>) {
+    let rules = &policy.spec.retention;
+    let verdict = retention::judge(summaries, rules, schedule.zone());
+    let good = verdict.kept.len() + verdict.expired.len();
+    let generation = policy.meta().generation;
+    let approved = generation.is_some_and(|g| {
+        policy.annotations().get(labels::APPROVE_RETENTION) == Some(&g.to_string())
+    });
+    let held =
+        !approved && retention::over_the_brake(verdict.expired.len(), good, rules.brake_percent());
+    let before = status.retention.take().unwrap_or_default();
+    let mut warnings = Vec::new();
+    let newly_empty: Vec<&str> = verdict
+        .empty
+        .iter()
+        .filter(|name| !before.empty.contains(name))
+        .map(String::as_str)
+        .collect();
+    if !newly_empty.is_empty() {
+        warnings.push(Invalid::new(
+            "EmptyBackup",
+            format!(
+                "{} completed with no files after a backup with files: not counted as a good backup, and retention leaves it alone; check spec.target.pvcSelector and the volumes",
+                newly_empty.join(", ")
+            ),
+        ));
+    }
+    let name = policy.name_any();
+    if held {
+        let message = format!(
+            "retention ({}) would delete {} of {good} good backups, more than {}%: nothing deleted. If that is meant: kubectl -n {} annotate backuppolicy {name} {}={} --overwrite",
+            rules_text(rules),
+            verdict.expired.len(),
+            rules.brake_percent(),
+            policy.namespace().unwrap_or_default(),
+            labels::APPROVE_RETENTION,
+            generation.unwrap_or_default(),
+        );
+        if before.held != verdict.expired {
+            warnings.push(Invalid::new("RetentionHeld", message.clone()));
+        }
+        condition::set(
+            &mut status.conditions,
+            ConditionType::RetentionHeld,
+            true,
+            "TooManyDeletions",
+            &message,
+            generation,
+            now,
+        );
+    } else if condition::find(&status.conditions, ConditionType::RetentionHeld).is_some() {
+        let (reason, message) = if approved {
+            ("Approved", "deletions approved for this generation")
+        } else {
+            ("WithinLimit", "retention deletes within the brake's limit")
+        };
+        condition::set(
+            &mut status.conditions,
+            ConditionType::RetentionHeld,
+            false,
+            reason,
+            message,
+            generation,
+            now,
+        );
+    }
+    status.retention = Some(backstop_api::RetentionStatus {
+        kept: verdict
+            .kept
+            .into_iter()
+            .map(|(name, rules)| backstop_api::KeptBackup {
+                name,
+                rules: rules.iter().map(|r| r.as_str().to_string()).collect(),
+            })
+            .collect(),
+        empty: verdict.empty,
+        held: if held {
+            verdict.expired.clone()
+        } else {
+            Vec::new()
+        },
+    });
+    let expire = if held { Vec::new() } else { verdict.expired };
+    (expire, warnings)
+}
+
+/// The rules that are set, as written in the spec (`keepLast=3, keepDaily=7`).
+pub fn rules_text(rules: &backstop_api::Retention) -> String {
+    let set: Vec<String> = rules
+        .rules()
+        .into_iter()
+        .filter_map(|(field, n)| n.map(|n| format!("{field}={n}")))
+        .collect();
+    if set.is_empty() {
+        "no rules: keep all".into()
+    } else {
+        set.join(", ")
     }
 }
 
@@ -334,7 +450,6 @@ async fn apply(ctx: &Context, policy: &BackupPolicy, decision: Decision) -> Resu
         }
     }
     if deleted > 0 {
-        let keep = policy.spec.retention.keep_last.unwrap_or_default();
         // Related to the first backup deleted, so that the next cleanup is an event of its own.
         let first = k8s_openapi::api::core::v1::ObjectReference {
             api_version: Some(Backup::api_version(&()).into_owned()),
@@ -349,14 +464,15 @@ async fn apply(ctx: &Context, policy: &BackupPolicy, decision: Decision) -> Resu
             first,
             "CleanupTriggered",
             format!(
-                "Deleted {deleted} old backup{} (keepLast={keep}): {}",
+                "Deleted {deleted} old backup{} ({}): {}",
                 if deleted == 1 { "" } else { "s" },
+                rules_text(&policy.spec.retention),
                 decision.expire.join(", ")
             ),
         )
         .await;
     }
-    if let Some(why) = &decision.warning {
+    for why in decision.warning.iter().chain(&decision.retention_warnings) {
         events::warning(&ctx.recorder, policy, &why.reason, why.message.clone()).await;
     }
     let labels = metrics::PolicyLabels {
@@ -546,6 +662,98 @@ mod tests {
         );
         // Listed, the same moment makes the due run.
         assert!(decide(&policy, &ready("02:00", vec![])).create.is_some());
+    }
+
+    #[test]
+    fn the_brake_holds_a_mass_deletion_until_this_generation_is_approved() {
+        let mut policy = fixtures::policy("hourly", "0 * * * *", Some(1));
+        let backups: Vec<_> = ["01:00", "02:00", "03:00", "04:00"]
+            .iter()
+            .map(|t| scheduled(&policy, t, Completed))
+            .collect();
+        let names: Vec<String> = backups.iter().map(|b| b.name_any()).collect();
+        let decision = decide(&policy, &ready("04:30", backups.clone()));
+        assert!(
+            decision.expire.is_empty(),
+            "three of four is more than half"
+        );
+        let retention = decision.status.retention.clone().expect("retention status");
+        assert_eq!(retention.held, names[..3]);
+        assert_eq!(retention.kept.len(), 1);
+        assert_eq!(retention.kept[0].name, names[3]);
+        assert_eq!(retention.kept[0].rules, ["last"]);
+        let held = condition::find(&decision.status.conditions, ConditionType::RetentionHeld)
+            .expect("RetentionHeld");
+        assert_eq!(
+            (held.status.as_str(), held.reason.as_str()),
+            ("True", "TooManyDeletions")
+        );
+        assert!(
+            held.message
+                .contains("backstop.dev/approve-retention=1 --overwrite"),
+            "{}",
+            held.message
+        );
+        assert_eq!(decision.retention_warnings.len(), 1);
+        assert_eq!(decision.retention_warnings[0].reason, "RetentionHeld");
+
+        // Still held on the next pass: no second Warning.
+        policy.status = Some(decision.status);
+        let again = decide(&policy, &ready("04:31", backups.clone()));
+        assert!(again.expire.is_empty() && again.retention_warnings.is_empty());
+
+        // Approved for another generation: still held. For this one: deleted.
+        policy.metadata.annotations =
+            Some([(labels::APPROVE_RETENTION.to_string(), "0".to_string())].into());
+        assert!(
+            decide(&policy, &ready("04:32", backups.clone()))
+                .expire
+                .is_empty()
+        );
+        policy.metadata.annotations =
+            Some([(labels::APPROVE_RETENTION.to_string(), "1".to_string())].into());
+        let approved = decide(&policy, &ready("04:33", backups.clone()));
+        assert_eq!(approved.expire, names[..3]);
+        let released =
+            condition::find(&approved.status.conditions, ConditionType::RetentionHeld).unwrap();
+        assert_eq!(
+            (released.status.as_str(), released.reason.as_str()),
+            ("False", "Approved")
+        );
+        assert!(approved.status.retention.unwrap().held.is_empty());
+    }
+
+    #[test]
+    fn an_empty_backup_is_a_warning_once_and_leaves_the_good_ones_alone() {
+        let mut policy = fixtures::policy("hourly", "0 * * * *", Some(1));
+        let good = scheduled(&policy, "01:00", Completed);
+        let mut empty = (*scheduled(&policy, "02:00", Completed)).clone();
+        if let Some(s) = empty.status.as_mut() {
+            s.total_files = Some(0);
+        }
+        let empty = Arc::new(empty);
+        let backups = vec![good.clone(), empty.clone()];
+        let decision = decide(&policy, &ready("02:30", backups.clone()));
+        assert!(decision.expire.is_empty(), "the good one stays");
+        assert_eq!(decision.retention_warnings.len(), 1);
+        assert_eq!(decision.retention_warnings[0].reason, "EmptyBackup");
+        assert!(
+            decision.retention_warnings[0]
+                .message
+                .starts_with(&empty.name_any())
+        );
+        policy.status = Some(decision.status);
+        let again = decide(&policy, &ready("02:31", backups));
+        assert!(again.retention_warnings.is_empty(), "no news");
+        // Before the Backups are listed, what retention said stays as it was.
+        let listing = Observed {
+            backups: None,
+            ..ready("02:32", vec![])
+        };
+        assert_eq!(
+            decide(&policy, &listing).status.retention,
+            policy.status.as_ref().and_then(|s| s.retention.clone())
+        );
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! `backstop policy show POLICY`: when it runs next, and which backups its retention would
-//! delete now (the operator's own rule, applied to the backups the cluster has).
+//! `backstop policy show POLICY`: when it runs next, which backups its retention keeps (and by
+//! which rule) and would delete now (the operator's own rules, applied to the backups the cluster
+//! has).
 
 use super::format::age;
 use super::{Output, Target, connect, not_found, print_structured};
 use backstop_api::{Backup, BackupPolicy};
-use backstop_controller::{policy::summarize, retention};
+use backstop_controller::policy::{rules_text, summarize};
+use backstop_controller::retention;
 use jiff::Timestamp;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
@@ -35,11 +37,16 @@ struct PolicyReport {
     time_zone: String,
     suspended: bool,
     next_runs: Vec<Timestamp>,
-    keep_last: Option<i64>,
+    /// The retention rules that are set (`keepLast=3, keepDaily=7`).
+    retention: String,
     completed_backups: usize,
     last_successful_backup: Option<Timestamp>,
+    /// The good backups retention keeps, newest first, with the rules that keep each.
+    retention_keeps: Vec<(String, Vec<&'static str>)>,
     /// The Completed backups retention deletes, oldest first.
     retention_would_delete: Vec<String>,
+    /// Whether the brake would hold those deletions until approved.
+    held_by_the_brake: bool,
 }
 
 impl PolicyCommand {
@@ -89,6 +96,9 @@ fn report(
     };
     let summaries: Vec<_> = backups.iter().map(summarize).collect();
     let completed: Vec<_> = summaries.iter().filter(|b| retention::counts(b)).collect();
+    let rules = &policy.spec.retention;
+    let verdict = retention::judge(&summaries, rules, schedule.zone());
+    let good = verdict.kept.len() + verdict.expired.len();
     Ok(PolicyReport {
         name: policy.name_any(),
         namespace: policy.namespace().unwrap_or_default(),
@@ -100,10 +110,20 @@ fn report(
             .unwrap_or_else(|| "UTC".into()),
         suspended: policy.spec.suspend,
         next_runs,
-        keep_last: policy.spec.retention.keep_last,
+        retention: rules_text(rules),
         completed_backups: completed.len(),
         last_successful_backup: completed.iter().filter_map(|b| b.completion_time).max(),
-        retention_would_delete: retention::expired(&summaries, policy.spec.retention.keep_last),
+        retention_keeps: verdict
+            .kept
+            .into_iter()
+            .map(|(name, why)| (name, why.into_iter().map(retention::Rule::as_str).collect()))
+            .collect(),
+        held_by_the_brake: retention::over_the_brake(
+            verdict.expired.len(),
+            good,
+            rules.brake_percent(),
+        ),
+        retention_would_delete: verdict.expired,
     })
 }
 
@@ -120,16 +140,19 @@ fn describe(report: &PolicyReport, now: Timestamp) -> String {
             out.push_str(&format!("  {run}  (in {})\n", age(now, *run)));
         }
     }
-    let keep = report
-        .keep_last
-        .map_or("all".to_string(), |k| format!("the newest {k}"));
     out.push_str(&format!(
-        "Retention:   keep {keep} Completed backup(s); {} Completed now",
-        report.completed_backups
+        "Retention:   {}; {} Completed now",
+        report.retention, report.completed_backups
     ));
     match report.last_successful_backup {
         Some(t) => out.push_str(&format!(", the last {} ago\n", age(t, now))),
         None => out.push('\n'),
+    }
+    if !report.retention_keeps.is_empty() {
+        out.push_str("Keeps (newest first, and the rules that keep each):\n");
+        for (name, rules) in &report.retention_keeps {
+            out.push_str(&format!("  {name}  ({})\n", rules.join(", ")));
+        }
     }
     if report.retention_would_delete.is_empty() {
         out.push_str("Would delete: nothing\n");
@@ -137,6 +160,11 @@ fn describe(report: &PolicyReport, now: Timestamp) -> String {
         out.push_str("Would delete (with their data, oldest first):\n");
         for name in &report.retention_would_delete {
             out.push_str(&format!("  {name}\n"));
+        }
+        if report.held_by_the_brake {
+            out.push_str(
+                "  (held by the brake until approved: see the policy's RetentionHeld condition)\n",
+            );
         }
     }
     out
@@ -203,17 +231,21 @@ mod tests {
         assert_eq!(r.last_successful_backup, Some(at(4 * 3600)));
         let text = describe(&r, now);
         assert!(
-            text.contains(
-                "keep the newest 1 Completed backup(s); 3 Completed now, the last 60m ago"
-            ),
+            text.contains("Retention:   keepLast=1; 3 Completed now, the last 60m ago"),
             "{text}"
         );
         assert!(
-            text.contains("Would delete (with their data, oldest first):\n  b1\n  b2\n"),
+            text.contains("Keeps (newest first, and the rules that keep each):\n  b4  (last)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "Would delete (with their data, oldest first):\n  b1\n  b2\n  (held by the brake"
+            ),
             "{text}"
         );
         let keep_all = report(&policy(false, None), &backups, 1, now).unwrap();
-        assert!(describe(&keep_all, now).contains("keep all Completed backup(s)"));
+        assert!(describe(&keep_all, now).contains("Retention:   no rules: keep all;"));
         assert!(describe(&keep_all, now).contains("Would delete: nothing"));
     }
 
