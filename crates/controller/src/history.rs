@@ -177,10 +177,15 @@ impl crate::index::Observer<Backup> for History {
                     );
                     Vec::new()
                 }
+                // The first listing is told through `listed`; a relist after a broken watch
+                // here: what changed while the watch was down is not known, so every policy
+                // with Backups looks again.
+                watcher::Event::InitDone if !self.is_listed() => {
+                    state.done();
+                    Vec::new()
+                }
                 watcher::Event::InitDone => {
                     state.done();
-                    // What changed while the watch was down is not known: every policy with
-                    // Backups looks again.
                     state
                         .live
                         .0
@@ -327,6 +332,13 @@ mod tests {
     #[test]
     fn a_relist_replaces_the_history_when_it_is_done_and_wakes_every_policy() {
         let history = History::default();
+        let mut first = history.subscribe();
+        history.apply(&watcher::Event::Init);
+        history.apply(&watcher::Event::InitDone);
+        assert!(
+            told(&mut first).is_empty(),
+            "the first listing is told by `listed`"
+        );
         history.apply(&watcher::Event::Apply(backup(
             "a1",
             "a",

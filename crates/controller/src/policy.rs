@@ -513,6 +513,34 @@ fn error_policy(_: Arc<BackupPolicy>, err: &Error, ctx: Arc<Context>) -> Action 
     crate::retry_after_error(&ctx, "policy", err)
 }
 
+/// The pass over every policy once the Backups are listed wakes `SCAN_STEP` policies every
+/// `SCAN_STEP_EVERY` (100 a second) after those with a run due: below what the API server here
+/// takes in status writes (150-300 a second at 10,000 policies, controller bench), so the queue
+/// stays short for runs that fall due during the pass.
+const SCAN_STEP: usize = 10;
+const SCAN_STEP_EVERY: Duration = Duration::from_millis(100);
+
+/// Whether `policy` has a run due at `now` by its own status alone (the newest scheduled time it
+/// recorded, or its creation): those go first once the Backups are listed.
+fn due_before_listing(policy: &BackupPolicy, now: Timestamp) -> bool {
+    let Ok(schedule) = policy.spec.validate() else {
+        return false;
+    };
+    let recorded = policy
+        .status
+        .as_ref()
+        .and_then(|s| s.last_schedule_time.as_ref())
+        .map(|t| t.0);
+    let since = policy
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(now, |t| t.0);
+    scheduling::plan(&schedule, policy.spec.suspend, recorded, since, &[], now)
+        .run
+        .is_some()
+}
+
 /// Reconciles at once. Cron runs come in bursts (every policy due at :00 at once) and a scheduled
 /// run is two requests (create the Backup, write the status): with 8, the last of 66 runs due in
 /// the same second appeared 1.68 s late, with 32 0.55-0.68 s (controller bench).
@@ -539,19 +567,31 @@ pub async fn run(
         )
     });
     // Policies reconciled before every Backup was listed showed their next run only: once the
-    // listing is in, each looks again (runs due, retention, figures).
+    // listing is in, each looks again (runs due, retention, figures). Those with a run due go
+    // first, the others follow at a bounded rate, so that runs due now, and those that fall due
+    // meanwhile, are not queued behind thousands of policies with nothing to run.
     let listing = ctx.clone();
     let listed = futures::stream::once(async move {
         listing.stores.history.listed().await;
-        listing.stores.policies.store.state()
+        let now = now();
+        let (due, rest): (Vec<_>, Vec<_>) = listing
+            .stores
+            .policies
+            .store
+            .state()
+            .into_iter()
+            .partition(|policy| due_before_listing(policy, now));
+        let reference = |policy: Arc<BackupPolicy>| ObjectRef::from_obj(policy.as_ref());
+        let rest = futures::stream::iter(rest.into_iter().map(reference))
+            .chunks(SCAN_STEP)
+            .then(|step| async move {
+                tokio::time::sleep(SCAN_STEP_EVERY).await;
+                futures::stream::iter(step)
+            })
+            .flatten();
+        futures::stream::iter(due.into_iter().map(reference)).chain(rest)
     })
-    .flat_map(|policies| {
-        futures::stream::iter(
-            policies
-                .into_iter()
-                .map(|policy| ObjectRef::from_obj(policy.as_ref())),
-        )
-    });
+    .flatten();
     let controller = controller.reconcile_on(futures::stream::select(changed, listed));
     // A policy whose repository was missing or not ready makes its due run once it is ready.
     let woken = ctx.clone();
@@ -635,6 +675,27 @@ mod tests {
         let made = scheduled(&policy, "02:00", Running);
         let again = decide(&policy, &ready("02:00", vec![made]));
         assert!(again.create.is_none());
+    }
+
+    #[test]
+    fn a_run_is_due_before_listing_by_the_policys_own_status() {
+        let mut policy = fixtures::policy("nightly", "0 2 * * *", None);
+        assert!(!due_before_listing(&policy, at("01:59")));
+        assert!(due_before_listing(&policy, at("02:00")));
+        policy.status = Some(BackupPolicyStatus {
+            last_schedule_time: Some(Time(at("02:00"))),
+            ..Default::default()
+        });
+        assert!(!due_before_listing(&policy, at("02:30")), "already made");
+        policy.spec.suspend = true;
+        policy.status = None;
+        assert!(!due_before_listing(&policy, at("02:30")), "suspended");
+        policy.spec.suspend = false;
+        policy.spec.schedule = "every night".into();
+        assert!(
+            !due_before_listing(&policy, at("02:30")),
+            "invalid: refused, not run"
+        );
     }
 
     #[test]

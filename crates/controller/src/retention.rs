@@ -82,8 +82,8 @@ fn bucket(rule: Rule, at: Timestamp, zone: &TimeZone) -> (i32, i32, i32, i32) {
         i32::from(z.hour()),
     );
     match rule {
-        Rule::Last | Rule::Newest => (y, m, d, h),
-        Rule::Hourly => (y, m, d, h),
+        // Last and Newest have no buckets (see `judge`).
+        Rule::Hourly | Rule::Last | Rule::Newest => (y, m, d, h),
         Rule::Daily => (y, m, d, 0),
         Rule::Weekly => {
             let week = z.date().iso_week_date();
@@ -137,11 +137,12 @@ pub fn judge(backups: &[BackupSummary], rules: &Retention, zone: &TimeZone) -> V
             if kept == n {
                 break;
             }
+            // Each backup is a bucket of its own for `last` (and when it has no time at all).
             let this = match rule {
                 Rule::Last => None,
                 _ => taken(b).map(|t| bucket(rule, t, zone)),
             };
-            if rule == Rule::Last || this != last_bucket {
+            if this.is_none() || this != last_bucket {
                 reasons[i].push(rule);
                 kept += 1;
                 last_bucket = this;
