@@ -250,53 +250,37 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     // Scheduling the pod and starting its container, before the operator runs at all.
     let process_up = started.elapsed();
     let mut peak_rss = 0;
-    let (ready_after, _) = loop {
-        if let Some((rss, _)) = operator_rss() {
-            peak_rss = peak_rss.max(rss);
+    // Until every followed policy's status passes `shown`: the time since `started`, and when.
+    let mut until_every_policy = async |shown: fn(&backstop_api::BackupPolicyStatus) -> bool,
+                                        what: &str|
+           -> anyhow::Result<(Duration, jiff::Timestamp)> {
+        loop {
+            if let Some((rss, _)) = operator_rss() {
+                peak_rss = peak_rss.max(rss);
+            }
+            let done = followed
+                .state()
+                .iter()
+                .filter(|p| p.status.as_ref().is_some_and(shown))
+                .count();
+            if done == opts.policies {
+                return Ok((started.elapsed(), jiff::Timestamp::now()));
+            }
+            if started.elapsed() > Duration::from_secs(900) {
+                bail!(
+                    "only {done} of {} policies {what} after 15 minutes",
+                    opts.policies
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        let done = followed
-            .state()
-            .iter()
-            .filter(|p| {
-                p.status
-                    .as_ref()
-                    .and_then(|s| s.next_scheduled_backup.as_ref())
-                    .is_some()
-            })
-            .count();
-        if done == opts.policies {
-            break (started.elapsed(), jiff::Timestamp::now());
-        }
-        if started.elapsed() > Duration::from_secs(600) {
-            bail!(
-                "only {done} of {} policies had a next run after 10 minutes",
-                opts.policies
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     };
+    let (ready_after, _) =
+        until_every_policy(|s| s.next_scheduled_backup.is_some(), "had a next run").await?;
     // Start-up is over once every policy was decided with its Backups listed (runs due made,
     // retention applied): the operator writes `status.retention` only then.
-    let (decided_after, decided_at) = loop {
-        if let Some((rss, _)) = operator_rss() {
-            peak_rss = peak_rss.max(rss);
-        }
-        let done = followed
-            .state()
-            .iter()
-            .filter(|p| p.status.as_ref().is_some_and(|s| s.retention.is_some()))
-            .count();
-        if done == opts.policies {
-            break (started.elapsed(), jiff::Timestamp::now());
-        }
-        if started.elapsed() > Duration::from_secs(900) {
-            bail!(
-                "only {done} of {} policies were decided with their Backups after 15 minutes",
-                opts.policies
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let (decided_after, decided_at) =
+        until_every_policy(|s| s.retention.is_some(), "were decided with their Backups").await?;
     let observe_until = Instant::now() + opts.observe;
     while Instant::now() < observe_until {
         if let Some((rss, _)) = operator_rss() {
