@@ -489,12 +489,12 @@ async fn apply(ctx: &Context, policy: &BackupPolicy, decision: Decision) -> Resu
         ctx.metrics.observe_policy(&labels, figures);
     }
     let status = serde_json::to_value(&decision.status)?;
-    let held = policy
+    let cached = policy
         .status
         .as_ref()
         .map(serde_json::to_value)
         .transpose()?;
-    if ctx.policy_writes.needed(policy, held.as_ref(), &status) {
+    if ctx.policy_writes.needed(policy, cached.as_ref(), &status) {
         let version = crate::patch_status(
             &ctx.client,
             policy,
