@@ -417,6 +417,12 @@ mod tests {
         assert_eq!(v.empty, ["empty"]);
         assert_eq!(kept_names(&v), ["g2"], "the empty one did not push g2 out");
         assert_eq!(v.expired, ["g1"]);
+        // With no rule (keep all), the empty one is still told.
+        let all = judge(&backups, &Retention::default(), &TimeZone::UTC);
+        assert_eq!(
+            (all.empty.as_slice(), all.expired.len()),
+            (&["empty".to_string()][..], 0)
+        );
         // A policy whose volumes were always empty: those are its good backups.
         let mut e1 = backup("e1", 1, BackupPhase::Completed);
         e1.total_files = Some(0);
