@@ -234,11 +234,7 @@ fn retain(
     let verdict = retention::judge(summaries, rules, schedule.zone());
     let good = verdict.kept.len() + verdict.expired.len();
     let generation = policy.meta().generation;
-    let approved = generation.is_some_and(|g| {
-        policy.annotations().get(labels::APPROVE_RETENTION) == Some(&g.to_string())
-    });
-    let held =
-        !approved && retention::over_the_brake(verdict.expired.len(), good, rules.brake_percent());
+    let held = brake_holds(policy, &verdict);
     let before = status.retention.take().unwrap_or_default();
     let mut warnings = Vec::new();
     let newly_empty: Vec<&str> = verdict
@@ -280,7 +276,7 @@ fn retain(
             now,
         );
     } else if condition::find(&status.conditions, ConditionType::RetentionHeld).is_some() {
-        let (reason, message) = if approved {
+        let (reason, message) = if approved(policy) {
             ("Approved", "deletions approved for this generation")
         } else {
             ("WithinLimit", "retention deletes within the brake's limit")
@@ -313,6 +309,25 @@ fn retain(
     });
     let expire = if held { Vec::new() } else { verdict.expired };
     (expire, warnings)
+}
+
+/// Whether a person approved this generation's retention (see `Retention::max_delete_percent`).
+fn approved(policy: &BackupPolicy) -> bool {
+    policy.meta().generation.is_some_and(|g| {
+        policy.annotations().get(labels::APPROVE_RETENTION) == Some(&g.to_string())
+    })
+}
+
+/// Whether the brake holds `verdict`'s deletions: more than the policy lets one pass delete, and
+/// this generation not approved.
+pub fn brake_holds(policy: &BackupPolicy, verdict: &retention::Verdict) -> bool {
+    let good = verdict.kept.len() + verdict.expired.len();
+    !approved(policy)
+        && retention::over_the_brake(
+            verdict.expired.len(),
+            good,
+            policy.spec.retention.brake_percent(),
+        )
 }
 
 /// The rules that are set, as written in the spec (`keepLast=3, keepDaily=7`).

@@ -5,7 +5,7 @@
 use super::format::age;
 use super::{Output, Target, connect, not_found, print_structured};
 use backstop_api::{Backup, BackupPolicy};
-use backstop_controller::policy::{rules_text, summarize};
+use backstop_controller::policy::{brake_holds, rules_text, summarize};
 use backstop_controller::retention;
 use jiff::Timestamp;
 use kube::api::ListParams;
@@ -45,7 +45,7 @@ struct PolicyReport {
     retention_keeps: Vec<(String, Vec<&'static str>)>,
     /// The Completed backups retention deletes, oldest first.
     retention_would_delete: Vec<String>,
-    /// Whether the brake would hold those deletions until approved.
+    /// Whether the brake would hold those deletions (this generation not approved).
     held_by_the_brake: bool,
 }
 
@@ -98,7 +98,7 @@ fn report(
     let completed: Vec<_> = summaries.iter().filter(|b| retention::counts(b)).collect();
     let rules = &policy.spec.retention;
     let verdict = retention::judge(&summaries, rules, schedule.zone());
-    let good = verdict.kept.len() + verdict.expired.len();
+    let held = brake_holds(policy, &verdict);
     Ok(PolicyReport {
         name: policy.name_any(),
         namespace: policy.namespace().unwrap_or_default(),
@@ -118,11 +118,7 @@ fn report(
             .into_iter()
             .map(|(name, why)| (name, why.into_iter().map(retention::Rule::as_str).collect()))
             .collect(),
-        held_by_the_brake: retention::over_the_brake(
-            verdict.expired.len(),
-            good,
-            rules.brake_percent(),
-        ),
+        held_by_the_brake: held,
         retention_would_delete: verdict.expired,
     })
 }
@@ -244,6 +240,17 @@ mod tests {
             ),
             "{text}"
         );
+        let mut approved = policy(false, Some(1));
+        approved.metadata.generation = Some(3);
+        approved.metadata.annotations = Some(
+            [(
+                backstop_api::labels::APPROVE_RETENTION.to_string(),
+                "3".to_string(),
+            )]
+            .into(),
+        );
+        let go = report(&approved, &backups, 1, now).unwrap();
+        assert!(!go.held_by_the_brake && !describe(&go, now).contains("held by the brake"));
         let keep_all = report(&policy(false, None), &backups, 1, now).unwrap();
         assert!(describe(&keep_all, now).contains("Retention:   no rules: keep all;"));
         assert!(describe(&keep_all, now).contains("Would delete: nothing"));
