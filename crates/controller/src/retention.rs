@@ -169,15 +169,6 @@ pub fn judge(backups: &[BackupSummary], rules: &Retention, zone: &TimeZone) -> V
     verdict
 }
 
-/// Names of the backups `keep_last` alone would delete, oldest first.
-pub fn expired(backups: &[BackupSummary], keep_last: Option<i64>) -> Vec<String> {
-    let rules = Retention {
-        keep_last,
-        ..Retention::default()
-    };
-    judge(backups, &rules, &TimeZone::UTC).expired
-}
-
 /// Whether deleting `doomed` of `good` backups is more than the brake lets one pass delete:
 /// more than `percent` of them, and more than one (a single deletion is the steady state of every
 /// rule).
@@ -188,6 +179,15 @@ pub fn over_the_brake(doomed: usize, good: usize, percent: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Names of the backups `keep_last` alone deletes, oldest first.
+    fn expired(backups: &[BackupSummary], keep_last: Option<i64>) -> Vec<String> {
+        let rules = Retention {
+            keep_last,
+            ..Retention::default()
+        };
+        judge(backups, &rules, &TimeZone::UTC).expired
+    }
 
     fn backup(name: &str, minute: i64, phase: BackupPhase) -> BackupSummary {
         let at = Timestamp::from_second(1_800_000_000 + minute * 60).unwrap();
