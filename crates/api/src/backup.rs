@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Size","type":"string","jsonPath":".status.size"}"#,
     printcolumn = r#"{"name":"Files","type":"integer","jsonPath":".status.totalFiles"}"#,
     printcolumn = r#"{"name":"Duration","type":"string","jsonPath":".status.duration"}"#,
+    printcolumn = r#"{"name":"Verified","type":"string","jsonPath":".status.conditions[?(@.type==\"Verified\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -94,10 +95,96 @@ pub struct BackupStatus {
     pub total_files: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The latest verification asked for (annotation `backstop.dev/verify`), running or done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<VerificationStatus>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// How a backup is verified.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum VerificationMode {
+    /// Every artifact is read back from the repository and checked against its manifest: the
+    /// artifact's digest, and every file's.
+    #[default]
+    Artifact,
+}
+
+impl VerificationMode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            VerificationMode::Artifact => "Artifact",
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum VerificationPhase {
+    #[default]
+    Running,
+    /// Every artifact read back and matched.
+    Passed,
+    /// An artifact is damaged, missing or unsafe: the backup is not good (`Verified=False`).
+    Failed,
+    /// The verification could not look (the repository was unreachable, a mover pod could not
+    /// run): the `Verified` condition keeps what the last conclusive verification found.
+    Inconclusive,
+}
+
+impl VerificationPhase {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            VerificationPhase::Running => "Running",
+            VerificationPhase::Passed => "Passed",
+            VerificationPhase::Failed => "Failed",
+            VerificationPhase::Inconclusive => "Inconclusive",
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerificationStatus {
+    /// The `backstop.dev/verify` token this verification answers.
+    pub request: String,
+    #[serde(default)]
+    pub mode: VerificationMode,
+    #[serde(default)]
+    pub phase: VerificationPhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// One entry per volume of the backup.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeVerification>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeVerification {
+    pub pvc: String,
+    #[serde(default)]
+    pub phase: VerificationPhase,
+    /// The Job doing the work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Files read back and checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<i64>,
+    /// Bytes of those files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<i64>,
+    /// Why it failed or could not look (a condition reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -145,6 +232,25 @@ pub struct VolumeBackup {
 impl Backup {
     pub fn phase(&self) -> BackupPhase {
         self.status.as_ref().map(|s| s.phase).unwrap_or_default()
+    }
+
+    /// The verification token (annotation `backstop.dev/verify`) this Completed Backup has not
+    /// answered yet, if any: its verification is still to run or running.
+    pub fn verification_request(&self) -> Option<&str> {
+        if self.phase() != BackupPhase::Completed || self.metadata.deletion_timestamp.is_some() {
+            return None;
+        }
+        let token = self
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(crate::labels::VERIFY)?;
+        let answered = self
+            .status
+            .as_ref()
+            .and_then(|s| s.verification.as_ref())
+            .is_some_and(|v| v.request == *token && v.phase != VerificationPhase::Running);
+        (!answered).then_some(token.as_str())
     }
 }
 
@@ -247,6 +353,35 @@ mod tests {
             message.contains("(PVC db: base/1, base/2 and 5 more; PVC wal: 000001)"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn a_verification_request_stands_until_it_is_answered() {
+        let mut backup = Backup::new("b", BackupSpec::default());
+        backup.metadata.annotations = Some([(crate::labels::VERIFY.into(), "t1".into())].into());
+        // Only Completed backups are verified.
+        assert_eq!(backup.verification_request(), None);
+        backup.status = Some(BackupStatus {
+            phase: BackupPhase::Completed,
+            ..Default::default()
+        });
+        assert_eq!(backup.verification_request(), Some("t1"));
+        let answer = |request: &str, phase| VerificationStatus {
+            request: request.into(),
+            phase,
+            ..Default::default()
+        };
+        let status = backup.status.as_mut().unwrap();
+        status.verification = Some(answer("t1", VerificationPhase::Running));
+        assert_eq!(backup.verification_request(), Some("t1"));
+        let status = backup.status.as_mut().unwrap();
+        status.verification = Some(answer("t1", VerificationPhase::Failed));
+        assert_eq!(backup.verification_request(), None);
+        // A new token asks again.
+        backup.metadata.annotations = Some([(crate::labels::VERIFY.into(), "t2".into())].into());
+        assert_eq!(backup.verification_request(), Some("t2"));
+        backup.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+        assert_eq!(backup.verification_request(), None);
     }
 
     #[test]

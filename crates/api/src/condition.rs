@@ -40,6 +40,8 @@ pub enum ConditionType {
     Deleting,
     /// Policies: whether the retention brake holds deletions back until a person approves.
     RetentionHeld,
+    /// Completed Backups: whether the last conclusive verification found the backup sound.
+    Verified,
 }
 
 impl ConditionType {
@@ -51,6 +53,7 @@ impl ConditionType {
             ConditionType::Consistent => "Consistent",
             ConditionType::Deleting => "Deleting",
             ConditionType::RetentionHeld => "RetentionHeld",
+            ConditionType::Verified => "Verified",
         }
     }
 }

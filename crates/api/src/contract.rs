@@ -229,6 +229,8 @@ pub enum Reason {
     UnsafeArchive,
     TargetNotEmpty,
     ArtifactUnreadable,
+    /// The artifact or its manifest is not in the repository.
+    ArtifactMissing,
     TargetFull,
     TargetWriteFailed,
     ArtifactsNotRemoved,
@@ -267,6 +269,7 @@ impl Reason {
             Reason::UnsafeArchive => "UnsafeArchive",
             Reason::TargetNotEmpty => "TargetNotEmpty",
             Reason::ArtifactUnreadable => "ArtifactUnreadable",
+            Reason::ArtifactMissing => "ArtifactMissing",
             Reason::TargetFull => "TargetFull",
             Reason::TargetWriteFailed => "TargetWriteFailed",
             Reason::ArtifactsNotRemoved => "ArtifactsNotRemoved",

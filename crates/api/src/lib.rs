@@ -11,10 +11,13 @@ pub mod restore;
 pub mod schedule;
 pub mod waiting;
 
-pub use backup::{Backup, BackupPhase, BackupSpec, BackupStatus, VolumeBackup};
+pub use backup::{
+    Backup, BackupPhase, BackupSpec, BackupStatus, VerificationMode, VerificationPhase,
+    VerificationStatus, VolumeBackup, VolumeVerification,
+};
 pub use policy::{
     BackupPolicy, BackupPolicySpec, BackupPolicyStatus, KeptBackup, Retention, RetentionStatus,
-    Target,
+    Target, Verification,
 };
 pub use repository::{
     BackupRepository, BackupRepositorySpec, BackupRepositoryStatus, Compression, PvcRepository,
@@ -45,6 +48,9 @@ pub mod labels {
     /// On a policy, set by a person: the `metadata.generation` whose retention may delete more
     /// than the brake allows.
     pub const APPROVE_RETENTION: &str = "backstop.dev/approve-retention";
+    /// On a Backup, set by its policy's verification schedule or a person: a token (any text,
+    /// e.g. a time) asking for the backup to be verified; a new token asks again.
+    pub const VERIFY: &str = "backstop.dev/verify";
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
     pub const MANAGER: &str = "backstop";
 }

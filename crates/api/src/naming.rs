@@ -57,6 +57,12 @@ pub fn backup_job(backup: &str, pvc: &str) -> String {
     job_name("backup", &[backup, pvc])
 }
 
+/// The Job that verifies `pvc`'s artifact of `backup` for the verification request `request`
+/// (each request has its own Jobs: a new one never meets the last one's).
+pub fn verify_job(backup: &str, pvc: &str, request: &str) -> String {
+    job_name("verify", &[backup, pvc, "verify", request])
+}
+
 /// The Job that removes `backup`'s artifacts from its repository.
 pub fn delete_job(backup: &str) -> String {
     job_name("delete", &[backup, "delete"])

@@ -52,6 +52,23 @@ pub struct BackupPolicySpec {
     /// while the policy exists), instead of the operator's defaults (`BACKSTOP_MOVER_RESOURCES`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mover_resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    /// Verify the policy's backups on a schedule: each run asks one Completed backup to be
+    /// verified (the newest never verified, else the one verified longest ago) and records the
+    /// result in its `Verified` condition. A backup that fails verification no longer counts as
+    /// good for retention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    /// When to verify: a 5-field cron expression, read in the policy's time zone.
+    #[schemars(regex(pattern = r"^\s*\S+(\s+\S+){4}\s*$"))]
+    pub schedule: String,
+    /// How: `Artifact` reads every artifact back and checks every digest against the manifest.
+    #[serde(default)]
+    pub mode: crate::backup::VerificationMode,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -118,6 +135,15 @@ pub struct BackupPolicyStatus {
     /// What retention keeps and why, and what it holds back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<RetentionStatus>,
+    /// The newest verification time of `spec.verification.schedule` handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verification_time: Option<Time>,
+    /// The next verification time (none without `spec.verification`, or when suspended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_verification: Option<Time>,
+    /// The Backup the newest verification run asked to verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verified_backup: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -204,8 +230,24 @@ impl BackupPolicySpec {
         crate::waiting::validate_deadline(self.starting_deadline_seconds)?;
         self.retention.validate()?;
         crate::naming::validate_selector(&self.target.pvc_selector)?;
+        self.verification_schedule()?;
         Schedule::parse(&self.schedule, self.time_zone.as_deref())
             .map_err(|e| Invalid::new(e.reason(), e.to_string()))
+    }
+
+    /// The parsed `spec.verification.schedule`, if verification is set.
+    pub fn verification_schedule(&self) -> Result<Option<Schedule>, Invalid> {
+        let Some(verification) = &self.verification else {
+            return Ok(None);
+        };
+        Schedule::parse(&verification.schedule, self.time_zone.as_deref())
+            .map(Some)
+            .map_err(|e| {
+                Invalid::new(
+                    "InvalidVerification",
+                    format!("spec.verification.schedule: {e}"),
+                )
+            })
     }
 }
 
@@ -270,6 +312,31 @@ spec:
             ..Default::default()
         };
         assert_eq!(spec.validate().unwrap_err().reason, "InvalidRetention");
+    }
+
+    #[test]
+    fn a_verification_schedule_is_checked_like_the_backup_schedule() {
+        let mut spec = BackupPolicySpec {
+            schedule: "0 2 * * *".into(),
+            verification: Some(Verification {
+                schedule: "0 4 * * 7".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(spec.verification_schedule().unwrap().is_some());
+        assert!(spec.validate().is_ok());
+        spec.verification = Some(Verification {
+            schedule: "weekly".into(),
+            ..Default::default()
+        });
+        let invalid = spec.validate().unwrap_err();
+        assert_eq!(invalid.reason, "InvalidVerification");
+        assert!(
+            invalid.message.starts_with("spec.verification.schedule: "),
+            "{}",
+            invalid.message
+        );
     }
 
     #[test]

@@ -3,9 +3,9 @@
 //! Failed, never changed again). A finalizer removes the Backup's artifacts from the repository
 //! before the Backup goes away.
 
-use crate::jobs::{self, ROLE_BACKUP};
+use crate::jobs::{self, ROLE_BACKUP, ROLE_VERIFY};
 use crate::outcome::{JOB_NAME_TAKEN, job_name_taken, owned_by, termination_message};
-use crate::{Context, Error, Watched, events, metrics, now, repository, waiting};
+use crate::{Context, Error, Watched, events, metrics, now, repository, verification, waiting};
 use backstop_api::condition::{self, ConditionType, Invalid};
 use backstop_api::contract::{BackupResult, Failure};
 use backstop_api::waiting::{Refusal, Verdict, WaitingFor};
@@ -53,7 +53,10 @@ async fn apply(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
     if phase.is_terminal() {
         // Finished Jobs go (ttlSecondsAfterFinished is not relied on).
         if ctx.stores.has_jobs_of(backup) {
-            delete_jobs(ctx, backup, ROLE_BACKUP).await?;
+            delete_jobs(ctx, backup, &[ROLE_BACKUP]).await?;
+        }
+        if let Some(request) = backup.verification_request() {
+            return verification::progress(ctx, backup, request).await;
         }
         return Ok(Action::await_change());
     }
@@ -637,7 +640,7 @@ async fn finish(ctx: &Context, backup: &Backup, status: BackupStatus) -> Result<
         .backup_duration
         .get_or_create(&labels)
         .observe(ending.seconds);
-    delete_jobs(ctx, backup, ROLE_BACKUP).await?;
+    delete_jobs(ctx, backup, &[ROLE_BACKUP]).await?;
     Ok(Action::await_change())
 }
 
@@ -694,15 +697,20 @@ async fn fail(
     Ok(Action::await_change())
 }
 
-/// Deletes this backup's Jobs of `role`; returns how many still exist.
-async fn delete_jobs(ctx: &Context, backup: &Backup, role: &str) -> Result<usize, Error> {
+/// Deletes this backup's Jobs of the `roles`; returns how many still exist.
+pub(crate) async fn delete_jobs(
+    ctx: &Context,
+    backup: &Backup,
+    roles: &[&str],
+) -> Result<usize, Error> {
     let jobs_api: Api<Job> =
         Api::namespaced(ctx.client.clone(), &backup.namespace().unwrap_or_default());
     let selector = format!(
-        "{}={},{}={role}",
+        "{}={},{} in ({})",
         labels::BACKUP,
         naming::label_value(&backup.name_any()),
-        labels::ROLE
+        labels::ROLE,
+        roles.join(",")
     );
     let jobs = jobs_api.list(&crate::cached().labels(&selector)).await?;
     let mut remaining = 0;
@@ -734,7 +742,9 @@ fn not_yet(seconds: u64, why: impl Into<String>) -> Error {
 /// `Ok` means done (the finalizer goes); waiting is `Error::NotYet`.
 async fn cleanup(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
     // A mover still writing would race the removal: its Job and pod must be gone first.
-    if delete_jobs(ctx, backup, ROLE_BACKUP).await? > 0 || mover_pods_remain(ctx, backup).await? {
+    if delete_jobs(ctx, backup, &[ROLE_BACKUP, ROLE_VERIFY]).await? > 0
+        || mover_pods_remain(ctx, backup).await?
+    {
         return Err(not_yet(
             2,
             "the backup's mover Jobs are still being removed",
@@ -901,7 +911,7 @@ async fn deletion_blocked(
 /// How often the Job copy is looked through for Jobs of finished Backups (`sweep_finished_jobs`).
 const SWEEP_EVERY: Duration = Duration::from_secs(120);
 
-/// Deletes the mover Jobs of Backups that finished. `finish` deletes them once the status is
+/// Deletes the mover Jobs (backup and verification) of Backups that finished. `finish` deletes them once the status is
 /// written, but a finished Backup leaves the watched copy (see `history`): a deletion that failed
 /// there, or an operator stopped in between, is not retried by a reconcile. This looks through the
 /// Job copy, in memory, and asks the API server only about a Job whose Backup is not at work.
@@ -912,7 +922,10 @@ async fn sweep_finished_jobs(ctx: &Context) -> Result<usize, Error> {
         .jobs
         .state()
         .iter()
-        .filter(|job| job.labels().get(labels::ROLE).map(String::as_str) == Some(ROLE_BACKUP))
+        .filter(|job| {
+            let role = job.labels().get(labels::ROLE).map(String::as_str);
+            role == Some(ROLE_BACKUP) || role == Some(ROLE_VERIFY)
+        })
         .filter_map(|job| {
             let owner = job
                 .owner_references()
@@ -938,7 +951,7 @@ async fn sweep_finished_jobs(ctx: &Context) -> Result<usize, Error> {
             continue; // gone: the garbage collector removes what it owned
         };
         if backup.meta().uid.as_deref() == Some(uid.as_str()) && !backup.cached() {
-            delete_jobs(ctx, &backup, ROLE_BACKUP).await?;
+            delete_jobs(ctx, &backup, &[ROLE_BACKUP, ROLE_VERIFY]).await?;
             swept += 1;
         }
     }

@@ -94,12 +94,15 @@ mod capabilities {
     pub const DELETE: &[&str] = &["DAC_OVERRIDE"];
     /// Talk to object storage.
     pub const PROBE: &[&str] = &[];
+    /// Read the repository (mounted read-only) whoever wrote it.
+    pub const VERIFY: &[&str] = &["DAC_OVERRIDE"];
 }
 
 pub const ROLE_BACKUP: &str = "backup";
 pub const ROLE_DELETE: &str = "delete";
 pub const ROLE_PROBE: &str = "probe";
 pub const ROLE_RESTORE: &str = "restore";
+pub const ROLE_VERIFY: &str = "verify";
 /// A probe that has not finished in this time failed (e.g. its pod could not start).
 pub const PROBE_DEADLINE_SECONDS: i64 = 120;
 /// How long a probe retries an unreachable endpoint: long enough for a blip, short enough that
@@ -422,6 +425,39 @@ pub fn delete_job(backup: &Backup, repo: &BackupRepository, config: &MoverConfig
         mounts: Vec::new(),
         deadline_seconds: config.deadline_seconds,
         capabilities: capabilities::DELETE.to_vec(),
+    };
+    job(backup, mover, config)
+}
+
+/// What a verification Job needs to know.
+pub struct VerifyJob<'a> {
+    pub name: String,
+    pub pvc: &'a str,
+    pub repository: &'a BackupRepository,
+    /// The manifest's key in the repository.
+    pub manifest: String,
+    /// The artifact's BLAKE3 recorded when the backup completed (the manifest must name it).
+    pub artifact_digest: Option<String>,
+}
+
+/// The Job that reads one artifact of `backup` back and checks it against its manifest: the
+/// repository is mounted read-only and nothing else is.
+pub fn verify_job(backup: &Backup, v: VerifyJob<'_>, config: &MoverConfig) -> Job {
+    let mover = MoverJob {
+        name: v.name,
+        node: None,
+        role: ROLE_VERIFY,
+        labels: backup_labels(backup, Some(v.pvc)),
+        request: Request::Verify {
+            repository: location(v.repository),
+            manifest: v.manifest,
+            artifact_digest: v.artifact_digest,
+        },
+        repository: (v.repository, true),
+        volumes: Vec::new(),
+        mounts: Vec::new(),
+        deadline_seconds: config.deadline_seconds,
+        capabilities: capabilities::VERIFY.to_vec(),
     };
     job(backup, mover, config)
 }

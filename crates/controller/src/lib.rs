@@ -18,6 +18,7 @@ pub mod retention;
 pub mod scheduling;
 pub mod secrets;
 pub mod stores;
+pub mod verification;
 pub mod waiting;
 pub mod written;
 
@@ -275,11 +276,14 @@ impl Watched for backstop_api::BackupRepository {}
 impl Watched for backstop_api::Restore {}
 impl Watched for k8s_openapi::api::core::v1::PersistentVolumeClaim {}
 impl Watched for k8s_openapi::api::batch::v1::Job {}
-/// A finished Backup that is not being deleted is remembered as a summary (`history`), not
-/// cached: nothing reconciles it until it is deleted, and that change brings it back whole.
+/// A finished Backup that is not being deleted or verified is remembered as a summary
+/// (`history`), not cached: nothing reconciles it until it is deleted or asked to be verified,
+/// and that change brings it back whole.
 impl Watched for backstop_api::Backup {
     fn cached(&self) -> bool {
-        !self.phase().is_terminal() || self.metadata.deletion_timestamp.is_some()
+        !self.phase().is_terminal()
+            || self.metadata.deletion_timestamp.is_some()
+            || self.verification_request().is_some()
     }
 }
 

@@ -51,6 +51,9 @@ pub struct ControllerLabels {
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
+/// The `result` label values of `backstop_verifications_total`.
+pub const VERIFICATION_RESULTS: [&str; 3] = ["passed", "failed", "inconclusive"];
+
 /// What the policy reconciler knows of a policy, for its gauges.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct PolicyFigures {
@@ -60,6 +63,12 @@ pub struct PolicyFigures {
     pub next_run: Option<f64>,
     pub interval_seconds: Option<f64>,
     pub consecutive_failures: i64,
+    /// Completion time of the newest verification that passed.
+    pub last_verified: Option<f64>,
+    /// Time between the next two verification runs (set only with `spec.verification`).
+    pub verification_interval_seconds: Option<f64>,
+    /// Backups whose `Verified` condition is False (set with `spec.verification`, or when any).
+    pub failing_verification: Option<i64>,
 }
 
 pub struct Metrics {
@@ -75,6 +84,10 @@ pub struct Metrics {
     pub consecutive_failures: Family<PolicyLabels, Gauge>,
     pub repository_ready: Family<RepositoryLabels, Gauge>,
     pub retention_deletions: Family<PolicyLabels, Counter>,
+    pub verifications: Family<BackupLabels, Counter>,
+    pub last_verified: Family<PolicyLabels, FloatGauge>,
+    pub verification_interval: Family<PolicyLabels, FloatGauge>,
+    pub failing_verification: Family<PolicyLabels, Gauge>,
     pub reconcile_errors: Family<ControllerLabels, Counter>,
     policies: Mutex<HashSet<PolicyLabels>>,
     registry: Registry,
@@ -154,6 +167,30 @@ impl Metrics {
             "Backups deleted by retention",
             retention_deletions.clone(),
         );
+        let verifications = Family::<BackupLabels, Counter>::default();
+        registry.register(
+            "verifications",
+            "Verifications of backups finished, by result (passed, failed, inconclusive)",
+            verifications.clone(),
+        );
+        let last_verified = Family::<PolicyLabels, FloatGauge>::default();
+        registry.register(
+            "last_verified_timestamp_seconds",
+            "Completion time of the newest verification of the policy's backups that passed (unix seconds)",
+            last_verified.clone(),
+        );
+        let verification_interval = Family::<PolicyLabels, FloatGauge>::default();
+        registry.register(
+            "verification_interval_seconds",
+            "Time between the policy's next two verification runs",
+            verification_interval.clone(),
+        );
+        let failing_verification = Family::<PolicyLabels, Gauge>::default();
+        registry.register(
+            "backups_failing_verification",
+            "The policy's backups whose last conclusive verification failed",
+            failing_verification.clone(),
+        );
         let reconcile_errors = Family::<ControllerLabels, Counter>::default();
         registry.register(
             "reconcile_errors",
@@ -181,6 +218,10 @@ impl Metrics {
             consecutive_failures,
             repository_ready,
             retention_deletions,
+            verifications,
+            last_verified,
+            verification_interval,
+            failing_verification,
             reconcile_errors,
             policies: Mutex::new(HashSet::new()),
             registry,
@@ -213,9 +254,32 @@ impl Metrics {
         set(&self.last_backup_files, figures.last_files);
         set(&self.next_backup, figures.next_run);
         set(&self.interval, figures.interval_seconds);
+        set(&self.last_verified, figures.last_verified);
+        set(
+            &self.verification_interval,
+            figures.verification_interval_seconds,
+        );
         self.consecutive_failures
             .get_or_create(labels)
             .set(figures.consecutive_failures);
+        match figures.failing_verification {
+            Some(n) => {
+                self.failing_verification.get_or_create(labels).set(n);
+            }
+            None => {
+                self.failing_verification.remove(labels);
+            }
+        }
+        if figures.verification_interval_seconds.is_some() {
+            // Every result series exists from the start, so `increase()` sees the first failure.
+            for result in VERIFICATION_RESULTS {
+                let _ = self.verifications.get_or_create(&BackupLabels {
+                    namespace: labels.namespace.clone(),
+                    policy: labels.policy.clone(),
+                    result: result.into(),
+                });
+            }
+        }
     }
 
     /// Drops the series of policies that no longer exist.
@@ -230,10 +294,13 @@ impl Metrics {
                 &self.last_backup_files,
                 &self.next_backup,
                 &self.interval,
+                &self.last_verified,
+                &self.verification_interval,
             ] {
                 family.remove(gone);
             }
             self.consecutive_failures.remove(gone);
+            self.failing_verification.remove(gone);
         }
         known.retain(|l| existing.contains(l));
     }
@@ -293,6 +360,27 @@ mod tests {
             r#"backstop_policy_interval_seconds{namespace="shop",policy="nightly"} 86400.0"#,
             r#"backstop_policy_consecutive_failures{namespace="shop",policy="nightly"} 2"#,
             r#"backstop_backups_total{namespace="shop",policy="nightly",result="failed"} 0"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        // Without spec.verification, no verification series at all.
+        assert!(!text.contains("verif"), "{text}");
+        m.observe_policy(
+            &policy(),
+            &PolicyFigures {
+                last_verified: Some(1_800_000_100.0),
+                verification_interval_seconds: Some(604_800.0),
+                failing_verification: Some(1),
+                ..Default::default()
+            },
+        );
+        let text = m.render();
+        for line in [
+            r#"backstop_last_verified_timestamp_seconds{namespace="shop",policy="nightly"} 1800000100.0"#,
+            r#"backstop_verification_interval_seconds{namespace="shop",policy="nightly"} 604800.0"#,
+            r#"backstop_backups_failing_verification{namespace="shop",policy="nightly"} 1"#,
+            r#"backstop_verifications_total{namespace="shop",policy="nightly",result="failed"} 0"#,
+            r#"backstop_verifications_total{namespace="shop",policy="nightly",result="inconclusive"} 0"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

@@ -7,8 +7,8 @@ use crate::scheduling::{self, BackupSummary};
 use crate::{Context, Error, events, metrics, now, repository, retention};
 use backstop_api::condition::{self, ConditionType, Invalid};
 use backstop_api::{
-    ARTIFACTS_FINALIZER, Backup, BackupPhase, BackupPolicy, BackupPolicyStatus, BackupSpec, labels,
-    naming,
+    ARTIFACTS_FINALIZER, Backup, BackupPhase, BackupPolicy, BackupPolicyStatus, BackupSpec,
+    VerificationPhase, labels, naming,
 };
 use futures::StreamExt;
 use jiff::Timestamp;
@@ -23,6 +23,11 @@ use std::time::Duration;
 /// What the policy reads of one of its Backups.
 pub fn summarize(backup: &Backup) -> BackupSummary {
     let status = backup.status.as_ref();
+    let verification = status.and_then(|s| s.verification.as_ref());
+    let checked_at = verification
+        .filter(|v| v.phase != VerificationPhase::Running)
+        .and_then(|v| v.completion_time.as_ref())
+        .map(|t| t.0);
     BackupSummary {
         name: backup.name_any(),
         phase: backup.phase(),
@@ -35,6 +40,13 @@ pub fn summarize(backup: &Backup) -> BackupSummary {
         deleting: backup.metadata.deletion_timestamp.is_some(),
         total_bytes: status.and_then(|s| s.total_bytes),
         total_files: status.and_then(|s| s.total_files),
+        verified: status
+            .and_then(|s| condition::find(&s.conditions, ConditionType::Verified))
+            .map(|c| c.status == "True"),
+        checked_at,
+        passed_at: checked_at
+            .filter(|_| verification.is_some_and(|v| v.phase == VerificationPhase::Passed)),
+        verifying: backup.verification_request().is_some(),
     }
 }
 
@@ -95,6 +107,8 @@ struct Decision {
     retention_warnings: Vec<Invalid>,
     /// The gauges (none while the policy is refused).
     figures: Option<metrics::PolicyFigures>,
+    /// A verification run that is due: the Backup to verify and the request's token.
+    verify: Option<(String, String)>,
     status: BackupPolicyStatus,
     /// When to look again even if nothing changes.
     requeue_after: Option<Duration>,
@@ -184,7 +198,9 @@ fn decide(policy: &BackupPolicy, observed: &Observed) -> Decision {
     if let Some(ok) = newest_ok {
         status.last_successful_backup_time = ok.completion_time.map(Time);
     }
-    let figures = figures(&status, &newest, &plan, &schedule);
+    let verification_schedule = policy.spec.verification_schedule().ok().flatten();
+    let mut figures = figures(&status, &newest, &plan, &schedule);
+    verification_figures(&mut figures, summaries, verification_schedule.as_ref(), now);
     let (reason, message) = if policy.spec.suspend {
         (
             "Suspended",
@@ -208,6 +224,20 @@ fn decide(policy: &BackupPolicy, observed: &Observed) -> Decision {
     } else {
         (Vec::new(), Vec::new())
     };
+    let (verify, verify_after) = match &verification_schedule {
+        Some(vs) => plan_verification(
+            policy,
+            vs,
+            observed.backups.as_deref(),
+            &mut status,
+            since,
+            now,
+        ),
+        None => {
+            status.next_verification = None;
+            (None, None)
+        }
+    };
     Decision {
         create,
         expire,
@@ -215,9 +245,68 @@ fn decide(policy: &BackupPolicy, observed: &Observed) -> Decision {
         retention_warnings,
         // Gauges from a history not listed yet would say "never succeeded".
         figures: listed.then_some(figures),
+        verify,
         status,
-        requeue_after: plan.requeue_after,
+        requeue_after: [plan.requeue_after, verify_after]
+            .into_iter()
+            .flatten()
+            .min(),
     }
+}
+
+/// The verification run that is due, if one is and the history is listed: the backup `pick`
+/// chooses and the run's time as the request's token. A run that falls due while a backup is
+/// being verified waits for it (the Backup's change wakes the policy); one with nothing to verify
+/// is done. Also the next verification time, and when to look again for it.
+fn plan_verification(
+    policy: &BackupPolicy,
+    schedule: &backstop_api::schedule::Schedule,
+    backups: Option<&[BackupSummary]>,
+    status: &mut BackupPolicyStatus,
+    since: Timestamp,
+    now: Timestamp,
+) -> (Option<(String, String)>, Option<Duration>) {
+    let last = status.last_verification_time.as_ref().map(|t| t.0);
+    let plan = scheduling::plan(schedule, policy.spec.suspend, last, since, &[], now);
+    status.next_verification = plan.next.map(Time);
+    let (Some(at), Some(backups)) = (plan.run, backups) else {
+        return (None, plan.requeue_after);
+    };
+    let chosen = crate::verification::pick(backups);
+    if chosen.is_none() && backups.iter().any(|b| b.verifying) {
+        return (None, plan.requeue_after);
+    }
+    status.last_verification_time = Some(Time(at));
+    let Some(backup) = chosen else {
+        return (None, plan.requeue_after);
+    };
+    status.last_verified_backup = Some(backup.name.clone());
+    (
+        Some((backup.name.clone(), at.to_string())),
+        plan.requeue_after,
+    )
+}
+
+/// The verification gauges: the newest verification that passed, the verification interval,
+/// and how many backups failed theirs.
+fn verification_figures(
+    figures: &mut metrics::PolicyFigures,
+    backups: &[BackupSummary],
+    schedule: Option<&backstop_api::schedule::Schedule>,
+    now: Timestamp,
+) {
+    let present = || backups.iter().filter(|b| !b.deleting);
+    figures.last_verified = present()
+        .filter_map(|b| b.passed_at)
+        .max()
+        .map(|t| t.as_second() as f64);
+    figures.verification_interval_seconds = schedule.and_then(|s| {
+        let next = s.next_after(now)?;
+        let after = s.next_after(next)?;
+        Some(after.duration_since(next).as_secs_f64())
+    });
+    let failing = present().filter(|b| b.verified == Some(false)).count() as i64;
+    figures.failing_verification = (schedule.is_some() || failing > 0).then_some(failing);
 }
 
 /// Retention's part of the decision (see `retention`): the backups to delete now, the status
@@ -371,6 +460,7 @@ fn figures(
             .filter(|b| b.phase.is_terminal())
             .take_while(|b| b.phase == BackupPhase::Failed)
             .count() as i64,
+        ..metrics::PolicyFigures::default()
     }
 }
 
@@ -487,6 +577,9 @@ async fn apply(ctx: &Context, policy: &BackupPolicy, decision: Decision) -> Resu
         )
         .await;
     }
+    if let Some((backup, token)) = &decision.verify {
+        ask_verification(ctx, policy, backup, token).await?;
+    }
     for why in decision.warning.iter().chain(&decision.retention_warnings) {
         events::warning(&ctx.recorder, policy, &why.reason, why.message.clone()).await;
     }
@@ -522,6 +615,39 @@ async fn apply(ctx: &Context, policy: &BackupPolicy, decision: Decision) -> Resu
     Ok(decision
         .requeue_after
         .map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Asks `backup` to be verified: the annotation the Backup reconciler answers.
+async fn ask_verification(
+    ctx: &Context,
+    policy: &BackupPolicy,
+    backup: &str,
+    token: &str,
+) -> Result<(), Error> {
+    let api: Api<Backup> =
+        Api::namespaced(ctx.client.clone(), &policy.namespace().unwrap_or_default());
+    let patch = serde_json::json!({"metadata": {"annotations": {labels::VERIFY: token}}});
+    match api
+        .patch(
+            backup,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => {}
+        // Deleted meanwhile: the next run picks another.
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    events::normal(
+        &ctx.recorder,
+        policy,
+        "VerificationRequested",
+        format!("Asked backup {backup} to be verified (run of {token})"),
+    )
+    .await;
+    Ok(())
 }
 
 fn error_policy(_: Arc<BackupPolicy>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -738,6 +864,92 @@ mod tests {
         );
         // Listed, the same moment makes the due run.
         assert!(decide(&policy, &ready("02:00", vec![])).create.is_some());
+    }
+
+    #[test]
+    fn a_verification_run_asks_one_backup_never_overlaps_and_feeds_the_gauges() {
+        let mut policy = fixtures::policy("nightly", "0 2 * * *", None);
+        policy.spec.verification = Some(backstop_api::Verification {
+            schedule: "0 * * * *".into(),
+            ..Default::default()
+        });
+        let older = scheduled(&policy, "01:00", Completed);
+        let newer = scheduled(&policy, "02:00", Completed);
+        let decision = decide(&policy, &ready("03:00", vec![older.clone(), newer.clone()]));
+        let (backup, token) = decision.verify.clone().expect("the 03:00 verification run");
+        assert_eq!(backup, newer.name_any(), "the newest never verified");
+        assert_eq!(token, at("03:00").to_string());
+        let status = &decision.status;
+        assert_eq!(status.last_verification_time, Some(Time(at("03:00"))));
+        assert_eq!(status.next_verification, Some(Time(at("04:00"))));
+        assert_eq!(
+            status.last_verified_backup.as_deref(),
+            Some(backup.as_str())
+        );
+        let figures = decision.figures.clone().unwrap();
+        assert_eq!(figures.verification_interval_seconds, Some(3600.0));
+        assert_eq!(figures.failing_verification, Some(0));
+        assert_eq!(figures.last_verified, None);
+
+        // Recorded: the same run is not asked again.
+        policy.status = Some(decision.status.clone());
+        assert_eq!(
+            decide(&policy, &ready("03:30", vec![older.clone(), newer.clone()])).verify,
+            None
+        );
+
+        // At 04:00 the newer one is still being verified: the run waits, unrecorded.
+        let mut busy = newer.as_ref().clone();
+        busy.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(labels::VERIFY.into(), "t".into());
+        let busy = Arc::new(busy);
+        let waiting = decide(&policy, &ready("04:00", vec![older.clone(), busy.clone()]));
+        assert_eq!(waiting.verify, None);
+        assert_eq!(
+            waiting.status.last_verification_time,
+            Some(Time(at("03:00")))
+        );
+
+        // Once it failed, it is counted, and the run goes to the older one.
+        let mut failed = busy.as_ref().clone();
+        let answer = failed.status.get_or_insert_default();
+        answer.verification = Some(backstop_api::VerificationStatus {
+            request: "t".into(),
+            phase: VerificationPhase::Failed,
+            completion_time: Some(Time(at("04:01"))),
+            ..Default::default()
+        });
+        condition::set(
+            &mut answer.conditions,
+            ConditionType::Verified,
+            false,
+            "DigestMismatch",
+            "m",
+            None,
+            at("04:01"),
+        );
+        let decision = decide(
+            &policy,
+            &ready("04:02", vec![older.clone(), Arc::new(failed)]),
+        );
+        assert_eq!(decision.verify.map(|(b, _)| b), Some(older.name_any()));
+        assert_eq!(decision.figures.unwrap().failing_verification, Some(1));
+
+        // Before every Backup is listed, nothing is asked; the next run is shown.
+        let listing = Observed {
+            backups: None,
+            ..ready("05:00", vec![])
+        };
+        let decision = decide(&policy, &listing);
+        assert_eq!(decision.verify, None);
+        assert_eq!(decision.status.next_verification, Some(Time(at("06:00"))));
+        // Suspended: no verification either.
+        policy.spec.suspend = true;
+        let decision = decide(&policy, &ready("05:00", vec![older]));
+        assert_eq!(decision.verify, None);
+        assert_eq!(decision.status.next_verification, None);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Which backups retention removes, and why each of the others stays.
 //!
-//! Only good backups count: Completed, not being deleted, and not empty where the good one before
-//! had files (a selector or volume that suddenly backs up nothing must not push real backups
-//! out). Running, Pending, Failed and empty backups are never removed by retention.
+//! Only good backups count: Completed, not being deleted, not failed at verification, and not
+//! empty where the good one before had files (a selector or volume that suddenly backs up
+//! nothing must not push real backups out). Running, Pending, Failed, empty and
+//! failed-verification backups are never removed by retention.
 //!
 //! The rules are restic's and borg's: `keepLast` keeps the newest N; `keepHourly` (daily, weekly,
 //! monthly, yearly) keeps the newest backup of each of the N newest hours (days, ISO weeks,
@@ -55,9 +56,10 @@ pub struct Verdict {
     pub empty: Vec<String>,
 }
 
-/// Whether a backup is Completed and not already being deleted.
+/// Whether a backup is Completed, not already being deleted, and did not fail its last
+/// verification.
 pub fn counts(backup: &BackupSummary) -> bool {
-    backup.phase == BackupPhase::Completed && !backup.deleting
+    backup.phase == BackupPhase::Completed && !backup.deleting && backup.verified != Some(false)
 }
 
 /// The time a backup stands for: its scheduled time, else when it was made.
@@ -264,6 +266,37 @@ mod tests {
             backup("c2", 2, BackupPhase::Completed),
         ];
         assert_eq!(expired(&backups, Some(1)), vec!["c1"]);
+    }
+
+    #[test]
+    fn a_backup_that_failed_verification_is_neither_counted_nor_removed() {
+        let mut damaged = backup("c2", 2, BackupPhase::Completed);
+        damaged.verified = Some(false);
+        let mut sound = backup("c1", 1, BackupPhase::Completed);
+        sound.verified = Some(true);
+        let backups = [
+            backup("c0", 0, BackupPhase::Completed),
+            sound,
+            damaged,
+            backup("c3", 3, BackupPhase::Completed),
+        ];
+        // keepLast=2 keeps c3 and c1 (c2 is not good), and leaves c2 alone.
+        let verdict = judge(&backups, &rules(|r| r.keep_last = Some(2)), &TimeZone::UTC);
+        assert_eq!(kept_names(&verdict), vec!["c1", "c3"]);
+        assert_eq!(verdict.expired, vec!["c0"]);
+        // The floor is the newest good backup, not the newest Completed one.
+        let only_damaged_newest = [backup("c1", 1, BackupPhase::Completed), {
+            let mut d = backup("c2", 2, BackupPhase::Completed);
+            d.verified = Some(false);
+            d
+        }];
+        let verdict = judge(
+            &only_damaged_newest,
+            &rules(|r| r.keep_daily = Some(1)),
+            &TimeZone::UTC,
+        );
+        assert_eq!(verdict.kept, vec![("c1".to_string(), vec![Rule::Daily])]);
+        assert!(verdict.expired.is_empty());
     }
 
     #[test]

@@ -19,6 +19,14 @@ pub struct BackupSummary {
     pub deleting: bool,
     pub total_bytes: Option<i64>,
     pub total_files: Option<i64>,
+    /// The `Verified` condition: None until a verification concluded.
+    pub verified: Option<bool>,
+    /// When the latest verification finished (whatever it found).
+    pub checked_at: Option<Timestamp>,
+    /// When the latest verification finished, if it passed.
+    pub passed_at: Option<Timestamp>,
+    /// A verification was asked for and has not finished.
+    pub verifying: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

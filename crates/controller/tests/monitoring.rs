@@ -20,6 +20,9 @@ fn exported() -> String {
             next_run: Some(4.0),
             interval_seconds: Some(60.0),
             consecutive_failures: 1,
+            last_verified: Some(5.0),
+            verification_interval_seconds: Some(3600.0),
+            failing_verification: Some(0),
         },
     );
     m.backup_duration.get_or_create(&policy).observe(2.0);

@@ -52,7 +52,13 @@ impl RestoreError {
             RestoreError::Integrity(_) => Reason::IntegrityCheckFailed,
             RestoreError::Unsafe { .. } => Reason::UnsafeArchive,
             RestoreError::TargetNotEmpty(_) => Reason::TargetNotEmpty,
-            RestoreError::Repository(r) => r.reason().unwrap_or(Reason::ArtifactUnreadable),
+            RestoreError::Repository(r) => {
+                r.reason()
+                    .unwrap_or_else(|| match r.io().map(io::Error::kind) {
+                        Some(io::ErrorKind::NotFound) => Reason::ArtifactMissing,
+                        _ => Reason::ArtifactUnreadable,
+                    })
+            }
             RestoreError::Manifest(_) => Reason::ArtifactUnreadable,
             RestoreError::Write { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
                 Reason::TargetFull

@@ -142,6 +142,17 @@ fn verify_checks_an_artifact_without_writing() {
 }
 
 #[test]
+fn a_missing_artifact_or_manifest_is_told_apart_from_a_damaged_one() {
+    let f = backed_up(Compression::Zstd);
+    fs::remove_file(f.repo_dir.join("ns/b/data.tar.zst")).unwrap();
+    let err = restore::verify(&f.repo, "ns/b/data.manifest.jsonl.zst", None).unwrap_err();
+    assert_eq!(err.reason(), Reason::ArtifactMissing, "{err}");
+    fs::remove_file(f.repo_dir.join("ns/b/data.manifest.jsonl.zst")).unwrap();
+    let err = restore::verify(&f.repo, "ns/b/data.manifest.jsonl.zst", None).unwrap_err();
+    assert_eq!(err.reason(), Reason::ArtifactMissing, "{err}");
+}
+
+#[test]
 fn a_non_empty_target_is_refused_by_default_and_left_alone() {
     let f = backed_up(Compression::Zstd);
     fs::write(f.target.join("precious"), "keep me").unwrap();
@@ -802,7 +813,7 @@ fn a_restore_that_fails_before_its_commit_leaves_no_staging_directory() {
         },
     )
     .unwrap_err();
-    assert_eq!(err.reason(), Reason::ArtifactUnreadable, "{err}");
+    assert_eq!(err.reason(), Reason::ArtifactMissing, "{err}");
     assert_eq!(fs::read_dir(&f.target).unwrap().count(), 0);
 }
 

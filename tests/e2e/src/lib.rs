@@ -8,6 +8,7 @@
 
 pub mod jobs_seen;
 pub mod ports;
+pub mod prometheus;
 pub mod s3;
 
 use anyhow::{Context, bail};

@@ -3,10 +3,9 @@
 //! backup-failure alert when a backup fails on purpose.
 
 use backstop_api::{Backup, BackupPhase, BackupPolicy, BackupRepository};
-use backstop_e2e::ports::{ReservedPort, wait_serving};
+use backstop_e2e::prometheus::start_prometheus;
 use backstop_e2e::*;
 use serde_json::json;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 async fn policy_with_repository(ns: &TestNamespace, app: &str) -> anyhow::Result<()> {
@@ -99,59 +98,6 @@ async fn metrics_show_the_backup_counter_histogram_and_last_success() -> anyhow:
     Ok(())
 }
 
-/// Debian's Prometheus on a loopback port, killed when dropped.
-struct Prometheus {
-    child: Child,
-    addr: String,
-    _port: ReservedPort,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_prometheus(target: &str) -> anyhow::Result<Prometheus> {
-    let dir = tempfile::tempdir()?;
-    let rules = repo_root().join("deploy/monitoring/alerts.yaml");
-    let port = ReservedPort::new()?;
-    let addr = port.addr();
-    let config = format!(
-        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-         rule_files: [{}]\n\
-         scrape_configs:\n  - job_name: backstop\n    static_configs: [{{targets: ['{target}']}}]\n",
-        rules.display()
-    );
-    std::fs::write(dir.path().join("prometheus.yml"), config)?;
-    let child = Command::new("prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.path().join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address={addr}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| anyhow::anyhow!("starting prometheus (Debian package `prometheus`): {e}"))?;
-    let mut prometheus = Prometheus {
-        child,
-        addr,
-        _port: port,
-        _dir: dir,
-    };
-    wait_serving(&mut prometheus.child, "prometheus", || {
-        http_get(&prometheus.addr, "/-/ready").is_ok()
-    })?;
-    Ok(prometheus)
-}
-
 #[tokio::test]
 #[ignore = "needs a cluster: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
 async fn prometheus_raises_the_backup_failure_alert_for_a_failed_backup() -> anyhow::Result<()> {
@@ -162,43 +108,19 @@ async fn prometheus_raises_the_backup_failure_alert_for_a_failed_backup() -> any
     policy_with_repository(&ns, "nothing-here").await?;
     let target = leader_metrics_addr(&client).await?;
     let prometheus = start_prometheus(&target)?;
-    wait_until(
-        Duration::from_secs(60),
-        "Prometheus to scrape the operator",
-        || async {
-            let body = http_get(
-                &prometheus.addr,
-                "/api/v1/query?query=up%7Bjob%3D%22backstop%22%7D",
-            )
-            .unwrap_or_default();
-            Ok(body.contains(r#""value":["#) && body.contains(r#","1"]"#))
-        },
-    )
-    .await?;
+    prometheus.scraping().await?;
 
     let backup = finished(&ns, "doomed").await?;
     assert_eq!(backup.phase(), BackupPhase::Failed, "{:?}", backup.status);
 
-    let alert = wait_for(
-        Duration::from_secs(90),
-        "BackstopBackupFailed to fire",
-        || async {
-            let body: serde_json::Value =
-                serde_json::from_str(&http_get(&prometheus.addr, "/api/v1/alerts")?)?;
-            Ok(body["data"]["alerts"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|a| {
-                    a["labels"]["alertname"] == "BackstopBackupFailed"
-                        && a["labels"]["namespace"] == ns.name.as_str()
-                        && a["labels"]["policy"] == "nightly"
-                        && a["state"] == "firing"
-                })
-                .cloned())
-        },
-    )
-    .await?;
+    let alert = prometheus
+        .firing(
+            "BackstopBackupFailed",
+            &ns.name,
+            "nightly",
+            Duration::from_secs(90),
+        )
+        .await?;
     assert_eq!(alert["labels"]["severity"], "warning");
     Ok(())
 }

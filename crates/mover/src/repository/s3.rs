@@ -280,6 +280,11 @@ pub fn classify(err: object_store::Error, bucket: &str, endpoint: &str) -> Store
                 "the TLS certificate of {endpoint} is not trusted: put its CA in the Secret named in spec.s3.caSecretRef"
             ),
         )
+    } else if matches!(err, object_store::Error::NotFound { .. }) {
+        (
+            Reason::ArtifactMissing,
+            format!("the object is not in bucket {bucket:?} at {endpoint}"),
+        )
     } else if has("error sending request") || has("connect") || has("dns error") || has("timed out")
     {
         (
@@ -550,6 +555,14 @@ mod tests {
     #[test]
     fn every_sign_of_each_failure_is_recognised_on_its_own() {
         assert_eq!(reason_for("NoSuchBucket"), Reason::BucketNotFound);
+        let missing = object_store::Error::NotFound {
+            path: "ns/b/data.tar.zst".into(),
+            source: Box::new(Chain("404", None)),
+        };
+        assert_eq!(
+            classify(missing, "b", "http://s3").reason,
+            Reason::ArtifactMissing
+        );
         for text in [
             "InvalidAccessKeyId",
             "SignatureDoesNotMatch",
