@@ -58,9 +58,10 @@ pub fn backup_job(backup: &str, pvc: &str) -> String {
 }
 
 /// The Job that verifies `pvc`'s artifact of `backup` for the verification request `request`
-/// (each request has its own Jobs: a new one never meets the last one's).
+/// (each request has its own Jobs: a new one never meets the last one's). The request is any
+/// text a person or a policy wrote: it goes into the hash only, never into the name.
 pub fn verify_job(backup: &str, pvc: &str, request: &str) -> String {
-    job_name("verify", &[backup, pvc, "verify", request])
+    job_name(&format!("verify\0{request}"), &[backup, pvc, "verify"])
 }
 
 /// The Job that removes `backup`'s artifacts from its repository.
@@ -158,6 +159,23 @@ mod tests {
             assert!(!name.contains("--"), "{name}");
         }
         assert_eq!(backup_job("a", "b"), backup_job("a", "b"), "deterministic");
+    }
+
+    #[test]
+    fn a_verification_request_changes_the_job_name_but_never_appears_in_it() {
+        let first = verify_job("b", "db", "2026-11-27T14:38:00Z");
+        let again = verify_job("b", "db", "Again, by hand!");
+        assert_ne!(first, again);
+        assert_ne!(first, backup_job("b", "db"));
+        for name in [first, again, verify_job(&"b".repeat(80), "db", "x")] {
+            assert!(name.len() <= LABEL_MAX, "{name}");
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                "{name}"
+            );
+        }
+        assert!(verify_job("b", "db", "x").starts_with("b-db-verify-"));
     }
 
     #[test]
