@@ -47,6 +47,31 @@ async fn back_up_now_list_and_restore_the_latest() -> anyhow::Result<()> {
     );
     let captured = tree_listing(&data)?;
 
+    // Verified by hand: every digest read back; the answer is on the Backup too.
+    let first_name = first
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    let verified = backstop_cli(&["backup", "verify", &first_name, "-n", &ns.name]).await?;
+    assert_eq!(verified.code, Some(0), "{verified:?}");
+    assert!(
+        verified.stdout.starts_with(&format!(
+            "backup {first_name} verified: Artifact verification passed"
+        )),
+        "{verified:?}"
+    );
+    let answered = ns.api::<Backup>().get(&first_name).await?;
+    let conditions = answered.status.map(|s| s.conditions).unwrap_or_default();
+    assert!(
+        backstop_api::condition::is_true(
+            &conditions,
+            backstop_api::condition::ConditionType::Verified
+        ),
+        "{conditions:?}"
+    );
+
     // The newest backup is the one restored: change the data, back up again, then restore.
     std::fs::write(data.join("added-later"), b"second backup only\n")?;
     let second = backstop_cli(&["backup", "now", "nightly", "-n", &ns.name, "-o", "json"]).await?;

@@ -138,8 +138,8 @@ async fn a_damaged_artifact_fails_verification_alerts_and_stops_counting_for_ret
     // The next run takes the older backup, which was never verified: it is sound.
     let sound = verified(&ns, "older", "True").await?;
     let status = sound.status.unwrap_or_default();
-    let verdict = condition::find(&status.conditions, ConditionType::Verified)
-        .map(|c| c.reason.clone());
+    let verdict =
+        condition::find(&status.conditions, ConditionType::Verified).map(|c| c.reason.clone());
     assert_eq!(verdict.as_deref(), Some("DigestsMatch"));
     let checked = status.verification.unwrap_or_default();
     assert_eq!(checked.volumes.len(), 1);

@@ -1,11 +1,11 @@
-//! `backstop backup list` and `backstop backup now POLICY`.
+//! `backstop backup list`, `backstop backup now POLICY` and `backstop backup verify NAME`.
 
 use super::format::{age, table};
 use super::wait::{Progress, reason, until_finished};
 use super::{Output, Target, connect, not_found, print_structured};
-use backstop_api::{Backup, BackupPhase, BackupPolicy, BackupSpec};
+use backstop_api::{Backup, BackupPhase, BackupPolicy, BackupSpec, VerificationPhase, labels};
 use jiff::Timestamp;
-use kube::api::{ListParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use std::time::Duration;
 
@@ -37,6 +37,16 @@ pub enum BackupCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Verify a Completed backup now (read every artifact back and check every digest against
+    /// its manifest), and wait for the answer; exits non-zero when the backup fails it.
+    Verify {
+        backup: String,
+        /// Longest wait for the answer (e.g. 30m, 2h).
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        timeout: Duration,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -62,6 +72,11 @@ impl BackupCommand {
                 output,
                 target,
             } => now(&target, &policy, (!no_wait).then_some(timeout), output).await,
+            BackupCommand::Verify {
+                backup,
+                timeout,
+                target,
+            } => verify(&target, &backup, timeout).await,
         }
     }
 }
@@ -194,6 +209,78 @@ async fn now(
         println!("note: {message}");
     }
     Ok(())
+}
+
+async fn verify(target: &Target, name: &str, timeout: Duration) -> anyhow::Result<()> {
+    let (client, namespace) = connect(target).await?;
+    let backups: Api<Backup> = Api::namespaced(client, &namespace);
+    let found = backups
+        .get(name)
+        .await
+        .map_err(|e| not_found(e, &format!("Backup {name}"), &namespace))?;
+    if found.phase() != BackupPhase::Completed {
+        anyhow::bail!(
+            "backup {name} is {}: only a Completed backup can be verified",
+            found.phase().as_str()
+        );
+    }
+    // A new token asks again, even for a backup verified a moment ago.
+    let token = format!("cli-{}", Timestamp::now());
+    let patch = serde_json::json!({"metadata": {"annotations": {labels::VERIFY: token}}});
+    backups
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    eprintln!("backup {name}: verification asked ({token})");
+    let answered = until_finished(&backups, "backup", name, timeout, |b| {
+        verification_progress(b, &token)
+    })
+    .await?;
+    let verification = answered
+        .status
+        .and_then(|s| s.verification)
+        .unwrap_or_default();
+    let message = verification.message.unwrap_or_default();
+    match verification.phase {
+        VerificationPhase::Passed => {
+            println!("backup {name} verified: {message}");
+            Ok(())
+        }
+        _ => anyhow::bail!("backup {name}: {message}"),
+    }
+}
+
+/// A verification seen as a run that finishes: Running until the answer to `token` is in,
+/// Completed when it passed, Failed otherwise.
+fn verification_progress(backup: &Backup, token: &str) -> Progress {
+    let verification = backup
+        .status
+        .as_ref()
+        .and_then(|s| s.verification.as_ref())
+        .filter(|v| v.request == token);
+    let Some(v) = verification else {
+        return Progress {
+            phase: BackupPhase::Pending,
+            line: "verification asked, not started yet".into(),
+        };
+    };
+    let phase = match v.phase {
+        VerificationPhase::Running => BackupPhase::Running,
+        VerificationPhase::Passed => BackupPhase::Completed,
+        VerificationPhase::Failed | VerificationPhase::Inconclusive => BackupPhase::Failed,
+    };
+    let done = v
+        .volumes
+        .iter()
+        .filter(|v| v.phase != VerificationPhase::Running)
+        .count();
+    Progress {
+        phase,
+        line: format!(
+            "verification {}, {done}/{} volume(s) done",
+            v.phase.as_str(),
+            v.volumes.len()
+        ),
+    }
 }
 
 /// The Backup `backup now` makes: it names the policy and, as the policy's scheduled Backups
@@ -335,6 +422,47 @@ mod tests {
         );
         assert_eq!(list["items"][0]["metadata"]["name"], "a");
         assert_eq!(list["items"][0]["kind"], "Backup");
+    }
+
+    #[test]
+    fn a_verification_finishes_only_with_the_answer_to_its_own_token() {
+        let mut b = backup(
+            "b1",
+            "nightly",
+            0,
+            BackupPhase::Completed,
+            &[("db", BackupPhase::Completed)],
+        );
+        assert_eq!(verification_progress(&b, "t2").phase, BackupPhase::Pending);
+        let status = b.status.get_or_insert_default();
+        status.verification = Some(backstop_api::VerificationStatus {
+            request: "t1".into(),
+            phase: VerificationPhase::Failed,
+            ..Default::default()
+        });
+        // An older answer is not this one's.
+        assert_eq!(verification_progress(&b, "t2").phase, BackupPhase::Pending);
+        let status = b.status.get_or_insert_default();
+        status.verification = Some(backstop_api::VerificationStatus {
+            request: "t2".into(),
+            phase: VerificationPhase::Running,
+            volumes: vec![backstop_api::VolumeVerification::default(); 2],
+            ..Default::default()
+        });
+        let running = verification_progress(&b, "t2");
+        assert_eq!(running.phase, BackupPhase::Running);
+        assert_eq!(running.line, "verification Running, 0/2 volume(s) done");
+        for (answer, phase) in [
+            (VerificationPhase::Passed, BackupPhase::Completed),
+            (VerificationPhase::Failed, BackupPhase::Failed),
+            (VerificationPhase::Inconclusive, BackupPhase::Failed),
+        ] {
+            let status = b.status.get_or_insert_default();
+            if let Some(v) = status.verification.as_mut() {
+                v.phase = answer;
+            }
+            assert_eq!(verification_progress(&b, "t2").phase, phase, "{answer:?}");
+        }
     }
 
     #[test]
