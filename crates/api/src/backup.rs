@@ -111,12 +111,16 @@ pub enum VerificationMode {
     /// artifact's digest, and every file's.
     #[default]
     Artifact,
+    /// Each volume is restored into a scratch volume (every digest checked), the policy's check
+    /// runs on the restored data, and the scratch volume is removed.
+    RestoreDrill,
 }
 
 impl VerificationMode {
     pub const fn as_str(self) -> &'static str {
         match self {
             VerificationMode::Artifact => "Artifact",
+            VerificationMode::RestoreDrill => "RestoreDrill",
         }
     }
 }

@@ -16,8 +16,8 @@ pub use backup::{
     VerificationStatus, VolumeBackup, VolumeVerification,
 };
 pub use policy::{
-    BackupPolicy, BackupPolicySpec, BackupPolicyStatus, KeptBackup, Retention, RetentionStatus,
-    Target, Verification,
+    BackupPolicy, BackupPolicySpec, BackupPolicyStatus, Drill, DrillCheck, KeptBackup, Retention,
+    RetentionStatus, Target, Verification,
 };
 pub use repository::{
     BackupRepository, BackupRepositorySpec, BackupRepositoryStatus, Compression, PvcRepository,

@@ -66,9 +66,40 @@ pub struct Verification {
     /// When to verify: a 5-field cron expression, read in the policy's time zone.
     #[schemars(regex(pattern = r"^\s*\S+(\s+\S+){4}\s*$"))]
     pub schedule: String,
-    /// How: `Artifact` reads every artifact back and checks every digest against the manifest.
+    /// How: `Artifact` reads every artifact back and checks every digest against the manifest;
+    /// `RestoreDrill` restores each volume into a scratch volume, checking every digest, runs
+    /// `drill.check` on the restored data, and removes the scratch volume.
     #[serde(default)]
     pub mode: crate::backup::VerificationMode,
+    /// The scratch volumes and the check of a `RestoreDrill`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<Drill>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Drill {
+    /// Storage class of the scratch volumes (default: the backed-up volume's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Size of the scratch volumes, e.g. `10Gi` (default: the backed-up volume's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    /// A container run on the restored data (mounted at `/restored`) once every digest matched:
+    /// exit 0 passes the drill; otherwise the drill fails with `DrillCheckFailed` and the end
+    /// of what it wrote (its termination message, else its log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<DrillCheck>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillCheck {
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -240,6 +271,14 @@ impl BackupPolicySpec {
         let Some(verification) = &self.verification else {
             return Ok(None);
         };
+        if let Some(check) = verification.drill.as_ref().and_then(|d| d.check.as_ref())
+            && check.image.trim().is_empty()
+        {
+            return Err(Invalid::new(
+                "InvalidVerification",
+                "spec.verification.drill.check.image is empty: name the image the check runs in",
+            ));
+        }
         Schedule::parse(&verification.schedule, self.time_zone.as_deref())
             .map(Some)
             .map_err(|e| {
@@ -337,6 +376,15 @@ spec:
             "{}",
             invalid.message
         );
+        spec.verification = Some(Verification {
+            schedule: "@daily".into(),
+            drill: Some(Drill {
+                check: Some(DrillCheck::default()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert_eq!(spec.validate().unwrap_err().reason, "InvalidVerification");
     }
 
     #[test]

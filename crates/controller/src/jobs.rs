@@ -6,7 +6,9 @@ use backstop_api::contract::{
     self, CA_MOUNT, Location, REPOSITORY_MOUNT, Request, S3Location, SOURCE_MOUNT, TARGET_MOUNT,
     TERMINATION_LOG,
 };
-use backstop_api::{Backup, BackupRepository, ExistingDataPolicy, Restore, labels, naming};
+use backstop_api::{
+    Backup, BackupRepository, DrillCheck, ExistingDataPolicy, Restore, labels, naming,
+};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, EnvVar, EnvVarSource, NodeAffinity, NodeSelector,
@@ -103,6 +105,8 @@ pub const ROLE_DELETE: &str = "delete";
 pub const ROLE_PROBE: &str = "probe";
 pub const ROLE_RESTORE: &str = "restore";
 pub const ROLE_VERIFY: &str = "verify";
+/// On a drill's scratch PVC.
+pub const ROLE_DRILL: &str = "drill";
 /// A probe that has not finished in this time failed (e.g. its pod could not start).
 pub const PROBE_DEADLINE_SECONDS: i64 = 120;
 /// How long a probe retries an unreachable endpoint: long enough for a blip, short enough that
@@ -227,6 +231,9 @@ struct MoverJob<'a> {
     deadline_seconds: i64,
     /// The capabilities the command needs.
     capabilities: Vec<&'static str>,
+    /// A container run after the mover (which then runs as an init container), e.g. a drill's
+    /// check.
+    after: Option<Container>,
 }
 
 /// A pod that must run on `node`.
@@ -261,6 +268,7 @@ fn job<K: Resource<DynamicType = ()>>(owner: &K, mover: MoverJob<'_>, config: &M
         mut mounts,
         deadline_seconds,
         capabilities,
+        after,
     } = mover;
     let access = repository_access(repository, read_only);
     volumes.extend(access.volumes);
@@ -321,7 +329,8 @@ fn job<K: Resource<DynamicType = ()>>(owner: &K, mover: MoverJob<'_>, config: &M
                     node_selector: config.node_selector.clone(),
                     tolerations: config.tolerations.clone(),
                     automount_service_account_token: Some(false),
-                    containers: vec![container],
+                    init_containers: after.is_some().then(|| vec![container.clone()]),
+                    containers: vec![after.unwrap_or(container)],
                     volumes: Some(volumes),
                     ..PodSpec::default()
                 }),
@@ -403,6 +412,7 @@ pub fn backup_job(
         mounts: vec![mount("source", SOURCE_MOUNT, true)],
         deadline_seconds: config.deadline_seconds,
         capabilities: capabilities::BACKUP.to_vec(),
+        after: None,
     };
     job(backup, mover, config)
 }
@@ -425,6 +435,7 @@ pub fn delete_job(backup: &Backup, repo: &BackupRepository, config: &MoverConfig
         mounts: Vec::new(),
         deadline_seconds: config.deadline_seconds,
         capabilities: capabilities::DELETE.to_vec(),
+        after: None,
     };
     job(backup, mover, config)
 }
@@ -438,28 +449,88 @@ pub struct VerifyJob<'a> {
     pub manifest: String,
     /// The artifact's BLAKE3 recorded when the backup completed (the manifest must name it).
     pub artifact_digest: Option<String>,
+    /// A restore drill: into this scratch PVC, then this check, if any.
+    pub drill: Option<(&'a str, Option<&'a DrillCheck>)>,
 }
 
-/// The Job that reads one artifact of `backup` back and checks it against its manifest: the
-/// repository is mounted read-only and nothing else is.
+/// Where a drill's check finds the restored data.
+pub const RESTORED_MOUNT: &str = "/restored";
+
+/// The Job that verifies one volume of `backup`. `Artifact`: reads the artifact back and checks
+/// it against its manifest, with the repository mounted read-only and nothing else. A drill:
+/// restores it into the scratch PVC (untrusted: no device nodes, no set-id bits), every digest
+/// checked, then runs the check on the restored data.
 pub fn verify_job(backup: &Backup, v: VerifyJob<'_>, config: &MoverConfig) -> Job {
+    let location = location(v.repository);
+    let (request, volumes, mounts, capabilities, after) = match v.drill {
+        None => (
+            Request::Verify {
+                repository: location,
+                manifest: v.manifest,
+                artifact_digest: v.artifact_digest,
+            },
+            Vec::new(),
+            Vec::new(),
+            capabilities::VERIFY.to_vec(),
+            None,
+        ),
+        Some((scratch, check)) => (
+            Request::Restore {
+                repository: location,
+                manifest: v.manifest,
+                target: TARGET_MOUNT.into(),
+                existing_data_policy: ExistingDataPolicy::FailIfNotEmpty,
+                artifact_digest: v.artifact_digest,
+                untrusted: true,
+            },
+            vec![claim_volume("target", scratch, false)],
+            vec![mount("target", TARGET_MOUNT, false)],
+            restore_capabilities(true),
+            check.map(|c| check_container(c, config)),
+        ),
+    };
     let mover = MoverJob {
         name: v.name,
         node: None,
         role: ROLE_VERIFY,
         labels: backup_labels(backup, Some(v.pvc)),
-        request: Request::Verify {
-            repository: location(v.repository),
-            manifest: v.manifest,
-            artifact_digest: v.artifact_digest,
-        },
+        request,
         repository: (v.repository, true),
-        volumes: Vec::new(),
-        mounts: Vec::new(),
+        volumes,
+        mounts,
         deadline_seconds: config.deadline_seconds,
-        capabilities: capabilities::VERIFY.to_vec(),
+        capabilities,
+        after,
     };
     job(backup, mover, config)
+}
+
+/// A drill's check: the user's image and command with the restored data at `RESTORED_MOUNT`,
+/// no capabilities and no way to gain any; when it fails, the end of its log is its message.
+fn check_container(check: &DrillCheck, config: &MoverConfig) -> Container {
+    Container {
+        name: "check".into(),
+        image: Some(check.image.clone()),
+        image_pull_policy: Some(config.pull_policy.clone()),
+        command: (!check.command.is_empty()).then(|| check.command.clone()),
+        args: (!check.args.is_empty()).then(|| check.args.clone()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        resources: Some(config.resources.clone()),
+        volume_mounts: Some(vec![mount("target", RESTORED_MOUNT, false)]),
+        ..Container::default()
+    }
 }
 
 /// What a restore Job needs to know.
@@ -516,6 +587,7 @@ pub fn restore_job(restore: &Restore, r: RestoreJob<'_>, config: &MoverConfig) -
         mounts: vec![mount("target", TARGET_MOUNT, false)],
         deadline_seconds: config.deadline_seconds,
         capabilities: restore_capabilities(r.untrusted),
+        after: None,
     };
     job(restore, mover, config)
 }
@@ -541,6 +613,7 @@ pub fn probe_job(repo: &BackupRepository, at: i64, config: &MoverConfig) -> Job 
         mounts: Vec::new(),
         deadline_seconds: PROBE_DEADLINE_SECONDS,
         capabilities: capabilities::PROBE.to_vec(),
+        after: None,
     };
     job(repo, mover, config)
 }

@@ -5,7 +5,7 @@ use crate::Error;
 use backstop_api::condition::Invalid;
 use backstop_api::contract::Failure;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::api::{Api, ListParams};
 use kube::{Resource, ResourceExt};
 
@@ -13,23 +13,35 @@ use kube::{Resource, ResourceExt};
 /// itself owns count: anyone who may create pods in the namespace can label one `job-name=...`
 /// and give it a termination message.
 pub async fn termination_message(pods: &Api<Pod>, job: &Job) -> Result<Option<String>, Error> {
+    Ok(job_pods(pods, job)
+        .await?
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref()?.first())
+        .find_map(message_of))
+}
+
+/// The pods `job` owns (see `termination_message`).
+pub async fn job_pods(pods: &Api<Pod>, job: &Job) -> Result<Vec<Pod>, Error> {
     let list = pods
         .list(&ListParams::default().labels(&format!("job-name={}", job.name_any())))
         .await?;
     Ok(list
         .items
-        .iter()
-        .filter(|p| owned_by(*p, job))
-        .filter_map(|p| {
-            p.status
-                .as_ref()?
-                .container_statuses
-                .as_ref()?
-                .first()
-                .cloned()
-        })
-        .filter_map(|c| c.state?.terminated?.message)
-        .find(|m| !m.trim().is_empty()))
+        .into_iter()
+        .filter(|p| owned_by(p, job))
+        .collect())
+}
+
+/// A finished container's termination message, if it left one.
+pub fn message_of(status: &ContainerStatus) -> Option<String> {
+    status
+        .state
+        .as_ref()?
+        .terminated
+        .as_ref()?
+        .message
+        .clone()
+        .filter(|m| !m.trim().is_empty())
 }
 
 /// Whether `obj` has `owner` as its controller (by uid, never by name).

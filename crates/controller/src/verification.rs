@@ -8,23 +8,29 @@
 //! is `Inconclusive`: it says so, and leaves `Verified` as the last conclusive one found it, so
 //! that an outage never makes good backups look damaged (they would stop counting for retention).
 
-use crate::jobs::{self, ROLE_VERIFY};
-use crate::outcome::{job_name_taken, owned_by, termination_message};
+use crate::jobs::{self, ROLE_DRILL, ROLE_VERIFY};
+use crate::outcome::{job_name_taken, owned_by};
 use crate::scheduling::BackupSummary;
 use crate::{Context, Error, events, metrics, now};
 use backstop_api::condition::{self, ConditionType, Invalid};
 use backstop_api::contract::{self, RestoreResult};
 use backstop_api::{
-    Backup, BackupRepository, BackupStatus, VerificationMode, VerificationPhase,
-    VerificationStatus, VolumeVerification, naming,
+    Backup, BackupRepository, BackupStatus, Drill, Verification, VerificationMode,
+    VerificationPhase, VerificationStatus, VolumeBackup, VolumeVerification, labels, naming,
 };
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{
+    ContainerStatus, PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::Api;
+use kube::api::{Api, ObjectMeta};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The backup a verification run asks for: the newest Completed one never verified, else the one
@@ -129,7 +135,7 @@ pub fn conclude(verification: &VerificationStatus, seconds: i64) -> Conclusion {
             .and_then(|v| v.reason.clone())
             .unwrap_or_default();
         let message = format!(
-            "{mode} verification failed: {}. The backup no longer counts as good for retention; restoring it would fail",
+            "{mode} verification failed: {}. The backup no longer counts as good for retention",
             bad.join("; ")
         );
         return Conclusion {
@@ -151,15 +157,22 @@ pub fn conclude(verification: &VerificationStatus, seconds: i64) -> Conclusion {
     }
     let files: i64 = volumes.iter().filter_map(|v| v.files).sum();
     let bytes: i64 = volumes.iter().filter_map(|v| v.bytes).sum();
-    let message = format!(
-        "{mode} verification passed in {seconds}s: {} volume{} read back, {files} files ({}), every digest matches its manifest",
+    let (done, reason) = match verification.mode {
+        VerificationMode::Artifact => ("read back", "DigestsMatch"),
+        VerificationMode::RestoreDrill => ("restored into a scratch volume", "DrillPassed"),
+    };
+    let mut message = format!(
+        "{mode} verification passed in {seconds}s: {} volume{} {done}, {files} files ({}), every digest matches its manifest",
         volumes.len(),
         if volumes.len() == 1 { "" } else { "s" },
         events::human_bytes(bytes),
     );
+    if verification.mode == VerificationMode::RestoreDrill {
+        message.push_str("; the check (if any) passed and the scratch volumes are removed");
+    }
     Conclusion {
         phase: VerificationPhase::Passed,
-        verified: Some((true, Invalid::new("DigestsMatch", message.clone()))),
+        verified: Some((true, Invalid::new(reason, message.clone()))),
         message,
     }
 }
@@ -169,11 +182,12 @@ fn started(
     status: &BackupStatus,
     backup: &str,
     request: &str,
+    mode: VerificationMode,
     now: Timestamp,
 ) -> VerificationStatus {
     VerificationStatus {
         request: request.to_string(),
-        mode: VerificationMode::Artifact,
+        mode,
         phase: VerificationPhase::Running,
         start_time: Some(Time(now)),
         completion_time: None,
@@ -190,31 +204,54 @@ fn started(
     }
 }
 
-/// Carries out (or follows) the verification `request` of the Completed `backup`.
+/// The verification settings of `backup`'s policy, if it has a policy with them.
+fn settings(ctx: &Context, backup: &Backup) -> Option<Verification> {
+    let policy = backup.spec.policy_ref.as_deref()?;
+    let namespace = backup.namespace().unwrap_or_default();
+    ctx.stores
+        .policies
+        .store
+        .get(&ObjectRef::new(policy).within(&namespace))?
+        .spec
+        .verification
+        .clone()
+}
+
+/// Carries out (or follows) the verification `request` of the Completed `backup`, the way its
+/// policy's `spec.verification` says (`Artifact` without one).
 pub async fn progress(ctx: &Context, backup: &Backup, request: &str) -> Result<Action, Error> {
     let name = backup.name_any();
     let namespace = backup.namespace().unwrap_or_default();
+    let settings = settings(ctx, backup).unwrap_or_default();
     let mut status = backup.status.clone().unwrap_or_default();
     let mut verification = match status.verification.take() {
         Some(v) if v.request == request => v,
         _ => {
-            let v = started(&status, &name, request, now());
+            let v = started(&status, &name, request, settings.mode, now());
             status.verification = Some(v.clone());
             crate::patch_status(&ctx.client, backup, &status, &[]).await?;
+            let what = match v.mode {
+                VerificationMode::Artifact => "Reading back",
+                VerificationMode::RestoreDrill => "Restoring into scratch volumes",
+            };
             events::normal(
                 &ctx.recorder,
                 backup,
                 "VerificationStarted",
                 format!(
-                    "Reading back {} artifact{} to check every digest",
+                    "{what} {} artifact{} to check every digest ({})",
                     v.volumes.len(),
-                    if v.volumes.len() == 1 { "" } else { "s" }
+                    if v.volumes.len() == 1 { "" } else { "s" },
+                    v.mode.as_str()
                 ),
             )
             .await;
             v
         }
     };
+    // A drill started as one stays one, whatever the policy says meanwhile.
+    let drill = (verification.mode == VerificationMode::RestoreDrill)
+        .then(|| settings.drill.clone().unwrap_or_default());
     let repo_name = status.repository.clone().unwrap_or_default();
     let repository = ctx.repository(&namespace, &repo_name).await?;
     let mut changed = false;
@@ -223,12 +260,21 @@ pub async fn progress(ctx: &Context, backup: &Backup, request: &str) -> Result<A
         .iter_mut()
         .filter(|v| v.phase == VerificationPhase::Running)
     {
-        let digest = status
+        let backed_up = status
             .volumes
             .iter()
             .find(|v| v.pvc == volume.pvc)
-            .and_then(|v| v.digest.clone());
-        let found = look(ctx, backup, volume, digest, repository.as_deref()).await?;
+            .cloned()
+            .unwrap_or_default();
+        let found = look(
+            ctx,
+            backup,
+            volume,
+            &backed_up,
+            drill.as_ref(),
+            repository.as_deref(),
+        )
+        .await?;
         changed |= record(volume, found);
     }
     if verification
@@ -246,17 +292,20 @@ pub async fn progress(ctx: &Context, backup: &Backup, request: &str) -> Result<A
     Ok(Action::requeue(Duration::from_secs(60)))
 }
 
-/// One volume's verification: starts its Job when there is none, else reads what it found.
+/// One volume's verification: starts its Job (and a drill's scratch volume) when there is none,
+/// else reads what it found.
 async fn look(
     ctx: &Context,
     backup: &Backup,
     volume: &VolumeVerification,
-    digest: Option<String>,
+    backed_up: &VolumeBackup,
+    drill: Option<&Drill>,
     repository: Option<&BackupRepository>,
 ) -> Result<Found, Error> {
     let namespace = backup.namespace().unwrap_or_default();
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let job_name = volume.job.clone().unwrap_or_default();
+    let checked = drill.is_some_and(|d| d.check.is_some());
     match jobs_api.get_opt(&job_name).await? {
         Some(job) if !owned_by(&job, backup) => Ok(Found::Unknown(job_name_taken(&job_name))),
         Some(job) => {
@@ -264,22 +313,11 @@ async fn look(
                 return Ok(Found::Running);
             };
             let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-            let message = termination_message(&pods, &job).await?;
-            if !succeeded {
-                return Ok(judge_failure(crate::outcome::failure(&job, message)));
-            }
-            Ok(
-                match message
-                    .as_deref()
-                    .map(serde_json::from_str::<RestoreResult>)
-                {
-                    Some(Ok(result)) => Found::Sound(result),
-                    _ => Found::Unknown(Invalid::new(
-                        "MoverResultMissing",
-                        format!("Job {job_name} succeeded but its pod left no readable result"),
-                    )),
-                },
-            )
+            let pod = crate::outcome::job_pods(&pods, &job)
+                .await?
+                .into_iter()
+                .next();
+            Ok(found(&job, pod.as_ref(), succeeded, checked))
         }
         None => {
             let Some(repo) = repository else {
@@ -291,6 +329,15 @@ async fn look(
             if let Some(why) = crate::secrets::refusal(ctx, repo).await? {
                 return Ok(Found::Unknown(why));
             }
+            if let Some(drill) = drill {
+                let scratch = match scratch_volume(backup, &job_name, backed_up, drill) {
+                    Ok(scratch) => scratch,
+                    Err(why) => return Ok(Found::Unknown(why)),
+                };
+                let claims: Api<PersistentVolumeClaim> =
+                    Api::namespaced(ctx.client.clone(), &namespace);
+                crate::create_once(&claims, &scratch).await?;
+            }
             let config =
                 crate::backup::mover_config(ctx, &namespace, backup.spec.policy_ref.as_deref())
                     .await?;
@@ -301,11 +348,12 @@ async fn look(
             let job = jobs::verify_job(
                 backup,
                 jobs::VerifyJob {
-                    name: job_name,
+                    name: job_name.clone(),
                     pvc: &volume.pvc,
                     repository: repo,
                     manifest,
-                    artifact_digest: digest,
+                    artifact_digest: backed_up.digest.clone(),
+                    drill: drill.map(|d| (job_name.as_str(), d.check.as_ref())),
                 },
                 &config,
             );
@@ -323,6 +371,123 @@ async fn look(
     }
 }
 
+/// The scratch volume a drill restores `backed_up` into, named like its Job: the drill's size
+/// and class, else the backed-up volume's; owned by the Backup and labelled as a drill's, so
+/// that it is never mistaken for data and goes with the Backup at the latest.
+fn scratch_volume(
+    backup: &Backup,
+    name: &str,
+    backed_up: &VolumeBackup,
+    drill: &Drill,
+) -> Result<PersistentVolumeClaim, Invalid> {
+    let Some(size) = drill.size.clone().or_else(|| backed_up.capacity.clone()) else {
+        return Err(Invalid::new(
+            "DrillSizeUnknown",
+            format!(
+                "the backup does not record the size of PVC {:?}: set spec.verification.drill.size",
+                backed_up.pvc
+            ),
+        ));
+    };
+    let mut labels = BTreeMap::from([
+        (labels::MANAGED_BY.to_string(), labels::MANAGER.to_string()),
+        (labels::ROLE.to_string(), ROLE_DRILL.to_string()),
+        (
+            labels::BACKUP.to_string(),
+            naming::label_value(&backup.name_any()),
+        ),
+    ]);
+    labels.insert(labels::PVC.to_string(), naming::label_value(&backed_up.pvc));
+    Ok(PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: backup.namespace(),
+            labels: Some(labels),
+            owner_references: backup.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: drill
+                .storage_class_name
+                .clone()
+                .or_else(|| backed_up.storage_class_name.clone()),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), Quantity(size))])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    })
+}
+
+/// What a finished verification Job found, from its pod: the mover's report (the only
+/// container, or the init container before a drill's check), else the check's exit code and
+/// the end of what it wrote, else the Job's own failure (its pod could not run).
+pub fn found(job: &Job, pod: Option<&Pod>, succeeded: bool, checked: bool) -> Found {
+    let status = pod.and_then(|p| p.status.as_ref());
+    let mover = status.and_then(|s| {
+        if checked {
+            s.init_container_statuses.as_ref()?.first()
+        } else {
+            s.container_statuses.as_ref()?.first()
+        }
+    });
+    let exit = |c: Option<&ContainerStatus>| {
+        c.and_then(|c| c.state.as_ref()?.terminated.as_ref())
+            .map(|t| t.exit_code)
+    };
+    let mover_message = mover.and_then(crate::outcome::message_of);
+    if succeeded {
+        return match mover_message
+            .as_deref()
+            .map(serde_json::from_str::<RestoreResult>)
+        {
+            Some(Ok(result)) => Found::Sound(result),
+            _ => Found::Unknown(Invalid::new(
+                "MoverResultMissing",
+                format!(
+                    "Job {} succeeded but its pod left no readable result",
+                    job.name_any()
+                ),
+            )),
+        };
+    }
+    if exit(mover).is_some_and(|code| code != 0) {
+        return judge_failure(crate::outcome::failure(job, mover_message));
+    }
+    let check = status
+        .filter(|_| checked)
+        .and_then(|s| s.container_statuses.as_ref()?.first());
+    if let Some(code) = exit(check).filter(|code| *code != 0) {
+        let said = check
+            .and_then(crate::outcome::message_of)
+            .map(|m| tail(m.trim(), CHECK_MESSAGE_MAX))
+            .unwrap_or_else(|| "it wrote nothing".into());
+        return Found::Bad(Invalid::new(
+            "DrillCheckFailed",
+            format!("the drill's check exited with {code} on the restored data: {said}"),
+        ));
+    }
+    Found::Unknown(crate::outcome::failure(job, None))
+}
+
+/// How much of what a check wrote is kept: the end, where the verdict usually is.
+const CHECK_MESSAGE_MAX: usize = 512;
+
+/// The last `max` bytes of `text` (on a character boundary).
+fn tail(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("...{}", &text[start..])
+}
+
 /// Writes the conclusion: status, `Verified` condition, event, metrics; then the Jobs go.
 async fn finish(
     ctx: &Context,
@@ -335,6 +500,9 @@ async fn finish(
         .start_time
         .as_ref()
         .map_or(0, |t| end.duration_since(t.0).as_secs().max(0));
+    // A drill leaves nothing behind: its scratch volumes go before the answer is written (their
+    // pods' end releases them).
+    remove_scratch_volumes(ctx, backup).await?;
     let conclusion = conclude(&verification, seconds);
     verification.phase = conclusion.phase;
     verification.completion_time = Some(Time(end));
@@ -388,6 +556,24 @@ async fn finish(
         .inc();
     crate::backup::delete_jobs(ctx, backup, &[ROLE_VERIFY]).await?;
     Ok(Action::await_change())
+}
+
+/// Deletes the drill scratch volumes of `backup`.
+async fn remove_scratch_volumes(ctx: &Context, backup: &Backup) -> Result<(), Error> {
+    let claims: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &backup.namespace().unwrap_or_default());
+    let selector = format!(
+        "{}={},{}={ROLE_DRILL}",
+        labels::BACKUP,
+        naming::label_value(&backup.name_any()),
+        labels::ROLE
+    );
+    for claim in claims.list(&crate::cached().labels(&selector)).await?.items {
+        if owned_by(&claim, backup) && claim.metadata.deletion_timestamp.is_none() {
+            crate::delete_if_present(&claims, &claim.name_any()).await?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -552,6 +738,109 @@ mod tests {
                 .contains("PVC cache: EndpointUnreachable: no route"),
             "{}",
             c.message
+        );
+    }
+
+    fn terminated(exit_code: i32, message: &str) -> ContainerStatus {
+        serde_json::from_value(serde_json::json!({
+            "name": "c", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": exit_code, "message": message}}
+        }))
+        .unwrap()
+    }
+
+    fn pod(init: Option<ContainerStatus>, main: ContainerStatus) -> Pod {
+        let mut pod = Pod::default();
+        let status = pod.status.get_or_insert_default();
+        status.init_container_statuses = init.map(|i| vec![i]);
+        status.container_statuses = Some(vec![main]);
+        pod
+    }
+
+    const RESTORED: &str = r#"{"files":4,"bytes":40,"entries":6,"verification":"ok"}"#;
+    const DAMAGED: &str = r#"{"error":"data.tar.zst differs","reason":"IntegrityCheckFailed"}"#;
+
+    #[test]
+    fn a_drill_is_judged_by_the_mover_first_then_by_its_check() {
+        let job = Job::default();
+        // Without a check the mover is the only container.
+        let plain = pod(None, terminated(0, RESTORED));
+        assert!(matches!(found(&job, Some(&plain), true, false), Found::Sound(r) if r.files == 4));
+        // With one, the mover is the init container; both done: sound.
+        let passed = pod(Some(terminated(0, RESTORED)), terminated(0, ""));
+        assert!(matches!(
+            found(&job, Some(&passed), true, true),
+            Found::Sound(_)
+        ));
+        // The restore found damage: the check never ran.
+        let damaged = pod(
+            Some(terminated(1, DAMAGED)),
+            serde_json::from_value(serde_json::json!({
+                "name": "check", "image": "i", "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"waiting": {"reason": "PodInitializing"}}
+            }))
+            .unwrap(),
+        );
+        assert_eq!(
+            found(&job, Some(&damaged), false, true),
+            Found::Bad(Invalid::new("DigestMismatch", "data.tar.zst differs"))
+        );
+        // The check rejected the data: its exit code and the end of what it wrote.
+        let long = format!("{}rows: 0, expected 5", "x".repeat(600));
+        let rejected = pod(Some(terminated(0, RESTORED)), terminated(3, &long));
+        let Found::Bad(why) = found(&job, Some(&rejected), false, true) else {
+            panic!("a rejecting check fails the drill");
+        };
+        assert_eq!(why.reason, "DrillCheckFailed");
+        assert!(
+            why.message
+                .starts_with("the drill's check exited with 3 on the restored data: ...")
+                && why.message.ends_with("rows: 0, expected 5"),
+            "{}",
+            why.message
+        );
+        assert!(why.message.len() < 600, "bounded: {}", why.message.len());
+        // No pod at all (it could not start before the deadline): nobody looked.
+        assert!(matches!(found(&job, None, false, true), Found::Unknown(_)));
+    }
+
+    #[test]
+    fn a_scratch_volume_is_sized_like_the_backed_up_one_owned_and_labelled() {
+        let mut backup = Backup::new("b", backstop_api::BackupSpec::default());
+        backup.metadata.namespace = Some("shop".into());
+        backup.metadata.uid = Some("u1".into());
+        let backed_up = VolumeBackup {
+            pvc: "db".into(),
+            capacity: Some("5Gi".into()),
+            storage_class_name: Some("fast".into()),
+            ..Default::default()
+        };
+        let claim =
+            scratch_volume(&backup, "b-db-verify-1", &backed_up, &Drill::default()).unwrap();
+        let spec = claim.spec.clone().unwrap();
+        assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            spec.resources.unwrap().requests.unwrap()["storage"],
+            Quantity("5Gi".into())
+        );
+        assert!(owned_by(&claim, &backup));
+        assert_eq!(claim.labels()[labels::ROLE], ROLE_DRILL);
+        let drill = Drill {
+            storage_class_name: Some("scratch".into()),
+            size: Some("1Gi".into()),
+            check: None,
+        };
+        let spec = scratch_volume(&backup, "n", &backed_up, &drill)
+            .unwrap()
+            .spec
+            .unwrap();
+        assert_eq!(spec.storage_class_name.as_deref(), Some("scratch"));
+        let unknown = VolumeBackup::default();
+        assert_eq!(
+            scratch_volume(&backup, "n", &unknown, &Drill::default())
+                .unwrap_err()
+                .reason,
+            "DrillSizeUnknown"
         );
     }
 

@@ -8,8 +8,10 @@ use backstop_api::condition::{self, ConditionType};
 use backstop_api::{Backup, BackupPhase, BackupPolicy, VerificationPhase};
 use backstop_e2e::prometheus::start_prometheus;
 use backstop_e2e::*;
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::json;
+use std::process::Command;
 use std::time::Duration;
 
 /// Waits until Backup `name` has a `Verified` condition of `status`; returns the Backup.
@@ -178,5 +180,158 @@ async fn a_damaged_artifact_fails_verification_alerts_and_stops_counting_for_ret
             "{name} is being deleted"
         );
     }
+    Ok(())
+}
+
+/// The machine's bash in an image of its own (`import_programs_image` in hack/lib.sh): the
+/// drill's check runs in it.
+const CHECK_IMAGE: &str = "backstop-e2e-check:dev";
+
+/// Asks `name` to be verified by hand (a new token asks again).
+async fn ask(ns: &TestNamespace, name: &str, token: &str) -> anyhow::Result<()> {
+    let patch = json!({"metadata": {"annotations": {"backstop.dev/verify": token}}});
+    ns.api::<Backup>()
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Waits until the verification answering `token` is done; returns the Backup.
+async fn answered(ns: &TestNamespace, name: &str, token: &str) -> anyhow::Result<Backup> {
+    let api = ns.api::<Backup>();
+    wait_for(
+        Duration::from_secs(180),
+        &format!("backup {name}'s answer to {token}"),
+        || async {
+            let backup = api.get(name).await?;
+            let done = backup
+                .status
+                .as_ref()
+                .and_then(|s| s.verification.as_ref())
+                .is_some_and(|v| v.request == token && v.phase != VerificationPhase::Running);
+            Ok(done.then_some(backup))
+        },
+    )
+    .await
+}
+
+/// Waits until no scratch volume of a drill is left in the namespace.
+async fn no_scratch_volume_left(ns: &TestNamespace) -> anyhow::Result<()> {
+    let claims = ns.api::<PersistentVolumeClaim>();
+    wait_until(
+        Duration::from_secs(60),
+        "the drill's scratch volume to be gone",
+        || async {
+            let left = claims
+                .list(&ListParams::default().labels("backstop.dev/role=drill"))
+                .await?;
+            Ok(left.items.is_empty())
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
+async fn a_restore_drill_passes_on_good_data_fails_on_data_its_check_rejects_and_leaves_nothing()
+-> anyhow::Result<()> {
+    let client = cluster().await?;
+    install_operator(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-drill").await?;
+    ns.repository().await?;
+    let db = ns.volume("db", &[("app", "db")]).await?;
+    write_sample_tree(&db, 5)?;
+    let imported = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            ". hack/lib.sh && import_programs_image {CHECK_IMAGE} bash"
+        ))
+        .current_dir(repo_root())
+        .status()?;
+    anyhow::ensure!(
+        imported.success(),
+        "building the {CHECK_IMAGE} image failed"
+    );
+    // One spare volume per drill, in a class of this test's own (the cluster has no provisioner).
+    let class = format!("e2e-{}", ns.name);
+    for n in 1..=2 {
+        host_volume_of_class(&format!("{}-scratch-{n}", ns.name), "1Gi", &class)?;
+    }
+    // The check reads the restored data: the README the sample tree wrote, and its contents.
+    let check = |wanted: &str| {
+        json!({"image": CHECK_IMAGE, "command": ["/bin/bash", "-c", format!(
+            "[[ $(< /restored/README) == '{wanted}' ]] || {{ echo \"README says '$(< /restored/README)', expected '{wanted}'\" >&2; exit 3; }}"
+        )]})
+    };
+    create::<BackupPolicy>(
+        &ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "BackupPolicy",
+               "metadata": {"name": "db"},
+               "spec": {"schedule": "0 0 1 1 *",
+                        "target": {"pvcSelector": {"matchLabels": {"app": "db"}}},
+                        "verification": {"schedule": "0 0 1 1 *", "mode": "RestoreDrill",
+                                         "drill": {"storageClassName": class, "check": check("sample 5")}}}}),
+    )
+    .await?;
+    create::<Backup>(
+        &ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup",
+               "metadata": {"name": "b1"}, "spec": {"policyRef": "db"}}),
+    )
+    .await?;
+    let done = finished_backup(&ns, "b1", Duration::from_secs(180)).await?;
+    anyhow::ensure!(done.phase() == BackupPhase::Completed, "{:?}", done.status);
+
+    ask(&ns, "b1", "first").await?;
+    let passed = answered(&ns, "b1", "first").await?;
+    let status = passed.status.unwrap_or_default();
+    let verification = status.verification.clone().unwrap_or_default();
+    assert_eq!(
+        verification.phase,
+        VerificationPhase::Passed,
+        "{verification:?}"
+    );
+    assert_eq!(
+        verification.mode,
+        backstop_api::VerificationMode::RestoreDrill
+    );
+    let verdict = condition::find(&status.conditions, ConditionType::Verified).cloned();
+    assert_eq!(
+        verdict
+            .as_ref()
+            .map(|c| (c.status.as_str(), c.reason.as_str())),
+        Some(("True", "DrillPassed")),
+        "{verdict:?}"
+    );
+    no_scratch_volume_left(&ns).await?;
+
+    // The same backup, a check that wants other data: the drill fails with the check's words.
+    ns.api::<BackupPolicy>()
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"verification": {"drill": {"check": check("sample 6")}}}}),
+            ),
+        )
+        .await?;
+    // The policy's copy in the operator must have the new check before the ask.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ask(&ns, "b1", "second").await?;
+    let failed = answered(&ns, "b1", "second").await?;
+    let status = failed.status.unwrap_or_default();
+    let verdict = condition::find(&status.conditions, ConditionType::Verified)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no Verified condition: {status:?}"))?;
+    assert_eq!(verdict.status, "False");
+    assert_eq!(verdict.reason, "DrillCheckFailed", "{verdict:?}");
+    assert!(
+        verdict.message.contains(
+            "exited with 3 on the restored data: README says 'sample 5', expected 'sample 6'"
+        ),
+        "{}",
+        verdict.message
+    );
+    no_scratch_volume_left(&ns).await?;
     Ok(())
 }
