@@ -320,6 +320,19 @@ async fn look(
             Ok(found(&job, pod.as_ref(), succeeded, checked))
         }
         None => {
+            // Jobs (and scratch volumes) go once the answer is written: an answered request
+            // seen from an older copy must not start them again. (A request this reconcile just
+            // started has no Job yet by design, and its Backup is newer than the copy anyway.)
+            let recorded = backup
+                .status
+                .as_ref()
+                .and_then(|s| s.verification.as_ref())
+                .is_some_and(|v| {
+                    volume.job.is_some() && v.volumes.iter().any(|r| r.job == volume.job)
+                });
+            if recorded && !crate::cache_is_current(&ctx.client, backup).await? {
+                return Err(crate::cache_behind());
+            }
             let Some(repo) = repository else {
                 return Ok(Found::Unknown(Invalid::new(
                     "RepositoryNotFound",
