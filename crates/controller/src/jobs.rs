@@ -270,6 +270,8 @@ fn job<K: Resource<DynamicType = ()>>(owner: &K, mover: MoverJob<'_>, config: &M
         capabilities,
         after,
     } = mover;
+    // A container of someone else's choosing (a drill's check) never runs on the host's network.
+    let host_network = config.host_network && after.is_none();
     let access = repository_access(repository, read_only);
     volumes.extend(access.volumes);
     mounts.extend(access.mounts);
@@ -324,7 +326,7 @@ fn job<K: Resource<DynamicType = ()>>(owner: &K, mover: MoverJob<'_>, config: &M
                 }),
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".into()),
-                    host_network: Some(config.host_network),
+                    host_network: Some(host_network),
                     affinity: node.map(on_node),
                     node_selector: config.node_selector.clone(),
                     tolerations: config.tolerations.clone(),
@@ -852,6 +854,122 @@ mod tests {
         let pod = job.spec.unwrap().template.spec.unwrap();
         assert_eq!(pod.volumes.unwrap().len(), 1);
         assert_eq!(job.metadata.labels.unwrap()[labels::ROLE], ROLE_DELETE);
+    }
+
+    #[test]
+    fn an_artifact_verification_mounts_only_the_repository_read_only() {
+        let (backup, repo) = fixtures();
+        let config = MoverConfig {
+            host_network: true,
+            ..MoverConfig::default()
+        };
+        let job = verify_job(
+            &backup,
+            VerifyJob {
+                name: "v".into(),
+                pvc: "db",
+                repository: &repo,
+                manifest: "shop/nightly-202611210200/db.manifest.jsonl.zst".into(),
+                artifact_digest: Some("b3".into()),
+                drill: None,
+            },
+            &config,
+        );
+        assert_eq!(
+            job.metadata.labels.clone().unwrap()[labels::ROLE],
+            ROLE_VERIFY
+        );
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.init_containers, None);
+        let mover = &pod.containers[0];
+        let args = mover.args.clone().unwrap();
+        assert_eq!(&args[..2], ["mover", "verify"]);
+        assert!(args.windows(2).any(|w| w == ["--artifact-digest", "b3"]));
+        let mounts = mover.volume_mounts.clone().unwrap();
+        assert_eq!(mounts.len(), 1);
+        assert_eq!(mounts[0].mount_path, REPOSITORY_MOUNT);
+        assert_eq!(mounts[0].read_only, Some(true));
+        assert_eq!(
+            pod.host_network,
+            Some(true),
+            "as the operator's config says"
+        );
+    }
+
+    #[test]
+    fn a_drill_restores_untrusted_into_its_scratch_volume_then_runs_the_check_without_privileges() {
+        let (backup, repo) = fixtures();
+        let config = MoverConfig {
+            host_network: true,
+            ..MoverConfig::default()
+        };
+        let check = DrillCheck {
+            image: "postgres:15".into(),
+            command: vec!["pg_restore".into()],
+            args: vec!["--list".into(), "/restored/dump".into()],
+        };
+        let job = verify_job(
+            &backup,
+            VerifyJob {
+                name: "d".into(),
+                pvc: "db",
+                repository: &repo,
+                manifest: "shop/nightly-202611210200/db.manifest.jsonl.zst".into(),
+                artifact_digest: Some("b3".into()),
+                drill: Some(("scratch", Some(&check))),
+            },
+            &config,
+        );
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let mover = &pod.init_containers.clone().unwrap()[0];
+        let args = mover.args.clone().unwrap();
+        assert_eq!(&args[..2], ["mover", "restore"]);
+        for pair in [
+            ["--target", TARGET_MOUNT],
+            ["--existing-data-policy", "FailIfNotEmpty"],
+            ["--artifact-digest", "b3"],
+        ] {
+            assert!(args.windows(2).any(|w| w == pair), "{pair:?} in {args:?}");
+        }
+        assert!(args.contains(&"--untrusted".to_string()), "{args:?}");
+        let added = mover
+            .security_context
+            .clone()
+            .and_then(|s| s.capabilities?.add)
+            .unwrap();
+        assert!(!added.contains(&"MKNOD".to_string()), "{added:?}");
+        let scratch = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "target")
+            .and_then(|v| v.persistent_volume_claim)
+            .unwrap();
+        assert_eq!(scratch.claim_name, "scratch");
+        let checker = &pod.containers[0];
+        assert_eq!(checker.name, "check");
+        assert_eq!(checker.image.as_deref(), Some("postgres:15"));
+        assert_eq!(checker.command, Some(vec!["pg_restore".to_string()]));
+        assert_eq!(
+            checker.volume_mounts.clone().unwrap()[0].mount_path,
+            RESTORED_MOUNT
+        );
+        let security = checker.security_context.clone().unwrap();
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            security.capabilities.unwrap().drop,
+            Some(vec!["ALL".to_string()])
+        );
+        assert_eq!(
+            checker.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(
+            pod.host_network,
+            Some(false),
+            "someone else's container never runs on the host's network"
+        );
     }
 
     #[test]
