@@ -343,6 +343,7 @@ mod tests {
             volumes: vec![
                 volume("db", Some(7), &["base/1", "base/2"]),
                 volume("logs", None, &[]),
+                volume("cache", Some(0), &[]),
                 volume("wal", Some(1), &["000001"]),
             ],
             ..Default::default()
@@ -357,6 +358,29 @@ mod tests {
             message.contains("(PVC db: base/1, base/2 and 5 more; PVC wal: 000001)"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn phase_and_verification_names_are_their_serialized_names() {
+        for phase in [
+            BackupPhase::Pending,
+            BackupPhase::Running,
+            BackupPhase::Completed,
+            BackupPhase::Failed,
+        ] {
+            assert_eq!(serde_json::to_value(phase).unwrap(), phase.as_str());
+        }
+        for mode in [VerificationMode::Artifact, VerificationMode::RestoreDrill] {
+            assert_eq!(serde_json::to_value(mode).unwrap(), mode.as_str());
+        }
+        for phase in [
+            VerificationPhase::Running,
+            VerificationPhase::Passed,
+            VerificationPhase::Failed,
+            VerificationPhase::Inconclusive,
+        ] {
+            assert_eq!(serde_json::to_value(phase).unwrap(), phase.as_str());
+        }
     }
 
     #[test]

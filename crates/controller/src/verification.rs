@@ -703,6 +703,68 @@ mod tests {
     }
 
     #[test]
+    fn a_passed_drill_says_so() {
+        let v = VerificationStatus {
+            mode: VerificationMode::RestoreDrill,
+            volumes: vec![volume("db", sound(3))],
+            ..Default::default()
+        };
+        let c = conclude(&v, 9);
+        let (sound, why) = c.verified.unwrap();
+        assert!(sound);
+        assert_eq!(why.reason, "DrillPassed");
+        assert!(
+            c.message.starts_with(
+                "RestoreDrill verification passed in 9s: 1 volume restored into a scratch volume"
+            ) && c.message.ends_with("the scratch volumes are removed"),
+            "{}",
+            c.message
+        );
+    }
+
+    #[test]
+    fn a_new_request_starts_with_one_running_entry_per_volume_and_its_own_jobs() {
+        let status = BackupStatus {
+            volumes: vec![
+                VolumeBackup {
+                    pvc: "db".into(),
+                    ..Default::default()
+                },
+                VolumeBackup {
+                    pvc: "logs".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let v = started(&status, "b", "t1", VerificationMode::RestoreDrill, ts(1));
+        assert_eq!(v.request, "t1");
+        assert_eq!(v.mode, VerificationMode::RestoreDrill);
+        assert_eq!(v.phase, VerificationPhase::Running);
+        assert_eq!(v.start_time, Some(Time(ts(1))));
+        let entries: Vec<(&str, Option<String>, VerificationPhase)> = v
+            .volumes
+            .iter()
+            .map(|e| (e.pvc.as_str(), e.job.clone(), e.phase))
+            .collect();
+        assert_eq!(
+            entries,
+            vec![
+                (
+                    "db",
+                    Some(naming::verify_job("b", "db", "t1")),
+                    VerificationPhase::Running
+                ),
+                (
+                    "logs",
+                    Some(naming::verify_job("b", "logs", "t1")),
+                    VerificationPhase::Running
+                ),
+            ]
+        );
+    }
+
+    #[test]
     fn one_bad_volume_fails_the_backup_even_when_another_could_not_be_read() {
         let v = VerificationStatus {
             volumes: vec![
@@ -830,7 +892,10 @@ mod tests {
         };
         let claim =
             scratch_volume(&backup, "b-db-verify-1", &backed_up, &Drill::default()).unwrap();
+        assert_eq!(claim.metadata.name.as_deref(), Some("b-db-verify-1"));
+        assert_eq!(claim.metadata.namespace.as_deref(), Some("shop"));
         let spec = claim.spec.clone().unwrap();
+        assert_eq!(spec.access_modes, Some(vec!["ReadWriteOnce".to_string()]));
         assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
         assert_eq!(
             spec.resources.unwrap().requests.unwrap()["storage"],
@@ -855,6 +920,14 @@ mod tests {
                 .reason,
             "DrillSizeUnknown"
         );
+    }
+
+    #[test]
+    fn the_tail_of_a_message_is_cut_on_a_character_boundary() {
+        assert_eq!(tail("short", 10), "short");
+        // 'é' is two bytes: keeping 3 bytes must not split one.
+        assert_eq!(tail("aéé", 3), "...é");
+        assert_eq!(tail("abcdé", 4), "...cdé");
     }
 
     #[test]
