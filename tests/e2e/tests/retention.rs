@@ -1,5 +1,6 @@
 //! Retention that is a guarantee, end to end: the policy's status says which rule keeps each
-//! backup, and the brake holds a mass deletion (keepLast 10 -> 1) until a person approves it.
+//! backup, the brake holds a mass deletion (keepLast 10 -> 1) until a person approves it, and a
+//! run of failed backups pushes no good one out.
 
 use backstop_api::condition::{self, ConditionType};
 use backstop_api::{Backup, BackupPhase, BackupPolicy, labels};
@@ -156,5 +157,84 @@ async fn the_brake_holds_a_mass_deletion_until_it_is_approved() -> anyhow::Resul
         ("False", "Approved")
     );
     assert_eq!(kept(&p), [("b4".to_string(), vec!["last".to_string()])]);
+    Ok(())
+}
+
+/// A run of failures never pushes good backups out: after good backups, every scheduled run
+/// fails (the selector matches nothing) for several minutes, and retention deletes nothing.
+#[tokio::test]
+#[ignore = "needs a cluster: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
+async fn a_run_of_failed_backups_deletes_no_good_one() -> anyhow::Result<()> {
+    let client = cluster().await?;
+    install_operator(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-floor").await?;
+    ns.repository().await?;
+    let db = ns.volume("db", &[("app", "db")]).await?;
+    write_sample_tree(&db, 6)?;
+    // Suspended while the good backups are made by hand; a failing run waits 5 s, not 10 min.
+    create::<BackupPolicy>(
+        &ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "BackupPolicy",
+               "metadata": {"name": "db"},
+               "spec": {"schedule": "* * * * *", "suspend": true, "startingDeadlineSeconds": 5,
+                        "retention": {"keepLast": 2},
+                        "target": {"pvcSelector": {"matchLabels": {"app": "db"}}}}}),
+    )
+    .await?;
+    for name in ["good-1", "good-2"] {
+        create::<Backup>(
+            &ns,
+            json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup",
+                   "metadata": {"name": name}, "spec": {"policyRef": "db"}}),
+        )
+        .await?;
+        let done = finished_backup(&ns, name, Duration::from_secs(180)).await?;
+        anyhow::ensure!(
+            done.phase() == BackupPhase::Completed,
+            "{name}: {:?}",
+            done.status
+        );
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    // The volume's label is gone (a broken selector): every run from now on fails.
+    ns.api::<BackupPolicy>()
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"suspend": false,
+                "target": {"pvcSelector": {"matchLabels": {"app": "gone"}}}}})),
+        )
+        .await?;
+    let backups = ns.api::<Backup>();
+    let failed = wait_for(
+        Duration::from_secs(300),
+        "three scheduled runs to fail",
+        || async {
+            let all = backups.list(&ListParams::default()).await?.items;
+            let failed: Vec<String> = all
+                .iter()
+                .filter(|b| b.phase() == BackupPhase::Failed)
+                .filter_map(|b| b.metadata.name.clone())
+                .collect();
+            Ok((failed.len() >= 3).then_some(failed))
+        },
+    )
+    .await?;
+    // The pass after the third failure has run (each Backup change wakes the policy).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for name in ["good-1", "good-2"] {
+        let good = backups.get(name).await?;
+        assert!(
+            good.metadata.deletion_timestamp.is_none(),
+            "{name} was deleted after {failed:?}"
+        );
+    }
+    let policy = ns.api::<BackupPolicy>().get("db").await?;
+    let kept: Vec<String> = policy
+        .status
+        .and_then(|s| s.retention)
+        .map(|r| r.kept.into_iter().map(|k| k.name).collect())
+        .unwrap_or_default();
+    assert_eq!(kept, ["good-2", "good-1"], "after {failed:?}");
     Ok(())
 }
