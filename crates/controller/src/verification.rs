@@ -930,6 +930,60 @@ mod tests {
         assert_eq!(tail("abcdé", 4), "...cdé");
     }
 
+    /// Backup `b` of PVC `db`, Completed into repository `default`, asked to verify with `t1`,
+    /// its answer `answered` (None: not started).
+    fn asked(answered: Option<VerificationPhase>) -> Backup {
+        let mut backup = crate::fixtures::backup("b", "nightly", BackupPhase::Completed);
+        backup.metadata.uid = Some("uid-b".into());
+        backup.metadata.resource_version = Some("10".into());
+        backup.metadata.annotations = Some([(labels::VERIFY.to_string(), "t1".to_string())].into());
+        let status = backup.status.get_or_insert_default();
+        status.repository = Some("default".into());
+        status.volumes = vec![VolumeBackup {
+            pvc: "db".into(),
+            digest: Some("b3".into()),
+            ..Default::default()
+        }];
+        status.verification = answered.map(|phase| VerificationStatus {
+            phase,
+            ..started(status, "b", "t1", VerificationMode::Artifact, ts(0))
+        });
+        backup
+    }
+
+    fn repository() -> serde_json::Value {
+        serde_json::json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "BackupRepository",
+            "metadata": {"name": "default", "namespace": crate::fixtures::NAMESPACE},
+            "spec": {"pvc": {"claimName": "backups"}}})
+    }
+
+    /// A request already answered, seen from an older copy (its Jobs were deleted with the
+    /// answer): no Job is made again, the reconcile waits for the newer copy.
+    #[tokio::test]
+    async fn an_answered_request_seen_from_an_older_copy_starts_nothing() {
+        let backup = asked(Some(VerificationPhase::Running));
+        let job = naming::verify_job("b", "db", "t1");
+        let (ctx, mut api) = crate::fixtures::mocked();
+        let mut newer = backup.clone();
+        newer.metadata.resource_version = Some("11".into());
+        let server = tokio::spawn(async move {
+            let ns = format!("/namespaces/{}", crate::fixtures::NAMESPACE);
+            let repos = format!("/apis/backstop.dev/v1alpha1{ns}/backuprepositories/default");
+            api.expect("GET", &repos, 200, repository()).await;
+            let jobs = format!("/apis/batch/v1{ns}/jobs/{job}");
+            api.expect("GET", &jobs, 404, crate::fixtures::not_found())
+                .await;
+            let backups = format!("/apis/backstop.dev/v1alpha1{ns}/backups/b");
+            api.expect("GET", &backups, 200, serde_json::to_value(&newer).unwrap())
+                .await;
+            api
+        });
+        assert!(progress(&ctx, &backup, "t1").await.is_err());
+        let api = server.await.unwrap();
+        drop(ctx);
+        assert!(api.idle().await, "no Job, no status written");
+    }
+
     #[test]
     fn a_running_job_changes_nothing() {
         let mut v = VolumeVerification::default();
