@@ -47,6 +47,12 @@ struct PolicyReport {
     retention_would_delete: Vec<String>,
     /// Whether the brake would hold those deletions (this generation not approved).
     held_by_the_brake: bool,
+    /// `spec.verification`, as written (`Artifact on "0 4 * * 0"`), if set.
+    verification: Option<String>,
+    /// The next verification run, unless suspended.
+    next_verification: Option<Timestamp>,
+    /// Backups whose last conclusive verification failed (retention leaves them alone).
+    failed_verification: Vec<String>,
 }
 
 impl PolicyCommand {
@@ -99,6 +105,7 @@ fn report(
     let rules = &policy.spec.retention;
     let verdict = retention::judge(&summaries, rules, schedule.zone());
     let held = brake_holds(policy, &verdict);
+    let verification_schedule = policy.spec.verification_schedule().ok().flatten();
     Ok(PolicyReport {
         name: policy.name_any(),
         namespace: policy.namespace().unwrap_or_default(),
@@ -120,6 +127,19 @@ fn report(
             .collect(),
         held_by_the_brake: held,
         retention_would_delete: verdict.expired,
+        verification: policy
+            .spec
+            .verification
+            .as_ref()
+            .map(|v| format!("{} on {:?}", v.mode.as_str(), v.schedule)),
+        next_verification: verification_schedule
+            .filter(|_| !policy.spec.suspend)
+            .and_then(|s| s.next_after(now)),
+        failed_verification: summaries
+            .iter()
+            .filter(|b| b.verified == Some(false) && !b.deleting)
+            .map(|b| b.name.clone())
+            .collect(),
     })
 }
 
@@ -162,6 +182,22 @@ fn describe(report: &PolicyReport, now: Timestamp) -> String {
                 "  (held by the brake until approved: see the policy's RetentionHeld condition)\n",
             );
         }
+    }
+    match (&report.verification, report.next_verification) {
+        (None, _) => out.push_str("Verification: none (set spec.verification)\n"),
+        (Some(how), Some(next)) => out.push_str(&format!(
+            "Verification: {how}, next at {next} (in {})\n",
+            age(now, next)
+        )),
+        (Some(how), None) => {
+            out.push_str(&format!("Verification: {how}, none while suspended\n"));
+        }
+    }
+    if !report.failed_verification.is_empty() {
+        out.push_str(&format!(
+            "Failed verification (not counted, not deleted): {}\n",
+            report.failed_verification.join(", ")
+        ));
     }
     out
 }
@@ -264,5 +300,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("policy nightly is invalid: "), "{err}");
+    }
+
+    #[test]
+    fn verification_is_shown_with_its_next_run_and_the_backups_that_failed_it() {
+        let now: Timestamp = "2027-01-15T08:00:00Z".parse().unwrap();
+        let plain = report(&policy(false, None), &[], 1, now).unwrap();
+        assert!(
+            describe(&plain, now).contains("Verification: none (set spec.verification)"),
+            "{}",
+            describe(&plain, now)
+        );
+        let mut p = policy(false, None);
+        p.spec.verification = Some(backstop_api::Verification {
+            schedule: "0 4 * * 0".into(),
+            ..Default::default()
+        });
+        let mut damaged = backup("damaged", "nightly", 0, BackupPhase::Completed, &[]);
+        backstop_api::condition::set(
+            &mut damaged.status.get_or_insert_default().conditions,
+            backstop_api::condition::ConditionType::Verified,
+            false,
+            "DigestMismatch",
+            "m",
+            None,
+            now,
+        );
+        let sound = backup("sound", "nightly", 60, BackupPhase::Completed, &[]);
+        let r = report(&p, &[damaged, sound], 1, now).unwrap();
+        let text = describe(&r, now);
+        // Sunday 04:00 in Paris is 03:00 UTC.
+        assert!(
+            text.contains(r#"Verification: Artifact on "0 4 * * 0", next at 2027-01-17T03:00:00Z"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("Failed verification (not counted, not deleted): damaged\n"),
+            "{text}"
+        );
+        p.spec.suspend = true;
+        let text = describe(&report(&p, &[], 1, now).unwrap(), now);
+        assert!(text.contains("none while suspended"), "{text}");
     }
 }
