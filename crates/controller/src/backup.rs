@@ -911,10 +911,11 @@ async fn deletion_blocked(
 /// How often the Job copy is looked through for Jobs of finished Backups (`sweep_finished_jobs`).
 const SWEEP_EVERY: Duration = Duration::from_secs(120);
 
-/// Deletes the mover Jobs (backup and verification) of Backups that finished. `finish` deletes them once the status is
-/// written, but a finished Backup leaves the watched copy (see `history`): a deletion that failed
-/// there, or an operator stopped in between, is not retried by a reconcile. This looks through the
-/// Job copy, in memory, and asks the API server only about a Job whose Backup is not at work.
+/// Deletes the mover Jobs (backup and verification) of Backups that finished. `finish` deletes
+/// them once the status is written, but a finished Backup leaves the watched copy (see
+/// `history`): a deletion that failed there, or an operator stopped in between, is not retried by
+/// a reconcile. This looks through the Job copy, in memory, and asks the API server only about a
+/// Job whose Backup is not at work.
 async fn sweep_finished_jobs(ctx: &Context) -> Result<usize, Error> {
     // Each Backup once, however many volumes (Jobs) it has: (namespace, name, uid).
     let mut owners: Vec<(String, String, String)> = ctx
