@@ -855,8 +855,13 @@ pub(crate) async fn mover_config(
         Some(name) => ctx.policy(namespace, name).await?,
         None => None,
     };
-    let resources = policy.and_then(|p| p.spec.mover_resources.clone());
-    Ok(ctx.mover.with_resources(resources.as_ref()))
+    Ok(mover_config_of(ctx, policy.as_deref()))
+}
+
+/// The mover settings for the Backups of `policy`: the operator's, with the policy's resources.
+pub(crate) fn mover_config_of(ctx: &Context, policy: Option<&BackupPolicy>) -> jobs::MoverConfig {
+    let resources = policy.and_then(|p| p.spec.mover_resources.as_ref());
+    ctx.mover.with_resources(resources)
 }
 
 /// Whether `namespace` is being deleted.

@@ -28,7 +28,6 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ObjectMeta};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -204,25 +203,21 @@ fn started(
     }
 }
 
-/// The verification settings of `backup`'s policy, if it has a policy with them.
-fn settings(ctx: &Context, backup: &Backup) -> Option<Verification> {
-    let policy = backup.spec.policy_ref.as_deref()?;
-    let namespace = backup.namespace().unwrap_or_default();
-    ctx.stores
-        .policies
-        .store
-        .get(&ObjectRef::new(policy).within(&namespace))?
-        .spec
-        .verification
-        .clone()
-}
-
 /// Carries out (or follows) the verification `request` of the Completed `backup`, the way its
 /// policy's `spec.verification` says (`Artifact` without one).
 pub async fn progress(ctx: &Context, backup: &Backup, request: &str) -> Result<Action, Error> {
     let name = backup.name_any();
     let namespace = backup.namespace().unwrap_or_default();
-    let settings = settings(ctx, backup).unwrap_or_default();
+    // The policy once per pass: how to verify, and the movers' resources.
+    let policy = match &backup.spec.policy_ref {
+        Some(policy) => ctx.policy(&namespace, policy).await?,
+        None => None,
+    };
+    let settings: Verification = policy
+        .as_ref()
+        .and_then(|p| p.spec.verification.clone())
+        .unwrap_or_default();
+    let config = crate::backup::mover_config_of(ctx, policy.as_deref());
     let mut status = backup.status.clone().unwrap_or_default();
     let mut verification = match status.verification.take() {
         Some(v) if v.request == request => v,
@@ -273,6 +268,7 @@ pub async fn progress(ctx: &Context, backup: &Backup, request: &str) -> Result<A
             &backed_up,
             drill.as_ref(),
             repository.as_deref(),
+            &config,
         )
         .await?;
         changed |= record(volume, found);
@@ -301,6 +297,7 @@ async fn look(
     backed_up: &VolumeBackup,
     drill: Option<&Drill>,
     repository: Option<&BackupRepository>,
+    config: &jobs::MoverConfig,
 ) -> Result<Found, Error> {
     let namespace = backup.namespace().unwrap_or_default();
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -351,9 +348,6 @@ async fn look(
                     Api::namespaced(ctx.client.clone(), &namespace);
                 crate::create_once(&claims, &scratch).await?;
             }
-            let config =
-                crate::backup::mover_config(ctx, &namespace, backup.spec.policy_ref.as_deref())
-                    .await?;
             let manifest = contract::manifest_key(
                 &contract::backup_dir(&namespace, &backup.name_any()),
                 &volume.pvc,
@@ -368,7 +362,7 @@ async fn look(
                     artifact_digest: backed_up.digest.clone(),
                     drill: drill.map(|d| (job_name.as_str(), d.check.as_ref())),
                 },
-                &config,
+                config,
             );
             if crate::create_once(&jobs_api, &job).await? {
                 let related = job.object_ref(&());
@@ -968,6 +962,9 @@ mod tests {
         newer.metadata.resource_version = Some("11".into());
         let server = tokio::spawn(async move {
             let ns = format!("/namespaces/{}", crate::fixtures::NAMESPACE);
+            let policies = format!("/apis/backstop.dev/v1alpha1{ns}/backuppolicies/nightly");
+            api.expect("GET", &policies, 404, crate::fixtures::not_found())
+                .await;
             let repos = format!("/apis/backstop.dev/v1alpha1{ns}/backuprepositories/default");
             api.expect("GET", &repos, 200, repository()).await;
             let jobs = format!("/apis/batch/v1{ns}/jobs/{job}");
