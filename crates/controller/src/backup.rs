@@ -703,8 +703,24 @@ pub(crate) async fn delete_jobs(
     backup: &Backup,
     roles: &[&str],
 ) -> Result<usize, Error> {
-    let jobs_api: Api<Job> =
-        Api::namespaced(ctx.client.clone(), &backup.namespace().unwrap_or_default());
+    delete_owned::<Job>(ctx, backup, roles).await
+}
+
+/// Deletes the objects labelled for `backup` in one of the `roles` (Jobs, a drill's scratch
+/// PVCs) that it controls (by uid: a lookalike with its labels is left alone); returns how many
+/// still exist (being deleted).
+pub(crate) async fn delete_owned<K>(
+    ctx: &Context,
+    backup: &Backup,
+    roles: &[&str],
+) -> Result<usize, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &backup.namespace().unwrap_or_default());
     let selector = format!(
         "{}={},{} in ({})",
         labels::BACKUP,
@@ -712,18 +728,13 @@ pub(crate) async fn delete_jobs(
         labels::ROLE,
         roles.join(",")
     );
-    let jobs = jobs_api.list(&crate::cached().labels(&selector)).await?;
     let mut remaining = 0;
-    for job in jobs.items {
-        let owned = job
-            .owner_references()
-            .iter()
-            .any(|o| Some(&o.uid) == backup.meta().uid.as_ref());
-        if !owned {
+    for obj in api.list(&crate::cached().labels(&selector)).await?.items {
+        if !owned_by(&obj, backup) {
             continue;
         }
-        let gone = job.metadata.deletion_timestamp.is_none()
-            && !crate::delete_if_present(&jobs_api, &job.name_any()).await?;
+        let gone = obj.meta().deletion_timestamp.is_none()
+            && !crate::delete_if_present(&api, &obj.name_any()).await?;
         if !gone {
             remaining += 1;
         }

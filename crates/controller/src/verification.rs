@@ -509,7 +509,7 @@ async fn finish(
         .map_or(0, |t| end.duration_since(t.0).as_secs().max(0));
     // A drill leaves nothing behind: its scratch volumes go before the answer is written (their
     // pods' end releases them).
-    remove_scratch_volumes(ctx, backup).await?;
+    crate::backup::delete_owned::<PersistentVolumeClaim>(ctx, backup, &[ROLE_DRILL]).await?;
     let conclusion = conclude(&verification, seconds);
     verification.phase = conclusion.phase;
     verification.completion_time = Some(Time(end));
@@ -563,24 +563,6 @@ async fn finish(
         .inc();
     crate::backup::delete_jobs(ctx, backup, &[ROLE_VERIFY]).await?;
     Ok(Action::await_change())
-}
-
-/// Deletes the drill scratch volumes of `backup`.
-async fn remove_scratch_volumes(ctx: &Context, backup: &Backup) -> Result<(), Error> {
-    let claims: Api<PersistentVolumeClaim> =
-        Api::namespaced(ctx.client.clone(), &backup.namespace().unwrap_or_default());
-    let selector = format!(
-        "{}={},{}={ROLE_DRILL}",
-        labels::BACKUP,
-        naming::label_value(&backup.name_any()),
-        labels::ROLE
-    );
-    for claim in claims.list(&crate::cached().labels(&selector)).await?.items {
-        if owned_by(&claim, backup) && claim.metadata.deletion_timestamp.is_none() {
-            crate::delete_if_present(&claims, &claim.name_any()).await?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
