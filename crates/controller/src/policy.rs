@@ -200,7 +200,6 @@ fn decide(policy: &BackupPolicy, observed: &Observed) -> Decision {
     }
     let verification_schedule = policy.spec.verification_schedule().ok().flatten();
     let mut figures = figures(&status, &newest, &plan, &schedule);
-    verification_figures(&mut figures, summaries, verification_schedule.as_ref(), now);
     let (reason, message) = if policy.spec.suspend {
         (
             "Suspended",
@@ -238,6 +237,12 @@ fn decide(policy: &BackupPolicy, observed: &Observed) -> Decision {
             (None, None)
         }
     };
+    verification_figures(
+        &mut figures,
+        summaries,
+        verification_schedule.as_ref(),
+        status.next_verification.as_ref().map(|t| t.0),
+    );
     Decision {
         create,
         expire,
@@ -287,24 +292,27 @@ fn plan_verification(
     )
 }
 
-/// The verification gauges: the newest verification that passed, the verification interval,
+/// Seconds from `next` to the run after it on `schedule`.
+fn interval_after(schedule: &backstop_api::schedule::Schedule, next: Timestamp) -> Option<f64> {
+    let after = schedule.next_after(next)?;
+    Some(after.duration_since(next).as_secs_f64())
+}
+
+/// The verification gauges: the newest verification that passed, the verification interval
+/// (from the next verification run `next`: none while suspended, as for the backup interval),
 /// and how many backups failed theirs.
 fn verification_figures(
     figures: &mut metrics::PolicyFigures,
     backups: &[BackupSummary],
     schedule: Option<&backstop_api::schedule::Schedule>,
-    now: Timestamp,
+    next: Option<Timestamp>,
 ) {
     let present = || backups.iter().filter(|b| !b.deleting);
     figures.last_verified = present()
         .filter_map(|b| b.passed_at)
         .max()
         .map(|t| t.as_second() as f64);
-    figures.verification_interval_seconds = schedule.and_then(|s| {
-        let next = s.next_after(now)?;
-        let after = s.next_after(next)?;
-        Some(after.duration_since(next).as_secs_f64())
-    });
+    figures.verification_interval_seconds = schedule.and_then(|s| interval_after(s, next?));
     let failing = present().filter(|b| b.verified == Some(false)).count() as i64;
     figures.failing_verification = (schedule.is_some() || failing > 0).then_some(failing);
 }
@@ -450,11 +458,7 @@ fn figures(
         last_size_bytes: ok.and_then(|b| b.total_bytes).map(|b| b as f64),
         last_files: ok.and_then(|b| b.total_files).map(|f| f as f64),
         next_run: plan.next.map(|t| t.as_second() as f64),
-        interval_seconds: plan.next.and_then(|next| {
-            schedule
-                .next_after(next)
-                .map(|after| after.duration_since(next).as_secs_f64())
-        }),
+        interval_seconds: plan.next.and_then(|next| interval_after(schedule, next)),
         consecutive_failures: newest
             .iter()
             .filter(|b| b.phase.is_terminal())
@@ -950,6 +954,12 @@ mod tests {
         let decision = decide(&policy, &ready("05:00", vec![older]));
         assert_eq!(decision.verify, None);
         assert_eq!(decision.status.next_verification, None);
+        // No interval either: BackstopBackupUnverified does not fire for a policy that does not
+        // verify while suspended.
+        assert_eq!(
+            decision.figures.unwrap().verification_interval_seconds,
+            None
+        );
     }
 
     #[test]
