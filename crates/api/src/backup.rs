@@ -40,6 +40,10 @@ pub struct BackupSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub starting_deadline_seconds: Option<i64>,
+    /// How an inline target's volumes are read (a policy's Backup uses the policy's):
+    /// `direct` when absent, or `snapshot`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<crate::strategy::Strategy>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -95,6 +99,13 @@ pub struct BackupStatus {
     pub total_files: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The strategy the backup started with (from its policy or its own spec); absent: direct.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<crate::strategy::Strategy>,
+    /// With the snapshot strategy: seconds between the first and the last snapshot's
+    /// `creationTime`, i.e. how far apart in time the volumes' images are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_spread_seconds: Option<f64>,
     /// The latest verification asked for (annotation `backstop.dev/verify`), running or done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<VerificationStatus>,
@@ -229,8 +240,34 @@ pub struct VolumeBackup {
     /// The first few of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changed_files: Vec<String>,
+    /// With the snapshot strategy: the snapshot the data was read from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotRecord {
+    /// The VolumeSnapshot (in the Backup's namespace); the temporary PVC made from it has the
+    /// same name.
+    pub name: String,
+    /// The snapshot's `creationTime`: the point in time the backed-up data is from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_time: Option<Time>,
+    /// When the operator found it ready to use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_time: Option<Time>,
+    /// Seconds from the backup's start until the snapshot was ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_seconds: Option<f64>,
+    /// Seconds from the snapshot being ready until its data was in the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub move_seconds: Option<f64>,
+    /// The snapshot stays after the backup (`deleteSnapshotAfter: false`), owned by the Backup.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kept: bool,
 }
 
 impl Backup {
@@ -299,6 +336,15 @@ impl BackupStatus {
 impl BackupSpec {
     pub fn validate(&self) -> Result<(), Invalid> {
         crate::waiting::validate_deadline(self.starting_deadline_seconds)?;
+        if let Some(strategy) = &self.strategy {
+            if self.policy_ref.is_some() {
+                return Err(Invalid::new(
+                    "InvalidSpec",
+                    "spec.strategy is for an inline target; a Backup of a policy uses the policy's strategy",
+                ));
+            }
+            strategy.validate()?;
+        }
         match (&self.policy_ref, &self.target) {
             (Some(_), Some(_)) => Err(Invalid::new(
                 "InvalidSpec",

@@ -9,10 +9,11 @@ pub mod policy;
 pub mod repository;
 pub mod restore;
 pub mod schedule;
+pub mod strategy;
 pub mod waiting;
 
 pub use backup::{
-    Backup, BackupPhase, BackupSpec, BackupStatus, VerificationMode, VerificationPhase,
+    Backup, BackupPhase, BackupSpec, BackupStatus, SnapshotRecord, VerificationMode, VerificationPhase,
     VerificationStatus, VolumeBackup, VolumeVerification,
 };
 pub use policy::{
@@ -23,6 +24,7 @@ pub use repository::{
     BackupRepository, BackupRepositorySpec, BackupRepositoryStatus, Compression, PvcRepository,
     S3Repository, SecretKeySelector,
 };
+pub use strategy::{SnapshotStrategy, Strategy, VolumeSnapshot};
 pub use restore::{ExistingDataPolicy, Restore, RestoreSpec, RestoreStatus, RestoreTarget};
 
 pub const GROUP: &str = "backstop.dev";
@@ -39,7 +41,8 @@ pub mod labels {
     pub const REPOSITORY: &str = "backstop.dev/repository";
     /// On a probe Job: the repository generation it checks.
     pub const GENERATION: &str = "backstop.dev/generation";
-    /// On a Job: what it does (`backup`, `delete`, `restore`, `probe`).
+    /// On a Job: what it does (`backup`, `delete`, `restore`, `probe`, `verify`). On a PVC
+    /// Backstop made: what it is for (`drill`, `snapshot-source`).
     pub const ROLE: &str = "backstop.dev/role";
     /// On a Job: the PVC it reads.
     pub const PVC: &str = "backstop.dev/pvc";

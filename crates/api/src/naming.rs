@@ -64,6 +64,11 @@ pub fn verify_job(backup: &str, pvc: &str, request: &str) -> String {
     job_name(&format!("verify\0{request}"), &[backup, pvc, "verify"])
 }
 
+/// The VolumeSnapshot of `pvc` for `backup`, and the temporary PVC made from it.
+pub fn snapshot(backup: &str, pvc: &str) -> String {
+    job_name("snapshot", &[backup, pvc, "snap"])
+}
+
 /// The Job that removes `backup`'s artifacts from its repository.
 pub fn delete_job(backup: &str) -> String {
     job_name("delete", &[backup, "delete"])

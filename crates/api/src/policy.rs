@@ -58,6 +58,10 @@ pub struct BackupPolicySpec {
     /// good for retention.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
+    /// How the volumes are read: from the live volumes (absent, `direct`) or from a CSI
+    /// VolumeSnapshot of each (`snapshot`), for one point-in-time image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<crate::strategy::Strategy>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -262,6 +266,9 @@ impl BackupPolicySpec {
         self.retention.validate()?;
         crate::naming::validate_selector(&self.target.pvc_selector)?;
         self.verification_schedule()?;
+        if let Some(strategy) = &self.strategy {
+            strategy.validate()?;
+        }
         Schedule::parse(&self.schedule, self.time_zone.as_deref())
             .map_err(|e| Invalid::new(e.reason(), e.to_string()))
     }

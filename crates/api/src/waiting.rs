@@ -31,6 +31,10 @@ pub enum WaitingFor {
     /// bounded itself (its own start deadline, its Jobs' `activeDeadlineSeconds`), and a restore
     /// queued behind a long backup must not fail while the backup still makes progress.
     BackupToFinish,
+    /// The cluster to serve the `snapshot.storage.k8s.io/v1` API (its CRDs installed).
+    SnapshotApi,
+    /// The VolumeSnapshotClass of a snapshot strategy to exist.
+    SnapshotClass,
 }
 
 impl WaitingFor {
@@ -41,6 +45,8 @@ impl WaitingFor {
             WaitingFor::Volume => "WaitingForVolume",
             WaitingFor::Policy => "WaitingForPolicy",
             WaitingFor::Backup | WaitingFor::BackupToFinish => "WaitingForBackup",
+            WaitingFor::SnapshotApi => "SnapshotAPIUnavailable",
+            WaitingFor::SnapshotClass => "WaitingForSnapshotClass",
         }
     }
 

@@ -50,7 +50,7 @@ const CONTROLLER_YAML: &str = include_str!("../../../deploy/controller.yaml");
 const SERVICE_ACCOUNT: &str = "backstop-controller";
 
 /// Resources of the operator's ClusterRole that are not namespaced: a Role cannot grant them.
-const CLUSTER_SCOPED: [&str; 2] = ["namespaces", "storageclasses"];
+const CLUSTER_SCOPED: [&str; 3] = ["namespaces", "storageclasses", "volumesnapshotclasses"];
 
 pub fn print_install(args: InstallArgs) -> anyhow::Result<()> {
     print!("{}", namespaced_install(&args.namespace, &args.namespaces)?);
@@ -244,7 +244,7 @@ mod tests {
     }
 
     #[test]
-    fn the_namespaced_install_grants_nothing_cluster_wide_but_two_reads() {
+    fn the_namespaced_install_grants_nothing_cluster_wide_but_three_reads() {
         let watched = ["team-a".to_string(), "team-b".to_string()];
         let install = super::namespaced_install("backstop-ops", &watched).unwrap();
         let docs = docs(&install);
@@ -280,16 +280,26 @@ mod tests {
                 _ => assert_eq!(ns, Some("backstop-ops"), "{doc:?}"),
             }
         }
-        // The only cluster-wide grant: get the two watched Namespace objects and StorageClasses.
+        // The only cluster-wide grant: get the two watched Namespace objects, StorageClasses and
+        // VolumeSnapshotClasses.
         let cluster_role = docs.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
         let rules = cluster_role["rules"].as_sequence().unwrap();
-        assert_eq!(rules.len(), 2, "{rules:?}");
+        assert_eq!(rules.len(), 3, "{rules:?}");
         for rule in rules {
             assert_eq!(rule["verbs"], yaml("[get]"), "{rule:?}");
         }
-        assert_eq!(rules[0]["resources"], yaml("[namespaces]"));
-        assert_eq!(rules[0]["resourceNames"], yaml("[team-a, team-b]"));
-        assert_eq!(rules[1]["resources"], yaml("[storageclasses]"));
+        let rule_on = |resources: &str| {
+            rules
+                .iter()
+                .find(|r| r["resources"] == yaml(resources))
+                .unwrap_or_else(|| panic!("no rule on {resources}: {rules:?}"))
+        };
+        assert_eq!(
+            rule_on("[namespaces]")["resourceNames"],
+            yaml("[team-a, team-b]")
+        );
+        rule_on("[storageclasses]");
+        rule_on("[volumesnapshotclasses]");
         // Roles grant Jobs (the operator's main power) only in the watched namespaces.
         let jobs_roles: Vec<&str> = docs
             .iter()

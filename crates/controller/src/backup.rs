@@ -13,6 +13,8 @@ use backstop_api::{
     ARTIFACTS_FINALIZER, Backup, BackupPhase, BackupPolicy, BackupRepository, BackupStatus,
     VolumeBackup, labels, naming,
 };
+use backstop_api::strategy::{SnapshotStrategy, Strategy};
+use crate::snapshot::{self, Prepared};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
@@ -29,6 +31,7 @@ use std::time::Duration;
 struct Resolved {
     selector: String,
     repository: Arc<BackupRepository>,
+    strategy: Option<Strategy>,
 }
 
 async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -100,9 +103,27 @@ async fn start(
         Ok(p) => p,
         Err(refusal) => return Ok(Err(refused(ctx, backup, status, refusal).await?)),
     };
+    let snapshots = resolved.strategy.as_ref().and_then(|s| s.snapshot.as_ref());
+    if let Some(snapshots) = snapshots
+        && let Err(refusal) = snapshot::available(ctx, &snapshots.volume_snapshot_class_name).await?
+    {
+        return Ok(Err(refused(ctx, backup, status, refusal).await?));
+    }
     let repository = resolved.repository.name_any();
-    let status = running(backup, status, &pvcs, &repository, now());
+    let mut status = running(backup, status, &pvcs, &repository, now());
+    if let Some(snapshots) = snapshots {
+        status.strategy = resolved.strategy.clone();
+        let name = backup.name_any();
+        for volume in &mut status.volumes {
+            volume.snapshot = Some(snapshot::record_for(&name, &volume.pvc, snapshots));
+        }
+    }
     crate::patch_status(&ctx.client, backup, &status, &[]).await?;
+    // Every snapshot is asked for before any is awaited: their images are as close in time as
+    // the storage allows.
+    if let Some(snapshots) = snapshots {
+        snapshot::request_all(ctx, backup, &status.volumes, snapshots).await?;
+    }
     let names: Vec<&str> = status.volumes.iter().map(|v| v.pvc.as_str()).collect();
     events::normal(
         &ctx.recorder,
@@ -196,11 +217,12 @@ async fn adopt(ctx: &Context, backup: &Backup, policy_name: &str) -> Result<(), 
 /// The selector and repository this backup uses, from its policy or its own spec.
 async fn resolve(ctx: &Context, backup: &Backup) -> Result<Result<Resolved, Refusal>, Error> {
     let namespace = backup.namespace().unwrap_or_default();
-    let (target, repo_name) = match &backup.spec.policy_ref {
+    let (target, repo_name, strategy) = match &backup.spec.policy_ref {
         Some(policy_name) => match ctx.policy(&namespace, policy_name).await? {
             Some(policy) => (
                 policy.spec.target.clone(),
                 policy.spec.repository_name().to_string(),
+                policy.spec.strategy.clone(),
             ),
             None => {
                 return Ok(Err(Refusal::wait(
@@ -217,8 +239,10 @@ async fn resolve(ctx: &Context, backup: &Backup) -> Result<Result<Resolved, Refu
                 .repository
                 .clone()
                 .unwrap_or_else(|| backstop_api::policy::DEFAULT_REPOSITORY.into()),
+            backup.spec.strategy.clone(),
         ),
     };
+    let strategy = strategy.filter(|s| s.snapshot.is_some());
     let selector = match naming::selector_string(&target.pvc_selector) {
         Ok(s) => s,
         Err(invalid) => return Ok(Err(invalid.into())),
@@ -248,6 +272,7 @@ async fn resolve(ctx: &Context, backup: &Backup) -> Result<Result<Resolved, Refu
     Ok(Ok(Resolved {
         selector,
         repository,
+        strategy,
     }))
 }
 
@@ -297,6 +322,8 @@ async fn select_volumes(
 enum Step {
     /// Its Job runs (or was just created).
     Running,
+    /// Its snapshot is not ready yet.
+    Snapshotting,
     Done(BackupResult),
     Failed(Invalid),
 }
@@ -310,15 +337,30 @@ async fn progress(
     let repo_name = status.repository.clone().unwrap_or_default();
     let repository = ctx.repository(&namespace, &repo_name).await?;
     let mut changed = false;
+    let mut snapshotting = false;
+    let strategy = status.strategy.clone();
+    let snapshots = strategy.as_ref().and_then(|s| s.snapshot.as_ref());
+    let started = status.start_time.as_ref().map_or_else(now, |t| t.0);
     for volume in status.volumes.iter_mut().filter(|v| !v.phase.is_terminal()) {
         let job_name = volume
             .job
             .clone()
             .unwrap_or_else(|| naming::backup_job(&backup.name_any(), &volume.pvc));
-        let step = step(ctx, backup, &volume.pvc, &job_name, repository.as_deref()).await?;
+        let before = volume.snapshot.clone();
+        let step = step(
+            ctx,
+            backup,
+            volume,
+            &job_name,
+            repository.as_deref(),
+            snapshots.map(|s| (s, started)),
+        )
+        .await?;
         if let Step::Failed(why) = &step {
             after_failure(ctx, backup, &job_name, why, repository.as_deref()).await?;
         }
+        snapshotting |= matches!(step, Step::Snapshotting);
+        changed |= volume.snapshot != before;
         changed |= record(volume, step);
     }
     if status.volumes.iter().all(|v| v.phase.is_terminal()) {
@@ -327,18 +369,31 @@ async fn progress(
     if changed {
         crate::patch_status(&ctx.client, backup, &status, &[]).await?;
     }
+    if snapshotting {
+        // Nothing watches snapshots (their API may not even exist): look again soon.
+        return Ok(Action::requeue(snapshot::POLL));
+    }
     // Job changes wake us; this is only a safety net.
     Ok(Action::requeue(Duration::from_secs(60)))
 }
 
-/// Moves one volume on: starts its Job when there is none, else reads the Job's outcome.
+/// Moves one volume on: starts its Job when there is none (from a ready snapshot with the
+/// snapshot strategy), else reads the Job's outcome.
 async fn step(
     ctx: &Context,
     backup: &Backup,
-    pvc: &str,
+    volume: &mut VolumeBackup,
     job_name: &str,
     repository: Option<&BackupRepository>,
+    snapshots: Option<(&SnapshotStrategy, jiff::Timestamp)>,
 ) -> Result<Step, Error> {
+    let pvc = volume.pvc.clone();
+    let pvc = pvc.as_str();
+    // The PVC the mover reads: the volume itself, or the temporary one made from its snapshot.
+    let claim = volume
+        .snapshot
+        .as_ref()
+        .map_or_else(|| pvc.to_string(), |s| s.name.clone());
     let namespace = backup.namespace().unwrap_or_default();
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -346,7 +401,7 @@ async fn step(
         // A Job of this name that is not this Backup's (made by someone else, in advance) is
         // never adopted, read or deleted.
         Some(job) if !owned_by(&job, backup) => Ok(Step::Failed(job_name_taken(job_name))),
-        Some(job) => Ok(job_outcome(ctx, &namespace, &job, pvc, &claims).await?),
+        Some(job) => Ok(job_outcome(ctx, &namespace, &job, &claim, &claims).await?),
         None => {
             // Jobs are deleted once the Backup is finished: a finished Backup seen from an older
             // cache must not start its movers again. (A volume this reconcile just recorded has
@@ -369,26 +424,34 @@ async fn step(
                     format!("BackupRepository {repo_name:?} was deleted during the backup"),
                 )));
             };
-            if claims.get_opt(pvc).await?.is_none() {
+            if let Some(why) = crate::secrets::refusal(ctx, repo).await? {
+                return Ok(Step::Failed(why));
+            }
+            if let Some((strategy, started)) = snapshots {
+                match snapshot::prepare(ctx, backup, volume, strategy, started).await? {
+                    Prepared::Ready(_) => {}
+                    Prepared::Waiting => return Ok(Step::Snapshotting),
+                    Prepared::Failed(why) => return Ok(Step::Failed(why)),
+                }
+            } else if claims.get_opt(pvc).await?.is_none() {
                 return Ok(Step::Failed(Invalid::new(
                     "SourceVolumeDeleted",
                     format!("PVC {pvc:?} was deleted before it could be backed up"),
                 )));
             }
-            if let Some(why) = crate::secrets::refusal(ctx, repo).await? {
-                return Ok(Step::Failed(why));
-            }
-            start_job(ctx, backup, pvc, repo).await?;
+            start_job(ctx, backup, pvc, &claim, repo).await?;
             Ok(Step::Running)
         }
     }
 }
 
-/// Creates the mover Job for `pvc`, on the node of a running pod that mounts it, if any.
+/// Creates the mover Job for `pvc`, reading `claim` (the volume itself or the temporary PVC made
+/// from its snapshot), on the node of a running pod that mounts it, if any.
 async fn start_job(
     ctx: &Context,
     backup: &Backup,
     pvc: &str,
+    claim: &str,
     repo: &BackupRepository,
 ) -> Result<(), Error> {
     let namespace = backup.namespace().unwrap_or_default();
@@ -396,9 +459,9 @@ async fn start_job(
     let running = pods
         .list(&crate::cached().fields("status.phase=Running"))
         .await?;
-    let node = jobs::node_using(&running.items, pvc);
+    let node = jobs::node_using(&running.items, claim);
     let config = mover_config(ctx, &namespace, backup.spec.policy_ref.as_deref()).await?;
-    let job = jobs::backup_job(backup, pvc, node.as_deref(), repo, &config);
+    let job = jobs::backup_job(backup, pvc, claim, node.as_deref(), repo, &config);
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     if crate::create_once(&jobs_api, &job).await? {
         let name = job.name_any();
@@ -449,6 +512,9 @@ fn record(volume: &mut VolumeBackup, step: Step) -> bool {
             volume.changed_files = done.changed_files;
             volume.message = None;
             volume.reason = None;
+            if let Some(record) = volume.snapshot.as_mut() {
+                snapshot::moved(record, now());
+            }
             true
         }
         Step::Failed(why) => {
@@ -457,11 +523,11 @@ fn record(volume: &mut VolumeBackup, step: Step) -> bool {
             volume.reason = Some(why.reason);
             true
         }
-        Step::Running if volume.phase == BackupPhase::Pending => {
+        Step::Running | Step::Snapshotting if volume.phase == BackupPhase::Pending => {
             volume.phase = BackupPhase::Running;
             true
         }
-        Step::Running => false,
+        Step::Running | Step::Snapshotting => false,
     }
 }
 
@@ -538,6 +604,7 @@ fn ending(backup: &Backup, mut status: BackupStatus, end: jiff::Timestamp) -> En
     status.total_bytes = Some(status.volumes.iter().filter_map(|v| v.bytes).sum());
     status.size = status.total_bytes.map(events::human_bytes);
     status.total_files = Some(status.volumes.iter().filter_map(|v| v.files).sum());
+    status.snapshot_spread_seconds = snapshot::spread(&status.volumes);
     let generation = backup.meta().generation;
     let mut changed_while_reading = None;
     let message = if completed {
@@ -612,6 +679,11 @@ fn failure(status: &BackupStatus) -> Invalid {
 }
 
 async fn finish(ctx: &Context, backup: &Backup, status: BackupStatus) -> Result<Action, Error> {
+    // Before the status is final: a finished Backup is not reconciled again to retry this.
+    // (A temporary PVC still mounted goes once its Job's pod does, below.)
+    if let Some(kept) = snapshot::kept(&status) {
+        snapshot::release(ctx, backup, kept).await?;
+    }
     let ending = ending(backup, status, now());
     crate::patch_status(&ctx.client, backup, &ending.status, &[]).await?;
     if let Some(detail) = ending.changed_while_reading {
@@ -762,6 +834,11 @@ async fn cleanup(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
         ));
     }
     let mut status = backup.status.clone().unwrap_or_default();
+    // Its snapshots and temporary PVCs go with it, kept snapshots too (they are owned by it and
+    // the garbage collector would take them anyway; this makes it certain and prompt).
+    if snapshot::kept(&status).is_some() {
+        snapshot::release(ctx, backup, false).await?;
+    }
     if status.volumes.is_empty() {
         return Ok(Action::await_change());
     }
@@ -1240,11 +1317,16 @@ mod tests {
                 .await;
             api
         });
+        let mut volume = VolumeBackup {
+            pvc: "db".into(),
+            ..VolumeBackup::default()
+        };
         let waited = step(
             &ctx,
             &stale,
-            "db",
+            &mut volume,
             &naming::backup_job(&stale.name_any(), "db"),
+            None,
             None,
         )
         .await

@@ -387,10 +387,12 @@ pub fn node_using(pods: &[Pod], pvc: &str) -> Option<String> {
         .find_map(|p| p.spec.as_ref()?.node_name.clone())
 }
 
-/// The Job that backs up `pvc` for `backup` into `repo`, on `node` when given.
+/// The Job that backs up `pvc` for `backup` into `repo`, on `node` when given, reading `claim`:
+/// the volume itself, or the temporary PVC made from its snapshot.
 pub fn backup_job(
     backup: &Backup,
     pvc: &str,
+    claim: &str,
     node: Option<&str>,
     repo: &BackupRepository,
     config: &MoverConfig,
@@ -410,7 +412,7 @@ pub fn backup_job(
             compression: repo.spec.compression,
         },
         repository: (repo, false),
-        volumes: vec![claim_volume("source", pvc, true)],
+        volumes: vec![claim_volume("source", claim, true)],
         mounts: vec![mount("source", SOURCE_MOUNT, true)],
         deadline_seconds: config.deadline_seconds,
         capabilities: capabilities::BACKUP.to_vec(),
@@ -652,7 +654,7 @@ mod tests {
     #[test]
     fn backup_job_mounts_the_source_read_only_and_is_owned_by_the_backup() {
         let (backup, repo) = fixtures();
-        let job = backup_job(&backup, "data", None, &repo, &MoverConfig::default());
+        let job = backup_job(&backup, "data", "data", None, &repo, &MoverConfig::default());
         assert_eq!(
             job.metadata.name,
             Some(naming::backup_job("nightly-202611210200", "data"))
@@ -711,6 +713,7 @@ mod tests {
         let job = backup_job(
             &backup,
             "data",
+            "data",
             node.as_deref(),
             &repo,
             &MoverConfig::default(),
@@ -734,12 +737,12 @@ mod tests {
             }]),
             ..MoverConfig::default()
         };
-        let job = backup_job(&backup, "data", Some("node-c"), &repo, &config);
+        let job = backup_job(&backup, "data", "data", Some("node-c"), &repo, &config);
         let pod = job.spec.unwrap().template.spec.unwrap();
         assert_eq!(pod.node_selector, config.node_selector);
         assert_eq!(pod.tolerations, config.tolerations);
         assert!(pod.affinity.is_some(), "the volume's node pinning stays");
-        let plain = backup_job(&backup, "data", None, &repo, &MoverConfig::default());
+        let plain = backup_job(&backup, "data", "data", None, &repo, &MoverConfig::default());
         let pod = plain.spec.unwrap().template.spec.unwrap();
         assert_eq!((pod.node_selector, pod.tolerations), (None, None));
     }
@@ -782,7 +785,7 @@ mod tests {
         );
         let cases = [
             (
-                backup_job(&backup, "db", None, &repo, &config),
+                backup_job(&backup, "db", "db", None, &repo, &config),
                 vec!["DAC_OVERRIDE"],
             ),
             (delete_job(&backup, &repo, &config), vec!["DAC_OVERRIDE"]),
@@ -821,7 +824,7 @@ mod tests {
     fn a_policy_can_give_its_movers_other_resources() {
         let (backup, repo) = fixtures();
         let resources = |config: &MoverConfig| {
-            backup_job(&backup, "db", None, &repo, config)
+            backup_job(&backup, "db", "db", None, &repo, config)
                 .spec
                 .unwrap()
                 .template
@@ -1035,7 +1038,7 @@ mod tests {
                 "caSecretRef": {"name": "minio-ca"}}}
         }))
         .unwrap();
-        let job = backup_job(&backup, "data", None, &repo, &MoverConfig::default());
+        let job = backup_job(&backup, "data", "data", None, &repo, &MoverConfig::default());
         let pod = job.spec.unwrap().template.spec.unwrap();
         let container = &pod.containers[0];
         let args = container.args.clone().unwrap().join(" ");
@@ -1093,7 +1096,7 @@ mod tests {
             backstop_api::Compression::Zstd,
         ] {
             repo.spec.compression = compression;
-            let job = backup_job(&backup, "db", None, &repo, &MoverConfig::default());
+            let job = backup_job(&backup, "db", "db", None, &repo, &MoverConfig::default());
             let args = job.spec.unwrap().template.spec.unwrap().containers[0]
                 .args
                 .clone()
@@ -1143,7 +1146,7 @@ mod tests {
     #[test]
     fn a_backup_job_is_exactly_this() {
         let (backup, repo) = fixtures();
-        let job = backup_job(&backup, "data", None, &repo, &MoverConfig::default());
+        let job = backup_job(&backup, "data", "data", None, &repo, &MoverConfig::default());
         let expected = serde_json::json!(
         {
             "apiVersion": "batch/v1",

@@ -17,6 +17,7 @@ pub mod restore;
 pub mod retention;
 pub mod scheduling;
 pub mod secrets;
+pub mod snapshot;
 pub mod stores;
 pub mod verification;
 pub mod waiting;
