@@ -253,9 +253,11 @@ pub struct SnapshotRecord {
     /// The VolumeSnapshot (in the Backup's namespace); the temporary PVC made from it has the
     /// same name.
     pub name: String,
-    /// The snapshot's `creationTime`: the point in time the backed-up data is from.
+    /// The snapshot's `creationTime`: the point in time the backed-up data is from, at the
+    /// precision the snapshot controller wrote it (whole seconds with the upstream one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub creation_time: Option<Time>,
+    #[schemars(with = "Option<String>")]
+    pub creation_time: Option<jiff::Timestamp>,
     /// When the operator found it ready to use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_time: Option<Time>,

@@ -13,8 +13,8 @@ pub mod strategy;
 pub mod waiting;
 
 pub use backup::{
-    Backup, BackupPhase, BackupSpec, BackupStatus, SnapshotRecord, VerificationMode, VerificationPhase,
-    VerificationStatus, VolumeBackup, VolumeVerification,
+    Backup, BackupPhase, BackupSpec, BackupStatus, SnapshotRecord, VerificationMode,
+    VerificationPhase, VerificationStatus, VolumeBackup, VolumeVerification,
 };
 pub use policy::{
     BackupPolicy, BackupPolicySpec, BackupPolicyStatus, Drill, DrillCheck, KeptBackup, Retention,
@@ -24,8 +24,8 @@ pub use repository::{
     BackupRepository, BackupRepositorySpec, BackupRepositoryStatus, Compression, PvcRepository,
     S3Repository, SecretKeySelector,
 };
-pub use strategy::{SnapshotStrategy, Strategy, VolumeSnapshot};
 pub use restore::{ExistingDataPolicy, Restore, RestoreSpec, RestoreStatus, RestoreTarget};
+pub use strategy::{SnapshotStrategy, Strategy, VolumeSnapshot};
 
 pub const GROUP: &str = "backstop.dev";
 

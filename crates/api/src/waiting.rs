@@ -53,6 +53,17 @@ impl WaitingFor {
     fn bounded(self) -> bool {
         self != WaitingFor::BackupToFinish
     }
+
+    /// How often to look again at what nothing watches (the snapshot API may not exist, so
+    /// neither it nor its classes can be watched): a wait for them ends soon after they appear.
+    fn polled(self) -> Option<SignedDuration> {
+        match self {
+            WaitingFor::SnapshotApi | WaitingFor::SnapshotClass => {
+                Some(SignedDuration::from_secs(5))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Why a Backup or Restore cannot start now.
@@ -134,8 +145,14 @@ pub fn decide(
             deadline.round(jiff::Unit::Second).unwrap_or(deadline),
             why.reason
         ),
-        // Just past the deadline, so the next look fails it.
-        recheck_in: Duration::try_from(left + SignedDuration::from_millis(100)).ok(),
+        // Just past the deadline, so the next look fails it (sooner for what is polled).
+        recheck_in: Duration::try_from(
+            on.polled()
+                .map_or(left, |every| every.min(left))
+                .checked_add(SignedDuration::from_millis(100))
+                .unwrap_or(left),
+        )
+        .ok(),
     }
 }
 
@@ -164,6 +181,33 @@ mod tests {
             "RepositoryNotReady",
             "PVC \"backups\" is Pending",
         )
+    }
+
+    #[test]
+    fn a_missing_snapshot_api_is_looked_at_again_soon_and_named_as_the_reason() {
+        let refusal = Refusal::wait(
+            WaitingFor::SnapshotApi,
+            "SnapshotAPIUnavailable",
+            "no snapshot CRDs",
+        );
+        let created = at("2026-11-26T10:00:00Z");
+        let Verdict::Wait {
+            reason, recheck_in, ..
+        } = decide(refusal.clone(), Some(created), None, created)
+        else {
+            panic!("expected to wait");
+        };
+        assert_eq!(reason, "SnapshotAPIUnavailable");
+        assert_eq!(recheck_in, Some(Duration::from_millis(5100)));
+        let Verdict::Wait { recheck_in, .. } = decide(refusal, Some(created), Some(2), created)
+        else {
+            panic!("expected to wait");
+        };
+        assert_eq!(
+            recheck_in,
+            Some(Duration::from_millis(2100)),
+            "never past the deadline"
+        );
     }
 
     #[test]

@@ -5,16 +5,16 @@
 
 use crate::jobs::{self, ROLE_BACKUP, ROLE_VERIFY};
 use crate::outcome::{JOB_NAME_TAKEN, job_name_taken, owned_by, termination_message};
+use crate::snapshot::{self, Prepared};
 use crate::{Context, Error, Watched, events, metrics, now, repository, verification, waiting};
 use backstop_api::condition::{self, ConditionType, Invalid};
 use backstop_api::contract::{BackupResult, Failure};
+use backstop_api::strategy::{SnapshotStrategy, Strategy};
 use backstop_api::waiting::{Refusal, Verdict, WaitingFor};
 use backstop_api::{
     ARTIFACTS_FINALIZER, Backup, BackupPhase, BackupPolicy, BackupRepository, BackupStatus,
     VolumeBackup, labels, naming,
 };
-use backstop_api::strategy::{SnapshotStrategy, Strategy};
-use crate::snapshot::{self, Prepared};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
@@ -105,7 +105,8 @@ async fn start(
     };
     let snapshots = resolved.strategy.as_ref().and_then(|s| s.snapshot.as_ref());
     if let Some(snapshots) = snapshots
-        && let Err(refusal) = snapshot::available(ctx, &snapshots.volume_snapshot_class_name).await?
+        && let Err(refusal) =
+            snapshot::available(ctx, &snapshots.volume_snapshot_class_name).await?
     {
         return Ok(Err(refused(ctx, backup, status, refusal).await?));
     }

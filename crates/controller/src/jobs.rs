@@ -654,7 +654,14 @@ mod tests {
     #[test]
     fn backup_job_mounts_the_source_read_only_and_is_owned_by_the_backup() {
         let (backup, repo) = fixtures();
-        let job = backup_job(&backup, "data", "data", None, &repo, &MoverConfig::default());
+        let job = backup_job(
+            &backup,
+            "data",
+            "data",
+            None,
+            &repo,
+            &MoverConfig::default(),
+        );
         assert_eq!(
             job.metadata.name,
             Some(naming::backup_job("nightly-202611210200", "data"))
@@ -742,7 +749,14 @@ mod tests {
         assert_eq!(pod.node_selector, config.node_selector);
         assert_eq!(pod.tolerations, config.tolerations);
         assert!(pod.affinity.is_some(), "the volume's node pinning stays");
-        let plain = backup_job(&backup, "data", "data", None, &repo, &MoverConfig::default());
+        let plain = backup_job(
+            &backup,
+            "data",
+            "data",
+            None,
+            &repo,
+            &MoverConfig::default(),
+        );
         let pod = plain.spec.unwrap().template.spec.unwrap();
         assert_eq!((pod.node_selector, pod.tolerations), (None, None));
     }
@@ -1038,7 +1052,14 @@ mod tests {
                 "caSecretRef": {"name": "minio-ca"}}}
         }))
         .unwrap();
-        let job = backup_job(&backup, "data", "data", None, &repo, &MoverConfig::default());
+        let job = backup_job(
+            &backup,
+            "data",
+            "data",
+            None,
+            &repo,
+            &MoverConfig::default(),
+        );
         let pod = job.spec.unwrap().template.spec.unwrap();
         let container = &pod.containers[0];
         let args = container.args.clone().unwrap().join(" ");
@@ -1146,7 +1167,14 @@ mod tests {
     #[test]
     fn a_backup_job_is_exactly_this() {
         let (backup, repo) = fixtures();
-        let job = backup_job(&backup, "data", "data", None, &repo, &MoverConfig::default());
+        let job = backup_job(
+            &backup,
+            "data",
+            "data",
+            None,
+            &repo,
+            &MoverConfig::default(),
+        );
         let expected = serde_json::json!(
         {
             "apiVersion": "batch/v1",

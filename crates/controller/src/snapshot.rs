@@ -138,7 +138,7 @@ pub async fn request_all(
 #[derive(Debug, PartialEq)]
 pub enum Readiness {
     Waiting,
-    Ready { creation_time: Option<Time> },
+    Ready { creation_time: Option<Timestamp> },
     Failed(Invalid),
 }
 
@@ -154,7 +154,7 @@ pub fn readiness(
     let status = snapshot.status.clone().unwrap_or_default();
     if status.ready_to_use == Some(true) {
         return Readiness::Ready {
-            creation_time: status.creation_time,
+            creation_time: status.creation_time.map(|t| t.0),
         };
     }
     if let Some(message) = status.error.and_then(|e| e.message) {
@@ -317,7 +317,7 @@ pub fn moved(record: &mut SnapshotRecord, now: Timestamp) {
 pub fn spread(volumes: &[VolumeBackup]) -> Option<f64> {
     let times: Vec<Timestamp> = volumes
         .iter()
-        .map(|v| v.snapshot.as_ref()?.creation_time.as_ref().map(|t| t.0))
+        .map(|v| v.snapshot.as_ref()?.creation_time)
         .collect::<Option<_>>()?;
     let first = times.iter().min()?;
     let last = times.iter().max()?;
@@ -331,7 +331,8 @@ fn seconds_between(from: Timestamp, to: Timestamp) -> f64 {
 /// Deletes the backup's temporary PVCs, and its snapshots unless they are `kept`; returns how
 /// many still exist. A cluster that stopped serving snapshots has none left to delete.
 pub async fn release(ctx: &Context, backup: &Backup, kept: bool) -> Result<usize, Error> {
-    let mut remaining = delete_owned::<PersistentVolumeClaim>(ctx, backup, &[ROLE_SNAPSHOT]).await?;
+    let mut remaining =
+        delete_owned::<PersistentVolumeClaim>(ctx, backup, &[ROLE_SNAPSHOT]).await?;
     if !kept {
         remaining += match delete_owned::<VolumeSnapshot>(ctx, backup, &[ROLE_SNAPSHOT]).await {
             Err(Error::Kube(kube::Error::Api(e))) if e.code == 404 => 0,
@@ -380,7 +381,10 @@ mod tests {
     #[test]
     fn a_snapshot_is_asked_for_the_volume_with_the_class_owned_and_labelled() {
         let s = snapshot_of(&backup(), "db", "nightly-db-snap-1", "btrfs");
-        assert_eq!(s.spec.source.persistent_volume_claim_name.as_deref(), Some("db"));
+        assert_eq!(
+            s.spec.source.persistent_volume_claim_name.as_deref(),
+            Some("db")
+        );
         assert_eq!(s.spec.volume_snapshot_class_name.as_deref(), Some("btrfs"));
         assert_eq!(s.metadata.namespace.as_deref(), Some("shop"));
         assert_eq!(s.labels()[labels::ROLE], ROLE_SNAPSHOT);
@@ -400,7 +404,7 @@ mod tests {
         assert_eq!(
             readiness(&ready, &strategy(None), started, early),
             Readiness::Ready {
-                creation_time: Some(Time(at("2026-11-27T10:00:01Z")))
+                creation_time: Some(at("2026-11-27T10:00:01Z"))
             }
         );
         let pending = with_status(VolumeSnapshotStatus::default());
@@ -444,7 +448,11 @@ mod tests {
         let spec = claim.spec.clone().unwrap();
         let source = spec.data_source.unwrap();
         assert_eq!(
-            (source.api_group.as_deref(), source.kind.as_str(), source.name.as_str()),
+            (
+                source.api_group.as_deref(),
+                source.kind.as_str(),
+                source.name.as_str()
+            ),
             (Some(SNAPSHOT_GROUP), "VolumeSnapshot", "snap")
         );
         assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
@@ -462,7 +470,13 @@ mod tests {
         let from_snapshot =
             source_claim(&backup(), &no_size, "snap", Some(Quantity("1Gi".into()))).unwrap();
         assert_eq!(
-            from_snapshot.spec.unwrap().resources.unwrap().requests.unwrap()["storage"],
+            from_snapshot
+                .spec
+                .unwrap()
+                .resources
+                .unwrap()
+                .requests
+                .unwrap()["storage"],
             Quantity("1Gi".into())
         );
         assert_eq!(
@@ -479,7 +493,7 @@ mod tests {
             pvc: pvc.into(),
             snapshot: Some(SnapshotRecord {
                 name: pvc.into(),
-                creation_time: at_time.map(|t| Time(at(t))),
+                creation_time: at_time.map(at),
                 ..Default::default()
             }),
             ..Default::default()

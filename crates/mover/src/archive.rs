@@ -141,7 +141,9 @@ pub fn write<W: Write>(
                         Copy::Read(source) => read_error(&raw_rel)(source),
                         Copy::Write(source) => ArchiveError::Write(source),
                     })?;
-                if content.size_changed {
+                // Rewritten in place while read (same size): the copy may be torn as well.
+                let after = walk::fstat(&content.file).map_err(read_error(&raw_rel))?;
+                if content.size_changed || meta.written_before(&after) {
                     archived.changed.push(&raw_rel);
                 }
             }
@@ -487,6 +489,8 @@ mod tests {
             rdev: 0,
             mtime: 0,
             mtime_nanos: 0,
+            ctime: 0,
+            ctime_nanos: 0,
         }
     }
 

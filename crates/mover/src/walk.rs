@@ -8,7 +8,7 @@
 
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
@@ -38,6 +38,9 @@ pub struct Stat {
     pub rdev: u64,
     pub mtime: i64,
     pub mtime_nanos: u32,
+    /// The status change time: moves on every write and cannot be set back by anyone.
+    pub ctime: i64,
+    pub ctime_nanos: u32,
 }
 
 impl Stat {
@@ -63,7 +66,27 @@ impl Stat {
             rdev: st.st_rdev,
             mtime: st.st_mtime,
             mtime_nanos: u32::try_from(st.st_mtime_nsec).unwrap_or(0),
+            ctime: st.st_ctime,
+            ctime_nanos: u32::try_from(st.st_ctime_nsec).unwrap_or(0),
         }
+    }
+
+    /// Whether the object was written to between `self` and `later`, two looks at it: its
+    /// size, modification or change time moved (a rewrite in place keeps the size).
+    pub fn written_before(&self, later: &Stat) -> bool {
+        (
+            self.size,
+            self.mtime,
+            self.mtime_nanos,
+            self.ctime,
+            self.ctime_nanos,
+        ) != (
+            later.size,
+            later.mtime,
+            later.mtime_nanos,
+            later.ctime,
+            later.ctime_nanos,
+        )
     }
 
     /// Whether `other` is the same object (a swap in between makes it another one).
@@ -236,7 +259,9 @@ impl Dir {
     }
 }
 
-fn fstat(fd: &OwnedFd) -> io::Result<Stat> {
+/// What the open `fd` is now.
+pub fn fstat(fd: impl AsFd) -> io::Result<Stat> {
+    let fd = fd.as_fd();
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: `fd` is open; `st` is written by a successful call before being read.
     if unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
@@ -329,6 +354,27 @@ pub fn open_dir_beneath(root: &Path, rel: &Path) -> io::Result<OwnedFd> {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn a_file_rewritten_in_place_is_seen_written_though_its_size_stays() {
+        use std::os::unix::fs::FileExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ledger");
+        std::fs::write(&path, [0u8; 4096]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let before = fstat(&file).unwrap();
+        assert!(
+            !before.written_before(&fstat(&file).unwrap()),
+            "nothing happened"
+        );
+        // Past the kernel's timestamp granularity (a clock tick).
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        writer.write_all_at(&[1u8; 8], 0).unwrap();
+        let after = fstat(&file).unwrap();
+        assert_eq!(after.size, before.size);
+        assert!(before.written_before(&after));
+    }
 
     #[test]
     fn children_are_what_was_listed_and_links_are_never_followed() {

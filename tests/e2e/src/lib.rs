@@ -10,6 +10,7 @@ pub mod jobs_seen;
 pub mod ports;
 pub mod prometheus;
 pub mod s3;
+pub mod snapshots;
 
 use anyhow::{Context, bail};
 use backstop_api::condition::ConditionType;
