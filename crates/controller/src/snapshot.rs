@@ -33,7 +33,7 @@ use std::time::Duration;
 pub const ROLE_SNAPSHOT: &str = "snapshot-source";
 
 /// How often a backup waiting for its snapshots looks again.
-pub const POLL: Duration = Duration::from_secs(2);
+pub const POLL: Duration = Duration::from_secs(1);
 
 const API_VERSION: &str = "snapshot.storage.k8s.io/v1";
 

@@ -53,6 +53,8 @@ struct PolicyReport {
     next_verification: Option<Timestamp>,
     /// Backups whose last conclusive verification failed (retention leaves them alone).
     failed_verification: Vec<String>,
+    /// How the volumes are read (`direct`, or `snapshot with class "x"`).
+    strategy: String,
 }
 
 impl PolicyCommand {
@@ -140,6 +142,23 @@ fn report(
             .filter(|b| b.verified == Some(false) && !b.deleting)
             .map(|b| b.name.clone())
             .collect(),
+        strategy: match policy
+            .spec
+            .strategy
+            .as_ref()
+            .and_then(|s| s.snapshot.as_ref())
+        {
+            None => "direct (the live volumes)".into(),
+            Some(s) => format!(
+                "snapshot with class {:?}, {}",
+                s.volume_snapshot_class_name,
+                if s.delete_snapshot_after {
+                    "snapshots deleted after"
+                } else {
+                    "snapshots kept with their Backup"
+                }
+            ),
+        },
     })
 }
 
@@ -148,6 +167,7 @@ fn describe(report: &PolicyReport, now: Timestamp) -> String {
         "Policy:      {}/{}\nSchedule:    {} ({})\n",
         report.namespace, report.name, report.schedule, report.time_zone
     );
+    out.push_str(&format!("Strategy:    {}\n", report.strategy));
     if report.suspended {
         out.push_str("Next runs:   none, the policy is suspended\n");
     } else {
@@ -341,5 +361,30 @@ mod tests {
         p.spec.suspend = true;
         let text = describe(&report(&p, &[], 1, now).unwrap(), now);
         assert!(text.contains("none while suspended"), "{text}");
+    }
+
+    #[test]
+    fn the_strategy_is_shown() {
+        let now: Timestamp = "2027-01-15T08:00:00Z".parse().unwrap();
+        let mut p = policy(false, None);
+        let text = describe(&report(&p, &[], 1, now).unwrap(), now);
+        assert!(
+            text.contains("Strategy:    direct (the live volumes)\n"),
+            "{text}"
+        );
+        p.spec.strategy = Some(backstop_api::Strategy {
+            snapshot: Some(backstop_api::SnapshotStrategy {
+                volume_snapshot_class_name: "csi".into(),
+                delete_snapshot_after: false,
+                ready_timeout_seconds: None,
+            }),
+        });
+        let text = describe(&report(&p, &[], 1, now).unwrap(), now);
+        assert!(
+            text.contains(
+                r#"Strategy:    snapshot with class "csi", snapshots kept with their Backup"#
+            ),
+            "{text}"
+        );
     }
 }
