@@ -362,7 +362,7 @@ async fn progress(
         }
         snapshotting |= matches!(step, Step::Snapshotting);
         changed |= volume.snapshot != before;
-        changed |= record(volume, step);
+        changed |= record(volume, step, now());
     }
     if status.volumes.iter().all(|v| v.phase.is_terminal()) {
         return finish(ctx, backup, status).await;
@@ -430,7 +430,7 @@ async fn step(
             }
             if let Some((strategy, started)) = snapshots {
                 match snapshot::prepare(ctx, backup, volume, strategy, started).await? {
-                    Prepared::Ready(_) => {}
+                    Prepared::Ready => {}
                     Prepared::Waiting => return Ok(Step::Snapshotting),
                     Prepared::Failed(why) => return Ok(Step::Failed(why)),
                 }
@@ -498,7 +498,7 @@ async fn after_failure(
 }
 
 /// Writes `step` into the volume's status entry; whether it changed.
-fn record(volume: &mut VolumeBackup, step: Step) -> bool {
+fn record(volume: &mut VolumeBackup, step: Step, now: jiff::Timestamp) -> bool {
     match step {
         Step::Done(done) => {
             volume.phase = BackupPhase::Completed;
@@ -514,7 +514,7 @@ fn record(volume: &mut VolumeBackup, step: Step) -> bool {
             volume.message = None;
             volume.reason = None;
             if let Some(record) = volume.snapshot.as_mut() {
-                snapshot::moved(record, now());
+                snapshot::moved(record, now);
             }
             true
         }
@@ -1183,20 +1183,42 @@ mod tests {
             phase: BackupPhase::Pending,
             ..VolumeBackup::default()
         };
-        assert!(record(&mut volume, Step::Running));
+        assert!(record(&mut volume, Step::Running, at("02:00")));
         assert_eq!(volume.phase, BackupPhase::Running);
-        assert!(!record(&mut volume, Step::Running), "no change, no write");
-        assert!(record(&mut volume, Step::Done(result("db", 0))));
+        assert!(
+            !record(&mut volume, Step::Running, at("02:00")),
+            "no change, no write"
+        );
+        assert!(record(
+            &mut volume,
+            Step::Done(result("db", 0)),
+            at("02:00")
+        ));
         assert_eq!(volume.phase, BackupPhase::Completed);
         assert_eq!(
             (volume.bytes, volume.files, volume.source_bytes),
             (Some(2048), Some(7), Some(8192))
         );
         assert_eq!(volume.changed_while_reading, None, "zero is not recorded");
+        let mut snapped = VolumeBackup {
+            pvc: "db".into(),
+            snapshot: Some(backstop_api::SnapshotRecord {
+                ready_time: Some(Time(at("02:00"))),
+                ..Default::default()
+            }),
+            ..VolumeBackup::default()
+        };
+        record(&mut snapped, Step::Done(result("db", 0)), at("02:05"));
+        assert_eq!(
+            snapped.snapshot.and_then(|s| s.move_seconds),
+            Some(300.0),
+            "from the snapshot being ready to the data being in the repository"
+        );
         let mut failed = VolumeBackup::default();
         record(
             &mut failed,
             Step::Failed(Invalid::new("SourceUnreadable", "EIO on a")),
+            at("02:00"),
         );
         assert_eq!(failed.phase, BackupPhase::Failed);
         assert_eq!(failed.reason.as_deref(), Some("SourceUnreadable"));
@@ -1216,7 +1238,7 @@ mod tests {
                 pvc: pvc.into(),
                 ..VolumeBackup::default()
             };
-            record(&mut volume, step);
+            record(&mut volume, step, at("02:05"));
             status.volumes.push(volume);
         }
         status

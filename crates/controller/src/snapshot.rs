@@ -217,8 +217,8 @@ pub fn source_claim(
 pub enum Prepared {
     /// Its snapshot is not ready yet: look again in `POLL`.
     Waiting,
-    /// Read this PVC, made from the ready snapshot.
-    Ready(String),
+    /// The temporary PVC made from the ready snapshot exists: read it.
+    Ready,
     Failed(Invalid),
 }
 
@@ -232,7 +232,7 @@ pub async fn prepare(
     started: Timestamp,
 ) -> Result<Prepared, Error> {
     let Some(record) = volume.snapshot.clone() else {
-        return Ok(Prepared::Ready(volume.pvc.clone()));
+        return Ok(Prepared::Ready);
     };
     let namespace = backup.namespace().unwrap_or_default();
     let api: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -300,7 +300,7 @@ pub async fn prepare(
             } else {
                 crate::create_once(&claims, &claim).await?;
             }
-            Ok(Prepared::Ready(record.name))
+            Ok(Prepared::Ready)
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The snapshot strategy end to end, over real btrfs copy-on-write snapshots driven by an
 //! emulated CSI snapshot controller (`backstop_e2e::snapshots`): a volume written to during the
 //! backup comes back consistent from a snapshot and torn when read live; several volumes are
-//! snapshotted together and the spread is reported; the snapshot API missing, then installed;
+//! snapshotted together, the spread is reported and a volume restores from such a backup; the
+//! snapshot API missing, then installed;
 //! a missing class, a failed snapshot and one that never becomes ready fail the backup with
 //! their reasons, and every case leaves no snapshot and no temporary PVC behind.
 
@@ -371,6 +372,21 @@ async fn a_policys_volumes_are_snapshotted_together_and_kept_snapshots_go_with_t
             .map(|v| v.snapshot.as_ref().and_then(|s| s.snapshot_seconds))
             .collect::<Vec<_>>()
     );
+    // A snapshot backup restores like any other: volume b into a fresh PVC equals its source.
+    let target = ns.volume("b-restored", &[]).await?;
+    create::<backstop_api::Restore>(
+        ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Restore", "metadata": {"name": "b-back"},
+               "spec": {"backupName": "pair-now", "sourcePVC": "b", "target": {"pvcName": "b-restored"}}}),
+    )
+    .await?;
+    let restored = finished_restore(ns, "b-back", Duration::from_secs(180)).await?;
+    assert_eq!(
+        restored.status.clone().unwrap_or_default().phase,
+        BackupPhase::Completed,
+        "{restored:?}"
+    );
+    assert_eq!(tree_listing(&target)?, tree_listing(&b)?);
     // Kept: both snapshots stay while the Backup does, the temporary PVCs are gone.
     setup.nothing_left_behind(2).await?;
     ns.api::<Backup>()
