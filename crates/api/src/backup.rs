@@ -258,10 +258,15 @@ pub struct SnapshotRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub creation_time: Option<jiff::Timestamp>,
+    /// When the operator asked for it (to the millisecond, like the next times).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub requested_time: Option<jiff::Timestamp>,
     /// When the operator found it ready to use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ready_time: Option<Time>,
-    /// Seconds from the backup's start until the snapshot was ready.
+    #[schemars(with = "Option<String>")]
+    pub ready_time: Option<jiff::Timestamp>,
+    /// Seconds from asking for the snapshot until it was found ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_seconds: Option<f64>,
     /// Seconds from the snapshot being ready until its data was in the repository.

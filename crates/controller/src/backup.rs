@@ -111,12 +111,14 @@ async fn start(
         return Ok(Err(refused(ctx, backup, status, refusal).await?));
     }
     let repository = resolved.repository.name_any();
-    let mut status = running(backup, status, &pvcs, &repository, now());
+    let started = now();
+    let mut status = running(backup, status, &pvcs, &repository, started);
     if let Some(snapshots) = snapshots {
         status.strategy = resolved.strategy.clone();
         let name = backup.name_any();
         for volume in &mut status.volumes {
-            volume.snapshot = Some(snapshot::record_for(&name, &volume.pvc, snapshots));
+            let record = snapshot::record_for(&name, &volume.pvc, snapshots, started);
+            volume.snapshot = Some(record);
         }
     }
     crate::patch_status(&ctx.client, backup, &status, &[]).await?;
@@ -1203,7 +1205,7 @@ mod tests {
         let mut snapped = VolumeBackup {
             pvc: "db".into(),
             snapshot: Some(backstop_api::SnapshotRecord {
-                ready_time: Some(Time(at("02:00"))),
+                ready_time: Some(at("02:00")),
                 ..Default::default()
             }),
             ..VolumeBackup::default()

@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::{
     VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::GroupVersionKind;
 use kube::{Resource, ResourceExt};
@@ -69,10 +69,16 @@ pub async fn available(ctx: &Context, class: &str) -> Result<Result<(), Refusal>
     Ok(Ok(()))
 }
 
-/// The record a starting backup keeps for `pvc`'s snapshot.
-pub fn record_for(backup: &str, pvc: &str, strategy: &SnapshotStrategy) -> SnapshotRecord {
+/// The record a backup starting at `now` keeps for `pvc`'s snapshot.
+pub fn record_for(
+    backup: &str,
+    pvc: &str,
+    strategy: &SnapshotStrategy,
+    now: Timestamp,
+) -> SnapshotRecord {
     SnapshotRecord {
         name: naming::snapshot(backup, pvc),
+        requested_time: Some(now),
         kept: !strategy.delete_snapshot_after,
         ..SnapshotRecord::default()
     }
@@ -273,10 +279,11 @@ pub async fn prepare(
         Readiness::Failed(why) => Ok(Prepared::Failed(why)),
         Readiness::Ready { creation_time } => {
             if record.ready_time.is_none() {
+                let requested = record.requested_time.unwrap_or(started);
                 volume.snapshot = Some(SnapshotRecord {
                     creation_time,
-                    ready_time: Some(Time(now)),
-                    snapshot_seconds: Some(seconds_between(started, now)),
+                    ready_time: Some(now),
+                    snapshot_seconds: Some(seconds_between(requested, now)),
                     ..record.clone()
                 });
             }
@@ -308,8 +315,8 @@ pub async fn prepare(
 /// Records how long the volume's data took to reach the repository after its snapshot was
 /// ready.
 pub fn moved(record: &mut SnapshotRecord, now: Timestamp) {
-    if let Some(ready) = &record.ready_time {
-        record.move_seconds = Some(seconds_between(ready.0, now));
+    if let Some(ready) = record.ready_time {
+        record.move_seconds = Some(seconds_between(ready, now));
     }
 }
 
@@ -352,6 +359,7 @@ pub fn kept(status: &backstop_api::BackupStatus) -> Option<bool> {
 mod tests {
     use super::*;
     use backstop_api::strategy::{VolumeSnapshotError, VolumeSnapshotStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn strategy(timeout: Option<i64>) -> SnapshotStrategy {
         SnapshotStrategy {
@@ -507,7 +515,7 @@ mod tests {
         let unknown = vec![volume("a", Some("2026-11-27T10:00:01Z")), volume("b", None)];
         assert_eq!(spread(&unknown), None);
         let mut record = volumes[0].snapshot.clone().unwrap();
-        record.ready_time = Some(Time(at("2026-11-27T10:00:02Z")));
+        record.ready_time = Some(at("2026-11-27T10:00:02Z"));
         moved(&mut record, at("2026-11-27T10:00:05.5Z"));
         assert_eq!(record.move_seconds, Some(3.5));
     }
