@@ -245,13 +245,8 @@ pub async fn prepare(
     let snapshot = match api.get_opt(&record.name).await {
         Ok(Some(s)) => s,
         Ok(None) => {
-            let wanted = snapshot_of(
-                backup,
-                &volume.pvc,
-                &record.name,
-                &strategy.volume_snapshot_class_name,
-            );
-            crate::create_once(&api, &wanted).await?;
+            // Deleted by someone meanwhile: asked for again (its point in time is then later).
+            request_all(ctx, backup, std::slice::from_ref(volume), strategy).await?;
             return Ok(Prepared::Waiting);
         }
         Err(kube::Error::Api(e)) if e.code == 404 => {

@@ -93,11 +93,24 @@ impl TestNamespace {
     pub async fn volume(&self, claim: &str, labels: &[(&str, &str)]) -> anyhow::Result<PathBuf> {
         let pv_name = format!("{}-{claim}", self.name);
         let dir = host_volume(&pv_name, "1Gi")?;
+        self.claim_of(claim, &pv_name, STORAGE_CLASS, labels)
+            .await?;
+        Ok(dir)
+    }
+
+    /// A 1Gi PVC `claim` of `class` on the PersistentVolume `pv_name`, once it is bound.
+    pub async fn claim_of(
+        &self,
+        claim: &str,
+        pv_name: &str,
+        class: &str,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         let pvc: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
             "metadata": {"name": claim, "labels": labels.iter().cloned().collect::<std::collections::BTreeMap<_, _>>()},
             "spec": {
                 "accessModes": ["ReadWriteOnce"],
-                "storageClassName": STORAGE_CLASS,
+                "storageClassName": class,
                 "volumeName": pv_name,
                 "resources": {"requests": {"storage": "1Gi"}}
             }
@@ -112,8 +125,7 @@ impl TestNamespace {
                 Ok(pvc.status.and_then(|s| s.phase).as_deref() == Some("Bound"))
             },
         )
-        .await?;
-        Ok(dir)
+        .await
     }
 }
 

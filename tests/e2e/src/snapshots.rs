@@ -204,22 +204,7 @@ impl TestNamespace {
         Api::<PersistentVolume>::all(self.client.clone())
             .create(&PostParams::default(), &pv)
             .await?;
-        let pvc: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": claim, "labels": labels.iter().cloned().collect::<std::collections::BTreeMap<_, _>>()},
-            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": CLASS,
-                     "volumeName": pv_name, "resources": {"requests": {"storage": "1Gi"}}}
-        }))?;
-        let claims: Api<PersistentVolumeClaim> = self.api();
-        claims.create(&PostParams::default(), &pvc).await?;
-        wait_until(
-            Duration::from_secs(60),
-            &format!("PVC {claim} to bind"),
-            || async {
-                let pvc = claims.get(claim).await?;
-                Ok(pvc.status.and_then(|s| s.phase).as_deref() == Some("Bound"))
-            },
-        )
-        .await?;
+        self.claim_of(claim, &pv_name, CLASS, labels).await?;
         Ok(dir)
     }
 }
