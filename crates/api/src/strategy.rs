@@ -167,5 +167,9 @@ mod tests {
         }
         let err = strategy.validate().unwrap_err();
         assert!(err.message.contains("readyTimeoutSeconds"), "{err:?}");
+        if let Some(s) = strategy.snapshot.as_mut() {
+            s.ready_timeout_seconds = Some(1);
+        }
+        assert!(strategy.validate().is_ok(), "one second is a timeout");
     }
 }

@@ -133,10 +133,14 @@ async fn start(
         backup,
         "BackupStarted",
         format!(
-            "Backing up {} volume{} ({}) to repository {repository:?}",
+            "Backing up {} volume{} ({}) to repository {repository:?}{}",
             names.len(),
             if names.len() == 1 { "" } else { "s" },
             names.join(", "),
+            snapshots.map_or_else(String::new, |s| format!(
+                " from VolumeSnapshots of class {:?}",
+                s.volume_snapshot_class_name
+            )),
         ),
     )
     .await;

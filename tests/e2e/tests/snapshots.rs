@@ -359,9 +359,9 @@ async fn a_policys_volumes_are_snapshotted_together_and_kept_snapshots_go_with_t
     }
     let started = events(ns, "BackupStarted").await?;
     assert!(
-        started
-            .iter()
-            .any(|(on, note)| on == "pair-now" && note.contains("2 volumes")),
+        started.iter().any(|(on, note)| on == "pair-now"
+            && note.contains("2 volumes")
+            && note.contains(&format!("from VolumeSnapshots of class {:?}", setup.class))),
         "{started:?}"
     );
     eprintln!(
