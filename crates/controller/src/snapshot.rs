@@ -384,6 +384,7 @@ mod tests {
     #[test]
     fn a_snapshot_is_asked_for_the_volume_with_the_class_owned_and_labelled() {
         let s = snapshot_of(&backup(), "db", "nightly-db-snap-1", "btrfs");
+        assert_eq!(s.name_any(), "nightly-db-snap-1");
         assert_eq!(
             s.spec.source.persistent_volume_claim_name.as_deref(),
             Some("db")
@@ -393,6 +394,28 @@ mod tests {
         assert_eq!(s.labels()[labels::ROLE], ROLE_SNAPSHOT);
         assert_eq!(s.labels()[labels::BACKUP], "nightly");
         assert!(owned_by(&s, &backup()));
+    }
+
+    #[test]
+    fn a_starting_backup_records_each_snapshot_by_name_time_and_keeping() {
+        let started = at("2026-11-27T10:00:00.250Z");
+        let mut keeping = strategy(None);
+        keeping.delete_snapshot_after = false;
+        let record = record_for("nightly", "db", &keeping, started);
+        assert_eq!(record.name, naming::snapshot("nightly", "db"));
+        assert_eq!(record.requested_time, Some(started));
+        assert!(record.kept);
+        assert!(!record_for("nightly", "db", &strategy(None), started).kept);
+        let mut status = backstop_api::BackupStatus::default();
+        assert_eq!(kept(&status), None, "direct");
+        status.strategy = Some(backstop_api::Strategy {
+            snapshot: Some(keeping),
+        });
+        assert_eq!(kept(&status), Some(true));
+        status.strategy = Some(backstop_api::Strategy {
+            snapshot: Some(strategy(None)),
+        });
+        assert_eq!(kept(&status), Some(false));
     }
 
     #[test]
@@ -459,6 +482,7 @@ mod tests {
             (Some(SNAPSHOT_GROUP), "VolumeSnapshot", "snap")
         );
         assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(spec.access_modes, Some(vec!["ReadWriteOnce".to_string()]));
         assert_eq!(
             spec.resources.unwrap().requests.unwrap()["storage"],
             Quantity("2Gi".into())
