@@ -651,17 +651,46 @@ mod tests {
         (backup, repo)
     }
 
+    /// The Job backing up `pvc` read live, with the default settings.
+    fn direct_job(backup: &Backup, pvc: &str, repo: &BackupRepository) -> Job {
+        backup_job(backup, pvc, pvc, None, repo, &MoverConfig::default())
+    }
+
     #[test]
-    fn backup_job_mounts_the_source_read_only_and_is_owned_by_the_backup() {
+    fn a_snapshot_backup_job_reads_the_temporary_claim_and_names_the_volume() {
         let (backup, repo) = fixtures();
         let job = backup_job(
             &backup,
             "data",
-            "data",
+            "data-snap-1",
             None,
             &repo,
             &MoverConfig::default(),
         );
+        assert_eq!(
+            job.metadata.name,
+            Some(naming::backup_job("nightly-202611210200", "data"))
+        );
+        assert_eq!(job.metadata.labels.clone().unwrap()[labels::PVC], "data");
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let claim = pod.volumes.unwrap()[0]
+            .persistent_volume_claim
+            .clone()
+            .unwrap();
+        assert_eq!(claim.claim_name, "data-snap-1");
+        assert_eq!(claim.read_only, Some(true));
+        let args = pod.containers[0].args.clone().unwrap().join(" ");
+        assert!(
+            args.contains("--pvc data "),
+            "the artifact is the volume's: {args}"
+        );
+        assert!(!args.contains("snap"), "{args}");
+    }
+
+    #[test]
+    fn backup_job_mounts_the_source_read_only_and_is_owned_by_the_backup() {
+        let (backup, repo) = fixtures();
+        let job = direct_job(&backup, "data", &repo);
         assert_eq!(
             job.metadata.name,
             Some(naming::backup_job("nightly-202611210200", "data"))
@@ -749,14 +778,7 @@ mod tests {
         assert_eq!(pod.node_selector, config.node_selector);
         assert_eq!(pod.tolerations, config.tolerations);
         assert!(pod.affinity.is_some(), "the volume's node pinning stays");
-        let plain = backup_job(
-            &backup,
-            "data",
-            "data",
-            None,
-            &repo,
-            &MoverConfig::default(),
-        );
+        let plain = direct_job(&backup, "data", &repo);
         let pod = plain.spec.unwrap().template.spec.unwrap();
         assert_eq!((pod.node_selector, pod.tolerations), (None, None));
     }
@@ -1052,14 +1074,7 @@ mod tests {
                 "caSecretRef": {"name": "minio-ca"}}}
         }))
         .unwrap();
-        let job = backup_job(
-            &backup,
-            "data",
-            "data",
-            None,
-            &repo,
-            &MoverConfig::default(),
-        );
+        let job = direct_job(&backup, "data", &repo);
         let pod = job.spec.unwrap().template.spec.unwrap();
         let container = &pod.containers[0];
         let args = container.args.clone().unwrap().join(" ");
@@ -1117,7 +1132,7 @@ mod tests {
             backstop_api::Compression::Zstd,
         ] {
             repo.spec.compression = compression;
-            let job = backup_job(&backup, "db", "db", None, &repo, &MoverConfig::default());
+            let job = direct_job(&backup, "db", &repo);
             let args = job.spec.unwrap().template.spec.unwrap().containers[0]
                 .args
                 .clone()
@@ -1167,14 +1182,7 @@ mod tests {
     #[test]
     fn a_backup_job_is_exactly_this() {
         let (backup, repo) = fixtures();
-        let job = backup_job(
-            &backup,
-            "data",
-            "data",
-            None,
-            &repo,
-            &MoverConfig::default(),
-        );
+        let job = direct_job(&backup, "data", &repo);
         let expected = serde_json::json!(
         {
             "apiVersion": "batch/v1",
