@@ -148,17 +148,25 @@ pub fn host_volume(name: &str, size: &str) -> anyhow::Result<PathBuf> {
 
 /// Like `host_volume`, in storage class `class` (so only claims of that class can bind it).
 pub fn host_volume_of_class(name: &str, size: &str, class: &str) -> anyhow::Result<PathBuf> {
+    Ok(PathBuf::from(hack_cluster(&[
+        "volume", name, size, "", class,
+    ])?))
+}
+
+/// What `hack/cluster ARGS` printed (a path), or why it failed.
+pub fn hack_cluster(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(repo_root().join("hack/cluster"))
-        .args(["volume", name, size, "", class])
+        .args(args)
         .output()
-        .context("running hack/cluster volume")?;
+        .with_context(|| format!("running hack/cluster {}", args.join(" ")))?;
     if !out.status.success() {
         bail!(
-            "hack/cluster volume {name} failed: {}",
+            "hack/cluster {} failed: {}",
+            args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
 }
 
 /// Polls `check` until it returns true, failing after `timeout` with what was awaited.

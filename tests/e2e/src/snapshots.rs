@@ -13,7 +13,7 @@
 //! `parameters.behaviour` picks a fault: `fail` (the snapshot reports an error) or `never` (it
 //! never becomes ready).
 
-use crate::{TestNamespace, kubectl, repo_root, wait_until};
+use crate::{TestNamespace, hack_cluster, kubectl, wait_until};
 use anyhow::{Context, bail};
 use backstop_api::strategy::VolumeSnapshot;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
@@ -34,17 +34,7 @@ const EMULATED: &str = "e2e.backstop.dev/emulated-for";
 
 /// The mounted btrfs filesystem.
 pub fn btrfs_root() -> anyhow::Result<PathBuf> {
-    let out = Command::new(repo_root().join("hack/cluster"))
-        .arg("btrfs")
-        .output()
-        .context("running hack/cluster btrfs")?;
-    if !out.status.success() {
-        bail!(
-            "hack/cluster btrfs failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let root = PathBuf::from(String::from_utf8(out.stdout)?.trim());
+    let root = PathBuf::from(hack_cluster(&["btrfs"])?);
     for kind in ["vols", "snaps", "claims"] {
         std::fs::create_dir_all(root.join(kind))?;
     }
@@ -52,17 +42,7 @@ pub fn btrfs_root() -> anyhow::Result<PathBuf> {
 }
 
 fn crds_dir() -> anyhow::Result<String> {
-    let out = Command::new(repo_root().join("hack/cluster"))
-        .arg("snapshot-crds")
-        .output()
-        .context("running hack/cluster snapshot-crds")?;
-    if !out.status.success() {
-        bail!(
-            "hack/cluster snapshot-crds failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+    hack_cluster(&["snapshot-crds"])
 }
 
 /// Installs the v1 snapshot CRDs and waits until the API server serves VolumeSnapshots.
