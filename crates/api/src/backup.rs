@@ -240,6 +240,10 @@ pub struct VolumeBackup {
     /// The first few of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changed_files: Vec<String>,
+    /// With the command strategy: this entry is the command's output stream, named in `pvc`,
+    /// not a volume.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
     /// With the snapshot strategy: the snapshot the data was read from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotRecord>,
@@ -357,10 +361,17 @@ impl BackupSpec {
                 "InvalidSpec",
                 "set either spec.policyRef or spec.target, not both",
             )),
+            (None, None) if self.strategy.as_ref().is_some_and(|s| s.command.is_some()) => Ok(()),
             (None, None) => Err(Invalid::new(
                 "InvalidSpec",
                 "set spec.policyRef (a BackupPolicy) or spec.target.pvcSelector with spec.repository",
             )),
+            (None, Some(_)) if self.strategy.as_ref().is_some_and(|s| s.command.is_some()) => {
+                Err(Invalid::new(
+                    "InvalidStrategy",
+                    "a command backup holds its command's stream and no volume: remove spec.target",
+                ))
+            }
             (None, Some(target)) => crate::naming::validate_selector(&target.pvc_selector),
             (Some(_), None) => Ok(()),
         }

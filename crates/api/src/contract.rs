@@ -20,6 +20,46 @@ pub const TARGET_MOUNT: &str = "/target";
 /// Where an S3 endpoint's CA bundle Secret is mounted.
 pub const CA_MOUNT: &str = "/etc/backstop/s3-ca";
 
+/// Where a command backup's stream passes from the user's container to the mover: an emptyDir
+/// both mount. The mover makes the named pipe `STREAM_PIPE` in it; the wrapped command (see
+/// `DUMP_SCRIPT`) leaves its exit status in `STREAM_EXIT` and the end of what it wrote to
+/// stderr in `STREAM_OUTPUT`, in that order, each renamed into place when complete. The mover
+/// leaves `STREAM_ABORT` when it gives up before the pipe is usable.
+pub const STREAM_MOUNT: &str = "/backstop-stream";
+pub const STREAM_PIPE: &str = "stream";
+pub const STREAM_EXIT: &str = "exit";
+pub const STREAM_OUTPUT: &str = "output";
+pub const STREAM_ABORT: &str = "abort";
+/// Where a stream restore keeps the artifact while it is verified (an emptyDir only the mover
+/// mounts: the restore command never sees an unverified byte).
+pub const STREAM_STAGING_MOUNT: &str = "/backstop-staging";
+/// How much of the end of a command's output is kept for its failure message.
+pub const STREAM_OUTPUT_BYTES: usize = 2048;
+
+/// What the user's dump container runs: `sh -c DUMP_SCRIPT <STREAM_MOUNT> <program> <args>...`.
+/// It waits for the mover's pipe, runs the program with its standard output into the pipe and
+/// its stderr into `tail`, then records the exit status and the tail. The command's words are
+/// positional parameters, never parsed by the shell: nothing in them can inject shell code.
+pub const DUMP_SCRIPT: &str = r#"d=$0
+until [ -p "$d/stream" ]; do
+  if [ -e "$d/abort" ]; then echo "backstop: the mover stopped before the dump could start" >&2; exit 1; fi
+  sleep 1
+done
+{ "$@" 2>&1 >"$d/stream"; echo $? >"$d/exit.partial"; mv "$d/exit.partial" "$d/exit"; } |
+  { tail -c 2048 >"$d/output.partial"; mv "$d/output.partial" "$d/output"; }
+read -r code <"$d/exit"; exit "$code""#;
+
+/// What the user's restore container runs (as `DUMP_SCRIPT`): the program reads the pipe on its
+/// standard input; its standard output and stderr both go to the tail.
+pub const LOAD_SCRIPT: &str = r#"d=$0
+until [ -p "$d/stream" ]; do
+  if [ -e "$d/abort" ]; then echo "backstop: the mover refused the stream; the restore command did not run" >&2; exit 1; fi
+  sleep 1
+done
+{ "$@" <"$d/stream" 2>&1; echo $? >"$d/exit.partial"; mv "$d/exit.partial" "$d/exit"; } |
+  { tail -c 2048 >"$d/output.partial"; mv "$d/output.partial" "$d/output"; }
+read -r code <"$d/exit"; exit "$code""#;
+
 /// The repository directory of one Backup's objects: `<namespace>/<backup>`.
 pub fn backup_dir(namespace: &str, backup: &str) -> String {
     format!("{namespace}/{backup}")
@@ -90,6 +130,25 @@ pub enum Request {
         /// Create no device nodes and clear setuid/setgid bits.
         untrusted: bool,
     },
+    /// Store what the command beside the mover writes into the pipe in `stream_dir` as the
+    /// stream `name` of the backup directory `dir`; commit it only when the command exited 0
+    /// after writing something.
+    Dump {
+        repository: Location,
+        stream_dir: String,
+        name: String,
+        dir: String,
+        compression: Compression,
+    },
+    /// Stage and verify the stream the manifest `manifest` describes, then feed it through the
+    /// pipe in `stream_dir` to the restore command beside the mover.
+    Load {
+        repository: Location,
+        manifest: String,
+        stream_dir: String,
+        staging: String,
+        artifact_digest: Option<String>,
+    },
     /// Check an artifact against its manifest without restoring anything.
     Verify {
         repository: Location,
@@ -106,6 +165,8 @@ impl Request {
         match self {
             Request::Probe { .. } => "probe",
             Request::Backup { .. } => "backup",
+            Request::Dump { .. } => "dump",
+            Request::Load { .. } => "load",
             Request::Restore { .. } => "restore",
             Request::Verify { .. } => "verify",
             Request::Delete { .. } => "delete",
@@ -116,6 +177,8 @@ impl Request {
         match self {
             Request::Probe { repository }
             | Request::Backup { repository, .. }
+            | Request::Dump { repository, .. }
+            | Request::Load { repository, .. }
             | Request::Restore { repository, .. }
             | Request::Verify { repository, .. }
             | Request::Delete { repository, .. } => repository,
@@ -138,6 +201,30 @@ impl Request {
                 args.value("--pvc", pvc);
                 args.value("--dir", dir);
                 args.value("--compression", compression.as_str());
+            }
+            Request::Dump {
+                stream_dir,
+                name,
+                dir,
+                compression,
+                ..
+            } => {
+                args.value("--stream-dir", stream_dir);
+                args.value("--name", name);
+                args.value("--dir", dir);
+                args.value("--compression", compression.as_str());
+            }
+            Request::Load {
+                manifest,
+                stream_dir,
+                staging,
+                artifact_digest,
+                ..
+            } => {
+                args.value("--manifest", manifest);
+                args.value("--stream-dir", stream_dir);
+                args.value("--staging", staging);
+                args.optional("--artifact-digest", artifact_digest.as_deref());
             }
             Request::Restore {
                 manifest,
@@ -234,6 +321,10 @@ pub enum Reason {
     TargetFull,
     TargetWriteFailed,
     ArtifactsNotRemoved,
+    /// A command backup's or restore's command exited non-zero (or could not start).
+    CommandFailed,
+    /// A command backup's command exited 0 having written nothing.
+    EmptyDump,
     /// No reason given, or one this operator does not know (a mover of another version).
     #[serde(other)]
     MoverFailed,
@@ -273,6 +364,8 @@ impl Reason {
             Reason::TargetFull => "TargetFull",
             Reason::TargetWriteFailed => "TargetWriteFailed",
             Reason::ArtifactsNotRemoved => "ArtifactsNotRemoved",
+            Reason::CommandFailed => "CommandFailed",
+            Reason::EmptyDump => "EmptyDump",
             Reason::MoverFailed => "MoverFailed",
         }
     }
@@ -476,6 +569,35 @@ mod tests {
                  --existing-data-policy Overwrite --artifact-digest ab --untrusted \
                  --s3-bucket b --s3-prefix team --s3-force-path-style \
                  --s3-retry-timeout-seconds 10 --termination-log /dev/termination-log"
+            )
+        );
+        let dump = Request::Dump {
+            repository: Location::Dir(REPOSITORY_MOUNT.into()),
+            stream_dir: STREAM_MOUNT.into(),
+            name: "dump".into(),
+            dir: backup_dir("shop", "nightly"),
+            compression: Compression::Zstd,
+        };
+        assert_eq!(
+            dump.to_args(),
+            words(
+                "mover dump --stream-dir /backstop-stream --name dump --dir shop/nightly \
+                 --compression zstd --repository /repository --termination-log /dev/termination-log"
+            )
+        );
+        let load = Request::Load {
+            repository: Location::Dir(REPOSITORY_MOUNT.into()),
+            manifest: "shop/nightly/dump.manifest.jsonl.zst".into(),
+            stream_dir: STREAM_MOUNT.into(),
+            staging: STREAM_STAGING_MOUNT.into(),
+            artifact_digest: Some("ab".into()),
+        };
+        assert_eq!(
+            load.to_args(),
+            words(
+                "mover load --manifest shop/nightly/dump.manifest.jsonl.zst \
+                 --stream-dir /backstop-stream --staging /backstop-staging --artifact-digest ab \
+                 --repository /repository --termination-log /dev/termination-log"
             )
         );
         let probe = Request::Probe {

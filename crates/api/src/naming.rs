@@ -121,6 +121,16 @@ pub fn selector_string(selector: &LabelSelector) -> Result<String, Invalid> {
     Ok(parts.join(","))
 }
 
+/// Whether `name` is a DNS label (RFC 1123): 1-63 of `a-z`, `0-9` and `-`, alphanumeric at
+/// both ends. Such a name is safe in a repository key, a Job name and a label.
+pub fn is_dns_label(name: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    (1..=63).contains(&name.len())
+        && name.chars().all(|c| alnum(c) || c == '-')
+        && name.starts_with(alnum)
+        && name.ends_with(alnum)
+}
+
 pub fn validate_selector(selector: &LabelSelector) -> Result<(), Invalid> {
     selector_string(selector).map(|_| ())
 }

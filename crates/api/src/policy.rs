@@ -39,7 +39,9 @@ pub struct BackupPolicySpec {
     pub suspend: bool,
     #[serde(default)]
     pub retention: Retention,
-    pub target: Target,
+    /// The PVCs to back up (required, except with the `command` strategy, which reads none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
     /// The BackupRepository to write to (default: the one named `default`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
@@ -264,13 +266,31 @@ impl BackupPolicySpec {
     pub fn validate(&self) -> Result<Schedule, Invalid> {
         crate::waiting::validate_deadline(self.starting_deadline_seconds)?;
         self.retention.validate()?;
-        crate::naming::validate_selector(&self.target.pvc_selector)?;
         self.verification_schedule()?;
         if let Some(strategy) = &self.strategy {
             strategy.validate()?;
         }
-        Schedule::parse(&self.schedule, self.time_zone.as_deref())
-            .map_err(|e| Invalid::new(e.reason(), e.to_string()))
+
+        let schedule = Schedule::parse(&self.schedule, self.time_zone.as_deref())
+            .map_err(|e| Invalid::new(e.reason(), e.to_string()))?;
+        let command = self.strategy.as_ref().is_some_and(|s| s.command.is_some());
+        match (&self.target, command) {
+            (Some(target), false) => crate::naming::validate_selector(&target.pvc_selector)?,
+            (None, false) => {
+                return Err(Invalid::new(
+                    "InvalidSpec",
+                    "spec.target.pvcSelector is missing: say which PVCs to back up (only a command strategy needs none)",
+                ));
+            }
+            (Some(_), true) => {
+                return Err(Invalid::new(
+                    "InvalidStrategy",
+                    "a command backup holds its command's stream and no volume: remove spec.target, or back the volumes up with another policy",
+                ));
+            }
+            (None, true) => {}
+        }
+        Ok(schedule)
     }
 
     /// The parsed `spec.verification.schedule`, if verification is set.
@@ -364,6 +384,7 @@ spec:
     fn a_verification_schedule_is_checked_like_the_backup_schedule() {
         let mut spec = BackupPolicySpec {
             schedule: "0 2 * * *".into(),
+            target: Some(Target::default()),
             verification: Some(Verification {
                 schedule: "0 4 * * 7".into(),
                 ..Default::default()
@@ -392,6 +413,24 @@ spec:
             ..Default::default()
         });
         assert_eq!(spec.validate().unwrap_err().reason, "InvalidVerification");
+    }
+
+    #[test]
+    fn volumes_need_a_target_and_a_command_backup_refuses_one() {
+        let mut spec: BackupPolicySpec = serde_yaml::from_str("schedule: '0 2 * * *'").unwrap();
+        let missing = spec.validate().unwrap_err();
+        assert_eq!(missing.reason, "InvalidSpec");
+        assert!(
+            missing.message.contains("pvcSelector"),
+            "{}",
+            missing.message
+        );
+        spec.strategy = serde_yaml::from_str("command: {image: pg, command: [pg_dump]}").unwrap();
+        assert!(spec.validate().is_ok(), "a command needs no target");
+        spec.target = Some(Target::default());
+        assert_eq!(spec.validate().unwrap_err().reason, "InvalidStrategy");
+        spec.strategy = None;
+        assert!(spec.validate().is_ok());
     }
 
     #[test]

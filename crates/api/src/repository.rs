@@ -148,6 +148,15 @@ impl Compression {
             Compression::None => "tar",
         }
     }
+
+    /// A command backup's stream's file name extension (`zstd -dc` / `gzip -dc` read it).
+    pub fn stream_extension(self) -> &'static str {
+        match self {
+            Compression::Zstd => "zst",
+            Compression::Gzip => "gz",
+            Compression::None => "raw",
+        }
+    }
 }
 
 impl std::str::FromStr for Compression {

@@ -32,8 +32,16 @@ pub struct RestoreSpec {
     /// Which volume of the backup; optional when the backup has exactly one.
     #[serde(default, rename = "sourcePVC", skip_serializing_if = "Option::is_none")]
     pub source_pvc: Option<String>,
+    /// The PVC to restore a volume into (not used for a command backup's stream).
+    #[serde(default)]
     pub target: RestoreTarget,
-    /// What to do when the target already holds data.
+    /// For a command backup: the command that reads the stream on its standard input, instead
+    /// of the one on the backup's strategy (`strategy.command.restore`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<crate::strategy::CommandContainer>,
+    /// What to do when the target already holds data. A stream has no target: what happens to
+    /// the data already in the database is the restore command's business (e.g.
+    /// `pg_restore --clean --if-exists`), and this is not used.
     #[serde(default)]
     pub existing_data_policy: ExistingDataPolicy,
     /// Restore even when a running pod mounts the target.

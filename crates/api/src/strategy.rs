@@ -1,8 +1,10 @@
-//! How a backup reads its volumes: `direct` (the live volume, the default) or from a CSI
-//! `VolumeSnapshot` of each volume (one point in time), and the `snapshot.storage.k8s.io/v1`
-//! types Backstop creates for the latter.
+//! How a backup gets its data: `direct` (the live volume, the default), from a CSI
+//! `VolumeSnapshot` of each volume (one point in time), or `command` (the user's container
+//! writes a dump, e.g. `pg_dump -Fc`, to its standard output and Backstop stores that stream),
+//! and the `snapshot.storage.k8s.io/v1` types Backstop creates for snapshots.
 
 use crate::condition::Invalid;
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
@@ -24,6 +26,98 @@ pub struct Strategy {
     /// reads the live volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotStrategy>,
+    /// Back up what a command writes to its standard output (a database dump) instead of
+    /// volumes: the command runs in its own container beside Backstop's mover, which streams
+    /// its output into the repository. A command backup holds that one stream and no volume
+    /// (back volumes up with another policy); `target` is not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandStrategy>,
+}
+
+/// The stream's name when `command.name` is not set.
+pub const DEFAULT_STREAM_NAME: &str = "dump";
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandStrategy {
+    /// The stream's name: it names the artifact (`<name>.zst`) and takes a volume's place in
+    /// the Backup's status and in a Restore's `sourcePVC` (default `dump`; a DNS label).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The container that writes the dump to its standard output, e.g. `pg_dump -Fc`. Its
+    /// image needs a POSIX `sh` and `tail` (Backstop wraps the command to connect its output
+    /// and learn its exit status; no `kubectl exec` is used).
+    #[serde(flatten)]
+    pub container: CommandContainer,
+    /// The command a Restore of this backup runs with the stream on its standard input, e.g.
+    /// `pg_restore --clean --if-exists -d ...` (a Restore may give its own instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<CommandContainer>,
+}
+
+/// A container Backstop runs for the user: image, command, environment (Secrets through
+/// `valueFrom.secretKeyRef`: the operator never reads them) and resources.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandContainer {
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// The program and its first arguments (the image's entrypoint is not used).
+    #[schemars(length(min = 1))]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl CommandContainer {
+    /// Refuses an empty image or command; `field` is where it was written.
+    pub fn validate(&self, field: &str) -> Result<(), Invalid> {
+        if self.image.trim().is_empty() {
+            return Err(Invalid::new(
+                "InvalidStrategy",
+                format!("{field}.image is empty: name the image the command runs in"),
+            ));
+        }
+        if self.command.first().is_none_or(|c| c.trim().is_empty()) {
+            return Err(Invalid::new(
+                "InvalidStrategy",
+                format!("{field}.command is empty: give the program to run, e.g. [pg_dump, -Fc]"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The program and all its arguments.
+    pub fn argv(&self) -> Vec<String> {
+        self.command.iter().chain(&self.args).cloned().collect()
+    }
+}
+
+impl CommandStrategy {
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or(DEFAULT_STREAM_NAME)
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        let name = self.name();
+        if !crate::naming::is_dns_label(name) {
+            return Err(Invalid::new(
+                "InvalidStrategy",
+                format!(
+                    "strategy.command.name {name:?} is not a DNS label (lowercase letters, digits and '-', at most 63): it names the artifact"
+                ),
+            ));
+        }
+        self.container.validate("strategy.command")?;
+        if let Some(restore) = &self.restore {
+            restore.validate("strategy.command.restore")?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -48,9 +142,11 @@ fn yes() -> bool {
 }
 
 impl Strategy {
-    /// The strategy's name for people and labels: `direct` or `snapshot`.
+    /// The strategy's name for people and labels: `direct`, `snapshot` or `command`.
     pub fn name(&self) -> &'static str {
-        if self.snapshot.is_some() {
+        if self.command.is_some() {
+            "command"
+        } else if self.snapshot.is_some() {
             "snapshot"
         } else {
             "direct"
@@ -58,6 +154,15 @@ impl Strategy {
     }
 
     pub fn validate(&self) -> Result<(), Invalid> {
+        if let Some(command) = &self.command {
+            if self.snapshot.is_some() {
+                return Err(Invalid::new(
+                    "InvalidStrategy",
+                    "set strategy.snapshot or strategy.command, not both: a command backup reads no volume",
+                ));
+            }
+            return command.validate();
+        }
         let Some(snapshot) = &self.snapshot else {
             return Ok(());
         };
@@ -159,6 +264,7 @@ mod tests {
                 delete_snapshot_after: true,
                 ready_timeout_seconds: None,
             }),
+            command: None,
         };
         assert_eq!(strategy.validate().unwrap_err().reason, "InvalidStrategy");
         if let Some(s) = strategy.snapshot.as_mut() {
@@ -171,5 +277,58 @@ mod tests {
             s.ready_timeout_seconds = Some(1);
         }
         assert!(strategy.validate().is_ok(), "one second is a timeout");
+    }
+
+    fn command_strategy(yaml: &str) -> Strategy {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn a_command_strategy_reads_with_its_stream_name_and_restore_command() {
+        let strategy = command_strategy(
+            "command: {image: pg, command: [pg_dump, -Fc], args: [shop], env: [{name: PGPASSWORD, valueFrom: {secretKeyRef: {name: db, key: password}}}], restore: {image: pg, command: [pg_restore, -d, shop]}}",
+        );
+        assert_eq!(strategy.name(), "command");
+        let command = strategy.command.as_ref().unwrap();
+        assert_eq!(command.name(), "dump");
+        assert_eq!(command.container.argv(), ["pg_dump", "-Fc", "shop"]);
+        assert_eq!(command.container.env[0].name, "PGPASSWORD");
+        assert_eq!(
+            command.restore.as_ref().map(|r| r.argv()),
+            Some(vec!["pg_restore".into(), "-d".into(), "shop".into()])
+        );
+        assert!(strategy.validate().is_ok());
+    }
+
+    #[test]
+    fn a_command_strategy_refuses_what_cannot_run_or_would_escape_its_key() {
+        for (yaml, wanted) in [
+            (
+                "command: {image: ' ', command: [pg_dump]}",
+                "image is empty",
+            ),
+            ("command: {image: pg, command: []}", "command is empty"),
+            ("command: {image: pg, command: ['']}", "command is empty"),
+            (
+                "command: {image: pg, command: [x], name: ../other}",
+                "DNS label",
+            ),
+            (
+                "command: {image: pg, command: [x], name: Dump}",
+                "DNS label",
+            ),
+            (
+                "command: {image: pg, command: [x], restore: {image: pg, command: []}}",
+                "strategy.command.restore.command",
+            ),
+            (
+                "{command: {image: pg, command: [x]}, snapshot: {volumeSnapshotClassName: c}}",
+                "not both",
+            ),
+        ] {
+            let err = command_strategy(yaml).validate().unwrap_err();
+            assert_eq!(err.reason, "InvalidStrategy", "{yaml}");
+            assert!(err.message.contains(wanted), "{yaml}: {}", err.message);
+        }
     }
 }

@@ -8,7 +8,7 @@ use backstop_api::ExistingDataPolicy;
 use backstop_api::contract::{Deleted, Failure, Location, Reason, Request, S3Location};
 use backstop_mover::backup::{self, BackupRequest, Compression};
 use backstop_mover::repository::{self, DirRepository, Repository, S3Config, S3Repository};
-use backstop_mover::{inventory, report, restore};
+use backstop_mover::{inventory, report, restore, stream};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -68,6 +68,43 @@ pub enum Command {
         /// clear setuid/setgid bits.
         #[arg(long)]
         untrusted: bool,
+        #[command(flatten)]
+        report: Report,
+    },
+    /// Store what a command beside the mover writes into the pipe in `--stream-dir` (a command
+    /// backup), only when the command exits 0 having written something.
+    Dump {
+        /// The directory shared with the command's container.
+        #[arg(long)]
+        stream_dir: PathBuf,
+        #[command(flatten)]
+        repository: RepositoryArgs,
+        /// The stream's name (names the artifact).
+        #[arg(long)]
+        name: String,
+        /// The backup's directory inside the repository (`<namespace>/<backup>`).
+        #[arg(long)]
+        dir: String,
+        #[arg(long, default_value = "zstd", value_parser = parse_compression)]
+        compression: Compression,
+        #[command(flatten)]
+        report: Report,
+    },
+    /// Stage and verify a command backup's stream, then feed it through the pipe in
+    /// `--stream-dir` to the restore command beside the mover.
+    Load {
+        #[command(flatten)]
+        repository: RepositoryArgs,
+        #[arg(long)]
+        manifest: String,
+        #[arg(long)]
+        stream_dir: PathBuf,
+        /// A directory only the mover sees, for the artifact while it is checked.
+        #[arg(long)]
+        staging: PathBuf,
+        /// The artifact's BLAKE3 recorded when the backup completed: the manifest must name it.
+        #[arg(long)]
+        artifact_digest: Option<String>,
         #[command(flatten)]
         report: Report,
     },
@@ -235,6 +272,42 @@ impl Command {
                 repository,
                 report,
             ),
+            Command::Dump {
+                stream_dir,
+                repository,
+                name,
+                dir,
+                compression,
+                report,
+            } => (
+                Request::Dump {
+                    repository: repository.location(),
+                    stream_dir: text(stream_dir),
+                    name,
+                    dir,
+                    compression,
+                },
+                repository,
+                report,
+            ),
+            Command::Load {
+                repository,
+                manifest,
+                stream_dir,
+                staging,
+                artifact_digest,
+                report,
+            } => (
+                Request::Load {
+                    repository: repository.location(),
+                    manifest,
+                    stream_dir: text(stream_dir),
+                    staging: text(staging),
+                    artifact_digest,
+                },
+                repository,
+                report,
+            ),
             Command::Restore {
                 repository,
                 manifest,
@@ -296,9 +369,21 @@ pub fn main(cmd: Command) -> anyhow::Result<()> {
     let Some((request, credentials, report)) = cmd.request() else {
         return Ok(());
     };
+    let stream_dir = match &request {
+        Request::Dump { stream_dir, .. } | Request::Load { stream_dir, .. } => {
+            Some(PathBuf::from(stream_dir))
+        }
+        _ => None,
+    };
     let result = credentials
         .open(request.repository())
         .and_then(|repo| perform(repo.as_ref(), request));
+    if result.is_err()
+        && let Some(dir) = &stream_dir
+    {
+        // The command beside the mover must not wait for a stream that will never flow.
+        stream::abandon(dir);
+    }
     finish(&report, result)
 }
 
@@ -333,6 +418,39 @@ fn perform(repo: &dyn Repository, request: Request) -> Result<serde_json::Value,
             };
             let backed_up = backup::run(repo, &request).map_err(|e| backup_failure(&e))?;
             json(serde_json::to_value(backed_up))
+        }
+        Request::Dump {
+            stream_dir,
+            name,
+            dir,
+            compression,
+            ..
+        } => {
+            let request = stream::DumpRequest {
+                stream_dir: Path::new(&stream_dir),
+                name: &name,
+                dir: &dir,
+                compression,
+                created_at: jiff::Timestamp::now().to_string(),
+            };
+            let dumped = stream::dump(repo, &request).map_err(|e| backup_failure(&e))?;
+            json(serde_json::to_value(dumped))
+        }
+        Request::Load {
+            manifest,
+            stream_dir,
+            staging,
+            artifact_digest,
+            ..
+        } => {
+            let request = stream::LoadRequest {
+                manifest: &manifest,
+                stream_dir: Path::new(&stream_dir),
+                staging: Path::new(&staging),
+                recorded_digest: artifact_digest.as_deref(),
+            };
+            let loaded = stream::load(repo, &request).map_err(|e| (e.reason(), e.to_string()))?;
+            json(serde_json::to_value(loaded))
         }
         Request::Restore {
             manifest,
@@ -472,6 +590,20 @@ mod tests {
                 pvc: "db".into(),
                 dir: "shop/nightly".into(),
                 compression: Compression::Gzip,
+            },
+            Request::Dump {
+                repository: s3(false),
+                stream_dir: "/backstop-stream".into(),
+                name: "dump".into(),
+                dir: "shop/nightly".into(),
+                compression: Compression::None,
+            },
+            Request::Load {
+                repository: dir.clone(),
+                manifest: "shop/nightly/dump.manifest.jsonl.zst".into(),
+                stream_dir: "/backstop-stream".into(),
+                staging: "/backstop-staging".into(),
+                artifact_digest: Some("cd34".into()),
             },
             Request::Restore {
                 repository: s3(true),

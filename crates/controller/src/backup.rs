@@ -6,10 +6,13 @@
 use crate::jobs::{self, ROLE_BACKUP, ROLE_VERIFY};
 use crate::outcome::{JOB_NAME_TAKEN, job_name_taken, owned_by, termination_message};
 use crate::snapshot::{self, Prepared};
-use crate::{Context, Error, Watched, events, metrics, now, repository, verification, waiting};
+use crate::{
+    Context, Error, Watched, command, events, metrics, now, repository, verification, waiting,
+};
 use backstop_api::condition::{self, ConditionType, Invalid};
 use backstop_api::contract::{BackupResult, Failure};
-use backstop_api::strategy::{SnapshotStrategy, Strategy};
+use backstop_api::policy::Target;
+use backstop_api::strategy::{CommandStrategy, SnapshotStrategy, Strategy};
 use backstop_api::waiting::{Refusal, Verdict, WaitingFor};
 use backstop_api::{
     ARTIFACTS_FINALIZER, Backup, BackupPhase, BackupPolicy, BackupRepository, BackupStatus,
@@ -29,7 +32,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 struct Resolved {
-    selector: String,
+    /// The label selector of the volumes (none for a command backup).
+    selector: Option<String>,
     repository: Arc<BackupRepository>,
     strategy: Option<Strategy>,
 }
@@ -99,9 +103,13 @@ async fn start(
         Ok(r) => r,
         Err(refusal) => return Ok(Err(refused(ctx, backup, status, refusal).await?)),
     };
-    let pvcs = match select_volumes(ctx, backup, &resolved).await? {
-        Ok(p) => p,
-        Err(refusal) => return Ok(Err(refused(ctx, backup, status, refusal).await?)),
+    let command = resolved.strategy.as_ref().and_then(|s| s.command.as_ref());
+    let pvcs = match &resolved.selector {
+        Some(selector) => match select_volumes(ctx, backup, &resolved, selector).await? {
+            Ok(p) => p,
+            Err(refusal) => return Ok(Err(refused(ctx, backup, status, refusal).await?)),
+        },
+        None => Vec::new(),
     };
     let snapshots = resolved.strategy.as_ref().and_then(|s| s.snapshot.as_ref());
     if let Some(snapshots) = snapshots
@@ -113,8 +121,11 @@ async fn start(
     let repository = resolved.repository.name_any();
     let started = now();
     let mut status = running(backup, status, &pvcs, &repository, started);
+    status.strategy = resolved.strategy.clone();
+    if let Some(command) = command {
+        status.volumes = vec![stream_entry(backup, command.name())];
+    }
     if let Some(snapshots) = snapshots {
-        status.strategy = resolved.strategy.clone();
         let name = backup.name_any();
         for volume in &mut status.volumes {
             let record = snapshot::record_for(&name, &volume.pvc, snapshots, started);
@@ -128,11 +139,14 @@ async fn start(
         snapshot::request_all(ctx, backup, &status.volumes, snapshots).await?;
     }
     let names: Vec<&str> = status.volumes.iter().map(|v| v.pvc.as_str()).collect();
-    events::normal(
-        &ctx.recorder,
-        backup,
-        "BackupStarted",
-        format!(
+    let message = match command {
+        Some(command) => format!(
+            "Storing the output of {:?} (image {}) as stream {:?} in repository {repository:?}",
+            command.container.command.join(" "),
+            command.container.image,
+            command.name()
+        ),
+        None => format!(
             "Backing up {} volume{} ({}) to repository {repository:?}{}",
             names.len(),
             if names.len() == 1 { "" } else { "s" },
@@ -142,8 +156,8 @@ async fn start(
                 s.volume_snapshot_class_name
             )),
         ),
-    )
-    .await;
+    };
+    events::normal(&ctx.recorder, backup, "BackupStarted", message).await;
     Ok(Ok(status))
 }
 
@@ -190,6 +204,17 @@ fn running(
     status
 }
 
+/// The status entry of a command backup's one stream, Pending with its Job's name.
+fn stream_entry(backup: &Backup, name: &str) -> VolumeBackup {
+    VolumeBackup {
+        job: Some(naming::backup_job(&backup.name_any(), name)),
+        pvc: name.to_string(),
+        phase: BackupPhase::Pending,
+        stream: true,
+        ..Default::default()
+    }
+}
+
 /// A Backup made by hand that names a policy belongs to it like a scheduled one: labelled and
 /// owned, so the policy's status and retention see it.
 async fn adopt(ctx: &Context, backup: &Backup, policy_name: &str) -> Result<(), Error> {
@@ -224,7 +249,10 @@ async fn adopt(ctx: &Context, backup: &Backup, policy_name: &str) -> Result<(), 
 /// The selector and repository this backup uses, from its policy or its own spec.
 async fn resolve(ctx: &Context, backup: &Backup) -> Result<Result<Resolved, Refusal>, Error> {
     let namespace = backup.namespace().unwrap_or_default();
-    let (target, repo_name, strategy) = match &backup.spec.policy_ref {
+    let (target, repo_name, strategy): (Option<Target>, String, Option<Strategy>) = match &backup
+        .spec
+        .policy_ref
+    {
         Some(policy_name) => match ctx.policy(&namespace, policy_name).await? {
             Some(policy) => (
                 policy.spec.target.clone(),
@@ -240,7 +268,7 @@ async fn resolve(ctx: &Context, backup: &Backup) -> Result<Result<Resolved, Refu
             }
         },
         None => (
-            backup.spec.target.clone().unwrap_or_default(),
+            backup.spec.target.clone(),
             backup
                 .spec
                 .repository
@@ -249,10 +277,21 @@ async fn resolve(ctx: &Context, backup: &Backup) -> Result<Result<Resolved, Refu
             backup.spec.strategy.clone(),
         ),
     };
-    let strategy = strategy.filter(|s| s.snapshot.is_some());
-    let selector = match naming::selector_string(&target.pvc_selector) {
-        Ok(s) => s,
-        Err(invalid) => return Ok(Err(invalid.into())),
+    let strategy = strategy.filter(|s| s.snapshot.is_some() || s.command.is_some());
+    let command = strategy.as_ref().is_some_and(|s| s.command.is_some());
+    let selector = match (target, command) {
+        (_, true) => None,
+        (Some(target), false) => match naming::selector_string(&target.pvc_selector) {
+            Ok(s) => Some(s),
+            Err(invalid) => return Ok(Err(invalid.into())),
+        },
+        (None, false) => {
+            return Ok(Err(Invalid::new(
+                "InvalidSpec",
+                "spec.target.pvcSelector is missing: say which PVCs to back up",
+            )
+            .into()));
+        }
     };
     if let Some(refused) = crate::admission::check(ctx, &namespace).await? {
         return Ok(Err(refused.into()));
@@ -289,6 +328,7 @@ async fn select_volumes(
     ctx: &Context,
     backup: &Backup,
     resolved: &Resolved,
+    selector: &str,
 ) -> Result<Result<Vec<PersistentVolumeClaim>, Refusal>, Error> {
     let namespace = backup.namespace().unwrap_or_default();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -299,7 +339,7 @@ async fn select_volumes(
         .as_ref()
         .map(|p| p.claim_name.as_str());
     let mut pvcs: Vec<PersistentVolumeClaim> = claims
-        .list(&crate::cached().labels(&resolved.selector))
+        .list(&crate::cached().labels(selector))
         .await?
         .items
         .into_iter()
@@ -312,8 +352,7 @@ async fn select_volumes(
             WaitingFor::Volume,
             "NoVolumesMatched",
             format!(
-                "target.pvcSelector {:?} matched no PVC in namespace {namespace:?} (the repository's own PVC is never backed up)",
-                resolved.selector
+                "target.pvcSelector {selector:?} matched no PVC in namespace {namespace:?} (the repository's own PVC is never backed up)",
             ),
         )));
     }
@@ -326,7 +365,7 @@ async fn select_volumes(
 }
 
 /// What became of one volume on this pass.
-enum Step {
+pub(crate) enum Step {
     /// Its Job runs (or was just created).
     Running,
     /// Its snapshot is not ready yet.
@@ -347,6 +386,7 @@ async fn progress(
     let mut snapshotting = false;
     let strategy = status.strategy.clone();
     let snapshots = strategy.as_ref().and_then(|s| s.snapshot.as_ref());
+    let command = strategy.as_ref().and_then(|s| s.command.as_ref());
     let started = status.start_time.as_ref().map_or_else(now, |t| t.0);
     for volume in status.volumes.iter_mut().filter(|v| !v.phase.is_terminal()) {
         let job_name = volume
@@ -360,7 +400,10 @@ async fn progress(
             volume,
             &job_name,
             repository.as_deref(),
-            snapshots.map(|s| (s, started)),
+            Source {
+                snapshots: snapshots.map(|s| (s, started)),
+                command,
+            },
         )
         .await?;
         if let Step::Failed(why) = &step {
@@ -384,6 +427,14 @@ async fn progress(
     Ok(Action::requeue(Duration::from_secs(60)))
 }
 
+/// Where a backup's data comes from, beside its volumes.
+struct Source<'a> {
+    /// The snapshot strategy, and when the backup started.
+    snapshots: Option<(&'a SnapshotStrategy, jiff::Timestamp)>,
+    /// The command strategy: its stream is the backup's one entry.
+    command: Option<&'a CommandStrategy>,
+}
+
 /// Moves one volume on: starts its Job when there is none (from a ready snapshot with the
 /// snapshot strategy), else reads the Job's outcome.
 async fn step(
@@ -392,7 +443,7 @@ async fn step(
     volume: &mut VolumeBackup,
     job_name: &str,
     repository: Option<&BackupRepository>,
-    snapshots: Option<(&SnapshotStrategy, jiff::Timestamp)>,
+    source: Source<'_>,
 ) -> Result<Step, Error> {
     let pvc = volume.pvc.clone();
     let pvc = pvc.as_str();
@@ -408,6 +459,7 @@ async fn step(
         // A Job of this name that is not this Backup's (made by someone else, in advance) is
         // never adopted, read or deleted.
         Some(job) if !owned_by(&job, backup) => Ok(Step::Failed(job_name_taken(job_name))),
+        Some(job) if volume.stream => Ok(command::outcome(ctx, &namespace, &job).await?),
         Some(job) => Ok(job_outcome(ctx, &namespace, &job, &claim, &claims).await?),
         None => {
             // Jobs are deleted once the Backup is finished: a finished Backup seen from an older
@@ -434,7 +486,17 @@ async fn step(
             if let Some(why) = crate::secrets::refusal(ctx, repo).await? {
                 return Ok(Step::Failed(why));
             }
-            if let Some((strategy, started)) = snapshots {
+            if volume.stream {
+                let Some(command) = source.command else {
+                    return Ok(Step::Failed(Invalid::new(
+                        "InvalidStrategy",
+                        "the backup's status lists a stream but records no command strategy",
+                    )));
+                };
+                command::start(ctx, backup, command, repo).await?;
+                return Ok(Step::Running);
+            }
+            if let Some((strategy, started)) = source.snapshots {
                 match snapshot::prepare(ctx, backup, volume, strategy, started).await? {
                     Prepared::Ready => {}
                     Prepared::Waiting => return Ok(Step::Snapshotting),
@@ -569,21 +631,24 @@ async fn job_outcome(
         return Ok(Step::Running);
     };
     let message = termination_message(&pods, job).await?;
+    Ok(backup_step(job, succeeded, message))
+}
+
+/// A volume's step from its ended Job and the mover's termination message.
+pub(crate) fn backup_step(job: &Job, succeeded: bool, message: Option<String>) -> Step {
     if !succeeded {
-        return Ok(Step::Failed(crate::outcome::failure(job, message)));
+        return Step::Failed(crate::outcome::failure(job, message));
     }
-    Ok(
-        match message.as_deref().map(serde_json::from_str::<BackupResult>) {
-            Some(Ok(done)) => Step::Done(done),
-            _ => Step::Failed(Invalid::new(
-                "MoverResultMissing",
-                format!(
-                    "Job {} succeeded but its pod left no readable result",
-                    job.name_any()
-                ),
-            )),
-        },
-    )
+    match message.as_deref().map(serde_json::from_str::<BackupResult>) {
+        Some(Ok(done)) => Step::Done(done),
+        _ => Step::Failed(Invalid::new(
+            "MoverResultMissing",
+            format!(
+                "Job {} succeeded but its pod left no readable result",
+                job.name_any()
+            ),
+        )),
+    }
 }
 
 /// How a backup whose volumes have all finished ends.
@@ -1356,7 +1421,10 @@ mod tests {
             &mut volume,
             &naming::backup_job(&stale.name_any(), "db"),
             None,
-            None,
+            Source {
+                snapshots: None,
+                command: None,
+            },
         )
         .await
         .err();

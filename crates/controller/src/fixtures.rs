@@ -28,12 +28,12 @@ pub fn policy(name: &str, schedule: &str, keep_last: Option<i64>) -> BackupPolic
                 keep_last,
                 ..Retention::default()
             },
-            target: Target {
+            target: Some(Target {
                 pvc_selector: LabelSelector {
                     match_labels: Some([("app".to_string(), "db".to_string())].into()),
                     ..LabelSelector::default()
                 },
-            },
+            }),
             ..BackupPolicySpec::default()
         },
     );

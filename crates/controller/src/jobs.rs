@@ -3,18 +3,19 @@
 //! `contract::Request`; its results come back in the termination message.
 
 use backstop_api::contract::{
-    self, CA_MOUNT, Location, REPOSITORY_MOUNT, Request, S3Location, SOURCE_MOUNT, TARGET_MOUNT,
-    TERMINATION_LOG,
+    self, CA_MOUNT, Location, REPOSITORY_MOUNT, Request, S3Location, SOURCE_MOUNT, STREAM_MOUNT,
+    STREAM_STAGING_MOUNT, TARGET_MOUNT, TERMINATION_LOG,
 };
+use backstop_api::strategy::{CommandContainer, CommandStrategy};
 use backstop_api::{
     Backup, BackupRepository, DrillCheck, ExistingDataPolicy, Restore, labels, naming,
 };
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, EnvVar, EnvVarSource, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaimVolumeSource, Pod, PodSpec,
-    PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource,
-    SecurityContext, Toleration, Volume, VolumeMount,
+    Affinity, Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, NodeAffinity,
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaimVolumeSource,
+    Pod, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::Resource;
@@ -98,6 +99,8 @@ mod capabilities {
     pub const PROBE: &[&str] = &[];
     /// Read the repository (mounted read-only) whoever wrote it.
     pub const VERIFY: &[&str] = &["DAC_OVERRIDE"];
+    /// Write into the repository, and read what the command's user left beside the pipe.
+    pub const DUMP: &[&str] = &["DAC_OVERRIDE"];
 }
 
 pub const ROLE_BACKUP: &str = "backup";
@@ -231,9 +234,16 @@ struct MoverJob<'a> {
     deadline_seconds: i64,
     /// The capabilities the command needs.
     capabilities: Vec<&'static str>,
-    /// A container run after the mover (which then runs as an init container), e.g. a drill's
-    /// check.
-    after: Option<Container>,
+    /// A container of the user's beside the mover.
+    companion: Option<Companion>,
+}
+
+/// A container of the user's choosing in a mover's pod.
+enum Companion {
+    /// Runs after the mover (which then runs as an init container), e.g. a drill's check.
+    After(Container),
+    /// Runs beside the mover, e.g. a command backup's dump.
+    Beside(Container),
 }
 
 /// A pod that must run on `node`.
@@ -268,17 +278,18 @@ fn job<K: Resource<DynamicType = ()>>(owner: &K, mover: MoverJob<'_>, config: &M
         mut mounts,
         deadline_seconds,
         capabilities,
-        after,
+        companion,
     } = mover;
-    // A container of someone else's choosing (a drill's check) never runs on the host's network.
-    let host_network = config.host_network && after.is_none();
+    // A container of someone else's choosing (a drill's check, a dump command) never runs on
+    // the host's network.
+    let host_network = config.host_network && companion.is_none();
     let access = repository_access(repository, read_only);
     volumes.extend(access.volumes);
     mounts.extend(access.mounts);
     job_labels.insert(labels::MANAGED_BY.into(), labels::MANAGER.into());
     job_labels.insert(labels::ROLE.into(), role.into());
     let container = Container {
-        name: "mover".into(),
+        name: MOVER_CONTAINER.into(),
         image: Some(config.image.clone()),
         image_pull_policy: Some(config.pull_policy.clone()),
         args: Some(request.to_args()),
@@ -331,8 +342,13 @@ fn job<K: Resource<DynamicType = ()>>(owner: &K, mover: MoverJob<'_>, config: &M
                     node_selector: config.node_selector.clone(),
                     tolerations: config.tolerations.clone(),
                     automount_service_account_token: Some(false),
-                    init_containers: after.is_some().then(|| vec![container.clone()]),
-                    containers: vec![after.unwrap_or(container)],
+                    init_containers: matches!(companion, Some(Companion::After(_)))
+                        .then(|| vec![container.clone()]),
+                    containers: match companion {
+                        None => vec![container],
+                        Some(Companion::After(after)) => vec![after],
+                        Some(Companion::Beside(beside)) => vec![container, beside],
+                    },
                     volumes: Some(volumes),
                     ..PodSpec::default()
                 }),
@@ -416,7 +432,7 @@ pub fn backup_job(
         mounts: vec![mount("source", SOURCE_MOUNT, true)],
         deadline_seconds: config.deadline_seconds,
         capabilities: capabilities::BACKUP.to_vec(),
-        after: None,
+        companion: None,
     };
     job(backup, mover, config)
 }
@@ -439,7 +455,7 @@ pub fn delete_job(backup: &Backup, repo: &BackupRepository, config: &MoverConfig
         mounts: Vec::new(),
         deadline_seconds: config.deadline_seconds,
         capabilities: capabilities::DELETE.to_vec(),
-        after: None,
+        companion: None,
     };
     job(backup, mover, config)
 }
@@ -490,7 +506,7 @@ pub fn verify_job(backup: &Backup, v: VerifyJob<'_>, config: &MoverConfig) -> Jo
             vec![claim_volume("target", scratch, false)],
             vec![mount("target", TARGET_MOUNT, false)],
             restore_capabilities(true),
-            check.map(|c| check_container(c, config)),
+            check.map(|c| Companion::After(check_container(c, config))),
         ),
     };
     let mover = MoverJob {
@@ -504,7 +520,7 @@ pub fn verify_job(backup: &Backup, v: VerifyJob<'_>, config: &MoverConfig) -> Jo
         mounts,
         deadline_seconds: config.deadline_seconds,
         capabilities,
-        after,
+        companion: after,
     };
     job(backup, mover, config)
 }
@@ -515,9 +531,20 @@ fn check_container(check: &DrillCheck, config: &MoverConfig) -> Container {
     Container {
         name: "check".into(),
         image: Some(check.image.clone()),
-        image_pull_policy: Some(config.pull_policy.clone()),
         command: (!check.command.is_empty()).then(|| check.command.clone()),
         args: (!check.args.is_empty()).then(|| check.args.clone()),
+        resources: Some(config.resources.clone()),
+        volume_mounts: Some(vec![mount("target", RESTORED_MOUNT, false)]),
+        ..users_container(config)
+    }
+}
+
+/// A container of the user's choosing: its image's user, no capabilities and no way to gain
+/// any, the runtime's default seccomp profile; when it fails, the end of its log is its
+/// termination message.
+fn users_container(config: &MoverConfig) -> Container {
+    Container {
+        image_pull_policy: Some(config.pull_policy.clone()),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
@@ -531,10 +558,131 @@ fn check_container(check: &DrillCheck, config: &MoverConfig) -> Container {
             }),
             ..SecurityContext::default()
         }),
-        resources: Some(config.resources.clone()),
-        volume_mounts: Some(vec![mount("target", RESTORED_MOUNT, false)]),
         ..Container::default()
     }
+}
+
+/// The container of a command backup or restore: the user's image, command, environment and
+/// resources, run through `script` (`DUMP_SCRIPT` or `LOAD_SCRIPT`) with the stream's
+/// directory mounted.
+fn command_container(command: &CommandContainer, script: &str, config: &MoverConfig) -> Container {
+    let mut shell = vec!["/bin/sh".to_string(), "-c".into(), script.into()];
+    shell.push(STREAM_MOUNT.into());
+    Container {
+        name: COMMAND_CONTAINER.into(),
+        image: Some(command.image.clone()),
+        command: Some(shell),
+        args: Some(command.argv()),
+        env: (!command.env.is_empty()).then(|| command.env.clone()),
+        resources: command.resources.clone(),
+        volume_mounts: Some(vec![mount(STREAM_VOLUME, STREAM_MOUNT, false)]),
+        ..users_container(config)
+    }
+}
+
+/// The name of the container that runs a command backup's or restore's command.
+pub const COMMAND_CONTAINER: &str = "command";
+/// The mover's container in every mover pod.
+pub const MOVER_CONTAINER: &str = "mover";
+const STREAM_VOLUME: &str = "stream";
+
+/// A pod-local scratch directory (small: it holds a pipe and two short files, or a staged
+/// artifact when `size_limit` is absent).
+fn empty_dir(name: &str, size_limit: Option<&str>) -> Volume {
+    Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: size_limit.map(|s| Quantity(s.into())),
+            ..EmptyDirVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// The Job of a command backup: the user's command writes the stream into the pipe the mover
+/// (beside it in the same pod) stores in the repository.
+pub fn command_job(
+    backup: &Backup,
+    command: &CommandStrategy,
+    repo: &BackupRepository,
+    config: &MoverConfig,
+) -> Job {
+    let backup_name = backup.metadata.name.clone().unwrap_or_default();
+    let namespace = backup.metadata.namespace.clone().unwrap_or_default();
+    let name = command.name();
+    let mover = MoverJob {
+        name: naming::backup_job(&backup_name, name),
+        node: None,
+        role: ROLE_BACKUP,
+        labels: backup_labels(backup, Some(name)),
+        request: Request::Dump {
+            repository: location(repo),
+            stream_dir: STREAM_MOUNT.into(),
+            name: name.into(),
+            dir: contract::backup_dir(&namespace, &backup_name),
+            compression: repo.spec.compression,
+        },
+        repository: (repo, false),
+        volumes: vec![empty_dir(STREAM_VOLUME, Some(STREAM_DIR_LIMIT))],
+        mounts: vec![mount(STREAM_VOLUME, STREAM_MOUNT, false)],
+        deadline_seconds: config.deadline_seconds,
+        capabilities: capabilities::DUMP.to_vec(),
+        companion: Some(Companion::Beside(command_container(
+            &command.container,
+            contract::DUMP_SCRIPT,
+            config,
+        ))),
+    };
+    job(backup, mover, config)
+}
+
+/// The stream directory holds a pipe and two short files.
+const STREAM_DIR_LIMIT: &str = "16Mi";
+
+/// What a stream restore Job needs to know.
+pub struct LoadJob<'a> {
+    pub repository: &'a BackupRepository,
+    pub manifest: String,
+    pub artifact_digest: Option<&'a str>,
+    /// The stream's name in the backup.
+    pub stream: &'a str,
+    pub command: &'a CommandContainer,
+}
+
+/// The Job that restores a command backup's stream: the mover stages and verifies it (in a
+/// directory only it mounts), then feeds it to the user's restore command beside it.
+pub fn load_job(restore: &Restore, l: LoadJob<'_>, config: &MoverConfig) -> Job {
+    let name = restore.metadata.name.clone().unwrap_or_default();
+    let mover = MoverJob {
+        name: naming::restore_job(&name),
+        node: None,
+        role: ROLE_RESTORE,
+        labels: label_map(&[(labels::RESTORE, &name), (labels::PVC, l.stream)]),
+        request: Request::Load {
+            repository: location(l.repository),
+            manifest: l.manifest,
+            stream_dir: STREAM_MOUNT.into(),
+            staging: STREAM_STAGING_MOUNT.into(),
+            artifact_digest: l.artifact_digest.map(str::to_string),
+        },
+        repository: (l.repository, true),
+        volumes: vec![
+            empty_dir(STREAM_VOLUME, Some(STREAM_DIR_LIMIT)),
+            empty_dir("staging", None),
+        ],
+        mounts: vec![
+            mount(STREAM_VOLUME, STREAM_MOUNT, false),
+            mount("staging", STREAM_STAGING_MOUNT, false),
+        ],
+        deadline_seconds: config.deadline_seconds,
+        capabilities: capabilities::VERIFY.to_vec(),
+        companion: Some(Companion::Beside(command_container(
+            l.command,
+            contract::LOAD_SCRIPT,
+            config,
+        ))),
+    };
+    job(restore, mover, config)
 }
 
 /// What a restore Job needs to know.
@@ -558,6 +706,15 @@ fn restore_capabilities(untrusted: bool) -> Vec<&'static str> {
         caps.extend(capabilities::RESTORE_DEVICES);
     }
     caps
+}
+
+/// Whether `job` runs a user's command beside its mover (a command backup or restore).
+pub fn runs_command(job: &Job) -> bool {
+    job.spec
+        .iter()
+        .flat_map(|s| s.template.spec.iter())
+        .flat_map(|p| &p.containers)
+        .any(|c| c.name == COMMAND_CONTAINER)
 }
 
 /// Whether `pod` belongs to the Job named `job` (its controller).
@@ -591,7 +748,7 @@ pub fn restore_job(restore: &Restore, r: RestoreJob<'_>, config: &MoverConfig) -
         mounts: vec![mount("target", TARGET_MOUNT, false)],
         deadline_seconds: config.deadline_seconds,
         capabilities: restore_capabilities(r.untrusted),
-        after: None,
+        companion: None,
     };
     job(restore, mover, config)
 }
@@ -617,7 +774,7 @@ pub fn probe_job(repo: &BackupRepository, at: i64, config: &MoverConfig) -> Job 
         mounts: Vec::new(),
         deadline_seconds: PROBE_DEADLINE_SECONDS,
         capabilities: capabilities::PROBE.to_vec(),
-        after: None,
+        companion: None,
     };
     job(repo, mover, config)
 }

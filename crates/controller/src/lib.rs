@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod backup;
+pub mod command;
 pub mod events;
 #[cfg(test)]
 mod fixtures;

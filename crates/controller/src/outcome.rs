@@ -16,7 +16,14 @@ pub async fn termination_message(pods: &Api<Pod>, job: &Job) -> Result<Option<St
     Ok(job_pods(pods, job)
         .await?
         .iter()
-        .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref()?.first())
+        .filter_map(|p| {
+            // The mover's, in a pod with a command beside it; else the only container's.
+            let statuses = p.status.as_ref()?.container_statuses.as_ref()?;
+            statuses
+                .iter()
+                .find(|c| c.name == crate::jobs::MOVER_CONTAINER)
+                .or(statuses.first())
+        })
         .find_map(message_of))
 }
 

@@ -11,8 +11,11 @@ use crate::{Context, Error, events, metrics, now, repository, waiting};
 use backstop_api::condition::{self, ConditionType, Invalid};
 use backstop_api::contract::{self, Reason, RestoreResult};
 use backstop_api::restore::source_volume;
+use backstop_api::strategy::{CommandContainer, CommandStrategy};
 use backstop_api::waiting::{Refusal, Verdict, WaitingFor};
-use backstop_api::{Backup, BackupPhase, BackupRepository, Restore, RestoreStatus, labels, naming};
+use backstop_api::{
+    Backup, BackupPhase, BackupPolicy, BackupRepository, Restore, RestoreStatus, labels, naming,
+};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
@@ -34,6 +37,8 @@ struct Plan {
     repository: Arc<BackupRepository>,
     /// The policy that made the backup: its mover resources are the restore's too.
     policy: Option<String>,
+    /// For a command backup's stream: the command that reads it.
+    command: Option<CommandContainer>,
 }
 
 async fn reconcile(restore: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -84,18 +89,79 @@ async fn validate(ctx: &Context, restore: &Restore) -> Result<Result<Plan, Refus
         Err(refusal) => return Ok(Err(refusal)),
     };
     let manifest = contract::manifest_key(&contract::backup_dir(&namespace, name), &source_pvc);
-    let artifact_digest = status
-        .volumes
-        .iter()
-        .find(|v| v.pvc == source_pvc)
-        .and_then(|v| v.digest.clone());
+    let source = status.volumes.iter().find(|v| v.pvc == source_pvc);
+    let artifact_digest = source.and_then(|v| v.digest.clone());
+    let stream = source.is_some_and(|v| v.stream);
+    let policy = match &backup.spec.policy_ref {
+        Some(name) => ctx.policy(&namespace, name).await?,
+        None => None,
+    };
+    let recorded = status.strategy.as_ref().and_then(|s| s.command.as_ref());
+    let command = match restore_command(restore, stream, policy.as_deref(), recorded) {
+        Ok(command) => command,
+        Err(invalid) => return Ok(Err(invalid.into())),
+    };
     Ok(Ok(Plan {
         source_pvc,
         manifest,
         artifact_digest,
         repository,
         policy: backup.spec.policy_ref.clone(),
+        command,
     }))
+}
+
+/// The command a stream is restored with: the Restore's own, else its policy's, else the one
+/// the backup recorded. A volume has none (and needs a target).
+fn restore_command(
+    restore: &Restore,
+    stream: bool,
+    policy: Option<&BackupPolicy>,
+    recorded: Option<&CommandStrategy>,
+) -> Result<Option<CommandContainer>, Invalid> {
+    let backup = &restore.spec.backup_name;
+    if !stream {
+        if restore.spec.command.is_some() {
+            return Err(Invalid::new(
+                "InvalidSpec",
+                format!(
+                    "spec.command restores a command backup's stream, and Backup {backup:?} holds volumes: remove it"
+                ),
+            ));
+        }
+        if restore.spec.target.pvc_name.trim().is_empty() {
+            return Err(Invalid::new(
+                "InvalidSpec",
+                "spec.target.pvcName is empty: name the PVC to restore into",
+            ));
+        }
+        return Ok(None);
+    }
+    let policy_command = policy
+        .and_then(|p| p.spec.strategy.as_ref())
+        .and_then(|s| s.command.as_ref())
+        .and_then(|c| c.restore.clone());
+    let command = restore
+        .spec
+        .command
+        .clone()
+        .or(policy_command)
+        .or_else(|| recorded.and_then(|c| c.restore.clone()))
+        .ok_or_else(|| {
+            Invalid::new(
+                "NoRestoreCommand",
+                format!(
+                    "Backup {backup:?} holds a command's stream: give the command that reads it on its standard input, in the Restore's spec.command or the policy's strategy.command.restore"
+                ),
+            )
+        })?;
+    let field = if restore.spec.command.is_some() {
+        "spec.command"
+    } else {
+        "strategy.command.restore"
+    };
+    command.validate(field)?;
+    Ok(Some(command))
 }
 
 /// The Backup `name` if it can be restored: it exists, is not being deleted and is Completed.
@@ -273,11 +339,7 @@ async fn node_and_users(
     Ok((jobs::node_using(&running.items, pvc), users))
 }
 
-async fn start(
-    ctx: &Context,
-    restore: &Restore,
-    mut status: RestoreStatus,
-) -> Result<Action, Error> {
+async fn start(ctx: &Context, restore: &Restore, status: RestoreStatus) -> Result<Action, Error> {
     ctx.metrics
         .restore_series(&restore.namespace().unwrap_or_default());
     let plan = match validate(ctx, restore).await? {
@@ -285,6 +347,9 @@ async fn start(
         Err(refusal) => return refused(ctx, restore, status, refusal).await,
     };
     let namespace = restore.namespace().unwrap_or_default();
+    if let Some(command) = &plan.command {
+        return start_stream(ctx, restore, status, &plan, command).await;
+    }
     let target = &restore.spec.target.pvc_name;
     let own_job = status
         .job
@@ -317,8 +382,58 @@ async fn start(
         },
         &crate::backup::mover_config(ctx, &namespace, plan.policy.as_deref()).await?,
     );
+    let message = format!(
+        "Restoring volume {:?} of Backup {:?} into PVC {target:?} ({})",
+        plan.source_pvc,
+        restore.spec.backup_name,
+        restore.spec.existing_data_policy.as_str()
+    );
+    running(ctx, restore, status, &plan, &job, message).await
+}
+
+/// Starts the restore of a command backup's stream: no target PVC; the restore command decides
+/// what becomes of the data already there.
+async fn start_stream(
+    ctx: &Context,
+    restore: &Restore,
+    status: RestoreStatus,
+    plan: &Plan,
+    command: &CommandContainer,
+) -> Result<Action, Error> {
+    let namespace = restore.namespace().unwrap_or_default();
+    let job = jobs::load_job(
+        restore,
+        jobs::LoadJob {
+            repository: &plan.repository,
+            manifest: plan.manifest.clone(),
+            artifact_digest: plan.artifact_digest.as_deref(),
+            stream: &plan.source_pvc,
+            command,
+        },
+        &crate::backup::mover_config(ctx, &namespace, plan.policy.as_deref()).await?,
+    );
+    let message = format!(
+        "Feeding stream {:?} of Backup {:?} to the restore command {:?} (image {}) once its digests are verified; existingDataPolicy does not apply: the command decides what happens to the data already there",
+        plan.source_pvc,
+        restore.spec.backup_name,
+        command.command.join(" "),
+        command.image
+    );
+    running(ctx, restore, status, plan, &job, message).await
+}
+
+/// Creates the restore's Job and records the restore as Running.
+async fn running(
+    ctx: &Context,
+    restore: &Restore,
+    mut status: RestoreStatus,
+    plan: &Plan,
+    job: &Job,
+    message: String,
+) -> Result<Action, Error> {
+    let namespace = restore.namespace().unwrap_or_default();
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
-    crate::create_once(&jobs_api, &job).await?;
+    crate::create_once(&jobs_api, job).await?;
     status.phase = BackupPhase::Running;
     status.start_time = Some(Time(now()));
     status.source_pvc = Some(plan.source_pvc.clone());
@@ -335,18 +450,7 @@ async fn start(
         now(),
     );
     crate::patch_status(&ctx.client, restore, &status, &[]).await?;
-    events::normal(
-        &ctx.recorder,
-        restore,
-        "RestoreStarted",
-        format!(
-            "Restoring volume {:?} of Backup {:?} into PVC {target:?} ({})",
-            plan.source_pvc,
-            restore.spec.backup_name,
-            restore.spec.existing_data_policy.as_str()
-        ),
-    )
-    .await;
+    events::normal(&ctx.recorder, restore, "RestoreStarted", message).await;
     Ok(Action::requeue(Duration::from_secs(60)))
 }
 
@@ -376,7 +480,18 @@ async fn progress(
         return fail(ctx, restore, status, why).await;
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    match crate::outcome::finished(&job) {
+    let ended = if jobs::runs_command(&job) {
+        match crate::command::ended(ctx, &namespace, &job).await? {
+            Ok(ended) => ended.map(|(succeeded, _)| succeeded),
+            Err(why) => {
+                let _ = crate::delete_if_present(&jobs_api, &job_name).await;
+                return fail(ctx, restore, status, why).await;
+            }
+        }
+    } else {
+        crate::outcome::finished(&job)
+    };
+    match ended {
         None => Ok(Action::requeue(Duration::from_secs(60))),
         Some(false) => {
             let message = termination_message(&pods, &job).await?;
@@ -423,12 +538,16 @@ fn completed(
     status.files_restored = i64::try_from(done.files).ok();
     status.bytes_restored = i64::try_from(done.bytes).ok();
     status.verification = Some(done.verification.clone());
-    let mut message = format!(
-        "Restored {} files ({}) into PVC {:?} in {seconds}s; every digest verified",
-        done.files,
-        events::human_bytes(i64::try_from(done.bytes).unwrap_or(i64::MAX)),
-        restore.spec.target.pvc_name
-    );
+    let bytes = events::human_bytes(i64::try_from(done.bytes).unwrap_or(i64::MAX));
+    let mut message = match &status.source_pvc {
+        Some(stream) if restore.spec.target.pvc_name.is_empty() => format!(
+            "Fed stream {stream:?} ({bytes}) to the restore command in {seconds}s; it exited 0, and its digests were verified before it read a byte"
+        ),
+        _ => format!(
+            "Restored {} files ({bytes}) into PVC {:?} in {seconds}s; every digest verified",
+            done.files, restore.spec.target.pvc_name
+        ),
+    };
     if done.skipped_devices > 0 {
         message.push_str(&format!(
             "; {} device node(s) not created (untrusted)",

@@ -410,10 +410,12 @@ mod tests {
         assert_eq!(kept(&status), None, "direct");
         status.strategy = Some(backstop_api::Strategy {
             snapshot: Some(keeping),
+            command: None,
         });
         assert_eq!(kept(&status), Some(true));
         status.strategy = Some(backstop_api::Strategy {
             snapshot: Some(strategy(None)),
+            command: None,
         });
         assert_eq!(kept(&status), Some(false));
     }

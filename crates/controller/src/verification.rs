@@ -299,6 +299,9 @@ async fn look(
     repository: Option<&BackupRepository>,
     config: &jobs::MoverConfig,
 ) -> Result<Found, Error> {
+    // A command backup's stream is read back and checked like an artifact, even in a drill:
+    // restoring it would need a scratch database, not a scratch volume.
+    let drill = drill.filter(|_| !backed_up.stream);
     let namespace = backup.namespace().unwrap_or_default();
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let job_name = volume.job.clone().unwrap_or_default();

@@ -246,7 +246,7 @@ fn header_for(
         EntryKind::Dir => EntryType::Directory,
         EntryKind::Symlink => EntryType::Symlink,
         EntryKind::Hardlink => EntryType::Link,
-        EntryKind::File => EntryType::Regular,
+        EntryKind::File | EntryKind::Stream => EntryType::Regular,
         EntryKind::Fifo => EntryType::Fifo,
         EntryKind::Char => EntryType::Char,
         EntryKind::Block => EntryType::Block,

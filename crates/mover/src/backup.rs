@@ -4,7 +4,7 @@
 //! commit point), so an interrupted backup never looks complete.
 
 use crate::archive;
-use crate::manifest::{self, ArtifactInfo, Header};
+use crate::manifest::{self, ArtifactInfo, Content, Header};
 use crate::repository::{Repository, RepositoryError, Upload};
 pub use backstop_api::Compression;
 use std::io::{self, BufWriter, Write};
@@ -21,6 +21,9 @@ pub enum BackupError {
     Archive(#[from] archive::ArchiveError),
     #[error(transparent)]
     Repository(#[from] RepositoryError),
+    /// What was read may not be committed (a command backup's command failed).
+    #[error("{message}")]
+    Refused { reason: Reason, message: String },
 }
 
 impl BackupError {
@@ -29,6 +32,7 @@ impl BackupError {
     pub fn reason(&self) -> Reason {
         match self {
             BackupError::Repository(r) => r.reason().unwrap_or(Reason::RepositoryWriteFailed),
+            BackupError::Refused { reason, .. } => *reason,
             BackupError::Archive(
                 archive::ArchiveError::Write(e) | archive::ArchiveError::Record(e),
             ) => crate::repository::reason(e).unwrap_or(Reason::RepositoryWriteFailed),
@@ -58,18 +62,66 @@ pub fn run(repo: &dyn Repository, req: &BackupRequest<'_>) -> Result<BackupResul
             req.source.display()
         )));
     }
-    let artifact_name = manifest::artifact_name(req.pvc, req.compression.extension());
-    let artifact_key = format!("{}/{artifact_name}", req.dir);
-    let manifest_key = backstop_api::contract::manifest_key(req.dir, req.pvc);
-    // A retried Job must not leave an old manifest describing a new artifact.
-    repo.remove(&manifest_key)?;
-
     let header = Header {
         format: manifest::FORMAT.to_string(),
         created_at: req.created_at.clone(),
         source: req.pvc.to_string(),
         compression: req.compression,
+        content: Content::Tree,
     };
+    let artifact_name = manifest::artifact_name(req.pvc, req.compression.extension());
+    let stored = store(
+        repo,
+        req.dir,
+        &artifact_name,
+        &header,
+        |out, listing| {
+            let (archived, _) = archive::write(req.source, out, |entry| listing.entry(entry))?;
+            let totals = archived.totals.clone();
+            Ok((archived, totals))
+        },
+        |_| Ok(()),
+    )?;
+    let archived = stored.filled;
+    Ok(BackupResult {
+        pvc: req.pvc.to_string(),
+        artifact: stored.key,
+        bytes: stored.size,
+        digest: stored.digest,
+        files: archived.totals.files,
+        source_bytes: archived.totals.bytes,
+        changed_while_reading: archived.changed.count,
+        changed_files: archived.changed.named,
+    })
+}
+
+/// What `store` wrote: what `fill` returned, the artifact's key, BLAKE3 and size.
+pub struct Stored<T> {
+    pub filled: T,
+    pub key: String,
+    pub digest: String,
+    pub size: u64,
+}
+
+/// The manifest being written beside an artifact.
+pub type Listing<'a> = manifest::Writer<&'a mut Box<dyn Upload>>;
+
+/// Writes one artifact of the backup directory `dir` and its manifest (`header`, then the
+/// entries `fill` lists as it writes the artifact's uncompressed content, then the totals it
+/// returns). Nothing is committed unless `admit` accepts what `fill` returned; then the artifact
+/// is committed, and the manifest last (the commit point). On any failure both are aborted.
+pub fn store<T>(
+    repo: &dyn Repository,
+    dir: &str,
+    artifact_name: &str,
+    header: &Header,
+    fill: impl FnOnce(&mut dyn Write, &mut Listing<'_>) -> Result<(T, manifest::Totals), BackupError>,
+    admit: impl FnOnce(&T) -> Result<(), BackupError>,
+) -> Result<Stored<T>, BackupError> {
+    let artifact_key = format!("{dir}/{artifact_name}");
+    let manifest_key = backstop_api::contract::manifest_key(dir, &header.source);
+    // A retried Job must not leave an old manifest describing a new artifact.
+    repo.remove(&manifest_key)?;
     let manifest_error = |source| RepositoryError::Write {
         key: manifest_key.clone(),
         source,
@@ -82,13 +134,19 @@ pub fn run(repo: &dyn Repository, req: &BackupRequest<'_>) -> Result<BackupResul
             return Err(e.into());
         }
     };
-    let written = manifest::Writer::new(&mut listed, &header)
+    let written = manifest::Writer::new(&mut listed, header)
         .map_err(|e| BackupError::from(manifest_error(e)))
         .and_then(|mut listing| {
-            let written = write_artifact(req, &mut upload, &artifact_key, &mut listing)?;
+            let written = write_artifact(header.compression, &mut upload, &artifact_key, |out| {
+                fill(out, &mut listing)
+            })?;
             Ok((written, listing))
+        })
+        .and_then(|(((filled, totals), digest, size), listing)| {
+            admit(&filled)?;
+            Ok((filled, totals, digest, size, listing))
         });
-    let ((archived, digest, size), listing) = match written {
+    let (filled, totals, digest, size, listing) = match written {
         Ok(w) => w,
         Err(e) => {
             upload.abort();
@@ -97,17 +155,13 @@ pub fn run(repo: &dyn Repository, req: &BackupRequest<'_>) -> Result<BackupResul
         }
     };
     let artifact = ArtifactInfo {
-        name: artifact_name,
+        name: artifact_name.to_string(),
         size,
         blake3: digest.clone(),
     };
     let finished = upload
         .commit()
-        .and_then(|()| {
-            listing
-                .finish(artifact, archived.totals.clone())
-                .map_err(manifest_error)
-        })
+        .and_then(|()| listing.finish(artifact, totals).map_err(manifest_error))
         .map(|_| ());
     match finished {
         Ok(()) => listed.commit()?,
@@ -116,54 +170,51 @@ pub fn run(repo: &dyn Repository, req: &BackupRequest<'_>) -> Result<BackupResul
             return Err(e.into());
         }
     }
-    Ok(BackupResult {
-        pvc: req.pvc.to_string(),
-        artifact: artifact_key,
-        bytes: size,
+    Ok(Stored {
+        filled,
+        key: artifact_key,
         digest,
-        files: archived.totals.files,
-        source_bytes: archived.totals.bytes,
-        changed_while_reading: archived.changed.count,
-        changed_files: archived.changed.named,
+        size,
     })
 }
 
-/// Writes the artifact (compressed as asked, its digest and size taken as it goes) into `upload`,
-/// each entry into `listing`.
-fn write_artifact(
-    req: &BackupRequest<'_>,
+/// Writes the artifact into `upload`, compressed as asked, its digest and size taken as it
+/// goes: `fill` writes the uncompressed content.
+fn write_artifact<T>(
+    compression: Compression,
     upload: &mut Box<dyn Upload>,
     key: &str,
-    listing: &mut manifest::Writer<&mut Box<dyn Upload>>,
-) -> Result<(archive::Archived, String, u64), BackupError> {
+    fill: impl FnOnce(&mut dyn Write) -> Result<T, BackupError>,
+) -> Result<(T, String, u64), BackupError> {
     let write_error = |source| RepositoryError::Write {
         key: key.to_string(),
         source,
     };
-    let mut record = |entry: &manifest::Entry| listing.entry(entry);
     let hashing = HashingWriter::new(BufWriter::with_capacity(1 << 20, upload));
-    let (archived, hashing) = match req.compression {
+    let (filled, hashing) = match compression {
         Compression::Zstd => {
             let mut enc = zstd::stream::write::Encoder::new(hashing, 3).map_err(write_error)?;
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
             enc.multithread(threads).map_err(write_error)?;
             enc.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))
                 .map_err(write_error)?;
-            let (archived, enc) = archive::write(req.source, enc, &mut record)?;
-            let hashing = enc.finish().map_err(write_error)?;
-            (archived, hashing)
+            let filled = fill(&mut enc)?;
+            (filled, enc.finish().map_err(write_error)?)
         }
         Compression::Gzip => {
-            let enc = flate2::write::GzEncoder::new(hashing, flate2::Compression::new(6));
-            let (archived, enc) = archive::write(req.source, enc, &mut record)?;
-            let hashing = enc.finish().map_err(write_error)?;
-            (archived, hashing)
+            let mut enc = flate2::write::GzEncoder::new(hashing, flate2::Compression::new(6));
+            let filled = fill(&mut enc)?;
+            (filled, enc.finish().map_err(write_error)?)
         }
-        Compression::None => archive::write(req.source, hashing, &mut record)?,
+        Compression::None => {
+            let mut hashing = hashing;
+            let filled = fill(&mut hashing)?;
+            (filled, hashing)
+        }
     };
     let (mut buffered, digest, size) = hashing.finish();
     buffered.flush().map_err(write_error)?;
-    Ok((archived, digest, size))
+    Ok((filled, digest, size))
 }
 
 /// Counts and hashes the bytes that go through it (the compressed artifact).

@@ -67,6 +67,12 @@ impl<'a> Extractor<'a> {
         };
         let mode = meta.mode & 0o7777;
         match meta.kind {
+            EntryKind::Stream => {
+                return Err(unsafe_entry(
+                    rel,
+                    "is a command's stream, not a file of a volume",
+                ));
+            }
             EntryKind::File => {
                 let fd = openat(
                     dir,

@@ -10,4 +10,5 @@ pub mod manifest;
 pub mod report;
 pub mod repository;
 pub mod restore;
+pub mod stream;
 pub mod walk;

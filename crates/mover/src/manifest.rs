@@ -30,6 +30,26 @@ pub struct Header {
     /// How the artifact is compressed; a value this mover does not know fails the reading of
     /// the manifest (never "uncompressed").
     pub compression: backstop_api::Compression,
+    /// What the artifact holds: a tar of a volume (absent), or a command's output stream.
+    #[serde(default, skip_serializing_if = "Content::is_tree")]
+    pub content: Content,
+}
+
+/// What an artifact holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Content {
+    /// A tar stream of a volume's tree.
+    #[default]
+    Tree,
+    /// The bytes a command wrote (its one entry, kind `stream`, has their size and BLAKE3).
+    Stream,
+}
+
+impl Content {
+    fn is_tree(&self) -> bool {
+        *self == Content::Tree
+    }
 }
 
 /// The last line, `{"end": ...}`.
@@ -95,6 +115,8 @@ pub enum EntryKind {
     Fifo,
     Char,
     Block,
+    /// A command's output: the artifact's whole (decompressed) content.
+    Stream,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -314,6 +336,7 @@ impl<'r> Reader<'r> {
             created_at: legacy.created_at,
             source: legacy.source,
             compression: legacy.compression,
+            content: Content::Tree,
         };
         let trailer = Trailer {
             artifact: legacy.artifact,
@@ -559,6 +582,7 @@ mod tests {
             created_at: String::new(),
             source: "data".into(),
             compression: backstop_api::Compression::Zstd,
+            content: Content::Tree,
         }
     }
 

@@ -9,7 +9,9 @@
 
 use crate::commit;
 use crate::extract::Extractor;
-use crate::manifest::{self, ArtifactInfo, Entry, EntryKind, Header, ManifestError, Trailer};
+use crate::manifest::{
+    self, ArtifactInfo, Content, Entry, EntryKind, Header, ManifestError, Trailer,
+};
 use crate::repository::{Repository, RepositoryError};
 use backstop_api::contract::{LEGACY_MANIFEST_SUFFIX, MANIFEST_SUFFIX};
 use backstop_api::{Compression, ExistingDataPolicy};
@@ -37,6 +39,9 @@ pub enum RestoreError {
     Manifest(String),
     #[error(transparent)]
     Repository(#[from] RepositoryError),
+    /// A stream restore's command failed.
+    #[error("{0}")]
+    Command(String),
     #[error("writing {}: {source}", path.display())]
     Write {
         path: PathBuf,
@@ -60,6 +65,7 @@ impl RestoreError {
                     })
             }
             RestoreError::Manifest(_) => Reason::ArtifactUnreadable,
+            RestoreError::Command(_) => Reason::CommandFailed,
             RestoreError::Write { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
                 Reason::TargetFull
             }
@@ -80,7 +86,7 @@ pub use backstop_api::contract::RestoreResult;
 
 /// The manifest at `key`, opened for reading (see `manifest::Reader`); a backup made before
 /// manifests were streamed has it under the legacy name.
-fn open_manifest(
+pub(crate) fn open_manifest(
     repo: &dyn Repository,
     key: &str,
 ) -> Result<manifest::Reader<'static>, RestoreError> {
@@ -96,7 +102,7 @@ fn open_manifest(
     manifest::Reader::new(read).map_err(|e| manifest_error(key, e))
 }
 
-fn manifest_error(key: &str, e: ManifestError) -> RestoreError {
+pub(crate) fn manifest_error(key: &str, e: ManifestError) -> RestoreError {
     match e {
         ManifestError::Damaged(message) => RestoreError::Manifest(format!("{key}: {message}")),
         ManifestError::Unsafe { path, why } => RestoreError::Unsafe { path, why },
@@ -123,7 +129,7 @@ pub fn read_manifest(
     Ok((header, trailer))
 }
 
-fn check_recorded_digest(
+pub(crate) fn check_recorded_digest(
     artifact: &ArtifactInfo,
     recorded: Option<&str>,
 ) -> Result<(), RestoreError> {
@@ -152,6 +158,9 @@ pub fn verify(
     recorded_digest: Option<&str>,
 ) -> Result<RestoreResult, RestoreError> {
     let summary = read_manifest(repo, manifest_key, recorded_digest)?;
+    if summary.0.content == Content::Stream {
+        return crate::stream::verify(repo, manifest_key, recorded_digest);
+    }
     read_artifact(repo, manifest_key, &summary, None)
 }
 
@@ -176,6 +185,11 @@ pub fn restore(
 ) -> Result<RestoreResult, RestoreError> {
     let policy = options.policy;
     let summary = read_manifest(repo, manifest_key, options.recorded_digest)?;
+    if summary.0.content == Content::Stream {
+        return Err(RestoreError::Manifest(format!(
+            "{manifest_key} is a command's stream, not a volume's files: a Restore feeds it to a restore command (spec.command, or the policy's strategy.command.restore)"
+        )));
+    }
     // An earlier restore into this target that was killed mid-commit is undone first.
     let recovered = commit::recover(target)?;
     if policy == ExistingDataPolicy::FailIfNotEmpty
@@ -602,14 +616,14 @@ fn device<R: Read>(entry: &tar::Entry<'_, R>) -> libc::dev_t {
 }
 
 /// Hashes and counts the raw (compressed) artifact as it is read.
-struct DigestReader<R> {
+pub(crate) struct DigestReader<R> {
     inner: R,
     hasher: blake3::Hasher,
     size: u64,
 }
 
 impl<R: Read> DigestReader<R> {
-    fn new(inner: R) -> Self {
+    pub(crate) fn new(inner: R) -> Self {
         Self {
             inner,
             hasher: blake3::Hasher::new(),
@@ -617,7 +631,7 @@ impl<R: Read> DigestReader<R> {
         }
     }
 
-    fn finish(self) -> (String, u64) {
+    pub(crate) fn finish(self) -> (String, u64) {
         (self.hasher.finalize().to_hex().to_string(), self.size)
     }
 }

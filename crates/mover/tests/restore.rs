@@ -259,6 +259,7 @@ fn crafted(
         created_at: String::new(),
         source: "data".into(),
         compression: backstop_api::Compression::None,
+        content: manifest::Content::Tree,
     };
     let mut writer = manifest::Writer::new(Vec::new(), &header).unwrap();
     for entry in &entries {

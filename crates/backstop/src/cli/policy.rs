@@ -142,24 +142,37 @@ fn report(
             .filter(|b| b.verified == Some(false) && !b.deleting)
             .map(|b| b.name.clone())
             .collect(),
-        strategy: match policy
-            .spec
-            .strategy
-            .as_ref()
-            .and_then(|s| s.snapshot.as_ref())
-        {
-            None => "direct (the live volumes)".into(),
-            Some(s) => format!(
-                "snapshot with class {:?}, {}",
-                s.volume_snapshot_class_name,
-                if s.delete_snapshot_after {
-                    "snapshots deleted after"
-                } else {
-                    "snapshots kept with their Backup"
-                }
-            ),
-        },
+        strategy: strategy_text(policy.spec.strategy.as_ref()),
     })
+}
+
+/// The policy's strategy in a line.
+fn strategy_text(strategy: Option<&backstop_api::Strategy>) -> String {
+    let strategy = strategy.cloned().unwrap_or_default();
+    if let Some(c) = &strategy.command {
+        let restore = c.restore.as_ref().map_or_else(
+            || "no restore command (a Restore must give one)".to_string(),
+            |r| format!("restored with {:?}", r.argv().join(" ")),
+        );
+        return format!(
+            "command {:?} in image {}, stream {:?}; {restore}",
+            c.container.argv().join(" "),
+            c.container.image,
+            c.name()
+        );
+    }
+    match &strategy.snapshot {
+        None => "direct (the live volumes)".into(),
+        Some(s) => format!(
+            "snapshot with class {:?}, {}",
+            s.volume_snapshot_class_name,
+            if s.delete_snapshot_after {
+                "snapshots deleted after"
+            } else {
+                "snapshots kept with their Backup"
+            }
+        ),
+    }
 }
 
 fn describe(report: &PolicyReport, now: Timestamp) -> String {
@@ -378,6 +391,7 @@ mod tests {
                 delete_snapshot_after: false,
                 ready_timeout_seconds: None,
             }),
+            command: None,
         });
         let text = describe(&report(&p, &[], 1, now).unwrap(), now);
         assert!(
@@ -385,6 +399,15 @@ mod tests {
                 r#"Strategy:    snapshot with class "csi", snapshots kept with their Backup"#
             ),
             "{text}"
+        );
+        let command: backstop_api::Strategy = serde_json::from_value(serde_json::json!({
+            "command": {"image": "pg:15", "command": ["pg_dump", "-Fc"], "args": ["shop"],
+                        "restore": {"image": "pg:15", "command": ["pg_restore", "-d", "shop"]}}
+        }))
+        .unwrap();
+        assert_eq!(
+            strategy_text(Some(&command)),
+            r#"command "pg_dump -Fc shop" in image pg:15, stream "dump"; restored with "pg_restore -d shop""#
         );
     }
 }
