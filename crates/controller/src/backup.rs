@@ -423,6 +423,10 @@ async fn progress(
         // Nothing watches snapshots (their API may not even exist): look again soon.
         return Ok(Action::requeue(snapshot::POLL));
     }
+    if command.is_some() {
+        // A command that cannot start shows in its pod, which wakes nothing here.
+        return Ok(Action::requeue(command::WATCH));
+    }
     // Job changes wake us; this is only a safety net.
     Ok(Action::requeue(Duration::from_secs(60)))
 }

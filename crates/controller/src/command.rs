@@ -20,6 +20,9 @@ use kube::{Resource, ResourceExt};
 /// or report; a mover that waits longer waits for a command that never opened the pipe).
 pub const GRACE_SECONDS: i64 = 60;
 
+/// How often a running command's pod is looked at.
+pub const WATCH: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Reasons a container waits with that do not pass by themselves.
 const CANNOT_START: &[&str] = &[
     "ImagePullBackOff",

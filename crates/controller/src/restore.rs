@@ -492,6 +492,7 @@ async fn progress(
         crate::outcome::finished(&job)
     };
     match ended {
+        None if jobs::runs_command(&job) => Ok(Action::requeue(crate::command::WATCH)),
         None => Ok(Action::requeue(Duration::from_secs(60))),
         Some(false) => {
             let message = termination_message(&pods, &job).await?;

@@ -61,16 +61,16 @@ pub fn dump(repo: &dyn Repository, req: &DumpRequest<'_>) -> Result<BackupResult
         content: Content::Stream,
     };
     let artifact_name = manifest::artifact_name(req.name, req.compression.stream_extension());
-    let pipe_path = req.stream_dir.join(STREAM_PIPE);
+    // Blocks until the command's wrapper opens the pipe to write: a command that never starts
+    // leaves nothing in the repository, not even a partial upload.
+    let mut pipe = open_pipe(&req.stream_dir.join(STREAM_PIPE), false)
+        .map_err(|e| BackupError::Source(format!("opening the stream's pipe: {e}")))?;
     let stored = backup::store(
         repo,
         req.dir,
         &artifact_name,
         &header,
         |out, listing| {
-            // Blocks until the command's wrapper opens the pipe to write.
-            let mut pipe = open_pipe(&pipe_path, false)
-                .map_err(|e| BackupError::Source(format!("opening the stream's pipe: {e}")))?;
             let mut hashing = HashingWriter::new(out);
             let mut buf = vec![0u8; CHUNK];
             loop {

@@ -60,7 +60,10 @@ fn dump(
     f: &Fixture,
     compression: Compression,
     argv: &[&str],
-) -> (Result<backstop_api::contract::BackupResult, (Reason, String)>, i32) {
+) -> (
+    Result<backstop_api::contract::BackupResult, (Reason, String)>,
+    i32,
+) {
     let mut child = wrapped(DUMP_SCRIPT, &f.stream_dir, argv);
     let result = stream::dump(
         &f.repo,
@@ -107,7 +110,11 @@ fn sample(len: usize) -> Vec<u8> {
 }
 
 fn decompressed_by(tool: &str, artifact: &Path) -> Vec<u8> {
-    let out = Command::new(tool).arg("-dc").arg(artifact).output().unwrap();
+    let out = Command::new(tool)
+        .arg("-dc")
+        .arg(artifact)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{tool} -dc {}", artifact.display());
     out.stdout
 }
@@ -143,7 +150,10 @@ fn a_dump_round_trips_through_the_wrappers_and_standard_tools_read_it() {
             &restore::RestoreOptions::default(),
         )
         .unwrap_err();
-        assert!(refused.to_string().contains("command's stream"), "{refused}");
+        assert!(
+            refused.to_string().contains("command's stream"),
+            "{refused}"
+        );
 
         let out = f.data.join("restored");
         let mut child = wrapped(
@@ -167,7 +177,11 @@ fn a_dump_round_trips_through_the_wrappers_and_standard_tools_read_it() {
         .unwrap();
         assert_eq!(child.wait().unwrap().code(), Some(0));
         assert_eq!(loaded.bytes, content.len() as u64);
-        assert_eq!(fs::read(&out).unwrap(), content, "the restore command read it all");
+        assert_eq!(
+            fs::read(&out).unwrap(),
+            content,
+            "the restore command read it all"
+        );
     }
 }
 
@@ -203,7 +217,11 @@ fn a_failed_killed_or_silent_command_commits_nothing_and_says_why() {
             assert!(message.contains(s), "{argv:?}: {message}");
         }
         assert_ne!(code, -1, "the wrapper ended");
-        assert_eq!(stored(&f), Vec::<String>::new(), "{argv:?}: nothing committed");
+        assert_eq!(
+            stored(&f),
+            Vec::<String>::new(),
+            "{argv:?}: nothing committed"
+        );
     }
 }
 
@@ -229,7 +247,12 @@ fn backed_up(f: &Fixture, content: &[u8]) -> (String, String) {
     (manifest_key("shop/nightly", "dump"), result.unwrap().digest)
 }
 
-fn load(f: &Fixture, key: &str, digest: &str, argv: &[&str]) -> (Result<(), (Reason, String)>, i32) {
+fn load(
+    f: &Fixture,
+    key: &str,
+    digest: &str,
+    argv: &[&str],
+) -> (Result<(), (Reason, String)>, i32) {
     let mut child = wrapped(LOAD_SCRIPT, &f.stream_dir, argv);
     let result = stream::load(
         &f.repo,
@@ -262,7 +285,11 @@ fn a_damaged_stream_never_reaches_the_restore_command() {
         &f,
         &key,
         &digest,
-        &["sh", "-c", &format!("touch {}; cat >/dev/null", ran.display())],
+        &[
+            "sh",
+            "-c",
+            &format!("touch {}; cat >/dev/null", ran.display()),
+        ],
     );
     let (reason, message) = result.unwrap_err();
     assert_eq!(reason, Reason::IntegrityCheckFailed, "{message}");
