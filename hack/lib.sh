@@ -106,22 +106,14 @@ import_programs_image() {
   rm -rf "$rootfs"
 }
 
-# A PostgreSQL 15 image for the command-strategy tests, from Debian's postgresql-15 (installed
-# here when missing, without the "main" cluster Debian would otherwise create and start): the
+# A PostgreSQL 15 image for the command-strategy tests, from Debian's postgresql-15: the
 # server and client programs (also on PATH in /usr/bin), the server's libraries and share files
 # (JIT left out), time zones, a `postgres` user (uid 999), and /bin/sh with the programs
 # Backstop's command wrapper uses (sleep, mv, tail) and a few for tests (head, cat, touch).
 # usage: import_postgres_image <image-name>
 import_postgres_image() {
   local name=$1 pg=/usr/lib/postgresql/15 rootfs program path
-  if [[ ! -x $pg/bin/postgres ]]; then
-    log "installing postgresql-15 (no cluster is created or started)"
-    mkdir -p /etc/postgresql-common
-    grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf ||
-      echo 'create_main_cluster = false' >>/etc/postgresql-common/createcluster.conf
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null
-  fi
+  [[ -x $pg/bin/postgres ]] || die "no $pg/bin/postgres: install Debian's postgresql-15 (hack/test does)"
   rootfs=$(mktemp -d)
   mkdir -p "$rootfs"/{bin,usr/bin,dev,proc,sys,tmp,etc,run/postgresql} "$rootfs$pg/bin" "$rootfs/usr/share/postgresql"
   chmod 1777 "$rootfs/tmp" "$rootfs/run/postgresql"

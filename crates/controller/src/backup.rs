@@ -685,14 +685,22 @@ fn ending(backup: &Backup, mut status: BackupStatus, end: jiff::Timestamp) -> En
     let mut changed_while_reading = None;
     let message = if completed {
         status.phase = BackupPhase::Completed;
-        let mut message = format!(
-            "Backed up {} volume{} ({}, {} files) in {}",
-            status.volumes.len(),
-            if status.volumes.len() == 1 { "" } else { "s" },
-            events::human_bytes(status.total_bytes.unwrap_or(0)),
-            status.total_files.unwrap_or(0),
-            status.duration.clone().unwrap_or_default()
-        );
+        let duration = status.duration.clone().unwrap_or_default();
+        let stored = events::human_bytes(status.total_bytes.unwrap_or(0));
+        let stream = status.volumes.iter().find(|v| v.stream);
+        let mut message = match stream {
+            Some(stream) => format!(
+                "Stored the command's output as stream {:?} ({stored}; {} before compression) in {duration}",
+                stream.pvc,
+                events::human_bytes(stream.source_bytes.unwrap_or(0)),
+            ),
+            None => format!(
+                "Backed up {} volume{} ({stored}, {} files) in {duration}",
+                status.volumes.len(),
+                if status.volumes.len() == 1 { "" } else { "s" },
+                status.total_files.unwrap_or(0),
+            ),
+        };
         // Never a silent Completed: entries that changed while read are a condition, a Warning
         // and part of the message.
         let (consistent, reason, detail) = match status.changed_while_reading() {
@@ -703,6 +711,11 @@ fn ending(backup: &Backup, mut status: BackupStatus, end: jiff::Timestamp) -> En
                 changed_while_reading = Some(detail.clone());
                 (false, "ChangedWhileReading", detail)
             }
+            None if stream.is_some() => (
+                true,
+                "CommandOutput",
+                "a dump is as consistent as the command that wrote it (pg_dump reads one transaction snapshot)".to_string(),
+            ),
             None => (
                 true,
                 "NothingChangedWhileReading",
@@ -744,7 +757,14 @@ fn failure(status: &BackupStatus) -> Invalid {
         .volumes
         .iter()
         .filter(|v| v.phase == BackupPhase::Failed)
-        .map(|v| format!("PVC {}: {}", v.pvc, v.message.clone().unwrap_or_default()))
+        .map(|v| {
+            let what = if v.stream { "stream" } else { "PVC" };
+            format!(
+                "{what} {}: {}",
+                v.pvc,
+                v.message.clone().unwrap_or_default()
+            )
+        })
         .collect();
     let reason = status
         .volumes
@@ -1341,6 +1361,38 @@ mod tests {
                 .starts_with("Backed up 2 volumes (4.0 KiB, 14 files)"),
             "{}",
             end.message
+        );
+    }
+
+    #[test]
+    fn a_command_backup_ends_saying_what_it_stored_and_why_it_failed() {
+        let backup = backup();
+        let mut status = finished_volumes(vec![("dump", Step::Done(result("dump", 0)))]);
+        status.volumes[0].stream = true;
+        status.volumes[0].source_bytes = Some(10 << 20);
+        let end = ending(&backup, status.clone(), at("02:09"));
+        assert!(end.completed);
+        assert!(
+            end.message
+                .starts_with("Stored the command's output as stream \"dump\" ("),
+            "{}",
+            end.message
+        );
+        assert!(
+            end.message.contains("10.0 MiB before compression"),
+            "{}",
+            end.message
+        );
+        let consistent =
+            condition::find(&end.status.conditions, ConditionType::Consistent).unwrap();
+        assert_eq!(consistent.reason, "CommandOutput");
+        status.volumes[0].phase = BackupPhase::Failed;
+        status.volumes[0].reason = Some("CommandFailed".into());
+        status.volumes[0].message = Some("the command exited with status 1".into());
+        let failed = ending(&backup, status, at("02:09"));
+        assert_eq!(
+            failed.message,
+            "stream dump: the command exited with status 1"
         );
     }
 

@@ -813,6 +813,191 @@ mod tests {
         backup_job(backup, pvc, pvc, None, repo, &MoverConfig::default())
     }
 
+    fn pg_command(restore: bool) -> CommandStrategy {
+        let mut command: CommandStrategy = serde_json::from_value(serde_json::json!({
+            "name": "shop", "image": "pg:15", "command": ["pg_dump", "-Fc"], "args": ["-d", "shop"],
+            "env": [{"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}],
+            "resources": {"limits": {"memory": "2Gi"}}
+        }))
+        .unwrap();
+        if restore {
+            command.restore = Some(CommandContainer {
+                image: "pg:15".into(),
+                command: vec!["pg_restore".into(), "-d".into(), "shop".into()],
+                ..CommandContainer::default()
+            });
+        }
+        command
+    }
+
+    /// The shared stream directory's mount, if `container` has one.
+    fn stream_mount(container: &Container) -> Option<VolumeMount> {
+        container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == STREAM_MOUNT)
+            .cloned()
+    }
+
+    #[test]
+    fn a_command_backup_runs_the_users_command_wrapped_beside_the_mover() {
+        let (backup, repo) = fixtures();
+        let config = MoverConfig {
+            host_network: true,
+            ..MoverConfig::default()
+        };
+        let job = command_job(&backup, &pg_command(false), &repo, &config);
+        assert_eq!(
+            job.metadata.name,
+            Some(naming::backup_job("nightly-202611210200", "shop"))
+        );
+        assert_eq!(job.metadata.labels.clone().unwrap()[labels::PVC], "shop");
+        assert!(runs_command(&job));
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        assert_eq!(
+            pod.host_network,
+            Some(false),
+            "a user's container is never on the host's network"
+        );
+        assert!(pod.init_containers.is_none());
+        let [mover, command] = pod.containers.as_slice() else {
+            panic!("two containers: {:?}", pod.containers);
+        };
+        assert_eq!(mover.name, MOVER_CONTAINER);
+        let args = mover.args.clone().unwrap().join(" ");
+        assert!(
+            args.starts_with("mover dump --stream-dir /backstop-stream --name shop --dir shop/nightly-202611210200"),
+            "{args}"
+        );
+        assert_eq!(command.name, COMMAND_CONTAINER);
+        assert_eq!(command.image.as_deref(), Some("pg:15"));
+        assert_eq!(
+            command.command.clone().unwrap(),
+            ["/bin/sh", "-c", contract::DUMP_SCRIPT, STREAM_MOUNT]
+        );
+        assert_eq!(
+            command.args.clone().unwrap(),
+            ["pg_dump", "-Fc", "-d", "shop"]
+        );
+        let env = command.env.clone().unwrap();
+        assert_eq!(
+            env[0]
+                .value_from
+                .as_ref()
+                .and_then(|v| v.secret_key_ref.as_ref())
+                .map(|s| s.key.as_str()),
+            Some("password"),
+            "the password reaches the command from its Secret, never through the operator"
+        );
+        assert!(
+            mover.env.iter().flatten().all(|e| e.name != "PGPASSWORD"),
+            "the mover never sees the command's secrets"
+        );
+        assert_eq!(
+            command
+                .resources
+                .as_ref()
+                .and_then(|r| r.limits.clone())
+                .unwrap()["memory"]
+                .0,
+            "2Gi"
+        );
+        let sc = command.security_context.clone().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.unwrap().add, None);
+        assert_eq!(sc.run_as_user, None, "the image's user");
+        // Only the stream directory is shared; only the mover sees the repository.
+        assert_eq!(
+            stream_mount(command).map(|m| m.name),
+            Some(STREAM_VOLUME.to_string())
+        );
+        assert_eq!(command.volume_mounts.as_ref().map(Vec::len), Some(1));
+        assert!(stream_mount(mover).is_some());
+        let stream = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == STREAM_VOLUME)
+            .and_then(|v| v.empty_dir)
+            .unwrap();
+        assert_eq!(stream.size_limit, Some(Quantity(STREAM_DIR_LIMIT.into())));
+    }
+
+    #[test]
+    fn a_stream_restore_stages_where_only_the_mover_sees_then_feeds_the_restore_command() {
+        let (_, repo) = fixtures();
+        let mut restore = Restore::new(
+            "back",
+            backstop_api::RestoreSpec {
+                backup_name: "nightly-202611210200".into(),
+                ..Default::default()
+            },
+        );
+        restore.metadata.namespace = Some("shop".into());
+        let command = pg_command(true).restore.unwrap();
+        let job = load_job(
+            &restore,
+            LoadJob {
+                repository: &repo,
+                manifest: "shop/nightly-202611210200/shop.manifest.jsonl.zst".into(),
+                artifact_digest: Some("ab"),
+                stream: "shop",
+                command: &command,
+            },
+            &MoverConfig::default(),
+        );
+        assert!(runs_command(&job));
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let [mover, restorer] = pod.containers.as_slice() else {
+            panic!("two containers: {:?}", pod.containers);
+        };
+        let args = mover.args.clone().unwrap().join(" ");
+        assert!(
+            args.starts_with(
+                "mover load --manifest shop/nightly-202611210200/shop.manifest.jsonl.zst --stream-dir /backstop-stream --staging /backstop-staging --artifact-digest ab"
+            ),
+            "{args}"
+        );
+        assert_eq!(
+            restorer.command.clone().unwrap(),
+            ["/bin/sh", "-c", contract::LOAD_SCRIPT, STREAM_MOUNT]
+        );
+        assert_eq!(restorer.args.clone().unwrap(), ["pg_restore", "-d", "shop"]);
+        let mounted = |c: &Container, path: &str| {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.mount_path == path)
+        };
+        assert!(mounted(mover, STREAM_STAGING_MOUNT));
+        assert!(
+            !mounted(restorer, STREAM_STAGING_MOUNT),
+            "the command never sees unverified bytes"
+        );
+        assert!(!mounted(restorer, REPOSITORY_MOUNT));
+        let repository = mover
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == REPOSITORY_MOUNT)
+            .unwrap();
+        assert_eq!(repository.read_only, Some(true));
+        assert!(!runs_command(&restore_job(
+            &restore,
+            RestoreJob {
+                repository: &repo,
+                manifest: String::new(),
+                artifact_digest: None,
+                target_pvc: "t",
+                policy: ExistingDataPolicy::FailIfNotEmpty,
+                untrusted: false,
+                node: None,
+            },
+            &MoverConfig::default()
+        )));
+    }
+
     #[test]
     fn a_snapshot_backup_job_reads_the_temporary_claim_and_names_the_volume() {
         let (backup, repo) = fixtures();

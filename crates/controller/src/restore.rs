@@ -718,6 +718,66 @@ mod tests {
         }
     }
 
+    fn command(program: &str) -> CommandContainer {
+        CommandContainer {
+            image: "pg:15".into(),
+            command: vec![program.into()],
+            ..CommandContainer::default()
+        }
+    }
+
+    #[test]
+    fn a_stream_is_restored_with_the_restores_command_else_the_policys_else_the_recorded_one() {
+        let mut restore = Restore::new("back", Default::default());
+        let mut policy = fixtures::policy("nightly", "0 2 * * *", None);
+        let with_restore = |program: &str| CommandStrategy {
+            restore: Some(command(program)),
+            ..CommandStrategy::default()
+        };
+        policy.spec.strategy = Some(backstop_api::Strategy {
+            command: Some(with_restore("from-policy")),
+            ..Default::default()
+        });
+        let recorded = with_restore("recorded");
+        let chosen = |restore: &Restore, policy: Option<&BackupPolicy>| {
+            restore_command(restore, true, policy, Some(&recorded))
+                .map(|c| c.map(|c| c.command[0].clone()))
+        };
+        assert_eq!(chosen(&restore, None), Ok(Some("recorded".into())));
+        assert_eq!(
+            chosen(&restore, Some(&policy)),
+            Ok(Some("from-policy".into()))
+        );
+        restore.spec.command = Some(command("own"));
+        assert_eq!(chosen(&restore, Some(&policy)), Ok(Some("own".into())));
+        // No target is needed for a stream.
+        assert!(restore.spec.target.pvc_name.is_empty());
+        restore.spec.command = Some(command(""));
+        let invalid = chosen(&restore, None).unwrap_err();
+        assert_eq!(invalid.reason, "InvalidStrategy");
+        assert!(
+            invalid.message.starts_with("spec.command.command"),
+            "{invalid:?}"
+        );
+        restore.spec.command = None;
+        let none = restore_command(&restore, true, None, None).unwrap_err();
+        assert_eq!(none.reason, "NoRestoreCommand");
+    }
+
+    #[test]
+    fn a_volume_needs_a_target_and_takes_no_command() {
+        let mut restore = Restore::new("back", Default::default());
+        let missing = restore_command(&restore, false, None, None).unwrap_err();
+        assert_eq!(missing.reason, "InvalidSpec");
+        assert!(missing.message.contains("pvcName"), "{missing:?}");
+        restore.spec.target.pvc_name = "db-restored".into();
+        assert_eq!(restore_command(&restore, false, None, None), Ok(None));
+        restore.spec.command = Some(command("pg_restore"));
+        let refused = restore_command(&restore, false, None, None).unwrap_err();
+        assert_eq!(refused.reason, "InvalidSpec");
+        assert!(refused.message.contains("holds volumes"), "{refused:?}");
+    }
+
     #[test]
     fn only_a_completed_backup_not_being_deleted_is_restored() {
         let name = "nightly";
