@@ -102,6 +102,10 @@ pub struct BackupStatus {
     /// The strategy the backup started with (from its policy or its own spec); absent: direct.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<crate::strategy::Strategy>,
+    /// With `strategy.quiesce`: the application stopped for the copy, the replicas it had
+    /// (recorded before it was scaled down, so a restarted operator scales it back), and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiesce: Option<QuiesceRecord>,
     /// With the snapshot strategy: seconds between the first and the last snapshot's
     /// `creationTime`, i.e. how far apart in time the volumes' images are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -279,6 +283,32 @@ pub struct SnapshotRecord {
     /// The snapshot stays after the backup (`deleteSnapshotAfter: false`), owned by the Backup.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub kept: bool,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuiesceRecord {
+    pub kind: crate::strategy::WorkloadKind,
+    pub name: String,
+    /// The replicas it had before the backup scaled it to zero.
+    pub replicas: i32,
+    /// When it was scaled down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub scaled_down_time: Option<jiff::Timestamp>,
+    /// When its last pod was gone (the copy may start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub stopped_time: Option<jiff::Timestamp>,
+    /// When it was given its replicas back (or found changed by someone else, and left alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub restored_time: Option<jiff::Timestamp>,
+    /// Seconds it was down: from scaled down to scaled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 impl Backup {

@@ -131,6 +131,12 @@ pub fn is_dns_label(name: &str) -> bool {
         && name.ends_with(alnum)
 }
 
+/// Whether `name` is a DNS subdomain (RFC 1123): DNS labels joined by dots, at most 253 long,
+/// as the names of most Kubernetes objects are.
+pub fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(is_dns_label)
+}
+
 pub fn validate_selector(selector: &LabelSelector) -> Result<(), Invalid> {
     selector_string(selector).map(|_| ())
 }
@@ -174,6 +180,20 @@ mod tests {
             assert!(!name.contains("--"), "{name}");
         }
         assert_eq!(backup_job("a", "b"), backup_job("a", "b"), "deterministic");
+    }
+
+    #[test]
+    fn dns_labels_and_subdomains() {
+        for good in ["dump", "a", "pg-15", &"a".repeat(63)] {
+            assert!(is_dns_label(good), "{good}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", "../x", &"a".repeat(64)] {
+            assert!(!is_dns_label(bad), "{bad}");
+        }
+        assert!(is_dns_subdomain("shop.db-1"));
+        for bad in ["a..b", ".a", "a/b", "A.b", &"a.".repeat(127)] {
+            assert!(!is_dns_subdomain(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -32,6 +32,58 @@ pub struct Strategy {
     /// (back volumes up with another policy); `target` is not used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<CommandStrategy>,
+    /// Stop the application for the copy when it has no dump tool: its Deployment or
+    /// StatefulSet is scaled to zero, the volumes are read once its pods are gone (with
+    /// `snapshot`: until every snapshot is ready), and it is scaled back to the replicas it had.
+    /// Not with `command`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiesce: Option<Quiesce>,
+}
+
+/// How long a quiesced application's pods may take to stop when `timeoutSeconds` is not set.
+pub const DEFAULT_QUIESCE_TIMEOUT_SECONDS: i64 = 300;
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Quiesce {
+    pub scale_down: Workload,
+    /// How long its pods may take to stop, from the backup's start, before the backup fails
+    /// with `QuiesceTimeout` (and the application is scaled back); default 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub timeout_seconds: Option<i64>,
+}
+
+impl Quiesce {
+    pub fn timeout_seconds(&self) -> i64 {
+        self.timeout_seconds
+            .unwrap_or(DEFAULT_QUIESCE_TIMEOUT_SECONDS)
+    }
+}
+
+/// A Deployment or StatefulSet in the backup's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Workload {
+    pub kind: WorkloadKind,
+    #[schemars(length(min = 1))]
+    pub name: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum WorkloadKind {
+    #[default]
+    Deployment,
+    StatefulSet,
+}
+
+impl WorkloadKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+        }
+    }
 }
 
 /// The stream's name when `command.name` is not set.
@@ -155,6 +207,30 @@ impl Strategy {
     }
 
     pub fn validate(&self) -> Result<(), Invalid> {
+        if let Some(quiesce) = &self.quiesce {
+            if self.command.is_some() {
+                return Err(Invalid::new(
+                    "InvalidStrategy",
+                    "strategy.quiesce stops an application for a copy of its volumes; a command backup reads no volume",
+                ));
+            }
+            if !crate::naming::is_dns_subdomain(&quiesce.scale_down.name) {
+                return Err(Invalid::new(
+                    "InvalidStrategy",
+                    format!(
+                        "strategy.quiesce.scaleDown.name {:?} is not a {} name",
+                        quiesce.scale_down.name,
+                        quiesce.scale_down.kind.as_str()
+                    ),
+                ));
+            }
+            if let Some(t) = quiesce.timeout_seconds.filter(|t| *t < 1) {
+                return Err(Invalid::new(
+                    "InvalidStrategy",
+                    format!("strategy.quiesce.timeoutSeconds is {t}; it must be 1 or more"),
+                ));
+            }
+        }
         if let Some(command) = &self.command {
             if self.snapshot.is_some() {
                 return Err(Invalid::new(
@@ -266,6 +342,7 @@ mod tests {
                 ready_timeout_seconds: None,
             }),
             command: None,
+            quiesce: None,
         };
         assert_eq!(strategy.validate().unwrap_err().reason, "InvalidStrategy");
         if let Some(s) = strategy.snapshot.as_mut() {
@@ -299,6 +376,33 @@ mod tests {
             Some(vec!["pg_restore".into(), "-d".into(), "shop".into()])
         );
         assert!(strategy.validate().is_ok());
+    }
+
+    #[test]
+    fn a_quiesce_names_a_workload_and_goes_with_volumes_only() {
+        let ok = command_strategy("quiesce: {scaleDown: {kind: StatefulSet, name: db}}");
+        assert!(ok.validate().is_ok());
+        let quiesce = ok.quiesce.as_ref().unwrap();
+        assert_eq!(quiesce.scale_down.kind, WorkloadKind::StatefulSet);
+        assert_eq!(quiesce.timeout_seconds(), 300);
+        for (yaml, wanted) in [
+            (
+                "{quiesce: {scaleDown: {kind: Deployment, name: db}}, command: {image: pg, command: [x]}}",
+                "reads no volume",
+            ),
+            (
+                "quiesce: {scaleDown: {kind: Deployment, name: 'a/b'}}",
+                "not a Deployment name",
+            ),
+            (
+                "quiesce: {scaleDown: {kind: Deployment, name: db}, timeoutSeconds: 0}",
+                "1 or more",
+            ),
+        ] {
+            let err = command_strategy(yaml).validate().unwrap_err();
+            assert_eq!(err.reason, "InvalidStrategy", "{yaml}");
+            assert!(err.message.contains(wanted), "{yaml}: {}", err.message);
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use crate::jobs::{self, ROLE_BACKUP, ROLE_VERIFY};
 use crate::outcome::{JOB_NAME_TAKEN, job_name_taken, owned_by, termination_message};
+use crate::quiesce::{self, Held};
 use crate::snapshot::{self, Prepared};
 use crate::{
     Context, Error, Watched, command, events, metrics, now, repository, verification, waiting,
@@ -134,8 +135,12 @@ async fn start(
     }
     crate::patch_status(&ctx.client, backup, &status, &[]).await?;
     // Every snapshot is asked for before any is awaited: their images are as close in time as
-    // the storage allows.
-    if let Some(snapshots) = snapshots {
+    // the storage allows. (With quiesce, once the application has stopped.)
+    let quiescing = resolved
+        .strategy
+        .as_ref()
+        .is_some_and(|s| s.quiesce.is_some());
+    if let Some(snapshots) = snapshots.filter(|_| !quiescing) {
         snapshot::request_all(ctx, backup, &status.volumes, snapshots).await?;
     }
     let names: Vec<&str> = status.volumes.iter().map(|v| v.pvc.as_str()).collect();
@@ -277,7 +282,7 @@ async fn resolve(ctx: &Context, backup: &Backup) -> Result<Result<Resolved, Refu
             backup.spec.strategy.clone(),
         ),
     };
-    let strategy = strategy.filter(|s| s.snapshot.is_some() || s.command.is_some());
+    let strategy = strategy.filter(|s| *s != Strategy::default());
     let command = strategy.as_ref().is_some_and(|s| s.command.is_some());
     let selector = match (target, command) {
         (_, true) => None,
@@ -388,6 +393,30 @@ async fn progress(
     let snapshots = strategy.as_ref().and_then(|s| s.snapshot.as_ref());
     let command = strategy.as_ref().and_then(|s| s.command.as_ref());
     let started = status.start_time.as_ref().map_or_else(now, |t| t.0);
+    if let Some(quiesce) = strategy.as_ref().and_then(|s| s.quiesce.as_ref())
+        && status
+            .quiesce
+            .as_ref()
+            .is_none_or(|r| r.stopped_time.is_none())
+        && !status.volumes.iter().all(|v| v.phase.is_terminal())
+    {
+        match quiesce::hold_on(ctx, backup, &mut status, quiesce).await? {
+            Held::Waiting => return Ok(Action::requeue(quiesce::POLL)),
+            Held::Failed(why) => {
+                let at = now();
+                for volume in status.volumes.iter_mut().filter(|v| !v.phase.is_terminal()) {
+                    record(volume, Step::Failed(why.clone()), at);
+                }
+                return finish(ctx, backup, status).await;
+            }
+            Held::Stopped => {
+                crate::patch_status(&ctx.client, backup, &status, &[]).await?;
+                if let Some(snapshots) = snapshots {
+                    snapshot::request_all(ctx, backup, &status.volumes, snapshots).await?;
+                }
+            }
+        }
+    }
     for volume in status.volumes.iter_mut().filter(|v| !v.phase.is_terminal()) {
         let job_name = volume
             .job
@@ -415,6 +444,11 @@ async fn progress(
     }
     if status.volumes.iter().all(|v| v.phase.is_terminal()) {
         return finish(ctx, backup, status).await;
+    }
+    // With snapshots, the application is given back as soon as its data is frozen.
+    if snapshots.is_some() && quiesce::holding(&status) && quiesce::snapshots_taken(&status) {
+        quiesce::give_back(ctx, backup, &mut status).await?;
+        changed = true;
     }
     if changed {
         crate::patch_status(&ctx.client, backup, &status, &[]).await?;
@@ -774,11 +808,14 @@ fn failure(status: &BackupStatus) -> Invalid {
     Invalid::new(reason, failures.join("; "))
 }
 
-async fn finish(ctx: &Context, backup: &Backup, status: BackupStatus) -> Result<Action, Error> {
+async fn finish(ctx: &Context, backup: &Backup, mut status: BackupStatus) -> Result<Action, Error> {
     // Before the status is final: a finished Backup is not reconciled again to retry this.
     // (A temporary PVC still mounted goes once its Job's pod does, below.)
     if let Some(kept) = snapshot::kept(&status) {
         snapshot::release(ctx, backup, kept).await?;
+    }
+    if quiesce::holding(&status) {
+        quiesce::give_back(ctx, backup, &mut status).await?;
     }
     let ending = ending(backup, status, now());
     crate::patch_status(&ctx.client, backup, &ending.status, &[]).await?;
@@ -934,6 +971,10 @@ async fn cleanup(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
     // the garbage collector would take them anyway; this makes it certain and prompt).
     if snapshot::kept(&status).is_some() {
         snapshot::release(ctx, backup, false).await?;
+    }
+    // An application stopped for a backup deleted midway is given back.
+    if quiesce::holding(&status) {
+        quiesce::give_back(ctx, backup, &mut status).await?;
     }
     if status.volumes.is_empty() {
         return Ok(Action::await_change());

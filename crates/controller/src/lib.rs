@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod outcome;
 pub mod policy;
+pub mod quiesce;
 pub mod repository;
 pub mod restore;
 pub mod retention;

@@ -411,11 +411,13 @@ mod tests {
         status.strategy = Some(backstop_api::Strategy {
             snapshot: Some(keeping),
             command: None,
+            quiesce: None,
         });
         assert_eq!(kept(&status), Some(true));
         status.strategy = Some(backstop_api::Strategy {
             snapshot: Some(strategy(None)),
             command: None,
+            quiesce: None,
         });
         assert_eq!(kept(&status), Some(false));
     }

@@ -9,7 +9,10 @@
 
 use backstop_api::{Backup, BackupPhase, BackupPolicy, Restore};
 use backstop_e2e::*;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, DeleteParams};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Command;
@@ -37,9 +40,30 @@ async fn postgres_image() -> anyhow::Result<()> {
         .map(|_| ())
 }
 
-/// A PostgreSQL server pod with the password from Secret `db`; returns its IP once it accepts
-/// connections.
-async fn postgres_server(ns: &TestNamespace) -> anyhow::Result<String> {
+/// The spec of a PostgreSQL server pod with the password from Secret `db` and its data in
+/// `data` (initialised on first start), listening on its pod IP.
+fn server_pod_spec(data: Value) -> Value {
+    let script = format!(
+        "set -e; printf '%s' \"$PGPASSWORD\" >/tmp/pw
+if [ ! -f /var/lib/postgresql/data/PG_VERSION ]; then
+  {PG_BIN}/initdb -D /var/lib/postgresql/data -U postgres --pwfile=/tmp/pw --auth=scram-sha-256 --locale=C -E UTF8 >/dev/null
+  echo 'host all all 0.0.0.0/0 scram-sha-256' >>/var/lib/postgresql/data/pg_hba.conf
+fi
+exec {PG_BIN}/postgres -D /var/lib/postgresql/data -c listen_addresses='*' -k /tmp"
+    );
+    json!({
+        "securityContext": {"runAsUser": 999, "runAsGroup": 999},
+        "containers": [{
+            "name": "postgres", "image": IMAGE, "imagePullPolicy": "IfNotPresent",
+            "command": ["/bin/sh", "-c", script],
+            "env": [password_from_secret()],
+            "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql"}]}],
+        "volumes": [data]
+    })
+}
+
+/// The image, and the Secret `db` with the password.
+async fn prerequisites(ns: &TestNamespace) -> anyhow::Result<()> {
     postgres_image().await?;
     create::<Secret>(
         ns,
@@ -47,35 +71,38 @@ async fn postgres_server(ns: &TestNamespace) -> anyhow::Result<String> {
                "stringData": {"password": PASSWORD}}),
     )
     .await?;
-    let script = format!(
-        "set -e; printf '%s' \"$PGPASSWORD\" >/tmp/pw
-{PG_BIN}/initdb -D /var/lib/postgresql/data -U postgres --pwfile=/tmp/pw --auth=scram-sha-256 --locale=C -E UTF8 >/dev/null
-echo 'host all all 0.0.0.0/0 scram-sha-256' >>/var/lib/postgresql/data/pg_hba.conf
-exec {PG_BIN}/postgres -D /var/lib/postgresql/data -c listen_addresses='*' -k /tmp"
-    );
+    Ok(())
+}
+
+/// A PostgreSQL server pod (data in an emptyDir); returns its IP once it accepts connections.
+async fn postgres_server(ns: &TestNamespace) -> anyhow::Result<String> {
+    prerequisites(ns).await?;
     create::<Pod>(
         ns,
-        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "postgres"},
-               "spec": {
-                 "securityContext": {"runAsUser": 999, "runAsGroup": 999},
-                 "containers": [{
-                   "name": "postgres", "image": IMAGE, "imagePullPolicy": "IfNotPresent",
-                   "command": ["/bin/sh", "-c", script],
-                   "env": [password_from_secret()],
-                   "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql"}]}],
-                 "volumes": [{"name": "data", "emptyDir": {}}]}}),
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "postgres", "labels": {"app": "postgres"}},
+               "spec": server_pod_spec(json!({"name": "data", "emptyDir": {}}))}),
     )
     .await?;
+    serving(ns, "app=postgres").await
+}
+
+/// The IP of a running pod labelled `selector`, once PostgreSQL accepts connections there.
+async fn serving(ns: &TestNamespace, selector: &str) -> anyhow::Result<String> {
     let pods = ns.api::<Pod>();
     let ip = wait_for(
         Duration::from_secs(120),
-        "the postgres pod's IP",
+        "a running postgres pod's IP",
         || async {
-            let pod = pods.get("postgres").await?;
-            let status = pod.status.unwrap_or_default();
-            Ok((status.phase.as_deref() == Some("Running"))
-                .then_some(status.pod_ip)
-                .flatten())
+            let list = pods
+                .list(&kube::api::ListParams::default().labels(selector))
+                .await?;
+            Ok(list.items.into_iter().find_map(|pod| {
+                let status = pod.status.unwrap_or_default();
+                let live = pod.metadata.deletion_timestamp.is_none()
+                    && status.phase.as_deref() == Some("Running");
+                live.then_some(status.pod_ip).flatten()
+            }))
         },
     )
     .await?;
@@ -362,5 +389,195 @@ async fn failed_dumps_commit_nothing_and_say_why() -> anyhow::Result<()> {
             "{name}: nothing committed"
         );
     }
+    Ok(())
+}
+
+/// A Deployment `name` of `replicas` pods labelled `app=<name>` running `spec`.
+async fn deployment(
+    ns: &TestNamespace,
+    name: &str,
+    replicas: i32,
+    spec: Value,
+) -> anyhow::Result<()> {
+    create::<Deployment>(
+        ns,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+               "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                        "template": {"metadata": {"labels": {"app": name}}, "spec": spec}}}),
+    )
+    .await?;
+    Ok(())
+}
+
+/// A policy for the PVCs labelled `data-of=<app>` that stops the Deployment `app` for the copy.
+fn quiesced_policy(name: &str, app: &str) -> Value {
+    json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "BackupPolicy",
+           "metadata": {"name": name},
+           "spec": {"schedule": "0 0 1 1 *",
+                    "target": {"pvcSelector": {"matchLabels": {"data-of": app}}},
+                    "strategy": {"quiesce": {"scaleDown": {"kind": "Deployment", "name": app}}}}})
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
+async fn a_quiesced_postgres_is_copied_shut_down_and_given_back() -> anyhow::Result<()> {
+    let client = cluster().await?;
+    install_operator(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-quiesce").await?;
+    let repo = ns.repository().await?;
+    prerequisites(&ns).await?;
+    let data = ns.volume("pgdata", &[("data-of", "pg")]).await?;
+    std::os::unix::fs::chown(&data, Some(999), Some(999))?;
+    let on_pvc = json!({"name": "data", "persistentVolumeClaim": {"claimName": "pgdata"}});
+    deployment(&ns, "pg", 1, server_pod_spec(on_pvc)).await?;
+    let ip = serving(&ns, "app=pg").await?;
+    psql(&ip, "postgres", "CREATE DATABASE shop")?;
+    psql(&ip, "shop", SCHEMA)?;
+    let before = psql(&ip, "shop", CHECKSUMS)?;
+    assert!(
+        data.join("data/postmaster.pid").exists(),
+        "a running server has its pid file"
+    );
+
+    create::<BackupPolicy>(&ns, quiesced_policy("pg-files", "pg")).await?;
+    create::<Backup>(
+        &ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup",
+               "metadata": {"name": "pg-files-now"}, "spec": {"policyRef": "pg-files"}}),
+    )
+    .await?;
+    let backup = finished_backup(&ns, "pg-files-now", Duration::from_secs(240)).await?;
+    let status = backup.status.clone().unwrap_or_default();
+    assert_eq!(status.phase, BackupPhase::Completed, "{status:?}");
+    let record = status.quiesce.clone().expect("the quiesce is recorded");
+    assert_eq!(record.replicas, 1, "{record:?}");
+    let (down, stopped, restored) = (
+        record.scaled_down_time.expect("scaled down"),
+        record.stopped_time.expect("stopped"),
+        record.restored_time.expect("given back"),
+    );
+    assert!(down <= stopped && stopped <= restored, "{record:?}");
+    // The copy is of a cleanly shut down server: no pid file.
+    let artifact = repo.join(status.volumes[0].artifact.as_deref().unwrap_or_default());
+    let copy = tempfile::tempdir()?;
+    extract_with_tar(&artifact, copy.path())?;
+    assert!(copy.path().join("data/PG_VERSION").exists());
+    assert!(
+        !copy.path().join("data/postmaster.pid").exists(),
+        "the server was stopped when its files were read"
+    );
+    for reason in ["Quiesced", "QuiesceReleased"] {
+        let seen = events(&ns, reason).await?;
+        assert!(
+            seen.iter().any(|(on, _)| on == "pg-files-now"),
+            "{reason}: {seen:?}"
+        );
+    }
+    // Given back: one replica again, without Backstop's annotations, serving the same data.
+    let pg = ns.api::<Deployment>().get("pg").await?;
+    assert_eq!(pg.spec.as_ref().and_then(|s| s.replicas), Some(1));
+    let annotations = pg.metadata.annotations.unwrap_or_default();
+    assert!(
+        !annotations.keys().any(|k| k.starts_with("backstop.dev/")),
+        "{annotations:?}"
+    );
+    let ip = serving(&ns, "app=pg").await?;
+    assert_eq!(psql(&ip, "shop", CHECKSUMS)?, before);
+    println!(
+        "quiesce: the server was down {:.1} s for a copy of {} bytes",
+        record.down_seconds.unwrap_or(0.0),
+        status.volumes[0].source_bytes.unwrap_or(0)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
+async fn an_operator_killed_while_the_application_is_down_gives_it_back_after_restarting()
+-> anyhow::Result<()> {
+    let client = cluster().await?;
+    install_operator(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-quiesce-crash").await?;
+    ns.repository().await?;
+    postgres_image().await?;
+    let data = ns.volume("files", &[("data-of", "slow")]).await?;
+    write_sample_tree(&data, 3)?;
+    // Pods that ignore SIGTERM: each takes its whole grace period to stop, so the operator is
+    // killed while it waits for them.
+    let spec = json!({
+        "terminationGracePeriodSeconds": 15,
+        "containers": [{"name": "slow", "image": IMAGE, "imagePullPolicy": "IfNotPresent",
+                        "command": ["/bin/sh", "-c", "trap '' TERM; while :; do sleep 1; done"]}]
+    });
+    deployment(&ns, "slow", 2, spec).await?;
+    let pods = ns.api::<Pod>();
+    wait_until(Duration::from_secs(120), "both pods to run", || async {
+        let list = pods
+            .list(&kube::api::ListParams::default().labels("app=slow"))
+            .await?;
+        let running = list
+            .items
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .count();
+        Ok(running == 2)
+    })
+    .await?;
+    create::<BackupPolicy>(&ns, quiesced_policy("slow-files", "slow")).await?;
+    create::<Backup>(
+        &ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup",
+               "metadata": {"name": "slow-now"}, "spec": {"policyRef": "slow-files"}}),
+    )
+    .await?;
+    let backups = ns.api::<Backup>();
+    wait_until(
+        Duration::from_secs(60),
+        "the application to be scaled down",
+        || async {
+            let b = backups.get("slow-now").await?;
+            Ok(b.status
+                .and_then(|s| s.quiesce)
+                .is_some_and(|q| q.scaled_down_time.is_some()))
+        },
+    )
+    .await?;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "backstop-system");
+    let leader = leases
+        .get("backstop-controller")
+        .await?
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default();
+    let operator: Api<Pod> = Api::namespaced(client.clone(), "backstop-system");
+    operator
+        .delete(
+            &leader,
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let deployments = ns.api::<Deployment>();
+    let slow = deployments.get("slow").await?;
+    assert_eq!(
+        slow.spec.as_ref().and_then(|s| s.replicas),
+        Some(0),
+        "the operator died with the application down"
+    );
+    let backup = finished_backup(&ns, "slow-now", Duration::from_secs(240)).await?;
+    assert_eq!(
+        backup.phase(),
+        BackupPhase::Completed,
+        "{:?}",
+        backup.status
+    );
+    let slow = deployments.get("slow").await?;
+    assert_eq!(
+        slow.spec.as_ref().and_then(|s| s.replicas),
+        Some(2),
+        "the restarted operator gave both replicas back"
+    );
     Ok(())
 }

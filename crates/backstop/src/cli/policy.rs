@@ -392,6 +392,7 @@ mod tests {
                 ready_timeout_seconds: None,
             }),
             command: None,
+            quiesce: None,
         });
         let text = describe(&report(&p, &[], 1, now).unwrap(), now);
         assert!(
