@@ -813,6 +813,19 @@ mod tests {
         backup_job(backup, pvc, pvc, None, repo, &MoverConfig::default())
     }
 
+    /// A Restore `back` of the fixtures' backup.
+    fn restore_of_nightly() -> Restore {
+        let mut restore = Restore::new(
+            "back",
+            backstop_api::RestoreSpec {
+                backup_name: "nightly-202611210200".into(),
+                ..Default::default()
+            },
+        );
+        restore.metadata.namespace = Some("shop".into());
+        restore
+    }
+
     fn pg_command(restore: bool) -> CommandStrategy {
         let mut command: CommandStrategy = serde_json::from_value(serde_json::json!({
             "name": "shop", "image": "pg:15", "command": ["pg_dump", "-Fc"], "args": ["-d", "shop"],
@@ -927,14 +940,7 @@ mod tests {
     #[test]
     fn a_stream_restore_stages_where_only_the_mover_sees_then_feeds_the_restore_command() {
         let (_, repo) = fixtures();
-        let mut restore = Restore::new(
-            "back",
-            backstop_api::RestoreSpec {
-                backup_name: "nightly-202611210200".into(),
-                ..Default::default()
-            },
-        );
-        restore.metadata.namespace = Some("shop".into());
+        let restore = restore_of_nightly();
         let command = pg_command(true).restore.unwrap();
         let job = load_job(
             &restore,
@@ -1356,14 +1362,7 @@ mod tests {
     #[test]
     fn a_restore_job_checks_the_manifest_against_the_digest_recorded_at_backup() {
         let (_, repo) = fixtures();
-        let mut restore = Restore::new(
-            "back",
-            backstop_api::RestoreSpec {
-                backup_name: "nightly-202611210200".into(),
-                ..Default::default()
-            },
-        );
-        restore.metadata.namespace = Some("shop".into());
+        let restore = restore_of_nightly();
         let request = |digest| RestoreJob {
             repository: &repo,
             manifest: "shop/nightly-202611210200/db.manifest.jsonl.zst".into(),
