@@ -385,6 +385,10 @@ mod tests {
         let quiesce = ok.quiesce.as_ref().unwrap();
         assert_eq!(quiesce.scale_down.kind, WorkloadKind::StatefulSet);
         assert_eq!(quiesce.timeout_seconds(), 300);
+        let one_second = command_strategy(
+            "quiesce: {scaleDown: {kind: Deployment, name: db}, timeoutSeconds: 1}",
+        );
+        assert!(one_second.validate().is_ok(), "one second is a timeout");
         for (yaml, wanted) in [
             (
                 "{quiesce: {scaleDown: {kind: Deployment, name: db}}, command: {image: pg, command: [x]}}",
