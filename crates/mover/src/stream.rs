@@ -72,22 +72,13 @@ pub fn dump(repo: &dyn Repository, req: &DumpRequest<'_>) -> Result<BackupResult
         &header,
         |out, listing| {
             let mut hashing = HashingWriter::new(out);
-            let mut buf = vec![0u8; CHUNK];
-            loop {
-                let n = match pipe.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        return Err(BackupError::Source(format!(
-                            "reading the command's output: {e}"
-                        )));
-                    }
-                };
-                hashing
-                    .write_all(&buf[..n])
-                    .map_err(|e| BackupError::Archive(ArchiveError::Write(e)))?;
-            }
+            copy(&mut pipe, &mut hashing).1.map_err(|(e, reading)| {
+                if reading {
+                    BackupError::Source(format!("reading the command's output: {e}"))
+                } else {
+                    BackupError::Archive(ArchiveError::Write(e))
+                }
+            })?;
             let (_, digest, size) = hashing.finish();
             let entry = stream_entry(req.name, size, digest);
             listing
@@ -172,6 +163,7 @@ pub fn load(repo: &dyn Repository, req: &LoadRequest<'_>) -> Result<RestoreResul
         let mut file = File::create(&staged).map_err(restore::write_err(&staged))?;
         let mut artifact = repo.open(&key)?;
         copy(&mut artifact, &mut file)
+            .1
             .map_err(|(e, reading)| stream_io(e, reading, &key, &staged))?;
         file.sync_all().map_err(restore::write_err(&staged))?;
     }
@@ -183,13 +175,14 @@ pub fn load(repo: &dyn Repository, req: &LoadRequest<'_>) -> Result<RestoreResul
     let mut pipe = open_pipe(&pipe_path, true).map_err(restore::write_err(&pipe_path))?;
     let mut content = decoder(header.compression, BufReader::new(opened()?))
         .map_err(restore::write_err(&staged))?;
-    let delivered = match copy(&mut content, &mut pipe) {
-        Ok(n) => n,
+    let (delivered, copied) = copy(&mut content, &mut pipe);
+    match copied {
         // The command stopped reading (it exited): what it says decides.
-        Err((e, false)) if e.kind() == io::ErrorKind::BrokenPipe => 0,
+        Err((e, false)) if e.kind() == io::ErrorKind::BrokenPipe => {}
         Err((e, true)) => return Err(write_error(e)),
         Err((e, false)) => return Err(restore::write_err(&pipe_path)(e)),
-    };
+        Ok(()) => {}
+    }
     drop(pipe);
     let exit = wait_for_exit(req.stream_dir, EXIT_WAIT).map_err(RestoreError::Command)?;
     if exit.code != 0 {
@@ -306,18 +299,21 @@ fn decoder<'a>(compression: Compression, raw: impl Read + 'a) -> io::Result<Box<
     })
 }
 
-/// Copies `from` into `to` in big chunks; a failure says whether it was reading (`true`).
-fn copy(from: &mut impl Read, to: &mut impl Write) -> Result<u64, (io::Error, bool)> {
+/// Copies `from` into `to` in big chunks: the bytes written, and the failure that stopped it,
+/// if any, with whether it was reading (`true`) or writing.
+fn copy(from: &mut impl Read, to: &mut impl Write) -> (u64, Result<(), (io::Error, bool)>) {
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0;
     loop {
         let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(total),
+            Ok(0) => return (total, Ok(())),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err((e, true)),
+            Err(e) => return (total, Err((e, true))),
         };
-        to.write_all(&buf[..n]).map_err(|e| (e, false))?;
+        if let Err(e) = to.write_all(&buf[..n]) {
+            return (total, Err((e, false)));
+        }
         total += n as u64;
     }
 }

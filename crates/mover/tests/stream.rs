@@ -247,12 +247,9 @@ fn backed_up(f: &Fixture, content: &[u8]) -> (String, String) {
     (manifest_key("shop/nightly", "dump"), result.unwrap().digest)
 }
 
-fn load(
-    f: &Fixture,
-    key: &str,
-    digest: &str,
-    argv: &[&str],
-) -> (Result<(), (Reason, String)>, i32) {
+type Loaded = Result<backstop_api::contract::RestoreResult, (Reason, String)>;
+
+fn load(f: &Fixture, key: &str, digest: &str, argv: &[&str]) -> (Loaded, i32) {
     let mut child = wrapped(LOAD_SCRIPT, &f.stream_dir, argv);
     let result = stream::load(
         &f.repo,
@@ -263,7 +260,6 @@ fn load(
             recorded_digest: Some(digest),
         },
     )
-    .map(|_| ())
     .map_err(|e| (e.reason(), e.to_string()));
     if result.is_err() {
         stream::abandon(&f.stream_dir);
@@ -317,4 +313,24 @@ fn a_failing_restore_command_fails_the_restore_with_its_words() {
     assert!(message.contains("status 1"), "{message}");
     assert!(message.contains("could not connect"), "{message}");
     assert_eq!(code, 1);
+}
+
+#[test]
+fn a_restore_command_that_stops_reading_and_exits_0_is_taken_at_its_word_and_said_so() {
+    let f = fixture();
+    let content = sample(4 << 20);
+    let (key, digest) = backed_up(&f, &content);
+    let (result, code) = load(&f, &key, &digest, &["sh", "-c", "head -c 10 >/dev/null"]);
+    let loaded = result.unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        loaded.bytes < content.len() as u64,
+        "only what the pipe took before it closed: {}",
+        loaded.bytes
+    );
+    assert!(
+        loaded.verification.contains("part of the stream"),
+        "{}",
+        loaded.verification
+    );
 }
