@@ -7,8 +7,8 @@
 use backstop_api::Compression;
 use backstop_api::contract::{DUMP_SCRIPT, LOAD_SCRIPT, Reason, manifest_key};
 use backstop_mover::repository::DirRepository;
-use backstop_mover::restore;
 use backstop_mover::stream::{self, DumpRequest, LoadRequest};
+use backstop_mover::{manifest, restore};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -140,6 +140,33 @@ fn a_dump_round_trips_through_the_wrappers_and_standard_tools_read_it() {
         let artifact = f.repo_dir.join(&done.artifact);
         assert_eq!(decompressed_by(tool, &artifact), content, "{tool}");
         let key = manifest_key("shop/nightly", "dump");
+        // The manifest says what the stream is: one entry, its size and its BLAKE3.
+        let file = fs::File::open(f.repo_dir.join(&key)).unwrap();
+        let mut listing = manifest::Reader::new(Box::new(file)).unwrap();
+        assert_eq!(listing.header().content, manifest::Content::Stream);
+        let entry = listing.next_entry().unwrap().expect("the stream's entry");
+        assert_eq!(
+            (entry.path.as_str(), entry.kind, entry.size, entry.mode),
+            (
+                "dump",
+                manifest::EntryKind::Stream,
+                content.len() as u64,
+                0o600
+            )
+        );
+        assert_eq!(
+            entry.blake3.as_deref(),
+            Some(blake3::hash(&content).to_hex().as_str())
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!((now - entry.mtime).abs() < 600, "stamped when dumped");
+        assert!(listing.next_entry().unwrap().is_none());
+        let trailer = listing.trailer().unwrap();
+        assert_eq!(trailer.totals.bytes, content.len() as u64);
+        assert_eq!(trailer.artifact.blake3, done.digest);
         let verified = restore::verify(&f.repo, &key, Some(&done.digest)).unwrap();
         assert_eq!(verified.bytes, content.len() as u64);
         // A stream is not a volume: a restore into a PVC refuses it.
