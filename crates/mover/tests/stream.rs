@@ -361,3 +361,66 @@ fn a_restore_command_that_stops_reading_and_exits_0_is_taken_at_its_word_and_sai
         loaded.verification
     );
 }
+
+/// A stream artifact (uncompressed) and a manifest that lists `entry` for it, written by hand:
+/// what a damaged or forged repository could hold.
+fn forged(f: &Fixture, content: &[u8], entry: &manifest::Entry) -> String {
+    let dir = f.repo_dir.join("shop/forged");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("dump.raw"), content).unwrap();
+    let header = manifest::Header {
+        format: manifest::FORMAT.into(),
+        created_at: String::new(),
+        source: "dump".into(),
+        compression: Compression::None,
+        content: manifest::Content::Stream,
+    };
+    let mut writer = manifest::Writer::new(Vec::new(), &header).unwrap();
+    writer.entry(entry).unwrap();
+    let artifact = manifest::ArtifactInfo {
+        name: "dump.raw".into(),
+        size: content.len() as u64,
+        blake3: blake3::hash(content).to_hex().to_string(),
+    };
+    let listing = writer
+        .finish(artifact, manifest::Totals::default())
+        .unwrap();
+    let key = manifest_key("shop/forged", "dump");
+    fs::write(f.repo_dir.join(&key), listing).unwrap();
+    key
+}
+
+fn stream_of(content: &[u8], digest_of: &[u8]) -> manifest::Entry {
+    let mut entry = manifest::Entry {
+        kind: manifest::EntryKind::Stream,
+        size: content.len() as u64,
+        blake3: Some(blake3::hash(digest_of).to_hex().to_string()),
+        ..manifest::Entry::default()
+    };
+    entry.set_path(b"dump");
+    entry
+}
+
+#[test]
+fn a_stream_manifest_must_list_one_stream_with_its_digest_and_match_it() {
+    let f = fixture();
+    let content = b"the real dump".to_vec();
+    let fine = forged(&f, &content, &stream_of(&content, &content));
+    assert!(restore::verify(&f.repo, &fine, None).is_ok());
+    // The artifact's own digest matches, but the stream's (same size) does not.
+    let other = forged(&f, &content, &stream_of(&content, b"another dump!"));
+    let err = restore::verify(&f.repo, &other, None).unwrap_err();
+    assert_eq!(err.reason(), Reason::IntegrityCheckFailed, "{err}");
+    assert!(err.to_string().contains("the stream's BLAKE3"), "{err}");
+    // Not a stream entry, or one without a digest: not a stream's manifest.
+    let mut file = stream_of(&content, &content);
+    file.kind = manifest::EntryKind::File;
+    let mut undigested = stream_of(&content, &content);
+    undigested.blake3 = None;
+    for entry in [file, undigested] {
+        let key = forged(&f, &content, &entry);
+        let err = restore::verify(&f.repo, &key, None).unwrap_err();
+        assert_eq!(err.reason(), Reason::ArtifactUnreadable, "{err}");
+        assert!(err.to_string().contains("must list the stream"), "{err}");
+    }
+}
