@@ -288,14 +288,7 @@ fn read_artifact(
     let producer = std::thread::spawn(move || {
         let mut raw = DigestReader::new(io::BufReader::with_capacity(1 << 20, artifact));
         {
-            let decoder: io::Result<Box<dyn Read + '_>> = match compression {
-                Compression::Zstd => {
-                    zstd::stream::read::Decoder::new(&mut raw).map(|d| Box::new(d) as Box<dyn Read>)
-                }
-                Compression::Gzip => Ok(Box::new(flate2::read::GzDecoder::new(&mut raw))),
-                Compression::None => Ok(Box::new(&mut raw)),
-            };
-            match decoder {
+            match decoder(compression, &mut raw) {
                 Err(e) => {
                     let _ = tx.send(Err(e));
                 }
@@ -335,13 +328,35 @@ fn read_artifact(
             key: key.to_string(),
             source,
         })?;
-    if digest != trailer.artifact.blake3 || size != trailer.artifact.size {
+    check_artifact(&digest, size, &trailer.artifact)?;
+    outcome
+}
+
+/// The decompressed content of an artifact read from `raw`.
+pub(crate) fn decoder<'a>(
+    compression: Compression,
+    raw: impl Read + 'a,
+) -> io::Result<Box<dyn Read + 'a>> {
+    Ok(match compression {
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(raw)?),
+        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(raw)),
+        Compression::None => Box::new(raw),
+    })
+}
+
+/// The artifact read back (its BLAKE3 and size) must be the one the manifest names.
+pub(crate) fn check_artifact(
+    digest: &str,
+    size: u64,
+    artifact: &ArtifactInfo,
+) -> Result<(), RestoreError> {
+    if digest != artifact.blake3 || size != artifact.size {
         return Err(RestoreError::Integrity(format!(
             "the artifact's BLAKE3 is {digest} ({size} bytes); the manifest says {} ({} bytes): the stored artifact is damaged",
-            trailer.artifact.blake3, trailer.artifact.size
+            artifact.blake3, artifact.size
         )));
     }
-    outcome
+    Ok(())
 }
 
 /// The decompressed stream, chunk by chunk from the reader thread.

@@ -173,7 +173,7 @@ pub fn load(repo: &dyn Repository, req: &LoadRequest<'_>) -> Result<RestoreResul
     // Blocks until the wrapper opens the pipe to read.
     let pipe_path = req.stream_dir.join(STREAM_PIPE);
     let mut pipe = open_pipe(&pipe_path, true).map_err(restore::write_err(&pipe_path))?;
-    let mut content = decoder(header.compression, BufReader::new(opened()?))
+    let mut content = restore::decoder(header.compression, BufReader::new(opened()?))
         .map_err(restore::write_err(&staged))?;
     let (delivered, copied) = copy(&mut content, &mut pipe);
     match copied {
@@ -267,18 +267,13 @@ fn check(
 ) -> Result<(), RestoreError> {
     let mut raw = restore::DigestReader::new(BufReader::with_capacity(CHUNK, raw));
     let mut content = HashingWriter::new(io::sink());
-    let decoded =
-        decoder(header.compression, &mut raw).and_then(|mut d| io::copy(&mut d, &mut content));
+    let decoded = restore::decoder(header.compression, &mut raw)
+        .and_then(|mut d| io::copy(&mut d, &mut content));
     // Whatever happened, hash the rest so the artifact's digest can say whether it was damaged.
     io::copy(&mut raw, &mut io::sink())
         .map_err(|e| RestoreError::Integrity(format!("reading the artifact: {e}")))?;
     let (digest, size) = raw.finish();
-    if digest != trailer.artifact.blake3 || size != trailer.artifact.size {
-        return Err(RestoreError::Integrity(format!(
-            "the artifact's BLAKE3 is {digest} ({size} bytes); the manifest says {} ({} bytes): the stored artifact is damaged",
-            trailer.artifact.blake3, trailer.artifact.size
-        )));
-    }
+    restore::check_artifact(&digest, size, &trailer.artifact)?;
     decoded.map_err(|e| RestoreError::Integrity(format!("decompressing the stream: {e}")))?;
     let (_, digest, size) = content.finish();
     if Some(&digest) != entry.blake3.as_ref() || size != entry.size {
@@ -289,14 +284,6 @@ fn check(
         )));
     }
     Ok(())
-}
-
-fn decoder<'a>(compression: Compression, raw: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
-    Ok(match compression {
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(raw)?),
-        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(raw)),
-        Compression::None => Box::new(raw),
-    })
 }
 
 /// Copies `from` into `to` in big chunks: the bytes written, and the failure that stopped it,
