@@ -482,7 +482,7 @@ pub const RESTORED_MOUNT: &str = "/restored";
 /// checked, then runs the check on the restored data.
 pub fn verify_job(backup: &Backup, v: VerifyJob<'_>, config: &MoverConfig) -> Job {
     let location = location(v.repository);
-    let (request, volumes, mounts, capabilities, after) = match v.drill {
+    let (request, volumes, mounts, capabilities, companion) = match v.drill {
         None => (
             Request::Verify {
                 repository: location,
@@ -520,7 +520,7 @@ pub fn verify_job(backup: &Backup, v: VerifyJob<'_>, config: &MoverConfig) -> Jo
         mounts,
         deadline_seconds: config.deadline_seconds,
         capabilities,
-        companion: after,
+        companion,
     };
     job(backup, mover, config)
 }
@@ -566,8 +566,12 @@ fn users_container(config: &MoverConfig) -> Container {
 /// resources, run through `script` (`DUMP_SCRIPT` or `LOAD_SCRIPT`) with the stream's
 /// directory mounted.
 fn command_container(command: &CommandContainer, script: &str, config: &MoverConfig) -> Container {
-    let mut shell = vec!["/bin/sh".to_string(), "-c".into(), script.into()];
-    shell.push(STREAM_MOUNT.into());
+    let shell = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        script.into(),
+        STREAM_MOUNT.into(),
+    ];
     Container {
         name: COMMAND_CONTAINER.into(),
         image: Some(command.image.clone()),
