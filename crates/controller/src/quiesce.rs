@@ -210,37 +210,23 @@ pub async fn hold_on(
         .as_ref()
         .map_or(0, |t| now().duration_since(t.0).as_secs());
     if status.quiesce.is_none() {
-        if let Some(seen) = &seen
-            && seen.held_by.is_none()
-        {
-            status.quiesce = Some(QuiesceRecord {
-                kind: workload.kind,
-                name: workload.name.clone(),
-                replicas: seen.replicas,
-                ..QuiesceRecord::default()
-            });
-            // The count is safe before anything is scaled.
-            crate::patch_status(&ctx.client, backup, status, &[]).await?;
-        } else {
+        let fresh = QuiesceRecord {
+            kind: workload.kind,
+            name: workload.name.clone(),
+            replicas: seen.as_ref().map_or(0, |s| s.replicas),
+            ..QuiesceRecord::default()
+        };
+        if seen.as_ref().is_none_or(|s| s.held_by.is_some()) {
             // Absent, or held by another backup (whose zero is not the original count).
-            let probe = QuiesceRecord {
-                kind: workload.kind,
-                name: workload.name.clone(),
-                ..QuiesceRecord::default()
-            };
-            return Ok(
-                match hold(
-                    &probe,
-                    seen.as_ref(),
-                    &me,
-                    elapsed,
-                    quiesce.timeout_seconds(),
-                ) {
-                    Hold::Fail(why) => Held::Failed(why),
-                    _ => Held::Waiting,
-                },
-            );
+            let timeout = quiesce.timeout_seconds();
+            return Ok(match hold(&fresh, seen.as_ref(), &me, elapsed, timeout) {
+                Hold::Fail(why) => Held::Failed(why),
+                _ => Held::Waiting,
+            });
         }
+        // The count is safe before anything is scaled.
+        status.quiesce = Some(fresh);
+        crate::patch_status(&ctx.client, backup, status, &[]).await?;
     }
     let Some(record) = status.quiesce.as_mut() else {
         return Ok(Held::Waiting);
