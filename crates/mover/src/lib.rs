@@ -9,6 +9,7 @@ pub mod inventory;
 pub mod manifest;
 pub mod report;
 pub mod repository;
+pub mod restic;
 pub mod restore;
 pub mod stream;
 pub mod walk;

@@ -93,6 +93,58 @@ impl Repository for DirRepository {
             }
         }
     }
+
+    fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, RepositoryError> {
+        let mut found = Vec::new();
+        let mut dirs = vec![(self.path(prefix)?, prefix.to_string())];
+        while let Some((dir, key)) = dirs.pop() {
+            let read_error = |source| RepositoryError::Read {
+                key: key.clone(),
+                source,
+            };
+            let entries = match fs::read_dir(&dir) {
+                // A missing prefix, or a directory removed while listed, holds nothing.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                entries => entries.map_err(read_error)?,
+            };
+            for entry in entries {
+                let entry = entry.map_err(read_error)?;
+                let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                // Never followed: a link in the repository is not one of its objects.
+                let meta = entry.metadata().map_err(read_error)?;
+                let child = format!("{key}/{name}");
+                if meta.is_dir() {
+                    dirs.push((entry.path(), child));
+                } else if meta.is_file() && !name.ends_with(".partial") {
+                    found.push((child, meta.len()));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    fn read_range(&self, key: &str, offset: u64, length: u64) -> Result<Vec<u8>, RepositoryError> {
+        use std::os::unix::fs::FileExt;
+        let read_error = |source| RepositoryError::Read {
+            key: key.to_string(),
+            source,
+        };
+        let file = File::open(self.path(key)?).map_err(read_error)?;
+        let mut data = vec![0; usize::try_from(length).unwrap_or(usize::MAX)];
+        let mut filled = 0;
+        while filled < data.len() {
+            match file.read_at(&mut data[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(read_error(e)),
+            }
+        }
+        data.truncate(filled);
+        Ok(data)
+    }
 }
 
 impl Write for PendingFile {

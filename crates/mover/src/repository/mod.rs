@@ -50,6 +50,14 @@ pub trait Repository: Send + Sync {
 
     /// Removes everything under `prefix` (a backup's directory); a missing one is not an error.
     fn remove_prefix(&self, prefix: &str) -> Result<(), RepositoryError>;
+
+    /// The committed objects below `prefix`, at any depth: each key (relative to the repository,
+    /// as `create` takes it) and size. A missing prefix holds nothing; uploads in progress are
+    /// not listed.
+    fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, RepositoryError>;
+
+    /// The bytes `offset..offset + length` of the object under `key`, a range inside it.
+    fn read_range(&self, key: &str, offset: u64, length: u64) -> Result<Vec<u8>, RepositoryError>;
 }
 
 /// An object being written.
@@ -248,6 +256,12 @@ mod tests {
         }
         fn remove_prefix(&self, prefix: &str) -> Result<(), RepositoryError> {
             self.0.remove_prefix(prefix)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, RepositoryError> {
+            self.0.list(prefix)
+        }
+        fn read_range(&self, key: &str, o: u64, n: u64) -> Result<Vec<u8>, RepositoryError> {
+            self.0.read_range(key, o, n)
         }
     }
 

@@ -237,6 +237,44 @@ impl Repository for S3Repository {
             }),
         }
     }
+
+    fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, RepositoryError> {
+        let path = self.path(prefix)?;
+        let listed = self
+            .runtime
+            .block_on(self.store.list(Some(&path)).try_collect::<Vec<_>>())
+            .map_err(|e| RepositoryError::Read {
+                key: prefix.to_string(),
+                source: self.location.failure(e),
+            })?;
+        let root = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        Ok(listed
+            .into_iter()
+            .filter_map(|meta| {
+                let key = meta.location.as_ref().strip_prefix(&root)?.to_string();
+                Some((key, meta.size))
+            })
+            .collect())
+    }
+
+    fn read_range(&self, key: &str, offset: u64, length: u64) -> Result<Vec<u8>, RepositoryError> {
+        let path = self.path(key)?;
+        let read_error = |source| RepositoryError::Read {
+            key: key.to_string(),
+            source,
+        };
+        self.runtime
+            .block_on(
+                self.store
+                    .get_range(&path, offset..offset.saturating_add(length)),
+            )
+            .map(|bytes| bytes.to_vec())
+            .map_err(|e| read_error(self.location.failure(e)))
+    }
 }
 
 /// What went wrong, in terms of what the user can fix.

@@ -1,0 +1,3 @@
+//! Backups in the restic repository format.
+
+pub mod backend;
