@@ -325,6 +325,8 @@ pub enum Reason {
     CommandFailed,
     /// A command backup's command exited 0 having written nothing.
     EmptyDump,
+    /// The password does not open the restic repository (none of its keys).
+    WrongPassword,
     /// No reason given, or one this operator does not know (a mover of another version).
     #[serde(other)]
     MoverFailed,
@@ -366,6 +368,7 @@ impl Reason {
             Reason::ArtifactsNotRemoved => "ArtifactsNotRemoved",
             Reason::CommandFailed => "CommandFailed",
             Reason::EmptyDump => "EmptyDump",
+            Reason::WrongPassword => "WrongPassword",
             Reason::MoverFailed => "MoverFailed",
         }
     }
@@ -384,7 +387,8 @@ impl Reason {
             | Reason::BucketNotFound
             | Reason::EndpointUnreachable
             | Reason::TlsHandshakeFailed
-            | Reason::CredentialsMissing => Blame::Repository,
+            | Reason::CredentialsMissing
+            | Reason::WrongPassword => Blame::Repository,
             Reason::MoverFailed => Blame::Mover,
             _ => Blame::Data,
         }

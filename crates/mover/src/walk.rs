@@ -230,6 +230,49 @@ impl Dir {
         Ok(Child::Changed)
     }
 
+    /// What `name` is now, without following a link; `None` when it is gone.
+    pub fn stat(&self, name: &OsStr) -> io::Result<Option<Stat>> {
+        let c = CString::new(name.as_bytes())
+            .map_err(|_| io::Error::other("a name holds a NUL byte"))?;
+        match self.stat_at(&c) {
+            Ok(st) => Ok(Some(st)),
+            Err(e) if gone(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The regular file `name`, opened without following links, if it is still the object
+    /// `listed` (`None`: gone, or swapped for another since it was listed).
+    pub fn open_file(&self, name: &OsStr, listed: &Stat) -> io::Result<Option<std::fs::File>> {
+        let c = CString::new(name.as_bytes())
+            .map_err(|_| io::Error::other("a name holds a NUL byte"))?;
+        // SAFETY: `c` is a NUL-terminated single name, resolved relative to our directory.
+        let fd = unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_RDONLY
+                    | libc::O_NOFOLLOW
+                    | libc::O_CLOEXEC
+                    | libc::O_NONBLOCK
+                    | libc::O_NOCTTY,
+            )
+        };
+        let fd = match owned(fd) {
+            Ok(fd) => fd,
+            Err(e) if gone(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let opened = fstat(&fd)?;
+        Ok((listed.kind == Kind::File && opened.same_object(listed))
+            .then(|| std::fs::File::from(fd)))
+    }
+
+    /// What this directory is now.
+    pub fn stat_self(&self) -> io::Result<Stat> {
+        fstat(&self.fd)
+    }
+
     fn stat_at(&self, name: &CStr) -> io::Result<Stat> {
         stat_at(self.fd.as_raw_fd(), name)
     }
