@@ -42,6 +42,9 @@ pub enum RestoreError {
     /// A stream restore's command failed.
     #[error("{0}")]
     Command(String),
+    /// The restic repository or snapshot could not be read as it must be.
+    #[error("{message}")]
+    Snapshot { reason: Reason, message: String },
     #[error("writing {}: {source}", path.display())]
     Write {
         path: PathBuf,
@@ -66,6 +69,7 @@ impl RestoreError {
             }
             RestoreError::Manifest(_) => Reason::ArtifactUnreadable,
             RestoreError::Command(_) => Reason::CommandFailed,
+            RestoreError::Snapshot { reason, .. } => *reason,
             RestoreError::Write { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
                 Reason::TargetFull
             }
@@ -190,7 +194,24 @@ pub fn restore(
             "{manifest_key} is a command's stream, not a volume's files: a Restore feeds it to a restore command (spec.command, or the policy's strategy.command.restore)"
         )));
     }
-    // An earlier restore into this target that was killed mid-commit is undone first.
+    staged(target, policy, |staging| {
+        let into = Extract {
+            root: staging,
+            untrusted: options.untrusted,
+        };
+        read_artifact(repo, manifest_key, &summary, Some(into))
+    })
+}
+
+/// A restore into `target` as `policy` says, whatever the backup's format: an earlier restore
+/// killed mid-commit is undone first, a target with data is refused under `FailIfNotEmpty`,
+/// `fill` writes the backup into a new staging directory inside the target, and only when it
+/// succeeded is that committed into place. Nothing of a failed restore stays behind.
+pub fn staged(
+    target: &Path,
+    policy: ExistingDataPolicy,
+    fill: impl FnOnce(&Path) -> Result<RestoreResult, RestoreError>,
+) -> Result<RestoreResult, RestoreError> {
     let recovered = commit::recover(target)?;
     if policy == ExistingDataPolicy::FailIfNotEmpty
         && let Some(first) = first_entry(target)?
@@ -202,11 +223,7 @@ pub fn restore(
     let restored = (|| {
         fs::set_permissions(&staging, fs::Permissions::from_mode(0o700))
             .map_err(write_err(&staging))?;
-        let into = Extract {
-            root: &staging,
-            untrusted: options.untrusted,
-        };
-        let mut result = read_artifact(repo, manifest_key, &summary, Some(into))?;
+        let mut result = fill(&staging)?;
         result.recovered_interrupted_restore = recovered;
         commit::commit(target, policy, || Ok(()))?;
         Ok(result)

@@ -4,9 +4,13 @@
 //! re-backups add nothing, a wrong password is named, forgotten snapshots' data is reclaimed by
 //! prune, and two backups writing the same repository at once both land.
 
-use backstop_api::contract::Reason;
+use backstop_api::ExistingDataPolicy;
+use backstop_api::contract::{Reason, RestoreResult};
 use backstop_mover::repository::{DirRepository, Repository};
 use backstop_mover::restic::{Labels, Restic};
+use backstop_mover::restore::{RestoreError, RestoreOptions};
+use rustic_core::repofile::{Metadata, Node, NodeType};
+use rustic_core::{ReadSource, ReadSourceEntry, RusticResult};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
@@ -345,4 +349,180 @@ fn du(dir: &Path) -> u64 {
         }
     }
     total
+}
+
+fn restore(
+    f: &Fixture,
+    id: &str,
+    target: &Path,
+    policy: ExistingDataPolicy,
+) -> Result<RestoreResult, RestoreError> {
+    let options = RestoreOptions {
+        policy,
+        ..RestoreOptions::default()
+    };
+    f.open().restore(id, target, &options)
+}
+
+#[test]
+fn backstop_restores_its_snapshots_and_restics_own_exactly() {
+    let f = Fixture::new();
+    let ours = f.open().backup(&f.source, &f.labels("db", "b")).unwrap();
+    let target = f._tmp.path().join("target");
+    fs::create_dir(&target).unwrap();
+    let done = restore(&f, &ours.id, &target, ExistingDataPolicy::FailIfNotEmpty).unwrap();
+    assert_eq!(listing(&target), listing(&f.source));
+    // Regular files written: the symlink and the second name of the hard link are not.
+    assert_eq!(done.files, 45);
+    assert_eq!(done.bytes, ours.bytes - "linked twice".len() as u64);
+    assert_eq!(done.verification, "Verified");
+    let (a, b) = (
+        fs::metadata(target.join("shared/a")).unwrap(),
+        fs::metadata(target.join("shared/b")).unwrap(),
+    );
+    assert_eq!(a.ino(), b.ino(), "hard links stay links");
+
+    // A snapshot restic 0.14 made itself, of the same volume.
+    f.restic_ok(&["backup", f.source.to_str().unwrap()]);
+    let theirs: serde_json::Value =
+        serde_json::from_str(&f.restic_ok(&["snapshots", "--json", "--latest", "1"])).unwrap();
+    let theirs = theirs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["paths"][0] != "/db")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let target = f._tmp.path().join("target-2");
+    fs::create_dir(&target).unwrap();
+    restore(&f, &theirs, &target, ExistingDataPolicy::FailIfNotEmpty).unwrap();
+    assert_eq!(listing(&target), listing(&f.source));
+}
+
+#[test]
+fn restores_keep_the_existing_data_policies_and_a_damaged_repository_changes_nothing() {
+    let f = Fixture::new();
+    let id = f.open().backup(&f.source, &f.labels("db", "b")).unwrap().id;
+    let target = f._tmp.path().join("target");
+    fs::create_dir(&target).unwrap();
+    fs::write(target.join("precious"), "keep me").unwrap();
+    let err = restore(&f, &id, &target, ExistingDataPolicy::FailIfNotEmpty).unwrap_err();
+    assert_eq!(err.reason(), Reason::TargetNotEmpty);
+    restore(&f, &id, &target, ExistingDataPolicy::Merge).unwrap();
+    assert_eq!(
+        fs::read_to_string(target.join("precious")).unwrap(),
+        "keep me"
+    );
+    restore(&f, &id, &target, ExistingDataPolicy::Overwrite).unwrap();
+    assert_eq!(listing(&target), listing(&f.source));
+
+    let err = restore(&f, &"0".repeat(64), &target, ExistingDataPolicy::Overwrite).unwrap_err();
+    assert_eq!(err.reason(), Reason::ArtifactMissing);
+
+    // One flipped byte in every data pack: the restore fails and the target is as it was.
+    let before = listing(&target);
+    for (key, _) in f.store.list(&format!("{ROOT}/data")).unwrap() {
+        let path = f.dir.join(&key);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[10] ^= 1;
+        fs::write(&path, bytes).unwrap();
+    }
+    let err = restore(&f, &id, &target, ExistingDataPolicy::Overwrite).unwrap_err();
+    assert!(
+        matches!(
+            err.reason(),
+            Reason::ArtifactUnreadable | Reason::IntegrityCheckFailed
+        ),
+        "{err}"
+    );
+    assert_eq!(listing(&target), before);
+}
+
+/// A volume whose one file's node is named `name`: what a hostile repository could hold.
+struct Hostile {
+    root: PathBuf,
+    name: &'static str,
+}
+
+impl ReadSource for Hostile {
+    type Open = std::io::Cursor<Vec<u8>>;
+    type Iter = std::vec::IntoIter<RusticResult<ReadSourceEntry<Self::Open>>>;
+
+    fn size(&self) -> RusticResult<Option<u64>> {
+        Ok(None)
+    }
+
+    fn entries(&self) -> Self::Iter {
+        let meta = Metadata {
+            mode: Some(0o644),
+            size: 4,
+            ..Metadata::default()
+        };
+        let dir = Metadata {
+            mode: Some(0o755 | 1 << 31),
+            ..Metadata::default()
+        };
+        vec![
+            Ok(ReadSourceEntry {
+                path: self.root.clone(),
+                node: Node::new_node(std::ffi::OsStr::new("db"), NodeType::Dir, dir),
+                open: None,
+            }),
+            Ok(ReadSourceEntry {
+                path: self.root.join("x"),
+                node: Node::new_node(std::ffi::OsStr::new(self.name), NodeType::File, meta),
+                open: Some(std::io::Cursor::new(b"evil".to_vec())),
+            }),
+        ]
+        .into_iter()
+    }
+}
+
+#[test]
+fn node_names_that_are_not_one_plain_name_are_refused_before_anything_is_committed() {
+    for name in ["..", "../../etc/cron.d/x", "."] {
+        let f = Fixture::new();
+        f.open();
+        let hostile = Hostile {
+            root: PathBuf::from("/db"),
+            name,
+        };
+        let backends = rustic_core::RepositoryBackends::new(
+            Arc::new(backstop_mover::restic::backend::Backend::new(
+                f.store.clone(),
+                ROOT,
+            )),
+            None,
+        );
+        let repo = rustic_core::Repository::new(
+            &rustic_core::RepositoryOptions::default().no_cache(true),
+            &backends,
+        )
+        .unwrap()
+        .open(&rustic_core::Credentials::Password(PASSWORD.into()))
+        .unwrap()
+        .to_indexed_ids()
+        .unwrap();
+        let snap = rustic_core::SnapshotOptions::default()
+            .to_snapshot()
+            .unwrap();
+        let opts = rustic_core::BackupOptions::default();
+        let snap = repo
+            .archive(&opts, &hostile, snap, &[PathBuf::from("/db")])
+            .unwrap();
+        let target = f._tmp.path().join("target");
+        fs::create_dir(&target).unwrap();
+        let err = restore(
+            &f,
+            &snap.id.to_hex(),
+            &target,
+            ExistingDataPolicy::Overwrite,
+        )
+        .unwrap_err();
+        assert_eq!(err.reason(), Reason::UnsafeArchive, "{name}: {err}");
+        assert_eq!(fs::read_dir(&target).unwrap().count(), 0, "{name}");
+        assert!(!f._tmp.path().join("etc").exists());
+    }
 }

@@ -8,6 +8,7 @@
 //! and a mover killed halfway leaves nothing that blocks the next one.
 
 pub mod backend;
+mod restore;
 pub mod source;
 
 use crate::repository::{Reason, Repository};

@@ -317,10 +317,10 @@ const GO_SYMLINK: u32 = 1 << 27;
 const GO_DEVICE: u32 = 1 << 26;
 const GO_NAMED_PIPE: u32 = 1 << 25;
 const GO_SOCKET: u32 = 1 << 24;
-const GO_SETUID: u32 = 1 << 23;
-const GO_SETGID: u32 = 1 << 22;
+pub(crate) const GO_SETUID: u32 = 1 << 23;
+pub(crate) const GO_SETGID: u32 = 1 << 22;
 const GO_CHAR_DEVICE: u32 = 1 << 21;
-const GO_STICKY: u32 = 1 << 20;
+pub(crate) const GO_STICKY: u32 = 1 << 20;
 
 /// Go's file mode for a Unix kind and permission bits (`mode & 0o7777`).
 pub fn go_mode(kind: Kind, mode: u32) -> u32 {
