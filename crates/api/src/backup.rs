@@ -251,8 +251,26 @@ pub struct VolumeBackup {
     /// With the snapshot strategy: the snapshot the data was read from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotRecord>,
+    /// In a restic-format repository: the restic snapshot that holds the volume (`bytes` is
+    /// then what the repository grew by, `sourceBytes` what was backed up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restic: Option<ResticSnapshot>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// A volume's restic snapshot.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResticSnapshot {
+    /// The snapshot's id (64 hex digits; `restic snapshots` shows the first 8).
+    pub id: String,
+    /// The snapshot it was compared with: files unchanged since were not read again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Files new or changed since the parent: the ones read.
+    #[serde(default)]
+    pub files_read: u64,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -72,6 +72,16 @@ pub fn manifest_key(dir: &str, pvc: &str) -> String {
 }
 
 /// How the name of a manifest ends.
+/// A namespace's restic repository inside a Backstop repository: `<namespace>/_restic`, beside
+/// the namespace's tar backups (`_` is in no Backup's name, so no backup's directory is it).
+pub fn restic_root(namespace: &str) -> String {
+    format!("{namespace}/_restic")
+}
+
+/// The environment variable that carries a restic repository's password into mover pods (from
+/// the Secret in `passwordSecretRef`; the name restic itself reads).
+pub const PASSWORD_ENV: &str = "RESTIC_PASSWORD";
+
 pub const MANIFEST_SUFFIX: &str = ".manifest.jsonl.zst";
 /// How it ended before manifests were streamed (one JSON document): backups made then keep it.
 pub const LEGACY_MANIFEST_SUFFIX: &str = ".manifest.json";
@@ -107,8 +117,45 @@ pub struct S3Location {
 /// What the operator asks a mover pod to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// Check that the repository can be used: write, read back and remove a small object.
-    Probe { repository: Location },
+    /// Check that the repository can be used: write, read back and remove a small object. With
+    /// `restic` (the restic repository's root), also open that repository with the password in
+    /// `PASSWORD_ENV`, creating it when there is none.
+    Probe {
+        repository: Location,
+        restic: Option<String>,
+    },
+    /// Back up the volume mounted at `source` as one snapshot of the restic repository at
+    /// `root` (password in `PASSWORD_ENV`), stored as the path `/<pvc>` of host `host`.
+    ResticBackup {
+        repository: Location,
+        root: String,
+        source: String,
+        pvc: String,
+        host: String,
+        tags: Vec<String>,
+    },
+    /// Restore the restic snapshot `snapshot` into the volume at `target`, as `Restore` does.
+    ResticRestore {
+        repository: Location,
+        root: String,
+        snapshot: String,
+        target: String,
+        existing_data_policy: ExistingDataPolicy,
+        untrusted: bool,
+    },
+    /// Remove restic snapshots (their data stays until `Prune`).
+    Forget {
+        repository: Location,
+        root: String,
+        snapshots: Vec<String>,
+    },
+    /// Reclaim the space of data no snapshot uses: packs are marked, and removed by a prune at
+    /// least `keep_delete_seconds` later.
+    Prune {
+        repository: Location,
+        root: String,
+        keep_delete_seconds: u64,
+    },
     /// Back up the volume mounted at `source` into `dir` of the repository.
     Backup {
         repository: Location,
@@ -170,12 +217,20 @@ impl Request {
             Request::Restore { .. } => "restore",
             Request::Verify { .. } => "verify",
             Request::Delete { .. } => "delete",
+            Request::ResticBackup { .. } => "restic-backup",
+            Request::ResticRestore { .. } => "restic-restore",
+            Request::Forget { .. } => "forget",
+            Request::Prune { .. } => "prune",
         }
     }
 
     pub fn repository(&self) -> &Location {
         match self {
-            Request::Probe { repository }
+            Request::Probe { repository, .. }
+            | Request::ResticBackup { repository, .. }
+            | Request::ResticRestore { repository, .. }
+            | Request::Forget { repository, .. }
+            | Request::Prune { repository, .. }
             | Request::Backup { repository, .. }
             | Request::Dump { repository, .. }
             | Request::Load { repository, .. }
@@ -189,7 +244,53 @@ impl Request {
     pub fn to_args(&self) -> Vec<String> {
         let mut args = Args(vec!["mover".into(), self.command().into()]);
         match self {
-            Request::Probe { .. } => {}
+            Request::Probe { restic, .. } => args.optional("--restic", restic.as_deref()),
+            Request::ResticBackup {
+                root,
+                source,
+                pvc,
+                host,
+                tags,
+                ..
+            } => {
+                args.value("--root", root);
+                args.value("--source", source);
+                args.value("--pvc", pvc);
+                args.value("--host", host);
+                for tag in tags {
+                    args.value("--tag", tag);
+                }
+            }
+            Request::ResticRestore {
+                root,
+                snapshot,
+                target,
+                existing_data_policy,
+                untrusted,
+                ..
+            } => {
+                args.value("--root", root);
+                args.value("--snapshot", snapshot);
+                args.value("--target", target);
+                args.value("--existing-data-policy", existing_data_policy.as_str());
+                args.flag("--untrusted", *untrusted);
+            }
+            Request::Forget {
+                root, snapshots, ..
+            } => {
+                args.value("--root", root);
+                for snapshot in snapshots {
+                    args.value("--snapshot", snapshot);
+                }
+            }
+            Request::Prune {
+                root,
+                keep_delete_seconds,
+                ..
+            } => {
+                args.value("--root", root);
+                args.value("--keep-delete-seconds", &keep_delete_seconds.to_string());
+            }
             Request::Backup {
                 source,
                 pvc,
@@ -431,6 +532,10 @@ pub struct BackupResult {
     /// The first few of them (bounded: the whole result must fit a termination message).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changed_files: Vec<String>,
+    /// A restic-format backup's snapshot (`artifact` is then the restic repository's root,
+    /// `digest` the snapshot's id, `bytes` what the repository grew by).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restic: Option<crate::backup::ResticSnapshot>,
 }
 
 /// What a restore (or a verification) reports.
@@ -456,6 +561,9 @@ pub struct ProbeResult {
     /// The key written, read back and removed.
     pub key: String,
     pub bytes: u64,
+    /// The probe created the restic repository (it found none).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restic_initialised: bool,
 }
 
 /// What a deletion reports.
@@ -463,6 +571,26 @@ pub struct ProbeResult {
 pub struct Deleted {
     /// The backup directory removed.
     pub deleted: String,
+}
+
+/// What a forget reports: the snapshots removed (those already gone are not named).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forgotten {
+    pub forgotten: Vec<String>,
+}
+
+/// What a prune reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pruned {
+    /// Snapshots in the repository (whose data stays).
+    pub snapshots: u64,
+    /// Pack files no snapshot uses, and the bytes of their blobs: marked now, removed by a
+    /// prune at least `keepDeleteSeconds` later.
+    pub unused_packs: u64,
+    pub unused_bytes: u64,
+    /// Pack files an earlier prune marked, removed now.
+    pub marked_packs_removed: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -643,6 +771,7 @@ mod tests {
             source_bytes: 1,
             changed_while_reading: 0,
             changed_files: Vec::new(),
+            restic: None,
         };
         let text = serde_json::to_string(&result).unwrap();
         assert!(!text.contains("changedWhileReading"), "{text}");

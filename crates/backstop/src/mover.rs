@@ -5,13 +5,18 @@
 
 use anyhow::Context as _;
 use backstop_api::ExistingDataPolicy;
-use backstop_api::contract::{Deleted, Failure, Location, Reason, Request, S3Location};
+use backstop_api::backup::ResticSnapshot;
+use backstop_api::contract::{
+    BackupResult, Deleted, Failure, Forgotten, Location, Reason, Request, S3Location,
+};
 use backstop_mover::backup::{self, BackupRequest, Compression};
 use backstop_mover::repository::{self, DirRepository, Repository, S3Config, S3Repository};
+use backstop_mover::restic::{Labels, Restic};
 use backstop_mover::{inventory, report, restore, stream};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// How long a failing S3 request is retried when the request does not say.
 const S3_RETRY_TIMEOUT_SECONDS: u64 = 60;
@@ -24,10 +29,14 @@ pub enum Command {
         #[command(flatten)]
         report: Report,
     },
-    /// Check that a repository can be used: write, read back and remove a small object.
+    /// Check that a repository can be used: write, read back and remove a small object; with
+    /// `--restic`, also open the restic repository there (creating it when there is none).
     Probe {
         #[command(flatten)]
         repository: RepositoryArgs,
+        /// The restic repository's root inside the repository (`<namespace>/_restic`).
+        #[arg(long)]
+        restic: Option<String>,
         #[command(flatten)]
         report: Report,
     },
@@ -120,6 +129,68 @@ pub enum Command {
         #[command(flatten)]
         report: Report,
     },
+    /// Back up a mounted volume as one snapshot of a restic repository (password in
+    /// RESTIC_PASSWORD).
+    ResticBackup {
+        #[command(flatten)]
+        repository: RepositoryArgs,
+        /// The restic repository's root inside the repository.
+        #[arg(long)]
+        root: String,
+        #[arg(long)]
+        source: PathBuf,
+        /// The PVC's name: the snapshot's path is `/<pvc>`.
+        #[arg(long)]
+        pvc: String,
+        /// restic's host (the namespace).
+        #[arg(long)]
+        host: String,
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        #[command(flatten)]
+        report: Report,
+    },
+    /// Restore a restic snapshot into a mounted volume: stage, verify every blob, then commit.
+    ResticRestore {
+        #[command(flatten)]
+        repository: RepositoryArgs,
+        #[arg(long)]
+        root: String,
+        /// The snapshot's full id.
+        #[arg(long)]
+        snapshot: String,
+        #[arg(long)]
+        target: PathBuf,
+        #[arg(long, default_value = "FailIfNotEmpty", value_parser = parse_policy)]
+        existing_data_policy: ExistingDataPolicy,
+        #[arg(long)]
+        untrusted: bool,
+        #[command(flatten)]
+        report: Report,
+    },
+    /// Remove restic snapshots (their data stays until prune).
+    Forget {
+        #[command(flatten)]
+        repository: RepositoryArgs,
+        #[arg(long)]
+        root: String,
+        #[arg(long = "snapshot")]
+        snapshots: Vec<String>,
+        #[command(flatten)]
+        report: Report,
+    },
+    /// Reclaim the space no restic snapshot uses (marked packs are removed a prune later).
+    Prune {
+        #[command(flatten)]
+        repository: RepositoryArgs,
+        #[arg(long)]
+        root: String,
+        /// Packs marked unused are removed only by a prune this much later.
+        #[arg(long)]
+        keep_delete_seconds: u64,
+        #[command(flatten)]
+        report: Report,
+    },
     /// Remove a backup's directory (artifacts and manifests) from a repository.
     Delete {
         #[command(flatten)]
@@ -176,6 +247,9 @@ pub struct RepositoryArgs {
     aws_secret_access_key: Option<String>,
     #[arg(long, env = "AWS_SESSION_TOKEN", hide_env_values = true, hide = true)]
     aws_session_token: Option<String>,
+    /// A restic repository's password (from the Secret named in passwordSecretRef).
+    #[arg(long, env = "RESTIC_PASSWORD", hide_env_values = true, hide = true)]
+    restic_password: Option<String>,
 }
 
 impl RepositoryArgs {
@@ -247,9 +321,82 @@ impl Command {
         let text = |path: PathBuf| path.to_string_lossy().into_owned();
         Some(match self {
             Command::Count { .. } => return None,
-            Command::Probe { repository, report } => (
+            Command::Probe {
+                repository,
+                restic,
+                report,
+            } => (
                 Request::Probe {
                     repository: repository.location(),
+                    restic,
+                },
+                repository,
+                report,
+            ),
+            Command::ResticBackup {
+                repository,
+                root,
+                source,
+                pvc,
+                host,
+                tags,
+                report,
+            } => (
+                Request::ResticBackup {
+                    repository: repository.location(),
+                    root,
+                    source: text(source),
+                    pvc,
+                    host,
+                    tags,
+                },
+                repository,
+                report,
+            ),
+            Command::ResticRestore {
+                repository,
+                root,
+                snapshot,
+                target,
+                existing_data_policy,
+                untrusted,
+                report,
+            } => (
+                Request::ResticRestore {
+                    repository: repository.location(),
+                    root,
+                    snapshot,
+                    target: text(target),
+                    existing_data_policy,
+                    untrusted,
+                },
+                repository,
+                report,
+            ),
+            Command::Forget {
+                repository,
+                root,
+                snapshots,
+                report,
+            } => (
+                Request::Forget {
+                    repository: repository.location(),
+                    root,
+                    snapshots,
+                },
+                repository,
+                report,
+            ),
+            Command::Prune {
+                repository,
+                root,
+                keep_delete_seconds,
+                report,
+            } => (
+                Request::Prune {
+                    repository: repository.location(),
+                    root,
+                    keep_delete_seconds,
                 },
                 repository,
                 report,
@@ -375,9 +522,10 @@ pub fn main(cmd: Command) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let password = credentials.restic_password.clone().unwrap_or_default();
     let result = credentials
         .open(request.repository())
-        .and_then(|repo| perform(repo.as_ref(), request));
+        .and_then(|repo| perform(Arc::from(repo), &password, request));
     if result.is_err()
         && let Some(dir) = &stream_dir
     {
@@ -387,20 +535,105 @@ pub fn main(cmd: Command) -> anyhow::Result<()> {
     finish(&report, result)
 }
 
-/// Carries out `request` on `repo`; the result as JSON, or the failure's reason and message.
-fn perform(repo: &dyn Repository, request: Request) -> Result<serde_json::Value, (Reason, String)> {
+/// Carries out `request` on `repo` (`password`: a restic repository's); the result as JSON, or
+/// the failure's reason and message.
+fn perform(
+    store: Arc<dyn Repository>,
+    password: &str,
+    request: Request,
+) -> Result<serde_json::Value, (Reason, String)> {
+    let repo = store.as_ref();
     let json = |value: Result<serde_json::Value, serde_json::Error>| {
         value.map_err(|e| (Reason::MoverFailed, e.to_string()))
     };
+    let restic = |root: &str, create: bool| {
+        Restic::open(store.clone(), root, password, create).map_err(|e| (e.reason, e.message))
+    };
     match request {
-        Request::Probe { .. } => {
-            let probed = repository::probe(repo).map_err(|e| {
+        Request::Probe { restic: root, .. } => {
+            let mut probed = repository::probe(repo).map_err(|e| {
                 (
                     e.reason().unwrap_or(Reason::RepositoryUnusable),
                     e.to_string(),
                 )
             })?;
+            if let Some(root) = root {
+                probed.restic_initialised = restic(&root, true)?.1;
+            }
             json(serde_json::to_value(probed))
+        }
+        Request::ResticBackup {
+            root,
+            source,
+            pvc,
+            host,
+            tags,
+            ..
+        } => {
+            let labels = Labels {
+                host,
+                path: PathBuf::from(format!("/{pvc}")),
+                tags,
+            };
+            let snap = restic(&root, false)?
+                .0
+                .backup(Path::new(&source), &labels)
+                .map_err(|e| (e.reason, e.message))?;
+            json(serde_json::to_value(BackupResult {
+                pvc,
+                artifact: root,
+                bytes: snap.bytes_added,
+                digest: snap.id.clone(),
+                files: snap.files,
+                source_bytes: snap.bytes,
+                changed_while_reading: snap.changed,
+                changed_files: Vec::new(),
+                restic: Some(ResticSnapshot {
+                    id: snap.id,
+                    parent: snap.parent,
+                    files_read: snap.files_read,
+                }),
+            }))
+        }
+        Request::ResticRestore {
+            root,
+            snapshot,
+            target,
+            existing_data_policy,
+            untrusted,
+            ..
+        } => {
+            let options = restore::RestoreOptions {
+                policy: existing_data_policy,
+                recorded_digest: None,
+                untrusted,
+            };
+            let restored = restic(&root, false)?
+                .0
+                .restore(&snapshot, Path::new(&target), &options)
+                .map_err(|e| (e.reason(), e.to_string()))?;
+            json(serde_json::to_value(restored))
+        }
+        Request::Forget {
+            root, snapshots, ..
+        } => {
+            let forgotten = restic(&root, false)?
+                .0
+                .forget(&snapshots)
+                .map_err(|e| (e.reason, e.message))?;
+            json(serde_json::to_value(Forgotten { forgotten }))
+        }
+        Request::Prune {
+            root,
+            keep_delete_seconds,
+            ..
+        } => {
+            let keep = std::time::Duration::from_secs(keep_delete_seconds);
+            let pruned = restic(&root, false)?
+                .0
+                .prune(keep, keep_delete_seconds == 0)
+                .map_err(|e| (e.reason, e.message))?;
+            json(serde_json::to_value(pruned))
         }
         Request::Backup {
             source,
@@ -580,9 +813,37 @@ mod tests {
         let requests = [
             Request::Probe {
                 repository: s3(true),
+                restic: None,
             },
             Request::Probe {
                 repository: s3(false),
+                restic: Some("shop/_restic".into()),
+            },
+            Request::ResticBackup {
+                repository: dir.clone(),
+                root: "shop/_restic".into(),
+                source: "/source".into(),
+                pvc: "db".into(),
+                host: "shop".into(),
+                tags: vec!["backstop".into(), "pvc=db".into()],
+            },
+            Request::ResticRestore {
+                repository: s3(true),
+                root: "shop/_restic".into(),
+                snapshot: "ab".repeat(32),
+                target: "/target".into(),
+                existing_data_policy: ExistingDataPolicy::Overwrite,
+                untrusted: true,
+            },
+            Request::Forget {
+                repository: s3(false),
+                root: "shop/_restic".into(),
+                snapshots: vec!["ab".repeat(32), "cd".repeat(32)],
+            },
+            Request::Prune {
+                repository: dir.clone(),
+                root: "shop/_restic".into(),
+                keep_delete_seconds: 82_800,
             },
             Request::Backup {
                 repository: dir.clone(),
@@ -640,9 +901,11 @@ mod tests {
     fn credentials_never_travel_on_the_command_line() {
         let args = Request::Probe {
             repository: s3(true),
+            restic: Some("shop/_restic".into()),
         }
         .to_args()
         .join(" ");
         assert!(!args.to_lowercase().contains("aws"), "{args}");
+        assert!(!args.to_lowercase().contains("password"), "{args}");
     }
 }

@@ -1282,6 +1282,7 @@ mod tests {
             source_bytes: 8192,
             changed_while_reading: changed,
             changed_files: vec!["log".to_string()],
+            restic: None,
         }
     }
 

@@ -772,7 +772,10 @@ pub fn probe_job(repo: &BackupRepository, at: i64, config: &MoverConfig) -> Job 
         node: None,
         role: ROLE_PROBE,
         labels: job_labels,
-        request: Request::Probe { repository },
+        request: Request::Probe {
+            repository,
+            restic: None,
+        },
         repository: (repo, false),
         volumes: Vec::new(),
         mounts: Vec::new(),

@@ -92,6 +92,7 @@ pub fn run(repo: &dyn Repository, req: &BackupRequest<'_>) -> Result<BackupResul
         source_bytes: archived.totals.bytes,
         changed_while_reading: archived.changed.count,
         changed_files: archived.changed.named,
+        restic: None,
     })
 }
 

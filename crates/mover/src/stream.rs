@@ -116,6 +116,7 @@ pub fn dump(repo: &dyn Repository, req: &DumpRequest<'_>) -> Result<BackupResult
         source_bytes: stored.filled,
         changed_while_reading: 0,
         changed_files: Vec::new(),
+        restic: None,
     })
 }
 

@@ -178,6 +178,7 @@ pub fn probe(repo: &dyn Repository) -> Result<ProbeResult, RepositoryError> {
     Ok(ProbeResult {
         key,
         bytes: data.len() as u64,
+        restic_initialised: false,
     })
 }
 

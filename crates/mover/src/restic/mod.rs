@@ -12,6 +12,7 @@ mod restore;
 pub mod source;
 
 use crate::repository::{Reason, Repository};
+pub use backstop_api::contract::Pruned;
 use rustic_core::repofile::SnapshotFile;
 use rustic_core::{
     BackupOptions, ConfigOptions, Credentials, KeyOptions, OpenStatus, PruneOptions,
@@ -65,20 +66,6 @@ pub struct Snapshot {
     pub bytes_added: u64,
     /// Entries left out because they vanished or were swapped while the volume was read.
     pub changed: u64,
-}
-
-/// What prune did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Pruned {
-    /// Snapshots in the repository (whose data stays).
-    pub snapshots: u64,
-    /// Pack files no snapshot uses, and the bytes of their blobs: marked now, removed by a
-    /// prune at least `keep_delete` later (or now, when instant).
-    pub unused_packs: u64,
-    pub unused_bytes: u64,
-    /// Pack files an earlier prune marked, removed now.
-    pub marked_packs_removed: u64,
 }
 
 impl Restic {
