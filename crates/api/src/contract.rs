@@ -737,10 +737,23 @@ mod tests {
                 bucket: "b".into(),
                 ..S3Location::default()
             }),
+            restic: None,
         };
         assert_eq!(
             probe.to_args(),
             words("mover probe --s3-bucket b --termination-log /dev/termination-log")
+        );
+        let forget = Request::Forget {
+            repository: Location::Dir("/repository".into()),
+            root: restic_root("shop"),
+            snapshots: vec!["ab".into(), "cd".into()],
+        };
+        assert_eq!(
+            forget.to_args(),
+            words(
+                "mover forget --root shop/_restic --snapshot ab --snapshot cd \
+                 --repository /repository --termination-log /dev/termination-log"
+            )
         );
     }
 
