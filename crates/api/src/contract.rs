@@ -143,6 +143,12 @@ pub enum Request {
         existing_data_policy: ExistingDataPolicy,
         untrusted: bool,
     },
+    /// Read every block of the restic snapshot `snapshot` and check it, writing nothing.
+    ResticVerify {
+        repository: Location,
+        root: String,
+        snapshot: String,
+    },
     /// Remove restic snapshots (their data stays until `Prune`).
     Forget {
         repository: Location,
@@ -219,6 +225,7 @@ impl Request {
             Request::Delete { .. } => "delete",
             Request::ResticBackup { .. } => "restic-backup",
             Request::ResticRestore { .. } => "restic-restore",
+            Request::ResticVerify { .. } => "restic-verify",
             Request::Forget { .. } => "forget",
             Request::Prune { .. } => "prune",
         }
@@ -229,6 +236,7 @@ impl Request {
             Request::Probe { repository, .. }
             | Request::ResticBackup { repository, .. }
             | Request::ResticRestore { repository, .. }
+            | Request::ResticVerify { repository, .. }
             | Request::Forget { repository, .. }
             | Request::Prune { repository, .. }
             | Request::Backup { repository, .. }
@@ -274,6 +282,10 @@ impl Request {
                 args.value("--target", target);
                 args.value("--existing-data-policy", existing_data_policy.as_str());
                 args.flag("--untrusted", *untrusted);
+            }
+            Request::ResticVerify { root, snapshot, .. } => {
+                args.value("--root", root);
+                args.value("--snapshot", snapshot);
             }
             Request::Forget {
                 root, snapshots, ..

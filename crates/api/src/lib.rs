@@ -13,16 +13,16 @@ pub mod strategy;
 pub mod waiting;
 
 pub use backup::{
-    Backup, BackupPhase, BackupSpec, BackupStatus, SnapshotRecord, VerificationMode,
-    VerificationPhase, VerificationStatus, VolumeBackup, VolumeVerification,
+    Backup, BackupPhase, BackupSpec, BackupStatus, ResticSnapshot, SnapshotRecord,
+    VerificationMode, VerificationPhase, VerificationStatus, VolumeBackup, VolumeVerification,
 };
 pub use policy::{
     BackupPolicy, BackupPolicySpec, BackupPolicyStatus, Drill, DrillCheck, KeptBackup, Retention,
     RetentionStatus, Target, Verification,
 };
 pub use repository::{
-    BackupRepository, BackupRepositorySpec, BackupRepositoryStatus, Compression, PvcRepository,
-    S3Repository, SecretKeySelector,
+    BackupRepository, BackupRepositorySpec, BackupRepositoryStatus, Compression, PasswordSecretRef,
+    PvcRepository, RepositoryFormat, S3Repository, SecretKeySelector,
 };
 pub use restore::{ExistingDataPolicy, Restore, RestoreSpec, RestoreStatus, RestoreTarget};
 pub use strategy::{SnapshotStrategy, Strategy, VolumeSnapshot};

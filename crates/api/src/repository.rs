@@ -30,9 +30,41 @@ pub struct BackupRepositorySpec {
     /// S3-compatible object storage (AWS S3, MinIO, Ceph RGW, Garage...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Repository>,
-    /// How artifacts are compressed.
+    /// How artifacts are compressed (tar format; a restic repository compresses with zstd).
     #[serde(default)]
     pub compression: Compression,
+    /// How backups are stored. `tar` (default): one archive and manifest per volume and backup,
+    /// readable with tar and zstd. `restic`: a restic repository (deduplicated, compressed,
+    /// encrypted) per namespace at `<namespace>/_restic`, readable with restic and the password.
+    #[serde(default)]
+    pub format: RepositoryFormat,
+    /// With `format: restic`: the Secret key holding the repository's password. The operator
+    /// never reads it; mover pods get it as RESTIC_PASSWORD. Keep a copy elsewhere: without it
+    /// the backups cannot be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<PasswordSecretRef>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RepositoryFormat {
+    #[default]
+    Tar,
+    Restic,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PasswordSecretRef {
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// The key in the Secret (default `password`).
+    #[serde(default = "default_password_key")]
+    pub key: String,
+}
+
+fn default_password_key() -> String {
+    "password".into()
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -186,6 +218,24 @@ impl BackupRepositorySpec {
     /// What is wrong with this spec, in words a user can act on (the API server may not enforce
     /// the schema: old servers do not).
     pub fn validate(&self) -> Result<(), Invalid> {
+        match (self.format, &self.password_secret_ref) {
+            (RepositoryFormat::Restic, None) => {
+                return Err(invalid(
+                    "format restic encrypts with a password: name its Secret in spec.passwordSecretRef".into(),
+                ));
+            }
+            (RepositoryFormat::Restic, Some(r)) if r.name.is_empty() || r.key.is_empty() => {
+                return Err(invalid(
+                    "spec.passwordSecretRef needs a name and a key".into(),
+                ));
+            }
+            (RepositoryFormat::Tar, Some(_)) => {
+                return Err(invalid(
+                    "spec.passwordSecretRef is for format restic; a tar repository is not encrypted".into(),
+                ));
+            }
+            _ => {}
+        }
         match (&self.pvc, &self.s3) {
             (None, None) => Err(Invalid::new(
                 "NoBackend",
@@ -286,6 +336,36 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(escaping.validate().unwrap_err().reason, "InvalidSpec");
+    }
+
+    #[test]
+    fn a_restic_repository_needs_its_password_secret_and_a_tar_one_takes_none() {
+        let spec = |v: serde_json::Value| {
+            serde_json::from_value::<BackupRepositorySpec>(v)
+                .unwrap()
+                .validate()
+                .map_err(|e| e.message)
+        };
+        let restic = spec(
+            serde_json::json!({"pvc": {"claimName": "b"}, "format": "restic",
+            "passwordSecretRef": {"name": "restic"}}),
+        );
+        assert_eq!(restic, Ok(()));
+        let parsed: BackupRepositorySpec = serde_json::from_value(serde_json::json!({
+            "pvc": {"claimName": "b"}, "format": "restic", "passwordSecretRef": {"name": "r"}}))
+        .unwrap();
+        assert_eq!(parsed.format, RepositoryFormat::Restic);
+        assert_eq!(parsed.password_secret_ref.unwrap().key, "password");
+        let missing = spec(serde_json::json!({"pvc": {"claimName": "b"}, "format": "restic"}));
+        assert!(missing.unwrap_err().contains("passwordSecretRef"));
+        let empty = spec(
+            serde_json::json!({"pvc": {"claimName": "b"}, "format": "restic",
+            "passwordSecretRef": {"name": "r", "key": ""}}),
+        );
+        assert!(empty.is_err());
+        let stray = spec(serde_json::json!({"pvc": {"claimName": "b"},
+            "passwordSecretRef": {"name": "r"}}));
+        assert!(stray.unwrap_err().contains("not encrypted"));
     }
 
     fn s3(spec: serde_json::Value) -> Result<(), Invalid> {

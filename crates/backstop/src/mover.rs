@@ -168,6 +168,17 @@ pub enum Command {
         #[command(flatten)]
         report: Report,
     },
+    /// Read and check every block of a restic snapshot, writing nothing.
+    ResticVerify {
+        #[command(flatten)]
+        repository: RepositoryArgs,
+        #[arg(long)]
+        root: String,
+        #[arg(long)]
+        snapshot: String,
+        #[command(flatten)]
+        report: Report,
+    },
     /// Remove restic snapshots (their data stays until prune).
     Forget {
         #[command(flatten)]
@@ -369,6 +380,20 @@ impl Command {
                     target: text(target),
                     existing_data_policy,
                     untrusted,
+                },
+                repository,
+                report,
+            ),
+            Command::ResticVerify {
+                repository,
+                root,
+                snapshot,
+                report,
+            } => (
+                Request::ResticVerify {
+                    repository: repository.location(),
+                    root,
+                    snapshot,
                 },
                 repository,
                 report,
@@ -614,6 +639,13 @@ fn perform(
                 .map_err(|e| (e.reason(), e.to_string()))?;
             json(serde_json::to_value(restored))
         }
+        Request::ResticVerify { root, snapshot, .. } => {
+            let verified = restic(&root, false)?
+                .0
+                .verify(&snapshot)
+                .map_err(|e| (e.reason(), e.to_string()))?;
+            json(serde_json::to_value(verified))
+        }
         Request::Forget {
             root, snapshots, ..
         } => {
@@ -834,6 +866,11 @@ mod tests {
                 target: "/target".into(),
                 existing_data_policy: ExistingDataPolicy::Overwrite,
                 untrusted: true,
+            },
+            Request::ResticVerify {
+                repository: dir.clone(),
+                root: "shop/_restic".into(),
+                snapshot: "ef".repeat(32),
             },
             Request::Forget {
                 repository: s3(false),

@@ -525,6 +525,15 @@ async fn step(
                 return Ok(Step::Failed(why));
             }
             if volume.stream {
+                if repo.spec.format == backstop_api::RepositoryFormat::Restic {
+                    return Ok(Step::Failed(Invalid::new(
+                        "InvalidStrategy",
+                        format!(
+                            "a command's output is stored as an artifact of a tar repository, and BackupRepository {:?} has format restic: back the command up into a tar repository",
+                            repo.name_any()
+                        ),
+                    )));
+                }
                 let Some(command) = source.command else {
                     return Ok(Step::Failed(Invalid::new(
                         "InvalidStrategy",
@@ -613,6 +622,7 @@ fn record(volume: &mut VolumeBackup, step: Step, now: jiff::Timestamp) -> bool {
             volume.source_bytes = i64::try_from(done.source_bytes).ok();
             volume.digest = Some(done.digest);
             volume.artifact = Some(done.artifact);
+            volume.restic = done.restic;
             volume.changed_while_reading = i64::try_from(done.changed_while_reading)
                 .ok()
                 .filter(|n| *n > 0);

@@ -8,7 +8,8 @@ use backstop_api::contract::{
 };
 use backstop_api::strategy::{CommandContainer, CommandStrategy};
 use backstop_api::{
-    Backup, BackupRepository, DrillCheck, ExistingDataPolicy, Restore, labels, naming,
+    Backup, BackupRepository, DrillCheck, ExistingDataPolicy, RepositoryFormat, Restore, labels,
+    naming,
 };
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
@@ -18,8 +19,8 @@ use k8s_openapi::api::core::v1::{
     SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::Resource;
 use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 
 /// Operator-wide settings for the pods Backstop creates.
@@ -172,6 +173,36 @@ pub fn location(repo: &BackupRepository) -> Location {
 /// Shared storage is mounted (read-only for readers); S3 keys come from the Secret through
 /// `secretKeyRef` (the operator never reads them) and a CA bundle is mounted from its Secret.
 fn repository_access(repo: &BackupRepository, read_only: bool) -> RepositoryAccess {
+    let mut access = storage_access(repo, read_only);
+    if let Some(password) = restic_password(repo) {
+        access.env.push(password);
+    }
+    access
+}
+
+/// A restic repository's password, from its Secret (`secretKeyRef`).
+fn restic_password(repo: &BackupRepository) -> Option<EnvVar> {
+    let secret = repo.spec.password_secret_ref.as_ref()?;
+    (repo.spec.format == RepositoryFormat::Restic).then(|| EnvVar {
+        name: contract::PASSWORD_ENV.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: secret.key.clone(),
+                ..SecretKeySelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    })
+}
+
+/// The restic repository's root in `repo` for `namespace`, when `repo` stores restic snapshots.
+fn restic_root(repo: &BackupRepository, namespace: &str) -> Option<String> {
+    (repo.spec.format == RepositoryFormat::Restic).then(|| contract::restic_root(namespace))
+}
+
+fn storage_access(repo: &BackupRepository, read_only: bool) -> RepositoryAccess {
     let Some(s3) = &repo.spec.s3 else {
         let claim = repo
             .spec
@@ -420,12 +451,22 @@ pub fn backup_job(
         node,
         role: ROLE_BACKUP,
         labels: backup_labels(backup, Some(pvc)),
-        request: Request::Backup {
-            repository: location(repo),
-            source: SOURCE_MOUNT.into(),
-            pvc: pvc.into(),
-            dir: contract::backup_dir(&namespace, &backup_name),
-            compression: repo.spec.compression,
+        request: match restic_root(repo, &namespace) {
+            Some(root) => Request::ResticBackup {
+                repository: location(repo),
+                root,
+                source: SOURCE_MOUNT.into(),
+                pvc: pvc.into(),
+                host: namespace.clone(),
+                tags: restic_tags(backup, pvc),
+            },
+            None => Request::Backup {
+                repository: location(repo),
+                source: SOURCE_MOUNT.into(),
+                pvc: pvc.into(),
+                dir: contract::backup_dir(&namespace, &backup_name),
+                compression: repo.spec.compression,
+            },
         },
         repository: (repo, false),
         volumes: vec![claim_volume("source", claim, true)],
@@ -437,18 +478,53 @@ pub fn backup_job(
     job(backup, mover, config)
 }
 
-/// The Job that removes `backup`'s artifacts from `repo`.
+/// What a restic snapshot of `pvc` for `backup` is tagged with (`restic snapshots --tag`).
+fn restic_tags(backup: &Backup, pvc: &str) -> Vec<String> {
+    let mut tags = vec![
+        "backstop".to_string(),
+        format!(
+            "backup={}",
+            backup.metadata.name.clone().unwrap_or_default()
+        ),
+        format!("pvc={pvc}"),
+    ];
+    tags.extend(
+        backup
+            .spec
+            .policy_ref
+            .as_deref()
+            .map(|p| format!("policy={p}")),
+    );
+    tags
+}
+
+/// The Job that removes `backup`'s data from `repo`: its directory of artifacts, or its restic
+/// snapshots (whose data a prune reclaims).
 pub fn delete_job(backup: &Backup, repo: &BackupRepository, config: &MoverConfig) -> Job {
     let backup_name = backup.metadata.name.clone().unwrap_or_default();
     let namespace = backup.metadata.namespace.clone().unwrap_or_default();
+    let snapshots: Vec<String> = backup
+        .status
+        .iter()
+        .flat_map(|s| &s.volumes)
+        .filter_map(|v| v.restic.as_ref().map(|r| r.id.clone()))
+        .collect();
     let mover = MoverJob {
         name: naming::delete_job(&backup_name),
         node: None,
         role: ROLE_DELETE,
         labels: backup_labels(backup, None),
-        request: Request::Delete {
-            repository: location(repo),
-            dir: contract::backup_dir(&namespace, &backup_name),
+        request: if snapshots.is_empty() {
+            Request::Delete {
+                repository: location(repo),
+                dir: contract::backup_dir(&namespace, &backup_name),
+            }
+        } else {
+            Request::Forget {
+                repository: location(repo),
+                root: contract::restic_root(&namespace),
+                snapshots,
+            }
         },
         repository: (repo, false),
         volumes: Vec::new(),
@@ -469,6 +545,8 @@ pub struct VerifyJob<'a> {
     pub manifest: String,
     /// The artifact's BLAKE3 recorded when the backup completed (the manifest must name it).
     pub artifact_digest: Option<String>,
+    /// The volume's restic snapshot, when the backup is one (then `manifest` is unused).
+    pub restic_snapshot: Option<String>,
     /// A restore drill: into this scratch PVC, then this check, if any.
     pub drill: Option<(&'a str, Option<&'a DrillCheck>)>,
 }
@@ -482,12 +560,20 @@ pub const RESTORED_MOUNT: &str = "/restored";
 /// checked, then runs the check on the restored data.
 pub fn verify_job(backup: &Backup, v: VerifyJob<'_>, config: &MoverConfig) -> Job {
     let location = location(v.repository);
+    let root = contract::restic_root(&backup.namespace().unwrap_or_default());
     let (request, volumes, mounts, capabilities, companion) = match v.drill {
         None => (
-            Request::Verify {
-                repository: location,
-                manifest: v.manifest,
-                artifact_digest: v.artifact_digest,
+            match v.restic_snapshot {
+                Some(snapshot) => Request::ResticVerify {
+                    repository: location,
+                    root,
+                    snapshot,
+                },
+                None => Request::Verify {
+                    repository: location,
+                    manifest: v.manifest,
+                    artifact_digest: v.artifact_digest,
+                },
             },
             Vec::new(),
             Vec::new(),
@@ -495,13 +581,23 @@ pub fn verify_job(backup: &Backup, v: VerifyJob<'_>, config: &MoverConfig) -> Jo
             None,
         ),
         Some((scratch, check)) => (
-            Request::Restore {
-                repository: location,
-                manifest: v.manifest,
-                target: TARGET_MOUNT.into(),
-                existing_data_policy: ExistingDataPolicy::FailIfNotEmpty,
-                artifact_digest: v.artifact_digest,
-                untrusted: true,
+            match v.restic_snapshot {
+                Some(snapshot) => Request::ResticRestore {
+                    repository: location,
+                    root,
+                    snapshot,
+                    target: TARGET_MOUNT.into(),
+                    existing_data_policy: ExistingDataPolicy::FailIfNotEmpty,
+                    untrusted: true,
+                },
+                None => Request::Restore {
+                    repository: location,
+                    manifest: v.manifest,
+                    target: TARGET_MOUNT.into(),
+                    existing_data_policy: ExistingDataPolicy::FailIfNotEmpty,
+                    artifact_digest: v.artifact_digest,
+                    untrusted: true,
+                },
             },
             vec![claim_volume("target", scratch, false)],
             vec![mount("target", TARGET_MOUNT, false)],
@@ -692,6 +788,8 @@ pub fn load_job(restore: &Restore, l: LoadJob<'_>, config: &MoverConfig) -> Job 
 /// What a restore Job needs to know.
 pub struct RestoreJob<'a> {
     pub repository: &'a BackupRepository,
+    /// The volume's restic snapshot, when the backup is one (then `manifest` is unused).
+    pub restic_snapshot: Option<&'a str>,
     /// The manifest's key in the repository.
     pub manifest: String,
     /// The artifact's BLAKE3 recorded when the backup completed (the manifest must name it).
@@ -739,13 +837,23 @@ pub fn restore_job(restore: &Restore, r: RestoreJob<'_>, config: &MoverConfig) -
         node: r.node,
         role: ROLE_RESTORE,
         labels: label_map(&[(labels::RESTORE, &name), (labels::PVC, r.target_pvc)]),
-        request: Request::Restore {
-            repository: location(r.repository),
-            manifest: r.manifest,
-            target: TARGET_MOUNT.into(),
-            existing_data_policy: r.policy,
-            artifact_digest: r.artifact_digest.map(str::to_string),
-            untrusted: r.untrusted,
+        request: match r.restic_snapshot {
+            Some(snapshot) => Request::ResticRestore {
+                repository: location(r.repository),
+                root: contract::restic_root(&restore.namespace().unwrap_or_default()),
+                snapshot: snapshot.into(),
+                target: TARGET_MOUNT.into(),
+                existing_data_policy: r.policy,
+                untrusted: r.untrusted,
+            },
+            None => Request::Restore {
+                repository: location(r.repository),
+                manifest: r.manifest,
+                target: TARGET_MOUNT.into(),
+                existing_data_policy: r.policy,
+                artifact_digest: r.artifact_digest.map(str::to_string),
+                untrusted: r.untrusted,
+            },
         },
         repository: (r.repository, true),
         volumes: vec![claim_volume("target", r.target_pvc, false)],
@@ -757,7 +865,8 @@ pub fn restore_job(restore: &Restore, r: RestoreJob<'_>, config: &MoverConfig) -
     job(restore, mover, config)
 }
 
-/// The Job that checks an S3 repository: write, read back and remove a small object.
+/// The Job that checks a repository: write, read back and remove a small object; for a restic
+/// one, also open it with the password, creating it on first use.
 pub fn probe_job(repo: &BackupRepository, at: i64, config: &MoverConfig) -> Job {
     let name = repo.metadata.name.clone().unwrap_or_default();
     let generation = repo.metadata.generation.unwrap_or_default();
@@ -774,7 +883,7 @@ pub fn probe_job(repo: &BackupRepository, at: i64, config: &MoverConfig) -> Job 
         labels: job_labels,
         request: Request::Probe {
             repository,
-            restic: None,
+            restic: restic_root(repo, &repo.namespace().unwrap_or_default()),
         },
         repository: (repo, false),
         volumes: Vec::new(),
@@ -999,6 +1108,7 @@ mod tests {
         assert!(!runs_command(&restore_job(
             &restore,
             RestoreJob {
+                restic_snapshot: None,
                 repository: &repo,
                 manifest: String::new(),
                 artifact_digest: None,
@@ -1160,6 +1270,7 @@ mod tests {
         let mut restore = Restore::new("back", Default::default());
         restore.metadata.namespace = Some("shop".into());
         let restore_with = |untrusted| RestoreJob {
+            restic_snapshot: None,
             repository: &repo,
             manifest: "shop/b/db.manifest.jsonl.zst".into(),
             artifact_digest: None,
@@ -1241,6 +1352,132 @@ mod tests {
         );
     }
 
+    /// The fixtures' repository in the restic format, its password in Secret `restic`.
+    fn restic_repo() -> BackupRepository {
+        let (_, mut repo) = fixtures();
+        repo.metadata.namespace = Some("shop".into());
+        repo.spec.format = RepositoryFormat::Restic;
+        repo.spec.password_secret_ref = Some(backstop_api::PasswordSecretRef {
+            name: "restic".into(),
+            key: "pw".into(),
+        });
+        repo
+    }
+
+    fn container(job: &Job) -> Container {
+        job.spec.clone().unwrap().template.spec.unwrap().containers[0].clone()
+    }
+
+    fn request(job: &Job) -> Vec<String> {
+        container(job).args.unwrap()
+    }
+
+    #[test]
+    fn a_restic_repository_gets_the_password_from_its_secret_and_its_snapshots_their_tags() {
+        let (backup, tar) = fixtures();
+        let repo = restic_repo();
+        let job = direct_job(&backup, "db", &repo);
+        let args = request(&job).join(" ");
+        assert!(
+            args.starts_with(
+                "mover restic-backup --root shop/_restic --source /source --pvc db --host shop \
+                 --tag backstop --tag backup=nightly-202611210200 --tag pvc=db --tag policy=nightly"
+            ),
+            "{args}"
+        );
+        let env = container(&job).env.unwrap();
+        let password = env.iter().find(|e| e.name == "RESTIC_PASSWORD").unwrap();
+        let from = password.value_from.clone().unwrap().secret_key_ref.unwrap();
+        assert_eq!((from.name.as_str(), from.key.as_str()), ("restic", "pw"));
+        assert!(
+            password.value.is_none(),
+            "the operator never holds the password"
+        );
+        // A tar repository's movers get no password.
+        let env = container(&direct_job(&backup, "db", &tar))
+            .env
+            .unwrap_or_default();
+        assert!(env.iter().all(|e| e.name != "RESTIC_PASSWORD"));
+        assert!(request(&direct_job(&backup, "db", &tar)).contains(&"backup".to_string()));
+
+        let probe = request(&probe_job(&repo, 1, &MoverConfig::default())).join(" ");
+        assert!(
+            probe.starts_with("mover probe --restic shop/_restic"),
+            "{probe}"
+        );
+        let probe = request(&probe_job(&tar, 1, &MoverConfig::default())).join(" ");
+        assert!(!probe.contains("--restic"), "{probe}");
+    }
+
+    #[test]
+    fn a_restic_backup_is_deleted_by_forgetting_its_snapshots_and_restored_from_them() {
+        let (mut backup, _) = fixtures();
+        let repo = restic_repo();
+        let snapshot = |pvc: &str, id: &str| backstop_api::VolumeBackup {
+            pvc: pvc.into(),
+            restic: Some(backstop_api::ResticSnapshot {
+                id: id.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        backup.status = Some(backstop_api::BackupStatus {
+            volumes: vec![snapshot("db", "aa11"), snapshot("logs", "bb22")],
+            ..Default::default()
+        });
+        let args = request(&delete_job(&backup, &repo, &MoverConfig::default())).join(" ");
+        assert!(
+            args.starts_with("mover forget --root shop/_restic --snapshot aa11 --snapshot bb22"),
+            "{args}"
+        );
+        let restore = restore_of_nightly();
+        let job = restore_job(
+            &restore,
+            RestoreJob {
+                restic_snapshot: Some("aa11"),
+                repository: &repo,
+                manifest: String::new(),
+                artifact_digest: None,
+                target_pvc: "db-copy",
+                policy: ExistingDataPolicy::Merge,
+                untrusted: true,
+                node: None,
+            },
+            &MoverConfig::default(),
+        );
+        let args = request(&job).join(" ");
+        assert!(
+            args.starts_with(
+                "mover restic-restore --root shop/_restic --snapshot aa11 --target /target \
+                 --existing-data-policy Merge --untrusted"
+            ),
+            "{args}"
+        );
+        let verify = |drill| {
+            request(&verify_job(
+                &backup,
+                VerifyJob {
+                    restic_snapshot: Some("bb22".into()),
+                    name: "v".into(),
+                    pvc: "logs",
+                    repository: &repo,
+                    manifest: String::new(),
+                    artifact_digest: None,
+                    drill,
+                },
+                &MoverConfig::default(),
+            ))
+            .join(" ")
+        };
+        assert!(
+            verify(None).starts_with("mover restic-verify --root shop/_restic --snapshot bb22")
+        );
+        assert!(verify(Some(("scratch", None))).starts_with(
+            "mover restic-restore --root shop/_restic --snapshot bb22 --target /target \
+             --existing-data-policy FailIfNotEmpty --untrusted"
+        ));
+    }
+
     #[test]
     fn delete_job_only_mounts_the_repository() {
         let (backup, repo) = fixtures();
@@ -1260,6 +1497,7 @@ mod tests {
         let job = verify_job(
             &backup,
             VerifyJob {
+                restic_snapshot: None,
                 name: "v".into(),
                 pvc: "db",
                 repository: &repo,
@@ -1305,6 +1543,7 @@ mod tests {
         let job = verify_job(
             &backup,
             VerifyJob {
+                restic_snapshot: None,
                 name: "d".into(),
                 pvc: "db",
                 repository: &repo,
@@ -1371,6 +1610,7 @@ mod tests {
         let (_, repo) = fixtures();
         let restore = restore_of_nightly();
         let request = |digest| RestoreJob {
+            restic_snapshot: None,
             repository: &repo,
             manifest: "shop/nightly-202611210200/db.manifest.jsonl.zst".into(),
             artifact_digest: digest,
@@ -1498,6 +1738,7 @@ mod tests {
         let job = restore_job(
             &restore,
             RestoreJob {
+                restic_snapshot: None,
                 repository: &repo,
                 manifest: "shop/b/db.manifest.jsonl.zst".into(),
                 artifact_digest: None,

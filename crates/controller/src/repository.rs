@@ -9,7 +9,7 @@ use crate::outcome::{self, termination_message};
 use crate::{Context, Error, events, jobs, now};
 use backstop_api::condition::{self, ConditionType, Invalid};
 use backstop_api::contract::{Blame, Reason};
-use backstop_api::{BackupRepository, labels, naming};
+use backstop_api::{BackupRepository, RepositoryFormat, labels, naming};
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
@@ -40,6 +40,22 @@ pub async fn readiness(ctx: &Context, repo: &BackupRepository) -> Result<(), Inv
     if repo.spec.s3.is_some() {
         return probed_readiness(repo);
     }
+    claim_readiness(ctx, repo).await?;
+    if probed(repo) {
+        // A restic repository on shared storage: its probe opened it with the password.
+        return probed_readiness(repo);
+    }
+    Ok(())
+}
+
+/// Whether `repo`'s readiness is what a probe Job found: object storage, and any restic
+/// repository (only a mover pod has its password).
+pub fn probed(repo: &BackupRepository) -> bool {
+    repo.spec.s3.is_some() || repo.spec.format == RepositoryFormat::Restic
+}
+
+/// Whether a shared-storage repository's PVC can be used.
+async fn claim_readiness(ctx: &Context, repo: &BackupRepository) -> Result<(), Invalid> {
     let namespace = repo.namespace().unwrap_or_default();
     let Some(pvc) = &repo.spec.pvc else {
         return Ok(());
@@ -222,7 +238,7 @@ async fn delete_job(ctx: &Context, job: &Job) -> Result<(), Error> {
 /// one. A shared-storage repository that was full stops being Ready for `FULL_COOL_DOWN`, so that
 /// policies stop starting Jobs into it one after another; then it is tried again.
 pub async fn recheck(ctx: &Context, repo: &BackupRepository, why: &Invalid) -> Result<(), Error> {
-    if repo.spec.s3.is_none() {
+    if !probed(repo) || (repo.spec.s3.is_none() && why.reason == REPOSITORY_FULL) {
         if why.reason == REPOSITORY_FULL {
             let until = now() + jiff::SignedDuration::try_from(FULL_COOL_DOWN).unwrap_or_default();
             let full = Invalid::new(
@@ -305,6 +321,7 @@ async fn probe(repo: &BackupRepository, ctx: &Context) -> Result<Action, Error> 
             recheck_in,
         } => {
             let verdict = match (&latest, succeeded) {
+                (_, true) if repo.spec.s3.is_none() => claim_readiness(ctx, repo).await,
                 (_, true) => Ok(()),
                 (Some(job), false) => {
                     let pods: Api<Pod> =
@@ -378,7 +395,7 @@ async fn report(
 }
 
 async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Action, Error> {
-    if repo.spec.validate().is_ok() && repo.spec.s3.is_some() {
+    if repo.spec.validate().is_ok() && probed(&repo) {
         return probe(&repo, &ctx).await;
     }
     report(&ctx, &repo, readiness(&ctx, &repo).await).await?;

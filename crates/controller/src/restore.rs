@@ -34,6 +34,8 @@ struct Plan {
     manifest: String,
     /// The artifact digest recorded when the backup completed.
     artifact_digest: Option<String>,
+    /// The volume's restic snapshot, when the backup is in the restic format.
+    restic_snapshot: Option<String>,
     repository: Arc<BackupRepository>,
     /// The policy that made the backup: its mover resources are the restore's too.
     policy: Option<String>,
@@ -91,6 +93,7 @@ async fn validate(ctx: &Context, restore: &Restore) -> Result<Result<Plan, Refus
     let manifest = contract::manifest_key(&contract::backup_dir(&namespace, name), &source_pvc);
     let source = status.volumes.iter().find(|v| v.pvc == source_pvc);
     let artifact_digest = source.and_then(|v| v.digest.clone());
+    let restic_snapshot = source.and_then(|v| v.restic.as_ref().map(|r| r.id.clone()));
     let stream = source.is_some_and(|v| v.stream);
     let policy = match &backup.spec.policy_ref {
         Some(name) => ctx.policy(&namespace, name).await?,
@@ -105,6 +108,7 @@ async fn validate(ctx: &Context, restore: &Restore) -> Result<Result<Plan, Refus
         source_pvc,
         manifest,
         artifact_digest,
+        restic_snapshot,
         repository,
         policy: backup.spec.policy_ref.clone(),
         command,
@@ -373,6 +377,7 @@ async fn start(ctx: &Context, restore: &Restore, status: RestoreStatus) -> Resul
         restore,
         RestoreJob {
             repository: &plan.repository,
+            restic_snapshot: plan.restic_snapshot.as_deref(),
             manifest: plan.manifest.clone(),
             artifact_digest: plan.artifact_digest.as_deref(),
             target_pvc: target,

@@ -19,22 +19,37 @@ pub async fn refusal(
     ctx: &crate::Context,
     repo: &BackupRepository,
 ) -> Result<Option<Invalid>, kube::Error> {
-    let Some(s3) = &repo.spec.s3 else {
+    let s3 = repo.spec.s3.iter().flat_map(|s3| {
+        std::iter::once((
+            "spec.s3.credentialsSecretRef",
+            &s3.credentials_secret_ref.name,
+        ))
+        .chain(
+            s3.ca_secret_ref
+                .iter()
+                .map(|ca| ("spec.s3.caSecretRef", &ca.name)),
+        )
+    });
+    // A password is as much a secret: named at will, it could be tried against a repository
+    // its namer controls.
+    let password = repo
+        .spec
+        .password_secret_ref
+        .iter()
+        .map(|p| ("spec.passwordSecretRef", &p.name));
+    let named: Vec<_> = s3.chain(password).collect();
+    if named.is_empty() {
         return Ok(None);
-    };
+    }
     let namespace = repo.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let named = std::iter::once(("credentialsSecretRef", &s3.credentials_secret_ref.name))
-        .chain(s3.ca_secret_ref.iter().map(|ca| ("caSecretRef", &ca.name)));
     for (field, name) in named {
         let labels = match secrets.get_metadata(name).await {
             Ok(meta) => meta.metadata.labels.unwrap_or_default(),
             Err(kube::Error::Api(s)) if s.code == 404 => {
                 return Ok(Some(Invalid::new(
                     "CredentialsMissing",
-                    format!(
-                        "Secret {name:?} (spec.s3.{field}) not found in namespace {namespace:?}"
-                    ),
+                    format!("Secret {name:?} ({field}) not found in namespace {namespace:?}"),
                 )));
             }
             Err(e) => return Err(e),
@@ -46,7 +61,7 @@ pub async fn refusal(
     Ok(None)
 }
 
-/// The refusal for Secret `name` (named in `spec.s3.<field>`) labelled `labels`, if any.
+/// The refusal for Secret `name` (named in `field`) labelled `labels`, if any.
 pub fn not_opted_in(
     name: &str,
     field: &str,
@@ -56,7 +71,7 @@ pub fn not_opted_in(
         Invalid::new(
             "SecretNotOptedIn",
             format!(
-                "Secret {name:?} (spec.s3.{field}) is not labelled {OPT_IN_LABEL}=true: Backstop gives mover pods only Secrets their owners opted in; label it (kubectl label secret {name} {OPT_IN_LABEL}=true)"
+                "Secret {name:?} ({field}) is not labelled {OPT_IN_LABEL}=true: Backstop gives mover pods only Secrets their owners opted in; label it (kubectl label secret {name} {OPT_IN_LABEL}=true)"
             ),
         )
     })
@@ -69,8 +84,13 @@ mod tests {
     #[test]
     fn only_secrets_labelled_for_backstop_may_be_used() {
         let mut labels = std::collections::BTreeMap::new();
-        let why = not_opted_in("db-admin", "credentialsSecretRef", &labels).unwrap();
+        let why = not_opted_in("db-admin", "spec.passwordSecretRef", &labels).unwrap();
         assert_eq!(why.reason, "SecretNotOptedIn");
+        assert!(
+            why.message.contains("(spec.passwordSecretRef)"),
+            "{}",
+            why.message
+        );
         assert!(
             why.message
                 .contains("kubectl label secret db-admin backstop.dev/credentials=true")

@@ -363,6 +363,7 @@ async fn look(
                     repository: repo,
                     manifest,
                     artifact_digest: backed_up.digest.clone(),
+                    restic_snapshot: backed_up.restic.as_ref().map(|r| r.id.clone()),
                     drill: drill.map(|d| (job_name.as_str(), d.check.as_ref())),
                 },
                 config,

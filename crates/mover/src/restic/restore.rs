@@ -9,11 +9,11 @@ use super::{Restic, error};
 use crate::extract::Extractor;
 use crate::manifest::{Entry, EntryKind};
 use crate::restore::{RestoreError, RestoreOptions, RestoreResult, staged};
+use backstop_api::contract::Reason;
 use rustic_core::repofile::{BlobType, Node, NodeType, SnapshotFile};
 use rustic_core::{BlobId, IndexedFullStatus, RusticError};
 use sha2::Digest;
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -28,6 +28,28 @@ impl Restic {
         target: &Path,
         options: &RestoreOptions<'_>,
     ) -> Result<RestoreResult, RestoreError> {
+        let untrusted = options.untrusted;
+        self.read(id, |read| {
+            staged(target, options.policy, |staging| {
+                read(Some(Extractor::new(staging)?), untrusted)
+            })
+        })
+    }
+
+    /// Reads every blob of snapshot `id` and checks it, as a restore would, writing nothing.
+    pub fn verify(self, id: &str) -> Result<RestoreResult, RestoreError> {
+        self.read(id, |read| read(None, false))
+    }
+
+    /// Finds snapshot `id` and its volume's tree, then lets `run` read it (into an extractor,
+    /// or nowhere).
+    fn read(
+        self,
+        id: &str,
+        run: impl FnOnce(
+            &mut dyn FnMut(Option<Extractor<'_>>, bool) -> Result<RestoreResult, RestoreError>,
+        ) -> Result<RestoreResult, RestoreError>,
+    ) -> Result<RestoreResult, RestoreError> {
         let Restic { repo, failure } = self;
         let fail = |e: Box<RusticError>, reason| {
             let e = error(&failure, &e, reason);
@@ -38,23 +60,22 @@ impl Restic {
         };
         let snapshots = repo
             .get_all_snapshots()
-            .map_err(|e| fail(e, backstop_api::contract::Reason::ArtifactUnreadable))?;
+            .map_err(|e| fail(e, Reason::ArtifactUnreadable))?;
         let snap = find(snapshots, id)?;
         let repo = repo
             .to_indexed()
-            .map_err(|e| fail(e, backstop_api::contract::Reason::ArtifactUnreadable))?;
+            .map_err(|e| fail(e, Reason::ArtifactUnreadable))?;
         let path = snap.paths.iter().next().cloned().unwrap_or_default();
         let root = repo
             .node_from_path(snap.tree, Path::new(&path))
-            .map_err(|e| fail(e, backstop_api::contract::Reason::ArtifactUnreadable))?;
+            .map_err(|e| fail(e, Reason::ArtifactUnreadable))?;
         let subtree = root
             .subtree
             .ok_or_else(|| integrity(format!("the snapshot's path {path} is not a directory")))?;
-        let untrusted = options.untrusted;
-        staged(target, options.policy, |staging| {
+        run(&mut |extractor, untrusted| {
             let mut writer = Writer {
                 repo: &repo,
-                extractor: Extractor::new(staging)?,
+                extractor,
                 untrusted,
                 links: HashMap::new(),
                 result: RestoreResult {
@@ -68,11 +89,10 @@ impl Restic {
                 fail: &fail,
             };
             writer.tree(subtree, &[])?;
-            let Writer {
-                extractor, result, ..
-            } = writer;
-            extractor.finish()?;
-            Ok(result)
+            if let Some(extractor) = writer.extractor {
+                extractor.finish()?;
+            }
+            Ok(writer.result)
         })
     }
 }
@@ -82,7 +102,7 @@ fn find(snapshots: Vec<SnapshotFile>, id: &str) -> Result<SnapshotFile, RestoreE
         .into_iter()
         .find(|s| !id.is_empty() && *s.id.to_hex() == *id)
         .ok_or_else(|| RestoreError::Snapshot {
-            reason: backstop_api::contract::Reason::ArtifactMissing,
+            reason: Reason::ArtifactMissing,
             message: format!("the restic repository holds no snapshot {id}"),
         })
 }
@@ -93,7 +113,8 @@ fn integrity(message: String) -> RestoreError {
 
 struct Writer<'a, F> {
     repo: &'a Repo,
-    extractor: Extractor<'a>,
+    /// Where entries are written; none when only checking.
+    extractor: Option<Extractor<'a>>,
     untrusted: bool,
     /// The first path of each file with more than one link, by device and inode.
     links: HashMap<(u64, u64), Vec<u8>>,
@@ -110,7 +131,7 @@ where
         let tree = self
             .repo
             .get_tree(&id)
-            .map_err(|e| (self.fail)(e, backstop_api::contract::Reason::ArtifactUnreadable))?;
+            .map_err(|e| (self.fail)(e, Reason::ArtifactUnreadable))?;
         for node in &tree.nodes {
             let name = node.name();
             let name = name.as_bytes();
@@ -162,12 +183,15 @@ where
         }
         let repo = self.repo;
         let fail = self.fail;
-        let bytes = self
-            .extractor
-            .entry(rel, &meta, device, |file| match file {
-                Some(file) if meta.kind == EntryKind::File => content(repo, node, file, rel, fail),
+        let file = meta.kind == EntryKind::File;
+        let bytes = match self.extractor.as_mut() {
+            Some(x) => x.entry(rel, &meta, device, |out| match out {
+                Some(out) if file => content(repo, node, out, rel, fail),
                 _ => Ok(0),
-            })?;
+            })?,
+            None if file => content(repo, node, &mut std::io::sink(), rel, fail)?,
+            None => 0,
+        };
         if meta.kind == EntryKind::File {
             self.result.files += 1;
             self.result.bytes += bytes;
@@ -188,7 +212,7 @@ where
 fn content<F>(
     repo: &Repo,
     node: &Node,
-    file: &mut File,
+    file: &mut impl Write,
     rel: &[u8],
     fail: &F,
 ) -> Result<u64, RestoreError>
@@ -201,7 +225,7 @@ where
         let blob: BlobId = (*id).into();
         let data = repo
             .get_blob_cached(&blob, BlobType::Data)
-            .map_err(|e| fail(e, backstop_api::contract::Reason::ArtifactUnreadable))?;
+            .map_err(|e| fail(e, Reason::ArtifactUnreadable))?;
         if crate::manifest::hex(&sha2::Sha256::digest(&data)) != *blob.to_hex() {
             return Err(integrity(format!(
                 "a block of {} does not match its id {}",
