@@ -67,6 +67,11 @@ impl S3Server {
         Ok(server)
     }
 
+    /// Where s3s-fs keeps the objects: `<dir>/<bucket>/<key>`, plain files.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data.path()
+    }
+
     /// The PEM of the CA that signed the server's certificate.
     pub fn ca_file(&self) -> PathBuf {
         self.data.path().join("ca.crt")
