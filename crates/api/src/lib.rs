@@ -22,7 +22,7 @@ pub use policy::{
 };
 pub use repository::{
     BackupRepository, BackupRepositorySpec, BackupRepositoryStatus, Compression, PasswordSecretRef,
-    PvcRepository, RepositoryFormat, S3Repository, SecretKeySelector,
+    PruneSpec, PruneStatus, PvcRepository, RepositoryFormat, S3Repository, SecretKeySelector,
 };
 pub use restore::{ExistingDataPolicy, Restore, RestoreSpec, RestoreStatus, RestoreTarget};
 pub use strategy::{SnapshotStrategy, Strategy, VolumeSnapshot};

@@ -86,6 +86,12 @@ pub fn probe_job(repo: &str, at: i64) -> String {
     format!("{}{stamp}", fit(repo, LABEL_MAX - stamp.len()))
 }
 
+/// The prune Job of repository `repo` for its run scheduled at `at` (Unix seconds).
+pub fn prune_job(repo: &str, at: i64) -> String {
+    let stamp = format!("-prune-{at}");
+    format!("{}{stamp}", fit(repo, LABEL_MAX - stamp.len()))
+}
+
 /// A label value standing for `name`.
 pub fn label_value(name: &str) -> String {
     fit(name, LABEL_MAX)

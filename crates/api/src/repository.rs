@@ -1,7 +1,7 @@
 //! `BackupRepository`: where artifacts go, defined once and shared by policies.
 
 use crate::condition::Invalid;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -43,6 +43,45 @@ pub struct BackupRepositorySpec {
     /// the backups cannot be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<PasswordSecretRef>,
+    /// With `format: restic`: when the space of data no snapshot uses any more (forgotten by
+    /// retention and Backup deletion) is reclaimed. Default: Sundays at 03:00 UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<PruneSpec>,
+}
+
+/// A restic repository's maintenance: a prune Job on a schedule. Prune takes no lock: data it
+/// finds unused is marked, and removed only by a prune `keepDeleteHours` later, so backups
+/// running meanwhile never wait for it and never lose data they rely on.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PruneSpec {
+    /// Cron expression, five fields, in UTC.
+    #[serde(default = "default_prune_schedule")]
+    pub schedule: String,
+    /// How long data marked unused stays before a prune removes it; longer than any backup
+    /// runs (default 24). 0 removes it at once: only when nothing else writes the repository.
+    #[serde(default = "default_keep_delete_hours")]
+    pub keep_delete_hours: u32,
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+impl Default for PruneSpec {
+    fn default() -> Self {
+        Self {
+            schedule: default_prune_schedule(),
+            keep_delete_hours: default_keep_delete_hours(),
+            suspend: false,
+        }
+    }
+}
+
+fn default_prune_schedule() -> String {
+    "0 3 * * 0".into()
+}
+
+fn default_keep_delete_hours() -> u32 {
+    24
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -212,6 +251,25 @@ pub struct BackupRepositoryStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// A restic repository's last prune.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<PruneStatus>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PruneStatus {
+    /// The scheduled time of the last prune started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_completion_time: Option<Time>,
+    /// `Succeeded` or `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_result: Option<String>,
+    /// What it did, or why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 impl BackupRepositorySpec {
@@ -235,6 +293,15 @@ impl BackupRepositorySpec {
                 ));
             }
             _ => {}
+        }
+        if let Some(prune) = &self.prune {
+            if self.format != RepositoryFormat::Restic {
+                return Err(invalid(
+                    "spec.prune is for format restic; a tar backup's artifacts go with it".into(),
+                ));
+            }
+            crate::schedule::Schedule::parse(&prune.schedule, None)
+                .map_err(|e| invalid(format!("spec.prune.schedule: {e}")))?;
         }
         match (&self.pvc, &self.s3) {
             (None, None) => Err(Invalid::new(
@@ -366,6 +433,23 @@ mod tests {
         let stray = spec(serde_json::json!({"pvc": {"claimName": "b"},
             "passwordSecretRef": {"name": "r"}}));
         assert!(stray.unwrap_err().contains("not encrypted"));
+        let pruned = spec(
+            serde_json::json!({"pvc": {"claimName": "b"}, "format": "restic",
+            "passwordSecretRef": {"name": "r"}, "prune": {"schedule": "0 4 * * *"}}),
+        );
+        assert_eq!(pruned, Ok(()));
+        let bad = spec(
+            serde_json::json!({"pvc": {"claimName": "b"}, "format": "restic",
+            "passwordSecretRef": {"name": "r"}, "prune": {"schedule": "weekly"}}),
+        );
+        assert!(bad.unwrap_err().contains("spec.prune.schedule"));
+        let tar = spec(serde_json::json!({"pvc": {"claimName": "b"}, "prune": {}}));
+        assert!(tar.unwrap_err().contains("for format restic"));
+        let defaults = PruneSpec::default();
+        assert_eq!(
+            (defaults.schedule.as_str(), defaults.keep_delete_hours),
+            ("0 3 * * 0", 24)
+        );
     }
 
     fn s3(spec: serde_json::Value) -> Result<(), Invalid> {

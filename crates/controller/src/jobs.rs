@@ -107,6 +107,7 @@ mod capabilities {
 pub const ROLE_BACKUP: &str = "backup";
 pub const ROLE_DELETE: &str = "delete";
 pub const ROLE_PROBE: &str = "probe";
+pub const ROLE_PRUNE: &str = "prune";
 pub const ROLE_RESTORE: &str = "restore";
 pub const ROLE_VERIFY: &str = "verify";
 /// On a drill's scratch PVC.
@@ -895,6 +896,34 @@ pub fn probe_job(repo: &BackupRepository, at: i64, config: &MoverConfig) -> Job 
     job(repo, mover, config)
 }
 
+/// The Job that prunes `repo`'s restic repository for the run scheduled at `at`.
+pub fn prune_job(
+    repo: &BackupRepository,
+    at: i64,
+    spec: &backstop_api::PruneSpec,
+    config: &MoverConfig,
+) -> Job {
+    let name = repo.metadata.name.clone().unwrap_or_default();
+    let mover = MoverJob {
+        name: naming::prune_job(&name, at),
+        node: None,
+        role: ROLE_PRUNE,
+        labels: label_map(&[(labels::REPOSITORY, &name)]),
+        request: Request::Prune {
+            repository: location(repo),
+            root: contract::restic_root(&repo.namespace().unwrap_or_default()),
+            keep_delete_seconds: u64::from(spec.keep_delete_hours) * 3600,
+        },
+        repository: (repo, false),
+        volumes: Vec::new(),
+        mounts: Vec::new(),
+        deadline_seconds: config.deadline_seconds,
+        capabilities: capabilities::DELETE.to_vec(),
+        companion: None,
+    };
+    job(repo, mover, config)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1400,6 +1429,24 @@ mod tests {
         assert!(env.iter().all(|e| e.name != "RESTIC_PASSWORD"));
         assert!(request(&direct_job(&backup, "db", &tar)).contains(&"backup".to_string()));
 
+        let prune = prune_job(
+            &repo,
+            7,
+            &backstop_api::PruneSpec::default(),
+            &MoverConfig::default(),
+        );
+        assert_eq!(prune.metadata.name.as_deref(), Some("default-prune-7"));
+        assert_eq!(
+            prune.metadata.labels.clone().unwrap()[labels::ROLE],
+            ROLE_PRUNE
+        );
+        assert!(
+            request(&prune)
+                .join(" ")
+                .starts_with("mover prune --root shop/_restic --keep-delete-seconds 86400"),
+            "{:?}",
+            request(&prune)
+        );
         let probe = request(&probe_job(&repo, 1, &MoverConfig::default())).join(" ");
         assert!(
             probe.starts_with("mover probe --restic shop/_restic"),

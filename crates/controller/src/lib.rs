@@ -10,6 +10,7 @@ mod fixtures;
 pub mod history;
 pub mod index;
 pub mod jobs;
+pub mod maintenance;
 pub mod metrics;
 pub mod outcome;
 pub mod policy;

@@ -287,16 +287,16 @@ async fn start_probe(ctx: &Context, repo: &BackupRepository) -> Result<(), Error
     Ok(())
 }
 
-/// An S3 repository: probe, wait for the probe, or report what it found. No probe (no pod) is
-/// given a Secret its owner did not opt in (see `secrets`).
-async fn probe(repo: &BackupRepository, ctx: &Context) -> Result<Action, Error> {
+/// A probed repository: probe, wait for the probe, or report what it found; when to look
+/// again. No probe (no pod) is given a Secret its owner did not opt in (see `secrets`).
+async fn probe(repo: &BackupRepository, ctx: &Context) -> Result<Duration, Error> {
     if let Some(why) = crate::secrets::refusal(ctx, repo).await? {
         for job in probe_jobs(ctx, repo).await? {
             delete_job(ctx, &job).await?;
         }
         report(ctx, repo, Err(why)).await?;
         // Secrets are not watched (the operator may not list them): look again in a minute.
-        return Ok(Action::requeue(RECHECK_NOT_READY));
+        return Ok(RECHECK_NOT_READY);
     }
     let mut probes = probe_jobs(ctx, repo).await?;
     let latest = probes.pop();
@@ -306,7 +306,7 @@ async fn probe(repo: &BackupRepository, ctx: &Context) -> Result<Action, Error> 
     }
     let latest = latest.filter(|j| j.metadata.deletion_timestamp.is_none());
     let generation = repo.meta().generation;
-    let wait = Action::requeue(Duration::from_secs(30));
+    let wait = Duration::from_secs(30);
     match probe_step(generation, latest.as_ref().map(summarize).as_ref(), now()) {
         ProbeStep::Start => {
             start_probe(ctx, repo).await?;
@@ -333,7 +333,7 @@ async fn probe(repo: &BackupRepository, ctx: &Context) -> Result<Action, Error> 
             };
             report(ctx, repo, verdict).await?;
             match recheck_in {
-                Some(after) => Ok(Action::requeue(after)),
+                Some(after) => Ok(after),
                 None => {
                     start_probe(ctx, repo).await?;
                     Ok(wait)
@@ -389,6 +389,8 @@ async fn report(
         events::warning(&ctx.recorder, repo, &why.reason, why.message.clone()).await;
     }
     if crate::status_differs(repo.status.as_ref(), &status) {
+        // The prune's part is maintenance's to write (this copy of it may be older).
+        status.prune = None;
         crate::patch_status(&ctx.client, repo, &status, &[]).await?;
     }
     Ok(())
@@ -396,7 +398,9 @@ async fn report(
 
 async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Action, Error> {
     if repo.spec.validate().is_ok() && probed(&repo) {
-        return probe(&repo, &ctx).await;
+        let probe = probe(&repo, &ctx).await?;
+        let maintenance = crate::maintenance::maintain(&ctx, &repo).await?;
+        return Ok(Action::requeue(maintenance.map_or(probe, |m| m.min(probe))));
     }
     report(&ctx, &repo, readiness(&ctx, &repo).await).await?;
     // Changes to its PVC wake us; this is only a safety net (or the end of a full spell).
@@ -417,11 +421,12 @@ pub async fn run(
 ) {
     let client = ctx.client.clone();
     let probes = watcher::Config::default().labels(&format!(
-        "{}={},{}={}",
+        "{}={},{} in ({},{})",
         labels::MANAGED_BY,
         labels::MANAGER,
         labels::ROLE,
-        jobs::ROLE_PROBE
+        jobs::ROLE_PROBE,
+        jobs::ROLE_PRUNE
     ));
     let controller = ctx
         .stores

@@ -1,7 +1,8 @@
 //! The restic repository format end to end, checked by Debian's restic 0.14 reading the
 //! repository directory on the host: a per-minute policy on two PVCs with keepLast 2 leaves
 //! exactly the snapshots of the two kept Backups, `restic check --read-data` passes, restic
-//! restores a snapshot equal to its source, and so does a Backstop Restore into another PVC.
+//! restores a snapshot equal to its source, and so does a Backstop Restore into another PVC; a
+//! scheduled prune reclaims the forgotten snapshots' data and restic still checks the rest.
 //! A wrong password is `Ready=False WrongPassword`; a password Secret that is not opted in is
 //! never handed to a pod.
 
@@ -152,6 +153,47 @@ async fn a_per_minute_policy_keeps_two_backups_as_snapshots_restic_checks_and_re
         assert_eq!(s["hostname"], ns.name.as_str());
         assert!(tagged(s, "policy=db") && tagged(s, "backstop"), "{s}");
     }
+    restic(&restic_dir, PASSWORD, &["check", "--read-data"])?;
+
+    // Maintenance: a prune on the repository's schedule reclaims the forgotten snapshots' data
+    // (at once here: keepDeleteHours 0, nothing else writes now), and restic still checks it.
+    let repositories = ns.api::<BackupRepository>();
+    repositories
+        .patch(
+            "default",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"prune": {"schedule": "* * * * *", "keepDeleteHours": 0}}}),
+            ),
+        )
+        .await?;
+    let pruned = wait_for(
+        Duration::from_secs(150),
+        "a scheduled prune to succeed",
+        || async {
+            let prune = repositories
+                .get("default")
+                .await?
+                .status
+                .and_then(|s| s.prune);
+            Ok(prune.filter(|p| p.last_result.is_some()))
+        },
+    )
+    .await?;
+    assert_eq!(
+        pruned.last_result.as_deref(),
+        Some("Succeeded"),
+        "{pruned:?}"
+    );
+    let message = pruned.message.unwrap_or_default();
+    assert!(message.starts_with("4 snapshots kept"), "{message}");
+    assert!(
+        events(&ns, "PruneCompleted")
+            .await?
+            .iter()
+            .any(|(on, _)| on == "default"),
+        "a PruneCompleted event"
+    );
     restic(&restic_dir, PASSWORD, &["check", "--read-data"])?;
 
     // The status names each snapshot; restic restores it equal to its source.
