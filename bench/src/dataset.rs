@@ -172,6 +172,20 @@ pub fn mixed(root: &Path, scale: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Adds the regular files below `dir` to `files`, without following symlinks.
+pub fn walk_files(dir: &Path, files: &mut Vec<std::path::PathBuf>) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            walk_files(&entry.path(), files)?;
+        } else if kind.is_file() {
+            files.push(entry.path());
+        }
+    }
+    Ok(())
+}
+
 /// Bytes of regular-file content below `root`.
 pub fn size(root: &Path) -> io::Result<u64> {
     let mut total = 0;

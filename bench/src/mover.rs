@@ -404,11 +404,12 @@ fn bench_dataset(name: &str, data: &Path, work: &Path, runs: usize) -> anyhow::R
         )))
     })?;
 
-    restic_rows(&mut t, data, work, &target)?;
+    let growth = restic_format_rows(&mut t, &backstop, data, work, &target)?;
     let _ = fs::remove_dir_all(work);
 
     print_table(name, bytes, runs, &t.rows);
     print_summary(&t.rows, bytes);
+    print_restic_summary(&t.rows, &growth);
     Ok(())
 }
 
@@ -642,4 +643,232 @@ pub fn run(quick: bool, only: &str) -> anyhow::Result<()> {
         fs::remove_dir_all(&data)?;
     }
     Ok(())
+}
+
+/// What the restic-format rows found beyond times: bytes each re-backup added.
+struct Growth {
+    /// An unchanged re-backup: Backstop, restic.
+    unchanged: (u64, u64),
+    /// 1% of the files rewritten: Backstop, restic, and the rewritten bytes zstd -3 compressed.
+    changed: (u64, u64, u64),
+}
+
+/// Backstop's restic format (`backstop mover restic-backup`, a directory repository) against
+/// restic 0.14, in turns: a first backup into a fresh repository, an unchanged re-backup, one
+/// with 1% of the files rewritten (incompressible bytes, same sizes), and a restore of the
+/// latest snapshot (found by restic itself).
+fn restic_format_rows(
+    t: &mut Table,
+    backstop: &Path,
+    data: &Path,
+    work: &Path,
+    target: &Path,
+) -> anyhow::Result<Growth> {
+    const OURS: &str = "backstop restic format";
+    const THEIRS: &str = "restic 0.14";
+    let ours_repo = work.join("repo-restic");
+    let ours_restic = ours_repo.join("bench/_restic");
+    let theirs_repo = work.join("restic");
+    let restic = |repo: &Path, args: &[&str]| {
+        let mut c = Command::new("restic");
+        c.env("RESTIC_PASSWORD", "bench")
+            .args(["-q", "--no-cache", "-r"])
+            .arg(repo)
+            .args(args)
+            .stdout(std::process::Stdio::null());
+        c
+    };
+    let ours = |verb: &str| {
+        let mut c = Command::new(backstop);
+        c.args(["mover", verb, "--repository"])
+            .arg(&ours_repo)
+            .env("RESTIC_PASSWORD", "bench")
+            .stdout(std::process::Stdio::null());
+        c
+    };
+    let backup_ours = || {
+        let mut c = ours("restic-backup");
+        c.args(["--root", "bench/_restic", "--source"])
+            .arg(data)
+            .args(["--pvc", "data", "--host", "bench"]);
+        c
+    };
+    let backup_theirs = || {
+        let mut c = restic(&theirs_repo, &["backup"]);
+        c.arg(data);
+        c
+    };
+    let succeed = |mut c: Command| -> anyhow::Result<()> {
+        anyhow::ensure!(c.status()?.success(), "{c:?} failed");
+        Ok(())
+    };
+    t.measure_in_turns(vec![
+        (
+            OURS,
+            "backup",
+            Box::new(|| {
+                fresh(&ours_repo)?;
+                let mut init = ours("probe");
+                init.args(["--restic", "bench/_restic"]);
+                succeed(init)?;
+                Ok(backup_ours())
+            }),
+        ),
+        (
+            THEIRS,
+            "backup",
+            Box::new(|| {
+                fresh(&theirs_repo)?;
+                succeed(restic(&theirs_repo, &["init"]))?;
+                Ok(backup_theirs())
+            }),
+        ),
+    ])?;
+    t.artifact(OURS, du(&ours_repo)?);
+    t.artifact(THEIRS, du(&theirs_repo)?);
+    t.measure_in_turns(vec![
+        (OURS, "re-backup, unchanged", Box::new(|| Ok(backup_ours()))),
+        (
+            THEIRS,
+            "re-backup, unchanged",
+            Box::new(|| Ok(backup_theirs())),
+        ),
+    ])?;
+    let added = |repo: &Path, backup: &dyn Fn() -> Command| -> anyhow::Result<u64> {
+        let before = du(repo)?;
+        succeed(backup())?;
+        Ok(du(repo)?.saturating_sub(before))
+    };
+    let unchanged = (
+        added(&ours_repo, &backup_ours)?,
+        added(&theirs_repo, &backup_theirs)?,
+    );
+
+    // Every hundredth file, rewritten with new bytes of the same length before each run.
+    let mut files = Vec::new();
+    dataset::walk_files(data, &mut files)?;
+    files.sort();
+    let changed: Vec<PathBuf> = files.into_iter().step_by(100).collect();
+    let round = std::cell::Cell::new(0u64);
+    let rewrite = || -> anyhow::Result<()> {
+        round.set(round.get() + 1);
+        for (i, f) in changed.iter().enumerate() {
+            let len = fs::metadata(f)?.len() as usize;
+            fs::write(f, noise(len, round.get() * 1_000_003 + i as u64))?;
+        }
+        Ok(())
+    };
+    t.measure_in_turns(vec![
+        (
+            OURS,
+            "re-backup, 1% of files changed",
+            Box::new(|| {
+                rewrite()?;
+                Ok(backup_ours())
+            }),
+        ),
+        (
+            THEIRS,
+            "re-backup, 1% of files changed",
+            Box::new(|| {
+                rewrite()?;
+                Ok(backup_theirs())
+            }),
+        ),
+    ])?;
+    rewrite()?;
+    let ours_added = added(&ours_repo, &backup_ours)?;
+    let theirs_added = added(&theirs_repo, &backup_theirs)?;
+    let list = changed
+        .iter()
+        .map(|p| format!("'{}'", p.display()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = sh(&format!("cat {list} | zstd -3 -c | wc -c")).output()?;
+    let compressed = String::from_utf8_lossy(&out.stdout).trim().parse()?;
+
+    let latest = |repo: &Path| -> anyhow::Result<String> {
+        let out = Command::new("restic")
+            .env("RESTIC_PASSWORD", "bench")
+            .args(["-q", "--no-cache", "-r"])
+            .arg(repo)
+            .args(["snapshots", "--json", "--latest", "1"])
+            .output()?;
+        let snapshots: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        snapshots[0]["id"]
+            .as_str()
+            .map(str::to_string)
+            .context("no snapshot")
+    };
+    let ours_latest = latest(&ours_restic)?;
+    t.measure_in_turns(vec![
+        (
+            OURS,
+            "restore (verifying)",
+            Box::new(|| {
+                fresh(target)?;
+                let mut c = ours("restic-restore");
+                c.args([
+                    "--root",
+                    "bench/_restic",
+                    "--snapshot",
+                    &ours_latest,
+                    "--target",
+                ])
+                .arg(target);
+                Ok(c)
+            }),
+        ),
+        (
+            THEIRS,
+            "restore",
+            Box::new(|| {
+                fresh(target)?;
+                let mut c = restic(&theirs_repo, &["restore", "latest", "--target"]);
+                c.arg(target);
+                Ok(c)
+            }),
+        ),
+    ])?;
+    Ok(Growth {
+        unchanged,
+        changed: (ours_added, theirs_added, compressed),
+    })
+}
+
+/// Incompressible bytes from a seed.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// The restic-format figures against their goals.
+fn print_restic_summary(rows: &[Row], growth: &Growth) {
+    let wall = |tool: &str, op: &str| {
+        rows.iter()
+            .find(|r| r.tool == tool && r.op == op)
+            .map_or(f64::NAN, |r| r.m.wall)
+    };
+    let speedup = |ours: &str, theirs: &str| {
+        wall("restic 0.14", theirs) / wall("backstop restic format", ours)
+    };
+    println!(
+        "Backstop restic format: first backup {:.2}x restic (goal >= 1.0), restore {:.2}x restic restore (goal >= 1.0), unchanged re-backup {:.2}x restic (goal >= 1.0) adding {} bytes (restic {}); 1% of files changed: {} bytes added for {} bytes changed, zstd -3 compressed ({:.2}x, goal <= 1.2; restic added {})",
+        speedup("backup", "backup"),
+        speedup("restore (verifying)", "restore"),
+        speedup("re-backup, unchanged", "re-backup, unchanged"),
+        growth.unchanged.0,
+        growth.unchanged.1,
+        growth.changed.0,
+        growth.changed.2,
+        growth.changed.0 as f64 / growth.changed.2.max(1) as f64,
+        growth.changed.1,
+    );
 }
