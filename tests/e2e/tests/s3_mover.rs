@@ -340,3 +340,129 @@ fn the_restic_format_on_moto() -> anyhow::Result<()> {
 fn the_restic_format_on_s3s_fs() -> anyhow::Result<()> {
     restic_round_trip(S3Kind::S3sFs)
 }
+
+/// A restic-format backup killed (SIGKILL) while it uploads, to a directory and to moto: the
+/// next backup succeeds at once (no lock to wait for), and restic 0.14 checks the repository and
+/// restores the new snapshot equal to its source.
+#[test]
+#[ignore = "needs moto_server and s3s-fs: run `make test`, or install them and use --ignored"]
+fn a_restic_backup_killed_midway_blocks_nothing_and_leaves_a_sound_repository() -> anyhow::Result<()>
+{
+    use backstop_mover::repository::DirRepository;
+    use backstop_mover::restic::{Labels, Restic};
+    use std::sync::Arc;
+    let password = "killed midway";
+    let source = tempfile::tempdir()?;
+    // 48 MiB that does not compress: uploads take long enough to be cut off.
+    for i in 0..24u64 {
+        let mut x = (i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let bytes: Vec<u8> = (0..2 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(source.path().join(format!("f{i}")), bytes)?;
+    }
+    let server = S3Server::start(S3Kind::Moto)?;
+    server.create_bucket("backups")?;
+    let dir = tempfile::tempdir()?;
+    let bin = backstop_e2e::backstop_bin()?;
+    for on_s3 in [false, true] {
+        let mut mover = std::process::Command::new(&bin);
+        mover.args([
+            "mover",
+            "restic-backup",
+            "--root",
+            "shop/_restic",
+            "--source",
+        ]);
+        mover
+            .arg(source.path())
+            .args(["--pvc", "data", "--host", "shop"]);
+        mover.env("RESTIC_PASSWORD", password);
+        let store: Arc<dyn Repository> = if on_s3 {
+            mover
+                .args([
+                    "--s3-bucket",
+                    "backups",
+                    "--s3-endpoint",
+                    &server.endpoint(),
+                ])
+                .args(["--s3-prefix", "cluster-a", "--s3-force-path-style"])
+                .env("AWS_ACCESS_KEY_ID", backstop_e2e::s3::ACCESS_KEY)
+                .env("AWS_SECRET_ACCESS_KEY", backstop_e2e::s3::SECRET_KEY);
+            Arc::new(S3Repository::new(&server.config("backups", "cluster-a/"))?)
+        } else {
+            mover.arg("--repository").arg(dir.path());
+            Arc::new(DirRepository::new(dir.path()))
+        };
+        Restic::open(store.clone(), "shop/_restic", password, true)?;
+        let mut child = mover.stdout(std::process::Stdio::null()).spawn()?;
+        // Killed once it has stored something, long before it is done.
+        let started = std::time::Instant::now();
+        while store.list("shop/_restic/data")?.is_empty() {
+            anyhow::ensure!(
+                child.try_wait()?.is_none(),
+                "the backup ended before it was killed"
+            );
+            anyhow::ensure!(started.elapsed().as_secs() < 60, "no pack was ever stored");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child.kill()?;
+        child.wait()?;
+        assert!(
+            store.list("shop/_restic/snapshots")?.is_empty(),
+            "no snapshot of a killed backup"
+        );
+        assert!(
+            store.list("shop/_restic/locks")?.is_empty(),
+            "no lock left behind"
+        );
+
+        let labels = Labels {
+            host: "shop".into(),
+            path: "/data".into(),
+            tags: Vec::new(),
+        };
+        let open = || Restic::open(store.clone(), "shop/_restic", password, false).map(|r| r.0);
+        let snap = open()?.backup(source.path(), &labels)?;
+        let repository = if on_s3 {
+            format!("s3:{}/backups/cluster-a/shop/_restic", server.endpoint())
+        } else {
+            dir.path().join("shop/_restic").display().to_string()
+        };
+        let restic = |args: &[&str]| -> anyhow::Result<()> {
+            let out = std::process::Command::new("restic")
+                .args(["--repo", &repository, "--no-cache", "--quiet"])
+                .args(args)
+                .env("RESTIC_PASSWORD", password)
+                .env("AWS_ACCESS_KEY_ID", backstop_e2e::s3::ACCESS_KEY)
+                .env("AWS_SECRET_ACCESS_KEY", backstop_e2e::s3::SECRET_KEY)
+                .output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "restic {args:?} (S3: {on_s3}): {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(())
+        };
+        restic(&["check", "--read-data"])?;
+        let out = tempfile::tempdir()?;
+        restic(&[
+            "restore",
+            &snap.id,
+            "--target",
+            out.path().to_str().unwrap_or_default(),
+        ])?;
+        assert_eq!(
+            tree_listing(&out.path().join("data"))?,
+            tree_listing(source.path())?,
+            "S3: {on_s3}"
+        );
+    }
+    Ok(())
+}
