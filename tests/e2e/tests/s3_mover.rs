@@ -244,6 +244,24 @@ fn tls_needs_the_ca_or_an_explicit_skip() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Debian's restic 0.14 on `repository` (a directory or `s3:` URL with the test server's keys).
+fn restic_cli(repository: &str, password: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new("restic")
+        .args(["--repo", repository, "--no-cache", "--quiet"])
+        .args(args)
+        .env("RESTIC_PASSWORD", password)
+        .env("AWS_ACCESS_KEY_ID", backstop_e2e::s3::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", backstop_e2e::s3::SECRET_KEY)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "restic {args:?} on {repository}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 /// The restic format on object storage: restic 0.14 reads what Backstop wrote to the bucket
 /// (`check --read-data`, `restore`), an unchanged re-backup adds nothing, and a forgotten
 /// snapshot's data is reclaimed by prune.
@@ -271,33 +289,17 @@ fn restic_round_trip(kind: S3Kind) -> anyhow::Result<()> {
     let third = open()?.backup(source.path(), &labels("three"))?;
     assert_eq!((third.files_read, third.bytes_added), (0, 0), "{third:?}");
 
-    let restic = |args: &[&str]| -> anyhow::Result<String> {
-        // restic 0.14 lists nothing through s3s-fs's ListObjects (its own backups there fail
-        // its check too); s3s-fs keeps objects as plain files, so restic reads those instead.
-        let repository = match kind {
-            S3Kind::Moto => format!("s3:{}/backups/cluster-a/shop/_restic", server.endpoint()),
-            S3Kind::S3sFs => server
-                .data_dir()
-                .join("backups/cluster-a/shop/_restic")
-                .display()
-                .to_string(),
-        };
-        let out = std::process::Command::new("restic")
-            .arg("--repo")
-            .arg(&repository)
-            .args(["--no-cache", "--quiet"])
-            .args(args)
-            .env("RESTIC_PASSWORD", password)
-            .env("AWS_ACCESS_KEY_ID", backstop_e2e::s3::ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", backstop_e2e::s3::SECRET_KEY)
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "restic {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8(out.stdout)?)
+    // restic 0.14 lists nothing through s3s-fs's ListObjects (its own backups there fail its
+    // check too); s3s-fs keeps objects as plain files, so restic reads those instead.
+    let repository = match kind {
+        S3Kind::Moto => format!("s3:{}/backups/cluster-a/shop/_restic", server.endpoint()),
+        S3Kind::S3sFs => server
+            .data_dir()
+            .join("backups/cluster-a/shop/_restic")
+            .display()
+            .to_string(),
     };
+    let restic = |args: &[&str]| restic_cli(&repository, password, args);
     restic(&["check", "--read-data"])?;
     let out = tempfile::tempdir()?;
     restic(&[
@@ -434,22 +436,7 @@ fn a_restic_backup_killed_midway_blocks_nothing_and_leaves_a_sound_repository() 
         } else {
             dir.path().join("shop/_restic").display().to_string()
         };
-        let restic = |args: &[&str]| -> anyhow::Result<()> {
-            let out = std::process::Command::new("restic")
-                .args(["--repo", &repository, "--no-cache", "--quiet"])
-                .args(args)
-                .env("RESTIC_PASSWORD", password)
-                .env("AWS_ACCESS_KEY_ID", backstop_e2e::s3::ACCESS_KEY)
-                .env("AWS_SECRET_ACCESS_KEY", backstop_e2e::s3::SECRET_KEY)
-                .output()?;
-            anyhow::ensure!(
-                out.status.success(),
-                "restic {args:?} (S3: {on_s3}): {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            Ok(())
-        };
+        let restic = |args: &[&str]| restic_cli(&repository, password, args);
         restic(&["check", "--read-data"])?;
         let out = tempfile::tempdir()?;
         restic(&[

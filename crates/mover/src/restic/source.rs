@@ -112,6 +112,12 @@ impl Walker {
         path.strip_prefix(&self.root).unwrap_or(path)
     }
 
+    /// Counts `path` as unreadable for `err`.
+    fn unreadable(&self, path: &Path, err: &io::Error) {
+        let rel = self.rel(path);
+        note(&self.problems, |p| p.unreadable(rel, err));
+    }
+
     /// Enters the directory at `path`; a directory that cannot be listed is counted.
     fn enter(&mut self, dir: Dir, path: PathBuf) {
         match dir.names() {
@@ -120,10 +126,7 @@ impl Walker {
                 path,
                 names: names.into_iter(),
             }),
-            Err(e) => {
-                let rel = self.rel(&path).to_path_buf();
-                note(&self.problems, |p| p.unreadable(&rel, &e));
-            }
+            Err(e) => self.unreadable(&path, &e),
         }
     }
 
@@ -173,8 +176,7 @@ impl Iterator for Walker {
                     continue;
                 }
                 Err(e) => {
-                    let rel = self.rel(&path).to_path_buf();
-                    note(&self.problems, |p| p.unreadable(&rel, &e));
+                    self.unreadable(&path, &e);
                     continue;
                 }
             };
@@ -214,8 +216,7 @@ impl Iterator for Walker {
                         continue;
                     }
                     Err(e) => {
-                        let rel = self.rel(&path).to_path_buf();
-                        note(&self.problems, |p| p.unreadable(&rel, &e));
+                        self.unreadable(&path, &e);
                         continue;
                     }
                 },
