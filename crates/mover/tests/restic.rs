@@ -81,6 +81,12 @@ fn seed(root: &Path) {
     let odd = std::ffi::OsStr::from_bytes(b"caf\xe9");
     fs::write(root.join(odd), "latin-1 name").unwrap();
     fs::set_permissions(root, fs::Permissions::from_mode(0o750)).unwrap();
+    // Owners other than the mover's (it runs as root, as these tests do in CI).
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::lchown(root.join("pgdata"), Some(999), Some(999)).unwrap();
+        std::os::unix::fs::lchown(root.join("shared/a"), Some(1234), Some(5678)).unwrap();
+        std::os::unix::fs::lchown(root.join("version"), Some(4321), Some(8765)).unwrap();
+    }
     for path in ["pgdata/PG_VERSION", "empty-file"] {
         let t = filetime(1_600_000_000, 123_456_789);
         set_mtime(&root.join(path), t);
@@ -220,6 +226,32 @@ fn restic_checks_and_restores_what_backstop_backs_up() {
     assert_eq!(second.parent.as_deref(), Some(first.id.as_str()));
     assert_eq!(second.files_read, 0, "{second:?}");
     assert_eq!(second.bytes_added, 0, "{second:?}");
+
+    // A mode changed, and a file rewritten in place with its size and mtime put back (only its
+    // ctime moved): the next snapshot has both, the content read again.
+    fs::set_permissions(
+        f.source.join("pgdata/PG_VERSION"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    fs::write(f.source.join("empty-file"), "").unwrap();
+    let rewritten = f.source.join("pgdata/base/1/3");
+    let mut body = fs::read(&rewritten).unwrap();
+    body[0] ^= 0xff;
+    let before = fs::metadata(&rewritten).unwrap();
+    fs::write(&rewritten, &body).unwrap();
+    set_mtime(&rewritten, filetime(before.mtime(), before.mtime_nsec()));
+    set_mtime(
+        &f.source.join("empty-file"),
+        filetime(1_600_000_000, 123_456_789),
+    );
+    let moded = f
+        .open()
+        .backup(&f.source, &f.labels("db", "nightly-2b"))
+        .unwrap();
+    let target = f._tmp.path().join("restored-moded");
+    f.restic_ok(&["restore", &moded.id, "--target", target.to_str().unwrap()]);
+    assert_eq!(listing(&target.join("db")), listing(&f.source));
 
     // One file changed: about its size is added.
     fs::write(f.source.join("pgdata/base/1/7"), vec![7u8; 300_000]).unwrap();

@@ -276,7 +276,6 @@ fn entry(node: &Node, rel: &[u8]) -> Entry {
     });
     let mut entry = Entry {
         kind,
-        size: node.meta.size,
         mode: (go & 0o777) | special,
         uid: node.meta.uid.unwrap_or(0).into(),
         gid: node.meta.gid.unwrap_or(0).into(),
