@@ -4,8 +4,8 @@
 //! `source` walks volumes as every Backstop backup does.
 //!
 //! rustic takes no locks: files are only ever added, and prune removes what it has marked
-//! unused only `keep_delete` later (23 h by default), so backups running meanwhile are safe,
-//! and a mover killed halfway leaves nothing that blocks the next one.
+//! unused only `keep_delete` later (the repository's `keepDeleteHours`), so backups running
+//! meanwhile are safe, and a mover killed halfway leaves nothing that blocks the next one.
 
 pub mod backend;
 mod restore;
@@ -18,7 +18,6 @@ use rustic_core::{
     BackupOptions, ConfigOptions, Credentials, KeyOptions, OpenStatus, PruneOptions,
     RepositoryBackends, RepositoryOptions, RusticError, SnapshotOptions,
 };
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -48,13 +47,11 @@ pub struct Labels {
 }
 
 /// One volume's snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     /// The snapshot's id (64 hex digits; restic shows the first 8).
     pub id: String,
     /// The snapshot it was compared with (unchanged files were not read again).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
     pub files: u64,
     pub dirs: u64,
@@ -167,17 +164,13 @@ impl Restic {
             .map_err(|e| self.fail(&e, Reason::RepositoryUnusable))
     }
 
-    /// Removes the snapshots `ids` (full ids or unique prefixes); ids no longer there are
-    /// skipped. Their data stays until prune. The ids removed.
+    /// Removes the snapshots `ids` (full ids only: a prefix could name others); ids no longer
+    /// there are skipped. Their data stays until prune. The ids removed.
     pub fn forget(&self, ids: &[String]) -> Result<Vec<String>, ResticError> {
         let present: Vec<_> = self
             .snapshots()?
             .into_iter()
-            .filter(|s| {
-                let hex = s.id.to_hex();
-                ids.iter()
-                    .any(|id| !id.is_empty() && hex.starts_with(id.as_str()))
-            })
+            .filter(|s| ids.iter().any(|id| *id == *s.id.to_hex()))
             .map(|s| s.id)
             .collect();
         self.repo
