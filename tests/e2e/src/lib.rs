@@ -835,3 +835,30 @@ pub fn restart_cluster_wide_operator() {
         "--replicas=1",
     ]);
 }
+
+/// Debian's restic 0.14 on the repository `repo` (a directory, or an `s3:` URL with the test S3
+/// servers' keys): its standard output, or what it said when it failed.
+pub fn restic(
+    repo: impl AsRef<std::ffi::OsStr>,
+    password: &str,
+    args: &[&str],
+) -> anyhow::Result<String> {
+    let repo = repo.as_ref();
+    let out = Command::new("restic")
+        .arg("--repo")
+        .arg(repo)
+        .args(["--no-cache", "--quiet"])
+        .args(args)
+        .env("RESTIC_PASSWORD", password)
+        .env("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "restic {args:?} on {}: {}{}",
+        repo.to_string_lossy(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}

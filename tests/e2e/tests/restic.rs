@@ -12,35 +12,9 @@ use backstop_e2e::*;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
-use std::process::Command;
 use std::time::Duration;
 
 const PASSWORD: &str = "e2e restic password";
-
-/// Debian's restic on the repository `repo` (a directory, or an `s3:` URL with the test S3
-/// servers' keys).
-fn restic(
-    repo: impl AsRef<std::ffi::OsStr>,
-    password: &str,
-    args: &[&str],
-) -> anyhow::Result<String> {
-    let out = Command::new("restic")
-        .arg("--repo")
-        .arg(repo)
-        .args(["--no-cache", "--quiet"])
-        .args(args)
-        .env("RESTIC_PASSWORD", password)
-        .env("AWS_ACCESS_KEY_ID", backstop_e2e::s3::ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", backstop_e2e::s3::SECRET_KEY)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "restic {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
-}
 
 /// Secret `name` with `password`, opted in (or not) for mover pods.
 async fn password_secret(

@@ -244,24 +244,6 @@ fn tls_needs_the_ca_or_an_explicit_skip() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Debian's restic 0.14 on `repository` (a directory or `s3:` URL with the test server's keys).
-fn restic_cli(repository: &str, password: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = std::process::Command::new("restic")
-        .args(["--repo", repository, "--no-cache", "--quiet"])
-        .args(args)
-        .env("RESTIC_PASSWORD", password)
-        .env("AWS_ACCESS_KEY_ID", backstop_e2e::s3::ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", backstop_e2e::s3::SECRET_KEY)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "restic {args:?} on {repository}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
-}
-
 /// The restic format on object storage: restic 0.14 reads what Backstop wrote to the bucket
 /// (`check --read-data`, `restore`), an unchanged re-backup adds nothing, and a forgotten
 /// snapshot's data is reclaimed by prune.
@@ -299,7 +281,7 @@ fn restic_round_trip(kind: S3Kind) -> anyhow::Result<()> {
             .display()
             .to_string(),
     };
-    let restic = |args: &[&str]| restic_cli(&repository, password, args);
+    let restic = |args: &[&str]| backstop_e2e::restic(&repository, password, args);
     restic(&["check", "--read-data"])?;
     let out = tempfile::tempdir()?;
     restic(&[
@@ -436,7 +418,7 @@ fn a_restic_backup_killed_midway_blocks_nothing_and_leaves_a_sound_repository() 
         } else {
             dir.path().join("shop/_restic").display().to_string()
         };
-        let restic = |args: &[&str]| restic_cli(&repository, password, args);
+        let restic = |args: &[&str]| backstop_e2e::restic(&repository, password, args);
         restic(&["check", "--read-data"])?;
         let out = tempfile::tempdir()?;
         restic(&[
