@@ -42,6 +42,9 @@ pub enum ConditionType {
     RetentionHeld,
     /// Completed Backups: whether the last conclusive verification found the backup sound.
     Verified,
+    /// Repositories: whether the last sync imported every backup it found (False: it skipped
+    /// objects, or failed).
+    Synced,
 }
 
 impl ConditionType {
@@ -54,6 +57,7 @@ impl ConditionType {
             ConditionType::Deleting => "Deleting",
             ConditionType::RetentionHeld => "RetentionHeld",
             ConditionType::Verified => "Verified",
+            ConditionType::Synced => "Synced",
         }
     }
 }

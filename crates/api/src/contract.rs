@@ -6,6 +6,7 @@
 //! checks that every request survives the trip.
 
 use crate::ExistingDataPolicy;
+use crate::record::RecordContext;
 use crate::repository::Compression;
 use serde::{Deserialize, Serialize};
 
@@ -115,7 +116,7 @@ pub struct S3Location {
 }
 
 /// What the operator asks a mover pod to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Request {
     /// Check that the repository can be used: write, read back and remove a small object. With
     /// `restic` (the restic repository's root), also open that repository with the password in
@@ -149,11 +150,23 @@ pub enum Request {
         root: String,
         snapshot: String,
     },
-    /// Remove restic snapshots (their data stays until `Prune`).
+    /// Remove restic snapshots (their data stays until `Prune`): only those tagged as
+    /// `backup`'s, whatever else is asked.
     Forget {
         repository: Location,
         root: String,
         snapshots: Vec<String>,
+        backup: String,
+    },
+    /// Find the whole backups of `namespace` in the repository (only under `<namespace>/`) that
+    /// have no Backup object, and create those Backups, labelled imported, with their records
+    /// (the pod's own identity may create Backups in `namespace` and do nothing else). With
+    /// `restic` (the restic repository's root), its snapshots are the records.
+    Sync {
+        repository: Location,
+        namespace: String,
+        repository_name: String,
+        restic: Option<String>,
     },
     /// Reclaim the space of data no snapshot uses: packs are marked, and removed by a prune at
     /// least `keep_delete_seconds` later.
@@ -170,6 +183,9 @@ pub enum Request {
         pvc: String,
         dir: String,
         compression: Compression,
+        /// What to keep beside the manifest for a cluster that never saw the backup (written
+        /// last: the volume's record is the sign its backup completed).
+        record: Option<RecordContext>,
     },
     /// Restore the artifact the manifest `manifest` describes into the volume at `target`:
     /// stage, verify every digest, then commit.
@@ -192,6 +208,7 @@ pub enum Request {
         name: String,
         dir: String,
         compression: Compression,
+        record: Option<RecordContext>,
     },
     /// Stage and verify the stream the manifest `manifest` describes, then feed it through the
     /// pipe in `stream_dir` to the restore command beside the mover.
@@ -228,6 +245,7 @@ impl Request {
             Request::ResticVerify { .. } => "restic-verify",
             Request::Forget { .. } => "forget",
             Request::Prune { .. } => "prune",
+            Request::Sync { .. } => "sync",
         }
     }
 
@@ -239,6 +257,7 @@ impl Request {
             | Request::ResticVerify { repository, .. }
             | Request::Forget { repository, .. }
             | Request::Prune { repository, .. }
+            | Request::Sync { repository, .. }
             | Request::Backup { repository, .. }
             | Request::Dump { repository, .. }
             | Request::Load { repository, .. }
@@ -288,12 +307,26 @@ impl Request {
                 args.value("--snapshot", snapshot);
             }
             Request::Forget {
-                root, snapshots, ..
+                root,
+                snapshots,
+                backup,
+                ..
             } => {
                 args.value("--root", root);
                 for snapshot in snapshots {
                     args.value("--snapshot", snapshot);
                 }
+                args.value("--backup", backup);
+            }
+            Request::Sync {
+                namespace,
+                repository_name,
+                restic,
+                ..
+            } => {
+                args.value("--namespace", namespace);
+                args.value("--repository-name", repository_name);
+                args.optional("--restic", restic.as_deref());
             }
             Request::Prune {
                 root,
@@ -308,24 +341,28 @@ impl Request {
                 pvc,
                 dir,
                 compression,
+                record,
                 ..
             } => {
                 args.value("--source", source);
                 args.value("--pvc", pvc);
                 args.value("--dir", dir);
                 args.value("--compression", compression.as_str());
+                args.record(record.as_ref());
             }
             Request::Dump {
                 stream_dir,
                 name,
                 dir,
                 compression,
+                record,
                 ..
             } => {
                 args.value("--stream-dir", stream_dir);
                 args.value("--name", name);
                 args.value("--dir", dir);
                 args.value("--compression", compression.as_str());
+                args.record(record.as_ref());
             }
             Request::Load {
                 manifest,
@@ -396,6 +433,12 @@ impl Args {
             self.value(flag, value);
         }
     }
+    /// A record context travels as one JSON argument (it holds nothing secret).
+    fn record(&mut self, record: Option<&RecordContext>) {
+        if let Some(record) = record.and_then(|r| serde_json::to_string(r).ok()) {
+            self.value("--record", &record);
+        }
+    }
     fn flag(&mut self, flag: &str, set: bool) {
         if set {
             self.0.push(flag.to_string());
@@ -440,6 +483,9 @@ pub enum Reason {
     EmptyDump,
     /// The password does not open the restic repository (none of its keys).
     WrongPassword,
+    /// The Kubernetes API refused what a sync asked (listing or creating Backups with the sync
+    /// Job's identity).
+    ImportRefused,
     /// No reason given, or one this operator does not know (a mover of another version).
     #[serde(other)]
     MoverFailed,
@@ -482,6 +528,7 @@ impl Reason {
             Reason::CommandFailed => "CommandFailed",
             Reason::EmptyDump => "EmptyDump",
             Reason::WrongPassword => "WrongPassword",
+            Reason::ImportRefused => "ImportRefused",
             Reason::MoverFailed => "MoverFailed",
         }
     }
@@ -591,6 +638,26 @@ pub struct Forgotten {
     pub forgotten: Vec<String>,
 }
 
+/// What a sync reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Synced {
+    /// Whole backups of the namespace found in the repository.
+    pub backups: u64,
+    /// Of those, how many already had a Backup object.
+    pub present: u64,
+    /// Backups created.
+    pub imported: u64,
+    /// Objects or backups that are not whole Backstop backups of the namespace, left alone.
+    pub skipped: u64,
+    /// The first few of them, each with why (bounded: the result must fit a termination
+    /// message).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_objects: Vec<String>,
+    /// Seconds the sync took.
+    pub seconds: f64,
+}
+
 /// What a prune reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -684,6 +751,7 @@ mod tests {
             pvc: "db".into(),
             dir: backup_dir("shop", "nightly"),
             compression: Compression::Gzip,
+            record: None,
         };
         assert_eq!(
             backup.to_args(),
@@ -721,6 +789,7 @@ mod tests {
             name: "dump".into(),
             dir: backup_dir("shop", "nightly"),
             compression: Compression::Zstd,
+            record: None,
         };
         assert_eq!(
             dump.to_args(),
@@ -759,11 +828,25 @@ mod tests {
             repository: Location::Dir("/repository".into()),
             root: restic_root("shop"),
             snapshots: vec!["ab".into(), "cd".into()],
+            backup: "nightly".into(),
         };
         assert_eq!(
             forget.to_args(),
             words(
-                "mover forget --root shop/_restic --snapshot ab --snapshot cd \
+                "mover forget --root shop/_restic --snapshot ab --snapshot cd --backup nightly \
+                 --repository /repository --termination-log /dev/termination-log"
+            )
+        );
+        let sync = Request::Sync {
+            repository: Location::Dir("/repository".into()),
+            namespace: "shop".into(),
+            repository_name: "nfs".into(),
+            restic: Some(restic_root("shop")),
+        };
+        assert_eq!(
+            sync.to_args(),
+            words(
+                "mover sync --namespace shop --repository-name nfs --restic shop/_restic \
                  --repository /repository --termination-log /dev/termination-log"
             )
         );

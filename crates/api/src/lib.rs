@@ -6,6 +6,7 @@ pub mod condition;
 pub mod contract;
 pub mod naming;
 pub mod policy;
+pub mod record;
 pub mod repository;
 pub mod restore;
 pub mod schedule;
@@ -29,6 +30,22 @@ pub use strategy::{SnapshotStrategy, Strategy, VolumeSnapshot};
 
 pub const GROUP: &str = "backstop.dev";
 
+/// `1.5 MiB`-style sizes for messages.
+pub fn human_bytes(bytes: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 /// Labels and annotations Backstop puts on what it creates.
 pub mod labels {
     /// On a Backup: the policy that made it. On a Job: the policy of its Backup.
@@ -37,6 +54,11 @@ pub mod labels {
     pub const BACKUP: &str = "backstop.dev/backup";
     /// On a Job: the Restore it works for.
     pub const RESTORE: &str = "backstop.dev/restore";
+    /// On a Backup a repository's sync created (value `true`): it was found in the repository
+    /// with no Backup object, and its status comes from the record annotation `IMPORT_RECORD`.
+    pub const IMPORTED: &str = "backstop.dev/imported";
+    /// On an imported Backup: the record it was imported from (JSON, `record::ImportRecord`).
+    pub const IMPORT_RECORD: &str = "backstop.dev/import-record";
     /// On a probe Job: the BackupRepository it checks.
     pub const REPOSITORY: &str = "backstop.dev/repository";
     /// On a probe Job: the repository generation it checks.

@@ -92,6 +92,18 @@ pub fn prune_job(repo: &str, at: i64) -> String {
     format!("{}{stamp}", fit(repo, LABEL_MAX - stamp.len()))
 }
 
+/// The sync Job of repository `repo` started at `at` (Unix seconds).
+pub fn sync_job(repo: &str, at: i64) -> String {
+    let stamp = format!("-sync-{at}");
+    format!("{}{stamp}", fit(repo, LABEL_MAX - stamp.len()))
+}
+
+/// The ServiceAccount, Role and RoleBinding a sync Job of repository `repo` runs as: it may
+/// list and create Backups in the repository's namespace, and nothing else.
+pub fn sync_identity(repo: &str) -> String {
+    fit(&format!("backstop-sync-{repo}"), 253)
+}
+
 /// A label value standing for `name`.
 pub fn label_value(name: &str) -> String {
     fit(name, LABEL_MAX)

@@ -47,6 +47,55 @@ pub struct BackupRepositorySpec {
     /// retention and Backup deletion) is reclaimed. Default: Sundays at 03:00 UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prune: Option<PruneSpec>,
+    /// How often the repository is searched for backups of this namespace that have no Backup
+    /// object here (a new cluster, a deleted namespace, Backups deleted by hand with
+    /// `deletionPolicy: Retain`), which are then imported as Completed Backups. A duration such
+    /// as `5m` (default) or `1h`, at least `1m`; `0s` turns syncing off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_interval: Option<String>,
+    /// What deleting a Backup of this repository does to its data: `Delete` (default) removes
+    /// it, `Retain` removes only the Backup object (read-only access, e.g. to a repository a
+    /// lost cluster wrote, whose backups the next sync imports again).
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// What deleting a Backup does to its data in the repository.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    #[default]
+    Delete,
+    Retain,
+}
+
+/// How often a repository is synced when `syncInterval` is not set.
+pub const DEFAULT_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
+/// The shortest `syncInterval` (each sync is a Job that lists the repository).
+pub const MIN_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl BackupRepositorySpec {
+    /// How often to sync; `None`: never (`syncInterval: 0s`).
+    pub fn sync_interval(&self) -> Result<Option<std::time::Duration>, Invalid> {
+        let Some(text) = self.sync_interval.as_deref() else {
+            return Ok(Some(DEFAULT_SYNC_INTERVAL));
+        };
+        let parsed: jiff::SignedDuration = text.trim().parse().map_err(|e| {
+            invalid(format!(
+                "spec.syncInterval {text:?} is not a duration such as 5m or 1h ({e})"
+            ))
+        })?;
+        let interval = std::time::Duration::try_from(parsed)
+            .map_err(|_| invalid(format!("spec.syncInterval {text:?} must not be negative")))?;
+        if interval.is_zero() {
+            return Ok(None);
+        }
+        if interval < MIN_SYNC_INTERVAL {
+            return Err(invalid(format!(
+                "spec.syncInterval {text:?} is shorter than 1m (each sync lists the repository); use 0s to turn syncing off"
+            )));
+        }
+        Ok(Some(interval))
+    }
 }
 
 /// A restic repository's maintenance: a prune Job on a schedule. Prune takes no lock: data it
@@ -254,6 +303,37 @@ pub struct BackupRepositoryStatus {
     /// A restic repository's last prune.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prune: Option<PruneStatus>,
+    /// The last sync: backups found in the repository for this namespace, and those imported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncStatus>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStatus {
+    /// When the last sync started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_completion_time: Option<Time>,
+    /// `Succeeded` or `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_result: Option<String>,
+    /// Whole backups of this namespace found in the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backups: Option<u64>,
+    /// Of those, how many had no Backup object and were imported by the last sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported: Option<u64>,
+    /// Objects that are not whole Backstop backups of this namespace (corrupt, foreign,
+    /// incomplete), left alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<u64>,
+    /// Why the last sync failed (a condition reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -294,6 +374,7 @@ impl BackupRepositorySpec {
             }
             _ => {}
         }
+        self.sync_interval()?;
         if let Some(prune) = &self.prune {
             if self.format != RepositoryFormat::Restic {
                 return Err(invalid(
@@ -382,6 +463,44 @@ impl S3Repository {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sync_interval_is_a_duration_of_a_minute_or_more_or_zero_for_never() {
+        let interval = |text: Option<&str>| {
+            BackupRepositorySpec {
+                pvc: Some(PvcRepository {
+                    claim_name: "b".into(),
+                    sub_path: None,
+                }),
+                sync_interval: text.map(str::to_string),
+                ..Default::default()
+            }
+            .sync_interval()
+            .map_err(|e| e.reason)
+        };
+        let minutes = |m: u64| Ok(Some(std::time::Duration::from_secs(m * 60)));
+        assert_eq!(interval(None), minutes(5));
+        assert_eq!(interval(Some("5m")), minutes(5));
+        assert_eq!(interval(Some("1h")), minutes(60));
+        assert_eq!(
+            interval(Some("PT90S")),
+            Ok(Some(std::time::Duration::from_secs(90)))
+        );
+        assert_eq!(interval(Some("0s")), Ok(None));
+        assert_eq!(interval(Some("30s")), Err("InvalidSpec".to_string()));
+        assert_eq!(interval(Some("-5m")), Err("InvalidSpec".to_string()));
+        assert_eq!(interval(Some("often")), Err("InvalidSpec".to_string()));
+        let spec: BackupRepositorySpec = serde_json::from_value(serde_json::json!({
+            "pvc": {"claimName": "b"}, "syncInterval": "10s"}))
+        .unwrap();
+        assert!(
+            spec.validate()
+                .unwrap_err()
+                .message
+                .contains("syncInterval")
+        );
+        assert_eq!(spec.deletion_policy, DeletionPolicy::Delete);
+    }
 
     #[test]
     fn compression_defaults_to_zstd() {

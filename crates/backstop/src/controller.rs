@@ -196,6 +196,11 @@ fn mover_config(args: &Args) -> MoverConfig {
         // An empty map or list (what a Helm chart renders for "none") sets nothing.
         node_selector: args.mover_node_selector.clone().filter(|s| !s.is_empty()),
         tolerations: args.mover_tolerations.clone().filter(|t| !t.is_empty()),
+        // On the host's network a sync pod reaches the API server the way the operator does.
+        api_server: std::env::var("KUBERNETES_SERVICE_HOST")
+            .ok()
+            .zip(std::env::var("KUBERNETES_SERVICE_PORT").ok())
+            .filter(|_| args.mover_host_network),
         ..MoverConfig::default()
     }
 }

@@ -5,6 +5,7 @@ mod cli;
 mod controller;
 mod manifests;
 mod mover;
+mod sync;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -9,7 +9,9 @@ use backstop_api::backup::ResticSnapshot;
 use backstop_api::contract::{
     BackupResult, Deleted, Failure, Forgotten, Location, Reason, Request, S3Location,
 };
+use backstop_api::record::{RECORD_SUFFIX, RecordContext};
 use backstop_mover::backup::{self, BackupRequest, Compression};
+use backstop_mover::catalog;
 use backstop_mover::repository::{self, DirRepository, Repository, S3Config, S3Repository};
 use backstop_mover::restic::{Labels, Restic};
 use backstop_mover::{inventory, report, restore, stream};
@@ -55,6 +57,9 @@ pub enum Command {
         dir: String,
         #[arg(long, default_value = "zstd", value_parser = parse_compression)]
         compression: Compression,
+        /// What to keep beside the manifest (JSON, `record::RecordContext`).
+        #[arg(long, value_parser = parse_record)]
+        record: Option<Box<RecordContext>>,
         #[command(flatten)]
         report: Report,
     },
@@ -96,6 +101,9 @@ pub enum Command {
         dir: String,
         #[arg(long, default_value = "zstd", value_parser = parse_compression)]
         compression: Compression,
+        /// What to keep beside the manifest (JSON, `record::RecordContext`).
+        #[arg(long, value_parser = parse_record)]
+        record: Option<Box<RecordContext>>,
         #[command(flatten)]
         report: Report,
     },
@@ -187,6 +195,25 @@ pub enum Command {
         root: String,
         #[arg(long = "snapshot")]
         snapshots: Vec<String>,
+        /// Only snapshots tagged `backup=<this>` are forgotten.
+        #[arg(long)]
+        backup: String,
+        #[command(flatten)]
+        report: Report,
+    },
+    /// Create a Backup (labelled imported, with its record) for each whole backup of a
+    /// namespace in the repository that has none, with the pod's own Kubernetes identity.
+    Sync {
+        #[command(flatten)]
+        repository: RepositoryArgs,
+        #[arg(long)]
+        namespace: String,
+        /// The BackupRepository the imported Backups belong to.
+        #[arg(long)]
+        repository_name: String,
+        /// The restic repository's root, for a repository of format restic.
+        #[arg(long)]
+        restic: Option<String>,
         #[command(flatten)]
         report: Report,
     },
@@ -321,6 +348,10 @@ fn parse_compression(s: &str) -> Result<Compression, String> {
     s.parse()
 }
 
+fn parse_record(s: &str) -> Result<Box<RecordContext>, String> {
+    serde_json::from_str(s).map_err(|e| format!("not a record context: {e}"))
+}
+
 fn parse_policy(s: &str) -> Result<ExistingDataPolicy, String> {
     s.parse()
 }
@@ -402,12 +433,30 @@ impl Command {
                 repository,
                 root,
                 snapshots,
+                backup,
                 report,
             } => (
                 Request::Forget {
                     repository: repository.location(),
                     root,
                     snapshots,
+                    backup,
+                },
+                repository,
+                report,
+            ),
+            Command::Sync {
+                repository,
+                namespace,
+                repository_name,
+                restic,
+                report,
+            } => (
+                Request::Sync {
+                    repository: repository.location(),
+                    namespace,
+                    repository_name,
+                    restic,
                 },
                 repository,
                 report,
@@ -432,6 +481,7 @@ impl Command {
                 pvc,
                 dir,
                 compression,
+                record,
                 report,
             } => (
                 Request::Backup {
@@ -440,6 +490,7 @@ impl Command {
                     pvc,
                     dir,
                     compression,
+                    record: record.map(|r| *r),
                 },
                 repository,
                 report,
@@ -450,6 +501,7 @@ impl Command {
                 name,
                 dir,
                 compression,
+                record,
                 report,
             } => (
                 Request::Dump {
@@ -458,6 +510,7 @@ impl Command {
                     name,
                     dir,
                     compression,
+                    record: record.map(|r| *r),
                 },
                 repository,
                 report,
@@ -647,11 +700,14 @@ fn perform(
             json(serde_json::to_value(verified))
         }
         Request::Forget {
-            root, snapshots, ..
+            root,
+            snapshots,
+            backup,
+            ..
         } => {
             let forgotten = restic(&root, false)?
                 .0
-                .forget(&snapshots)
+                .forget(&snapshots, &backup)
                 .map_err(|e| (e.reason, e.message))?;
             json(serde_json::to_value(Forgotten { forgotten }))
         }
@@ -667,11 +723,29 @@ fn perform(
                 .map_err(|e| (e.reason, e.message))?;
             json(serde_json::to_value(pruned))
         }
+        Request::Sync {
+            namespace,
+            repository_name,
+            restic: root,
+            ..
+        } => {
+            let request = crate::sync::SyncRequest {
+                namespace: &namespace,
+                repository: &repository_name,
+                restic: root.as_deref(),
+                password,
+            };
+            json(serde_json::to_value(crate::sync::sync(
+                store.clone(),
+                &request,
+            )?))
+        }
         Request::Backup {
             source,
             pvc,
             dir,
             compression,
+            record,
             ..
         } => {
             let request = BackupRequest {
@@ -682,6 +756,7 @@ fn perform(
                 created_at: jiff::Timestamp::now().to_string(),
             };
             let backed_up = backup::run(repo, &request).map_err(|e| backup_failure(&e))?;
+            keep_record(repo, &dir, record.as_ref(), &backed_up)?;
             json(serde_json::to_value(backed_up))
         }
         Request::Dump {
@@ -689,6 +764,7 @@ fn perform(
             name,
             dir,
             compression,
+            record,
             ..
         } => {
             let request = stream::DumpRequest {
@@ -699,6 +775,7 @@ fn perform(
                 created_at: jiff::Timestamp::now().to_string(),
             };
             let dumped = stream::dump(repo, &request).map_err(|e| backup_failure(&e))?;
+            keep_record(repo, &dir, record.as_ref(), &dumped)?;
             json(serde_json::to_value(dumped))
         }
         Request::Load {
@@ -744,11 +821,43 @@ fn perform(
             json(serde_json::to_value(verified))
         }
         Request::Delete { dir, .. } => {
+            // The records go first: a backup half removed is never whole for a sync.
+            let records = repo
+                .list(&dir)
+                .map_err(|e| (Reason::ArtifactsNotRemoved, e.to_string()))?;
+            let own = |key: &str| {
+                key.strip_prefix(&dir)
+                    .is_some_and(|k| k.starts_with('/') && k.ends_with(RECORD_SUFFIX))
+            };
+            for (key, _) in records.iter().filter(|(k, _)| own(k)) {
+                repo.remove(key)
+                    .map_err(|e| (Reason::ArtifactsNotRemoved, e.to_string()))?;
+            }
             repo.remove_prefix(&dir)
                 .map_err(|e| (Reason::ArtifactsNotRemoved, e.to_string()))?;
             json(serde_json::to_value(Deleted { deleted: dir }))
         }
     }
+}
+
+/// Keeps the record of a volume just backed up, when the operator sent one: without it a
+/// cluster that never saw the backup could not import it, so a record that cannot be written
+/// fails the backup.
+fn keep_record(
+    repo: &dyn Repository,
+    dir: &str,
+    record: Option<&RecordContext>,
+    result: &BackupResult,
+) -> Result<(), (Reason, String)> {
+    let Some(context) = record else {
+        return Ok(());
+    };
+    catalog::keep(repo, dir, context, result, jiff::Timestamp::now()).map_err(|e| {
+        (
+            e.reason().unwrap_or(Reason::RepositoryWriteFailed),
+            format!("the backup is stored but its record could not be written: {e}"),
+        )
+    })
 }
 
 /// The condition reason and message for a failed backup.
@@ -876,6 +985,19 @@ mod tests {
                 repository: s3(false),
                 root: "shop/_restic".into(),
                 snapshots: vec!["ab".repeat(32), "cd".repeat(32)],
+                backup: "nightly".into(),
+            },
+            Request::Sync {
+                repository: s3(true),
+                namespace: "shop".into(),
+                repository_name: "s3".into(),
+                restic: None,
+            },
+            Request::Sync {
+                repository: dir.clone(),
+                namespace: "shop".into(),
+                repository_name: "nfs".into(),
+                restic: Some("shop/_restic".into()),
             },
             Request::Prune {
                 repository: dir.clone(),
@@ -888,6 +1010,16 @@ mod tests {
                 pvc: "db".into(),
                 dir: "shop/nightly".into(),
                 compression: Compression::Gzip,
+                record: Some(backstop_api::record::RecordContext {
+                    namespace: "shop".into(),
+                    backup: "nightly".into(),
+                    policy: Some("nightly".into()),
+                    start_time: "2026-11-28T02:00:00Z".parse().unwrap(),
+                    volumes: vec!["db".into(), "logs".into()],
+                    capacity: Some("1Gi".into()),
+                    strategy: Some(backstop_api::Strategy::default()),
+                    ..Default::default()
+                }),
             },
             Request::Dump {
                 repository: s3(false),
@@ -895,6 +1027,7 @@ mod tests {
                 name: "dump".into(),
                 dir: "shop/nightly".into(),
                 compression: Compression::None,
+                record: None,
             },
             Request::Load {
                 repository: dir.clone(),

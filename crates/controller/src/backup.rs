@@ -58,6 +58,9 @@ async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Err
 
 async fn apply(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
     let phase = backup.phase();
+    if phase == BackupPhase::Pending && imported(backup) {
+        return import(ctx, backup).await;
+    }
     if phase.is_terminal() {
         // Finished Jobs go (ttlSecondsAfterFinished is not relied on).
         if ctx.stores.has_jobs_of(backup) {
@@ -91,6 +94,58 @@ async fn apply(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
         }
     }
     progress(ctx, backup, status).await
+}
+
+/// Whether a repository's sync created `backup` (its status is to come from its record).
+pub(crate) fn imported(backup: &Backup) -> bool {
+    backup.labels().get(labels::IMPORTED).map(String::as_str) == Some("true")
+}
+
+/// Writes an imported Backup's status from the record it carries, checked against its own
+/// namespace and name; a record that is not the backup's own fails it (`InvalidImport`).
+async fn import(ctx: &Context, backup: &Backup) -> Result<Action, Error> {
+    let namespace = backup.namespace().unwrap_or_default();
+    let name = backup.name_any();
+    let repository = backup.spec.repository.clone().unwrap_or_default();
+    let status = backup
+        .annotations()
+        .get(labels::IMPORT_RECORD)
+        .ok_or_else(|| {
+            Invalid::new(
+                "InvalidImport",
+                format!(
+                    "an imported Backup carries its record in annotation {}",
+                    labels::IMPORT_RECORD
+                ),
+            )
+        })
+        .and_then(|text| {
+            serde_json::from_str::<backstop_api::record::ImportRecord>(text).map_err(|e| {
+                Invalid::new("InvalidImport", format!("the record is not readable: {e}"))
+            })
+        })
+        .and_then(|record| record.status(&namespace, &name, &repository, now()));
+    match status {
+        Ok(mut status) => {
+            status.observed_generation = backup.meta().generation;
+            crate::patch_status(&ctx.client, backup, &status, &[]).await?;
+            let message = format!(
+                "Imported from repository {repository:?}: {} volume{} ({}), {}",
+                status.volumes.len(),
+                if status.volumes.len() == 1 { "" } else { "s" },
+                status
+                    .volumes
+                    .iter()
+                    .map(|v| v.pvc.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                status.size.clone().unwrap_or_default()
+            );
+            events::normal(&ctx.recorder, backup, "BackupImported", message).await;
+            Ok(Action::await_change())
+        }
+        Err(why) => fail(ctx, backup, BackupStatus::default(), why).await,
+    }
 }
 
 /// Resolves what to back up and where, and records the Backup as Running with one Pending entry
@@ -417,7 +472,15 @@ async fn progress(
             }
         }
     }
-    for volume in status.volumes.iter_mut().filter(|v| !v.phase.is_terminal()) {
+    let records: Vec<_> = status
+        .volumes
+        .iter()
+        .map(|v| jobs::record_context(backup, &status, v))
+        .collect();
+    for (volume, kept) in status.volumes.iter_mut().zip(&records) {
+        if volume.phase.is_terminal() {
+            continue;
+        }
         let job_name = volume
             .job
             .clone()
@@ -432,6 +495,7 @@ async fn progress(
             Source {
                 snapshots: snapshots.map(|s| (s, started)),
                 command,
+                record: kept,
             },
         )
         .await?;
@@ -471,6 +535,8 @@ struct Source<'a> {
     snapshots: Option<(&'a SnapshotStrategy, jiff::Timestamp)>,
     /// The command strategy: its stream is the backup's one entry.
     command: Option<&'a CommandStrategy>,
+    /// What the volume's mover keeps in the repository beside its data.
+    record: &'a backstop_api::record::RecordContext,
 }
 
 /// Moves one volume on: starts its Job when there is none (from a ready snapshot with the
@@ -540,7 +606,7 @@ async fn step(
                         "the backup's status lists a stream but records no command strategy",
                     )));
                 };
-                command::start(ctx, backup, command, repo).await?;
+                command::start(ctx, backup, command, repo, source.record).await?;
                 return Ok(Step::Running);
             }
             if let Some((strategy, started)) = source.snapshots {
@@ -555,7 +621,7 @@ async fn step(
                     format!("PVC {pvc:?} was deleted before it could be backed up"),
                 )));
             }
-            start_job(ctx, backup, pvc, &claim, repo).await?;
+            start_job(ctx, backup, pvc, &claim, repo, source.record).await?;
             Ok(Step::Running)
         }
     }
@@ -569,6 +635,7 @@ async fn start_job(
     pvc: &str,
     claim: &str,
     repo: &BackupRepository,
+    record: &backstop_api::record::RecordContext,
 ) -> Result<(), Error> {
     let namespace = backup.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -577,7 +644,7 @@ async fn start_job(
         .await?;
     let node = jobs::node_using(&running.items, claim);
     let config = mover_config(ctx, &namespace, backup.spec.policy_ref.as_deref()).await?;
-    let job = jobs::backup_job(backup, pvc, claim, node.as_deref(), repo, &config);
+    let job = jobs::backup_job(backup, pvc, claim, node.as_deref(), repo, &config, record);
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     if crate::create_once(&jobs_api, &job).await? {
         let name = job.name_any();
@@ -1013,6 +1080,14 @@ async fn cleanup(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
         );
         return deletion_blocked(ctx, backup, &mut status, why).await;
     };
+    if repo.spec.deletion_policy == backstop_api::repository::DeletionPolicy::Retain {
+        tracing::info!(
+            backup = %backup.name_any(),
+            repository = %repo_name,
+            "deletionPolicy Retain: the Backup goes, its data stays in the repository"
+        );
+        return Ok(Action::await_change());
+    }
     remove_artifacts(ctx, backup, status, &repo).await
 }
 
@@ -1532,6 +1607,7 @@ mod tests {
             Source {
                 snapshots: None,
                 command: None,
+                record: &Default::default(),
             },
         )
         .await

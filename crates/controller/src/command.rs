@@ -150,11 +150,12 @@ pub async fn start(
     backup: &Backup,
     command: &CommandStrategy,
     repo: &BackupRepository,
+    record: &backstop_api::record::RecordContext,
 ) -> Result<(), Error> {
     let namespace = backup.namespace().unwrap_or_default();
     let config =
         crate::backup::mover_config(ctx, &namespace, backup.spec.policy_ref.as_deref()).await?;
-    let job = jobs::command_job(backup, command, repo, &config);
+    let job = jobs::command_job(backup, command, repo, &config, record);
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     if crate::create_once(&jobs_api, &job).await? {
         let message = format!(

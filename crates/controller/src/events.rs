@@ -65,21 +65,7 @@ async fn publish<K: Resource<DynamicType = ()>>(
     }
 }
 
-/// `1.5 MiB`-style sizes for messages.
-pub fn human_bytes(bytes: i64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
+pub use backstop_api::human_bytes;
 
 #[cfg(test)]
 mod tests {

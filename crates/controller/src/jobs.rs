@@ -6,10 +6,11 @@ use backstop_api::contract::{
     self, CA_MOUNT, Location, REPOSITORY_MOUNT, Request, S3Location, SOURCE_MOUNT, STREAM_MOUNT,
     STREAM_STAGING_MOUNT, TARGET_MOUNT, TERMINATION_LOG,
 };
+use backstop_api::record::{self, RecordContext};
 use backstop_api::strategy::{CommandContainer, CommandStrategy};
 use backstop_api::{
-    Backup, BackupRepository, DrillCheck, ExistingDataPolicy, RepositoryFormat, Restore, labels,
-    naming,
+    Backup, BackupRepository, BackupStatus, DrillCheck, ExistingDataPolicy, RepositoryFormat,
+    Restore, VolumeBackup, labels, naming,
 };
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
@@ -38,6 +39,10 @@ pub struct MoverConfig {
     /// Where mover pods may run (ANDed with the node pinning of a volume in use).
     pub node_selector: Option<BTreeMap<String, String>>,
     pub tolerations: Option<Vec<Toleration>>,
+    /// Where a sync Job (the one mover that talks to the Kubernetes API) reaches the API
+    /// server (`KUBERNETES_SERVICE_HOST`, `_PORT`), when the kubelet's service variables do not
+    /// do: the operator's own, passed on when mover pods share its host network.
+    pub api_server: Option<(String, String)>,
 }
 
 impl Default for MoverConfig {
@@ -50,6 +55,7 @@ impl Default for MoverConfig {
             resources: default_resources(),
             node_selector: None,
             tolerations: None,
+            api_server: None,
         }
     }
 }
@@ -98,6 +104,8 @@ mod capabilities {
     pub const DELETE: &[&str] = &["DAC_OVERRIDE"];
     /// Talk to object storage.
     pub const PROBE: &[&str] = &[];
+    /// Read the repository (mounted read-only) whoever wrote it, and talk to the API server.
+    pub const SYNC: &[&str] = &["DAC_OVERRIDE"];
     /// Read the repository (mounted read-only) whoever wrote it.
     pub const VERIFY: &[&str] = &["DAC_OVERRIDE"];
     /// Write into the repository, and read what the command's user left beside the pipe.
@@ -110,6 +118,7 @@ pub const ROLE_PROBE: &str = "probe";
 pub const ROLE_PRUNE: &str = "prune";
 pub const ROLE_RESTORE: &str = "restore";
 pub const ROLE_VERIFY: &str = "verify";
+pub const ROLE_SYNC: &str = "sync";
 /// On a drill's scratch PVC.
 pub const ROLE_DRILL: &str = "drill";
 /// A probe that has not finished in this time failed (e.g. its pod could not start).
@@ -444,6 +453,7 @@ pub fn backup_job(
     node: Option<&str>,
     repo: &BackupRepository,
     config: &MoverConfig,
+    record: &RecordContext,
 ) -> Job {
     let backup_name = backup.metadata.name.clone().unwrap_or_default();
     let namespace = backup.metadata.namespace.clone().unwrap_or_default();
@@ -459,7 +469,7 @@ pub fn backup_job(
                 source: SOURCE_MOUNT.into(),
                 pvc: pvc.into(),
                 host: namespace.clone(),
-                tags: restic_tags(backup, pvc),
+                tags: restic_tags(backup, pvc, record),
             },
             None => Request::Backup {
                 repository: location(repo),
@@ -467,6 +477,7 @@ pub fn backup_job(
                 pvc: pvc.into(),
                 dir: contract::backup_dir(&namespace, &backup_name),
                 compression: repo.spec.compression,
+                record: Some(record.clone()),
             },
         },
         repository: (repo, false),
@@ -479,8 +490,36 @@ pub fn backup_job(
     job(backup, mover, config)
 }
 
-/// What a restic snapshot of `pvc` for `backup` is tagged with (`restic snapshots --tag`).
-fn restic_tags(backup: &Backup, pvc: &str) -> Vec<String> {
+/// What the mover of `volume` of `backup` (whose status is `status`) keeps in the repository
+/// for a cluster that never saw the backup.
+pub fn record_context(
+    backup: &Backup,
+    status: &BackupStatus,
+    volume: &VolumeBackup,
+) -> RecordContext {
+    RecordContext {
+        namespace: backup.namespace().unwrap_or_default(),
+        backup: backup.name_any(),
+        policy: backup.spec.policy_ref.clone(),
+        scheduled_time: backup
+            .annotations()
+            .get(labels::SCHEDULED_TIME)
+            .and_then(|t| t.parse().ok()),
+        start_time: status
+            .start_time
+            .as_ref()
+            .map_or(jiff::Timestamp::UNIX_EPOCH, |t| t.0),
+        volumes: status.volumes.iter().map(|v| v.pvc.clone()).collect(),
+        strategy: status.strategy.clone(),
+        capacity: volume.capacity.clone(),
+        storage_class_name: volume.storage_class_name.clone(),
+        stream: volume.stream,
+    }
+}
+
+/// What a restic snapshot of `pvc` for `backup` is tagged with (`restic snapshots --tag`):
+/// whose it is, and the rest of its record.
+fn restic_tags(backup: &Backup, pvc: &str, record: &RecordContext) -> Vec<String> {
     let mut tags = vec![
         "backstop".to_string(),
         format!(
@@ -496,6 +535,7 @@ fn restic_tags(backup: &Backup, pvc: &str) -> Vec<String> {
             .as_deref()
             .map(|p| format!("policy={p}")),
     );
+    tags.extend(record::context_tags(record));
     tags
 }
 
@@ -525,6 +565,7 @@ pub fn delete_job(backup: &Backup, repo: &BackupRepository, config: &MoverConfig
                 repository: location(repo),
                 root: contract::restic_root(&namespace),
                 snapshots,
+                backup: backup_name.clone(),
             }
         },
         repository: (repo, false),
@@ -707,6 +748,7 @@ pub fn command_job(
     command: &CommandStrategy,
     repo: &BackupRepository,
     config: &MoverConfig,
+    record: &RecordContext,
 ) -> Job {
     let backup_name = backup.metadata.name.clone().unwrap_or_default();
     let namespace = backup.metadata.namespace.clone().unwrap_or_default();
@@ -722,6 +764,7 @@ pub fn command_job(
             name: name.into(),
             dir: contract::backup_dir(&namespace, &backup_name),
             compression: repo.spec.compression,
+            record: Some(record.clone()),
         },
         repository: (repo, false),
         volumes: vec![empty_dir(STREAM_VOLUME, Some(STREAM_DIR_LIMIT))],
@@ -924,6 +967,59 @@ pub fn prune_job(
     job(repo, mover, config)
 }
 
+/// The Job that syncs `repo` (started at `at`): it finds the backups of the repository's
+/// namespace that have no Backup object and creates them, as the ServiceAccount
+/// `naming::sync_identity` (which may list and create Backups there, nothing else). It is the
+/// only mover pod given a Kubernetes identity; it mounts the repository read-only and no data
+/// volume.
+pub fn sync_job(repo: &BackupRepository, at: i64, config: &MoverConfig) -> Job {
+    let name = repo.metadata.name.clone().unwrap_or_default();
+    let namespace = repo.namespace().unwrap_or_default();
+    let mover = MoverJob {
+        name: naming::sync_job(&name, at),
+        node: None,
+        role: ROLE_SYNC,
+        labels: label_map(&[(labels::REPOSITORY, &name)]),
+        request: Request::Sync {
+            repository: location(repo),
+            namespace: namespace.clone(),
+            repository_name: name.clone(),
+            restic: restic_root(repo, &namespace),
+        },
+        repository: (repo, true),
+        volumes: Vec::new(),
+        mounts: Vec::new(),
+        deadline_seconds: SYNC_DEADLINE_SECONDS,
+        capabilities: capabilities::SYNC.to_vec(),
+        companion: None,
+    };
+    let mut job = job(repo, mover, config);
+    let pod = job.spec.as_mut().and_then(|s| s.template.spec.as_mut());
+    if let Some(pod) = pod {
+        pod.service_account_name = Some(naming::sync_identity(&name));
+        pod.automount_service_account_token = Some(true);
+        let api_server = config.api_server.as_ref().filter(|_| config.host_network);
+        if let Some((host, port)) = api_server
+            && let Some(env) = pod.containers.first_mut().and_then(|c| c.env.as_mut())
+        {
+            for (name, value) in [
+                ("KUBERNETES_SERVICE_HOST", host),
+                ("KUBERNETES_SERVICE_PORT", port),
+            ] {
+                env.push(EnvVar {
+                    name: name.into(),
+                    value: Some(value.clone()),
+                    ..EnvVar::default()
+                });
+            }
+        }
+    }
+    job
+}
+
+/// A sync lists the repository and creates Backups: minutes even for thousands of backups.
+pub const SYNC_DEADLINE_SECONDS: i64 = 1800;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -955,7 +1051,15 @@ mod tests {
 
     /// The Job backing up `pvc` read live, with the default settings.
     fn direct_job(backup: &Backup, pvc: &str, repo: &BackupRepository) -> Job {
-        backup_job(backup, pvc, pvc, None, repo, &MoverConfig::default())
+        backup_job(
+            backup,
+            pvc,
+            pvc,
+            None,
+            repo,
+            &MoverConfig::default(),
+            &RecordContext::default(),
+        )
     }
 
     /// A Restore `back` of the fixtures' backup.
@@ -1005,7 +1109,13 @@ mod tests {
             host_network: true,
             ..MoverConfig::default()
         };
-        let job = command_job(&backup, &pg_command(false), &repo, &config);
+        let job = command_job(
+            &backup,
+            &pg_command(false),
+            &repo,
+            &config,
+            &RecordContext::default(),
+        );
         assert_eq!(
             job.metadata.name,
             Some(naming::backup_job("nightly-202611210200", "shop"))
@@ -1160,6 +1270,7 @@ mod tests {
             None,
             &repo,
             &MoverConfig::default(),
+            &RecordContext::default(),
         );
         assert_eq!(
             job.metadata.name,
@@ -1247,6 +1358,7 @@ mod tests {
             node.as_deref(),
             &repo,
             &MoverConfig::default(),
+            &RecordContext::default(),
         );
         let affinity =
             serde_json::to_value(job.spec.unwrap().template.spec.unwrap().affinity).unwrap();
@@ -1267,7 +1379,15 @@ mod tests {
             }]),
             ..MoverConfig::default()
         };
-        let job = backup_job(&backup, "data", "data", Some("node-c"), &repo, &config);
+        let job = backup_job(
+            &backup,
+            "data",
+            "data",
+            Some("node-c"),
+            &repo,
+            &config,
+            &RecordContext::default(),
+        );
         let pod = job.spec.unwrap().template.spec.unwrap();
         assert_eq!(pod.node_selector, config.node_selector);
         assert_eq!(pod.tolerations, config.tolerations);
@@ -1316,7 +1436,15 @@ mod tests {
         );
         let cases = [
             (
-                backup_job(&backup, "db", "db", None, &repo, &config),
+                backup_job(
+                    &backup,
+                    "db",
+                    "db",
+                    None,
+                    &repo,
+                    &config,
+                    &RecordContext::default(),
+                ),
                 vec!["DAC_OVERRIDE"],
             ),
             (delete_job(&backup, &repo, &config), vec!["DAC_OVERRIDE"]),
@@ -1355,13 +1483,21 @@ mod tests {
     fn a_policy_can_give_its_movers_other_resources() {
         let (backup, repo) = fixtures();
         let resources = |config: &MoverConfig| {
-            backup_job(&backup, "db", "db", None, &repo, config)
-                .spec
-                .unwrap()
-                .template
-                .spec
-                .unwrap()
-                .containers[0]
+            backup_job(
+                &backup,
+                "db",
+                "db",
+                None,
+                &repo,
+                config,
+                &RecordContext::default(),
+            )
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .containers[0]
                 .resources
                 .clone()
                 .unwrap()
@@ -1817,8 +1953,37 @@ mod tests {
     /// label, a writable source, a token mounted, another termination path) fails here.
     #[test]
     fn a_backup_job_is_exactly_this() {
-        let (backup, repo) = fixtures();
-        let job = direct_job(&backup, "data", &repo);
+        let (mut backup, repo) = fixtures();
+        backup.metadata.annotations = Some(
+            [(
+                labels::SCHEDULED_TIME.to_string(),
+                "2026-11-21T02:00:00Z".to_string(),
+            )]
+            .into(),
+        );
+        let volume = VolumeBackup {
+            pvc: "data".into(),
+            capacity: Some("1Gi".into()),
+            storage_class_name: Some("fast".into()),
+            ..VolumeBackup::default()
+        };
+        let status = BackupStatus {
+            start_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-11-21T02:00:01Z".parse().unwrap(),
+            )),
+            volumes: vec![volume.clone()],
+            ..BackupStatus::default()
+        };
+        let record = record_context(&backup, &status, &volume);
+        let job = backup_job(
+            &backup,
+            "data",
+            "data",
+            None,
+            &repo,
+            &MoverConfig::default(),
+            &record,
+        );
         let expected = serde_json::json!(
         {
             "apiVersion": "batch/v1",
@@ -1871,6 +2036,8 @@ mod tests {
                                     "shop/nightly-202611210200",
                                     "--compression",
                                     "zstd",
+                                    "--record",
+                                    r#"{"namespace":"shop","backup":"nightly-202611210200","policy":"nightly","scheduledTime":"2026-11-21T02:00:00Z","startTime":"2026-11-21T02:00:01Z","volumes":["data"],"capacity":"1Gi","storageClassName":"fast"}"#,
                                     "--repository",
                                     "/repository/cluster-a",
                                     "--termination-log",

@@ -22,6 +22,7 @@ pub mod scheduling;
 pub mod secrets;
 pub mod snapshot;
 pub mod stores;
+pub mod sync;
 pub mod verification;
 pub mod waiting;
 pub mod written;

@@ -105,7 +105,7 @@ pub async fn maintain(ctx: &Context, repo: &BackupRepository) -> Result<Option<D
         .and_then(|s| s.prune.clone())
         .unwrap_or_default();
     let mut running = false;
-    for job in prune_jobs(ctx, repo).await? {
+    for job in jobs_of(ctx, repo, jobs::ROLE_PRUNE).await? {
         let Some(succeeded) = outcome::finished(&job) else {
             running = true;
             continue;
@@ -163,15 +163,19 @@ pub async fn maintain(ctx: &Context, repo: &BackupRepository) -> Result<Option<D
     }
 }
 
-/// The repository's prune Jobs.
-async fn prune_jobs(ctx: &Context, repo: &BackupRepository) -> Result<Vec<Job>, Error> {
+/// The repository's Jobs of `role` (prune, sync).
+pub(crate) async fn jobs_of(
+    ctx: &Context,
+    repo: &BackupRepository,
+    role: &str,
+) -> Result<Vec<Job>, Error> {
     let api: Api<Job> = Api::namespaced(ctx.client.clone(), &repo.namespace().unwrap_or_default());
     let selector = format!(
         "{}={},{}={}",
         labels::REPOSITORY,
         naming::label_value(&repo.name_any()),
         labels::ROLE,
-        jobs::ROLE_PRUNE
+        role
     );
     Ok(api
         .list(&crate::cached().labels(&selector))

@@ -35,7 +35,12 @@ pub fn summarize(backup: &Backup) -> BackupSummary {
             .annotations()
             .get(labels::SCHEDULED_TIME)
             .and_then(|t| t.parse::<Timestamp>().ok()),
-        created: backup.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        // An imported Backup was made when the backup started, in the cluster that made it.
+        created: status
+            .filter(|_| crate::backup::imported(backup))
+            .and_then(|s| s.start_time.as_ref())
+            .or(backup.metadata.creation_timestamp.as_ref())
+            .map(|t| t.0),
         completion_time: status.and_then(|s| s.completion_time.as_ref()).map(|t| t.0),
         deleting: backup.metadata.deletion_timestamp.is_some(),
         total_bytes: status.and_then(|s| s.total_bytes),

@@ -367,6 +367,7 @@ async fn report(
         now(),
     );
     status.observed_generation = generation;
+    crate::sync::set_condition(&mut status, generation, now());
     ctx.metrics
         .repository_ready
         .get_or_create(&crate::metrics::RepositoryLabels {
@@ -389,26 +390,31 @@ async fn report(
         events::warning(&ctx.recorder, repo, &why.reason, why.message.clone()).await;
     }
     if crate::status_differs(repo.status.as_ref(), &status) {
-        // The prune's part is maintenance's to write (this copy of it may be older).
+        // The prune's and the sync's parts are theirs to write (this copy may be older).
         status.prune = None;
+        status.sync = None;
         crate::patch_status(&ctx.client, repo, &status, &[]).await?;
     }
     Ok(())
 }
 
 async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let sooner = |a: Duration, b: Option<Duration>| b.map_or(a, |b| a.min(b));
     if repo.spec.validate().is_ok() && probed(&repo) {
         let probe = probe(&repo, &ctx).await?;
         let maintenance = crate::maintenance::maintain(&ctx, &repo).await?;
-        return Ok(Action::requeue(maintenance.map_or(probe, |m| m.min(probe))));
+        let sync = crate::sync::maintain(&ctx, &repo).await?;
+        return Ok(Action::requeue(sooner(sooner(probe, maintenance), sync)));
     }
     report(&ctx, &repo, readiness(&ctx, &repo).await).await?;
+    let sync = crate::sync::maintain(&ctx, &repo).await?;
     // Changes to its PVC wake us; this is only a safety net (or the end of a full spell).
     let full_for = full_until(&repo, now())
         .and_then(|until| Duration::try_from(until.duration_since(now())).ok());
-    Ok(Action::requeue(
+    Ok(Action::requeue(sooner(
         full_for.map_or(RECHECK_READY, |d| d + Duration::from_millis(100)),
-    ))
+        sync,
+    )))
 }
 
 fn error_policy(_: Arc<BackupRepository>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -421,12 +427,13 @@ pub async fn run(
 ) {
     let client = ctx.client.clone();
     let probes = watcher::Config::default().labels(&format!(
-        "{}={},{} in ({},{})",
+        "{}={},{} in ({},{},{})",
         labels::MANAGED_BY,
         labels::MANAGER,
         labels::ROLE,
         jobs::ROLE_PROBE,
-        jobs::ROLE_PRUNE
+        jobs::ROLE_PRUNE,
+        jobs::ROLE_SYNC
     ));
     let controller = ctx
         .stores

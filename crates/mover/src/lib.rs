@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod backup;
+pub mod catalog;
 pub mod commit;
 pub mod extract;
 pub mod inventory;

@@ -312,10 +312,16 @@ fn forgotten_snapshots_lose_their_data_to_prune_and_the_rest_stays_whole() {
     let before = du(&f.dir);
     let forgotten = f
         .open()
-        .forget(&[ids[0].clone(), ids[1][..8].to_string()])
+        .forget(&[ids[0].clone(), ids[1][..8].to_string()], "b0")
         .unwrap();
     // A full id names its snapshot; a prefix nothing (it could name several).
     assert_eq!(forgotten, vec![ids[0].clone()]);
+    // Only a snapshot tagged as the Backup's own is forgotten, whatever ids it is given.
+    let others = f
+        .open()
+        .forget(&[ids[1].clone(), ids[2].clone()], "b0")
+        .unwrap();
+    assert!(others.is_empty(), "{others:?}");
     // Marked, not removed: a backup running now may still rely on those packs.
     let marked = f
         .open()
@@ -325,7 +331,10 @@ fn forgotten_snapshots_lose_their_data_to_prune_and_the_rest_stays_whole() {
     assert_eq!(marked.marked_packs_removed, 0);
     f.restic_ok(&["check", "--read-data"]);
     // Instant: the unused data goes now.
-    f.open().forget(&[ids[1].clone()]).unwrap();
+    assert_eq!(
+        f.open().forget(&[ids[1].clone()], "b1").unwrap(),
+        vec![ids[1].clone()]
+    );
     let pruned = f.open().prune(std::time::Duration::ZERO, true).unwrap();
     assert!(pruned.unused_bytes > 0, "{pruned:?}");
     let after = du(&f.dir);

@@ -300,7 +300,8 @@ fn restic_round_trip(kind: S3Kind) -> anyhow::Result<()> {
 
     // The file only the second and third snapshots hold goes with them.
     std::fs::remove_file(source.path().join("new-file"))?;
-    open()?.forget(&[second.id.clone(), third.id.clone()])?;
+    open()?.forget(std::slice::from_ref(&second.id), "two")?;
+    open()?.forget(std::slice::from_ref(&third.id), "three")?;
     let pruned = open()?.prune(std::time::Duration::ZERO, true)?;
     assert_eq!(pruned.snapshots, 1);
     assert!(pruned.unused_bytes > 0, "{pruned:?}");

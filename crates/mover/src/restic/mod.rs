@@ -164,13 +164,16 @@ impl Restic {
             .map_err(|e| self.fail(&e, Reason::RepositoryUnusable))
     }
 
-    /// Removes the snapshots `ids` (full ids only: a prefix could name others); ids no longer
-    /// there are skipped. Their data stays until prune. The ids removed.
-    pub fn forget(&self, ids: &[String]) -> Result<Vec<String>, ResticError> {
+    /// Removes the snapshots `ids` (full ids only: a prefix could name others) that are
+    /// tagged as Backup `backup`'s: a Backup's status names its snapshots, and an imported
+    /// Backup's status comes from text anyone who may create Backups can write, so the tag
+    /// decides. Ids no longer there are skipped. Their data stays until prune. The ids removed.
+    pub fn forget(&self, ids: &[String], backup: &str) -> Result<Vec<String>, ResticError> {
+        let tag = format!("backup={backup}");
         let present: Vec<_> = self
             .snapshots()?
             .into_iter()
-            .filter(|s| ids.iter().any(|id| *id == *s.id.to_hex()))
+            .filter(|s| ids.iter().any(|id| *id == *s.id.to_hex()) && s.tags.contains(&tag))
             .map(|s| s.id)
             .collect();
         self.repo

@@ -1,0 +1,382 @@
+//! A repository's sync (disaster recovery): every `syncInterval` (5 min by default) a sync Job
+//! looks for backups of the repository's namespace that have no Backup object (a new cluster, a
+//! deleted namespace) and creates them, labelled imported; the Backup reconciler writes their
+//! status from the record each carries, after checking it.
+//!
+//! The operator never reads the repository (S3 credentials and restic passwords only reach mover
+//! pods), and a termination message holds 4 KiB, so the sync Job creates the Backups itself, as
+//! a ServiceAccount of the repository's own whose Role may list and create Backups in that
+//! namespace and do nothing else.
+
+use crate::outcome::{self, termination_message};
+use crate::{Context, Error, events, jobs, now};
+use backstop_api::condition::{self, ConditionType, Invalid};
+use backstop_api::contract::Synced;
+use backstop_api::repository::SyncStatus;
+use backstop_api::{Backup, BackupRepository, BackupRepositoryStatus, labels, naming};
+use jiff::Timestamp;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ObjectMeta};
+use kube::{Resource, ResourceExt};
+use std::time::Duration;
+
+/// How often a running sync is looked at (its Job's end also wakes the repository).
+const WATCH: Duration = Duration::from_secs(30);
+
+/// What the sync does now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SyncStep {
+    /// No sync: turned off, or the repository cannot be used now (it is looked at again when
+    /// it becomes ready).
+    Off,
+    /// A sync is running.
+    Wait,
+    /// The next sync is due in this long.
+    Sleep(Duration),
+    Start,
+}
+
+/// The step for a repository synced every `interval` (`None`: never), last started at `last`,
+/// with a sync Job `running` or not.
+pub fn sync_step(
+    interval: Option<Duration>,
+    last: Option<Timestamp>,
+    running: bool,
+    ready: bool,
+    now: Timestamp,
+) -> SyncStep {
+    let Some(interval) = interval else {
+        return SyncStep::Off;
+    };
+    if running {
+        return SyncStep::Wait;
+    }
+    if !ready {
+        return SyncStep::Off;
+    }
+    let Some(last) = last else {
+        return SyncStep::Start;
+    };
+    let since = Duration::try_from(now.duration_since(last)).unwrap_or_default();
+    match interval.checked_sub(since) {
+        Some(left) if !left.is_zero() => SyncStep::Sleep(left),
+        _ => SyncStep::Start,
+    }
+}
+
+/// What a finished sync reports in the repository's status.
+pub fn finished(synced: Result<Synced, Invalid>, at: Timestamp, last: &SyncStatus) -> SyncStatus {
+    let mut status = SyncStatus {
+        last_sync_time: last.last_sync_time.clone(),
+        last_completion_time: Some(Time(at)),
+        ..SyncStatus::default()
+    };
+    match synced {
+        Ok(s) => {
+            status.last_result = Some("Succeeded".into());
+            status.backups = Some(s.backups);
+            status.imported = Some(s.imported);
+            status.skipped = Some(s.skipped);
+            let mut message = format!(
+                "{} backups of this namespace in the repository: {} imported now, {} already had their Backup ({:.1} s)",
+                s.backups, s.imported, s.present, s.seconds
+            );
+            if s.skipped > 0 {
+                message.push_str(&format!(
+                    "; {} objects skipped (not whole backups of this namespace): {}",
+                    s.skipped,
+                    s.skipped_objects.join("; ")
+                ));
+            }
+            status.message = Some(condition::truncate(message, 2000));
+        }
+        Err(why) => {
+            status.last_result = Some("Failed".into());
+            status.reason = Some(why.reason.clone());
+            status.message = Some(why.message);
+        }
+    }
+    status
+}
+
+/// The `Synced` condition the last sync makes (none before the first one finished): True when
+/// it imported all there was; False when it skipped objects (reason `ObjectsSkipped`) or failed
+/// (the failure's reason).
+pub fn set_condition(status: &mut BackupRepositoryStatus, generation: Option<i64>, now: Timestamp) {
+    let Some(sync) = status.sync.as_ref().filter(|s| s.last_result.is_some()) else {
+        return;
+    };
+    let message = sync.message.clone().unwrap_or_default();
+    let (ok, reason) = match (sync.last_result.as_deref(), sync.skipped) {
+        (Some("Succeeded"), Some(n)) if n > 0 => (false, "ObjectsSkipped".to_string()),
+        (Some("Succeeded"), _) => (true, "Synced".to_string()),
+        _ => (
+            false,
+            sync.reason.clone().unwrap_or_else(|| "SyncFailed".into()),
+        ),
+    };
+    condition::set(
+        &mut status.conditions,
+        ConditionType::Synced,
+        ok,
+        &reason,
+        &message,
+        generation,
+        now,
+    );
+}
+
+/// Only the `sync` part of a repository's status, as a merge patch writes it.
+#[derive(serde::Serialize)]
+struct SyncOnly<'a> {
+    sync: &'a SyncStatus,
+}
+
+/// Syncs `repo` when due; when to look again, if at all.
+pub async fn maintain(ctx: &Context, repo: &BackupRepository) -> Result<Option<Duration>, Error> {
+    let interval = match repo.spec.sync_interval() {
+        Ok(interval) => interval,
+        // The spec is invalid: the repository's Ready condition says why.
+        Err(_) => return Ok(None),
+    };
+    let namespace = repo.namespace().unwrap_or_default();
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut status = repo
+        .status
+        .as_ref()
+        .and_then(|s| s.sync.clone())
+        .unwrap_or_default();
+    let mut running = false;
+    for job in crate::maintenance::jobs_of(ctx, repo, jobs::ROLE_SYNC).await? {
+        let Some(succeeded) = outcome::finished(&job) else {
+            running = true;
+            continue;
+        };
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+        let message = termination_message(&pods, &job).await?;
+        let synced = match (succeeded, message) {
+            (true, Some(m)) => serde_json::from_str::<Synced>(&m)
+                .map_err(|e| Invalid::new("MoverResultMissing", format!("the sync's result: {e}"))),
+            (_, message) => Err(outcome::failure(&job, message)),
+        };
+        let before = status.clone();
+        status = finished(synced, now(), &status);
+        announce(ctx, repo, &before, &status).await;
+        crate::patch_status(&ctx.client, repo, &SyncOnly { sync: &status }, &[]).await?;
+        crate::delete_if_present(&api, &job.name_any()).await?;
+    }
+    let ready = crate::repository::readiness(ctx, repo).await.is_ok();
+    let last = status.last_sync_time.as_ref().map(|t| t.0);
+    match sync_step(interval, last, running, ready, now()) {
+        SyncStep::Off => Ok(None),
+        SyncStep::Wait => Ok(Some(WATCH)),
+        SyncStep::Sleep(left) => Ok(Some(left)),
+        SyncStep::Start => {
+            if let Some(why) = crate::secrets::refusal(ctx, repo).await? {
+                // The probe reports it; a sync would only fail the same way.
+                tracing::debug!(repository = %repo.name_any(), %why, "sync waits");
+                return Ok(Some(WATCH));
+            }
+            ensure_identity(ctx, repo).await?;
+            let at = now();
+            let job = jobs::sync_job(repo, at.as_second(), &ctx.mover);
+            if crate::create_once(&api, &job).await? {
+                tracing::info!(repository = %repo.name_any(), job = %job.name_any(), "sync started");
+            }
+            status.last_sync_time = Some(Time(at));
+            crate::patch_status(&ctx.client, repo, &SyncOnly { sync: &status }, &[]).await?;
+            Ok(Some(WATCH))
+        }
+    }
+}
+
+/// Events for what a sync found: Backups imported (Normal), objects skipped or a failure
+/// (Warning, only when different from the last sync's, so a repository holding the same junk
+/// does not warn every few minutes).
+async fn announce(ctx: &Context, repo: &BackupRepository, before: &SyncStatus, now: &SyncStatus) {
+    let message = now.message.clone().unwrap_or_default();
+    if now.last_result.as_deref() != Some("Succeeded") {
+        if before.message != now.message {
+            events::warning(&ctx.recorder, repo, "SyncFailed", message).await;
+        }
+        return;
+    }
+    if now.imported.unwrap_or(0) > 0 {
+        events::normal(&ctx.recorder, repo, "BackupsImported", message.clone()).await;
+    }
+    let skipped = now.skipped.unwrap_or(0);
+    if skipped > 0 && (before.skipped != now.skipped || before.last_result != now.last_result) {
+        events::warning(&ctx.recorder, repo, "ObjectsSkipped", message).await;
+    }
+}
+
+/// The ServiceAccount a sync Job runs as, its Role (list and create Backups in this namespace)
+/// and their binding, owned by the repository (they go with it).
+async fn ensure_identity(ctx: &Context, repo: &BackupRepository) -> Result<(), Error> {
+    let namespace = repo.namespace().unwrap_or_default();
+    let name = naming::sync_identity(&repo.name_any());
+    let meta = ObjectMeta {
+        name: Some(name.clone()),
+        namespace: Some(namespace.clone()),
+        labels: Some(
+            [
+                (labels::MANAGED_BY.to_string(), labels::MANAGER.to_string()),
+                (
+                    labels::REPOSITORY.to_string(),
+                    naming::label_value(&repo.name_any()),
+                ),
+            ]
+            .into(),
+        ),
+        owner_references: repo.controller_owner_ref(&()).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    };
+    let account = ServiceAccount {
+        metadata: meta.clone(),
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    };
+    crate::create_once(&Api::namespaced(ctx.client.clone(), &namespace), &account).await?;
+    let role = Role {
+        metadata: meta.clone(),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![backstop_api::GROUP.into()]),
+            resources: Some(vec![Backup::plural(&()).into_owned()]),
+            verbs: vec!["list".into(), "create".into()],
+            ..PolicyRule::default()
+        }]),
+    };
+    crate::create_once(&Api::namespaced(ctx.client.clone(), &namespace), &role).await?;
+    let binding = RoleBinding {
+        metadata: meta,
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: name.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name,
+            namespace: Some(namespace.clone()),
+            ..Subject::default()
+        }]),
+    };
+    crate::create_once(&Api::namespaced(ctx.client.clone(), &namespace), &binding).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_sync_runs_at_once_then_every_interval_never_twice_at_once_and_only_when_ready() {
+        let five = Some(Duration::from_secs(300));
+        let now = at("2026-11-28T10:00:00Z");
+        assert_eq!(sync_step(five, None, false, true, now), SyncStep::Start);
+        // Not ready: nothing to list yet (readiness changes wake the repository).
+        assert_eq!(sync_step(five, None, false, false, now), SyncStep::Off);
+        assert_eq!(sync_step(five, None, true, true, now), SyncStep::Wait);
+        let last = Some(at("2026-11-28T09:58:00Z"));
+        assert_eq!(
+            sync_step(five, last, false, true, now),
+            SyncStep::Sleep(Duration::from_secs(180))
+        );
+        let long_ago = Some(at("2026-11-28T09:55:00Z"));
+        assert_eq!(sync_step(five, long_ago, false, true, now), SyncStep::Start);
+        // syncInterval: 0s.
+        assert_eq!(sync_step(None, None, false, true, now), SyncStep::Off);
+    }
+
+    #[test]
+    fn a_finished_sync_says_what_it_imported_and_what_it_skipped_in_its_condition() {
+        let last = SyncStatus {
+            last_sync_time: Some(Time(at("2026-11-28T10:00:00Z"))),
+            ..SyncStatus::default()
+        };
+        let ended = at("2026-11-28T10:00:07Z");
+        let clean = finished(
+            Ok(Synced {
+                backups: 12,
+                present: 2,
+                imported: 10,
+                seconds: 1.25,
+                ..Synced::default()
+            }),
+            ended,
+            &last,
+        );
+        assert_eq!(clean.last_sync_time, last.last_sync_time);
+        assert_eq!(
+            (clean.backups, clean.imported, clean.skipped),
+            (Some(12), Some(10), Some(0))
+        );
+        assert_eq!(
+            clean.message.as_deref(),
+            Some(
+                "12 backups of this namespace in the repository: 10 imported now, 2 already had their Backup (1.2 s)"
+            )
+        );
+        let mut status = BackupRepositoryStatus {
+            sync: Some(clean),
+            ..BackupRepositoryStatus::default()
+        };
+        set_condition(&mut status, Some(1), ended);
+        let synced = condition::find(&status.conditions, ConditionType::Synced).unwrap();
+        assert_eq!(
+            (synced.status.as_str(), synced.reason.as_str()),
+            ("True", "Synced")
+        );
+
+        let junk = finished(
+            Ok(Synced {
+                backups: 1,
+                present: 1,
+                skipped: 2,
+                skipped_objects: vec!["shop/x.bin: not in a backup's directory".into()],
+                ..Synced::default()
+            }),
+            ended,
+            &last,
+        );
+        assert!(
+            junk.message
+                .as_deref()
+                .unwrap()
+                .contains("2 objects skipped"),
+            "{junk:?}"
+        );
+        status.sync = Some(junk);
+        set_condition(&mut status, Some(1), ended);
+        let synced = condition::find(&status.conditions, ConditionType::Synced).unwrap();
+        assert_eq!(
+            (synced.status.as_str(), synced.reason.as_str()),
+            ("False", "ObjectsSkipped")
+        );
+        assert!(synced.message.contains("shop/x.bin"), "{}", synced.message);
+
+        let failed = finished(Err(Invalid::new("AccessDenied", "403")), ended, &last);
+        assert_eq!(failed.last_result.as_deref(), Some("Failed"));
+        status.sync = Some(failed);
+        set_condition(&mut status, Some(1), ended);
+        let synced = condition::find(&status.conditions, ConditionType::Synced).unwrap();
+        assert_eq!(
+            (synced.status.as_str(), synced.reason.as_str()),
+            ("False", "AccessDenied")
+        );
+        // Before the first sync ends there is no condition.
+        let mut fresh = BackupRepositoryStatus {
+            sync: Some(last.clone()),
+            ..BackupRepositoryStatus::default()
+        };
+        set_condition(&mut fresh, Some(1), ended);
+        assert!(fresh.conditions.is_empty());
+    }
+}
