@@ -1,6 +1,6 @@
 # The two commands that matter: `make demo` (Backstop's main job on a local cluster) and
 # `make test` (every test). Both need root; the first run builds Kubernetes (about 10 minutes).
-.PHONY: demo test bench bench-controller cluster-up cluster-down image mutants
+.PHONY: demo test bench bench-controller bench-sync cluster-up cluster-down image mutants
 
 demo:
 	hack/demo
@@ -29,6 +29,10 @@ bench:
 # ten times as much is BENCH_ARGS="--policies 10000 --backups 100000 --per-minute 200" (25 minutes).
 bench-controller:
 	hack/bench-controller $(BENCH_ARGS)
+
+# A new cluster importing 1,000 backups from one repository (BENCH_ARGS="--backups N").
+bench-sync:
+	hack/bench-controller sync $(BENCH_ARGS)
 
 # Mutation testing of the mover and the controller's pure modules (not part of `make test`: over an
 # hour on 2 cores). MUTANTS=pure, MUTANTS=mover or MUTANTS=cli for one part.

@@ -7,11 +7,13 @@
 //! `backstop-bench controller`: the operator at scale on the local cluster (see controller.rs),
 //! after a table of the bytes the operator caches per watched object (see state.rs).
 //! `backstop-bench state`: only that table.
+//! `backstop-bench sync [--backups N]`: a new cluster importing N backups from a repository.
 
 mod controller;
 mod dataset;
 mod mover;
 mod state;
+mod sync;
 
 /// Counts heap bytes in use, for the cached-state table of `controller` (the mover runs are
 /// child processes: their figures come from the kernel).
@@ -53,6 +55,9 @@ fn main() -> anyhow::Result<()> {
             println!("{} in {dir}", set.label);
             Ok(())
         }
+        Some("sync") => {
+            tokio::runtime::Runtime::new()?.block_on(sync::run(flag(&args, "--backups", 1000)))
+        }
         Some("state") => {
             state::print();
             Ok(())
@@ -69,7 +74,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: backstop-bench mover [--quick] [--only abc]\n       backstop-bench dataset a|b|c|d|e DIR [--quick]\n       backstop-bench controller [--policies N] [--backups N] [--per-minute N] [--observe-minutes N]\n       backstop-bench state"
+                "usage: backstop-bench mover [--quick] [--only abc]\n       backstop-bench dataset a|b|c|d|e DIR [--quick]\n       backstop-bench controller [--policies N] [--backups N] [--per-minute N] [--observe-minutes N]\n       backstop-bench sync [--backups N]\n       backstop-bench state"
             );
             std::process::exit(2);
         }

@@ -21,7 +21,7 @@ fn context(backup: &str, pvc: &str, volumes: &[&str]) -> RecordContext {
         scheduled_time: Some("2026-11-28T02:00:00Z".parse().unwrap()),
         start_time: "2026-11-28T02:00:01Z".parse().unwrap(),
         volumes: volumes.iter().map(|v| v.to_string()).collect(),
-        capacity: Some("2Gi".into()),
+        capacity: Some(if pvc == "db" { "2Gi" } else { "1Gi" }.into()),
         storage_class_name: Some("fast".into()),
         ..RecordContext::default()
     }

@@ -58,7 +58,12 @@ pub struct TestNamespace {
 
 impl TestNamespace {
     pub async fn create(client: &Client, prefix: &str) -> anyhow::Result<Self> {
-        let name = format!("{prefix}-{}", unique_suffix());
+        Self::create_named(client, &format!("{prefix}-{}", unique_suffix())).await
+    }
+
+    /// The namespace `name` exactly (e.g. one a lost cluster had).
+    pub async fn create_named(client: &Client, name: &str) -> anyhow::Result<Self> {
+        let name = name.to_string();
         let ns: Namespace = serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "labels": {"backstop.dev/e2e": "true"}}
         }))?;
