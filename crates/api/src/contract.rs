@@ -6,7 +6,7 @@
 //! checks that every request survives the trip.
 
 use crate::ExistingDataPolicy;
-use crate::record::RecordContext;
+use crate::record::{RecordContext, VerificationRecord};
 use crate::repository::Compression;
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +77,12 @@ pub fn manifest_key(dir: &str, pvc: &str) -> String {
 /// the namespace's tar backups (`_` is in no Backup's name, so no backup's directory is it).
 pub fn restic_root(namespace: &str) -> String {
     format!("{namespace}/_restic")
+}
+
+/// The namespace whose restic repository `root` is (`restic_root`'s inverse).
+pub fn namespace_of_restic_root(root: &str) -> Option<&str> {
+    root.strip_suffix("/_restic")
+        .filter(|ns| !ns.is_empty() && !ns.contains('/'))
 }
 
 /// The environment variable that carries a restic repository's password into mover pods (from
@@ -227,6 +233,13 @@ pub enum Request {
     },
     /// Remove a backup's directory from the repository.
     Delete { repository: Location, dir: String },
+    /// Keep a backup's latest conclusive verification in its directory `dir`
+    /// (`record::verification_key`), for a cluster that imports the backup later.
+    RecordVerification {
+        repository: Location,
+        dir: String,
+        record: VerificationRecord,
+    },
 }
 
 impl Request {
@@ -246,6 +259,7 @@ impl Request {
             Request::Forget { .. } => "forget",
             Request::Prune { .. } => "prune",
             Request::Sync { .. } => "sync",
+            Request::RecordVerification { .. } => "record-verification",
         }
     }
 
@@ -258,6 +272,7 @@ impl Request {
             | Request::Forget { repository, .. }
             | Request::Prune { repository, .. }
             | Request::Sync { repository, .. }
+            | Request::RecordVerification { repository, .. }
             | Request::Backup { repository, .. }
             | Request::Dump { repository, .. }
             | Request::Load { repository, .. }
@@ -399,6 +414,12 @@ impl Request {
                 args.optional("--artifact-digest", artifact_digest.as_deref());
             }
             Request::Delete { dir, .. } => args.value("--dir", dir),
+            Request::RecordVerification { dir, record, .. } => {
+                args.value("--dir", dir);
+                if let Ok(json) = serde_json::to_string(record) {
+                    args.value("--verification", &json);
+                }
+            }
         }
         match self.repository() {
             Location::Dir(root) => args.value("--repository", root),

@@ -64,6 +64,11 @@ pub fn verify_job(backup: &str, pvc: &str, request: &str) -> String {
     job_name(&format!("verify\0{request}"), &[backup, pvc, "verify"])
 }
 
+/// The Job that keeps the conclusion of the verification `request` of `backup` in the repository.
+pub fn record_verification_job(backup: &str, request: &str) -> String {
+    job_name(&format!("record\0{request}"), &[backup, "verified"])
+}
+
 /// The VolumeSnapshot of `pvc` for `backup`, and the temporary PVC made from it.
 pub fn snapshot(backup: &str, pvc: &str) -> String {
     job_name("snapshot", &[backup, pvc, "snap"])

@@ -12,7 +12,10 @@
 //! `backstop.dev/import-record`). The operator never takes it on trust: `ImportRecord::status`
 //! checks it against the namespace and the Backup's name before it becomes the Backup's status.
 
-use crate::backup::{BackupPhase, BackupStatus, VolumeBackup};
+use crate::backup::{
+    BackupPhase, BackupStatus, VerificationMode, VerificationPhase, VerificationStatus,
+    VolumeBackup,
+};
 use crate::condition::{self, ConditionType, Invalid};
 use crate::contract::{self, BackupResult};
 use crate::strategy::Strategy;
@@ -27,6 +30,31 @@ pub const RECORD_VERSION: u32 = 1;
 
 /// How a volume record's key ends.
 pub const RECORD_SUFFIX: &str = ".record.json";
+
+/// The key of the latest conclusive verification's record in the backup directory `dir` (both
+/// formats: a restic backup's directory holds only this).
+pub fn verification_key(dir: &str) -> String {
+    format!("{dir}/{VERIFICATION_FILE}")
+}
+
+pub const VERIFICATION_FILE: &str = "verification.json";
+
+/// The latest conclusive verification of a backup (Passed or Failed), kept in the repository by
+/// a small Job once the operator concluded it: an imported Backup knows whether it was sound.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VerificationRecord {
+    pub version: u32,
+    pub backup: String,
+    /// The `backstop.dev/verify` token it answered.
+    pub request: String,
+    pub mode: VerificationMode,
+    pub phase: VerificationPhase,
+    pub completion_time: Timestamp,
+    /// The `Verified` condition it set.
+    pub reason: String,
+    pub message: String,
+}
 
 /// The key of `pvc`'s record in the backup directory `dir`.
 pub fn record_key(dir: &str, pvc: &str) -> String {
@@ -87,6 +115,9 @@ pub struct ImportRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<Strategy>,
     pub volumes: Vec<ImportedVolume>,
+    /// The latest conclusive verification, when one was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<VerificationRecord>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -187,6 +218,7 @@ pub fn gather(
         completion_time,
         strategy: context.strategy,
         volumes,
+        verification: None,
     })
 }
 
@@ -371,6 +403,35 @@ impl ImportRecord {
             None,
             now,
         );
+        // Only a conclusive verification of this very backup counts.
+        let verified = self.verification.as_ref().filter(|v| {
+            v.backup == name
+                && matches!(
+                    v.phase,
+                    VerificationPhase::Passed | VerificationPhase::Failed
+                )
+        });
+        if let Some(v) = verified {
+            let at = Time(v.completion_time);
+            status.verification = Some(VerificationStatus {
+                request: v.request.clone(),
+                mode: v.mode,
+                phase: v.phase,
+                start_time: Some(at.clone()),
+                completion_time: Some(at.clone()),
+                volumes: Vec::new(),
+                message: Some(v.message.clone()),
+            });
+            condition::set(
+                &mut status.conditions,
+                ConditionType::Verified,
+                v.phase == VerificationPhase::Passed,
+                &v.reason,
+                &v.message,
+                None,
+                v.completion_time,
+            );
+        }
         Ok(status)
     }
 }
@@ -452,6 +513,57 @@ mod tests {
             (completed.status.as_str(), completed.reason.as_str()),
             ("True", "Imported")
         );
+    }
+
+    #[test]
+    fn a_recorded_verification_of_the_backup_comes_back_with_it() {
+        let mut found = gather(
+            "shop",
+            NAME,
+            vec![
+                record("db", "2026-11-28T02:00:31Z"),
+                record("logs", "2026-11-28T02:00:31Z"),
+            ],
+        )
+        .unwrap();
+        let checked: Timestamp = "2026-11-29T04:00:00Z".parse().unwrap();
+        let verification = |backup: &str, phase| VerificationRecord {
+            version: RECORD_VERSION,
+            backup: backup.into(),
+            request: "weekly-2026-11-29".into(),
+            mode: VerificationMode::Artifact,
+            phase,
+            completion_time: checked,
+            reason: "DigestMismatch".into(),
+            message: "PVC db: the artifact does not match".into(),
+        };
+        found.verification = Some(verification(NAME, VerificationPhase::Failed));
+        let status = found
+            .status("shop", NAME, "s3", Timestamp::UNIX_EPOCH)
+            .unwrap();
+        let verified = condition::find(&status.conditions, ConditionType::Verified).unwrap();
+        assert_eq!(
+            (verified.status.as_str(), verified.reason.as_str()),
+            ("False", "DigestMismatch")
+        );
+        assert_eq!(verified.last_transition_time.0, checked);
+        let v = status.verification.unwrap();
+        assert_eq!(
+            (v.request.as_str(), v.phase),
+            ("weekly-2026-11-29", VerificationPhase::Failed)
+        );
+        // Another backup's verification, or an inconclusive one, says nothing about this one.
+        for other in [
+            verification("other", VerificationPhase::Passed),
+            verification(NAME, VerificationPhase::Inconclusive),
+        ] {
+            found.verification = Some(other);
+            let status = found
+                .status("shop", NAME, "s3", Timestamp::UNIX_EPOCH)
+                .unwrap();
+            assert!(condition::find(&status.conditions, ConditionType::Verified).is_none());
+            assert!(status.verification.is_none());
+        }
     }
 
     #[test]

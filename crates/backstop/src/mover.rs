@@ -6,10 +6,11 @@
 use anyhow::Context as _;
 use backstop_api::ExistingDataPolicy;
 use backstop_api::backup::ResticSnapshot;
+use backstop_api::contract;
 use backstop_api::contract::{
     BackupResult, Deleted, Failure, Forgotten, Location, Reason, Request, S3Location,
 };
-use backstop_api::record::{RECORD_SUFFIX, RecordContext};
+use backstop_api::record::{RECORD_SUFFIX, RecordContext, VerificationRecord};
 use backstop_mover::backup::{self, BackupRequest, Compression};
 use backstop_mover::catalog;
 use backstop_mover::repository::{self, DirRepository, Repository, S3Config, S3Repository};
@@ -229,6 +230,18 @@ pub enum Command {
         #[command(flatten)]
         report: Report,
     },
+    /// Keep a backup's latest conclusive verification in its directory.
+    RecordVerification {
+        #[command(flatten)]
+        repository: RepositoryArgs,
+        #[arg(long)]
+        dir: String,
+        /// The record (JSON, `record::VerificationRecord`).
+        #[arg(long, value_parser = parse_verification)]
+        verification: Box<VerificationRecord>,
+        #[command(flatten)]
+        report: Report,
+    },
     /// Remove a backup's directory (artifacts and manifests) from a repository.
     Delete {
         #[command(flatten)]
@@ -350,6 +363,10 @@ fn parse_compression(s: &str) -> Result<Compression, String> {
 
 fn parse_record(s: &str) -> Result<Box<RecordContext>, String> {
     serde_json::from_str(s).map_err(|e| format!("not a record context: {e}"))
+}
+
+fn parse_verification(s: &str) -> Result<Box<VerificationRecord>, String> {
+    serde_json::from_str(s).map_err(|e| format!("not a verification record: {e}"))
 }
 
 fn parse_policy(s: &str) -> Result<ExistingDataPolicy, String> {
@@ -567,6 +584,20 @@ impl Command {
                 repository,
                 report,
             ),
+            Command::RecordVerification {
+                repository,
+                dir,
+                verification,
+                report,
+            } => (
+                Request::RecordVerification {
+                    repository: repository.location(),
+                    dir,
+                    record: *verification,
+                },
+                repository,
+                report,
+            ),
             Command::Delete {
                 repository,
                 dir,
@@ -709,6 +740,11 @@ fn perform(
                 .0
                 .forget(&snapshots, &backup)
                 .map_err(|e| (e.reason, e.message))?;
+            // The backup's directory beside the restic repository holds its verification.
+            if let Some(namespace) = contract::namespace_of_restic_root(&root) {
+                repo.remove_prefix(&contract::backup_dir(namespace, &backup))
+                    .map_err(|e| (Reason::ArtifactsNotRemoved, e.to_string()))?;
+            }
             json(serde_json::to_value(Forgotten { forgotten }))
         }
         Request::Prune {
@@ -819,6 +855,18 @@ fn perform(
             let verified = restore::verify(repo, &manifest, artifact_digest.as_deref())
                 .map_err(|e| (e.reason(), e.to_string()))?;
             json(serde_json::to_value(verified))
+        }
+        Request::RecordVerification { dir, record, .. } => {
+            let key = backstop_api::record::verification_key(&dir);
+            let text = serde_json::to_vec_pretty(&record)
+                .map_err(|e| (Reason::MoverFailed, e.to_string()))?;
+            repo.put(&key, &text).map_err(|e| {
+                (
+                    e.reason().unwrap_or(Reason::RepositoryWriteFailed),
+                    e.to_string(),
+                )
+            })?;
+            Ok(serde_json::json!({"recorded": key}))
         }
         Request::Delete { dir, .. } => {
             // The records go first: a backup half removed is never whole for a sync.
@@ -1060,6 +1108,20 @@ mod tests {
             Request::Delete {
                 repository: s3(false),
                 dir: "shop/nightly".into(),
+            },
+            Request::RecordVerification {
+                repository: dir.clone(),
+                dir: "shop/nightly".into(),
+                record: VerificationRecord {
+                    version: 1,
+                    backup: "nightly".into(),
+                    request: "weekly 2026-11-29".into(),
+                    mode: backstop_api::VerificationMode::RestoreDrill,
+                    phase: backstop_api::VerificationPhase::Failed,
+                    completion_time: "2026-11-29T04:00:00Z".parse().unwrap(),
+                    reason: "DrillCheckFailed".into(),
+                    message: "the check exited 1".into(),
+                },
             },
         ];
         for request in requests {

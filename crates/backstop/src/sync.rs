@@ -94,7 +94,11 @@ pub fn sync(store: Arc<dyn Repository>, req: &SyncRequest<'_>) -> Result<Synced,
                 match backup {
                     // An incomplete backup that has its Backup object is one still running.
                     _ if present.contains(&name) => found.present += 1,
-                    Ok(record) => found.missing.push((name, record)),
+                    Ok(mut record) => {
+                        record.verification =
+                            catalog::verification(store.as_ref(), req.namespace, &name);
+                        found.missing.push((name, record));
+                    }
                     Err(why) => found.skipped.push((format!("backup {name:?}"), why)),
                 }
             }

@@ -3,7 +3,7 @@
 //! Failed, never changed again). A finalizer removes the Backup's artifacts from the repository
 //! before the Backup goes away.
 
-use crate::jobs::{self, ROLE_BACKUP, ROLE_VERIFY};
+use crate::jobs::{self, ROLE_BACKUP, ROLE_RECORD, ROLE_VERIFY};
 use crate::outcome::{JOB_NAME_TAKEN, job_name_taken, owned_by, termination_message};
 use crate::quiesce::{self, Held};
 use crate::snapshot::{self, Prepared};
@@ -1035,7 +1035,7 @@ fn not_yet(seconds: u64, why: impl Into<String>) -> Error {
 /// `Ok` means done (the finalizer goes); waiting is `Error::NotYet`.
 async fn cleanup(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
     // A mover still writing would race the removal: its Job and pod must be gone first.
-    if delete_jobs(ctx, backup, &[ROLE_BACKUP, ROLE_VERIFY]).await? > 0
+    if delete_jobs(ctx, backup, &[ROLE_BACKUP, ROLE_VERIFY, ROLE_RECORD]).await? > 0
         || mover_pods_remain(ctx, backup).await?
     {
         return Err(not_yet(
@@ -1240,7 +1240,10 @@ async fn sweep_finished_jobs(ctx: &Context) -> Result<usize, Error> {
         .iter()
         .filter(|job| {
             let role = job.labels().get(labels::ROLE).map(String::as_str);
-            role == Some(ROLE_BACKUP) || role == Some(ROLE_VERIFY)
+            // A verification's record is left to finish: it is its own last step.
+            role == Some(ROLE_BACKUP)
+                || role == Some(ROLE_VERIFY)
+                || (role == Some(ROLE_RECORD) && crate::outcome::finished(job).is_some())
         })
         .filter_map(|job| {
             let owner = job
@@ -1267,7 +1270,7 @@ async fn sweep_finished_jobs(ctx: &Context) -> Result<usize, Error> {
             continue; // gone: the garbage collector removes what it owned
         };
         if backup.meta().uid.as_deref() == Some(uid.as_str()) && !backup.cached() {
-            delete_jobs(ctx, &backup, &[ROLE_BACKUP, ROLE_VERIFY]).await?;
+            delete_jobs(ctx, &backup, &[ROLE_BACKUP, ROLE_VERIFY, ROLE_RECORD]).await?;
             swept += 1;
         }
     }

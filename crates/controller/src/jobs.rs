@@ -119,6 +119,8 @@ pub const ROLE_PRUNE: &str = "prune";
 pub const ROLE_RESTORE: &str = "restore";
 pub const ROLE_VERIFY: &str = "verify";
 pub const ROLE_SYNC: &str = "sync";
+/// A Job that keeps a verification's conclusion in the repository.
+pub const ROLE_RECORD: &str = "record";
 /// On a drill's scratch PVC.
 pub const ROLE_DRILL: &str = "drill";
 /// A probe that has not finished in this time failed (e.g. its pod could not start).
@@ -572,6 +574,37 @@ pub fn delete_job(backup: &Backup, repo: &BackupRepository, config: &MoverConfig
         volumes: Vec::new(),
         mounts: Vec::new(),
         deadline_seconds: config.deadline_seconds,
+        capabilities: capabilities::DELETE.to_vec(),
+        companion: None,
+    };
+    job(backup, mover, config)
+}
+
+/// The Job that keeps `record`, the conclusion of a verification of `backup`, in `repo` beside
+/// the backup (`record::verification_key`): a cluster that imports the backup later knows
+/// whether it was sound.
+pub fn record_verification_job(
+    backup: &Backup,
+    repo: &BackupRepository,
+    record: &record::VerificationRecord,
+    config: &MoverConfig,
+) -> Job {
+    let backup_name = backup.name_any();
+    let namespace = backup.namespace().unwrap_or_default();
+    let mover = MoverJob {
+        name: naming::record_verification_job(&backup_name, &record.request),
+        node: None,
+        role: ROLE_RECORD,
+        labels: backup_labels(backup, None),
+        request: Request::RecordVerification {
+            repository: location(repo),
+            dir: contract::backup_dir(&namespace, &backup_name),
+            record: record.clone(),
+        },
+        repository: (repo, false),
+        volumes: Vec::new(),
+        mounts: Vec::new(),
+        deadline_seconds: PROBE_DEADLINE_SECONDS,
         capabilities: capabilities::DELETE.to_vec(),
         companion: None,
     };

@@ -14,6 +14,7 @@ use crate::scheduling::BackupSummary;
 use crate::{Context, Error, events, metrics, now};
 use backstop_api::condition::{self, ConditionType, Invalid};
 use backstop_api::contract::{self, RestoreResult};
+use backstop_api::record::VerificationRecord;
 use backstop_api::{
     Backup, BackupRepository, BackupStatus, Drill, Verification, VerificationMode,
     VerificationPhase, VerificationStatus, VolumeBackup, VolumeVerification, labels, naming,
@@ -566,7 +567,61 @@ async fn finish(
         })
         .inc();
     crate::backup::delete_jobs(ctx, backup, &[ROLE_VERIFY]).await?;
+    if let Some(record) = recorded(backup, &status, end) {
+        keep(ctx, backup, &status, &record).await?;
+    }
     Ok(Action::await_change())
+}
+
+/// What the repository keeps of a verification that concluded (Passed or Failed: an
+/// inconclusive one changed nothing).
+pub fn recorded(
+    backup: &Backup,
+    status: &BackupStatus,
+    at: jiff::Timestamp,
+) -> Option<VerificationRecord> {
+    let verification = status.verification.as_ref()?;
+    if !matches!(
+        verification.phase,
+        VerificationPhase::Passed | VerificationPhase::Failed
+    ) {
+        return None;
+    }
+    let verified = condition::find(&status.conditions, ConditionType::Verified)?;
+    Some(VerificationRecord {
+        version: backstop_api::record::RECORD_VERSION,
+        backup: backup.name_any(),
+        request: verification.request.clone(),
+        mode: verification.mode,
+        phase: verification.phase,
+        completion_time: at,
+        reason: verified.reason.clone(),
+        message: verified.message.clone(),
+    })
+}
+
+/// Starts the Job that writes `record` beside the backup; it is not waited for (a record that
+/// could not be written only costs a later import the backup's `Verified` condition).
+async fn keep(
+    ctx: &Context,
+    backup: &Backup,
+    status: &BackupStatus,
+    record: &VerificationRecord,
+) -> Result<(), Error> {
+    let namespace = backup.namespace().unwrap_or_default();
+    let repo_name = status.repository.clone().unwrap_or_default();
+    let Some(repo) = ctx.repository(&namespace, &repo_name).await? else {
+        return Ok(());
+    };
+    if crate::secrets::refusal(ctx, &repo).await?.is_some() {
+        return Ok(());
+    }
+    let config =
+        crate::backup::mover_config(ctx, &namespace, backup.spec.policy_ref.as_deref()).await?;
+    let job = jobs::record_verification_job(backup, &repo, record, &config);
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+    crate::create_once(&api, &job).await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -680,6 +735,53 @@ mod tests {
             "{}",
             c.message
         );
+    }
+
+    #[test]
+    fn only_a_conclusive_verification_is_kept_in_the_repository_with_its_condition() {
+        let backup = Backup::new("nightly-1", Default::default());
+        let at = ts(30);
+        let mut status = BackupStatus::default();
+        // Nothing verified yet.
+        assert_eq!(recorded(&backup, &status, at), None);
+        status.verification = Some(VerificationStatus {
+            request: "weekly".into(),
+            mode: VerificationMode::RestoreDrill,
+            phase: VerificationPhase::Inconclusive,
+            ..Default::default()
+        });
+        condition::set(
+            &mut status.conditions,
+            ConditionType::Verified,
+            true,
+            "DrillPassed",
+            "restored and checked",
+            None,
+            ts(1),
+        );
+        // An inconclusive one changed nothing, so nothing is written.
+        assert_eq!(recorded(&backup, &status, at), None);
+        if let Some(v) = status.verification.as_mut() {
+            v.phase = VerificationPhase::Passed;
+        }
+        let kept = recorded(&backup, &status, at).unwrap();
+        assert_eq!(
+            (
+                kept.backup.as_str(),
+                kept.request.as_str(),
+                kept.reason.as_str()
+            ),
+            ("nightly-1", "weekly", "DrillPassed")
+        );
+        assert_eq!(
+            (kept.mode, kept.phase, kept.completion_time),
+            (
+                VerificationMode::RestoreDrill,
+                VerificationPhase::Passed,
+                at
+            )
+        );
+        assert_eq!(kept.message, "restored and checked");
     }
 
     #[test]

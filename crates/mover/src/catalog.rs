@@ -31,6 +31,8 @@ pub struct Dir {
     pub records: BTreeSet<String>,
     /// Volumes with a manifest.
     pub manifests: BTreeSet<String>,
+    /// The latest conclusive verification was recorded.
+    pub verification: bool,
 }
 
 /// Writes the record of the volume `result` describes into the backup directory `dir`, after its
@@ -74,7 +76,9 @@ pub fn list(repo: &dyn Repository, namespace: &str) -> Result<Listing, Repositor
             continue;
         };
         let entry = listing.backups.entry(dir.to_string()).or_default();
-        if let Some(pvc) = file.strip_suffix(RECORD_SUFFIX) {
+        if file == record::VERIFICATION_FILE {
+            entry.verification = true;
+        } else if let Some(pvc) = file.strip_suffix(RECORD_SUFFIX) {
             entry.records.insert(pvc.to_string());
         } else if let Some(pvc) = file
             .strip_suffix(MANIFEST_SUFFIX)
@@ -123,7 +127,25 @@ pub fn read(
         }
         records.push(parsed);
     }
-    record::gather(namespace, backup, records)
+    let mut found = record::gather(namespace, backup, records)?;
+    if dir.verification {
+        found.verification = verification(repo, namespace, backup);
+    }
+    Ok(found)
+}
+
+/// The latest conclusive verification recorded for `backup` of `namespace`, if any can be
+/// read (one that cannot only costs the imported Backup its `Verified` condition).
+pub fn verification(
+    repo: &dyn Repository,
+    namespace: &str,
+    backup: &str,
+) -> Option<record::VerificationRecord> {
+    let key = record::verification_key(&contract::backup_dir(namespace, backup));
+    let bytes = repo.get(&key).ok()?;
+    (bytes.len() <= RECORD_MAX_BYTES)
+        .then(|| serde_json::from_slice(&bytes).ok())
+        .flatten()
 }
 
 /// The backups of host `namespace` in an open restic repository, by name: each from its

@@ -106,7 +106,27 @@ fn the_records_of_a_tar_repository_make_its_backups_again_and_the_rest_is_skippe
     assert!(!listing.backups.contains_key("photos"), "{listing:?}");
     let read = |name: &str| catalog::read(&repo, "shop", name, &listing.backups[name]);
 
+    assert_eq!(read("nightly-1").unwrap().verification, None);
+    // A conclusive verification recorded beside the backup comes back with it.
+    let checked = record::VerificationRecord {
+        version: record::RECORD_VERSION,
+        backup: "nightly-1".into(),
+        request: "weekly".into(),
+        mode: backstop_api::VerificationMode::Artifact,
+        phase: backstop_api::VerificationPhase::Passed,
+        completion_time: "2026-11-29T04:00:00Z".parse().unwrap(),
+        reason: "ArtifactVerified".into(),
+        message: "2 artifacts read back".into(),
+    };
+    repo.put(
+        &record::verification_key("shop/nightly-1"),
+        &serde_json::to_vec(&checked).unwrap(),
+    )
+    .unwrap();
+    let listing = catalog::list(&repo, "shop").unwrap();
+    let read = |name: &str| catalog::read(&repo, "shop", name, &listing.backups[name]);
     let whole = read("nightly-1").unwrap();
+    assert_eq!(whole.verification.as_ref(), Some(&checked));
     assert_eq!(whole.policy.as_deref(), Some("nightly"));
     assert_eq!(whole.volumes.len(), 2);
     assert_eq!(whole.volumes[0].result, db_result);
@@ -205,5 +225,17 @@ fn restic_snapshots_are_their_own_records() {
             .as_ref()
             .unwrap_err()
             .contains("incomplete")
+    );
+    // Its verification is kept beside the restic repository, in the backup's own directory.
+    assert_eq!(
+        catalog::verification(store.as_ref(), "shop", "nightly-1"),
+        None
+    );
+    store
+        .put(&record::verification_key("shop/nightly-1"), b"{broken")
+        .unwrap();
+    assert_eq!(
+        catalog::verification(store.as_ref(), "shop", "nightly-1"),
+        None
     );
 }

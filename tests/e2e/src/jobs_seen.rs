@@ -67,11 +67,14 @@ impl JobsSeen {
         self.matching(|labels| labels.get(key).is_some_and(|v| v == value))
     }
 
+    /// Jobs of the work, that is: a repository's sync Jobs (the repository's own, every few
+    /// minutes) are not counted.
     fn matching(&self, keep: impl Fn(&BTreeMap<String, String>) -> bool) -> Vec<String> {
         self.seen
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .iter()
+            .filter(|(_, labels)| labels.get(crate::ROLE).is_none_or(|r| r != "sync"))
             .filter(|(_, labels)| keep(labels))
             .map(|(name, _)| name.clone())
             .collect()

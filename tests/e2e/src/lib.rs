@@ -23,6 +23,21 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 pub const STORAGE_CLASS: &str = "backstop-hostpath";
+/// The label saying what a Job Backstop made does.
+pub const ROLE: &str = "backstop.dev/role";
+
+/// The Jobs in the namespace doing work (a repository's sync Jobs, its own every few minutes, are
+/// left out).
+pub async fn work_jobs(ns: &TestNamespace) -> anyhow::Result<Vec<String>> {
+    Ok(ns
+        .api::<k8s_openapi::api::batch::v1::Job>()
+        .list(&ListParams::default().labels(&format!("{ROLE}!=sync")))
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|j| j.metadata.name)
+        .collect())
+}
 
 /// The image `hack/image` builds and imports into the cluster.
 pub fn backstop_image() -> String {

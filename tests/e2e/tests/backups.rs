@@ -4,7 +4,6 @@
 use backstop_api::condition::ConditionType;
 use backstop_api::{Backup, BackupPhase, BackupPolicy, condition};
 use backstop_e2e::*;
-use k8s_openapi::api::batch::v1::Job;
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::json;
 use std::time::Duration;
@@ -139,14 +138,7 @@ async fn per_minute_policy_keeps_the_newest_two_completed_backups_with_their_art
     wait_until(
         Duration::from_secs(30),
         "finished Jobs to be removed",
-        || async {
-            Ok(ns
-                .api::<Job>()
-                .list(&ListParams::default())
-                .await?
-                .items
-                .is_empty())
-        },
+        || async { Ok(work_jobs(&ns).await?.is_empty()) },
     )
     .await?;
     let policy = ns.api::<BackupPolicy>().get("db").await?;

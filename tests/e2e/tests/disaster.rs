@@ -15,7 +15,7 @@ use backstop_api::{Backup, BackupPhase, BackupPolicy, BackupRepository, Restore,
 use backstop_e2e::s3::{S3Kind, S3Server, SECRET_KEY};
 use backstop_e2e::*;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Secret};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -167,6 +167,37 @@ async fn a_new_cluster_finds_the_backups_in_the_repositories_and_restores_them()
             .is_file(),
         "a tar backup keeps a record beside each manifest"
     );
+    // Both are verified; the conclusion is kept beside each backup in its repository.
+    let backups = ns.api::<Backup>();
+    for name in before.keys() {
+        let token = json!({"metadata": {"annotations": {labels::VERIFY: "before-the-disaster"}}});
+        backups
+            .patch(name, &PatchParams::default(), &Patch::Merge(token))
+            .await?;
+    }
+    for name in before.clone().keys() {
+        let verified = wait_for(Duration::from_secs(240), "the verification", || async {
+            let backup = backups.get(name).await?;
+            let conditions = backup.status.clone().unwrap_or_default().conditions;
+            Ok(condition::find(&conditions, ConditionType::Verified)
+                .map(|c| (c.status.clone(), c.reason.clone()))
+                .map(|c| (c, backup.clone())))
+        })
+        .await?;
+        assert_eq!(verified.0.0, "True", "{name}: {:?}", verified.0);
+        before.insert(name.clone(), verified.1);
+    }
+    let kept = |name: &str| {
+        let key = format!("{namespace}/{name}/verification.json");
+        let on_s3 = s3.keys("disaster", &format!("site-a/{key}"));
+        repo_dir.join(&key).is_file() || on_s3.is_ok_and(|k| !k.is_empty())
+    };
+    wait_until(
+        Duration::from_secs(120),
+        "the verifications kept in the repositories",
+        || async { Ok(kept("nfs-before") && kept("s3-before")) },
+    )
+    .await?;
 
     // The disaster: every object is gone with the cluster; the repositories stay. (The namespace
     // is not deleted first: that would delete its Backups, and their data with them.)

@@ -4,7 +4,6 @@
 use backstop_api::condition::ConditionType;
 use backstop_api::{Backup, BackupPhase, BackupPolicy, BackupRepository, condition};
 use backstop_e2e::*;
-use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::json;
@@ -308,12 +307,7 @@ async fn a_pvc_deleted_before_its_mover_starts_fails_the_backup() -> anyhow::Res
     )
     .await?;
     wait_until(Duration::from_secs(60), "the mover Job", || async {
-        Ok(!ns
-            .api::<Job>()
-            .list(&ListParams::default())
-            .await?
-            .items
-            .is_empty())
+        Ok(!work_jobs(&ns).await?.is_empty())
     })
     .await?;
     ns.api::<PersistentVolumeClaim>()
@@ -329,14 +323,7 @@ async fn a_pvc_deleted_before_its_mover_starts_fails_the_backup() -> anyhow::Res
     wait_until(
         Duration::from_secs(60),
         "the stuck Job to be removed",
-        || async {
-            Ok(ns
-                .api::<Job>()
-                .list(&ListParams::default())
-                .await?
-                .items
-                .is_empty())
-        },
+        || async { Ok(work_jobs(&ns).await?.is_empty()) },
     )
     .await?;
     let _ = pvs.delete(&pv_name, &DeleteParams::default()).await;

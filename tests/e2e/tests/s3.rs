@@ -6,7 +6,6 @@
 use backstop_api::{Backup, BackupPhase, BackupPolicy, BackupRepository, Restore};
 use backstop_e2e::s3::{ACCESS_KEY, S3Kind, S3Server, SECRET_KEY};
 use backstop_e2e::*;
-use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::json;
@@ -449,13 +448,7 @@ async fn a_secret_its_owner_did_not_opt_in_is_never_given_to_a_mover_pod() -> an
         .iter()
         .any(|p| serde_json::to_string(&p.spec).is_ok_and(|spec| spec.contains("\"db-admin\"")));
     assert!(!given, "a pod was given the Secret");
-    assert!(
-        ns.api::<Job>()
-            .list(&ListParams::default())
-            .await?
-            .items
-            .is_empty()
-    );
+    assert!(work_jobs(&ns).await?.is_empty());
 
     // Its owner opts it in: the repository is probed and becomes Ready.
     ns.api::<Secret>()

@@ -5,9 +5,8 @@
 
 use backstop_api::{Backup, BackupPhase, Restore};
 use backstop_e2e::*;
-use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use serde_json::json;
 use std::time::Duration;
 
@@ -88,13 +87,7 @@ spec:
     );
     let why = waits_with(&restores, "back", "WaitingForBackup").await?;
     assert!(why.contains("Backup \"now\" is Pending"), "{why}");
-    assert!(
-        ns.api::<Job>()
-            .list(&ListParams::default())
-            .await?
-            .items
-            .is_empty()
-    );
+    assert!(work_jobs(&ns).await?.is_empty());
 
     // The volume appears; the binder binds the PVC, and nothing else is done by the test.
     let repo_dir = host_volume(&format!("{n}-backups"), "1Gi")?;
@@ -181,13 +174,7 @@ async fn a_backup_whose_repository_never_appears_fails_with_the_reason_after_its
             .unwrap_or_default()
             .contains("start deadline of 20s")
     );
-    assert!(
-        ns.api::<Job>()
-            .list(&ListParams::default())
-            .await?
-            .items
-            .is_empty()
-    );
+    assert!(work_jobs(&ns).await?.is_empty());
     let warned = events(&ns, "BackupFailed").await?;
     assert!(
         warned
