@@ -106,6 +106,19 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
+/// A hostPath PersistentVolume made by `hack/cluster volume`; its directory on this machine.
+pub fn host_volume(name: &str, size: &str) -> anyhow::Result<std::path::PathBuf> {
+    let out = std::process::Command::new("hack/cluster")
+        .args(["volume", name, size])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "hack/cluster volume: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?.trim().into())
+}
+
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     crate::state::print();
     let client = Client::try_default()
@@ -128,14 +141,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         )
         .await?;
     // A ready repository (policies select no PVC: their Backups fail at once, no Jobs).
-    let out = std::process::Command::new("hack/cluster")
-        .args(["volume", "bench-scale-repo"])
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "hack/cluster volume: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    host_volume("bench-scale-repo", "1Gi")?;
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NS);
     pvcs.create(&PostParams::default(), &serde_json::from_value(json!({
         "metadata": {"name": "backups"},

@@ -82,15 +82,7 @@ pub async fn run(count: usize) -> anyhow::Result<()> {
             &serde_json::from_value(json!({"metadata": {"name": NS}}))?,
         )
         .await?;
-    let out = std::process::Command::new("hack/cluster")
-        .args(["volume", "bench-sync-repo", "10Gi"])
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "hack/cluster volume: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let root = std::path::PathBuf::from(String::from_utf8(out.stdout)?.trim());
+    let root = crate::controller::host_volume("bench-sync-repo", "10Gi")?;
     let t = Instant::now();
     write_records(&root, count)?;
     println!(

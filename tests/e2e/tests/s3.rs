@@ -137,6 +137,7 @@ async fn policy_retention_and_restore_through_moto_and_s3s_fs() -> anyhow::Resul
                 );
                 [
                     format!("{dir}/data-{name}.manifest.jsonl.zst"),
+                    format!("{dir}/data-{name}.record.json"),
                     format!("{dir}/data-{name}.tar.zst"),
                 ]
             })
@@ -323,6 +324,7 @@ async fn wrong_keys_a_deleted_bucket_and_a_stopped_server_each_say_what_happened
         s3s.keys("backups", &format!("{PREFIX}/{}/", ns.name))?,
         [
             format!("{PREFIX}/{}/after/big.manifest.jsonl.zst", ns.name),
+            format!("{PREFIX}/{}/after/big.record.json", ns.name),
             format!("{PREFIX}/{}/after/big.tar.zst", ns.name),
         ]
     );
