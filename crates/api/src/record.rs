@@ -504,14 +504,70 @@ mod tests {
         assert_eq!(status.duration.as_deref(), Some("30s"));
         assert_eq!(status.total_bytes, Some(20));
         assert_eq!(status.total_files, Some(4));
-        let db = &status.volumes[0];
-        assert_eq!(db.capacity.as_deref(), Some("2Gi"));
-        assert_eq!(db.storage_class_name.as_deref(), Some("fast"));
-        assert_eq!(db.digest.as_deref(), Some(ID));
+        assert_eq!(
+            status.volumes[0],
+            VolumeBackup {
+                pvc: "db".into(),
+                phase: BackupPhase::Completed,
+                bytes: Some(10),
+                source_bytes: Some(30),
+                files: Some(2),
+                capacity: Some("2Gi".into()),
+                storage_class_name: Some("fast".into()),
+                digest: Some(ID.into()),
+                artifact: Some(format!("shop/{NAME}/db.tar.zst")),
+                ..VolumeBackup::default()
+            }
+        );
+        assert_eq!(
+            status.start_time,
+            Some(Time("2026-11-28T02:00:01Z".parse().unwrap()))
+        );
+        assert_eq!(
+            status.completion_time,
+            Some(Time("2026-11-28T02:00:31Z".parse().unwrap()))
+        );
+        assert_eq!(status.size.as_deref(), Some("20 B"));
+        assert!(
+            status
+                .message
+                .as_deref()
+                .unwrap()
+                .starts_with("imported from repository \"s3\""),
+            "{status:?}"
+        );
         let completed = condition::find(&status.conditions, ConditionType::Completed).unwrap();
         assert_eq!(
             (completed.status.as_str(), completed.reason.as_str()),
             ("True", "Imported")
+        );
+        // A command's stream, torn entries and the strategy come back as they were.
+        let mut dump = found.clone();
+        dump.strategy = Some(Strategy::default());
+        dump.volumes[1].stream = true;
+        dump.volumes[1].result.changed_while_reading = 3;
+        dump.volumes[1].result.changed_files = vec!["wal/1".into()];
+        let status = dump.status("shop", NAME, "s3", now).unwrap();
+        assert_eq!(status.strategy, Some(Strategy::default()));
+        let logs = &status.volumes[1];
+        assert!(logs.stream);
+        assert_eq!(logs.changed_while_reading, Some(3));
+        assert_eq!(logs.changed_files, vec!["wal/1".to_string()]);
+        assert_eq!(
+            found.status("shop", NAME, "s3", now).unwrap().volumes[1].changed_while_reading,
+            None
+        );
+    }
+
+    #[test]
+    fn records_sit_beside_the_backups_data() {
+        assert_eq!(
+            record_key("shop/nightly", "db"),
+            "shop/nightly/db.record.json"
+        );
+        assert_eq!(
+            verification_key("shop/nightly"),
+            "shop/nightly/verification.json"
         );
     }
 
@@ -639,6 +695,11 @@ mod tests {
         refused(&|r| r.volumes[0].result.digest = "not-hex".into());
         refused(&|r| r.volumes[1].result.pvc = "db".into());
         refused(&|r| r.volumes[0].result.pvc = "../x".into());
+        // A name that is not a PVC's, even with its data where such a name would put it.
+        refused(&|r| {
+            r.volumes[0].result.pvc = "DB".into();
+            r.volumes[0].result.artifact = format!("shop/{NAME}/DB.tar.zst");
+        });
         refused(&|r| r.volumes.clear());
         refused(&|r| r.version = RECORD_VERSION + 1);
         // A restic volume: the namespace's own restic repository and a full snapshot id.
