@@ -165,7 +165,12 @@ async fn killing_the_leader_mid_backup_makes_no_duplicate_backup_or_job() -> any
             .len(),
         1
     );
-    let pod_creations = events(&ns, "SuccessfulCreate").await?;
+    // (The repository's sync Job is the repository's, not the backup's.)
+    let pod_creations: Vec<_> = events(&ns, "SuccessfulCreate")
+        .await?
+        .into_iter()
+        .filter(|(job, _)| job.starts_with("ha-"))
+        .collect();
     let mut per_job: BTreeMap<String, usize> = BTreeMap::new();
     for (job, _) in &pod_creations {
         *per_job.entry(job.clone()).or_default() += 1;
