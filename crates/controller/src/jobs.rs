@@ -1082,6 +1082,113 @@ mod tests {
         (backup, repo)
     }
 
+    #[test]
+    fn a_sync_job_runs_as_its_repositorys_identity_and_only_reads_the_repository() {
+        let (_, mut repo) = fixtures();
+        repo.metadata.namespace = Some("shop".into());
+        repo.metadata.uid = Some("uid-r".into());
+        let env_of = |config: &MoverConfig| {
+            let job = sync_job(&repo, 100, config);
+            let pod = job.spec.unwrap().template.spec.unwrap();
+            pod.containers[0]
+                .env
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| format!("{}={}", e.name, e.value.unwrap_or_default()))
+                .collect::<Vec<_>>()
+        };
+        let job = sync_job(&repo, 100, &MoverConfig::default());
+        assert_eq!(job.metadata.name.as_deref(), Some("default-sync-100"));
+        let labels = job.metadata.labels.clone().unwrap();
+        assert_eq!(labels[labels::ROLE], ROLE_SYNC);
+        assert_eq!(labels[labels::REPOSITORY], "default");
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        assert_eq!(
+            pod.service_account_name.as_deref(),
+            Some("backstop-sync-default")
+        );
+        assert_eq!(pod.automount_service_account_token, Some(true));
+        let mover = &pod.containers[0];
+        assert_eq!(
+            mover.args.clone().unwrap().join(" "),
+            "mover sync --namespace shop --repository-name default \
+             --repository /repository/cluster-a --termination-log /dev/termination-log"
+        );
+        assert_eq!(
+            mover.volume_mounts.as_ref().unwrap()[0].read_only,
+            Some(true)
+        );
+        let claim = pod.volumes.unwrap()[0]
+            .persistent_volume_claim
+            .clone()
+            .unwrap();
+        assert_eq!(claim.read_only, Some(true));
+        assert!(env_of(&MoverConfig::default()).is_empty());
+        // On the host's network it reaches the API server the operator's way; off it, the
+        // kubelet's service variables do.
+        let api = Some(("127.0.0.1".to_string(), "6443".to_string()));
+        let host = MoverConfig {
+            host_network: true,
+            api_server: api.clone(),
+            ..MoverConfig::default()
+        };
+        assert_eq!(
+            env_of(&host),
+            [
+                "KUBERNETES_SERVICE_HOST=127.0.0.1",
+                "KUBERNETES_SERVICE_PORT=6443"
+            ]
+        );
+        let pod_network = MoverConfig {
+            api_server: api,
+            ..MoverConfig::default()
+        };
+        assert!(env_of(&pod_network).is_empty());
+    }
+
+    #[test]
+    fn a_verifications_conclusion_is_written_beside_its_backup_by_a_job_of_its_own() {
+        let (backup, repo) = fixtures();
+        let record = record::VerificationRecord {
+            version: 1,
+            backup: "nightly-202611210200".into(),
+            request: "weekly".into(),
+            mode: backstop_api::VerificationMode::Artifact,
+            phase: backstop_api::VerificationPhase::Passed,
+            completion_time: "2026-11-29T04:00:00Z".parse().unwrap(),
+            reason: "ArtifactVerified".into(),
+            message: "read back".into(),
+        };
+        let job = record_verification_job(&backup, &repo, &record, &MoverConfig::default());
+        assert_eq!(
+            job.metadata.name,
+            Some(naming::record_verification_job(
+                "nightly-202611210200",
+                "weekly"
+            ))
+        );
+        assert_eq!(
+            job.metadata.labels.clone().unwrap()[labels::ROLE],
+            ROLE_RECORD
+        );
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let args = pod.containers[0].args.clone().unwrap();
+        assert_eq!(
+            args[..4],
+            [
+                "mover",
+                "record-verification",
+                "--dir",
+                "shop/nightly-202611210200"
+            ]
+        );
+        assert_eq!(args[4], "--verification");
+        let written: record::VerificationRecord = serde_json::from_str(&args[5]).unwrap();
+        assert_eq!(written, record);
+        assert_eq!(pod.automount_service_account_token, Some(false));
+    }
+
     /// The Job backing up `pvc` read live, with the default settings.
     fn direct_job(backup: &Backup, pvc: &str, repo: &BackupRepository) -> Job {
         backup_job(

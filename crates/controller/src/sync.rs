@@ -213,9 +213,9 @@ async fn announce(ctx: &Context, repo: &BackupRepository, before: &SyncStatus, n
     }
 }
 
-/// The ServiceAccount a sync Job runs as, its Role (list and create Backups in this namespace)
-/// and their binding, owned by the repository (they go with it).
-async fn ensure_identity(ctx: &Context, repo: &BackupRepository) -> Result<(), Error> {
+/// The ServiceAccount a sync Job runs as, its Role (list and create Backups in this namespace,
+/// nothing else) and their binding, owned by the repository (they go with it).
+pub fn identity(repo: &BackupRepository) -> (ServiceAccount, Role, RoleBinding) {
     let namespace = repo.namespace().unwrap_or_default();
     let name = naming::sync_identity(&repo.name_any());
     let meta = ObjectMeta {
@@ -236,10 +236,10 @@ async fn ensure_identity(ctx: &Context, repo: &BackupRepository) -> Result<(), E
     };
     let account = ServiceAccount {
         metadata: meta.clone(),
+        // Only the sync pod mounts its token (it asks for it).
         automount_service_account_token: Some(false),
         ..ServiceAccount::default()
     };
-    crate::create_once(&Api::namespaced(ctx.client.clone(), &namespace), &account).await?;
     let role = Role {
         metadata: meta.clone(),
         rules: Some(vec![PolicyRule {
@@ -249,7 +249,6 @@ async fn ensure_identity(ctx: &Context, repo: &BackupRepository) -> Result<(), E
             ..PolicyRule::default()
         }]),
     };
-    crate::create_once(&Api::namespaced(ctx.client.clone(), &namespace), &role).await?;
     let binding = RoleBinding {
         metadata: meta,
         role_ref: RoleRef {
@@ -260,10 +259,18 @@ async fn ensure_identity(ctx: &Context, repo: &BackupRepository) -> Result<(), E
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".into(),
             name,
-            namespace: Some(namespace.clone()),
+            namespace: Some(namespace),
             ..Subject::default()
         }]),
     };
+    (account, role, binding)
+}
+
+async fn ensure_identity(ctx: &Context, repo: &BackupRepository) -> Result<(), Error> {
+    let namespace = repo.namespace().unwrap_or_default();
+    let (account, role, binding) = identity(repo);
+    crate::create_once(&Api::namespaced(ctx.client.clone(), &namespace), &account).await?;
+    crate::create_once(&Api::namespaced(ctx.client.clone(), &namespace), &role).await?;
     crate::create_once(&Api::namespaced(ctx.client.clone(), &namespace), &binding).await?;
     Ok(())
 }
@@ -296,6 +303,38 @@ mod tests {
     }
 
     #[test]
+    fn the_sync_identity_may_list_and_create_backups_in_its_namespace_and_nothing_else() {
+        let mut repo = BackupRepository::new("nfs", Default::default());
+        repo.metadata.namespace = Some("shop".into());
+        repo.metadata.uid = Some("uid-r".into());
+        let (account, role, binding) = identity(&repo);
+        let expected = serde_json::json!({
+            "name": "backstop-sync-nfs", "namespace": "shop",
+            "labels": {"app.kubernetes.io/managed-by": "backstop", "backstop.dev/repository": "nfs"},
+            "ownerReferences": [{"apiVersion": "backstop.dev/v1alpha1", "kind": "BackupRepository",
+                                 "name": "nfs", "uid": "uid-r", "controller": true}]});
+        for meta in [&account.metadata, &role.metadata, &binding.metadata] {
+            assert_eq!(serde_json::to_value(meta).unwrap(), expected);
+        }
+        assert_eq!(account.automount_service_account_token, Some(false));
+        assert_eq!(
+            serde_json::to_value(&role.rules).unwrap(),
+            serde_json::json!([{"apiGroups": ["backstop.dev"], "resources": ["backups"],
+                                "verbs": ["list", "create"]}])
+        );
+        assert_eq!(
+            serde_json::to_value(&binding.role_ref).unwrap(),
+            serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                               "name": "backstop-sync-nfs"})
+        );
+        assert_eq!(
+            serde_json::to_value(&binding.subjects).unwrap(),
+            serde_json::json!([{"kind": "ServiceAccount", "name": "backstop-sync-nfs",
+                                "namespace": "shop"}])
+        );
+    }
+
+    #[test]
     fn a_finished_sync_says_what_it_imported_and_what_it_skipped_in_its_condition() {
         let last = SyncStatus {
             last_sync_time: Some(Time(at("2026-11-28T10:00:00Z"))),
@@ -314,6 +353,7 @@ mod tests {
             &last,
         );
         assert_eq!(clean.last_sync_time, last.last_sync_time);
+        assert_eq!(clean.last_completion_time, Some(Time(ended)));
         assert_eq!(
             (clean.backups, clean.imported, clean.skipped),
             (Some(12), Some(10), Some(0))
