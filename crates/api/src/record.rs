@@ -247,13 +247,16 @@ pub fn context_tags(context: &RecordContext) -> Vec<String> {
     tags
 }
 
+/// The value of the tag `<name>=<value>` among `tags`, if there is one.
+pub fn tag<'a>(tags: &'a [String], name: &str) -> Option<&'a str> {
+    let prefix = format!("{name}=");
+    tags.iter().find_map(|t| t.strip_prefix(&prefix))
+}
+
 /// The context of a restic snapshot of host `namespace` from its tags; `Err` says what is
 /// missing or unreadable.
 pub fn context_from_tags(namespace: &str, tags: &[String]) -> Result<RecordContext, String> {
-    let value = |name: &str| {
-        let prefix = format!("{name}=");
-        tags.iter().find_map(|t| t.strip_prefix(&prefix))
-    };
+    let value = |name: &str| tag(tags, name);
     let time = |name: &str| -> Result<Option<Timestamp>, String> {
         value(name)
             .map(|t| {

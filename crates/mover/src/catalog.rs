@@ -11,6 +11,7 @@ use backstop_api::backup::ResticSnapshot;
 use backstop_api::contract::{self, BackupResult, LEGACY_MANIFEST_SUFFIX, MANIFEST_SUFFIX};
 use backstop_api::record::{self, ImportRecord, RECORD_SUFFIX, RecordContext, VolumeRecord};
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
 
 /// The largest record read (a record is a few hundred bytes; a bigger one is not ours).
 const RECORD_MAX_BYTES: usize = 1 << 20;
@@ -113,13 +114,7 @@ pub fn read(
             return Err(format!("volume {pvc:?} has a record but no manifest"));
         }
         let key = record::record_key(&base, pvc);
-        let bytes = repo.get(&key).map_err(|e| e.to_string())?;
-        if bytes.len() > RECORD_MAX_BYTES {
-            return Err(format!(
-                "record {key} is {} bytes: not a record",
-                bytes.len()
-            ));
-        }
+        let bytes = small(repo, &key)?;
         let parsed: VolumeRecord = serde_json::from_slice(&bytes)
             .map_err(|e| format!("record {key} is not readable: {e}"))?;
         if parsed.result.pvc != *pvc {
@@ -142,10 +137,24 @@ pub fn verification(
     backup: &str,
 ) -> Option<record::VerificationRecord> {
     let key = record::verification_key(&contract::backup_dir(namespace, backup));
-    let bytes = repo.get(&key).ok()?;
-    (bytes.len() <= RECORD_MAX_BYTES)
-        .then(|| serde_json::from_slice(&bytes).ok())
-        .flatten()
+    serde_json::from_slice(&small(repo, &key).ok()?).ok()
+}
+
+/// The object under `key`, read only up to `RECORD_MAX_BYTES` (one byte more says it is too big):
+/// a repository's bytes may be anyone's, and a huge "record" must not take the pod's memory.
+fn small(repo: &dyn Repository, key: &str) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    repo.open(key)
+        .map_err(|e| e.to_string())?
+        .take(RECORD_MAX_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("reading {key}: {e}"))?;
+    if bytes.len() > RECORD_MAX_BYTES {
+        return Err(format!(
+            "{key} is larger than {RECORD_MAX_BYTES} bytes: not a record"
+        ));
+    }
+    Ok(bytes)
 }
 
 /// The backups of host `namespace` in an open restic repository, by name: each from its
@@ -163,17 +172,12 @@ pub fn restic_backups(
         }
         let tags: Vec<String> = snap.tags.iter().cloned().collect();
         let id = snap.id.to_hex().to_string();
-        let value = |name: &str| {
-            let prefix = format!("{name}=");
-            tags.iter()
-                .find_map(|t| t.strip_prefix(&prefix).map(str::to_string))
-        };
-        let Some(backup) = value("backup") else {
+        let Some(backup) = record::tag(&tags, "backup").map(str::to_string) else {
             continue;
         };
         let volume = (|| {
             let context = record::context_from_tags(namespace, &tags)?;
-            let pvc = value("pvc").ok_or("no pvc= tag")?;
+            let pvc = record::tag(&tags, "pvc").ok_or("no pvc= tag")?.to_string();
             let summary = snap.summary.clone().ok_or("no summary")?;
             let completion_time = summary
                 .backup_end

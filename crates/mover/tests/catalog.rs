@@ -92,6 +92,10 @@ fn the_records_of_a_tar_repository_make_its_backups_again_and_the_rest_is_skippe
         &serde_json::to_vec(&foreign).unwrap(),
     )
     .unwrap();
+    // A "record" far larger than any record is not read whole.
+    back_up(&repo, &db, "huge", "db", &["db"]);
+    repo.put(&record::record_key("shop/huge", "db"), &vec![b' '; 3 << 20])
+        .unwrap();
     // Another namespace's backup is never listed.
     repo.put("bank/nightly-1/db.record.json", b"{}").unwrap();
 
@@ -145,6 +149,7 @@ fn the_records_of_a_tar_repository_make_its_backups_again_and_the_rest_is_skippe
     assert!(read("old").unwrap_err().contains("no record"));
     assert!(read("notes").unwrap_err().contains("not a Backstop backup"));
     assert!(read("corrupt").unwrap_err().contains("not readable"));
+    assert!(read("huge").unwrap_err().contains("larger than"));
     assert!(read("copied").unwrap_err().contains("namespace \"bank\""));
     assert_eq!(catalog::list(&repo, "bank").unwrap().backups.len(), 1);
 }
