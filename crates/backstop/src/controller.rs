@@ -225,6 +225,7 @@ async fn reconcile(shared: Shared, scope: Scope, mut stop: tokio::sync::watch::R
         metrics: shared.metrics,
         stores,
         policy_writes: Default::default(),
+        due_runs: Default::default(),
     });
     backstop_controller::run(ctx, async move {
         let _ = stop.wait_for(|stopped| *stopped).await;

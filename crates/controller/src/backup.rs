@@ -40,6 +40,10 @@ struct Resolved {
 }
 
 async fn reconcile(backup: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if ctx.due_runs.pending(crate::now()) {
+        // Scheduled runs are due: their Backups are made first (see `due`).
+        return Ok(Action::requeue(crate::due::WAIT));
+    }
     let api: Api<Backup> =
         Api::namespaced(ctx.client.clone(), &backup.namespace().unwrap_or_default());
     finalizer(&api, ARTIFACTS_FINALIZER, backup, |event| async {

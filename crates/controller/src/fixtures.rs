@@ -101,6 +101,7 @@ pub fn mocked() -> (crate::Context, ApiServer) {
         metrics: Arc::new(crate::metrics::Metrics::new()),
         stores: crate::stores::Stores::unwatched(),
         policy_writes: Default::default(),
+        due_runs: Default::default(),
     };
     (ctx, ApiServer(handle))
 }

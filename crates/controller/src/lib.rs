@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod backup;
 pub mod command;
+pub mod due;
 pub mod events;
 #[cfg(test)]
 mod fixtures;
@@ -62,6 +63,8 @@ pub struct Context {
     pub stores: stores::Stores,
     /// Policy statuses written that the policy copy may not show yet.
     pub policy_writes: written::Written<backstop_api::BackupPolicy>,
+    /// The scheduled runs due now: other writes wait until their Backups are made.
+    pub due_runs: due::DueRuns,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -191,6 +191,13 @@ fn decide(policy: &BackupPolicy, observed: &Observed) -> Decision {
         status.last_schedule_time = plan.run.map(Time);
         status.last_backup = Some(backup.name_any());
         status.last_backup_time = Some(Time(now));
+    } else if let Some(made) = newest_run(summaries)
+        .filter(|made| made.scheduled_time > status.last_schedule_time.as_ref().map(|t| t.0))
+    {
+        // A run made whose status was not written (put off for other runs due, or lost).
+        status.last_schedule_time = made.scheduled_time.map(Time);
+        status.last_backup = Some(made.name.clone());
+        status.last_backup_time = made.created.map(Time);
     }
     let newest = newest_first(summaries);
     if let Some(last) = newest.first() {
@@ -499,6 +506,14 @@ fn repository_refusal(policy: &BackupPolicy, problem: &RepositoryProblem) -> (In
     }
 }
 
+/// The newest scheduled run among the policy's Backups.
+fn newest_run(backups: &[BackupSummary]) -> Option<&BackupSummary> {
+    backups
+        .iter()
+        .filter(|b| b.scheduled_time.is_some())
+        .max_by_key(|b| b.scheduled_time)
+}
+
 /// The policy's Backups not being deleted, the newest (by scheduled time, else creation) first.
 fn newest_first(backups: &[BackupSummary]) -> Vec<&BackupSummary> {
     let mut by_time: Vec<&BackupSummary> = backups.iter().filter(|b| !b.deleting).collect();
@@ -556,6 +571,17 @@ async fn apply(ctx: &Context, policy: &BackupPolicy, decision: Decision) -> Resu
         && crate::create_once(&backups_api, backup).await?
     {
         tracing::info!(policy = %name, backup = %backup.name_any(), "scheduled backup created");
+    }
+    // The run due is made (or cannot be): the next one is what this policy waits for.
+    ctx.due_runs.planned(
+        (namespace.clone(), name.clone()),
+        decision.status.next_scheduled_backup.as_ref().map(|t| t.0),
+    );
+    if ctx.due_runs.pending(now()) {
+        // Other policies' runs are due: their Backups first. The rest of this decision (deletions,
+        // events, the status) is made again once they are; `decide` finds the run just made in
+        // the Backups.
+        return Ok(Action::requeue(crate::due::WAIT));
     }
     let mut deleted = 0;
     for victim in &decision.expire {
@@ -752,9 +778,10 @@ pub async fn run(
             let namespace = repo.namespace().unwrap_or_default();
             woken.stores.policies_of(&namespace, &repo.name_any())
         });
-    // Deleted policies get no reconcile: their metric series are pruned from the watch cache.
+    // Deleted policies get no reconcile: their metric series and next runs are pruned from the
+    // watch cache.
     let store = controller.store();
-    let metrics = ctx.metrics.clone();
+    let pruning = ctx.clone();
     let pruner = tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(30)).await;
@@ -766,7 +793,12 @@ pub async fn run(
                     policy: p.name_any(),
                 })
                 .collect();
-            metrics.retain_policies(&existing);
+            pruning.metrics.retain_policies(&existing);
+            let existing = existing
+                .into_iter()
+                .map(|p| (p.namespace, p.policy))
+                .collect();
+            pruning.due_runs.retain(&existing);
         }
     });
     controller
@@ -825,6 +857,38 @@ mod tests {
         let made = scheduled(&policy, "02:00", Running);
         let again = decide(&policy, &ready("02:00", vec![made]));
         assert!(again.create.is_none());
+    }
+
+    #[test]
+    fn a_run_whose_status_was_not_written_is_recorded_from_its_backup() {
+        let mut policy = fixtures::policy("hourly", "0 * * * *", None);
+        let before = scheduled(&policy, "01:00", Completed);
+        policy.status = Some(BackupPolicyStatus {
+            last_schedule_time: Some(Time(at("01:00"))),
+            last_backup: Some(before.name_any()),
+            last_backup_time: Some(Time(at("01:00"))),
+            ..Default::default()
+        });
+        // The 02:00 run was made and its reconcile put the status off (other runs were due).
+        let made = scheduled(&policy, "02:00", Running);
+        let decision = decide(&policy, &ready("02:01", vec![before.clone(), made.clone()]));
+        assert!(decision.create.is_none());
+        assert_eq!(decision.status.last_schedule_time, Some(Time(at("02:00"))));
+        assert_eq!(decision.status.last_backup, Some(made.name_any()));
+        assert_eq!(decision.status.last_backup_time, Some(Time(at("02:00"))));
+
+        // A status as new as every scheduled Backup stays (one made by hand has no scheduled
+        // time).
+        policy.status.as_mut().unwrap().last_schedule_time = Some(Time(at("02:00")));
+        let mut by_hand = (*scheduled(&policy, "02:30", Running)).clone();
+        by_hand.metadata.name = Some("by-hand".into());
+        by_hand.metadata.annotations = None;
+        let decision = decide(&policy, &ready("02:31", vec![before, Arc::new(by_hand)]));
+        assert_eq!(decision.status.last_schedule_time, Some(Time(at("02:00"))));
+        assert_eq!(
+            decision.status.last_backup,
+            policy.status.as_ref().unwrap().last_backup
+        );
     }
 
     #[test]
