@@ -11,6 +11,7 @@ mod fixtures;
 pub mod history;
 pub mod index;
 pub mod jobs;
+mod listing;
 pub mod maintenance;
 pub mod metrics;
 pub mod outcome;
