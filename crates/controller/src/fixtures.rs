@@ -152,6 +152,25 @@ impl ApiServer {
     }
 }
 
+impl ApiServer {
+    /// The next request, answered `status` with `body` as it is (a watch's events, one per
+    /// line): its method, path and query.
+    pub async fn answer_raw(&mut self, status: u16, body: &str) -> String {
+        let (request, respond) = self
+            .0
+            .next_request()
+            .await
+            .unwrap_or_else(|| panic!("expected a request, the client sent nothing"));
+        let asked = format!("{} {}", request.method(), request.uri());
+        let response = http::Response::builder()
+            .status(status)
+            .body(kube::client::Body::from(body.as_bytes().to_vec()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        respond.send_response(response);
+        asked
+    }
+}
+
 /// The API server's answer that an object of that name exists.
 pub fn already_exists() -> serde_json::Value {
     serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",

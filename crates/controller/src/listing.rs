@@ -407,6 +407,97 @@ mod tests {
         assert_eq!(seen, ["a", "b"]);
     }
 
+    /// A PVC as the API server sends it, at `version`, with the field bookkeeping a lean copy
+    /// drops.
+    fn claim(name: &str, version: u32) -> String {
+        format!(
+            r#"{{"metadata":{{"name":"{name}","namespace":"ns","resourceVersion":"{version}","managedFields":[{{"manager":"kubectl"}}]}}}}"#
+        )
+    }
+
+    fn told(event: &Event<PersistentVolumeClaim>) -> String {
+        let name = |c: &PersistentVolumeClaim| {
+            assert_eq!(c.metadata.managed_fields, None, "not lean");
+            c.metadata.name.clone().unwrap_or_default()
+        };
+        match event {
+            Event::Init => "init".into(),
+            Event::InitApply(c) => format!("list {}", name(c)),
+            Event::InitDone => "listed".into(),
+            Event::Apply(c) => format!("apply {}", name(c)),
+            Event::Delete(c) => format!("delete {}", name(c)),
+        }
+    }
+
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+
+    #[tokio::test]
+    async fn lists_from_the_cache_watches_from_its_version_resumes_and_lists_again_when_gone() {
+        let (ctx, mut server) = crate::fixtures::mocked();
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), "ns");
+        let mut events = Box::pin(watch(ctx.client.clone(), api, Some("app=db".into())));
+        let path = "/api/v1/namespaces/ns/persistentvolumeclaims";
+        let list = |items: &[String], version: u32| {
+            format!(
+                r#"{{"kind":"PersistentVolumeClaimList","metadata":{{"resourceVersion":"{version}"}},"items":[{}]}}"#,
+                items.join(",")
+            )
+        };
+        let api_server = tokio::spawn(async move {
+            let mut asked = Vec::new();
+            asked.push(
+                server
+                    .answer_raw(200, &list(&[claim("a", 5), claim("b", 6)], 10))
+                    .await,
+            );
+            let added = format!(r#"{{"type":"ADDED","object":{}}}"#, claim("c", 11));
+            let deleted = format!(r#"{{"type":"DELETED","object":{}}}"#, claim("a", 12));
+            asked.push(
+                server
+                    .answer_raw(200, &format!("{added}\n{deleted}\n"))
+                    .await,
+            );
+            // The API server ended the watch: it is resumed from the last version seen.
+            let gone = r#"{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"Expired","code":410,"message":"too old"}}"#;
+            asked.push(server.answer_raw(200, gone).await);
+            asked.push(server.answer_raw(200, &list(&[claim("c", 11)], 20)).await);
+            asked.push(server.answer_raw(200, "").await);
+            asked
+        });
+        let mut seen = Vec::new();
+        while seen.len() < 9 {
+            let event = events.next().await.expect("an event").expect("no error");
+            seen.push(told(&event));
+        }
+        assert_eq!(
+            seen,
+            [
+                "init", "list a", "list b", "listed", "apply c", "delete a", "init", "list c",
+                "listed"
+            ]
+        );
+        drop(events);
+        let asked = api_server.await.expect("the API server's side");
+        let has = |asked: &str, pair: &str| asked.split(['?', '&']).any(|p| p == pair);
+        let listed_from_cache = |asked: &str| {
+            asked.starts_with(&format!("GET {path}?"))
+                && has(asked, "resourceVersion=0")
+                && has(asked, "labelSelector=app%3Ddb")
+                && !asked.contains("limit=")
+                && !asked.contains("watch=")
+        };
+        let watched_from = |asked: &str, version: &str| {
+            has(asked, "watch=true")
+                && has(asked, &format!("resourceVersion={version}"))
+                && has(asked, "labelSelector=app%3Ddb")
+        };
+        assert!(listed_from_cache(&asked[0]), "{}", asked[0]);
+        assert!(watched_from(&asked[1], "10"), "{}", asked[1]);
+        assert!(watched_from(&asked[2], "12"), "resumed: {}", asked[2]);
+        assert!(listed_from_cache(&asked[3]), "listed again: {}", asked[3]);
+        assert!(watched_from(&asked[4], "20"), "{}", asked[4]);
+    }
+
     #[test]
     fn chunks_read_across_boundaries_and_end() {
         use std::io::Read;
