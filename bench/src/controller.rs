@@ -59,6 +59,68 @@ async fn api_requests_total(client: &Client) -> anyhow::Result<f64> {
         .sum())
 }
 
+/// The API server's requests so far, by verb, resource and subresource: (count, seconds spent).
+async fn api_request_times(
+    client: &Client,
+) -> anyhow::Result<std::collections::BTreeMap<String, (f64, f64)>> {
+    let request = http::Request::get("/metrics").body(Vec::new())?;
+    let text = client.request_text(request).await?;
+    let label = |line: &str, name: &str| {
+        let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+        let end = line[start..].find('"')? + start;
+        Some(line[start..end].to_string())
+    };
+    let mut times = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let sum = if line.starts_with("apiserver_request_duration_seconds_count{") {
+            false
+        } else if line.starts_with("apiserver_request_duration_seconds_sum{") {
+            true
+        } else {
+            continue;
+        };
+        let (Some(verb), Some(resource), Some(value)) = (
+            label(line, "verb"),
+            label(line, "resource"),
+            line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()),
+        ) else {
+            continue;
+        };
+        let subresource = label(line, "subresource").unwrap_or_default();
+        let key = format!(
+            "{verb} {resource}{}{subresource}",
+            if subresource.is_empty() { "" } else { "/" }
+        );
+        let entry: &mut (f64, f64) = times.entry(key).or_default();
+        if sum {
+            entry.1 += value;
+        } else {
+            entry.0 += value;
+        }
+    }
+    Ok(times)
+}
+
+/// The requests the API server served between `before` and `after`, the most frequent first.
+fn print_request_times(
+    before: &std::collections::BTreeMap<String, (f64, f64)>,
+    after: &std::collections::BTreeMap<String, (f64, f64)>,
+) {
+    let mut served: Vec<(String, f64, f64)> = after
+        .iter()
+        .map(|(key, (count, seconds))| {
+            let (count0, seconds0) = before.get(key).copied().unwrap_or_default();
+            (key.clone(), count - count0, seconds - seconds0)
+        })
+        .filter(|(_, count, _)| *count >= 1.0)
+        .collect();
+    served.sort_by(|a, b| b.1.total_cmp(&a.1));
+    println!("\nAPI server, start-up (whole cluster): requests, mean latency");
+    for (key, count, seconds) in served.iter().take(10) {
+        println!("  {key}: {count:.0}, {:.1} ms", 1000.0 * seconds / count);
+    }
+}
+
 async fn request_rate(client: &Client, over: Duration) -> anyhow::Result<f64> {
     let before = api_requests_total(client).await?;
     tokio::time::sleep(over).await;
@@ -262,6 +324,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     // Scheduling the pod and starting its container, before the operator runs at all.
     let process_up = started.elapsed();
     let mut peak_rss = 0;
+    let mut next_line = Duration::ZERO;
+    let requests_before = api_request_times(&client).await?;
     // Until every followed policy's status passes `shown`: the time since `started`, and when.
     let mut until_every_policy = async |shown: fn(&backstop_api::BackupPolicyStatus) -> bool,
                                         what: &str|
@@ -275,6 +339,15 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 .iter()
                 .filter(|p| p.status.as_ref().is_some_and(shown))
                 .count();
+            // The start-up's course: where the time goes.
+            if started.elapsed() >= next_line {
+                let made = delays.lock().map(|d| d.len()).unwrap_or_default();
+                println!(
+                    "  {:5.1} s: {done} policies {what}, {made} new Backups seen",
+                    started.elapsed().as_secs_f64()
+                );
+                next_line += Duration::from_secs(5);
+            }
             if done == opts.policies {
                 return Ok((started.elapsed(), jiff::Timestamp::now()));
             }
@@ -293,6 +366,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     // retention applied): the operator writes `status.retention` only then.
     let (decided_after, decided_at) =
         until_every_policy(|s| s.retention.is_some(), "were decided with their Backups").await?;
+    let requests_after = api_request_times(&client).await?;
+    print_request_times(&requests_before, &requests_after);
     let observe_until = Instant::now() + opts.observe;
     while Instant::now() < observe_until {
         if let Some((rss, _)) = operator_rss() {
