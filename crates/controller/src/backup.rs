@@ -1625,6 +1625,33 @@ mod tests {
         assert!(api.idle().await, "no Job was created, no status written");
     }
 
+    /// While a scheduled run is due and not made, a Backup reconcile asks nothing of the API
+    /// server and looks again shortly; once it is made, the same reconcile goes ahead.
+    #[tokio::test]
+    async fn a_backup_waits_while_scheduled_runs_are_due() {
+        let (ctx, mut api) = fixtures::mocked();
+        let ctx = Arc::new(ctx);
+        let mut pending = backup();
+        pending.status = None;
+        let pending = Arc::new(pending);
+        let due = ("shop".to_string(), "other".to_string());
+        ctx.due_runs.planned(due.clone(), Some(crate::now()));
+        let action = reconcile(pending.clone(), ctx.clone()).await.ok();
+        assert_eq!(action, Some(Action::requeue(crate::due::WAIT)));
+
+        ctx.due_runs
+            .planned(due, Some(crate::now() + jiff::SignedDuration::from_mins(1)));
+        let server = tokio::spawn(async move {
+            let asked = api.answer_raw(500, "{}").await;
+            (api, asked)
+        });
+        assert!(reconcile(pending, ctx.clone()).await.is_err());
+        let (api, asked) = server.await.unwrap();
+        assert!(asked.contains("/backups"), "{asked}");
+        drop(ctx);
+        assert!(api.idle().await);
+    }
+
     /// The Job of `backup` for `pvc` as the operator makes them: labelled with its role,
     /// controlled by it.
     fn mover_job(backup: &Backup, pvc: &str) -> Job {

@@ -36,7 +36,14 @@ pub(crate) fn watch<K: crate::Watched>(
     labels: Option<String>,
 ) -> impl futures::Stream<Item = Result<Event<K>>> + Send + 'static {
     let (events, taken) = mpsc::channel(DECODED_BUFFER);
-    tokio::spawn(follow(client, api, labels, events));
+    // Ends when the stream is dropped, even in a quiet watch with nothing to send.
+    let dropped = events.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = follow(client, api, labels, events) => {}
+            () = dropped.closed() => {}
+        }
+    });
     futures::stream::unfold(taken, |mut taken| async move {
         let event = taken.recv().await?;
         Some((event, taken))
