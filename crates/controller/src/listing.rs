@@ -12,9 +12,9 @@
 //! means a new list.
 
 use futures::{AsyncReadExt, StreamExt};
+use kube::Api;
 use kube::api::{ListParams, WatchEvent, WatchParams};
 use kube::runtime::watcher::{Error, Event, Result};
-use kube::{Api, Client};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -31,7 +31,6 @@ const MOST_BACKOFF: Duration = Duration::from_secs(30);
 /// them, lean (`crate::lean`). Runs until the stream is dropped; errors are told and retried
 /// with backoff.
 pub(crate) fn watch<K: crate::Watched>(
-    client: Client,
     api: Api<K>,
     labels: Option<String>,
 ) -> impl futures::Stream<Item = Result<Event<K>>> + Send + 'static {
@@ -40,7 +39,7 @@ pub(crate) fn watch<K: crate::Watched>(
     let dropped = events.clone();
     tokio::spawn(async move {
         tokio::select! {
-            () = follow(client, api, labels, events) => {}
+            () = follow(api, labels, events) => {}
             () = dropped.closed() => {}
         }
     });
@@ -53,18 +52,17 @@ pub(crate) fn watch<K: crate::Watched>(
 type Events<K> = mpsc::Sender<Result<Event<K>>>;
 
 /// Lists and watches until nobody takes the events any more.
-async fn follow<K: crate::Watched>(
-    client: Client,
-    api: Api<K>,
-    labels: Option<String>,
-    events: Events<K>,
-) {
+async fn follow<K: crate::Watched>(api: Api<K>, labels: Option<String>, events: Events<K>) {
+    let mut watch_params = WatchParams::default();
+    if let Some(labels) = &labels {
+        watch_params = watch_params.labels(labels);
+    }
     let mut backoff = FIRST_BACKOFF;
     'list: loop {
         if events.send(Ok(Event::Init)).await.is_err() {
             return;
         }
-        let mut version = match list(&client, &api, labels.as_deref(), &events).await {
+        let mut version = match list(&api, labels.as_deref(), &events).await {
             Ok(Some(version)) => version,
             // Nobody takes the events any more.
             Ok(None) => return,
@@ -81,11 +79,7 @@ async fn follow<K: crate::Watched>(
         }
         backoff = FIRST_BACKOFF;
         loop {
-            let mut params = WatchParams::default();
-            if let Some(labels) = &labels {
-                params = params.labels(labels);
-            }
-            let stream = match api.watch(&params, &version).await {
+            let stream = match api.watch(&watch_params, &version).await {
                 Ok(stream) => stream,
                 Err(e) => {
                     if events.send(Err(Error::WatchStartFailed(e))).await.is_err() {
@@ -98,16 +92,10 @@ async fn follow<K: crate::Watched>(
             futures::pin_mut!(stream);
             while let Some(event) = stream.next().await {
                 let (event, at) = match event {
-                    Ok(WatchEvent::Added(mut obj) | WatchEvent::Modified(mut obj)) => {
-                        crate::lean(&mut obj);
-                        let at = obj.meta().resource_version.clone();
-                        (Ok(Event::Apply(obj)), at)
+                    Ok(WatchEvent::Added(obj) | WatchEvent::Modified(obj)) => {
+                        seen(obj, Event::Apply)
                     }
-                    Ok(WatchEvent::Deleted(mut obj)) => {
-                        crate::lean(&mut obj);
-                        let at = obj.meta().resource_version.clone();
-                        (Ok(Event::Delete(obj)), at)
-                    }
+                    Ok(WatchEvent::Deleted(obj)) => seen(obj, Event::Delete),
                     Ok(WatchEvent::Bookmark(mark)) => {
                         version = mark.metadata.resource_version;
                         continue;
@@ -137,6 +125,16 @@ async fn follow<K: crate::Watched>(
     }
 }
 
+/// The event for `obj` as the watch saw it, lean, with its resourceVersion.
+fn seen<K: crate::Watched>(
+    mut obj: K,
+    event: fn(K) -> Event<K>,
+) -> (Result<Event<K>>, Option<String>) {
+    crate::lean(&mut obj);
+    let at = obj.meta().resource_version.clone();
+    (Ok(event(obj)), at)
+}
+
 /// Sleeps `backoff`, doubling it for the next time (up to `MOST_BACKOFF`).
 async fn wait(backoff: &mut Duration) {
     tokio::time::sleep(*backoff).await;
@@ -146,7 +144,6 @@ async fn wait(backoff: &mut Duration) {
 /// Lists every `K` from the watch cache, telling each one (lean) to `events` as it is decoded:
 /// the list's resourceVersion, or None when nobody takes the events any more.
 async fn list<K: crate::Watched>(
-    client: &Client,
     api: &Api<K>,
     labels: Option<&str>,
     events: &Events<K>,
@@ -158,7 +155,9 @@ async fn list<K: crate::Watched>(
     let request = kube::core::Request::new(api.resource_url())
         .list(&params)
         .map_err(|e| Error::InitialListFailed(kube::Error::BuildRequest(e)))?;
-    let mut body = client
+    let mut body = api
+        .clone()
+        .into_client()
         .request_stream(request)
         .await
         .map_err(Error::InitialListFailed)?;
@@ -442,7 +441,7 @@ mod tests {
     async fn lists_from_the_cache_watches_from_its_version_resumes_and_lists_again_when_gone() {
         let (ctx, mut server) = crate::fixtures::mocked();
         let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), "ns");
-        let mut events = Box::pin(watch(ctx.client.clone(), api, Some("app=db".into())));
+        let mut events = Box::pin(watch(api, Some("app=db".into())));
         let path = "/api/v1/namespaces/ns/persistentvolumeclaims";
         let list = |items: &[String], version: u32| {
             format!(

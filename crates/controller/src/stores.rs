@@ -276,7 +276,7 @@ impl<K: crate::Watched> Shared<K> {
         observers: Vec<Arc<dyn Observer<K>>>,
         watches: &mut Vec<JoinHandle<()>>,
     ) {
-        let events = crate::listing::watch(client.clone(), self.scope.api::<K>(client), None);
+        let events = crate::listing::watch(self.scope.api::<K>(client), None);
         let watch = indexed(events, observers)
             .filter_map(|event| futures::future::ready(cached_only(event)))
             .reflect_shared(writer);
