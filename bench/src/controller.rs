@@ -49,10 +49,15 @@ fn operator_rss() -> Option<(u64, u64)> {
     None
 }
 
-async fn api_requests_total(client: &Client) -> anyhow::Result<f64> {
+/// The API server's own metrics, as text.
+async fn api_metrics(client: &Client) -> anyhow::Result<String> {
     let request = http::Request::get("/metrics").body(Vec::new())?;
-    let text = client.request_text(request).await?;
-    Ok(text
+    Ok(client.request_text(request).await?)
+}
+
+async fn api_requests_total(client: &Client) -> anyhow::Result<f64> {
+    Ok(api_metrics(client)
+        .await?
         .lines()
         .filter(|l| l.starts_with("apiserver_request_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -63,10 +68,12 @@ async fn api_requests_total(client: &Client) -> anyhow::Result<f64> {
 async fn api_request_times(
     client: &Client,
 ) -> anyhow::Result<std::collections::BTreeMap<String, (f64, f64)>> {
-    let request = http::Request::get("/metrics").body(Vec::new())?;
-    let text = client.request_text(request).await?;
+    let text = api_metrics(client).await?;
+    // A label's value; `resource` is not the end of `subresource`.
     let label = |line: &str, name: &str| {
-        let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+        let start = [format!("{{{name}=\""), format!(",{name}=\"")]
+            .iter()
+            .find_map(|at| Some(line.find(at.as_str())? + at.len()))?;
         let end = line[start..].find('"')? + start;
         Some(line[start..end].to_string())
     };
