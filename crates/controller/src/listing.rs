@@ -26,6 +26,9 @@ const CHUNKS_BUFFER: usize = 16;
 const CHUNK_BYTES: usize = 64 * 1024;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MOST_BACKOFF: Duration = Duration::from_secs(30);
+/// The API server ends each watch after this long, as kube's watcher asks: a quiet watch is
+/// renewed from its version instead of lasting until the server's own limit (30-60 minutes).
+const WATCH_SECONDS: u32 = 290;
 
 /// Every `K` that `api` sees (with `labels`, a label selector, if any), as kube's watcher gives
 /// them, lean (`crate::lean`). Runs until the stream is dropped; errors are told and retried
@@ -53,7 +56,7 @@ type Events<K> = mpsc::Sender<Result<Event<K>>>;
 
 /// Lists and watches until nobody takes the events any more.
 async fn follow<K: crate::Watched>(api: Api<K>, labels: Option<String>, events: Events<K>) {
-    let mut watch_params = WatchParams::default();
+    let mut watch_params = WatchParams::default().timeout(WATCH_SECONDS);
     if let Some(labels) = &labels {
         watch_params = watch_params.labels(labels);
     }
@@ -67,6 +70,7 @@ async fn follow<K: crate::Watched>(api: Api<K>, labels: Option<String>, events: 
             // Nobody takes the events any more.
             Ok(None) => return,
             Err(e) => {
+                tracing::warn!(resource = %api.resource_url(), error = %e, "listing failed; listing again after {backoff:?}");
                 if events.send(Err(e)).await.is_err() {
                     return;
                 }
@@ -82,6 +86,7 @@ async fn follow<K: crate::Watched>(api: Api<K>, labels: Option<String>, events: 
             let stream = match api.watch(&watch_params, &version).await {
                 Ok(stream) => stream,
                 Err(e) => {
+                    tracing::warn!(resource = %api.resource_url(), error = %e, "watch did not start; again after {backoff:?}");
                     if events.send(Err(Error::WatchStartFailed(e))).await.is_err() {
                         return;
                     }
@@ -109,6 +114,9 @@ async fn follow<K: crate::Watched>(api: Api<K>, labels: Option<String>, events: 
                     Err(e) => (Err(Error::WatchFailed(e)), None),
                 };
                 let failed = event.is_err();
+                if let Err(e) = &event {
+                    tracing::warn!(resource = %api.resource_url(), error = %e, "watch failed; watching again after {backoff:?}");
+                }
                 if events.send(event).await.is_err() {
                     return;
                 }
@@ -496,6 +504,7 @@ mod tests {
             has(asked, "watch=true")
                 && has(asked, &format!("resourceVersion={version}"))
                 && has(asked, "labelSelector=app%3Ddb")
+                && has(asked, "timeoutSeconds=290")
         };
         assert!(listed_from_cache(&asked[0]), "{}", asked[0]);
         assert!(watched_from(&asked[1], "10"), "{}", asked[1]);

@@ -101,6 +101,30 @@ impl TestNamespace {
         })
     }
 
+    /// What the namespace holds, for a failure message: Backstop's objects, Jobs, pods and PVCs
+    /// with their states, and the events (or why they could not be read).
+    pub fn snapshot(&self) -> String {
+        let n = &self.name;
+        let kinds = "backuppolicies,backups,restores,backuprepositories,jobs,pods,pvc";
+        let mut out = format!("== namespace {n} ==\n");
+        for args in [
+            &["get", kinds, "-n", n, "-o", "wide"][..],
+            &["get", "events", "-n", n, "--sort-by=.lastTimestamp"],
+        ] {
+            match kubectl(args) {
+                Ok(text) => out.push_str(&text),
+                Err(e) => out.push_str(&format!("kubectl {}: {e:#}\n", args.join(" "))),
+            }
+        }
+        for kind in ["backups", "restores"] {
+            let columns = "custom-columns=NAME:.metadata.name,STATUS:.status";
+            if let Ok(text) = kubectl(&["get", kind, "-n", n, "-o", columns]) {
+                out.push_str(&text);
+            }
+        }
+        out
+    }
+
     pub fn api<K>(&self) -> Api<K>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
@@ -357,11 +381,12 @@ pub async fn finished_backup(
     timeout: Duration,
 ) -> anyhow::Result<backstop_api::Backup> {
     let api = ns.api::<backstop_api::Backup>();
-    wait_for(timeout, &format!("backup {name} to finish"), || async {
+    let finished = wait_for(timeout, &format!("backup {name} to finish"), || async {
         let b = api.get(name).await?;
         Ok(b.phase().is_terminal().then_some(b))
     })
-    .await
+    .await;
+    finished.with_context(|| ns.snapshot())
 }
 
 /// Waits until the Backups seen Completed in the namespace (even if deleted since, by retention)
@@ -401,11 +426,12 @@ pub async fn finished_restore(
     timeout: Duration,
 ) -> anyhow::Result<backstop_api::Restore> {
     let api = ns.api::<backstop_api::Restore>();
-    wait_for(timeout, &format!("restore {name} to finish"), || async {
+    let finished = wait_for(timeout, &format!("restore {name} to finish"), || async {
         let r = api.get(name).await?;
         Ok(r.phase().is_terminal().then_some(r))
     })
-    .await
+    .await;
+    finished.with_context(|| ns.snapshot())
 }
 
 /// Creates any object from JSON in the test namespace (the namespace is filled in).
