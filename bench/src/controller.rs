@@ -108,8 +108,10 @@ async fn api_request_times(
     Ok(times)
 }
 
-/// The requests the API server served between `before` and `after`, the most frequent first.
+/// The requests the API server served between `before` and `after` (`when`), the most frequent
+/// first.
 fn print_request_times(
+    when: &str,
     before: &std::collections::BTreeMap<String, (f64, f64)>,
     after: &std::collections::BTreeMap<String, (f64, f64)>,
 ) {
@@ -122,7 +124,7 @@ fn print_request_times(
         .filter(|(_, count, _)| *count >= 1.0)
         .collect();
     served.sort_by(|a, b| b.1.total_cmp(&a.1));
-    println!("\nAPI server, start-up (whole cluster): requests, mean latency");
+    println!("\nAPI server, {when} (whole cluster): requests, mean latency");
     for (key, count, seconds) in served.iter().take(10) {
         println!("  {key}: {count:.0}, {:.1} ms", 1000.0 * seconds / count);
     }
@@ -374,7 +376,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let (decided_after, decided_at) =
         until_every_policy(|s| s.retention.is_some(), "were decided with their Backups").await?;
     let requests_after = api_request_times(&client).await?;
-    print_request_times(&requests_before, &requests_after);
+    print_request_times("start-up", &requests_before, &requests_after);
     let observe_until = Instant::now() + opts.observe;
     while Instant::now() < observe_until {
         if let Some((rss, _)) = operator_rss() {
@@ -416,7 +418,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     follow.abort();
     tokio::time::sleep(Duration::from_secs(10)).await;
+    let rest_before = api_request_times(&client).await?;
     let at_rest = request_rate(&client, Duration::from_secs(60)).await?;
+    print_request_times("at rest", &rest_before, &api_request_times(&client).await?);
     let (rss_now, hwm) = operator_rss().unwrap_or_default();
     if watch.is_finished() {
         // Ended early: the delays would be missing runs.
