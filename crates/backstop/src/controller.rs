@@ -226,7 +226,6 @@ async fn reconcile(shared: Shared, scope: Scope, mut stop: tokio::sync::watch::R
         stores,
         policy_writes: Default::default(),
         due_runs: Default::default(),
-        next_runs_shown: Default::default(),
     });
     backstop_controller::run(ctx, async move {
         let _ = stop.wait_for(|stopped| *stopped).await;

@@ -102,10 +102,7 @@ pub fn mocked() -> (crate::Context, ApiServer) {
         stores: crate::stores::Stores::unwatched(),
         policy_writes: Default::default(),
         due_runs: Default::default(),
-        next_runs_shown: Default::default(),
     };
-    // Start-up is over: policies decide with their Backups as soon as those are listed.
-    ctx.next_runs_shown.open();
     (ctx, ApiServer(handle))
 }
 

@@ -18,7 +18,9 @@ use futures::channel::mpsc;
 use kube::ResourceExt;
 use kube::runtime::watcher;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
 
 /// A Backup that changed (appeared, changed, or went), and the policies it was and is filed under.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,7 +36,8 @@ pub struct History {
     listeners: Mutex<Vec<mpsc::UnboundedSender<Change>>>,
     /// Set once the first listing of every Backup is in (and never unset: a relist keeps the
     /// previous listing until the new one is complete).
-    listed: crate::latch::Latch,
+    listed: AtomicBool,
+    on_listed: Notify,
 }
 
 /// Summaries by namespace.
@@ -103,12 +106,19 @@ impl History {
     /// Whether the first listing of every Backup is in: until then, what `of` answers may miss
     /// Backups.
     pub fn is_listed(&self) -> bool {
-        self.listed.is_open()
+        self.listed.load(Ordering::Acquire)
     }
 
     /// Resolves once the first listing of every Backup is in.
     pub async fn listed(&self) {
-        self.listed.opened().await;
+        loop {
+            // Made before the check: a `notify_waiters` in between still reaches it.
+            let notified = self.on_listed.notified();
+            if self.is_listed() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// The summaries of the Backups in `namespace` that name `policy`.
@@ -191,8 +201,8 @@ impl crate::index::Observer<Backup> for History {
                 }
             }
         };
-        if matches!(event, watcher::Event::InitDone) {
-            self.listed.open();
+        if matches!(event, watcher::Event::InitDone) && !self.listed.swap(true, Ordering::AcqRel) {
+            self.on_listed.notify_waiters();
         }
         if !changes.is_empty() {
             self.tell(changes);

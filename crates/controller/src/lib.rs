@@ -11,7 +11,6 @@ mod fixtures;
 pub mod history;
 pub mod index;
 pub mod jobs;
-pub mod latch;
 mod listing;
 pub mod maintenance;
 pub mod metrics;
@@ -67,9 +66,6 @@ pub struct Context {
     pub policy_writes: written::Written<backstop_api::BackupPolicy>,
     /// The scheduled runs due now: other writes wait until their Backups are made.
     pub due_runs: due::DueRuns,
-    /// Opened once every policy shows its next run at start-up (or start-up stopped waiting for
-    /// that): catch-up runs and the pass over every policy wait for it (`policy::run`).
-    pub next_runs_shown: latch::Latch,
 }
 
 #[derive(Debug, thiserror::Error)]

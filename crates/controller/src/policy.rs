@@ -136,15 +136,14 @@ async fn observe(ctx: &Context, policy: &BackupPolicy) -> Result<Observed, Error
             .await
             .map_err(RepositoryProblem::NotReady),
     };
-    let now = now();
-    // At start-up, catch-up runs and retention wait until every policy shows its next run (see
-    // `run`); a run falling due now does not.
-    let decides = ctx.stores.history.is_listed()
-        && (ctx.next_runs_shown.is_open() || run_due_now(policy, now));
     Ok(Observed {
         repository,
-        backups: decides.then(|| ctx.stores.backups_of(&namespace, &policy.name_any())),
-        now,
+        backups: ctx
+            .stores
+            .history
+            .is_listed()
+            .then(|| ctx.stores.backups_of(&namespace, &policy.name_any())),
+        now: now(),
     })
 }
 
@@ -718,71 +717,6 @@ fn due_before_listing(policy: &BackupPolicy, now: Timestamp) -> bool {
         .is_some()
 }
 
-/// Whether `policy` has a scheduled time that fell due at most `due::WINDOW` before `now`: a
-/// run due now, not a catch-up.
-fn run_due_now(policy: &BackupPolicy, now: Timestamp) -> bool {
-    if policy.spec.suspend {
-        return false;
-    }
-    policy
-        .spec
-        .validate()
-        .ok()
-        .and_then(|schedule| schedule.latest_at_or_before(now))
-        .is_some_and(|at| at > now - crate::due::WINDOW)
-}
-
-/// Whether `policy` has a next run to show (a valid schedule, not suspended).
-fn has_next_run(policy: &BackupPolicy) -> bool {
-    !policy.spec.suspend && policy.spec.validate().is_ok()
-}
-
-/// Whether `policy`'s status shows a next run after `now` (the one its reconcile computed).
-fn shows_next_run(policy: &BackupPolicy, now: Timestamp) -> bool {
-    policy
-        .status
-        .as_ref()
-        .and_then(|s| s.next_scheduled_backup.as_ref())
-        .is_some_and(|next| next.0 > now)
-}
-
-/// How long start-up waits for every policy to show its next run before catch-up runs and the
-/// pass over every policy go ahead anyway (a policy whose status cannot be written).
-const SHOWING_AT_MOST: Duration = Duration::from_secs(30);
-
-/// Opens `ctx.next_runs_shown` once every policy with a schedule shows its next run, or after
-/// `SHOWING_AT_MOST`. The API server is the bottleneck at start-up: at 10,000 policies it takes
-/// 250-400 status writes a second with its two cores busy (controller bench), and each policy
-/// decided with its Backups is another write; the first write of every policy (its next run)
-/// goes first.
-async fn open_when_next_runs_shown(ctx: &Context) {
-    let store = &ctx.stores.policies.store;
-    if store.wait_until_ready().await.is_ok() {
-        let until = tokio::time::Instant::now() + SHOWING_AT_MOST;
-        let mut unshown: Vec<ObjectRef<BackupPolicy>> = store
-            .state()
-            .iter()
-            .filter(|p| has_next_run(p))
-            .map(|p| ObjectRef::from_obj(p.as_ref()))
-            .collect();
-        while tokio::time::Instant::now() < until {
-            let now = now();
-            unshown.retain(|r| store.get(r).is_some_and(|p| !shows_next_run(&p, now)));
-            if unshown.is_empty() {
-                break;
-            }
-            tokio::time::sleep(crate::due::WAIT).await;
-        }
-        if !unshown.is_empty() {
-            tracing::warn!(
-                policies = unshown.len(),
-                "start-up: policies not showing their next run after {SHOWING_AT_MOST:?}; catch-up runs go ahead"
-            );
-        }
-    }
-    ctx.next_runs_shown.open();
-}
-
 /// Reconciles at once. Cron runs come in bursts (every policy due at :00 at once) and a scheduled
 /// run is two requests (create the Backup, write the status): with 8, the last of 66 runs due in
 /// the same second appeared 1.68 s late, with 32 0.55-0.68 s (controller bench).
@@ -812,12 +746,9 @@ pub async fn run(
     // listing is in, each looks again (runs due, retention, figures). Those with a run due go
     // first, the others follow at a bounded rate, so that runs due now, and those that fall due
     // meanwhile, are not queued behind thousands of policies with nothing to run.
-    let showing = ctx.clone();
-    let shown = tokio::spawn(async move { open_when_next_runs_shown(&showing).await });
     let listing = ctx.clone();
     let listed = futures::stream::once(async move {
         listing.stores.history.listed().await;
-        listing.next_runs_shown.opened().await;
         let now = now();
         let (due, rest): (Vec<_>, Vec<_>) = listing
             .stores
@@ -876,7 +807,6 @@ pub async fn run(
         .for_each(|_| futures::future::ready(()))
         .await;
     pruner.abort();
-    shown.abort();
 }
 
 #[cfg(test)]
@@ -980,51 +910,6 @@ mod tests {
             !due_before_listing(&policy, at("02:30")),
             "invalid: refused, not run"
         );
-    }
-
-    /// At start-up, a run due now is decided with the Backups before every policy shows its next
-    /// run; a catch-up run (due earlier) waits for that.
-    #[test]
-    fn a_run_due_now_is_not_a_catch_up() {
-        let mut policy = fixtures::policy("nightly", "0 2 * * *", None);
-        let secs = jiff::SignedDuration::from_secs;
-        assert!(!run_due_now(&policy, at("02:00") - secs(1)), "not yet due");
-        assert!(run_due_now(&policy, at("02:00")));
-        assert!(run_due_now(&policy, at("02:00") + secs(4)));
-        assert!(
-            !run_due_now(&policy, at("02:00") + secs(5)),
-            "a catch-up by now"
-        );
-        assert!(!run_due_now(&policy, at("09:00")));
-        policy.spec.suspend = true;
-        assert!(!run_due_now(&policy, at("02:00")), "suspended");
-        policy.spec.suspend = false;
-        policy.spec.schedule = "every night".into();
-        assert!(!run_due_now(&policy, at("02:00")), "invalid");
-    }
-
-    /// Start-up waits for the policies with a schedule to show a next run after now; suspended
-    /// and invalid ones have none to show, and a time already past is not shown.
-    #[test]
-    fn a_policy_shows_its_next_run_by_a_time_after_now() {
-        let mut policy = fixtures::policy("nightly", "0 2 * * *", None);
-        assert!(has_next_run(&policy));
-        assert!(!shows_next_run(&policy, at("01:00")), "no status yet");
-        policy.status = Some(BackupPolicyStatus {
-            next_scheduled_backup: Some(Time(at("02:00"))),
-            ..Default::default()
-        });
-        let second = jiff::SignedDuration::from_secs(1);
-        assert!(shows_next_run(&policy, at("02:00") - second));
-        assert!(
-            !shows_next_run(&policy, at("02:00")),
-            "from an earlier start"
-        );
-        policy.spec.suspend = true;
-        assert!(!has_next_run(&policy), "suspended");
-        policy.spec.suspend = false;
-        policy.spec.schedule = "every night".into();
-        assert!(!has_next_run(&policy), "invalid");
     }
 
     #[test]
