@@ -70,11 +70,9 @@ async fn follow<K: crate::Watched>(api: Api<K>, labels: Option<String>, events: 
             // Nobody takes the events any more.
             Ok(None) => return,
             Err(e) => {
-                tracing::warn!(resource = %api.resource_url(), error = %e, "listing failed; listing again after {backoff:?}");
-                if events.send(Err(e)).await.is_err() {
+                if !failed(&api, &events, e, &mut backoff).await {
                     return;
                 }
-                wait(&mut backoff).await;
                 continue 'list;
             }
         };
@@ -86,21 +84,19 @@ async fn follow<K: crate::Watched>(api: Api<K>, labels: Option<String>, events: 
             let stream = match api.watch(&watch_params, &version).await {
                 Ok(stream) => stream,
                 Err(e) => {
-                    tracing::warn!(resource = %api.resource_url(), error = %e, "watch did not start; again after {backoff:?}");
-                    if events.send(Err(Error::WatchStartFailed(e))).await.is_err() {
+                    if !failed(&api, &events, Error::WatchStartFailed(e), &mut backoff).await {
                         return;
                     }
-                    wait(&mut backoff).await;
                     continue;
                 }
             };
             futures::pin_mut!(stream);
             while let Some(event) = stream.next().await {
-                let (event, at) = match event {
+                let event = match event {
                     Ok(WatchEvent::Added(obj) | WatchEvent::Modified(obj)) => {
-                        seen(obj, Event::Apply)
+                        Ok(seen(obj, Event::Apply))
                     }
-                    Ok(WatchEvent::Deleted(obj)) => seen(obj, Event::Delete),
+                    Ok(WatchEvent::Deleted(obj)) => Ok(seen(obj, Event::Delete)),
                     Ok(WatchEvent::Bookmark(mark)) => {
                         version = mark.metadata.resource_version;
                         continue;
@@ -110,22 +106,23 @@ async fn follow<K: crate::Watched>(api: Api<K>, labels: Option<String>, events: 
                         tracing::debug!(resource = %api.resource_url(), "watch expired; listing again");
                         continue 'list;
                     }
-                    Ok(WatchEvent::Error(e)) => (Err(Error::WatchError(e)), None),
-                    Err(e) => (Err(Error::WatchFailed(e)), None),
+                    Ok(WatchEvent::Error(e)) => Err(Error::WatchError(e)),
+                    Err(e) => Err(Error::WatchFailed(e)),
                 };
-                let failed = event.is_err();
-                if let Err(e) = &event {
-                    tracing::warn!(resource = %api.resource_url(), error = %e, "watch failed; watching again after {backoff:?}");
-                }
-                if events.send(event).await.is_err() {
+                let (event, at) = match event {
+                    Ok(seen) => seen,
+                    Err(e) => {
+                        if !failed(&api, &events, e, &mut backoff).await {
+                            return;
+                        }
+                        break;
+                    }
+                };
+                if events.send(Ok(event)).await.is_err() {
                     return;
                 }
                 if let Some(at) = at {
                     version = at;
-                }
-                if failed {
-                    wait(&mut backoff).await;
-                    break;
                 }
                 backoff = FIRST_BACKOFF;
             }
@@ -134,19 +131,27 @@ async fn follow<K: crate::Watched>(api: Api<K>, labels: Option<String>, events: 
 }
 
 /// The event for `obj` as the watch saw it, lean, with its resourceVersion.
-fn seen<K: crate::Watched>(
-    mut obj: K,
-    event: fn(K) -> Event<K>,
-) -> (Result<Event<K>>, Option<String>) {
+fn seen<K: crate::Watched>(mut obj: K, event: fn(K) -> Event<K>) -> (Event<K>, Option<String>) {
     crate::lean(&mut obj);
     let at = obj.meta().resource_version.clone();
-    (Ok(event(obj)), at)
+    (event(obj), at)
 }
 
-/// Sleeps `backoff`, doubling it for the next time (up to `MOST_BACKOFF`).
-async fn wait(backoff: &mut Duration) {
+/// Logs `error` and tells it to `events`, then sleeps `backoff`, doubling it for the next time
+/// (up to `MOST_BACKOFF`): false when nobody takes the events any more.
+async fn failed<K: crate::Watched>(
+    api: &Api<K>,
+    events: &Events<K>,
+    error: Error,
+    backoff: &mut Duration,
+) -> bool {
+    tracing::warn!(resource = %api.resource_url(), %error, "watch: again after {backoff:?}");
+    if events.send(Err(error)).await.is_err() {
+        return false;
+    }
     tokio::time::sleep(*backoff).await;
     *backoff = (*backoff * 2).min(MOST_BACKOFF);
+    true
 }
 
 /// Lists every `K` from the watch cache, telling each one (lean) to `events` as it is decoded:
