@@ -771,12 +771,17 @@ pub async fn run(
     let controller = controller.reconcile_on(futures::stream::select(changed, listed));
     // A policy whose repository was missing or not ready makes its due run once it is ready.
     let woken = ctx.clone();
+    let changes = repository::ReadinessChanges::default();
     let controller = ctx
         .stores
         .repositories
         .wakes(&client, controller, move |repo| {
             let namespace = repo.namespace().unwrap_or_default();
-            woken.stores.policies_of(&namespace, &repo.name_any())
+            if changes.changed(&repo) {
+                woken.stores.policies_of(&namespace, &repo.name_any())
+            } else {
+                Vec::new()
+            }
         });
     // Deleted policies get no reconcile: their metric series and next runs are pruned from the
     // watch cache.
