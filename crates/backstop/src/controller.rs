@@ -226,6 +226,7 @@ async fn reconcile(shared: Shared, scope: Scope, mut stop: tokio::sync::watch::R
         stores,
         policy_writes: Default::default(),
         due_runs: Default::default(),
+        started: jiff::Timestamp::now(),
     });
     backstop_controller::run(ctx, async move {
         let _ = stop.wait_for(|stopped| *stopped).await;

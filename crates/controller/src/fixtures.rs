@@ -102,6 +102,7 @@ pub fn mocked() -> (crate::Context, ApiServer) {
         stores: crate::stores::Stores::unwatched(),
         policy_writes: Default::default(),
         due_runs: Default::default(),
+        started: crate::now(),
     };
     (ctx, ApiServer(handle))
 }

@@ -66,6 +66,8 @@ pub struct Context {
     pub policy_writes: written::Written<backstop_api::BackupPolicy>,
     /// The scheduled runs due now: other writes wait until their Backups are made.
     pub due_runs: due::DueRuns,
+    /// When these reconcilers started (this replica became the leader).
+    pub started: jiff::Timestamp,
 }
 
 #[derive(Debug, thiserror::Error)]

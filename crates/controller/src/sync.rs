@@ -26,6 +26,15 @@ use std::time::Duration;
 /// How often a running sync is looked at (its Job's end also wakes the repository).
 const WATCH: Duration = Duration::from_secs(30);
 
+/// How long after the operator starts the syncs of the repositories already there may start.
+/// A sync lists every Backup of its namespace, and so does the operator when it starts: at
+/// 100,000 Backups the two lists at once took half of the API server's CPU in the first 30 s,
+/// and the sync's alone 21-24 s, while 10,000 policies waited for their first status (controller
+/// bench at 10x). A sync is a periodic safety net (minutes), so one at start can wait.
+pub const AFTER_START: Duration = Duration::from_secs(60);
+/// How often a sync held until the operator has listed every Backup looks again.
+const LISTING_WAIT: Duration = Duration::from_secs(10);
+
 /// What the sync does now.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SyncStep {
@@ -39,13 +48,35 @@ pub enum SyncStep {
     Start,
 }
 
+/// The earliest a sync of a repository created at `created` may start, the operator having
+/// started at `started` and `listed` every Backup or not: a repository that was there at the
+/// start waits `AFTER_START`, and for the operator's own listing (see `AFTER_START`); one made
+/// since is not held (a new cluster's repository is synced at once).
+pub fn held_until(
+    created: Option<Timestamp>,
+    started: Timestamp,
+    listed: bool,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    if created.is_none_or(|created| created >= started) {
+        return None;
+    }
+    let after_start = started + AFTER_START;
+    if listed {
+        Some(after_start)
+    } else {
+        Some(after_start.max(now + LISTING_WAIT))
+    }
+}
+
 /// The step for a repository synced every `interval` (`None`: never), last started at `last`,
-/// with a sync Job `running` or not.
+/// with a sync Job `running` or not, not to start before `held_until` (see `held_until`).
 pub fn sync_step(
     interval: Option<Duration>,
     last: Option<Timestamp>,
     running: bool,
     ready: bool,
+    held_until: Option<Timestamp>,
     now: Timestamp,
 ) -> SyncStep {
     let Some(interval) = interval else {
@@ -57,13 +88,19 @@ pub fn sync_step(
     if !ready {
         return SyncStep::Off;
     }
-    let Some(last) = last else {
-        return SyncStep::Start;
+    let due = match last {
+        None => Duration::ZERO,
+        Some(last) => {
+            let since = Duration::try_from(now.duration_since(last)).unwrap_or_default();
+            interval.saturating_sub(since)
+        }
     };
-    let since = Duration::try_from(now.duration_since(last)).unwrap_or_default();
-    match interval.checked_sub(since) {
-        Some(left) if !left.is_zero() => SyncStep::Sleep(left),
-        _ => SyncStep::Start,
+    let held = held_until
+        .and_then(|until| Duration::try_from(now.duration_until(until)).ok())
+        .unwrap_or_default();
+    match due.max(held) {
+        left if left.is_zero() => SyncStep::Start,
+        left => SyncStep::Sleep(left),
     }
 }
 
@@ -170,7 +207,14 @@ pub async fn maintain(ctx: &Context, repo: &BackupRepository) -> Result<Option<D
     }
     let ready = crate::repository::readiness(ctx, repo).await.is_ok();
     let last = status.last_sync_time.as_ref().map(|t| t.0);
-    match sync_step(interval, last, running, ready, now()) {
+    let now = now();
+    let held = held_until(
+        repo.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        ctx.started,
+        ctx.stores.history.is_listed(),
+        now,
+    );
+    match sync_step(interval, last, running, ready, held, now) {
         SyncStep::Off => Ok(None),
         SyncStep::Wait => Ok(Some(WATCH)),
         SyncStep::Sleep(left) => Ok(Some(left)),
@@ -181,7 +225,7 @@ pub async fn maintain(ctx: &Context, repo: &BackupRepository) -> Result<Option<D
                 return Ok(Some(WATCH));
             }
             ensure_identity(ctx, repo).await?;
-            let at = now();
+            let at = now;
             let job = jobs::sync_job(repo, at.as_second(), &ctx.mover);
             if crate::create_once(&api, &job).await? {
                 tracing::info!(repository = %repo.name_any(), job = %job.name_any(), "sync started");
@@ -287,19 +331,75 @@ mod tests {
     fn a_sync_runs_at_once_then_every_interval_never_twice_at_once_and_only_when_ready() {
         let five = Some(Duration::from_secs(300));
         let now = at("2026-11-28T10:00:00Z");
-        assert_eq!(sync_step(five, None, false, true, now), SyncStep::Start);
+        assert_eq!(
+            sync_step(five, None, false, true, None, now),
+            SyncStep::Start
+        );
         // Not ready: nothing to list yet (readiness changes wake the repository).
-        assert_eq!(sync_step(five, None, false, false, now), SyncStep::Off);
-        assert_eq!(sync_step(five, None, true, true, now), SyncStep::Wait);
+        assert_eq!(
+            sync_step(five, None, false, false, None, now),
+            SyncStep::Off
+        );
+        assert_eq!(sync_step(five, None, true, true, None, now), SyncStep::Wait);
         let last = Some(at("2026-11-28T09:58:00Z"));
         assert_eq!(
-            sync_step(five, last, false, true, now),
+            sync_step(five, last, false, true, None, now),
             SyncStep::Sleep(Duration::from_secs(180))
         );
         let long_ago = Some(at("2026-11-28T09:55:00Z"));
-        assert_eq!(sync_step(five, long_ago, false, true, now), SyncStep::Start);
+        assert_eq!(
+            sync_step(five, long_ago, false, true, None, now),
+            SyncStep::Start
+        );
         // syncInterval: 0s.
-        assert_eq!(sync_step(None, None, false, true, now), SyncStep::Off);
+        assert_eq!(sync_step(None, None, false, true, None, now), SyncStep::Off);
+        // Held: whichever comes later, the hold or the interval.
+        let held = Some(at("2026-11-28T10:00:40Z"));
+        assert_eq!(
+            sync_step(five, None, false, true, held, now),
+            SyncStep::Sleep(Duration::from_secs(40))
+        );
+        assert_eq!(
+            sync_step(five, last, false, true, held, now),
+            SyncStep::Sleep(Duration::from_secs(180))
+        );
+        let past = Some(at("2026-11-28T09:59:00Z"));
+        assert_eq!(
+            sync_step(five, None, false, true, past, now),
+            SyncStep::Start
+        );
+        assert_eq!(sync_step(five, None, true, true, held, now), SyncStep::Wait);
+    }
+
+    #[test]
+    fn a_repository_there_at_the_start_syncs_a_minute_later_after_the_backups_are_listed() {
+        let started = at("2026-11-28T10:00:00Z");
+        let before = Some(at("2026-11-28T09:00:00Z"));
+        let now = at("2026-11-28T10:00:05Z");
+        // Made since the start (a new cluster's repository), or of unknown age: at once.
+        assert_eq!(
+            held_until(Some(at("2026-11-28T10:00:01Z")), started, false, now),
+            None
+        );
+        assert_eq!(held_until(None, started, false, now), None);
+        // There at the start: a minute after it, once the operator has listed every Backup.
+        assert_eq!(
+            held_until(before, started, true, now),
+            Some(at("2026-11-28T10:01:00Z"))
+        );
+        assert_eq!(
+            held_until(before, started, false, now),
+            Some(at("2026-11-28T10:01:00Z"))
+        );
+        let later = at("2026-11-28T10:03:00Z");
+        assert_eq!(
+            held_until(before, started, false, later),
+            Some(at("2026-11-28T10:03:10Z"))
+        );
+        assert_eq!(
+            held_until(before, started, true, later),
+            Some(at("2026-11-28T10:01:00Z"))
+        );
     }
 
     #[test]
