@@ -6,6 +6,7 @@ pub mod backup;
 pub mod command;
 pub mod due;
 pub mod events;
+pub mod first_pass;
 #[cfg(test)]
 mod fixtures;
 pub mod history;

@@ -3,6 +3,7 @@
 //! applies retention, and keeps the status (last/next run) current. Woken by `RequeueAfter` at
 //! the next scheduled time and by changes to the Backups it owns; never a polling loop.
 
+use crate::first_pass::FirstPass;
 use crate::scheduling::{self, BackupSummary};
 use crate::{Context, Error, events, metrics, now, repository, retention};
 use backstop_api::condition::{self, ConditionType, Invalid};
@@ -690,7 +691,8 @@ fn error_policy(_: Arc<BackupPolicy>, err: &Error, ctx: Arc<Context>) -> Action 
 }
 
 /// The pass over every policy once the Backups are listed wakes `SCAN_STEP` policies every
-/// `SCAN_STEP_EVERY` (100 a second) after those with a run due: below what the API server here
+/// `SCAN_STEP_EVERY` (100 a second), after those with a run due and once every policy has shown
+/// its next run (`FirstPass`): below what the API server here
 /// takes in status writes (150-300 a second at 10,000 policies, controller bench), so the queue
 /// stays short for runs that fall due during the pass.
 const SCAN_STEP: usize = 10;
@@ -744,9 +746,12 @@ pub async fn run(
     });
     // Policies reconciled before every Backup was listed showed their next run only: once the
     // listing is in, each looks again (runs due, retention, figures). Those with a run due go
-    // first, the others follow at a bounded rate, so that runs due now, and those that fall due
-    // meanwhile, are not queued behind thousands of policies with nothing to run.
+    // first; the others once every policy has shown its next run (`first_pass`), at a bounded
+    // rate, so that runs due now, and those that fall due meanwhile, are not queued behind
+    // thousands of policies with nothing to run.
+    let first_pass = Arc::new(FirstPass::<BackupPolicy>::default());
     let listing = ctx.clone();
+    let pass = first_pass.clone();
     let listed = futures::stream::once(async move {
         listing.stores.history.listed().await;
         let now = now();
@@ -758,13 +763,17 @@ pub async fn run(
             .into_iter()
             .partition(|policy| due_before_listing(policy, now));
         let reference = |policy: Arc<BackupPolicy>| ObjectRef::from_obj(policy.as_ref());
-        let rest = futures::stream::iter(rest.into_iter().map(reference))
-            .chunks(SCAN_STEP)
-            .then(|step| async move {
-                tokio::time::sleep(SCAN_STEP_EVERY).await;
-                futures::stream::iter(step)
-            })
-            .flatten();
+        let rest = futures::stream::once(async move {
+            pass.over().await;
+            futures::stream::iter(rest.into_iter().map(reference))
+        })
+        .flatten()
+        .chunks(SCAN_STEP)
+        .then(|step| async move {
+            tokio::time::sleep(SCAN_STEP_EVERY).await;
+            futures::stream::iter(step)
+        })
+        .flatten();
         futures::stream::iter(due.into_iter().map(reference)).chain(rest)
     })
     .flatten();
@@ -806,9 +815,17 @@ pub async fn run(
             pruning.due_runs.retain(&existing);
         }
     });
+    let copy = controller.store();
     controller
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(
+            move |policy, ctx| {
+                first_pass.reconciled(ObjectRef::from_obj(policy.as_ref()), copy.len());
+                reconcile(policy, ctx)
+            },
+            error_policy,
+            ctx,
+        )
         .for_each(|_| futures::future::ready(()))
         .await;
     pruner.abort();
