@@ -6,25 +6,22 @@
 //! for their first status: its writes (one per policy) took a third of what the API server wrote
 //! (controller bench at 10x). So the second pass waits for the first one to be `over`.
 
+use crate::latch::Latch;
 use kube::runtime::reflector::ObjectRef;
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
-use tokio::sync::Notify;
 
 pub struct FirstPass<K: kube::Resource<DynamicType = ()>> {
     /// The objects reconciled so far; dropped once the pass is over.
     seen: Mutex<HashSet<ObjectRef<K>>>,
-    over: AtomicBool,
-    on_over: Notify,
+    over: Latch,
 }
 
 impl<K: kube::Resource<DynamicType = ()>> Default for FirstPass<K> {
     fn default() -> Self {
         Self {
             seen: Mutex::new(HashSet::new()),
-            over: AtomicBool::new(false),
-            on_over: Notify::new(),
+            over: Latch::default(),
         }
     }
 }
@@ -41,25 +38,17 @@ impl<K: kube::Resource<DynamicType = ()>> FirstPass<K> {
         seen.insert(obj);
         if seen.len() >= total {
             *seen = HashSet::new();
-            self.over.store(true, Ordering::Release);
-            self.on_over.notify_waiters();
+            self.over.set();
         }
     }
 
     pub fn is_over(&self) -> bool {
-        self.over.load(Ordering::Acquire)
+        self.over.is_set()
     }
 
     /// Resolves once every object was reconciled once.
     pub async fn over(&self) {
-        loop {
-            // Made before the check: a `notify_waiters` in between still reaches it.
-            let notified = self.on_over.notified();
-            if self.is_over() {
-                return;
-            }
-            notified.await;
-        }
+        self.over.wait().await
     }
 }
 

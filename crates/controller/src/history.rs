@@ -12,15 +12,14 @@
 //! events: the history tells its listeners of every change instead (`subscribe`).
 
 use crate::index::Listed;
+use crate::latch::Latch;
 use crate::scheduling::BackupSummary;
 use backstop_api::Backup;
 use futures::channel::mpsc;
 use kube::ResourceExt;
 use kube::runtime::watcher;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::Notify;
 
 /// A Backup that changed (appeared, changed, or went), and the policies it was and is filed under.
 #[derive(Clone, Debug, PartialEq)]
@@ -36,8 +35,7 @@ pub struct History {
     listeners: Mutex<Vec<mpsc::UnboundedSender<Change>>>,
     /// Set once the first listing of every Backup is in (and never unset: a relist keeps the
     /// previous listing until the new one is complete).
-    listed: AtomicBool,
-    on_listed: Notify,
+    listed: Latch,
 }
 
 /// Summaries by namespace.
@@ -106,19 +104,12 @@ impl History {
     /// Whether the first listing of every Backup is in: until then, what `of` answers may miss
     /// Backups.
     pub fn is_listed(&self) -> bool {
-        self.listed.load(Ordering::Acquire)
+        self.listed.is_set()
     }
 
     /// Resolves once the first listing of every Backup is in.
     pub async fn listed(&self) {
-        loop {
-            // Made before the check: a `notify_waiters` in between still reaches it.
-            let notified = self.on_listed.notified();
-            if self.is_listed() {
-                return;
-            }
-            notified.await;
-        }
+        self.listed.wait().await
     }
 
     /// The summaries of the Backups in `namespace` that name `policy`.
@@ -201,8 +192,8 @@ impl crate::index::Observer<Backup> for History {
                 }
             }
         };
-        if matches!(event, watcher::Event::InitDone) && !self.listed.swap(true, Ordering::AcqRel) {
-            self.on_listed.notify_waiters();
+        if matches!(event, watcher::Event::InitDone) {
+            self.listed.set();
         }
         if !changes.is_empty() {
             self.tell(changes);

@@ -12,6 +12,7 @@ mod fixtures;
 pub mod history;
 pub mod index;
 pub mod jobs;
+mod latch;
 mod listing;
 pub mod maintenance;
 pub mod metrics;
