@@ -2,6 +2,8 @@
 //! (mixed schedules) and a long backup history are created while the operator is stopped; then it
 //! starts and we measure its memory, how long until every policy shows its next run, how late
 //! per-minute Backups appear after their scheduled time, and the API request rate it adds at rest.
+//! Last, with the operator stopped, what the API server alone takes for one first status write
+//! per policy: the floor under "every policy shows its next run".
 
 use anyhow::{Context, bail};
 use backstop_api::{ARTIFACTS_FINALIZER, Backup, BackupPolicy, labels, naming};
@@ -18,6 +20,8 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 const NS: &str = "bench-scale";
+/// Where the API server alone is measured (`first_writes_alone`).
+const FLOOR_NS: &str = "bench-floor";
 const OPERATOR_NS: &str = "backstop-system";
 
 pub struct Options {
@@ -44,6 +48,25 @@ fn operator_rss() -> Option<(u64, u64)> {
                     .and_then(|v| v.parse().ok())
             };
             return Some((field("VmRSS:")?, field("VmHWM:")?));
+        }
+    }
+    None
+}
+
+/// CPU seconds (user + system) used so far by the process named `comm` on this host.
+fn process_cpu_seconds(comm: &str) -> Option<f64> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        if std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|c| c.trim() == comm) {
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // After the command in parentheses: state is field 3, utime and stime 14 and 15.
+            let fields: Vec<&str> = stat
+                .get(stat.rfind(')')? + 2..)?
+                .split_whitespace()
+                .collect();
+            let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+            // SAFETY: sysconf has no preconditions.
+            let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+            return Some((ticks(11)? + ticks(12)?) / per_second);
         }
     }
     None
@@ -170,6 +193,99 @@ fn schedule_for(i: usize, per_minute: usize) -> String {
     }
 }
 
+/// `count` policies `p0000`... with the benchmark's mixed schedules (`per_minute` every minute).
+async fn create_policies(
+    policies: &Api<BackupPolicy>,
+    count: usize,
+    per_minute: usize,
+) -> anyhow::Result<()> {
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let policies = policies.clone();
+            async move {
+                let p: BackupPolicy = serde_json::from_value(json!({
+                    "apiVersion": "backstop.dev/v1alpha1", "kind": "BackupPolicy",
+                    "metadata": {"name": format!("p{i:04}")},
+                    // Selecting no PVC and never waiting for one, every run fails at once: the
+                    // next one is due at its time (a Backup still waiting would hold it back).
+                    "spec": {"schedule": schedule_for(i, per_minute),
+                             "startingDeadlineSeconds": 0,
+                             "target": {"pvcSelector": {"matchLabels": {"app": format!("none-{i}")}}}}}))?;
+                policies.create(&PostParams::default(), &p).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(())
+}
+
+/// What the API server alone takes for the start-up's first writes: `count` new policies in a
+/// namespace of their own (the operator stopped), each given the status the operator's first
+/// write gives (the next run and the Ready condition, one merge patch on `/status`), as many at
+/// a time as the operator reconciles policies. The time, and the API server's CPU seconds.
+async fn first_writes_alone(
+    client: &Client,
+    count: usize,
+    per_minute: usize,
+) -> anyhow::Result<(Duration, Option<f64>)> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": FLOOR_NS}}))?,
+        )
+        .await?;
+    let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), FLOOR_NS);
+    create_policies(&policies, count, per_minute).await?;
+    let now = jiff::Timestamp::now();
+    let next = now + jiff::SignedDuration::from_hours(1);
+    let mut status = backstop_api::BackupPolicyStatus {
+        next_scheduled_backup: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(next)),
+        observed_generation: Some(1),
+        ..Default::default()
+    };
+    backstop_api::condition::set(
+        &mut status.conditions,
+        backstop_api::condition::ConditionType::Ready,
+        true,
+        "Scheduled",
+        &format!("next backup at {next}"),
+        Some(1),
+        now,
+    );
+    let patch = json!({ "status": status });
+    let cpu_before = process_cpu_seconds("kube-apiserver");
+    let t = Instant::now();
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let policies = policies.clone();
+            let patch = &patch;
+            async move {
+                policies
+                    .patch_status(
+                        &format!("p{i:04}"),
+                        &PatchParams::default(),
+                        &Patch::Merge(patch),
+                    )
+                    .await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(usize::from(backstop_controller::policy::POLICY_CONCURRENCY))
+        .try_collect::<Vec<_>>()
+        .await?;
+    let took = t.elapsed();
+    let cpu = cpu_before
+        .zip(process_cpu_seconds("kube-apiserver"))
+        .map(|(a, b)| b - a);
+    namespaces
+        .delete(FLOOR_NS, &DeleteParams::default())
+        .await?;
+    Ok((took, cpu))
+}
+
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -196,12 +312,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .await
         .context("KUBECONFIG: run `make bench-controller`")?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    if namespaces.get_opt(NS).await?.is_some() {
-        // The history's finalizers are removed by the operator: it must run for the namespace to go.
-        scale_operator(&client, 1).await?;
-        namespaces.delete(NS, &DeleteParams::default()).await?;
-        while namespaces.get_opt(NS).await?.is_some() {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+    // What an earlier run on a kept cluster left.
+    for ns in [NS, FLOOR_NS] {
+        if namespaces.get_opt(ns).await?.is_some() {
+            // The history's finalizers are removed by the operator: it must run for the
+            // namespace to go.
+            scale_operator(&client, 1).await?;
+            namespaces.delete(ns, &DeleteParams::default()).await?;
+            while namespaces.get_opt(ns).await?.is_some() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
     scale_operator(&client, 0).await?;
@@ -231,25 +351,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let policies: Api<BackupPolicy> = Api::namespaced(client.clone(), NS);
     let backups: Api<Backup> = Api::namespaced(client.clone(), NS);
     let t = Instant::now();
-    futures::stream::iter(0..opts.policies)
-        .map(|i| {
-            let policies = policies.clone();
-            async move {
-                let p: BackupPolicy = serde_json::from_value(json!({
-                    "apiVersion": "backstop.dev/v1alpha1", "kind": "BackupPolicy",
-                    "metadata": {"name": format!("p{i:04}")},
-                    // Selecting no PVC and never waiting for one, every run fails at once: the
-                    // next one is due at its time (a Backup still waiting would hold it back).
-                    "spec": {"schedule": schedule_for(i, opts.per_minute),
-                             "startingDeadlineSeconds": 0,
-                             "target": {"pvcSelector": {"matchLabels": {"app": format!("none-{i}")}}}}}))?;
-                policies.create(&PostParams::default(), &p).await?;
-                anyhow::Ok(())
-            }
-        })
-        .buffer_unordered(16)
-        .try_collect::<Vec<_>>()
-        .await?;
+    create_policies(&policies, opts.policies, opts.per_minute).await?;
     println!(
         "created {} policies in {:.1}s",
         opts.policies,
@@ -335,6 +437,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut peak_rss = 0;
     let mut next_line = Duration::ZERO;
     let requests_before = api_request_times(&client).await?;
+    let apiserver_cpu_at_start = process_cpu_seconds("kube-apiserver");
     // Until every followed policy's status passes `shown`: the time since `started`, and when.
     let mut until_every_policy = async |shown: fn(&backstop_api::BackupPolicyStatus) -> bool,
                                         what: &str|
@@ -371,6 +474,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     };
     let (ready_after, _) =
         until_every_policy(|s| s.next_scheduled_backup.is_some(), "had a next run").await?;
+    let apiserver_cpu_until_ready = apiserver_cpu_at_start
+        .zip(process_cpu_seconds("kube-apiserver"))
+        .map(|(a, b)| b - a);
     // Start-up is over once every policy was decided with its Backups listed (runs due made,
     // retention applied): the operator writes `status.retention` only then.
     let (decided_after, decided_at) =
@@ -428,6 +534,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         bail!("the watch of new Backups ended early");
     }
     watch.abort();
+    // What the API server takes for one first write per policy with nothing else to do: the
+    // floor under the first row.
+    scale_operator(&client, 0).await?;
+    let (alone, alone_cpu) = first_writes_alone(&client, opts.policies, opts.per_minute).await?;
+    // Left running, as it was found: removing the history's finalizers needs it.
+    scale_operator(&client, 1).await?;
     let seen = delays.lock().map(|d| d.clone()).unwrap_or_default();
     let sorted = |from: jiff::Timestamp, to: jiff::Timestamp| {
         let mut d: Vec<f64> = seen
@@ -450,6 +562,24 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         "| time from start until every policy has nextScheduledBackup (of which the pod took until its process ran) | {:.1} s ({:.1} s) | < 30 s at 10x |",
         ready_after.as_secs_f64(),
         process_up.as_secs_f64()
+    );
+    let per_write = |cpu: Option<f64>| {
+        cpu.map_or("API server CPU not read".into(), |cpu| {
+            format!(
+                "API server {cpu:.1} CPU s, {:.1} ms a policy",
+                1000.0 * cpu / opts.policies as f64
+            )
+        })
+    };
+    println!(
+        "| the same, API server CPU | {} | |",
+        per_write(apiserver_cpu_until_ready)
+    );
+    println!(
+        "| the API server alone, operator stopped: as many new policies given the operator's first status write (next run, Ready), {} at a time | {:.1} s ({}) | |",
+        backstop_controller::policy::POLICY_CONCURRENCY,
+        alone.as_secs_f64(),
+        per_write(alone_cpu)
     );
     println!(
         "| time from start until every policy was decided with its Backups listed (runs due, retention) | {:.1} s | |",
