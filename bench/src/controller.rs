@@ -31,45 +31,54 @@ pub struct Options {
     pub observe: Duration,
 }
 
-/// The operator's resident memory (KiB): current and peak, read from /proc on this host.
-fn operator_rss() -> Option<(u64, u64)> {
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.len() >= 2 && args[0].ends_with(b"/backstop") && args[1] == b"controller" {
-            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
-            let field = |name: &str| {
-                status
-                    .lines()
-                    .find(|l| l.starts_with(name))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse().ok())
-            };
-            return Some((field("VmRSS:")?, field("VmHWM:")?));
-        }
-    }
-    None
+/// The /proc directory of a process on this host that `is` picks (given its /proc directory).
+fn find_process(is: impl Fn(&std::path::Path) -> bool) -> Option<std::path::PathBuf> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|dir| is(dir))
 }
 
-/// CPU seconds (user + system) used so far by the process named `comm` on this host.
-fn process_cpu_seconds(comm: &str) -> Option<f64> {
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        if std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|c| c.trim() == comm) {
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            // After the command in parentheses: state is field 3, utime and stime 14 and 15.
-            let fields: Vec<&str> = stat
-                .get(stat.rfind(')')? + 2..)?
-                .split_whitespace()
-                .collect();
-            let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
-            // SAFETY: sysconf has no preconditions.
-            let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-            return Some((ticks(11)? + ticks(12)?) / per_second);
-        }
-    }
-    None
+/// The operator's resident memory (KiB): current and peak, read from /proc on this host.
+fn operator_rss() -> Option<(u64, u64)> {
+    let dir = find_process(|dir| {
+        std::fs::read(dir.join("cmdline")).is_ok_and(|cmdline| {
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.len() >= 2 && args[0].ends_with(b"/backstop") && args[1] == b"controller"
+        })
+    })?;
+    let status = std::fs::read_to_string(dir.join("status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// CPU seconds (user + system) the API server on this host has used so far.
+fn apiserver_cpu_seconds() -> Option<f64> {
+    let dir = find_process(|dir| {
+        std::fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim() == "kube-apiserver")
+    })?;
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    // After the command in parentheses: state is field 3, utime and stime 14 and 15.
+    let fields: Vec<&str> = stat
+        .get(stat.rfind(')')? + 2..)?
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((ticks(11)? + ticks(12)?) / per_second)
+}
+
+/// The API server's CPU seconds since `start` (an `apiserver_cpu_seconds` reading).
+fn apiserver_cpu_since(start: Option<f64>) -> Option<f64> {
+    Some(apiserver_cpu_seconds()? - start?)
 }
 
 /// The API server's own metrics, as text.
@@ -256,7 +265,7 @@ async fn first_writes_alone(
         now,
     );
     let patch = json!({ "status": status });
-    let cpu_before = process_cpu_seconds("kube-apiserver");
+    let cpu_before = apiserver_cpu_seconds();
     let t = Instant::now();
     futures::stream::iter(0..count)
         .map(|i| {
@@ -277,9 +286,7 @@ async fn first_writes_alone(
         .try_collect::<Vec<_>>()
         .await?;
     let took = t.elapsed();
-    let cpu = cpu_before
-        .zip(process_cpu_seconds("kube-apiserver"))
-        .map(|(a, b)| b - a);
+    let cpu = apiserver_cpu_since(cpu_before);
     namespaces
         .delete(FLOOR_NS, &DeleteParams::default())
         .await?;
@@ -437,7 +444,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut peak_rss = 0;
     let mut next_line = Duration::ZERO;
     let requests_before = api_request_times(&client).await?;
-    let apiserver_cpu_at_start = process_cpu_seconds("kube-apiserver");
+    let apiserver_cpu_at_start = apiserver_cpu_seconds();
     // Until every followed policy's status passes `shown`: the time since `started`, and when.
     let mut until_every_policy = async |shown: fn(&backstop_api::BackupPolicyStatus) -> bool,
                                         what: &str|
@@ -474,9 +481,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     };
     let (ready_after, _) =
         until_every_policy(|s| s.next_scheduled_backup.is_some(), "had a next run").await?;
-    let apiserver_cpu_until_ready = apiserver_cpu_at_start
-        .zip(process_cpu_seconds("kube-apiserver"))
-        .map(|(a, b)| b - a);
+    let apiserver_cpu_until_ready = apiserver_cpu_since(apiserver_cpu_at_start);
     // Start-up is over once every policy was decided with its Backups listed (runs due made,
     // retention applied): the operator writes `status.retention` only then.
     let (decided_after, decided_at) =
