@@ -293,7 +293,66 @@ fn bad(message: String) -> Invalid {
     Invalid::new("InvalidImport", message)
 }
 
+/// How far ahead of this cluster's clock a record's times may be (clocks of two clusters
+/// differ a little); a record further in the future is refused: it would stay "the newest
+/// backup" for ever and push genuine ones out of retention.
+pub const CLOCK_SKEW_SECONDS: i64 = 300;
+
+/// Whether `text` is a positive storage size as a PVC requests it: digits, optionally one of
+/// the binary (`Ki` .. `Ei`) or decimal (`k`, `M` .. `E`) suffixes.
+pub fn is_storage_size(text: &str) -> bool {
+    const SUFFIXES: [&str; 13] = [
+        "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E",
+    ];
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let suffix = &text[digits.len()..];
+    !digits.is_empty()
+        && digits.len() <= 18
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && digits.bytes().any(|b| b != b'0')
+        && SUFFIXES.contains(&suffix)
+}
+
 impl ImportRecord {
+    /// Refuses times a genuine backup cannot have: in the future (beyond the clock skew), a
+    /// completion before the start, a scheduled time after the start.
+    pub fn check_times(&self, now: Timestamp) -> Result<(), String> {
+        let latest = now
+            .checked_add(jiff::SignedDuration::from_secs(CLOCK_SKEW_SECONDS))
+            .unwrap_or(now);
+        let verified = self.verification.as_ref().map(|v| v.completion_time);
+        let times = [
+            ("startTime", Some(self.start_time)),
+            ("completionTime", Some(self.completion_time)),
+            ("scheduledTime", self.scheduled_time),
+            ("verification.completionTime", verified),
+        ];
+        for (field, at) in times {
+            if let Some(at) = at
+                && at > latest
+            {
+                return Err(format!(
+                    "the record's {field} {at} is in the future (this cluster's clock says {now}): refused"
+                ));
+            }
+        }
+        if self.completion_time < self.start_time {
+            return Err(format!(
+                "the record's completionTime {} is before its startTime {}",
+                self.completion_time, self.start_time
+            ));
+        }
+        if let Some(scheduled) = self.scheduled_time
+            && scheduled > self.start_time
+        {
+            return Err(format!(
+                "the record's scheduledTime {scheduled} is after its startTime {}: a scheduled backup starts at or after its time",
+                self.start_time
+            ));
+        }
+        Ok(())
+    }
+
     /// The status of Backup `name` in `namespace`, imported through repository `repository`,
     /// from this record; `Err` when the record is not one of this Backup's (a record is
     /// annotation text anyone who may create Backups can write, so every place it names is
@@ -320,6 +379,7 @@ impl ImportRecord {
         if self.volumes.is_empty() {
             return Err(bad("the record names no volume".into()));
         }
+        self.check_times(now).map_err(bad)?;
         let dir = contract::backup_dir(namespace, name);
         let restic_root = contract::restic_root(namespace);
         let mut seen = BTreeSet::new();
@@ -348,6 +408,22 @@ impl ImportRecord {
                         && is_hex(&r.digest, 64)
                 }
             };
+            if let Some(capacity) = &v.capacity
+                && !is_storage_size(capacity)
+            {
+                return Err(bad(format!(
+                    "volume {:?}: recorded capacity {capacity:?} is not a storage size such as 10Gi",
+                    r.pvc
+                )));
+            }
+            if let Some(class) = &v.storage_class_name
+                && !crate::naming::is_dns_subdomain(class)
+            {
+                return Err(bad(format!(
+                    "volume {:?}: recorded storage class {class:?} is not a valid name",
+                    r.pvc
+                )));
+            }
             if !own_artifact {
                 return Err(bad(format!(
                     "volume {:?}: its data is not where this backup's is ({:?}) or its digest is malformed",
@@ -481,6 +557,11 @@ mod tests {
 
     const NAME: &str = "nightly-202611280200";
 
+    /// A time after every record of these tests.
+    fn later() -> Timestamp {
+        "2026-12-01T00:00:00Z".parse().unwrap()
+    }
+
     #[test]
     fn the_records_of_every_volume_make_the_backup_and_its_status() {
         let found = gather(
@@ -597,9 +678,7 @@ mod tests {
             message: "PVC db: the artifact does not match".into(),
         };
         found.verification = Some(verification(NAME, VerificationPhase::Failed));
-        let status = found
-            .status("shop", NAME, "s3", Timestamp::UNIX_EPOCH)
-            .unwrap();
+        let status = found.status("shop", NAME, "s3", later()).unwrap();
         let verified = condition::find(&status.conditions, ConditionType::Verified).unwrap();
         assert_eq!(
             (verified.status.as_str(), verified.reason.as_str()),
@@ -617,9 +696,7 @@ mod tests {
             verification(NAME, VerificationPhase::Inconclusive),
         ] {
             found.verification = Some(other);
-            let status = found
-                .status("shop", NAME, "s3", Timestamp::UNIX_EPOCH)
-                .unwrap();
+            let status = found.status("shop", NAME, "s3", later()).unwrap();
             assert!(condition::find(&status.conditions, ConditionType::Verified).is_none());
             assert!(status.verification.is_none());
         }
@@ -673,7 +750,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let now = Timestamp::UNIX_EPOCH;
+        let now = later();
         let refused = |edit: &dyn Fn(&mut ImportRecord)| {
             let mut r = good.clone();
             edit(&mut r);
@@ -721,6 +798,83 @@ mod tests {
         assert!(restic(ID, "shop/_restic").unwrap().is_some());
         assert!(restic(ID, "bank/_restic").is_err());
         assert!(restic(&ID[..8], "shop/_restic").is_err());
+    }
+
+    #[test]
+    fn a_record_from_the_future_or_naming_a_bad_size_or_class_is_refused() {
+        let good = gather(
+            "shop",
+            NAME,
+            vec![
+                record("db", "2026-11-28T02:00:31Z"),
+                record("logs", "2026-11-28T02:00:31Z"),
+            ],
+        )
+        .unwrap();
+        let now: Timestamp = "2026-11-28T03:00:00Z".parse().unwrap();
+        let refused = |edit: &dyn Fn(&mut ImportRecord)| {
+            let mut r = good.clone();
+            edit(&mut r);
+            r.status("shop", NAME, "s3", now).unwrap_err().message
+        };
+        let future: Timestamp = "2099-01-01T02:00:00Z".parse().unwrap();
+        // The forged "newest backup for ever": every time it carries is checked.
+        assert!(refused(&|r| r.scheduled_time = Some(future)).contains("scheduledTime"));
+        assert!(refused(&|r| r.completion_time = future).contains("in the future"));
+        assert!(
+            refused(&|r| {
+                r.start_time = future;
+                r.completion_time = future;
+                r.scheduled_time = None;
+            })
+            .contains("startTime")
+        );
+        assert!(
+            refused(&|r| {
+                r.verification = Some(VerificationRecord {
+                    version: RECORD_VERSION,
+                    backup: NAME.into(),
+                    request: "x".into(),
+                    mode: VerificationMode::Artifact,
+                    phase: VerificationPhase::Passed,
+                    completion_time: future,
+                    reason: "Passed".into(),
+                    message: String::new(),
+                })
+            })
+            .contains("verification.completionTime")
+        );
+        assert!(
+            refused(&|r| r.completion_time = "2026-11-28T01:00:00Z".parse().unwrap())
+                .contains("before its startTime")
+        );
+        assert!(
+            refused(&|r| r.scheduled_time = Some("2026-11-28T02:30:00Z".parse().unwrap()))
+                .contains("after its startTime")
+        );
+        // Within the clock skew of two clusters is not the future.
+        let mut close = good.clone();
+        close.completion_time = "2026-11-28T03:04:00Z".parse().unwrap();
+        assert!(close.status("shop", NAME, "s3", now).is_ok());
+        // The size and class of the PVC a restore creates.
+        for bad in [
+            "",
+            "10 Gi",
+            "-1Gi",
+            "0",
+            "1Qi",
+            "1e9",
+            "10Gi\n",
+            "99999999999999999999",
+        ] {
+            let message = refused(&|r| r.volumes[0].capacity = Some(bad.into()));
+            assert!(message.contains("not a storage size"), "{bad:?}: {message}");
+        }
+        for good_size in ["10Gi", "500M", "1073741824", "2Ti"] {
+            assert!(is_storage_size(good_size), "{good_size}");
+        }
+        let message = refused(&|r| r.volumes[0].storage_class_name = Some("Fast/../x".into()));
+        assert!(message.contains("storage class"), "{message}");
     }
 
     #[test]

@@ -49,9 +49,11 @@ pub struct RestoreSpec {
     pub allow_in_use: bool,
     /// The backup comes from a volume whose owner must not gain the target's privileges (another
     /// team's volume, a backup of unknown origin): device nodes are not created and
-    /// setuid/setgid bits are cleared. Off by default, which restores everything as it was.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub untrusted: bool,
+    /// setuid/setgid bits are cleared. By default a backup imported from a repository is
+    /// restored untrusted (whoever could write into the repository chose its contents) and any
+    /// other backup as it was; `false` restores an imported one as it was too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untrusted: Option<bool>,
     /// How long the restore may wait, from its creation, for what it needs to appear or become
     /// ready (its Backup, the repository, the target PVC's binding) before it fails with the
     /// reason (default 600). A Backup that exists and is still running is waited for without

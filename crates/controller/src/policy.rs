@@ -24,6 +24,13 @@ use std::time::Duration;
 /// What the policy reads of one of its Backups.
 pub fn summarize(backup: &Backup) -> BackupSummary {
     let status = backup.status.as_ref();
+    let imported = crate::backup::imported(backup);
+    // An imported Backup was made when the backup started, in the cluster that made it.
+    let created = status
+        .filter(|_| imported)
+        .and_then(|s| s.start_time.as_ref())
+        .or(backup.metadata.creation_timestamp.as_ref())
+        .map(|t| t.0);
     let verification = status.and_then(|s| s.verification.as_ref());
     let checked_at = verification
         .filter(|v| v.phase != VerificationPhase::Running)
@@ -35,13 +42,9 @@ pub fn summarize(backup: &Backup) -> BackupSummary {
         scheduled_time: backup
             .annotations()
             .get(labels::SCHEDULED_TIME)
-            .and_then(|t| t.parse::<Timestamp>().ok()),
-        // An imported Backup was made when the backup started, in the cluster that made it.
-        created: status
-            .filter(|_| crate::backup::imported(backup))
-            .and_then(|s| s.start_time.as_ref())
-            .or(backup.metadata.creation_timestamp.as_ref())
-            .map(|t| t.0),
+            .and_then(|t| t.parse::<Timestamp>().ok())
+            .filter(|at| plausibly_scheduled(*at, created)),
+        created,
         completion_time: status.and_then(|s| s.completion_time.as_ref()).map(|t| t.0),
         deleting: backup.metadata.deletion_timestamp.is_some(),
         total_bytes: status.and_then(|s| s.total_bytes),
@@ -53,7 +56,18 @@ pub fn summarize(backup: &Backup) -> BackupSummary {
         passed_at: checked_at
             .filter(|_| verification.is_some_and(|v| v.phase == VerificationPhase::Passed)),
         verifying: backup.verification_request().is_some(),
+        imported,
     }
+}
+
+/// Whether a Backup made at `created` can stand for the cron time `at`: a policy makes its
+/// Backup at or after the time, never before. The annotation is anyone's to write who may
+/// create Backups; a time beyond the creation (2099, say) would keep that Backup "the newest"
+/// for ever and let retention expire the genuine ones, so it is not believed (the Backup then
+/// counts by when it was made).
+fn plausibly_scheduled(at: Timestamp, created: Option<Timestamp>) -> bool {
+    let skew = jiff::SignedDuration::from_secs(backstop_api::record::CLOCK_SKEW_SECONDS);
+    created.is_some_and(|made| made.checked_add(skew).is_ok_and(|latest| at <= latest))
 }
 
 fn scheduled_backup(policy: &BackupPolicy, at: Timestamp) -> Backup {
@@ -836,6 +850,28 @@ mod tests {
     use super::*;
     use crate::fixtures::{self, at, scheduled};
     use backstop_api::BackupPhase::{Completed, Failed, Running};
+
+    #[test]
+    fn a_scheduled_time_after_the_backups_creation_is_not_believed() {
+        let policy = fixtures::policy("nightly", "0 2 * * *", None);
+        let genuine = scheduled(&policy, "02:00", Completed);
+        assert_eq!(summarize(&genuine).scheduled_time, Some(at("02:00")));
+        // Made at 02:00 by hand, claiming to stand for 2099: it counts as made at 02:00.
+        let mut forged = genuine.as_ref().clone();
+        forged.metadata.name = Some("forged".into());
+        forged
+            .annotations_mut()
+            .insert(labels::SCHEDULED_TIME.into(), "2099-01-01T02:00:00Z".into());
+        let summary = summarize(&forged);
+        assert_eq!(summary.scheduled_time, None);
+        assert_eq!(summary.created, Some(at("02:00")));
+        assert!(!summary.imported);
+        // A catch-up run is made after its time, and a clock a little ahead is tolerated.
+        forged
+            .annotations_mut()
+            .insert(labels::SCHEDULED_TIME.into(), at("02:04").to_string());
+        assert_eq!(summarize(&forged).scheduled_time, Some(at("02:04")));
+    }
 
     fn ready(now: &str, backups: Vec<Arc<Backup>>) -> Observed {
         Observed {

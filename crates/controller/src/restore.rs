@@ -11,10 +11,11 @@ use crate::{Context, Error, events, metrics, now, repository, waiting};
 use backstop_api::condition::{self, ConditionType, Invalid};
 use backstop_api::contract::{self, Reason, RestoreResult};
 use backstop_api::restore::source_volume;
-use backstop_api::strategy::{CommandContainer, CommandStrategy};
+use backstop_api::strategy::CommandContainer;
 use backstop_api::waiting::{Refusal, Verdict, WaitingFor};
 use backstop_api::{
-    Backup, BackupPhase, BackupPolicy, BackupRepository, Restore, RestoreStatus, labels, naming,
+    Backup, BackupPhase, BackupPolicy, BackupRepository, BackupSpec, Restore, RestoreStatus,
+    labels, naming,
 };
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
@@ -41,6 +42,8 @@ struct Plan {
     policy: Option<String>,
     /// For a command backup's stream: the command that reads it.
     command: Option<CommandContainer>,
+    /// No device nodes, no set-id bits: the Restore says so, or the backup was imported.
+    untrusted: bool,
 }
 
 async fn reconcile(restore: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -74,7 +77,8 @@ async fn validate(ctx: &Context, restore: &Restore) -> Result<Result<Plan, Refus
         Ok(backup) => backup,
         Err(refusal) => return Ok(Err(refusal)),
     };
-    let status = backup.status.unwrap_or_default();
+    let imported = crate::backup::imported(&backup);
+    let status = backup.status.clone().unwrap_or_default();
     let volumes: Vec<String> = status
         .volumes
         .iter()
@@ -99,8 +103,7 @@ async fn validate(ctx: &Context, restore: &Restore) -> Result<Result<Plan, Refus
         Some(name) => ctx.policy(&namespace, name).await?,
         None => None,
     };
-    let recorded = status.strategy.as_ref().and_then(|s| s.command.as_ref());
-    let command = match restore_command(restore, stream, policy.as_deref(), recorded) {
+    let command = match restore_command(restore, stream, policy.as_deref(), &backup.spec) {
         Ok(command) => command,
         Err(invalid) => return Ok(Err(invalid.into())),
     };
@@ -112,16 +115,19 @@ async fn validate(ctx: &Context, restore: &Restore) -> Result<Result<Plan, Refus
         repository,
         policy: backup.spec.policy_ref.clone(),
         command,
+        untrusted: restore.spec.untrusted.unwrap_or(imported),
     }))
 }
 
-/// The command a stream is restored with: the Restore's own, else its policy's, else the one
-/// the backup recorded. A volume has none (and needs a target).
+/// The command a stream is restored with: the Restore's own, else the live policy's, else the
+/// one in the Backup's own spec (a hand-made command backup). A volume has none (and needs a
+/// target). The strategy in the Backup's status is never run: an imported Backup's comes from a
+/// record in the repository, which whoever can write there could have planted.
 fn restore_command(
     restore: &Restore,
     stream: bool,
     policy: Option<&BackupPolicy>,
-    recorded: Option<&CommandStrategy>,
+    own: &BackupSpec,
 ) -> Result<Option<CommandContainer>, Invalid> {
     let backup = &restore.spec.backup_name;
     if !stream {
@@ -150,12 +156,15 @@ fn restore_command(
         .command
         .clone()
         .or(policy_command)
-        .or_else(|| recorded.and_then(|c| c.restore.clone()))
+        .or_else(|| {
+            let command = own.strategy.as_ref().and_then(|s| s.command.as_ref());
+            command.and_then(|c| c.restore.clone())
+        })
         .ok_or_else(|| {
             Invalid::new(
                 "NoRestoreCommand",
                 format!(
-                    "Backup {backup:?} holds a command's stream: give the command that reads it on its standard input, in the Restore's spec.command or the policy's strategy.command.restore"
+                    "Backup {backup:?} holds a command's stream: give the command that reads it on its standard input, in the Restore's spec.command or the policy's strategy.command.restore (a command recorded in the repository is never run)"
                 ),
             )
         })?;
@@ -382,7 +391,7 @@ async fn start(ctx: &Context, restore: &Restore, status: RestoreStatus) -> Resul
             artifact_digest: plan.artifact_digest.as_deref(),
             target_pvc: target,
             policy: restore.spec.existing_data_policy,
-            untrusted: restore.spec.untrusted,
+            untrusted: plan.untrusted,
             node: node.as_deref(),
         },
         &crate::backup::mover_config(ctx, &namespace, plan.policy.as_deref()).await?,
@@ -732,23 +741,26 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_is_restored_with_the_restores_command_else_the_policys_else_the_recorded_one() {
+    fn a_stream_is_restored_with_the_restores_command_else_the_policys_else_the_backups_own() {
         let mut restore = Restore::new("back", Default::default());
         let mut policy = fixtures::policy("nightly", "0 2 * * *", None);
-        let with_restore = |program: &str| CommandStrategy {
-            restore: Some(command(program)),
-            ..CommandStrategy::default()
-        };
-        policy.spec.strategy = Some(backstop_api::Strategy {
-            command: Some(with_restore("from-policy")),
+        let with_restore = |program: &str| backstop_api::Strategy {
+            command: Some(backstop_api::strategy::CommandStrategy {
+                restore: Some(command(program)),
+                ..Default::default()
+            }),
             ..Default::default()
-        });
-        let recorded = with_restore("recorded");
+        };
+        policy.spec.strategy = Some(with_restore("from-policy"));
+        let hand_made = BackupSpec {
+            strategy: Some(with_restore("from-backup")),
+            ..BackupSpec::default()
+        };
         let chosen = |restore: &Restore, policy: Option<&BackupPolicy>| {
-            restore_command(restore, true, policy, Some(&recorded))
+            restore_command(restore, true, policy, &hand_made)
                 .map(|c| c.map(|c| c.command[0].clone()))
         };
-        assert_eq!(chosen(&restore, None), Ok(Some("recorded".into())));
+        assert_eq!(chosen(&restore, None), Ok(Some("from-backup".into())));
         assert_eq!(
             chosen(&restore, Some(&policy)),
             Ok(Some("from-policy".into()))
@@ -765,20 +777,39 @@ mod tests {
             "{invalid:?}"
         );
         restore.spec.command = None;
-        let none = restore_command(&restore, true, None, None).unwrap_err();
+        let none = restore_command(&restore, true, None, &BackupSpec::default()).unwrap_err();
         assert_eq!(none.reason, "NoRestoreCommand");
+    }
+
+    #[test]
+    fn a_command_recorded_in_the_repository_is_never_run() {
+        // An imported Backup's spec names the policy and nothing else; the strategy the record
+        // claims (image, command and Secrets of the planter's choosing) is only in its status,
+        // which restore_command does not read.
+        let imported = BackupSpec {
+            policy_ref: Some("gone".into()),
+            ..BackupSpec::default()
+        };
+        let restore = Restore::new("back", Default::default());
+        // The policy it names is gone, or has no restore command: nothing is run.
+        for policy in [None, Some(fixtures::policy("gone", "0 2 * * *", None))] {
+            let refused = restore_command(&restore, true, policy.as_ref(), &imported).unwrap_err();
+            assert_eq!(refused.reason, "NoRestoreCommand");
+            assert!(refused.message.contains("never run"), "{refused:?}");
+        }
     }
 
     #[test]
     fn a_volume_needs_a_target_and_takes_no_command() {
         let mut restore = Restore::new("back", Default::default());
-        let missing = restore_command(&restore, false, None, None).unwrap_err();
+        let spec = BackupSpec::default();
+        let missing = restore_command(&restore, false, None, &spec).unwrap_err();
         assert_eq!(missing.reason, "InvalidSpec");
         assert!(missing.message.contains("pvcName"), "{missing:?}");
         restore.spec.target.pvc_name = "db-restored".into();
-        assert_eq!(restore_command(&restore, false, None, None), Ok(None));
+        assert_eq!(restore_command(&restore, false, None, &spec), Ok(None));
         restore.spec.command = Some(command("pg_restore"));
-        let refused = restore_command(&restore, false, None, None).unwrap_err();
+        let refused = restore_command(&restore, false, None, &spec).unwrap_err();
         assert_eq!(refused.reason, "InvalidSpec");
         assert!(refused.message.contains("holds volumes"), "{refused:?}");
     }

@@ -96,8 +96,38 @@ fn bucket(rule: Rule, at: Timestamp, zone: &TimeZone) -> (i32, i32, i32, i32) {
     }
 }
 
-/// Which of `backups` retention removes under `rules`, read in `zone`.
+/// Which of `backups` retention removes under `rules`, read in `zone`. Backups imported from a
+/// repository are judged with the rest, but never cost this cluster's own a place: one of its
+/// own is removed only when the rules would remove it were there no imported backup at all (a
+/// record planted in the repository cannot make retention delete a genuine backup).
 pub fn judge(backups: &[BackupSummary], rules: &Retention, zone: &TimeZone) -> Verdict {
+    let all = judge_all(backups, rules, zone);
+    if !backups.iter().any(|b| b.imported) {
+        return all;
+    }
+    let own: Vec<BackupSummary> = backups.iter().filter(|b| !b.imported).cloned().collect();
+    let alone = judge_all(&own, rules, zone);
+    let mut verdict = Verdict {
+        empty: all.empty,
+        ..Verdict::default()
+    };
+    let imported = |name: &str| backups.iter().any(|b| b.imported && b.name == name);
+    for name in all.expired {
+        if imported(&name) || alone.expired.contains(&name) {
+            verdict.expired.push(name);
+        } else if let Some((_, rules)) = alone.kept.iter().find(|(n, _)| *n == name) {
+            verdict.kept.push((name, rules.clone()));
+        }
+    }
+    verdict.kept.extend(all.kept);
+    let taken_of = |name: &str| backups.iter().find(|b| b.name == name).and_then(taken);
+    verdict
+        .kept
+        .sort_by_key(|(name, _)| std::cmp::Reverse(taken_of(name)));
+    verdict
+}
+
+fn judge_all(backups: &[BackupSummary], rules: &Retention, zone: &TimeZone) -> Verdict {
     // Oldest first, to tell empty backups from the good one before them.
     let mut completed: Vec<&BackupSummary> = backups.iter().filter(|b| counts(b)).collect();
     completed.sort_by(|a, b| {
@@ -242,6 +272,37 @@ mod tests {
         assert_eq!(expired(&backups, Some(2)), vec!["b1", "b2"]);
         assert!(expired(&backups, Some(4)).is_empty());
         assert!(expired(&backups, None).is_empty());
+    }
+
+    #[test]
+    fn imported_backups_never_push_this_clusters_own_out() {
+        let imported = |name: &str, minute| BackupSummary {
+            imported: true,
+            ..backup(name, minute, BackupPhase::Completed)
+        };
+        // Records planted in the repository, newer than every genuine backup.
+        let backups = [
+            backup("b1", 1, BackupPhase::Completed),
+            backup("b2", 2, BackupPhase::Completed),
+            backup("b3", 3, BackupPhase::Completed),
+            imported("f10", 10),
+            imported("f11", 11),
+            imported("f12", 12),
+        ];
+        let rules = rules(|r| r.keep_last = Some(2));
+        let verdict = judge(&backups, &rules, &TimeZone::UTC);
+        assert_eq!(verdict.expired, vec!["b1", "f10"]);
+        assert_eq!(kept_names(&verdict), vec!["b2", "b3", "f11", "f12"]);
+        let b3 = verdict.kept.iter().find(|(n, _)| n == "b3").unwrap();
+        assert_eq!(b3.1, vec![Rule::Last]);
+        // Imported backups older than this cluster's age out as the rules say.
+        let older = [
+            imported("i1", 1),
+            imported("i2", 2),
+            backup("b3", 3, BackupPhase::Completed),
+            backup("b4", 4, BackupPhase::Completed),
+        ];
+        assert_eq!(expired(&older, Some(2)), vec!["i1", "i2"]);
     }
 
     #[test]

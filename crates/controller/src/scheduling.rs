@@ -27,6 +27,9 @@ pub struct BackupSummary {
     pub passed_at: Option<Timestamp>,
     /// A verification was asked for and has not finished.
     pub verifying: bool,
+    /// A repository's sync made it from a record: retention never lets it push out a backup
+    /// this cluster made.
+    pub imported: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

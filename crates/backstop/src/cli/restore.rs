@@ -4,6 +4,7 @@
 use super::backups::parse_duration;
 use super::wait::{Progress, reason, until_finished};
 use super::{Output, Target, connect, not_found, print_structured};
+use backstop_api::condition::{self, ConditionType};
 use backstop_api::{
     Backup, BackupPhase, ExistingDataPolicy, Restore, RestoreSpec, RestoreStatus, RestoreTarget,
 };
@@ -52,12 +53,13 @@ fn parse_existing_data(text: &str) -> Result<ExistingDataPolicy, String> {
         .map_err(|_| format!("{text} is not one of FailIfNotEmpty, Overwrite, Merge"))
 }
 
-/// The newest Completed backup (not being deleted) whose volume `pvc` completed, optionally of
-/// one policy: by completion time, then creation, then name.
+/// The newest Completed backup (not being deleted, not failed at verification) whose volume
+/// `pvc` completed, optionally of one policy: by completion time, then creation, then name.
 fn latest_with<'a>(backups: &'a [Backup], pvc: &str, policy: Option<&str>) -> Option<&'a Backup> {
     backups
         .iter()
         .filter(|b| b.phase() == BackupPhase::Completed && b.metadata.deletion_timestamp.is_none())
+        .filter(|b| !failed_verification(b))
         .filter(|b| policy.is_none() || b.spec.policy_ref.as_deref() == policy)
         .filter(|b| {
             b.status
@@ -75,6 +77,15 @@ fn latest_with<'a>(backups: &'a [Backup], pvc: &str, policy: Option<&str>) -> Op
                 b.name_any(),
             )
         })
+}
+
+/// Whether the backup's latest verification found it unsound (`Verified=False`).
+fn failed_verification(backup: &Backup) -> bool {
+    backup
+        .status
+        .as_ref()
+        .and_then(|s| condition::find(&s.conditions, ConditionType::Verified))
+        .is_some_and(|c| c.status == "False")
 }
 
 impl RestoreArgs {
@@ -122,7 +133,7 @@ impl RestoreArgs {
                     .map(ResourceExt::name_any)
                     .ok_or_else(|| {
                         anyhow::anyhow!(
-                            "no Completed backup{of} in namespace {namespace} holds volume {}",
+                            "no Completed backup{of} that did not fail verification in namespace {namespace} holds volume {}",
                             self.pvc
                         )
                     })?
@@ -218,6 +229,23 @@ mod tests {
             Some("without-it")
         );
         assert_eq!(name(latest_with(&backups, "cache", None)), None);
+        // A newer backup that failed its verification is passed over.
+        let mut unsound = backup("unsound", "p", 600, Completed, &[("data", Completed)]);
+        let status = unsound.status.get_or_insert_with(Default::default);
+        condition::set(
+            &mut status.conditions,
+            ConditionType::Verified,
+            false,
+            "DigestMismatch",
+            "the artifact does not match",
+            None,
+            at(700),
+        );
+        let with_unsound: Vec<Backup> = backups.iter().cloned().chain([unsound]).collect();
+        assert_eq!(
+            name(latest_with(&with_unsound, "data", Some("p"))).as_deref(),
+            Some("good")
+        );
         assert_eq!(name(latest_with(&backups, "data", Some("none"))), None);
     }
 
@@ -314,7 +342,7 @@ mod tests {
         assert_eq!(spec.target.pvc_name, "copy");
         assert_eq!(spec.target.storage_class_name.as_deref(), Some("fast"));
         assert_eq!(spec.existing_data_policy, ExistingDataPolicy::Merge);
-        assert!(!spec.allow_in_use && !spec.untrusted);
+        assert!(!spec.allow_in_use && spec.untrusted.is_none());
         // One of --latest and --backup is required.
         assert!(Cli::try_parse_from(["restore", "data", "--to", "copy"]).is_err());
         assert!(
