@@ -669,6 +669,9 @@ pub struct Synced {
     pub present: u64,
     /// Backups created.
     pub imported: u64,
+    /// Whole backups left for the next sync (one sync creates at most `MAX_IMPORTS`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deferred: u64,
     /// Objects or backups that are not whole Backstop backups of the namespace, left alone.
     pub skipped: u64,
     /// The first few of them, each with why (bounded: the result must fit a termination
@@ -678,6 +681,10 @@ pub struct Synced {
     /// Seconds the sync took.
     pub seconds: f64,
 }
+
+/// The most Backups one sync creates: a repository holding more (or a writer planting many)
+/// is imported over several syncs, and no sync's memory or API traffic grows without bound.
+pub const MAX_IMPORTS: usize = 1000;
 
 /// What a prune reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 //! pod's identity may create and list Backups in that namespace and nothing else; the operator
 //! checks each record before it writes the Backup's status from it.
 
-use backstop_api::contract::{Reason, Synced};
+use backstop_api::contract::{self, Reason, Synced};
 use backstop_api::record::ImportRecord;
 use backstop_api::{Backup, BackupSpec, labels, naming};
 use backstop_mover::catalog;
@@ -118,16 +118,18 @@ pub fn sync(store: Arc<dyn Repository>, req: &SyncRequest<'_>) -> Result<Synced,
         }
     }
     let mut missing = Vec::new();
+    let now = jiff::Timestamp::now();
     for (name, record) in &found.missing {
-        match imported(req, name, record) {
-            Some(backup) => missing.push(backup),
-            None => found
-                .skipped
-                .push((format!("backup {name:?}"), "not a valid Backup name".into())),
+        match imported(req, name, record, now) {
+            Ok(backup) => missing.push(backup),
+            Err(why) => found.skipped.push((format!("backup {name:?}"), why)),
         }
     }
+    let whole = missing.len() as u64;
+    missing.truncate(contract::MAX_IMPORTS);
     let mut synced = Synced {
-        backups: found.present + missing.len() as u64,
+        backups: found.present + whole,
+        deferred: whole - missing.len() as u64,
         present: found.present,
         skipped: found.skipped.len() as u64,
         skipped_objects: found
@@ -138,25 +140,39 @@ pub fn sync(store: Arc<dyn Repository>, req: &SyncRequest<'_>) -> Result<Synced,
             .collect(),
         ..Synced::default()
     };
-    let created: Vec<Result<bool, kube::Error>> = runtime.block_on(
+    let created: Vec<(String, Result<Created, kube::Error>)> = runtime.block_on(
         futures::stream::iter(missing)
             .map(|backup| {
                 let api = api.clone();
                 async move {
-                    match api.create(&PostParams::default(), &backup).await {
-                        Ok(_) => Ok(true),
-                        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                    let name = backup.metadata.name.clone().unwrap_or_default();
+                    let outcome = match api.create(&PostParams::default(), &backup).await {
+                        Ok(_) => Ok(Created::Imported),
+                        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Created::Present),
+                        // The API server refused this object (invalid, too large): skip it.
+                        Err(kube::Error::Api(s)) if matches!(s.code, 400 | 413 | 422) => {
+                            Ok(Created::Refused(s.message))
+                        }
                         Err(e) => Err(e),
-                    }
+                    };
+                    (name, outcome)
                 }
             })
             .buffer_unordered(CREATING)
             .collect(),
     );
-    for outcome in created {
+    for (name, outcome) in created {
         match outcome {
-            Ok(true) => synced.imported += 1,
-            Ok(false) => synced.present += 1,
+            Ok(Created::Imported) => synced.imported += 1,
+            Ok(Created::Present) => synced.present += 1,
+            Ok(Created::Refused(why)) => {
+                synced.skipped += 1;
+                if synced.skipped_objects.len() < NAMED {
+                    let what = format!("backup {name:?}: the API server refused it: {why}");
+                    let what = backstop_api::condition::truncate(what, 240);
+                    synced.skipped_objects.push(what);
+                }
+            }
             Err(e) => {
                 return Err((
                     Reason::ImportRefused,
@@ -188,15 +204,51 @@ async fn present(api: &Api<Backup>) -> Result<BTreeSet<String>, kube::Error> {
         .collect())
 }
 
+/// What became of one Backup the sync created.
+enum Created {
+    Imported,
+    /// It existed already (made since the listing).
+    Present,
+    /// The API server refused it, saying why.
+    Refused(String),
+}
+
 enum Listed {
     Tar(catalog::Listing),
     Restic(BTreeMap<String, Result<ImportRecord, String>>),
 }
 
-/// The Backup that stands for `record` (`None` when its name cannot be a Backup's).
-fn imported(req: &SyncRequest<'_>, name: &str, record: &ImportRecord) -> Option<Backup> {
+/// The most a record may take as annotation text (the API server refuses an object whose
+/// annotations together pass 256 KiB; a genuine record of a few volumes is a few KiB).
+const MAX_RECORD_TEXT: usize = 64 * 1024;
+
+/// The Backup that stands for `record`, or why there can be none: its name, its policy's name,
+/// its times (see `ImportRecord::check_times`) or its size. Refused here, a bad record is
+/// skipped and named; it never fails the sync nor the creation of the others.
+fn imported(
+    req: &SyncRequest<'_>,
+    name: &str,
+    record: &ImportRecord,
+    now: jiff::Timestamp,
+) -> Result<Backup, String> {
     if !naming::is_dns_subdomain(name) {
-        return None;
+        return Err("not a valid Backup name".into());
+    }
+    if let Some(policy) = record.policy.as_deref()
+        && !naming::is_dns_subdomain(policy)
+    {
+        return Err(format!(
+            "policy {policy:?} is not a valid BackupPolicy name"
+        ));
+    }
+    record.check_times(now)?;
+    let text = serde_json::to_string(record).map_err(|e| format!("record not writable: {e}"))?;
+    if text.len() > MAX_RECORD_TEXT {
+        return Err(format!(
+            "record of {} KiB: a Backup carries at most {} KiB",
+            text.len() / 1024,
+            MAX_RECORD_TEXT / 1024
+        ));
     }
     let mut object_labels = BTreeMap::from([
         (labels::IMPORTED.to_string(), "true".to_string()),
@@ -209,14 +261,11 @@ fn imported(req: &SyncRequest<'_>, name: &str, record: &ImportRecord) -> Option<
     if let Some(policy) = &record.policy {
         object_labels.insert(labels::POLICY.to_string(), naming::label_value(policy));
     }
-    let mut annotations = BTreeMap::from([(
-        labels::IMPORT_RECORD.to_string(),
-        serde_json::to_string(record).ok()?,
-    )]);
+    let mut annotations = BTreeMap::from([(labels::IMPORT_RECORD.to_string(), text)]);
     if let Some(at) = record.scheduled_time {
         annotations.insert(labels::SCHEDULED_TIME.to_string(), at.to_string());
     }
-    Some(Backup {
+    Ok(Backup {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             namespace: Some(req.namespace.to_string()),
@@ -236,6 +285,79 @@ fn imported(req: &SyncRequest<'_>, name: &str, record: &ImportRecord) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use backstop_api::contract::BackupResult;
+    use kube::ResourceExt;
+
+    fn record(policy: Option<&str>, started: &str) -> ImportRecord {
+        let start_time: jiff::Timestamp = started.parse().unwrap();
+        ImportRecord {
+            version: backstop_api::record::RECORD_VERSION,
+            backup: "nightly-1".into(),
+            policy: policy.map(str::to_string),
+            scheduled_time: None,
+            start_time,
+            completion_time: start_time,
+            strategy: None,
+            volumes: vec![backstop_api::record::ImportedVolume {
+                capacity: None,
+                storage_class_name: None,
+                stream: false,
+                result: BackupResult {
+                    pvc: "db".into(),
+                    artifact: "shop/nightly-1/db.tar.zst".into(),
+                    bytes: 1,
+                    digest: "0".repeat(64),
+                    files: 1,
+                    source_bytes: 1,
+                    changed_while_reading: 0,
+                    changed_files: Vec::new(),
+                    restic: None,
+                },
+            }],
+            verification: None,
+        }
+    }
+
+    #[test]
+    fn a_record_that_cannot_make_a_sound_backup_is_skipped_with_its_reason() {
+        let req = SyncRequest {
+            namespace: "shop",
+            repository: "nfs",
+            restic: None,
+            password: "",
+        };
+        let now: jiff::Timestamp = "2026-12-07T12:00:00Z".parse().unwrap();
+        let good = imported(
+            &req,
+            "nightly-1",
+            &record(Some("nightly"), "2026-12-07T02:00:00Z"),
+            now,
+        )
+        .expect("a sound record is imported");
+        assert_eq!(
+            good.labels().get(labels::POLICY).map(String::as_str),
+            Some("nightly")
+        );
+        assert_eq!(
+            good.labels().get(labels::IMPORTED).map(String::as_str),
+            Some("true")
+        );
+        let refused =
+            |name: &str, record: &ImportRecord| imported(&req, name, record, now).unwrap_err();
+        assert!(
+            refused("Nightly 1", &record(None, "2026-12-07T02:00:00Z")).contains("Backup name")
+        );
+        // A policy name that is no label value made every later sync fail.
+        let bad_policy = record(Some("nightly/../../x"), "2026-12-07T02:00:00Z");
+        assert!(refused("nightly-1", &bad_policy).contains("not a valid BackupPolicy name"));
+        assert!(
+            refused("nightly-1", &record(None, "2099-01-01T00:00:00Z")).contains("in the future")
+        );
+        // A record too large for an annotation (the API server refuses past 256 KiB).
+        let mut huge = record(None, "2026-12-07T02:00:00Z");
+        huge.volumes[0].result.changed_files = vec!["x".repeat(1024); 100];
+        assert!(refused("nightly-1", &huge).contains("at most 64 KiB"));
+    }
 
     #[tokio::test]
     async fn present_backups_are_listed_once_from_the_watch_cache() {

@@ -164,6 +164,15 @@ async fn start(
         Err(refusal) => return Ok(Err(refused(ctx, backup, status, refusal).await?)),
     };
     let command = resolved.strategy.as_ref().and_then(|s| s.command.as_ref());
+    if let Some(command) = command {
+        let namespace = backup.namespace().unwrap_or_default();
+        let field = "strategy.command";
+        if let Some(why) =
+            crate::secrets::command_refusal(ctx, &namespace, &command.container, field).await?
+        {
+            return Ok(Err(refused(ctx, backup, status, why.into()).await?));
+        }
+    }
     let pvcs = match &resolved.selector {
         Some(selector) => match select_volumes(ctx, backup, &resolved, selector).await? {
             Ok(p) => p,

@@ -16,16 +16,19 @@ use backstop_api::strategy::{Quiesce, Workload, WorkloadKind};
 use backstop_api::{Backup, BackupStatus, naming};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
-use std::collections::BTreeMap;
 
 /// The annotation on a held workload: the Backup holding it.
 pub const HELD_BY: &str = "backstop.dev/quiesced-by";
 /// The annotation on a held workload: the replicas it had.
 pub const HELD_REPLICAS: &str = "backstop.dev/quiesced-replicas";
+/// The label a workload needs before a backup may scale it down (value `true`), set by its
+/// owner: whoever may create a Backup or a policy could otherwise stop any application of the
+/// namespace.
+pub const OPT_IN_LABEL: &str = "backstop.dev/quiesce";
 /// How often a quiescing backup looks at the application's pods.
 pub const POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -38,6 +41,8 @@ pub struct Seen {
     pub held_by: Option<String>,
     /// Its pods, terminating ones included (they may still write).
     pub pods: usize,
+    /// It carries `OPT_IN_LABEL=true`.
+    pub opted_in: bool,
 }
 
 /// What to do on this pass while the application is being stopped.
@@ -72,6 +77,16 @@ pub fn hold(
         Some(_) if seen.replicas == 0 && seen.pods == 0 => return Hold::Stopped,
         Some(_) if seen.replicas == 0 => {
             format!("{} pod(s) of {what} are still stopping", seen.pods)
+        }
+        _ if !seen.opted_in => {
+            return Hold::Fail(Invalid::new(
+                "QuiesceNotAllowed",
+                format!(
+                    "{what} (strategy.quiesce.scaleDown) is not labelled {OPT_IN_LABEL}=true: Backstop scales down only workloads their owners opted in (kubectl label {} {} {OPT_IN_LABEL}=true); nothing was stopped",
+                    record.kind.as_str().to_lowercase(),
+                    record.name
+                ),
+            ));
         }
         _ => return Hold::ScaleDown,
     };
@@ -114,27 +129,40 @@ pub fn release(record: &QuiesceRecord, seen: Option<&Seen>, me: &str) -> Release
     }
 }
 
-/// The workload's `spec.replicas`, selector and annotations, if it exists.
+/// What `look` reads of a workload.
+struct Looked {
+    replicas: i32,
+    selector: Option<LabelSelector>,
+    meta: ObjectMeta,
+}
+
+/// The workload's `spec.replicas`, selector and metadata, if it exists.
 async fn look(
     ctx: &Context,
     namespace: &str,
     workload: &Workload,
-) -> Result<Option<(i32, Option<LabelSelector>, BTreeMap<String, String>)>, Error> {
+) -> Result<Option<Looked>, Error> {
     Ok(match workload.kind {
         WorkloadKind::Deployment => {
             let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
             api.get_opt(&workload.name).await?.map(|d| {
                 let spec = d.spec.unwrap_or_default();
-                let annotations = d.metadata.annotations.unwrap_or_default();
-                (spec.replicas.unwrap_or(1), Some(spec.selector), annotations)
+                Looked {
+                    replicas: spec.replicas.unwrap_or(1),
+                    selector: Some(spec.selector),
+                    meta: d.metadata,
+                }
             })
         }
         WorkloadKind::StatefulSet => {
             let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), namespace);
             api.get_opt(&workload.name).await?.map(|s| {
                 let spec = s.spec.unwrap_or_default();
-                let annotations = s.metadata.annotations.unwrap_or_default();
-                (spec.replicas.unwrap_or(1), Some(spec.selector), annotations)
+                Looked {
+                    replicas: spec.replicas.unwrap_or(1),
+                    selector: Some(spec.selector),
+                    meta: s.metadata,
+                }
             })
         }
     })
@@ -143,10 +171,10 @@ async fn look(
 /// The workload now, with its pods counted (fresh from the API server, not a cache: "gone"
 /// must be true).
 async fn seen(ctx: &Context, namespace: &str, workload: &Workload) -> Result<Option<Seen>, Error> {
-    let Some((replicas, selector, annotations)) = look(ctx, namespace, workload).await? else {
+    let Some(looked) = look(ctx, namespace, workload).await? else {
         return Ok(None);
     };
-    let pods = match selector.as_ref().map(naming::selector_string) {
+    let pods = match looked.selector.as_ref().map(naming::selector_string) {
         Some(Ok(selector)) if !selector.is_empty() => {
             let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
             api.list(&ListParams::default().labels(&selector))
@@ -157,10 +185,17 @@ async fn seen(ctx: &Context, namespace: &str, workload: &Workload) -> Result<Opt
         // A workload without a usable selector has no pods Backstop can count: none.
         _ => 0,
     };
+    let labels = looked.meta.labels.unwrap_or_default();
     Ok(Some(Seen {
-        replicas,
-        held_by: annotations.get(HELD_BY).cloned(),
+        replicas: looked.replicas,
+        held_by: looked
+            .meta
+            .annotations
+            .unwrap_or_default()
+            .get(HELD_BY)
+            .cloned(),
         pods,
+        opted_in: labels.get(OPT_IN_LABEL).map(String::as_str) == Some("true"),
     }))
 }
 
@@ -216,8 +251,12 @@ pub async fn hold_on(
             replicas: seen.as_ref().map_or(0, |s| s.replicas),
             ..QuiesceRecord::default()
         };
-        if seen.as_ref().is_none_or(|s| s.held_by.is_some()) {
-            // Absent, or held by another backup (whose zero is not the original count).
+        if seen
+            .as_ref()
+            .is_none_or(|s| s.held_by.is_some() || !s.opted_in)
+        {
+            // Absent, held by another backup (whose zero is not the original count), or not
+            // to be stopped by Backstop at all.
             let timeout = quiesce.timeout_seconds();
             return Ok(match hold(&fresh, seen.as_ref(), &me, elapsed, timeout) {
                 Hold::Fail(why) => Held::Failed(why),
@@ -362,6 +401,28 @@ mod tests {
             replicas,
             held_by: held_by.map(str::to_string),
             pods,
+            opted_in: true,
+        }
+    }
+
+    #[test]
+    fn only_a_workload_its_owner_opted_in_is_scaled_down() {
+        let r = record(3);
+        let not_labelled = Seen {
+            opted_in: false,
+            ..seen(3, None, 3)
+        };
+        match hold(&r, Some(&not_labelled), "nightly-1", 0, 300) {
+            Hold::Fail(why) => {
+                assert_eq!(why.reason, "QuiesceNotAllowed");
+                assert!(
+                    why.message
+                        .contains("kubectl label statefulset db backstop.dev/quiesce=true"),
+                    "{}",
+                    why.message
+                );
+            }
+            other => panic!("scaled a workload nobody opted in: {other:?}"),
         }
     }
 

@@ -107,6 +107,16 @@ async fn validate(ctx: &Context, restore: &Restore) -> Result<Result<Plan, Refus
         Ok(command) => command,
         Err(invalid) => return Ok(Err(invalid.into())),
     };
+    if let Some(command) = &command {
+        let field = if restore.spec.command.is_some() {
+            "spec.command"
+        } else {
+            "strategy.command.restore"
+        };
+        if let Some(why) = crate::secrets::command_refusal(ctx, &namespace, command, field).await? {
+            return Ok(Err(why.into()));
+        }
+    }
     Ok(Ok(Plan {
         source_pvc,
         manifest,

@@ -5,9 +5,15 @@
 //! endpoint at their own server. So a Secret is only ever handed to a mover pod when it carries
 //! the label `backstop.dev/credentials: "true"`, which its owner sets. The operator reads only
 //! the Secret's metadata (a metadata-only request), never its data.
+//!
+//! The same holds for the command strategy: a command container (a policy's or a Backup's
+//! `strategy.command`, its `restore`, a Restore's `spec.command`) runs an image of its writer's
+//! choosing with open egress, so every Secret its environment names (`secretKeyRef`) must be
+//! opted in, or the backup or restore is refused before any Job exists.
 
 use backstop_api::BackupRepository;
 use backstop_api::condition::Invalid;
+use backstop_api::strategy::CommandContainer;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
@@ -37,12 +43,51 @@ pub async fn refusal(
         .password_secret_ref
         .iter()
         .map(|p| ("spec.passwordSecretRef", &p.name));
-    let named: Vec<_> = s3.chain(password).collect();
+    let named: Vec<(String, &str)> = s3
+        .chain(password)
+        .map(|(field, name)| (field.to_string(), name.as_str()))
+        .collect();
+    check(ctx, &repo.namespace().unwrap_or_default(), named).await
+}
+
+/// The Secrets `container` (written at `field`) takes into its environment, with where each is
+/// named.
+pub fn named_by<'a>(container: &'a CommandContainer, field: &str) -> Vec<(String, &'a str)> {
+    container
+        .env
+        .iter()
+        .enumerate()
+        .filter_map(|(i, var)| {
+            let secret = var.value_from.as_ref()?.secret_key_ref.as_ref()?;
+            Some((
+                format!("{field}.env[{i}] {}", var.name),
+                secret.name.as_str(),
+            ))
+        })
+        .collect()
+}
+
+/// Why the command `container` (written at `field`) may not run in `namespace` with the
+/// Secrets its environment names, if it may not.
+pub async fn command_refusal(
+    ctx: &crate::Context,
+    namespace: &str,
+    container: &CommandContainer,
+    field: &str,
+) -> Result<Option<Invalid>, kube::Error> {
+    check(ctx, namespace, named_by(container, field)).await
+}
+
+/// The first refusal among the Secrets `named` (field, name) in `namespace`.
+async fn check(
+    ctx: &crate::Context,
+    namespace: &str,
+    named: Vec<(String, &str)>,
+) -> Result<Option<Invalid>, kube::Error> {
     if named.is_empty() {
         return Ok(None);
     }
-    let namespace = repo.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     for (field, name) in named {
         let labels = match secrets.get_metadata(name).await {
             Ok(meta) => meta.metadata.labels.unwrap_or_default(),
@@ -54,7 +99,7 @@ pub async fn refusal(
             }
             Err(e) => return Err(e),
         };
-        if let Some(why) = not_opted_in(name, field, &labels) {
+        if let Some(why) = not_opted_in(name, &field, &labels) {
             return Ok(Some(why));
         }
     }
@@ -80,6 +125,26 @@ pub fn not_opted_in(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_secret_a_command_takes_into_its_environment_is_named() {
+        let container: CommandContainer = serde_json::from_value(serde_json::json!({
+            "image": "pg:15", "command": ["pg_dump"],
+            "env": [{"name": "PGHOST", "value": "db"},
+                    {"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}},
+                    {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "cloud", "key": "token"}}}]
+        }))
+        .unwrap();
+        assert_eq!(
+            named_by(&container, "spec.command"),
+            vec![
+                ("spec.command.env[1] PGPASSWORD".to_string(), "db"),
+                ("spec.command.env[3] TOKEN".to_string(), "cloud"),
+            ]
+        );
+        assert!(named_by(&CommandContainer::default(), "x").is_empty());
+    }
 
     #[test]
     fn only_secrets_labelled_for_backstop_may_be_used() {

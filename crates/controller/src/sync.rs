@@ -121,9 +121,16 @@ pub fn finished(synced: Result<Synced, Invalid>, at: Timestamp, last: &SyncStatu
                 "{} backups of this namespace in the repository: {} imported now, {} already had their Backup ({:.1} s)",
                 s.backups, s.imported, s.present, s.seconds
             );
+            if s.deferred > 0 {
+                message.push_str(&format!(
+                    "; {} left for the next sync (at most {} are imported a sync)",
+                    s.deferred,
+                    backstop_api::contract::MAX_IMPORTS
+                ));
+            }
             if s.skipped > 0 {
                 message.push_str(&format!(
-                    "; {} objects skipped (not whole backups of this namespace): {}",
+                    "; {} objects skipped (not whole, valid backups of this namespace): {}",
                     s.skipped,
                     s.skipped_objects.join("; ")
                 ));
