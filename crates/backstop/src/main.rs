@@ -57,7 +57,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("backstop: {err:#}");
+            // Errors carry statuses and records: no terminal escapes from them.
+            eprintln!("backstop: {}", cli::format::printable(&format!("{err:#}")));
             // In a pod, say why in the termination message too (pod logs may be out of reach),
             // unless the command already reported there (the mover's JSON result).
             let log = std::path::Path::new(backstop_api::contract::TERMINATION_LOG);

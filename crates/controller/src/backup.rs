@@ -76,13 +76,13 @@ async fn apply(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
     if let Err(invalid) = backup.spec.validate() {
-        return fail(
-            ctx,
-            backup,
-            backup.status.clone().unwrap_or_default(),
-            invalid,
-        )
-        .await;
+        let status = backup.status.clone().unwrap_or_default();
+        if status.volumes.is_empty() {
+            return fail(ctx, backup, status, invalid).await;
+        }
+        // Started (a spec edited while it runs): its snapshots, temporary volumes and a
+        // stopped application are given back like at any other end.
+        return abandon(ctx, backup, status, invalid).await;
     }
     let mut status = backup.status.clone().unwrap_or_default();
     status.observed_generation = backup.meta().generation;
@@ -470,13 +470,7 @@ async fn progress(
     {
         match quiesce::hold_on(ctx, backup, &mut status, quiesce).await? {
             Held::Waiting => return Ok(Action::requeue(quiesce::POLL)),
-            Held::Failed(why) => {
-                let at = now();
-                for volume in status.volumes.iter_mut().filter(|v| !v.phase.is_terminal()) {
-                    record(volume, Step::Failed(why.clone()), at);
-                }
-                return finish(ctx, backup, status).await;
-            }
+            Held::Failed(why) => return abandon(ctx, backup, status, why).await,
             Held::Stopped => {
                 crate::patch_status(&ctx.client, backup, &status, &[]).await?;
                 if let Some(snapshots) = snapshots {
@@ -896,6 +890,20 @@ fn failure(status: &BackupStatus) -> Invalid {
         .find_map(|v| v.reason.clone())
         .unwrap_or_else(|| "VolumeFailed".into());
     Invalid::new(reason, failures.join("; "))
+}
+
+/// Fails every volume not finished yet with `why`, and ends the backup like any other (`finish`).
+async fn abandon(
+    ctx: &Context,
+    backup: &Backup,
+    mut status: BackupStatus,
+    why: Invalid,
+) -> Result<Action, Error> {
+    let at = now();
+    for volume in status.volumes.iter_mut().filter(|v| !v.phase.is_terminal()) {
+        record(volume, Step::Failed(why.clone()), at);
+    }
+    finish(ctx, backup, status).await
 }
 
 async fn finish(ctx: &Context, backup: &Backup, mut status: BackupStatus) -> Result<Action, Error> {

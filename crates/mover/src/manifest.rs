@@ -301,6 +301,11 @@ enum Source<'r> {
     },
 }
 
+/// The most a legacy manifest may hold: it is read whole (about 200 bytes a file, so some
+/// 600,000 files; the mover's memory limit is 1 GiB). A larger object is not one a Backstop
+/// wrote before the streamed manifest replaced it.
+pub const MAX_LEGACY_BYTES: u64 = 128 << 20;
+
 /// The first bytes of a zstd frame.
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
@@ -326,7 +331,15 @@ impl<'r> Reader<'r> {
             return Ok(Self::with(header, source));
         }
         let mut data = Vec::new();
-        read.read_to_end(&mut data).map_err(ManifestError::Read)?;
+        read.take(MAX_LEGACY_BYTES + 1)
+            .read_to_end(&mut data)
+            .map_err(ManifestError::Read)?;
+        if data.len() as u64 > MAX_LEGACY_BYTES {
+            return Err(ManifestError::Damaged(format!(
+                "a legacy manifest (one JSON document, read whole) of more than {} MiB: refused, as any repository object past its bound",
+                MAX_LEGACY_BYTES >> 20
+            )));
+        }
         let legacy: LegacyManifest = parse(&data, "the manifest")?;
         if legacy.format != LEGACY_FORMAT {
             return Err(format_error(&legacy.format));
@@ -706,6 +719,10 @@ mod tests {
             (vec!["b".to_string(), "a".into()], 2)
         );
         assert!(refusal(legacy(&["a", "b", "a"])).contains("listed twice"));
+        // Bounded like every repository object: it is not read past its bound.
+        let mut huge = b"{\"format\": \"".to_vec();
+        huge.resize(MAX_LEGACY_BYTES as usize + 10, b'x');
+        assert!(refusal(huge).contains("more than 128 MiB"));
     }
 
     #[test]

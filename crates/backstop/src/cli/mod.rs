@@ -7,7 +7,7 @@
 mod backups;
 #[cfg(test)]
 mod fixtures;
-mod format;
+pub mod format;
 mod policy;
 mod restore;
 mod wait;

@@ -80,7 +80,10 @@ impl PolicyCommand {
         if output != Output::Table {
             return print_structured(&report, output);
         }
-        print!("{}", describe(&report, Timestamp::now()));
+        print!(
+            "{}",
+            super::format::printable(&describe(&report, Timestamp::now()))
+        );
         Ok(())
     }
 }

@@ -159,13 +159,14 @@ impl RestoreArgs {
         if self.output != Output::Table {
             return print_structured(&finished, self.output);
         }
-        println!(
+        let done = format!(
             "restore {name} Completed: {} files, {} bytes into PVC {}; {}",
             status.files_restored.unwrap_or(0),
             status.bytes_restored.unwrap_or(0),
             self.to,
             status.verification.as_deref().unwrap_or("not verified"),
         );
+        println!("{}", super::format::printable(&done));
         Ok(())
     }
 }

@@ -50,7 +50,7 @@ where
         if now.line != last_line {
             eprintln!(
                 "{kind} {name}: {} ({})",
-                now.line,
+                super::format::printable(&now.line),
                 elapsed(started.elapsed().try_into().unwrap_or_default())
             );
             last_line = now.line;
