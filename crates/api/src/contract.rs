@@ -224,6 +224,8 @@ pub enum Request {
         stream_dir: String,
         staging: String,
         artifact_digest: Option<String>,
+        /// The artifact's size recorded when the backup completed.
+        artifact_bytes: Option<u64>,
     },
     /// Check an artifact against its manifest without restoring anything.
     Verify {
@@ -384,12 +386,17 @@ impl Request {
                 stream_dir,
                 staging,
                 artifact_digest,
+                artifact_bytes,
                 ..
             } => {
                 args.value("--manifest", manifest);
                 args.value("--stream-dir", stream_dir);
                 args.value("--staging", staging);
                 args.optional("--artifact-digest", artifact_digest.as_deref());
+                args.optional(
+                    "--artifact-bytes",
+                    artifact_bytes.map(|b| b.to_string()).as_deref(),
+                );
             }
             Request::Restore {
                 manifest,
@@ -832,13 +839,14 @@ mod tests {
             stream_dir: STREAM_MOUNT.into(),
             staging: STREAM_STAGING_MOUNT.into(),
             artifact_digest: Some("ab".into()),
+            artifact_bytes: Some(4096),
         };
         assert_eq!(
             load.to_args(),
             words(
                 "mover load --manifest shop/nightly/dump.manifest.jsonl.zst \
                  --stream-dir /backstop-stream --staging /backstop-staging --artifact-digest ab \
-                 --repository /repository --termination-log /dev/termination-log"
+                 --artifact-bytes 4096 --repository /repository --termination-log /dev/termination-log"
             )
         );
         let probe = Request::Probe {

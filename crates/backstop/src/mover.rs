@@ -123,6 +123,10 @@ pub enum Command {
         /// The artifact's BLAKE3 recorded when the backup completed: the manifest must name it.
         #[arg(long)]
         artifact_digest: Option<String>,
+        /// The artifact's size recorded when the backup completed: a larger one is refused
+        /// before it is copied.
+        #[arg(long)]
+        artifact_bytes: Option<u64>,
         #[command(flatten)]
         report: Report,
     },
@@ -538,6 +542,7 @@ impl Command {
                 stream_dir,
                 staging,
                 artifact_digest,
+                artifact_bytes,
                 report,
             } => (
                 Request::Load {
@@ -546,6 +551,7 @@ impl Command {
                     stream_dir: text(stream_dir),
                     staging: text(staging),
                     artifact_digest,
+                    artifact_bytes,
                 },
                 repository,
                 report,
@@ -819,6 +825,7 @@ fn perform(
             stream_dir,
             staging,
             artifact_digest,
+            artifact_bytes,
             ..
         } => {
             let request = stream::LoadRequest {
@@ -826,6 +833,7 @@ fn perform(
                 stream_dir: Path::new(&stream_dir),
                 staging: Path::new(&staging),
                 recorded_digest: artifact_digest.as_deref(),
+                recorded_bytes: artifact_bytes,
             };
             let loaded = stream::load(repo, &request).map_err(|e| (e.reason(), e.to_string()))?;
             json(serde_json::to_value(loaded))
@@ -1083,6 +1091,7 @@ mod tests {
                 stream_dir: "/backstop-stream".into(),
                 staging: "/backstop-staging".into(),
                 artifact_digest: Some("cd34".into()),
+                artifact_bytes: Some(4096),
             },
             Request::Restore {
                 repository: s3(true),

@@ -824,12 +824,31 @@ pub struct LoadJob<'a> {
     /// The stream's name in the backup.
     pub stream: &'a str,
     pub command: &'a CommandContainer,
+    /// The artifact's size recorded when the backup completed: the staging directory's bound.
+    pub artifact_bytes: Option<u64>,
 }
+
+/// Room in the staging directory beyond the artifact (the filesystem's own blocks).
+const STAGING_MARGIN: u64 = 1 << 20;
 
 /// The Job that restores a command backup's stream: the mover stages and verifies it (in a
 /// directory only it mounts), then feeds it to the user's restore command beside it.
 pub fn load_job(restore: &Restore, l: LoadJob<'_>, config: &MoverConfig) -> Job {
     let name = restore.metadata.name.clone().unwrap_or_default();
+    // The staged artifact is bounded by its recorded size: the emptyDir's limit, and a request
+    // for that much of the node's ephemeral storage, so the pod lands where it fits and cannot
+    // fill the node's disk.
+    let staging_limit = l
+        .artifact_bytes
+        .map(|bytes| bytes.saturating_add(STAGING_MARGIN).to_string());
+    let mut config = config.clone();
+    if let Some(limit) = &staging_limit {
+        config
+            .resources
+            .requests
+            .get_or_insert_with(BTreeMap::new)
+            .insert("ephemeral-storage".into(), Quantity(limit.clone()));
+    }
     let mover = MoverJob {
         name: naming::restore_job(&name),
         node: None,
@@ -841,11 +860,12 @@ pub fn load_job(restore: &Restore, l: LoadJob<'_>, config: &MoverConfig) -> Job 
             stream_dir: STREAM_MOUNT.into(),
             staging: STREAM_STAGING_MOUNT.into(),
             artifact_digest: l.artifact_digest.map(str::to_string),
+            artifact_bytes: l.artifact_bytes,
         },
         repository: (l.repository, true),
         volumes: vec![
             empty_dir(STREAM_VOLUME, Some(STREAM_DIR_LIMIT)),
-            empty_dir("staging", None),
+            empty_dir("staging", staging_limit.as_deref()),
         ],
         mounts: vec![
             mount(STREAM_VOLUME, STREAM_MOUNT, false),
@@ -856,10 +876,10 @@ pub fn load_job(restore: &Restore, l: LoadJob<'_>, config: &MoverConfig) -> Job 
         companion: Some(Companion::Beside(command_container(
             l.command,
             contract::LOAD_SCRIPT,
-            config,
+            &config,
         ))),
     };
-    job(restore, mover, config)
+    job(restore, mover, &config)
 }
 
 /// What a restore Job needs to know.
@@ -1345,10 +1365,28 @@ mod tests {
                 artifact_digest: Some("ab"),
                 stream: "shop",
                 command: &command,
+                artifact_bytes: Some(10 << 20),
             },
             &MoverConfig::default(),
         );
         assert!(runs_command(&job));
+        // The staged artifact is bounded by its recorded size, and the node must have room.
+        let bound = Quantity(((10 << 20) + STAGING_MARGIN).to_string());
+        let spec = job.spec.clone().unwrap().template.spec.unwrap();
+        let staging = spec.volumes.iter().flatten().find(|v| v.name == "staging");
+        assert_eq!(
+            staging
+                .and_then(|v| v.empty_dir.clone())
+                .and_then(|d| d.size_limit),
+            Some(bound.clone())
+        );
+        let requests = spec.containers[0]
+            .resources
+            .clone()
+            .unwrap()
+            .requests
+            .unwrap();
+        assert_eq!(requests.get("ephemeral-storage"), Some(&bound));
         let pod = job.spec.unwrap().template.spec.unwrap();
         let [mover, restorer] = pod.containers.as_slice() else {
             panic!("two containers: {:?}", pod.containers);
@@ -1356,7 +1394,7 @@ mod tests {
         let args = mover.args.clone().unwrap().join(" ");
         assert!(
             args.starts_with(
-                "mover load --manifest shop/nightly-202611210200/shop.manifest.jsonl.zst --stream-dir /backstop-stream --staging /backstop-staging --artifact-digest ab"
+                "mover load --manifest shop/nightly-202611210200/shop.manifest.jsonl.zst --stream-dir /backstop-stream --staging /backstop-staging --artifact-digest ab --artifact-bytes 10485760"
             ),
             "{args}"
         );

@@ -44,6 +44,8 @@ struct Plan {
     command: Option<CommandContainer>,
     /// No device nodes, no set-id bits: the Restore says so, or the backup was imported.
     untrusted: bool,
+    /// The stored artifact's size recorded when the backup completed.
+    artifact_bytes: Option<u64>,
 }
 
 async fn reconcile(restore: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -126,6 +128,9 @@ async fn validate(ctx: &Context, restore: &Restore) -> Result<Result<Plan, Refus
         policy: backup.spec.policy_ref.clone(),
         command,
         untrusted: restore.spec.untrusted.unwrap_or(imported),
+        artifact_bytes: source
+            .and_then(|v| v.bytes)
+            .and_then(|b| u64::try_from(b).ok()),
     }))
 }
 
@@ -433,6 +438,7 @@ async fn start_stream(
             artifact_digest: plan.artifact_digest.as_deref(),
             stream: &plan.source_pvc,
             command,
+            artifact_bytes: plan.artifact_bytes,
         },
         &crate::backup::mover_config(ctx, &namespace, plan.policy.as_deref()).await?,
     );

@@ -152,20 +152,36 @@ pub struct LoadRequest<'a> {
     pub staging: &'a Path,
     /// The artifact's BLAKE3 recorded when the backup completed.
     pub recorded_digest: Option<&'a str>,
+    /// The artifact's size recorded when the backup completed: the staging directory is sized
+    /// for it, so a larger artifact is refused before it is copied.
+    pub recorded_bytes: Option<u64>,
 }
 
 /// Stages and verifies the stream, then feeds it to the restore command through the pipe.
 pub fn load(repo: &dyn Repository, req: &LoadRequest<'_>) -> Result<RestoreResult, RestoreError> {
     let (header, entry, trailer) = read_stream_manifest(repo, req.manifest, req.recorded_digest)?;
     let key = restore::artifact_key(req.manifest, &trailer.artifact);
+    let size = trailer.artifact.size;
+    if let Some(recorded) = req.recorded_bytes
+        && size > recorded
+    {
+        return Err(RestoreError::Integrity(format!(
+            "the manifest names an artifact of {size} bytes, the backup recorded {recorded}: refused before copying it"
+        )));
+    }
     let staged = req.staging.join("artifact");
     let write_error = restore::write_err(&staged);
     {
         let mut file = File::create(&staged).map_err(restore::write_err(&staged))?;
-        let mut artifact = repo.open(&key)?;
-        copy(&mut artifact, &mut file)
-            .1
-            .map_err(|(e, reading)| stream_io(e, reading, &key, &staged))?;
+        // Never more than the manifest's size (and one byte to tell a larger object).
+        let mut artifact = repo.open(&key)?.take(size.saturating_add(1));
+        let (copied, result) = copy(&mut artifact, &mut file);
+        result.map_err(|(e, reading)| stream_io(e, reading, &key, &staged))?;
+        if copied > size {
+            return Err(RestoreError::Integrity(format!(
+                "artifact {key} is larger than the {size} bytes its manifest names: refused at byte {copied}"
+            )));
+        }
         file.sync_all().map_err(restore::write_err(&staged))?;
     }
     let opened = || File::open(&staged).map_err(restore::write_err(&staged));

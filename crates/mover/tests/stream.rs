@@ -199,6 +199,7 @@ fn a_dump_round_trips_through_the_wrappers_and_standard_tools_read_it() {
                 stream_dir: &f.stream_dir,
                 staging: &f.staging,
                 recorded_digest: Some(&done.digest),
+                recorded_bytes: Some(done.bytes),
             },
         )
         .unwrap();
@@ -277,6 +278,17 @@ fn backed_up(f: &Fixture, content: &[u8]) -> (String, String) {
 type Loaded = Result<backstop_api::contract::RestoreResult, (Reason, String)>;
 
 fn load(f: &Fixture, key: &str, digest: &str, argv: &[&str]) -> (Loaded, i32) {
+    load_recorded(f, key, digest, None, argv)
+}
+
+/// `load`, the backup having recorded an artifact of `recorded_bytes`.
+fn load_recorded(
+    f: &Fixture,
+    key: &str,
+    digest: &str,
+    recorded_bytes: Option<u64>,
+    argv: &[&str],
+) -> (Loaded, i32) {
     let mut child = wrapped(LOAD_SCRIPT, &f.stream_dir, argv);
     let result = stream::load(
         &f.repo,
@@ -285,6 +297,7 @@ fn load(f: &Fixture, key: &str, digest: &str, argv: &[&str]) -> (Loaded, i32) {
             stream_dir: &f.stream_dir,
             staging: &f.staging,
             recorded_digest: Some(digest),
+            recorded_bytes,
         },
     )
     .map_err(|e| (e.reason(), e.to_string()));
@@ -318,6 +331,30 @@ fn a_damaged_stream_never_reaches_the_restore_command() {
     assert_eq!(reason, Reason::IntegrityCheckFailed, "{message}");
     assert!(!ran.exists(), "the restore command did not run");
     assert_eq!(code, 1, "the wrapper gave up when the mover did");
+}
+
+#[test]
+fn an_artifact_larger_than_recorded_is_refused_before_it_fills_the_staging_directory() {
+    let f = fixture();
+    let (key, digest) = backed_up(&f, &sample(1 << 20));
+    let artifact = f.repo_dir.join("shop/nightly/dump.zst");
+    let size = fs::metadata(&artifact).unwrap().len();
+    let staged = || fs::metadata(f.staging.join("artifact")).map_or(0, |m| m.len());
+    // The backup recorded less than the manifest now says: nothing is copied.
+    let (result, _) = load_recorded(&f, &key, &digest, Some(size - 1), &["cat"]);
+    let (reason, message) = result.unwrap_err();
+    assert_eq!(reason, Reason::IntegrityCheckFailed, "{message}");
+    assert!(message.contains("before copying"), "{message}");
+    assert_eq!(staged(), 0);
+    // The object grew in the repository (4 MiB more): copied no further than one byte past
+    // what the manifest names.
+    let mut grown = fs::OpenOptions::new().append(true).open(&artifact).unwrap();
+    std::io::Write::write_all(&mut grown, &sample(4 << 20)).unwrap();
+    let (result, _) = load_recorded(&f, &key, &digest, Some(size), &["cat"]);
+    let (reason, message) = result.unwrap_err();
+    assert_eq!(reason, Reason::IntegrityCheckFailed, "{message}");
+    assert!(message.contains("larger than"), "{message}");
+    assert!(staged() <= size + 1, "staged {} of {size}", staged());
 }
 
 #[test]
