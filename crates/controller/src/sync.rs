@@ -231,7 +231,15 @@ pub async fn maintain(ctx: &Context, repo: &BackupRepository) -> Result<Option<D
                 tracing::debug!(repository = %repo.name_any(), %why, "sync waits");
                 return Ok(Some(WATCH));
             }
-            ensure_identity(ctx, repo).await?;
+            if let Err(why) = ensure_identity(ctx, repo).await? {
+                // Someone else's objects under the sync's names: no sync runs as them.
+                let before = status.clone();
+                status = finished(Err(why), now, &status);
+                status.last_sync_time = Some(Time(now));
+                announce(ctx, repo, &before, &status).await;
+                crate::patch_status(&ctx.client, repo, &SyncOnly { sync: &status }, &[]).await?;
+                return Ok(interval);
+            }
             let at = now;
             let job = jobs::sync_job(repo, at.as_second(), &ctx.mover);
             if crate::create_once(&api, &job).await? {
@@ -317,13 +325,75 @@ pub fn identity(repo: &BackupRepository) -> (ServiceAccount, Role, RoleBinding) 
     (account, role, binding)
 }
 
-async fn ensure_identity(ctx: &Context, repo: &BackupRepository) -> Result<(), Error> {
+/// Creates the sync's identity, or finds it as it would have created it: `Err` when an object
+/// of one of its names is not the repository's own (owned by another, or a Role or binding
+/// granting something else), so that a sync pod never runs with rights someone else chose.
+async fn ensure_identity(
+    ctx: &Context,
+    repo: &BackupRepository,
+) -> Result<Result<(), Invalid>, Error> {
     let namespace = repo.namespace().unwrap_or_default();
     let (account, role, binding) = identity(repo);
-    crate::create_once(&Api::namespaced(ctx.client.clone(), &namespace), &account).await?;
-    crate::create_once(&Api::namespaced(ctx.client.clone(), &namespace), &role).await?;
-    crate::create_once(&Api::namespaced(ctx.client.clone(), &namespace), &binding).await?;
-    Ok(())
+    let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &namespace);
+    let roles: Api<Role> = Api::namespaced(ctx.client.clone(), &namespace);
+    let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut found = (None, None, None);
+    if !crate::create_once(&accounts, &account).await? {
+        found.0 = accounts.get_opt(&account.name_any()).await?;
+    }
+    if !crate::create_once(&roles, &role).await? {
+        found.1 = roles.get_opt(&role.name_any()).await?;
+    }
+    if !crate::create_once(&bindings, &binding).await? {
+        found.2 = bindings.get_opt(&binding.name_any()).await?;
+    }
+    Ok(own_identity(repo, &(account, role, binding), &found))
+}
+
+/// Whether the identity objects `found` (those that already existed) are the ones `expected`:
+/// owned by the repository, the Role granting and the binding binding exactly what it would.
+pub fn own_identity(
+    repo: &BackupRepository,
+    expected: &(ServiceAccount, Role, RoleBinding),
+    found: &(Option<ServiceAccount>, Option<Role>, Option<RoleBinding>),
+) -> Result<(), Invalid> {
+    let uid = repo.uid();
+    let owned = |meta: &ObjectMeta| {
+        meta.owner_references
+            .iter()
+            .flatten()
+            .any(|o| Some(&o.uid) == uid.as_ref() && o.controller == Some(true))
+    };
+    let (account, role, binding) = expected;
+    let mut strangers = Vec::new();
+    if let Some(a) = &found.0
+        && !owned(&a.metadata)
+    {
+        strangers.push(format!("ServiceAccount {:?}", account.name_any()));
+    }
+    if let Some(r) = &found.1
+        && (!owned(&r.metadata) || r.rules != role.rules)
+    {
+        strangers.push(format!("Role {:?}", role.name_any()));
+    }
+    if let Some(b) = &found.2
+        && (!owned(&b.metadata) || b.role_ref != binding.role_ref || b.subjects != binding.subjects)
+    {
+        strangers.push(format!("RoleBinding {:?}", binding.name_any()));
+    }
+    if strangers.is_empty() {
+        return Ok(());
+    }
+    Err(Invalid::new(
+        "SyncIdentityTaken",
+        format!(
+            "{} already exist{} and {} not this repository's own (another owner, or other rights): the sync does not run as an identity someone else made; delete {} and the next sync creates its own",
+            strangers.join(", "),
+            if strangers.len() == 1 { "s" } else { "" },
+            if strangers.len() == 1 { "is" } else { "are" },
+            if strangers.len() == 1 { "it" } else { "them" },
+        ),
+    ))
 }
 
 #[cfg(test)]
@@ -438,6 +508,62 @@ mod tests {
             serde_json::to_value(&binding.subjects).unwrap(),
             serde_json::json!([{"kind": "ServiceAccount", "name": "backstop-sync-nfs",
                                 "namespace": "shop"}])
+        );
+    }
+
+    #[test]
+    fn a_sync_never_runs_as_an_identity_someone_else_made() {
+        let mut repo = BackupRepository::new("nfs", Default::default());
+        repo.metadata.namespace = Some("shop".into());
+        repo.metadata.uid = Some("uid-r".into());
+        let expected = identity(&repo);
+        let (account, role, binding) = expected.clone();
+        // Just created, or found as it was made: the sync runs.
+        assert_eq!(own_identity(&repo, &expected, &(None, None, None)), Ok(()));
+        let same = (
+            Some(account.clone()),
+            Some(role.clone()),
+            Some(binding.clone()),
+        );
+        assert_eq!(own_identity(&repo, &expected, &same), Ok(()));
+        // Made in advance by someone else (no owner, another owner), or granting more.
+        let mut unowned = account.clone();
+        unowned.metadata.owner_references = None;
+        let mut other_owner = binding.clone();
+        if let Some(owners) = other_owner.metadata.owner_references.as_mut() {
+            owners[0].uid = "uid-other".into();
+        }
+        let mut broader = role.clone();
+        if let Some(rules) = broader.rules.as_mut() {
+            rules[0].resources = Some(vec!["*".into()]);
+        }
+        let mut admin = binding.clone();
+        admin.role_ref.kind = "ClusterRole".into();
+        admin.role_ref.name = "admin".into();
+        let taken = |found| own_identity(&repo, &expected, &found).unwrap_err();
+        let why = taken((Some(unowned), None, None));
+        assert_eq!(why.reason, "SyncIdentityTaken");
+        assert!(
+            why.message
+                .contains("ServiceAccount \"backstop-sync-nfs\" already exists"),
+            "{}",
+            why.message
+        );
+        assert!(
+            taken((None, None, Some(other_owner)))
+                .message
+                .contains("RoleBinding")
+        );
+        assert!(
+            taken((None, Some(broader), None))
+                .message
+                .contains("Role \"backstop-sync-nfs\"")
+        );
+        let why = taken((None, Some(role), Some(admin)));
+        assert!(
+            why.message.contains("RoleBinding") && why.message.contains("delete it"),
+            "{}",
+            why.message
         );
     }
 

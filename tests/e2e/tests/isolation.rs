@@ -195,7 +195,12 @@ async fn what_a_bucket_writer_or_a_backup_creator_writes_never_runs_with_the_nam
                "metadata": {"name": "default"}, "spec": {"pvc": {"claimName": "backups"}}}),
     )
     .await?;
-    let imported = finished_backup(&ns, "planted", Duration::from_secs(180)).await?;
+    let backups = ns.api::<Backup>();
+    let imported = wait_for(Duration::from_secs(180), "the planted backup imported", || async {
+        let found = backups.get_opt("planted").await?;
+        Ok(found.filter(|b| b.phase().is_terminal()))
+    })
+    .await?;
     let status = imported.status.clone().unwrap_or_default();
     assert_eq!(imported.phase(), BackupPhase::Completed, "{status:?}");
     // The recorded strategy is shown...
