@@ -181,11 +181,15 @@ async fn start(
         None => Vec::new(),
     };
     let snapshots = resolved.strategy.as_ref().and_then(|s| s.snapshot.as_ref());
-    if let Some(snapshots) = snapshots
-        && let Err(refusal) =
+    if let Some(snapshots) = snapshots {
+        if let Err(refusal) =
             snapshot::available(ctx, &snapshots.volume_snapshot_class_name).await?
-    {
-        return Ok(Err(refused(ctx, backup, status, refusal).await?));
+        {
+            return Ok(Err(refused(ctx, backup, status, refusal).await?));
+        }
+        if let Err(why) = snapshot::temporary_claims_go(ctx, &pvcs).await? {
+            return Ok(Err(refused(ctx, backup, status, why.into()).await?));
+        }
     }
     let repository = resolved.repository.name_any();
     let started = now();

@@ -21,6 +21,7 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimSpec, TypedLocalObjectReference,
     VolumeResourceRequirements,
 };
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ApiResource, DynamicObject};
@@ -67,6 +68,59 @@ pub async fn available(ctx: &Context, class: &str) -> Result<Result<(), Refusal>
         )));
     }
     Ok(Ok(()))
+}
+
+/// Refuses volumes whose temporary PVCs would outlive them: a temporary PVC takes its volume's
+/// class, and a class with `reclaimPolicy: Retain` keeps every deleted claim's volume (a
+/// Released full copy per backup, for ever). `classes` are the StorageClass objects of the
+/// volumes' classes that exist (statically provisioned volumes have none, and nothing is kept).
+pub fn leaves_nothing(
+    claims: &[PersistentVolumeClaim],
+    classes: &[StorageClass],
+) -> Result<(), Invalid> {
+    let retaining: Vec<&str> = claims
+        .iter()
+        .filter(|claim| {
+            let class = claim
+                .spec
+                .as_ref()
+                .and_then(|s| s.storage_class_name.as_deref());
+            classes.iter().any(|c| {
+                Some(c.name_any().as_str()) == class
+                    && c.reclaim_policy.as_deref() == Some("Retain")
+            })
+        })
+        .map(|claim| claim.metadata.name.as_deref().unwrap_or_default())
+        .collect();
+    if retaining.is_empty() {
+        return Ok(());
+    }
+    Err(Invalid::new(
+        "SnapshotClassRetains",
+        format!(
+            "PVC{} {} of a StorageClass with reclaimPolicy Retain: each backup's temporary volume made from a snapshot would stay behind as a Released full copy; back {} up without strategy.snapshot, or use a class that deletes its volumes",
+            if retaining.len() == 1 { "" } else { "s" },
+            retaining.join(", "),
+            if retaining.len() == 1 { "it" } else { "them" },
+        ),
+    ))
+}
+
+/// `leaves_nothing` for `claims`, their classes looked up.
+pub async fn temporary_claims_go(
+    ctx: &Context,
+    claims: &[PersistentVolumeClaim],
+) -> Result<Result<(), Invalid>, Error> {
+    let names: std::collections::BTreeSet<&str> = claims
+        .iter()
+        .filter_map(|c| c.spec.as_ref()?.storage_class_name.as_deref())
+        .collect();
+    let api: Api<StorageClass> = Api::all(ctx.client.clone());
+    let mut classes = Vec::new();
+    for name in names {
+        classes.extend(api.get_opt(name).await?);
+    }
+    Ok(leaves_nothing(claims, &classes))
 }
 
 /// The record a backup starting at `now` keeps for `pvc`'s snapshot.
@@ -379,6 +433,45 @@ mod tests {
         let mut s = snapshot_of(&backup(), "db", "snap", "btrfs");
         s.status = Some(status);
         s
+    }
+
+    #[test]
+    fn a_class_that_retains_its_volumes_is_refused_for_snapshot_backups() {
+        let claim = |name: &str, class: &str| PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(k8s_openapi::api::core::v1::PersistentVolumeClaimSpec {
+                storage_class_name: Some(class.into()),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        let class = |name: &str, policy: &str| StorageClass {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            reclaim_policy: Some(policy.into()),
+            ..StorageClass::default()
+        };
+        let classes = [class("keep", "Retain"), class("fast", "Delete")];
+        let claims = [
+            claim("db", "fast"),
+            claim("logs", "keep"),
+            claim("static", "none"),
+        ];
+        let why = leaves_nothing(&claims, &classes).unwrap_err();
+        assert_eq!(why.reason, "SnapshotClassRetains");
+        assert!(
+            why.message.starts_with("PVC logs of a StorageClass"),
+            "{}",
+            why.message
+        );
+        // Delete, or no StorageClass object (statically provisioned): nothing stays behind.
+        assert_eq!(leaves_nothing(&claims[..1], &classes), Ok(()));
+        assert_eq!(leaves_nothing(&claims[2..], &classes), Ok(()));
     }
 
     #[test]

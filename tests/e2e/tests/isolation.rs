@@ -196,10 +196,14 @@ async fn what_a_bucket_writer_or_a_backup_creator_writes_never_runs_with_the_nam
     )
     .await?;
     let backups = ns.api::<Backup>();
-    let imported = wait_for(Duration::from_secs(180), "the planted backup imported", || async {
-        let found = backups.get_opt("planted").await?;
-        Ok(found.filter(|b| b.phase().is_terminal()))
-    })
+    let imported = wait_for(
+        Duration::from_secs(180),
+        "the planted backup imported",
+        || async {
+            let found = backups.get_opt("planted").await?;
+            Ok(found.filter(|b| b.phase().is_terminal()))
+        },
+    )
     .await?;
     let status = imported.status.clone().unwrap_or_default();
     assert_eq!(imported.phase(), BackupPhase::Completed, "{status:?}");
