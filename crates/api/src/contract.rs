@@ -511,6 +511,9 @@ pub enum Reason {
     EmptyDump,
     /// The password does not open the restic repository (none of its keys).
     WrongPassword,
+    /// Another holder (a `restic prune` run by hand) kept the restic repository locked for as
+    /// long as the mover waited.
+    RepositoryLocked,
     /// The Kubernetes API refused what a sync asked (listing or creating Backups with the sync
     /// Job's identity).
     ImportRefused,
@@ -556,6 +559,7 @@ impl Reason {
             Reason::CommandFailed => "CommandFailed",
             Reason::EmptyDump => "EmptyDump",
             Reason::WrongPassword => "WrongPassword",
+            Reason::RepositoryLocked => "RepositoryLocked",
             Reason::ImportRefused => "ImportRefused",
             Reason::MoverFailed => "MoverFailed",
         }
@@ -576,7 +580,8 @@ impl Reason {
             | Reason::EndpointUnreachable
             | Reason::TlsHandshakeFailed
             | Reason::CredentialsMissing
-            | Reason::WrongPassword => Blame::Repository,
+            | Reason::WrongPassword
+            | Reason::RepositoryLocked => Blame::Repository,
             Reason::MoverFailed => Blame::Mover,
             _ => Blame::Data,
         }

@@ -664,6 +664,14 @@ fn perform(
     let restic = |root: &str, create: bool| {
         Restic::open(store.clone(), root, password, create).map_err(|e| (e.reason, e.message))
     };
+    // Opened and locked as restic would: shared to read or add, exclusive to remove.
+    let locked = |root: &str, exclusive: bool| {
+        let (opened, _) = restic(root, false)?;
+        let held = opened
+            .lock(exclusive, backstop_mover::restic::LOCK_PATIENCE)
+            .map_err(|e| (e.reason, e.message))?;
+        Ok::<_, (Reason, String)>((opened, held))
+    };
     match request {
         Request::Probe { restic: root, .. } => {
             let mut probed = repository::probe(repo).map_err(|e| {
@@ -690,8 +698,8 @@ fn perform(
                 path: PathBuf::from(format!("/{pvc}")),
                 tags,
             };
-            let snap = restic(&root, false)?
-                .0
+            let (opened, _held) = locked(&root, false)?;
+            let snap = opened
                 .backup(Path::new(&source), &labels)
                 .map_err(|e| (e.reason, e.message))?;
             json(serde_json::to_value(BackupResult {
@@ -723,15 +731,15 @@ fn perform(
                 recorded_digest: None,
                 untrusted,
             };
-            let restored = restic(&root, false)?
-                .0
+            let (opened, _held) = locked(&root, false)?;
+            let restored = opened
                 .restore(&snapshot, Path::new(&target), &options)
                 .map_err(|e| (e.reason(), e.to_string()))?;
             json(serde_json::to_value(restored))
         }
         Request::ResticVerify { root, snapshot, .. } => {
-            let verified = restic(&root, false)?
-                .0
+            let (opened, _held) = locked(&root, false)?;
+            let verified = opened
                 .verify(&snapshot)
                 .map_err(|e| (e.reason(), e.to_string()))?;
             json(serde_json::to_value(verified))
@@ -742,8 +750,8 @@ fn perform(
             backup,
             ..
         } => {
-            let forgotten = restic(&root, false)?
-                .0
+            let (opened, _held) = locked(&root, true)?;
+            let forgotten = opened
                 .forget(&snapshots, &backup)
                 .map_err(|e| (e.reason, e.message))?;
             // The backup's directory beside the restic repository holds its verification.
@@ -759,8 +767,8 @@ fn perform(
             ..
         } => {
             let keep = std::time::Duration::from_secs(keep_delete_seconds);
-            let pruned = restic(&root, false)?
-                .0
+            let (opened, _held) = locked(&root, true)?;
+            let pruned = opened
                 .prune(keep, keep_delete_seconds == 0)
                 .map_err(|e| (e.reason, e.message))?;
             json(serde_json::to_value(pruned))

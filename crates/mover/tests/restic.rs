@@ -568,3 +568,86 @@ fn node_names_that_are_not_one_plain_name_are_refused_before_anything_is_committ
         assert!(!f._tmp.path().join("etc").exists());
     }
 }
+
+#[test]
+fn backstop_and_restic_respect_each_others_locks() {
+    let f = Fixture::new();
+    f.open()
+        .backup(&f.source, &f.labels("db", "nightly-1"))
+        .unwrap();
+    let restic = f.open();
+    let patience = std::time::Duration::from_secs(2);
+
+    // Backstop's shared lock, as restic reads it: restic's prune waits for it.
+    let held = restic.lock(false, patience).unwrap();
+    let listed = f.restic_ok(&["list", "locks", "--no-lock"]);
+    let ids: Vec<&str> = listed.lines().collect();
+    assert_eq!(ids.len(), 1, "{listed}");
+    let lock: serde_json::Value =
+        serde_json::from_str(&f.restic_ok(&["cat", "lock", ids[0], "--no-lock"])).unwrap();
+    assert_eq!(lock["exclusive"], false, "{lock}");
+    assert!(
+        lock["hostname"].as_str().unwrap().starts_with("backstop"),
+        "{lock}"
+    );
+    let prune = f.restic(&["prune"]);
+    assert!(
+        !prune.status.success(),
+        "restic prune ran beside a Backstop backup"
+    );
+    assert!(
+        String::from_utf8_lossy(&prune.stderr).contains("locked"),
+        "{}",
+        String::from_utf8_lossy(&prune.stderr)
+    );
+    // Two shared locks share; an exclusive one (a forget, a prune) waits for them.
+    let second = restic.lock(false, patience).unwrap();
+    let refused = restic.lock(true, patience).err().unwrap();
+    assert_eq!(refused.reason, Reason::RepositoryLocked);
+    drop((held, second));
+    assert_eq!(
+        f.restic_ok(&["list", "locks", "--no-lock"]),
+        "",
+        "removed when done"
+    );
+    f.restic_ok(&["check"]);
+
+    // restic's exclusive lock: `restic key passwd` holds it while it waits for the new password.
+    let fifo = f.dir.join("new-password");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut holder = Command::new("restic")
+        .arg("--repo")
+        .arg(f.dir.join(ROOT))
+        .args(["--no-cache", "key", "passwd", "--new-password-file"])
+        .arg(&fifo)
+        .env("RESTIC_PASSWORD", PASSWORD)
+        .spawn()
+        .unwrap();
+    // Until restic itself reads its lock back (its file is written in place, not renamed).
+    for _ in 0..100 {
+        let listed = f.restic_ok(&["list", "locks", "--no-lock"]);
+        if let Some(id) = listed.lines().next()
+            && f.restic(&["cat", "lock", id, "--no-lock"]).status.success()
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let waited = std::time::Instant::now();
+    let refused = restic.lock(false, patience).err().unwrap();
+    assert!(waited.elapsed() >= patience, "it waited before failing");
+    assert_eq!(refused.reason, Reason::RepositoryLocked);
+    assert!(
+        refused.message.contains("locked exclusively by root@"),
+        "{}",
+        refused.message
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+}

@@ -3,11 +3,14 @@
 //! writes the format; `backend` keeps its files in a Backstop repository (directory or S3) and
 //! `source` walks volumes as every Backstop backup does.
 //!
-//! rustic takes no locks: files are only ever added, and prune removes what it has marked
-//! unused only `keep_delete` later (the repository's `keepDeleteHours`), so backups running
-//! meanwhile are safe, and a mover killed halfway leaves nothing that blocks the next one.
+//! rustic_core takes no locks; `locks` takes restic's own around every operation (shared for a
+//! backup, restore or verification, exclusive for a forget or prune), so that a `restic prune`
+//! run by a person never removes data a Backstop backup relies on. Prune also removes what it
+//! has marked unused only `keep_delete` later (the repository's `keepDeleteHours`). A mover
+//! killed halfway leaves a lock that is stale 30 minutes later.
 
 pub mod backend;
+pub mod locks;
 mod restore;
 pub mod source;
 
@@ -34,7 +37,12 @@ pub struct Restic {
     repo: rustic_core::Repository<OpenStatus>,
     /// The reason of the backend's last storage failure, if it had one.
     failure: Arc<Mutex<Option<Reason>>>,
+    store: Arc<dyn Repository>,
+    root: String,
 }
+
+/// How long a mover waits for another holder's restic lock before it fails.
+pub const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// What a backup of one volume stores about it: restic's host, path and tags.
 #[derive(Debug, Clone)]
@@ -80,7 +88,7 @@ impl Restic {
                 message: "no repository password: set RESTIC_PASSWORD (the key of the Secret named in passwordSecretRef)".into(),
             });
         }
-        let be = backend::Backend::new(store, root);
+        let be = backend::Backend::new(store.clone(), root);
         let failure = be.failure();
         let backends = RepositoryBackends::new(Arc::new(be), None);
         let options = RepositoryOptions::default().no_cache(true);
@@ -109,7 +117,31 @@ impl Restic {
             });
         };
         let repo = repo.map_err(|e| fail(e, Reason::RepositoryUnusable))?;
-        Ok((Restic { repo, failure }, created))
+        let root = root.to_string();
+        Ok((
+            Restic {
+                repo,
+                failure,
+                store,
+                root,
+            },
+            created,
+        ))
+    }
+
+    /// Takes restic's lock on this repository, `exclusive` or shared, waiting up to `patience`
+    /// for another holder (see `locks`); it is held until the returned value is dropped.
+    pub fn lock(
+        &self,
+        exclusive: bool,
+        patience: std::time::Duration,
+    ) -> Result<locks::Held, ResticError> {
+        let locks = locks::Locks {
+            store: self.store.clone(),
+            root: self.root.clone(),
+            key: self.repo.key(),
+        };
+        locks.take(exclusive, patience)
     }
 
     fn fail(&self, e: &RusticError, reason: Reason) -> ResticError {
@@ -120,7 +152,7 @@ impl Restic {
     /// the same host, path and label (so unchanged files are not read). Fails, storing no
     /// snapshot, when anything in the volume could not be read.
     pub fn backup(self, source: &Path, labels: &Labels) -> Result<Snapshot, ResticError> {
-        let Restic { repo, failure } = self;
+        let Restic { repo, failure, .. } = self;
         let fail = |e: Box<RusticError>, reason| error(&failure, &e, reason);
         let repo = repo
             .to_indexed_ids()

@@ -50,7 +50,7 @@ impl Restic {
             &mut dyn FnMut(Option<Extractor<'_>>, bool) -> Result<RestoreResult, RestoreError>,
         ) -> Result<RestoreResult, RestoreError>,
     ) -> Result<RestoreResult, RestoreError> {
-        let Restic { repo, failure } = self;
+        let Restic { repo, failure, .. } = self;
         let fail = |e: Box<RusticError>, reason| {
             let e = error(&failure, &e, reason);
             RestoreError::Snapshot {
