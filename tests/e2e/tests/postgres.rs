@@ -494,9 +494,17 @@ async fn a_quiesced_postgres_is_copied_shut_down_and_given_back() -> anyhow::Res
     Ok(())
 }
 
-/// The Deployment `slow` of two pods that ignore SIGTERM (each takes its whole 15 s grace period
-/// to stop), both running, and its volume `files`: a backup that stops it stays Running a while.
-async fn slow_application(ns: &TestNamespace) -> anyhow::Result<()> {
+/// A namespace with the Deployment `slow` of two pods that ignore SIGTERM (each takes its whole
+/// 15 s grace period to stop) and its volume `files`, and Backup `backup` of it under a quiescing
+/// policy, returned once the Backup has scaled the application down (it stays Running a while).
+async fn slow_application_held(
+    client: &kube::Client,
+    prefix: &str,
+    backup: &str,
+) -> anyhow::Result<TestNamespace> {
+    install_operator(client).await?;
+    let ns = TestNamespace::create(client, prefix).await?;
+    ns.repository().await?;
     postgres_image().await?;
     let data = ns.volume("files", &[("data-of", "slow")]).await?;
     write_sample_tree(&data, 3)?;
@@ -505,7 +513,7 @@ async fn slow_application(ns: &TestNamespace) -> anyhow::Result<()> {
         "containers": [{"name": "slow", "image": IMAGE, "imagePullPolicy": "IfNotPresent",
                         "command": ["/bin/sh", "-c", "trap '' TERM; while :; do sleep 1; done"]}]
     });
-    deployment(ns, "slow", 2, spec).await?;
+    deployment(&ns, "slow", 2, spec).await?;
     let pods = ns.api::<Pod>();
     wait_until(Duration::from_secs(120), "both pods to run", || async {
         let list = pods
@@ -519,23 +527,42 @@ async fn slow_application(ns: &TestNamespace) -> anyhow::Result<()> {
         Ok(running == 2)
     })
     .await?;
-    Ok(())
-}
-
-/// Waits until Backup `name` has scaled its application down.
-async fn scaled_down(ns: &TestNamespace, name: &str) -> anyhow::Result<()> {
+    create::<BackupPolicy>(&ns, quiesced_policy("slow-files", "slow")).await?;
+    create::<Backup>(
+        &ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup",
+               "metadata": {"name": backup}, "spec": {"policyRef": "slow-files"}}),
+    )
+    .await?;
     let backups = ns.api::<Backup>();
     wait_until(
         Duration::from_secs(60),
         "the application to be scaled down",
         || async {
-            let b = backups.get(name).await?;
+            let b = backups.get(backup).await?;
             Ok(b.status
                 .and_then(|s| s.quiesce)
                 .is_some_and(|q| q.scaled_down_time.is_some()))
         },
     )
-    .await
+    .await?;
+    Ok(ns)
+}
+
+/// Asserts that `slow` is back at its two replicas and no longer held by a backup.
+async fn given_back(ns: &TestNamespace, who: &str) -> anyhow::Result<()> {
+    let slow = ns.api::<Deployment>().get("slow").await?;
+    assert_eq!(
+        slow.spec.as_ref().and_then(|s| s.replicas),
+        Some(2),
+        "{who}"
+    );
+    let annotations = slow.metadata.annotations.unwrap_or_default();
+    assert!(
+        !annotations.contains_key("backstop.dev/quiesced-by"),
+        "{who}: still held"
+    );
+    Ok(())
 }
 
 #[tokio::test]
@@ -543,18 +570,7 @@ async fn scaled_down(ns: &TestNamespace, name: &str) -> anyhow::Result<()> {
 async fn a_running_backup_edited_into_an_invalid_one_gives_the_application_back()
 -> anyhow::Result<()> {
     let client = cluster().await?;
-    install_operator(&client).await?;
-    let ns = TestNamespace::create(&client, "e2e-quiesce-edit").await?;
-    ns.repository().await?;
-    slow_application(&ns).await?;
-    create::<BackupPolicy>(&ns, quiesced_policy("slow-files", "slow")).await?;
-    create::<Backup>(
-        &ns,
-        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup",
-               "metadata": {"name": "slow-edited"}, "spec": {"policyRef": "slow-files"}}),
-    )
-    .await?;
-    scaled_down(&ns, "slow-edited").await?;
+    let ns = slow_application_held(&client, "e2e-quiesce-edit", "slow-edited").await?;
     // While the pods stop, the spec is made invalid: a policy and a target at once.
     ns.api::<Backup>()
         .patch(
@@ -568,21 +584,7 @@ async fn a_running_backup_edited_into_an_invalid_one_gives_the_application_back(
     let backup = backup_failed(&ns, "slow-edited", "InvalidSpec", Duration::from_secs(60)).await?;
     let record = backup.status.and_then(|s| s.quiesce).unwrap_or_default();
     assert!(record.restored_time.is_some(), "{record:?}");
-    let slow = ns.api::<Deployment>().get("slow").await?;
-    assert_eq!(
-        slow.spec.as_ref().and_then(|s| s.replicas),
-        Some(2),
-        "the failed backup gave both replicas back"
-    );
-    assert!(
-        !slow
-            .metadata
-            .annotations
-            .unwrap_or_default()
-            .contains_key("backstop.dev/quiesced-by"),
-        "no longer held"
-    );
-    Ok(())
+    given_back(&ns, "the failed backup gave both replicas back").await
 }
 
 #[tokio::test]
@@ -590,18 +592,7 @@ async fn a_running_backup_edited_into_an_invalid_one_gives_the_application_back(
 async fn an_operator_killed_while_the_application_is_down_gives_it_back_after_restarting()
 -> anyhow::Result<()> {
     let client = cluster().await?;
-    install_operator(&client).await?;
-    let ns = TestNamespace::create(&client, "e2e-quiesce-crash").await?;
-    ns.repository().await?;
-    slow_application(&ns).await?;
-    create::<BackupPolicy>(&ns, quiesced_policy("slow-files", "slow")).await?;
-    create::<Backup>(
-        &ns,
-        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup",
-               "metadata": {"name": "slow-now"}, "spec": {"policyRef": "slow-files"}}),
-    )
-    .await?;
-    scaled_down(&ns, "slow-now").await?;
+    let ns = slow_application_held(&client, "e2e-quiesce-crash", "slow-now").await?;
     let leases: Api<Lease> = Api::namespaced(client.clone(), "backstop-system");
     let leader = leases
         .get("backstop-controller")
@@ -619,8 +610,7 @@ async fn an_operator_killed_while_the_application_is_down_gives_it_back_after_re
             },
         )
         .await?;
-    let deployments = ns.api::<Deployment>();
-    let slow = deployments.get("slow").await?;
+    let slow = ns.api::<Deployment>().get("slow").await?;
     assert_eq!(
         slow.spec.as_ref().and_then(|s| s.replicas),
         Some(0),
@@ -633,11 +623,5 @@ async fn an_operator_killed_while_the_application_is_down_gives_it_back_after_re
         "{:?}",
         backup.status
     );
-    let slow = deployments.get("slow").await?;
-    assert_eq!(
-        slow.spec.as_ref().and_then(|s| s.replicas),
-        Some(2),
-        "the restarted operator gave both replicas back"
-    );
-    Ok(())
+    given_back(&ns, "the restarted operator gave both replicas back").await
 }
