@@ -133,7 +133,7 @@ impl RestoreArgs {
                     .map(ResourceExt::name_any)
                     .ok_or_else(|| {
                         anyhow::anyhow!(
-                            "no Completed backup{of} that did not fail verification in namespace {namespace} holds volume {}",
+                            "no Completed backup{of} in namespace {namespace} holds volume {} (backups that failed verification are passed over)",
                             self.pvc
                         )
                     })?
