@@ -331,8 +331,8 @@ fn the_restic_format_on_s3s_fs() -> anyhow::Result<()> {
 /// restores the new snapshot equal to its source.
 #[test]
 #[ignore = "needs moto_server and s3s-fs: run `make test`, or install them and use --ignored"]
-fn a_restic_backup_killed_midway_blocks_no_backup_and_leaves_a_sound_repository() -> anyhow::Result<()>
-{
+fn a_restic_backup_killed_midway_blocks_no_backup_and_leaves_a_sound_repository()
+-> anyhow::Result<()> {
     use backstop_mover::repository::DirRepository;
     use backstop_mover::restic::{Labels, Restic};
     use std::sync::Arc;
