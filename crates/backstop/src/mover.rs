@@ -664,7 +664,16 @@ fn perform(
     let restic = |root: &str, create: bool| {
         Restic::open(store.clone(), root, password, create).map_err(|e| (e.reason, e.message))
     };
-    // Opened and locked as restic would: shared to read or add, exclusive to remove.
+    // Opened as restic would: a reader (restore, verify: the repository is mounted read-only)
+    // waits while an exclusive lock stands; a backup holds a shared lock, a removal an
+    // exclusive one.
+    let reader = |root: &str| {
+        let (opened, _) = restic(root, false)?;
+        opened
+            .wait_for_exclusive(backstop_mover::restic::LOCK_PATIENCE)
+            .map_err(|e| (e.reason, e.message))?;
+        Ok::<_, (Reason, String)>(opened)
+    };
     let locked = |root: &str, exclusive: bool| {
         let (opened, _) = restic(root, false)?;
         let held = opened
@@ -731,15 +740,13 @@ fn perform(
                 recorded_digest: None,
                 untrusted,
             };
-            let (opened, _held) = locked(&root, false)?;
-            let restored = opened
+            let restored = reader(&root)?
                 .restore(&snapshot, Path::new(&target), &options)
                 .map_err(|e| (e.reason(), e.to_string()))?;
             json(serde_json::to_value(restored))
         }
         Request::ResticVerify { root, snapshot, .. } => {
-            let (opened, _held) = locked(&root, false)?;
-            let verified = opened
+            let verified = reader(&root)?
                 .verify(&snapshot)
                 .map_err(|e| (e.reason(), e.to_string()))?;
             json(serde_json::to_value(verified))

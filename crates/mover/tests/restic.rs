@@ -602,6 +602,9 @@ fn backstop_and_restic_respect_each_others_locks() {
     );
     // Two shared locks share; an exclusive one (a forget, a prune) waits for them.
     let second = restic.lock(false, patience).unwrap();
+    // A reader (restore, verification: the repository mounted read-only) writes no lock and
+    // goes on beside shared ones.
+    restic.wait_for_exclusive(patience).unwrap();
     let refused = restic.lock(true, patience).err().unwrap();
     assert_eq!(refused.reason, Reason::RepositoryLocked);
     drop((held, second));
@@ -647,6 +650,12 @@ fn backstop_and_restic_respect_each_others_locks() {
         refused.message.contains("locked exclusively by root@"),
         "{}",
         refused.message
+    );
+    let reader = restic.wait_for_exclusive(patience).unwrap_err();
+    assert_eq!(
+        reader.reason,
+        Reason::RepositoryLocked,
+        "a reader waits for it too"
     );
     let _ = holder.kill();
     let _ = holder.wait();

@@ -201,6 +201,38 @@ impl Locks {
         Ok(key)
     }
 
+    /// Waits up to `patience` while an exclusive lock stands, writing none: for readers whose
+    /// repository is mounted or credentialed read-only (a restore, a verification), as restic's
+    /// `--no-lock` readers do, but never beside a prune.
+    pub fn wait_for_exclusive(&self, patience: Duration) -> Result<(), ResticError> {
+        let started = std::time::Instant::now();
+        loop {
+            match self.blocking(false, None)? {
+                None => return Ok(()),
+                Some(holder) if started.elapsed() >= patience => {
+                    return Err(self.locked(&holder, patience));
+                }
+                Some(_) => std::thread::sleep(POLL.min(patience.saturating_sub(started.elapsed()))),
+            }
+        }
+    }
+
+    fn locked(&self, holder: &LockFile, patience: Duration) -> ResticError {
+        ResticError {
+            reason: Reason::RepositoryLocked,
+            message: format!(
+                "the restic repository at {} is locked{} by {}@{} (pid {}) since {}: Backstop waited {} s (a `restic prune` or `restic forget` run by hand? `restic list locks` shows it; `restic unlock` removes a stale one)",
+                self.root,
+                if holder.exclusive { " exclusively" } else { "" },
+                holder.username,
+                holder.hostname,
+                holder.pid,
+                holder.time,
+                patience.as_secs()
+            ),
+        }
+    }
+
     /// Takes a lock (`exclusive` or shared), waiting up to `patience` while another holder's
     /// lock stands in the way; `RepositoryLocked` names that holder when it does not go.
     pub fn take(self, exclusive: bool, patience: Duration) -> Result<Held, ResticError> {
@@ -222,19 +254,7 @@ impl Locks {
                 Some(holder) => holder,
             };
             if started.elapsed() >= patience {
-                return Err(ResticError {
-                    reason: Reason::RepositoryLocked,
-                    message: format!(
-                        "the restic repository at {} is locked{} by {}@{} (pid {}) since {}: Backstop waited {} s (a `restic prune` or `restic forget` run by hand? `restic list locks` shows it; `restic unlock` removes a stale one)",
-                        self.root,
-                        if holder.exclusive { " exclusively" } else { "" },
-                        holder.username,
-                        holder.hostname,
-                        holder.pid,
-                        holder.time,
-                        patience.as_secs()
-                    ),
-                });
+                return Err(self.locked(&holder, patience));
             }
             std::thread::sleep(POLL.min(patience.saturating_sub(started.elapsed())));
         };

@@ -129,6 +129,14 @@ impl Restic {
         ))
     }
 
+    fn locks(&self) -> locks::Locks {
+        locks::Locks {
+            store: self.store.clone(),
+            root: self.root.clone(),
+            key: self.repo.key(),
+        }
+    }
+
     /// Takes restic's lock on this repository, `exclusive` or shared, waiting up to `patience`
     /// for another holder (see `locks`); it is held until the returned value is dropped.
     pub fn lock(
@@ -136,12 +144,13 @@ impl Restic {
         exclusive: bool,
         patience: std::time::Duration,
     ) -> Result<locks::Held, ResticError> {
-        let locks = locks::Locks {
-            store: self.store.clone(),
-            root: self.root.clone(),
-            key: self.repo.key(),
-        };
-        locks.take(exclusive, patience)
+        self.locks().take(exclusive, patience)
+    }
+
+    /// Waits up to `patience` while someone holds restic's exclusive lock, writing none (a
+    /// reader of a repository it may not write).
+    pub fn wait_for_exclusive(&self, patience: std::time::Duration) -> Result<(), ResticError> {
+        self.locks().wait_for_exclusive(patience)
     }
 
     fn fail(&self, e: &RusticError, reason: Reason) -> ResticError {
