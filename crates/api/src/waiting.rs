@@ -35,6 +35,8 @@ pub enum WaitingFor {
     SnapshotApi,
     /// The VolumeSnapshotClass of a snapshot strategy to exist.
     SnapshotClass,
+    /// A Secret a command container names to exist (applied with it, a moment later).
+    Secret,
 }
 
 impl WaitingFor {
@@ -47,6 +49,7 @@ impl WaitingFor {
             WaitingFor::Backup | WaitingFor::BackupToFinish => "WaitingForBackup",
             WaitingFor::SnapshotApi => "SnapshotAPIUnavailable",
             WaitingFor::SnapshotClass => "WaitingForSnapshotClass",
+            WaitingFor::Secret => "WaitingForSecret",
         }
     }
 
@@ -55,10 +58,11 @@ impl WaitingFor {
     }
 
     /// How often to look again at what nothing watches (the snapshot API may not exist, so
-    /// neither it nor its classes can be watched): a wait for them ends soon after they appear.
+    /// neither it nor its classes can be watched; the operator may not list Secrets): a wait
+    /// for them ends soon after they appear.
     fn polled(self) -> Option<SignedDuration> {
         match self {
-            WaitingFor::SnapshotApi | WaitingFor::SnapshotClass => {
+            WaitingFor::SnapshotApi | WaitingFor::SnapshotClass | WaitingFor::Secret => {
                 Some(SignedDuration::from_secs(5))
             }
             _ => None,

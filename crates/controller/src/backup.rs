@@ -167,10 +167,10 @@ async fn start(
     if let Some(command) = command {
         let namespace = backup.namespace().unwrap_or_default();
         let field = "strategy.command";
-        if let Some(why) =
+        if let Some(refusal) =
             crate::secrets::command_refusal(ctx, &namespace, &command.container, field).await?
         {
-            return Ok(Err(refused(ctx, backup, status, why.into()).await?));
+            return Ok(Err(refused(ctx, backup, status, refusal).await?));
         }
     }
     let pvcs = match &resolved.selector {

@@ -110,13 +110,11 @@ async fn validate(ctx: &Context, restore: &Restore) -> Result<Result<Plan, Refus
         Err(invalid) => return Ok(Err(invalid.into())),
     };
     if let Some(command) = &command {
-        let field = if restore.spec.command.is_some() {
-            "spec.command"
-        } else {
-            "strategy.command.restore"
-        };
-        if let Some(why) = crate::secrets::command_refusal(ctx, &namespace, command, field).await? {
-            return Ok(Err(why.into()));
+        let field = command_field(restore);
+        if let Some(refusal) =
+            crate::secrets::command_refusal(ctx, &namespace, command, field).await?
+        {
+            return Ok(Err(refusal));
         }
     }
     Ok(Ok(Plan {
@@ -183,13 +181,17 @@ fn restore_command(
                 ),
             )
         })?;
-    let field = if restore.spec.command.is_some() {
+    command.validate(command_field(restore))?;
+    Ok(Some(command))
+}
+
+/// Where the command a stream restore runs was written.
+fn command_field(restore: &Restore) -> &'static str {
+    if restore.spec.command.is_some() {
         "spec.command"
     } else {
         "strategy.command.restore"
-    };
-    command.validate(field)?;
-    Ok(Some(command))
+    }
 }
 
 /// The Backup `name` if it can be restored: it exists, is not being deleted and is Completed.

@@ -14,6 +14,7 @@
 use backstop_api::BackupRepository;
 use backstop_api::condition::Invalid;
 use backstop_api::strategy::CommandContainer;
+use backstop_api::waiting::{Refusal, WaitingFor};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
@@ -68,15 +69,31 @@ pub fn named_by<'a>(container: &'a CommandContainer, field: &str) -> Vec<(String
 }
 
 /// Why the command `container` (written at `field`) may not run in `namespace` with the
-/// Secrets its environment names, if it may not.
+/// Secrets its environment names, if it may not: a Secret not there yet is waited for (applied
+/// with the Backup or Restore, it comes a moment later); one there without the opt-in fails.
 pub async fn command_refusal(
     ctx: &crate::Context,
     namespace: &str,
     container: &CommandContainer,
     field: &str,
-) -> Result<Option<Invalid>, kube::Error> {
-    check(ctx, namespace, named_by(container, field)).await
+) -> Result<Option<Refusal>, kube::Error> {
+    let why = check(ctx, namespace, named_by(container, field)).await?;
+    Ok(why.map(command_refusal_of))
 }
+
+/// A missing Secret is waited for; any other refusal fails.
+fn command_refusal_of(why: Invalid) -> Refusal {
+    match why.reason.as_str() {
+        MISSING => Refusal::Wait {
+            on: WaitingFor::Secret,
+            why,
+        },
+        _ => Refusal::Fail(why),
+    }
+}
+
+/// The reason of a refusal whose Secret does not exist.
+const MISSING: &str = "CredentialsMissing";
 
 /// The first refusal among the Secrets `named` (field, name) in `namespace`.
 async fn check(
@@ -93,7 +110,7 @@ async fn check(
             Ok(meta) => meta.metadata.labels.unwrap_or_default(),
             Err(kube::Error::Api(s)) if s.code == 404 => {
                 return Ok(Some(Invalid::new(
-                    "CredentialsMissing",
+                    MISSING,
                     format!("Secret {name:?} ({field}) not found in namespace {namespace:?}"),
                 )));
             }
@@ -144,6 +161,21 @@ mod tests {
             ]
         );
         assert!(named_by(&CommandContainer::default(), "x").is_empty());
+    }
+
+    #[test]
+    fn a_missing_secret_is_waited_for_one_not_opted_in_fails() {
+        let missing = Invalid::new(MISSING, "Secret \"db\" not found");
+        assert!(matches!(
+            command_refusal_of(missing),
+            Refusal::Wait {
+                on: WaitingFor::Secret,
+                ..
+            }
+        ));
+        let labels = std::collections::BTreeMap::new();
+        let not_labelled = not_opted_in("db", "spec.command.env[0] PGPASSWORD", &labels).unwrap();
+        assert!(matches!(command_refusal_of(not_labelled), Refusal::Fail(_)));
     }
 
     #[test]
