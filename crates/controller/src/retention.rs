@@ -16,6 +16,7 @@ use backstop_api::BackupPhase;
 use backstop_api::policy::Retention;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
+use std::collections::{HashMap, HashSet};
 
 /// Why a backup is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -107,23 +108,37 @@ pub fn judge(backups: &[BackupSummary], rules: &Retention, zone: &TimeZone) -> V
     }
     let own: Vec<BackupSummary> = backups.iter().filter(|b| !b.imported).cloned().collect();
     let alone = judge_all(&own, rules, zone);
+    // By name: a policy after a disaster recovery may have thousands of backups.
+    let imported: HashSet<&str> = backups
+        .iter()
+        .filter(|b| b.imported)
+        .map(|b| b.name.as_str())
+        .collect();
+    let expired_alone: HashSet<&str> = alone.expired.iter().map(String::as_str).collect();
+    let kept_alone: HashMap<&str, &Vec<Rule>> = alone
+        .kept
+        .iter()
+        .map(|(n, why)| (n.as_str(), why))
+        .collect();
     let mut verdict = Verdict {
         empty: all.empty,
         ..Verdict::default()
     };
-    let imported = |name: &str| backups.iter().any(|b| b.imported && b.name == name);
     for name in all.expired {
-        if imported(&name) || alone.expired.contains(&name) {
+        if imported.contains(name.as_str()) || expired_alone.contains(name.as_str()) {
             verdict.expired.push(name);
-        } else if let Some((_, rules)) = alone.kept.iter().find(|(n, _)| *n == name) {
-            verdict.kept.push((name, rules.clone()));
+        } else if let Some(why) = kept_alone.get(name.as_str()) {
+            verdict.kept.push((name, (*why).clone()));
         }
     }
     verdict.kept.extend(all.kept);
-    let taken_of = |name: &str| backups.iter().find(|b| b.name == name).and_then(taken);
+    let taken_of: HashMap<&str, Option<Timestamp>> = backups
+        .iter()
+        .map(|b| (b.name.as_str(), taken(b)))
+        .collect();
     verdict
         .kept
-        .sort_by_key(|(name, _)| std::cmp::Reverse(taken_of(name)));
+        .sort_by_key(|(name, _)| std::cmp::Reverse(taken_of.get(name.as_str()).copied().flatten()));
     verdict
 }
 

@@ -334,20 +334,31 @@ async fn ensure_identity(
 ) -> Result<Result<(), Invalid>, Error> {
     let namespace = repo.namespace().unwrap_or_default();
     let (account, role, binding) = identity(repo);
-    let accounts: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &namespace);
-    let roles: Api<Role> = Api::namespaced(ctx.client.clone(), &namespace);
-    let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), &namespace);
-    let mut found = (None, None, None);
-    if !crate::create_once(&accounts, &account).await? {
-        found.0 = accounts.get_opt(&account.name_any()).await?;
-    }
-    if !crate::create_once(&roles, &role).await? {
-        found.1 = roles.get_opt(&role.name_any()).await?;
-    }
-    if !crate::create_once(&bindings, &binding).await? {
-        found.2 = bindings.get_opt(&binding.name_any()).await?;
-    }
+    let client = &ctx.client;
+    let found = (
+        existing(&Api::namespaced(client.clone(), &namespace), &account).await?,
+        existing(&Api::namespaced(client.clone(), &namespace), &role).await?,
+        existing(&Api::namespaced(client.clone(), &namespace), &binding).await?,
+    );
     Ok(own_identity(repo, &(account, role, binding), &found))
+}
+
+/// The object of `wanted`'s name that was already there (`None`: `wanted` was created now).
+/// Looked up first: from the second sync on, it is there (one request, not a refused create
+/// and a read).
+async fn existing<K>(api: &Api<K>, wanted: &K) -> Result<Option<K>, Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let name = wanted.name_any();
+    if let Some(found) = api.get_opt(&name).await? {
+        return Ok(Some(found));
+    }
+    if crate::create_once(api, wanted).await? {
+        return Ok(None);
+    }
+    // Made by someone else between the look and the create.
+    Ok(api.get_opt(&name).await?)
 }
 
 /// Whether the identity objects `found` (those that already existed) are the ones `expected`:
