@@ -298,15 +298,35 @@ fn bad(message: String) -> Invalid {
 /// backup" for ever and push genuine ones out of retention.
 pub const CLOCK_SKEW_SECONDS: i64 = 300;
 
-/// Whether `text` is a positive storage size as a PVC requests it: digits, optionally one of
-/// the binary (`Ki` .. `Ei`) or decimal (`k`, `M` .. `E`) suffixes.
+/// Whether `text` is a positive Kubernetes quantity, as a PVC's storage request is written
+/// back by the API server: a number (digits, at most one `.`), then one of the binary (`Ki` ..
+/// `Ei`) or decimal (`n`, `u`, `m`, `k`, `M` .. `E`) suffixes, or a decimal exponent (`1e9`,
+/// `15E-1`), or nothing.
 pub fn is_storage_size(text: &str) -> bool {
-    const SUFFIXES: [&str; 13] = [
-        "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E",
+    const SUFFIXES: [&str; 16] = [
+        "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "n", "u", "m", "k", "M", "G", "T", "P", "E",
     ];
-    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let suffix = &text[digits.len()..];
-    !digits.is_empty()
+    let number = text.trim_end_matches(|c: char| !(c.is_ascii_digit() || c == '.'));
+    let (number, suffix) = match text.find(['e', 'E']) {
+        // A decimal exponent: `E` alone is exa, `E` followed by an integer is an exponent.
+        Some(at)
+            if text[at + 1..]
+                .trim_start_matches(['+', '-'])
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_digit()) =>
+        {
+            let exponent = text[at + 1..].trim_start_matches(['+', '-']);
+            if exponent.len() > 3 || !exponent.bytes().all(|b| b.is_ascii_digit()) {
+                return false;
+            }
+            (&text[..at], "")
+        }
+        _ => (number, &text[number.len()..]),
+    };
+    let digits = number.replace('.', "");
+    number.matches('.').count() <= 1
+        && !digits.is_empty()
         && digits.len() <= 18
         && digits.bytes().all(|b| b.is_ascii_digit())
         && digits.bytes().any(|b| b != b'0')
@@ -557,6 +577,19 @@ mod tests {
 
     const NAME: &str = "nightly-202611280200";
 
+    /// The import record of both volumes of `NAME`, ended together.
+    fn whole() -> ImportRecord {
+        gather(
+            "shop",
+            NAME,
+            vec![
+                record("db", "2026-11-28T02:00:31Z"),
+                record("logs", "2026-11-28T02:00:31Z"),
+            ],
+        )
+        .unwrap()
+    }
+
     /// A time after every record of these tests.
     fn later() -> Timestamp {
         "2026-12-01T00:00:00Z".parse().unwrap()
@@ -657,15 +690,7 @@ mod tests {
 
     #[test]
     fn a_recorded_verification_of_the_backup_comes_back_with_it() {
-        let mut found = gather(
-            "shop",
-            NAME,
-            vec![
-                record("db", "2026-11-28T02:00:31Z"),
-                record("logs", "2026-11-28T02:00:31Z"),
-            ],
-        )
-        .unwrap();
+        let mut found = whole();
         let checked: Timestamp = "2026-11-29T04:00:00Z".parse().unwrap();
         let verification = |backup: &str, phase| VerificationRecord {
             version: RECORD_VERSION,
@@ -741,15 +766,7 @@ mod tests {
 
     #[test]
     fn an_import_record_naming_data_that_is_not_its_backups_own_is_refused() {
-        let good = gather(
-            "shop",
-            NAME,
-            vec![
-                record("db", "2026-11-28T02:00:31Z"),
-                record("logs", "2026-11-28T02:00:31Z"),
-            ],
-        )
-        .unwrap();
+        let good = whole();
         let now = later();
         let refused = |edit: &dyn Fn(&mut ImportRecord)| {
             let mut r = good.clone();
@@ -802,15 +819,7 @@ mod tests {
 
     #[test]
     fn a_record_from_the_future_or_naming_a_bad_size_or_class_is_refused() {
-        let good = gather(
-            "shop",
-            NAME,
-            vec![
-                record("db", "2026-11-28T02:00:31Z"),
-                record("logs", "2026-11-28T02:00:31Z"),
-            ],
-        )
-        .unwrap();
+        let good = whole();
         let now: Timestamp = "2026-11-28T03:00:00Z".parse().unwrap();
         let refused = |edit: &dyn Fn(&mut ImportRecord)| {
             let mut r = good.clone();
@@ -863,14 +872,29 @@ mod tests {
             "-1Gi",
             "0",
             "1Qi",
-            "1e9",
             "10Gi\n",
             "99999999999999999999",
+            "1..5Gi",
+            "e9",
+            "1e",
+            "1e9Gi",
+            "Gi",
         ] {
             let message = refused(&|r| r.volumes[0].capacity = Some(bad.into()));
             assert!(message.contains("not a storage size"), "{bad:?}: {message}");
         }
-        for good_size in ["10Gi", "500M", "1073741824", "2Ti"] {
+        // What the API server writes back for a genuine PVC (it keeps the exponent form and
+        // turns a fraction into a smaller unit), all of which a real record may carry.
+        for good_size in [
+            "10Gi",
+            "500M",
+            "1073741824",
+            "2Ti",
+            "1e9",
+            "1.5Gi",
+            "1500m",
+            "2E",
+        ] {
             assert!(is_storage_size(good_size), "{good_size}");
         }
         let message = refused(&|r| r.volumes[0].storage_class_name = Some("Fast/../x".into()));
