@@ -4,10 +4,11 @@
 use super::backups::parse_duration;
 use super::wait::{Progress, reason, until_finished};
 use super::{Output, Target, connect, not_found, print_structured};
-use backstop_api::condition::{self, ConditionType};
 use backstop_api::{
     Backup, BackupPhase, ExistingDataPolicy, Restore, RestoreSpec, RestoreStatus, RestoreTarget,
 };
+use backstop_controller::policy::summarize;
+use backstop_controller::retention;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use std::time::Duration;
@@ -53,13 +54,13 @@ fn parse_existing_data(text: &str) -> Result<ExistingDataPolicy, String> {
         .map_err(|_| format!("{text} is not one of FailIfNotEmpty, Overwrite, Merge"))
 }
 
-/// The newest Completed backup (not being deleted, not failed at verification) whose volume
-/// `pvc` completed, optionally of one policy: by completion time, then creation, then name.
+/// The newest good backup (as retention counts them: Completed, not being deleted, not failed
+/// at verification) whose volume `pvc` completed, optionally of one policy: by completion
+/// time, then creation, then name.
 fn latest_with<'a>(backups: &'a [Backup], pvc: &str, policy: Option<&str>) -> Option<&'a Backup> {
     backups
         .iter()
-        .filter(|b| b.phase() == BackupPhase::Completed && b.metadata.deletion_timestamp.is_none())
-        .filter(|b| !failed_verification(b))
+        .filter(|b| retention::counts(&summarize(b)))
         .filter(|b| policy.is_none() || b.spec.policy_ref.as_deref() == policy)
         .filter(|b| {
             b.status
@@ -77,15 +78,6 @@ fn latest_with<'a>(backups: &'a [Backup], pvc: &str, policy: Option<&str>) -> Op
                 b.name_any(),
             )
         })
-}
-
-/// Whether the backup's latest verification found it unsound (`Verified=False`).
-fn failed_verification(backup: &Backup) -> bool {
-    backup
-        .status
-        .as_ref()
-        .and_then(|s| condition::find(&s.conditions, ConditionType::Verified))
-        .is_some_and(|c| c.status == "False")
 }
 
 impl RestoreArgs {
@@ -233,9 +225,9 @@ mod tests {
         // A newer backup that failed its verification is passed over.
         let mut unsound = backup("unsound", "p", 600, Completed, &[("data", Completed)]);
         let status = unsound.status.get_or_insert_with(Default::default);
-        condition::set(
+        backstop_api::condition::set(
             &mut status.conditions,
-            ConditionType::Verified,
+            backstop_api::condition::ConditionType::Verified,
             false,
             "DigestMismatch",
             "the artifact does not match",
