@@ -1,7 +1,8 @@
 //! restic's repository locks, kept as restic keeps them, so that Backstop and a person's `restic`
-//! never pull data from under each other: Backstop's backups, restores and verifications hold a
-//! shared lock (a `restic prune` waits for them), its forgets and prunes an exclusive one, and it
-//! waits while restic holds an exclusive lock (then fails with `RepositoryLocked`).
+//! never pull data from under each other: Backstop's backups hold a shared lock (a `restic
+//! prune` waits for them), its forgets and prunes an exclusive one; its restores and
+//! verifications (the repository mounted read-only) write none; all wait while restic holds an
+//! exclusive lock (then fail with `RepositoryLocked`).
 //!
 //! A lock is a file under `locks/`: the JSON below (restic compresses it in a version 2
 //! repository: a byte 2, then zstd; Backstop writes it plain, which both read), encrypted with the

@@ -3,9 +3,10 @@
 //! writes the format; `backend` keeps its files in a Backstop repository (directory or S3) and
 //! `source` walks volumes as every Backstop backup does.
 //!
-//! rustic_core takes no locks; `locks` takes restic's own around every operation (shared for a
-//! backup, restore or verification, exclusive for a forget or prune), so that a `restic prune`
-//! run by a person never removes data a Backstop backup relies on. Prune also removes what it
+//! rustic_core takes no locks; `locks` keeps restic's own (shared for a backup, exclusive for a
+//! forget or prune; a restore or verification, whose repository is mounted read-only, writes
+//! none and waits while an exclusive one stands), so that a `restic prune` run by a person never
+//! removes data a Backstop backup relies on. Prune also removes what it
 //! has marked unused only `keep_delete` later (the repository's `keepDeleteHours`). A mover
 //! killed halfway leaves a lock that is stale 30 minutes later.
 
