@@ -45,6 +45,9 @@ pub enum ConditionType {
     /// Repositories: whether the last sync imported every backup it found (False: it skipped
     /// objects, or failed).
     Synced,
+    /// Repositories: whether this cluster may write the namespace's part (False: another
+    /// cluster owns it, and this one only reads; see `ownership`).
+    Writable,
 }
 
 impl ConditionType {
@@ -58,6 +61,7 @@ impl ConditionType {
             ConditionType::RetentionHeld => "RetentionHeld",
             ConditionType::Verified => "Verified",
             ConditionType::Synced => "Synced",
+            ConditionType::Writable => "Writable",
         }
     }
 }

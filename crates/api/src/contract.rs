@@ -6,6 +6,7 @@
 //! checks that every request survives the trip.
 
 use crate::ExistingDataPolicy;
+use crate::ownership::Writer;
 use crate::record::{RecordContext, VerificationRecord};
 use crate::repository::Compression;
 use serde::{Deserialize, Serialize};
@@ -284,9 +285,40 @@ impl Request {
         }
     }
 
+    /// The namespace whose part of the repository this request writes (see `ownership`), if
+    /// it writes any: backups, removals, prunes and verification records do; probes (their
+    /// object is outside every namespace), syncs, restores and verifications do not.
+    pub fn writes(&self) -> Option<&str> {
+        fn first(dir: &str) -> Option<&str> {
+            dir.split('/').next().filter(|ns| !ns.is_empty())
+        }
+        match self {
+            Request::Backup { dir, .. }
+            | Request::Dump { dir, .. }
+            | Request::Delete { dir, .. }
+            | Request::RecordVerification { dir, .. } => first(dir),
+            Request::ResticBackup { root, .. }
+            | Request::Forget { root, .. }
+            | Request::Prune { root, .. } => first(root),
+            Request::Probe { .. }
+            | Request::Sync { .. }
+            | Request::Restore { .. }
+            | Request::Load { .. }
+            | Request::Verify { .. }
+            | Request::ResticRestore { .. }
+            | Request::ResticVerify { .. } => None,
+        }
+    }
+
     /// The container's arguments: `mover <command> <flags>`, reporting to `TERMINATION_LOG`.
-    pub fn to_args(&self) -> Vec<String> {
+    /// A request that writes carries `writer` (`--cluster`, `--take-over-from`): the mover
+    /// writes nothing into a namespace another cluster owns.
+    pub fn to_args(&self, writer: &Writer) -> Vec<String> {
         let mut args = Args(vec!["mover".into(), self.command().into()]);
+        if self.writes().is_some() {
+            args.value("--cluster", &writer.cluster);
+            args.optional("--take-over-from", writer.take_over_from.as_deref());
+        }
         match self {
             Request::Probe { restic, .. } => args.optional("--restic", restic.as_deref()),
             Request::ResticBackup {
@@ -514,6 +546,9 @@ pub enum Reason {
     /// Another holder (a `restic prune` run by hand) kept the restic repository locked for as
     /// long as the mover waited.
     RepositoryLocked,
+    /// Another cluster owns the namespace's part of the repository (`ownership`): nothing was
+    /// written.
+    RepositoryOwnedElsewhere,
     /// The Kubernetes API refused what a sync asked (listing or creating Backups with the sync
     /// Job's identity).
     ImportRefused,
@@ -560,6 +595,7 @@ impl Reason {
             Reason::EmptyDump => "EmptyDump",
             Reason::WrongPassword => "WrongPassword",
             Reason::RepositoryLocked => "RepositoryLocked",
+            Reason::RepositoryOwnedElsewhere => crate::ownership::OWNED_ELSEWHERE,
             Reason::ImportRefused => "ImportRefused",
             Reason::MoverFailed => "MoverFailed",
         }
@@ -581,7 +617,8 @@ impl Reason {
             | Reason::TlsHandshakeFailed
             | Reason::CredentialsMissing
             | Reason::WrongPassword
-            | Reason::RepositoryLocked => Blame::Repository,
+            | Reason::RepositoryLocked
+            | Reason::RepositoryOwnedElsewhere => Blame::Repository,
             Reason::MoverFailed => Blame::Mover,
             _ => Blame::Data,
         }
@@ -692,6 +729,10 @@ pub struct Synced {
     pub skipped_objects: Vec<String>,
     /// Seconds the sync took.
     pub seconds: f64,
+    /// The namespace's writer as its marker names it (`ownership::Ownership::owner`); none
+    /// when unclaimed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// The most Backups one sync creates: a repository holding more (or a writer planting many)
@@ -785,6 +826,10 @@ mod tests {
 
     #[test]
     fn a_request_is_the_exact_command_line_the_mover_reads() {
+        let writer = Writer {
+            cluster: "c1".into(),
+            take_over_from: Some("c0".into()),
+        };
         let backup = Request::Backup {
             repository: Location::Dir("/repository/sub".into()),
             source: SOURCE_MOUNT.into(),
@@ -794,9 +839,9 @@ mod tests {
             record: None,
         };
         assert_eq!(
-            backup.to_args(),
+            backup.to_args(&writer),
             words(
-                "mover backup --source /source --pvc db --dir shop/nightly --compression gzip \
+                "mover backup --cluster c1 --take-over-from c0 --source /source --pvc db --dir shop/nightly --compression gzip \
                  --repository /repository/sub --termination-log /dev/termination-log"
             )
         );
@@ -815,7 +860,7 @@ mod tests {
             untrusted: true,
         };
         assert_eq!(
-            restore.to_args(),
+            restore.to_args(&writer),
             words(
                 "mover restore --manifest shop/n/db.manifest.jsonl.zst --target /target \
                  --existing-data-policy Overwrite --artifact-digest ab --untrusted \
@@ -832,9 +877,9 @@ mod tests {
             record: None,
         };
         assert_eq!(
-            dump.to_args(),
+            dump.to_args(&writer),
             words(
-                "mover dump --stream-dir /backstop-stream --name dump --dir shop/nightly \
+                "mover dump --cluster c1 --take-over-from c0 --stream-dir /backstop-stream --name dump --dir shop/nightly \
                  --compression zstd --repository /repository --termination-log /dev/termination-log"
             )
         );
@@ -847,7 +892,7 @@ mod tests {
             artifact_bytes: Some(4096),
         };
         assert_eq!(
-            load.to_args(),
+            load.to_args(&writer),
             words(
                 "mover load --manifest shop/nightly/dump.manifest.jsonl.zst \
                  --stream-dir /backstop-stream --staging /backstop-staging --artifact-digest ab \
@@ -862,7 +907,7 @@ mod tests {
             restic: None,
         };
         assert_eq!(
-            probe.to_args(),
+            probe.to_args(&writer),
             words("mover probe --s3-bucket b --termination-log /dev/termination-log")
         );
         let forget = Request::Forget {
@@ -872,9 +917,9 @@ mod tests {
             backup: "nightly".into(),
         };
         assert_eq!(
-            forget.to_args(),
+            forget.to_args(&writer),
             words(
-                "mover forget --root shop/_restic --snapshot ab --snapshot cd --backup nightly \
+                "mover forget --cluster c1 --take-over-from c0 --root shop/_restic --snapshot ab --snapshot cd --backup nightly \
                  --repository /repository --termination-log /dev/termination-log"
             )
         );
@@ -885,7 +930,7 @@ mod tests {
             restic: Some(restic_root("shop")),
         };
         assert_eq!(
-            sync.to_args(),
+            sync.to_args(&writer),
             words(
                 "mover sync --namespace shop --repository-name nfs --restic shop/_restic \
                  --repository /repository --termination-log /dev/termination-log"

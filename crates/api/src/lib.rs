@@ -5,6 +5,7 @@ pub mod backup;
 pub mod condition;
 pub mod contract;
 pub mod naming;
+pub mod ownership;
 pub mod policy;
 pub mod record;
 pub mod repository;

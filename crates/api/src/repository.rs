@@ -58,6 +58,14 @@ pub struct BackupRepositorySpec {
     /// lost cluster wrote, whose backups the next sync imports again).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// Make this cluster the writer of the namespace's part of the repository, which the
+    /// cluster named here (as `status.sync.owner` shows it) wrote until now. Only one cluster
+    /// writes a part (its marker `<namespace>/_owner.json`); the others only read it (sync,
+    /// restore, verification). Set this after a disaster, once that cluster is gone for good: if
+    /// it still runs, its backups are refused from then on. `unreadable` replaces a marker that
+    /// is not Backstop's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub take_over_from: Option<String>,
 }
 
 /// What deleting a Backup does to its data in the repository.
@@ -334,6 +342,10 @@ pub struct SyncStatus {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The cluster that writes the namespace's part of the repository, as the last sync found
+    /// its marker (`unreadable`: a marker that is not Backstop's); absent when none does yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -375,6 +387,14 @@ impl BackupRepositorySpec {
             _ => {}
         }
         self.sync_interval()?;
+        if let Some(from) = self.take_over_from.as_deref()
+            && from != crate::ownership::UNREADABLE
+            && !crate::ownership::is_cluster_id(from)
+        {
+            return Err(invalid(format!(
+                "spec.takeOverFrom {from:?} is not a cluster id (1-128 letters, digits and .-_:, as status.sync.owner shows it) or \"unreadable\""
+            )));
+        }
         if let Some(prune) = &self.prune {
             if self.format != RepositoryFormat::Restic {
                 return Err(invalid(

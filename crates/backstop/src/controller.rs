@@ -54,6 +54,36 @@ pub struct Args {
     /// namespace.
     #[arg(long, env = "BACKSTOP_NAMESPACES", value_delimiter = ',')]
     namespaces: Vec<String>,
+    /// This cluster's identity as a repository's writer: a namespace's part of a repository is
+    /// written by one cluster only (its marker `_owner.json`). Default: the uid of the
+    /// `kube-system` namespace. Two operators of one cluster must agree on it.
+    #[arg(long, env = "BACKSTOP_CLUSTER_ID", value_parser = parse_cluster_id)]
+    cluster_id: Option<String>,
+}
+
+fn parse_cluster_id(id: &str) -> Result<String, String> {
+    if backstop_api::ownership::is_cluster_id(id) {
+        Ok(id.to_string())
+    } else {
+        Err("1-128 letters, digits and .-_:".into())
+    }
+}
+
+/// This cluster's identity as a repository's writer (see `Args::cluster_id`).
+async fn cluster_id(client: &kube::Client, given: Option<&str>) -> anyhow::Result<String> {
+    if let Some(id) = given {
+        return Ok(id.to_string());
+    }
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(client.clone());
+    let uid = namespaces
+        .get("kube-system")
+        .await
+        .context("reading the kube-system namespace's uid (this cluster's identity as a repository writer): allow get on it, or give --cluster-id")?
+        .metadata
+        .uid;
+    uid.filter(|u| backstop_api::ownership::is_cluster_id(u))
+        .context("the kube-system namespace has no uid: give --cluster-id")
 }
 
 #[derive(Clone)]
@@ -85,6 +115,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     serve_health(args.listen, metrics.clone(), ready.clone()).await?;
 
+    let cluster = cluster_id(&client, args.cluster_id.as_deref()).await?;
+    tracing::info!(%cluster, "this cluster's identity as a repository writer");
     let identity = args
         .identity
         .clone()
@@ -131,7 +163,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 instance: Some(identity.clone()),
             },
         ),
-        mover: mover_config(&args),
+        mover: MoverConfig {
+            cluster,
+            ..mover_config(&args)
+        },
         metrics,
         client,
     };

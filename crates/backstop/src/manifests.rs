@@ -118,7 +118,10 @@ pub fn namespaced_install(namespace: &str, watched: &[String]) -> anyhow::Result
         .into_iter()
         .map(|mut rule| {
             if rule.resources.iter().flatten().any(|r| r == "namespaces") {
-                rule.resource_names = Some(watched.to_vec());
+                // And kube-system, whose uid is the cluster's identity as a repository writer.
+                let mut names = watched.to_vec();
+                names.push("kube-system".into());
+                rule.resource_names = Some(names);
             }
             rule
         })
@@ -296,7 +299,7 @@ mod tests {
         };
         assert_eq!(
             rule_on("[namespaces]")["resourceNames"],
-            yaml("[team-a, team-b]")
+            yaml("[team-a, team-b, kube-system]")
         );
         rule_on("[storageclasses]");
         rule_on("[volumesnapshotclasses]");

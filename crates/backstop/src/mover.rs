@@ -10,12 +10,13 @@ use backstop_api::contract;
 use backstop_api::contract::{
     BackupResult, Deleted, Failure, Forgotten, Location, Reason, Request, S3Location,
 };
+use backstop_api::ownership::Writer;
 use backstop_api::record::{RECORD_SUFFIX, RecordContext, VerificationRecord};
 use backstop_mover::backup::{self, BackupRequest, Compression};
 use backstop_mover::catalog;
 use backstop_mover::repository::{self, DirRepository, Repository, S3Config, S3Repository};
 use backstop_mover::restic::{Labels, Restic};
-use backstop_mover::{inventory, report, restore, stream};
+use backstop_mover::{inventory, owner, report, restore, stream};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -305,9 +306,26 @@ pub struct RepositoryArgs {
     /// A restic repository's password (from the Secret named in passwordSecretRef).
     #[arg(long, env = "RESTIC_PASSWORD", hide_env_values = true, hide = true)]
     restic_password: Option<String>,
+    /// The cluster this command writes for: a namespace of the repository another cluster owns
+    /// (its marker `_owner.json`) is not written. Without it (a person running the mover by
+    /// hand) the marker is neither checked nor written.
+    #[arg(long)]
+    cluster: Option<String>,
+    /// The owner this cluster takes the namespace over from (the BackupRepository's
+    /// spec.takeOverFrom).
+    #[arg(long, requires = "cluster")]
+    take_over_from: Option<String>,
 }
 
 impl RepositoryArgs {
+    /// Who writes, when the command line says.
+    fn writer(&self) -> Option<Writer> {
+        Some(Writer {
+            cluster: self.cluster.clone()?,
+            take_over_from: self.take_over_from.clone(),
+        })
+    }
+
     fn location(&self) -> Location {
         match (&self.repository, &self.s3_bucket) {
             (Some(root), _) => Location::Dir(root.to_string_lossy().into_owned()),
@@ -638,9 +656,13 @@ pub fn main(cmd: Command) -> anyhow::Result<()> {
         _ => None,
     };
     let password = credentials.restic_password.clone().unwrap_or_default();
-    let result = credentials
-        .open(request.repository())
-        .and_then(|repo| perform(Arc::from(repo), &password, request));
+    let writer = credentials.writer();
+    let result = credentials.open(request.repository()).and_then(|repo| {
+        if let (Some(namespace), Some(writer)) = (request.writes(), &writer) {
+            owner::claim(repo.as_ref(), namespace, writer)?;
+        }
+        perform(Arc::from(repo), &password, request)
+    });
     if result.is_err()
         && let Some(dir) = &stream_dir
     {
@@ -987,14 +1009,20 @@ mod tests {
 
     /// What the mover reads from the command line the operator writes for `request`.
     fn read_back(request: &Request) -> Request {
-        let args = request.to_args();
+        let writer = Writer {
+            cluster: "c1".into(),
+            take_over_from: Some("c0".into()),
+        };
+        let args = request.to_args(&writer);
         assert_eq!(args[0], "mover");
         assert_eq!(
             args[args.len() - 2..],
             ["--termination-log", backstop_api::contract::TERMINATION_LOG]
         );
         let parsed = Mover::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
-        let (read, _, report) = parsed.command.request().expect("a request");
+        let (read, repository, report) = parsed.command.request().expect("a request");
+        let expected = read.writes().is_some().then_some(writer);
+        assert_eq!(repository.writer(), expected, "{args:?}");
         assert_eq!(
             report.termination_log.as_deref(),
             Some(Path::new(backstop_api::contract::TERMINATION_LOG))
@@ -1159,7 +1187,7 @@ mod tests {
             repository: s3(true),
             restic: Some("shop/_restic".into()),
         }
-        .to_args()
+        .to_args(&Writer::default())
         .join(" ");
         assert!(!args.to_lowercase().contains("aws"), "{args}");
         assert!(!args.to_lowercase().contains("password"), "{args}");

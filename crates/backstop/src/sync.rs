@@ -58,6 +58,12 @@ pub fn sync(store: Arc<dyn Repository>, req: &SyncRequest<'_>) -> Result<Synced,
         )
     })?;
     let api: Api<Backup> = Api::namespaced(client, req.namespace);
+    let owner = backstop_mover::owner::read(store.as_ref(), req.namespace).map_err(|e| {
+        (
+            e.reason().unwrap_or(Reason::RepositoryUnusable),
+            format!("reading the namespace's owner marker: {e}"),
+        )
+    })?;
     // The repository is read before the Backups are listed, and a tar backup's records after:
     // a backup deleted meanwhile lost its records first and is not brought back.
     let listing = match req.restic {
@@ -138,6 +144,7 @@ pub fn sync(store: Arc<dyn Repository>, req: &SyncRequest<'_>) -> Result<Synced,
             .take(NAMED)
             .map(|(what, why)| backstop_api::condition::truncate(format!("{what}: {why}"), 240))
             .collect(),
+        owner: owner.owner().map(str::to_string),
         ..Synced::default()
     };
     let created: Vec<(String, Result<Created, kube::Error>)> = runtime.block_on(

@@ -392,6 +392,11 @@ async fn resolve(ctx: &Context, backup: &Backup) -> Result<Result<Resolved, Refu
             ),
         )));
     }
+    // Another cluster writes this namespace's part of the repository: nothing is written into
+    // it (the policy says so too, and makes no scheduled backups meanwhile).
+    if let Err(why) = repository::writable(&repository, &ctx.mover.cluster) {
+        return Ok(Err(Refusal::Fail(why)));
+    }
     Ok(Ok(Resolved {
         selector,
         repository,
@@ -1111,6 +1116,21 @@ async fn cleanup(backup: &Backup, ctx: &Context) -> Result<Action, Error> {
             repository = %repo_name,
             "deletionPolicy Retain: the Backup goes, its data stays in the repository"
         );
+        return Ok(Action::await_change());
+    }
+    if let Err(why) = repository::writable(&repo, &ctx.mover.cluster) {
+        // Another cluster's data is not this cluster's to remove: the object goes, the data
+        // stays (and the next sync imports it again, like deletionPolicy Retain).
+        events::normal(
+            &ctx.recorder,
+            backup,
+            "ArtifactsKept",
+            format!(
+                "the Backup goes but its data stays in repository {repo_name:?}: {}",
+                why.message
+            ),
+        )
+        .await;
         return Ok(Action::await_change());
     }
     remove_artifacts(ctx, backup, status, &repo).await

@@ -6,6 +6,7 @@ use backstop_api::contract::{
     self, CA_MOUNT, Location, REPOSITORY_MOUNT, Request, S3Location, SOURCE_MOUNT, STREAM_MOUNT,
     STREAM_STAGING_MOUNT, TARGET_MOUNT, TERMINATION_LOG,
 };
+use backstop_api::ownership::Writer;
 use backstop_api::record::{self, RecordContext};
 use backstop_api::strategy::{CommandContainer, CommandStrategy};
 use backstop_api::{
@@ -43,6 +44,9 @@ pub struct MoverConfig {
     /// server (`KUBERNETES_SERVICE_HOST`, `_PORT`), when the kubelet's service variables do not
     /// do: the operator's own, passed on when mover pods share its host network.
     pub api_server: Option<(String, String)>,
+    /// This cluster's identity as a repository's writer (see `backstop_api::ownership`): the
+    /// uid of its `kube-system` namespace unless the operator is told another.
+    pub cluster: String,
 }
 
 impl Default for MoverConfig {
@@ -56,6 +60,7 @@ impl Default for MoverConfig {
             node_selector: None,
             tolerations: None,
             api_server: None,
+            cluster: String::new(),
         }
     }
 }
@@ -335,7 +340,10 @@ fn job<K: Resource<DynamicType = ()>>(owner: &K, mover: MoverJob<'_>, config: &M
         name: MOVER_CONTAINER.into(),
         image: Some(config.image.clone()),
         image_pull_policy: Some(config.pull_policy.clone()),
-        args: Some(request.to_args()),
+        args: Some(request.to_args(&Writer {
+            cluster: config.cluster.clone(),
+            take_over_from: repository.spec.take_over_from.clone(),
+        })),
         termination_message_path: Some(TERMINATION_LOG.into()),
         termination_message_policy: Some("File".into()),
         // Root, to read every file and record every owner, with only the capabilities this
@@ -1195,16 +1203,18 @@ mod tests {
         let pod = job.spec.unwrap().template.spec.unwrap();
         let args = pod.containers[0].args.clone().unwrap();
         assert_eq!(
-            args[..4],
+            args[..6],
             [
                 "mover",
                 "record-verification",
+                "--cluster",
+                "",
                 "--dir",
                 "shop/nightly-202611210200"
             ]
         );
-        assert_eq!(args[4], "--verification");
-        let written: record::VerificationRecord = serde_json::from_str(&args[5]).unwrap();
+        assert_eq!(args[6], "--verification");
+        let written: record::VerificationRecord = serde_json::from_str(&args[7]).unwrap();
         assert_eq!(written, record);
         assert_eq!(pod.automount_service_account_token, Some(false));
     }
@@ -1295,7 +1305,7 @@ mod tests {
         assert_eq!(mover.name, MOVER_CONTAINER);
         let args = mover.args.clone().unwrap().join(" ");
         assert!(
-            args.starts_with("mover dump --stream-dir /backstop-stream --name shop --dir shop/nightly-202611210200"),
+            args.starts_with("mover dump --cluster  --stream-dir /backstop-stream --name shop --dir shop/nightly-202611210200"),
             "{args}"
         );
         assert_eq!(command.name, COMMAND_CONTAINER);
@@ -1723,7 +1733,7 @@ mod tests {
         let args = request(&job).join(" ");
         assert!(
             args.starts_with(
-                "mover restic-backup --root shop/_restic --source /source --pvc db --host shop \
+                "mover restic-backup --cluster  --root shop/_restic --source /source --pvc db --host shop \
                  --tag backstop --tag backup=nightly-202611210200 --tag pvc=db --tag policy=nightly"
             ),
             "{args}"
@@ -1755,9 +1765,9 @@ mod tests {
             ROLE_PRUNE
         );
         assert!(
-            request(&prune)
-                .join(" ")
-                .starts_with("mover prune --root shop/_restic --keep-delete-seconds 86400"),
+            request(&prune).join(" ").starts_with(
+                "mover prune --cluster  --root shop/_restic --keep-delete-seconds 86400"
+            ),
             "{:?}",
             request(&prune)
         );
@@ -1788,7 +1798,9 @@ mod tests {
         });
         let args = request(&delete_job(&backup, &repo, &MoverConfig::default())).join(" ");
         assert!(
-            args.starts_with("mover forget --root shop/_restic --snapshot aa11 --snapshot bb22"),
+            args.starts_with(
+                "mover forget --cluster  --root shop/_restic --snapshot aa11 --snapshot bb22"
+            ),
             "{args}"
         );
         let restore = restore_of_nightly();
@@ -1841,10 +1853,28 @@ mod tests {
 
     #[test]
     fn delete_job_only_mounts_the_repository() {
-        let (backup, repo) = fixtures();
-        let job = delete_job(&backup, &repo, &MoverConfig::default());
+        let (backup, mut repo) = fixtures();
+        repo.spec.take_over_from = Some("c0".into());
+        let config = MoverConfig {
+            cluster: "c1".into(),
+            ..MoverConfig::default()
+        };
+        let job = delete_job(&backup, &repo, &config);
         let pod = job.spec.unwrap().template.spec.unwrap();
         assert_eq!(pod.volumes.unwrap().len(), 1);
+        // A removal writes: it names the cluster it writes for, and whom it may take over from.
+        let args = pod.containers[0].args.clone().unwrap();
+        assert_eq!(
+            args[..6],
+            [
+                "mover",
+                "delete",
+                "--cluster",
+                "c1",
+                "--take-over-from",
+                "c0"
+            ]
+        );
         assert_eq!(job.metadata.labels.unwrap()[labels::ROLE], ROLE_DELETE);
     }
 
@@ -1878,6 +1908,7 @@ mod tests {
         let args = mover.args.clone().unwrap();
         assert_eq!(&args[..2], ["mover", "verify"]);
         assert!(args.windows(2).any(|w| w == ["--artifact-digest", "b3"]));
+        assert!(!args.contains(&"--cluster".to_string()), "reads only");
         let mounts = mover.volume_mounts.clone().unwrap();
         assert_eq!(mounts.len(), 1);
         assert_eq!(mounts[0].mount_path, REPOSITORY_MOUNT);
@@ -2206,6 +2237,8 @@ mod tests {
                                 "args": [
                                     "mover",
                                     "backup",
+                                    "--cluster",
+                                    "",
                                     "--source",
                                     "/source",
                                     "--pvc",

@@ -143,8 +143,12 @@ pub async fn maintain(ctx: &Context, repo: &BackupRepository) -> Result<Option<D
         PruneStep::Sleep(until) => Ok(Some(
             Duration::try_from(until.duration_since(now())).unwrap_or(WATCH),
         )),
-        // Pruning a repository that cannot be opened would only fail: the probe says why.
-        PruneStep::Start(_) if crate::repository::probed_readiness(repo).is_err() => {
+        // Pruning a repository that cannot be opened would only fail: the probe says why. One
+        // another cluster writes is not pruned from here: its Writable condition says so.
+        PruneStep::Start(_)
+            if crate::repository::probed_readiness(repo).is_err()
+                || crate::repository::writable(repo, &ctx.mover.cluster).is_err() =>
+        {
             Ok(Some(WATCH))
         }
         PruneStep::Start(scheduled) => {

@@ -101,6 +101,8 @@ fn scheduled_backup(policy: &BackupPolicy, at: Timestamp) -> Backup {
 struct Observed {
     /// Why the repository cannot take backups now, if it cannot.
     repository: Result<(), RepositoryProblem>,
+    /// Why this cluster may not write the repository (another cluster owns it), if it may not.
+    writable: Result<(), Invalid>,
     /// The policy's Backups, from the watched history (a Backup made a moment ago may be
     /// missing; its deterministic name makes a second create answer AlreadyExists, and
     /// `lastScheduleTime` records the run too). None until every Backup is listed.
@@ -142,17 +144,22 @@ async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Actio
 
 async fn observe(ctx: &Context, policy: &BackupPolicy) -> Result<Observed, Error> {
     let namespace = policy.namespace().unwrap_or_default();
-    let repository = match ctx
+    let repo = ctx
         .repository(&namespace, policy.spec.repository_name())
-        .await?
-    {
+        .await?;
+    let repository = match &repo {
         None => Err(RepositoryProblem::Missing),
-        Some(repo) => repository::readiness(ctx, &repo)
+        Some(repo) => repository::readiness(ctx, repo)
             .await
             .map_err(RepositoryProblem::NotReady),
     };
+    let writable = match &repo {
+        Some(repo) => repository::writable(repo, &ctx.mover.cluster).map(|_| ()),
+        None => Ok(()),
+    };
     Ok(Observed {
         repository,
+        writable,
         backups: ctx
             .stores
             .history
@@ -198,9 +205,21 @@ fn decide(policy: &BackupPolicy, observed: &Observed) -> Decision {
         let (why, warn) = repository_refusal(policy, problem);
         return refused(policy, status, why, warn, now, plan.requeue_after);
     }
+    // A repository another cluster writes: this policy makes no backups and deletes none (a
+    // standby cluster, or a new one before it takes the repository over), but still verifies.
+    let read_only = observed.writable.as_ref().err().map(|why| {
+        Invalid::new(
+            why.reason.clone(),
+            format!(
+                "repository {:?}: {}. No scheduled backups and no retention deletions until then",
+                policy.spec.repository_name(),
+                why.message
+            ),
+        )
+    });
     let create = plan
         .run
-        .filter(|_| listed)
+        .filter(|_| listed && read_only.is_none())
         .map(|at| scheduled_backup(policy, at));
     if let Some(backup) = &create {
         status.last_schedule_time = plan.run.map(Time);
@@ -236,16 +255,34 @@ fn decide(policy: &BackupPolicy, observed: &Observed) -> Decision {
         let next = plan.next.map(|t| t.to_string()).unwrap_or_default();
         ("Scheduled", format!("next backup at {next}"))
     };
-    condition::set(
-        &mut status.conditions,
-        ConditionType::Ready,
-        true,
-        reason,
-        &message,
-        generation,
-        now,
-    );
-    let (expire, retention_warnings) = if listed {
+    let ready_before = condition::find(&status.conditions, ConditionType::Ready)
+        .map(|c| (c.status.clone(), c.reason.clone()));
+    match &read_only {
+        None => condition::set(
+            &mut status.conditions,
+            ConditionType::Ready,
+            true,
+            reason,
+            &message,
+            generation,
+            now,
+        ),
+        Some(why) => condition::set(
+            &mut status.conditions,
+            ConditionType::Ready,
+            false,
+            &why.reason,
+            &why.message,
+            generation,
+            now,
+        ),
+    }
+    let warning = read_only.filter(|_| {
+        ready_before
+            != condition::find(&status.conditions, ConditionType::Ready)
+                .map(|c| (c.status.clone(), c.reason.clone()))
+    });
+    let (expire, retention_warnings) = if listed && observed.writable.is_ok() {
         retain(policy, &schedule, summaries, &mut status, now)
     } else {
         (Vec::new(), Vec::new())
@@ -273,7 +310,7 @@ fn decide(policy: &BackupPolicy, observed: &Observed) -> Decision {
     Decision {
         create,
         expire,
-        warning: None,
+        warning,
         retention_warnings,
         // Gauges from a history not listed yet would say "never succeeded".
         figures: listed.then_some(figures),
@@ -876,6 +913,7 @@ mod tests {
     fn ready(now: &str, backups: Vec<Arc<Backup>>) -> Observed {
         Observed {
             repository: Ok(()),
+            writable: Ok(()),
             backups: Some(backups.iter().map(|b| summarize(b)).collect()),
             now: at(now),
         }
@@ -1195,6 +1233,60 @@ mod tests {
         let name = |b: &Arc<Backup>| b.metadata.name.clone().unwrap();
         assert_eq!(decision.expire, vec![name(&backups[0])]);
         assert!(decision.create.is_none(), "05:00 is still running");
+    }
+
+    #[test]
+    fn a_repository_another_cluster_writes_gets_no_backups_and_no_deletions_but_is_verified() {
+        let mut policy = fixtures::policy("hourly", "0 * * * *", Some(2));
+        policy.spec.verification = Some(backstop_api::Verification {
+            schedule: "30 * * * *".into(),
+            ..Default::default()
+        });
+        let backups = vec![
+            scheduled(&policy, "01:00", Completed),
+            scheduled(&policy, "02:00", Completed),
+            scheduled(&policy, "03:00", Completed),
+        ];
+        let read_only = Observed {
+            writable: Err(Invalid::new(
+                backstop_api::ownership::OWNED_ELSEWHERE,
+                "cluster \"a\" writes it",
+            )),
+            ..ready("04:00", backups.clone())
+        };
+        let decision = decide(&policy, &read_only);
+        assert!(decision.create.is_none(), "the 04:00 run is not made");
+        assert!(decision.expire.is_empty(), "{:?}", decision.expire);
+        assert_eq!(
+            ready_condition(&decision),
+            ("False".into(), "RepositoryOwnedElsewhere".into())
+        );
+        let warning = decision.warning.expect("a Warning the first time");
+        assert!(
+            warning.message.contains("no retention deletions"),
+            "{}",
+            warning.message
+        );
+        assert!(decision.figures.is_some(), "its gauges stay");
+        policy.status = Some(decision.status.clone());
+        let again = decide(
+            &policy,
+            &Observed {
+                now: at("04:30"),
+                ..read_only
+            },
+        );
+        assert_eq!(again.warning, None, "no news");
+        assert!(again.verify.is_some(), "verification still runs");
+
+        // Taken over (or the owner gone): the run due is made and retention deletes again.
+        let writable = decide(&policy, &ready("04:31", backups.clone()));
+        assert!(writable.create.is_some());
+        assert_eq!(writable.expire, vec![backups[0].name_any()]);
+        assert_eq!(
+            ready_condition(&writable),
+            ("True".into(), "Scheduled".into())
+        );
     }
 
     #[test]

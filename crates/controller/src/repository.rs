@@ -9,7 +9,8 @@ use crate::outcome::{self, termination_message};
 use crate::{Context, Error, events, jobs, now};
 use backstop_api::condition::{self, ConditionType, Invalid};
 use backstop_api::contract::{Blame, Reason};
-use backstop_api::{BackupRepository, RepositoryFormat, labels, naming};
+use backstop_api::ownership::{Claim, Ownership, Writer};
+use backstop_api::{BackupRepository, BackupRepositoryStatus, RepositoryFormat, labels, naming};
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
@@ -48,6 +49,70 @@ pub async fn readiness(ctx: &Context, repo: &BackupRepository) -> Result<(), Inv
         return probed_readiness(repo);
     }
     Ok(())
+}
+
+/// Whether this cluster (`cluster`) may write `repo`'s namespace part, as the last sync found
+/// its owner and the spec says whom to take it over from. Until a sync reports, a part counts as
+/// unclaimed: the mover, which reads the marker before every write, refuses what this misses.
+pub fn writable(repo: &BackupRepository, cluster: &str) -> Result<Claim, Invalid> {
+    let owner = repo
+        .status
+        .as_ref()
+        .and_then(|s| s.sync.as_ref())
+        .and_then(|s| s.owner.as_deref());
+    Writer {
+        cluster: cluster.to_string(),
+        take_over_from: repo.spec.take_over_from.clone(),
+    }
+    .claim(&Ownership::from_owner(owner))
+}
+
+/// The `Writable` condition from `writable`, once a sync has reported the owner; `Some` with
+/// why when it just turned False (news for a Warning event).
+fn set_writable(
+    status: &mut BackupRepositoryStatus,
+    repo: &BackupRepository,
+    cluster: &str,
+) -> Option<Invalid> {
+    status.sync.as_ref()?.last_result.as_ref()?;
+    let was = condition::find(&status.conditions, ConditionType::Writable)
+        .map(|c| (c.status.clone(), c.reason.clone()));
+    let verdict = writable(repo, cluster);
+    let (ok, reason, message) = match &verdict {
+        Ok(Claim::Mine) => (
+            true,
+            "Owned",
+            format!("this cluster ({cluster:?}) writes the namespace's part of the repository"),
+        ),
+        Ok(Claim::Claim) => (
+            true,
+            "Unclaimed",
+            format!(
+                "no cluster has claimed the namespace's part of the repository yet: this cluster's ({cluster:?}) first write does"
+            ),
+        ),
+        Ok(Claim::TakeOver(from)) => (
+            true,
+            "TakingOver",
+            format!(
+                "{from:?} wrote the namespace's part of the repository; spec.takeOverFrom names it, so this cluster's ({cluster:?}) next write takes it over"
+            ),
+        ),
+        Err(why) => (false, why.reason.as_str(), why.message.clone()),
+    };
+    condition::set(
+        &mut status.conditions,
+        ConditionType::Writable,
+        ok,
+        reason,
+        &message,
+        repo.meta().generation,
+        now(),
+    );
+    let news = was
+        != condition::find(&status.conditions, ConditionType::Writable)
+            .map(|c| (c.status.clone(), c.reason.clone()));
+    verdict.err().filter(|_| news)
 }
 
 type ReadinessInputs = (Option<i64>, Option<Condition>);
@@ -414,6 +479,9 @@ async fn report(
     );
     status.observed_generation = generation;
     crate::sync::set_condition(&mut status, generation, now());
+    if let Some(why) = set_writable(&mut status, repo, &ctx.mover.cluster) {
+        events::warning(&ctx.recorder, repo, &why.reason, why.message).await;
+    }
     ctx.metrics
         .repository_ready
         .get_or_create(&crate::metrics::RepositoryLabels {

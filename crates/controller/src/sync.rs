@@ -117,6 +117,7 @@ pub fn finished(synced: Result<Synced, Invalid>, at: Timestamp, last: &SyncStatu
             status.backups = Some(s.backups);
             status.imported = Some(s.imported);
             status.skipped = Some(s.skipped);
+            status.owner = s.owner;
             let mut message = format!(
                 "{} backups of this namespace in the repository: {} imported now, {} already had their Backup ({:.1} s)",
                 s.backups, s.imported, s.present, s.seconds
@@ -138,6 +139,8 @@ pub fn finished(synced: Result<Synced, Invalid>, at: Timestamp, last: &SyncStatu
             status.message = Some(condition::truncate(message, 2000));
         }
         Err(why) => {
+            // A failed sync learned nothing new of the owner: what the last one found stands.
+            status.owner = last.owner.clone();
             status.last_result = Some("Failed".into());
             status.reason = Some(why.reason.clone());
             status.message = Some(why.message);

@@ -613,7 +613,10 @@ async fn keep(
     let Some(repo) = ctx.repository(&namespace, &repo_name).await? else {
         return Ok(());
     };
-    if crate::secrets::refusal(ctx, &repo).await?.is_some() {
+    // No Job for a Secret its owner did not opt in; nothing written where another cluster writes.
+    if crate::secrets::refusal(ctx, &repo).await?.is_some()
+        || crate::repository::writable(&repo, &ctx.mover.cluster).is_err()
+    {
         return Ok(());
     }
     let config =

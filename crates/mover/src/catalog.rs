@@ -69,7 +69,8 @@ pub fn list(repo: &dyn Repository, namespace: &str) -> Result<Listing, Repositor
         let Some(rest) = key.strip_prefix(&prefix) else {
             continue;
         };
-        if key.starts_with(&restic) {
+        // The restic repository and the writer's marker are the namespace's, not a backup's.
+        if key.starts_with(&restic) || rest == backstop_api::ownership::OWNER_FILE {
             continue;
         }
         let Some((dir, file)) = rest.split_once('/').filter(|(_, f)| !f.contains('/')) else {

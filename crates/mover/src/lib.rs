@@ -8,6 +8,7 @@ pub mod commit;
 pub mod extract;
 pub mod inventory;
 pub mod manifest;
+pub mod owner;
 pub mod report;
 pub mod repository;
 pub mod restic;
