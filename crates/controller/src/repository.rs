@@ -115,17 +115,19 @@ fn set_writable(
     verdict.err().filter(|_| news)
 }
 
-type ReadinessInputs = (Option<i64>, Option<Condition>);
+type ReadinessInputs = (Option<i64>, Option<Condition>, Option<Condition>);
 
-/// What `readiness` reads of a repository: its spec (by generation) and its Ready condition.
-/// The rest of its status (a sync's result, a probe's bookkeeping) does not change a policy's
-/// decision.
+/// What `readiness` and `writable` read of a repository: its spec (by generation) and its Ready
+/// and Writable conditions. The rest of its status (a sync's result, a probe's bookkeeping)
+/// does not change a policy's decision.
 fn readiness_inputs(repo: &BackupRepository) -> ReadinessInputs {
-    let ready = repo
-        .status
-        .as_ref()
-        .and_then(|s| condition::find(&s.conditions, ConditionType::Ready));
-    (repo.meta().generation, ready.cloned())
+    let conditions = repo.status.as_ref().map(|s| s.conditions.as_slice());
+    let find = |of| conditions.and_then(|c| condition::find(c, of)).cloned();
+    (
+        repo.meta().generation,
+        find(ConditionType::Ready),
+        find(ConditionType::Writable),
+    )
 }
 
 /// The repositories whose readiness a policy may have to look at again: each one's readiness

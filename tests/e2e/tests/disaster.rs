@@ -14,7 +14,7 @@ use backstop_api::condition::{self, ConditionType};
 use backstop_api::{Backup, BackupPhase, BackupPolicy, BackupRepository, Restore, labels};
 use backstop_e2e::s3::{S3Kind, S3Server, SECRET_KEY};
 use backstop_e2e::*;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Secret};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -116,6 +116,45 @@ async fn synced(ns: &TestNamespace, repo: &str) -> anyhow::Result<(String, Strin
     .await
 }
 
+/// Waits for the repository's `Writable` condition to be `status` and returns its reason and
+/// message.
+async fn writable(
+    ns: &TestNamespace,
+    repo: &str,
+    status: &str,
+) -> anyhow::Result<(String, String)> {
+    let api = ns.api::<BackupRepository>();
+    wait_for(
+        Duration::from_secs(180),
+        &format!("repository {repo} Writable={status}"),
+        || async {
+            let conditions = api.get(repo).await?.status.unwrap_or_default().conditions;
+            Ok(condition::find(&conditions, ConditionType::Writable)
+                .filter(|c| c.status == status)
+                .map(|c| (c.reason.clone(), c.message.clone())))
+        },
+    )
+    .await
+}
+
+/// The uid of the cluster's kube-system namespace: its identity as a repository writer.
+async fn cluster_uid(client: &kube::Client) -> anyhow::Result<String> {
+    Api::<Namespace>::all(client.clone())
+        .get("kube-system")
+        .await?
+        .metadata
+        .uid
+        .ok_or_else(|| anyhow::anyhow!("kube-system has no uid"))
+}
+
+/// What `<namespace>/_owner.json` of the directory repository names.
+fn marked_owner(repo_dir: &Path, namespace: &str) -> anyhow::Result<String> {
+    let marker: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        repo_dir.join(namespace).join("_owner.json"),
+    )?)?;
+    Ok(marker["cluster"].as_str().unwrap_or_default().to_string())
+}
+
 #[tokio::test]
 #[ignore = "takes the cluster down and up: run by hack/test after the other e2e tests"]
 async fn a_new_cluster_finds_the_backups_in_the_repositories_and_restores_them()
@@ -199,6 +238,15 @@ async fn a_new_cluster_finds_the_backups_in_the_repositories_and_restores_them()
     )
     .await?;
 
+    // Each namespace part names its writer: this cluster.
+    let old_cluster = cluster_uid(&client).await?;
+    assert_eq!(marked_owner(&repo_dir, &namespace)?, old_cluster);
+    let marker_key = format!("site-a/{namespace}/_owner.json");
+    assert!(
+        String::from_utf8(s3.object("disaster", &marker_key)?)?.contains(&old_cluster),
+        "the S3 repository's marker names this cluster"
+    );
+
     // The disaster: every object is gone with the cluster; the repositories stay. (The namespace
     // is not deleted first: that would delete its Backups, and their data with them.)
     std::mem::forget(ns);
@@ -233,6 +281,19 @@ async fn a_new_cluster_finds_the_backups_in_the_repositories_and_restores_them()
         b"{\"version\": 1, \"tru",
     )?;
     std::fs::write(part.join("broken/db.manifest.jsonl.zst"), b"garbage")?;
+
+    // A marker forged by hand in the S3 repository (not one Backstop reads as a cluster).
+    {
+        use backstop_mover::repository::{Repository, S3Repository};
+        let bucket = S3Repository::new(&s3.config("disaster", "site-a"))
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        bucket.put(
+            &format!("{namespace}/_owner.json"),
+            b"{\"cluster\": \"me; rm -rf /\", \"since\": \"2099-01-01T00:00:00Z\"}",
+        )?;
+    }
+    let new_cluster = cluster_uid(&client).await?;
+    assert_ne!(new_cluster, old_cluster, "a new cluster is another writer");
 
     // Only the namespace, its Secrets and its repositories.
     let ns = TestNamespace::create_named(&client, &namespace).await?;
@@ -373,5 +434,78 @@ async fn a_new_cluster_finds_the_backups_in_the_repositories_and_restores_them()
             .and_then(|r| r.get("storage").map(|q| q.0.clone()));
         assert_eq!(requested.as_deref(), Some("1Gi"), "sized as recorded");
     }
+
+    // One writer per repository: the new cluster read both repositories (sync, restores above)
+    // but writes neither. The directory's part is the old cluster's; the S3 part's marker is
+    // forged, so its writer is unknown.
+    let (reason, message) = writable(&ns, "nfs", "False").await?;
+    assert_eq!(reason, "RepositoryOwnedElsewhere", "{message}");
+    assert!(message.contains(&old_cluster), "{message}");
+    let (reason, message) = writable(&ns, "s3", "False").await?;
+    assert_eq!(reason, "RepositoryOwnedElsewhere", "{message}");
+    assert!(message.contains("cannot be read"), "{message}");
+    assert!(
+        events(&ns, "RepositoryOwnedElsewhere")
+            .await?
+            .iter()
+            .any(|(on, _)| on == "nfs")
+    );
+    let policy_ready = wait_for(Duration::from_secs(60), "the policy to say why", || async {
+        let status = policies
+            .get("nfs-nightly")
+            .await?
+            .status
+            .unwrap_or_default();
+        Ok(condition::find(&status.conditions, ConditionType::Ready)
+            .filter(|c| c.status == "False")
+            .map(|c| c.reason.clone()))
+    })
+    .await?;
+    assert_eq!(policy_ready, "RepositoryOwnedElsewhere");
+    // A backup by hand is refused, and nothing is written.
+    create::<Backup>(
+        &ns,
+        json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup",
+               "metadata": {"name": "nfs-refused"}, "spec": {"policyRef": "nfs-nightly"}}),
+    )
+    .await?;
+    let refused = finished_backup(&ns, "nfs-refused", Duration::from_secs(60)).await?;
+    assert_eq!(refused.phase(), BackupPhase::Failed);
+    let failed = condition::find(
+        &refused.status.clone().unwrap_or_default().conditions,
+        ConditionType::Failed,
+    )
+    .map(|c| c.reason.clone());
+    assert_eq!(failed.as_deref(), Some("RepositoryOwnedElsewhere"));
+    assert!(!repo_dir.join(&namespace).join("nfs-refused").exists());
+    assert_eq!(marked_owner(&repo_dir, &namespace)?, old_cluster);
+
+    // Taken over on purpose: the old cluster by its id, the forged marker as `unreadable`. Then
+    // backups are made, and each marker names the new cluster.
+    let repositories_api = ns.api::<BackupRepository>();
+    for (repo, from) in [("nfs", old_cluster.as_str()), ("s3", "unreadable")] {
+        repositories_api
+            .patch(
+                repo,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"takeOverFrom": from}})),
+            )
+            .await?;
+        assert_eq!(writable(&ns, repo, "True").await?.0, "TakingOver");
+        if repo == "s3" {
+            create::<BackupPolicy>(&ns, policy("s3-nightly", "s3")).await?;
+        }
+        let name = format!("{repo}-after");
+        create::<Backup>(
+            &ns,
+            json!({"apiVersion": "backstop.dev/v1alpha1", "kind": "Backup",
+                   "metadata": {"name": name}, "spec": {"policyRef": format!("{repo}-nightly")}}),
+        )
+        .await?;
+        let after = finished_backup(&ns, &name, Duration::from_secs(240)).await?;
+        assert_eq!(after.phase(), BackupPhase::Completed, "{:?}", after.status);
+    }
+    assert_eq!(marked_owner(&repo_dir, &namespace)?, new_cluster);
+    assert!(String::from_utf8(s3.object("disaster", &marker_key)?)?.contains(&new_cluster));
     Ok(())
 }
