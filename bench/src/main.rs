@@ -7,7 +7,8 @@
 //! `backstop-bench controller`: the operator at scale on the local cluster (see controller.rs),
 //! after a table of the bytes the operator caches per watched object (see state.rs).
 //! `backstop-bench state`: only that table.
-//! `backstop-bench sync [--backups N]`: a new cluster importing N backups from a repository.
+//! `backstop-bench sync [--backups N]`: a new cluster importing N backups from a repository;
+//! `sync --memory`: the sync's peak memory at 10,000 and 100,000 objects listed.
 
 mod controller;
 mod dataset;
@@ -55,6 +56,9 @@ fn main() -> anyhow::Result<()> {
             println!("{} in {dir}", set.label);
             Ok(())
         }
+        Some("sync") if args.iter().any(|a| a == "--memory") => {
+            tokio::runtime::Runtime::new()?.block_on(sync::memory())
+        }
         Some("sync") => {
             tokio::runtime::Runtime::new()?.block_on(sync::run(flag(&args, "--backups", 1000)))
         }
@@ -74,7 +78,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: backstop-bench mover [--quick] [--only abc]\n       backstop-bench dataset a|b|c|d|e DIR [--quick]\n       backstop-bench controller [--policies N] [--backups N] [--per-minute N] [--observe-minutes N]\n       backstop-bench sync [--backups N]\n       backstop-bench state"
+                "usage: backstop-bench mover [--quick] [--only abc]\n       backstop-bench dataset a|b|c|d|e DIR [--quick]\n       backstop-bench controller [--policies N] [--backups N] [--per-minute N] [--observe-minutes N]\n       backstop-bench sync [--backups N | --memory]\n       backstop-bench state"
             );
             std::process::exit(2);
         }

@@ -8,16 +8,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-struct Measured {
-    wall: f64,
-    cpu: f64,
-    max_rss_mib: f64,
+pub(crate) struct Measured {
+    pub(crate) wall: f64,
+    pub(crate) cpu: f64,
+    pub(crate) max_rss_mib: f64,
 }
 
 /// Runs `cmd` to completion and reads its (and its reaped children's) resource usage.
 /// Dirty pages left by whatever ran before (the dataset just generated, the previous tool's
 /// output) are written back first, so no tool pays for another's writeback.
-fn measure(cmd: &mut Command, settle: bool) -> anyhow::Result<Measured> {
+pub(crate) fn measure(cmd: &mut Command, settle: bool) -> anyhow::Result<Measured> {
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { libc::sync() };
     if settle {
@@ -129,7 +129,7 @@ struct Row {
     manifest: Option<u64>,
 }
 
-fn backstop_binary() -> anyhow::Result<PathBuf> {
+pub(crate) fn backstop_binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let candidate = exe.with_file_name("backstop");
     if candidate.exists() {

@@ -4,6 +4,11 @@
 //! a directory repository, then creates the BackupRepository on it and times until every Backup
 //! is imported and Completed. Prints the sync Job's own time (listing, reading the records,
 //! creating the Backups) and the end-to-end time (Job start, the operator writing each status).
+//!
+//! `backstop-bench sync-memory`: the sync's peak memory against the number of objects it lists:
+//! the mover's `sync` command run on this machine (against the local cluster's API) over
+//! directory repositories of 10,000 and 100,000 objects, as whole backups and as stray objects
+//! (what a bucket writer could plant), in turns.
 
 use anyhow::Context as _;
 use backstop_api::contract::{self, BackupResult};
@@ -20,10 +25,16 @@ const NS: &str = "bench-sync";
 
 /// Writes `count` whole backups of namespace `NS` into the repository at `root`.
 fn write_records(root: &Path, count: usize) -> anyhow::Result<()> {
+    write_records_of(root, NS, count)
+}
+
+/// Writes `count` whole backups of namespace `namespace` into the repository at `root`: four
+/// objects each (a record and a stub manifest per volume).
+fn write_records_of(root: &Path, namespace: &str, count: usize) -> anyhow::Result<()> {
     let volumes = ["db", "logs"];
     for i in 0..count {
         let backup = format!("nightly-{i:05}");
-        let dir = contract::backup_dir(NS, &backup);
+        let dir = contract::backup_dir(namespace, &backup);
         std::fs::create_dir_all(root.join(&dir))?;
         let start =
             jiff::Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_hours(480_000 + i as i64);
@@ -42,7 +53,7 @@ fn write_records(root: &Path, count: usize) -> anyhow::Result<()> {
             let volume = VolumeRecord {
                 version: record::RECORD_VERSION,
                 context: RecordContext {
-                    namespace: NS.into(),
+                    namespace: namespace.into(),
                     backup: backup.clone(),
                     policy: Some("nightly".into()),
                     scheduled_time: Some(start),
@@ -147,5 +158,86 @@ pub async fn run(count: usize) -> anyhow::Result<()> {
         total.as_secs_f64()
     );
     println!("\nthe sync Job's report: {sync}");
+    Ok(())
+}
+
+/// See the module's documentation: `sync-memory`.
+pub async fn memory() -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("KUBECONFIG: run `make bench-sync BENCH_ARGS=--memory`")?;
+    let backstop = crate::mover::backstop_binary()?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let shapes = [("whole backups", true), ("stray objects", false)];
+    let mut rows = Vec::new();
+    // In turns: each shape at each size, smaller first, twice.
+    for round in 0..2 {
+        for objects in [10_000usize, 100_000] {
+            for (shape, whole) in shapes {
+                let ns = format!(
+                    "bench-sync-mem-{round}-{objects}-{}",
+                    if whole { "b" } else { "s" }
+                );
+                namespaces
+                    .create(
+                        &PostParams::default(),
+                        &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
+                    )
+                    .await?;
+                let root = std::env::temp_dir().join(&ns);
+                let _ = std::fs::remove_dir_all(&root);
+                if whole {
+                    write_records_of(&root, &ns, objects / 4)?;
+                } else {
+                    let part = root.join(&ns);
+                    std::fs::create_dir_all(&part)?;
+                    for i in 0..objects {
+                        std::fs::write(part.join(format!("stray-{i:06}.bin")), b"x")?;
+                    }
+                }
+                let report = root.join("report.json");
+                let mut cmd = std::process::Command::new(&backstop);
+                cmd.args([
+                    "mover",
+                    "sync",
+                    "--namespace",
+                    &ns,
+                    "--repository-name",
+                    "r",
+                ])
+                .arg("--repository")
+                .arg(&root)
+                .arg("--termination-log")
+                .arg(&report)
+                .stdout(std::process::Stdio::null());
+                let measured = crate::mover::measure(&mut cmd, false);
+                let synced: Option<contract::Synced> = std::fs::read(&report)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok());
+                namespaces.delete(&ns, &DeleteParams::default()).await?;
+                std::fs::remove_dir_all(&root)?;
+                let measured = measured?;
+                let synced = synced.context("the sync wrote no report")?;
+                println!(
+                    "{objects} objects as {shape}: {:.1} MiB peak, {:.1} s ({} imported, {} deferred, {} skipped)",
+                    measured.max_rss_mib,
+                    measured.wall,
+                    synced.imported,
+                    synced.deferred,
+                    synced.skipped
+                );
+                rows.push((objects, shape, measured, synced));
+            }
+        }
+    }
+    println!();
+    println!("| objects listed | shape | peak RSS MiB | seconds | imported | deferred | skipped |");
+    println!("|---:|---|---:|---:|---:|---:|---:|");
+    for (objects, shape, m, s) in rows {
+        println!(
+            "| {objects} | {shape} | {:.1} | {:.1} | {} | {} | {} |",
+            m.max_rss_mib, m.wall, s.imported, s.deferred, s.skipped
+        );
+    }
     Ok(())
 }

@@ -31,13 +31,50 @@ pub struct SyncRequest<'a> {
     pub password: &'a str,
 }
 
-/// What the repository holds: how many backups have their Backup object, the whole backups
-/// that have none, and what was skipped, with why.
+/// What the repository holds, gathered as it is read: how many backups have their Backup
+/// object, the Backups to create for those that have none (at most `MAX_IMPORTS`; the rest are
+/// counted, not read), and what was skipped (counted; the first `NAMED` named with why). Nothing
+/// here grows with the number of objects listed.
 #[derive(Default)]
 struct Found {
     present: u64,
-    missing: Vec<(String, ImportRecord)>,
-    skipped: Vec<(String, String)>,
+    create: Vec<Backup>,
+    deferred: u64,
+    skipped: u64,
+    named: Vec<String>,
+}
+
+impl Found {
+    fn skip(&mut self, what: &str, why: &str) {
+        self.skipped += 1;
+        if self.named.len() < NAMED {
+            let line = format!("{what}: {why}");
+            self.named
+                .push(backstop_api::condition::truncate(line, 240));
+        }
+    }
+
+    /// A backup with no Backup object: read (`read`, or why it is no whole backup) and made a
+    /// Backup while fewer than `MAX_IMPORTS` are, else left for the next sync unread.
+    fn missing(
+        &mut self,
+        req: &SyncRequest<'_>,
+        name: &str,
+        read: impl FnOnce() -> Result<ImportRecord, (String, String)>,
+        now: jiff::Timestamp,
+    ) {
+        if self.create.len() >= contract::MAX_IMPORTS {
+            self.deferred += 1;
+            return;
+        }
+        match read() {
+            Ok(record) => match imported(req, name, &record, now) {
+                Ok(backup) => self.create.push(backup),
+                Err(why) => self.skip(&format!("backup {name:?}"), &why),
+            },
+            Err((what, why)) => self.skip(&what, &why),
+        }
+    }
 }
 
 pub fn sync(store: Arc<dyn Repository>, req: &SyncRequest<'_>) -> Result<Synced, (Reason, String)> {
@@ -58,97 +95,84 @@ pub fn sync(store: Arc<dyn Repository>, req: &SyncRequest<'_>) -> Result<Synced,
         )
     })?;
     let api: Api<Backup> = Api::namespaced(client, req.namespace);
-    let owner = backstop_mover::owner::read(store.as_ref(), req.namespace).map_err(|e| {
+    let unusable = |e: backstop_mover::repository::RepositoryError| {
         (
             e.reason().unwrap_or(Reason::RepositoryUnusable),
-            format!("reading the namespace's owner marker: {e}"),
+            e.to_string(),
         )
-    })?;
-    // The repository is read before the Backups are listed, and a tar backup's records after:
-    // a backup deleted meanwhile lost its records first and is not brought back.
-    let listing = match req.restic {
-        Some(root) => {
-            let (restic, _) = Restic::open(store.clone(), root, req.password, false)
-                .map_err(|e| (e.reason, e.message))?;
-            let backups = catalog::restic_backups(&restic, req.namespace)
-                .map_err(|e| (e.reason, e.message))?;
-            Listed::Restic(backups)
-        }
-        None => Listed::Tar(catalog::list(store.as_ref(), req.namespace).map_err(|e| {
-            (
-                e.reason().unwrap_or(Reason::RepositoryUnusable),
-                e.to_string(),
-            )
-        })?),
     };
+    let owner = backstop_mover::owner::read(store.as_ref(), req.namespace).map_err(unusable)?;
+    // The Backups are listed before the repository is read: a Backup's object goes only after
+    // its data (removing a Backup removes its records and snapshots first), so data read after
+    // the listing whose Backup is not in it has none to go with (deleted with Retain, or a new
+    // cluster) and is imported; a Backup made since is answered AlreadyExists (counted present).
     let present = runtime.block_on(present(&api)).map_err(|e| {
         (
             Reason::ImportRefused,
             format!("listing the Backups of namespace {:?}: {e}", req.namespace),
         )
     })?;
+    let now = jiff::Timestamp::now();
     let mut found = Found::default();
-    match listing {
-        Listed::Restic(backups) => {
+    match req.restic {
+        Some(root) => {
+            let (restic, _) = Restic::open(store.clone(), root, req.password, false)
+                .map_err(|e| (e.reason, e.message))?;
+            let backups = catalog::restic_backups(&restic, req.namespace)
+                .map_err(|e| (e.reason, e.message))?;
             for (name, backup) in backups {
                 match backup {
                     // An incomplete backup that has its Backup object is one still running.
                     _ if present.contains(&name) => found.present += 1,
-                    Ok(mut record) => {
-                        record.verification =
-                            catalog::verification(store.as_ref(), req.namespace, &name);
-                        found.missing.push((name, record));
-                    }
-                    Err(why) => found.skipped.push((format!("backup {name:?}"), why)),
+                    Ok(mut record) => found.missing(
+                        req,
+                        &name,
+                        || {
+                            record.verification =
+                                catalog::verification(store.as_ref(), req.namespace, &name);
+                            Ok(record)
+                        },
+                        now,
+                    ),
+                    Err(why) => found.skip(&format!("backup {name:?}"), &why),
                 }
             }
         }
-        Listed::Tar(listing) => {
-            for key in listing.foreign {
-                found
-                    .skipped
-                    .push((key, "not in a backup's directory: not Backstop's".into()));
+        None => catalog::scan(store.as_ref(), req.namespace, |entry| match entry {
+            catalog::Entry::Foreign(key) => {
+                found.skip(&key, "not in a backup's directory: not Backstop's")
             }
-            for (name, dir) in &listing.backups {
-                if present.contains(name) {
-                    found.present += 1;
-                    continue;
-                }
-                match catalog::read(store.as_ref(), req.namespace, name, dir) {
-                    Ok(record) => found.missing.push((name.clone(), record)),
-                    Err(why) => found
-                        .skipped
-                        .push((format!("{}/{name}/", req.namespace), why)),
-                }
-            }
-        }
+            catalog::Entry::Backup(name, _) if present.contains(&name) => found.present += 1,
+            catalog::Entry::Backup(name, dir) => found.missing(
+                req,
+                &name,
+                || {
+                    catalog::read(store.as_ref(), req.namespace, &name, &dir)
+                        .map_err(|why| (format!("{}/{name}/", req.namespace), why))
+                },
+                now,
+            ),
+        })
+        .map_err(unusable)?,
     }
-    let mut missing = Vec::new();
-    let now = jiff::Timestamp::now();
-    for (name, record) in &found.missing {
-        match imported(req, name, record, now) {
-            Ok(backup) => missing.push(backup),
-            Err(why) => found.skipped.push((format!("backup {name:?}"), why)),
-        }
-    }
-    let whole = missing.len() as u64;
-    missing.truncate(contract::MAX_IMPORTS);
+    let Found {
+        present: already,
+        create,
+        deferred,
+        skipped,
+        named,
+    } = found;
     let mut synced = Synced {
-        backups: found.present + whole,
-        deferred: whole - missing.len() as u64,
-        present: found.present,
-        skipped: found.skipped.len() as u64,
-        skipped_objects: found
-            .skipped
-            .iter()
-            .take(NAMED)
-            .map(|(what, why)| backstop_api::condition::truncate(format!("{what}: {why}"), 240))
-            .collect(),
+        backups: already + create.len() as u64 + deferred,
+        deferred,
+        present: already,
+        skipped,
+        skipped_objects: named,
         owner: owner.owner().map(str::to_string),
         ..Synced::default()
     };
     let created: Vec<(String, Result<Created, kube::Error>)> = runtime.block_on(
-        futures::stream::iter(missing)
+        futures::stream::iter(create)
             .map(|backup| {
                 let api = api.clone();
                 async move {
@@ -218,11 +242,6 @@ enum Created {
     Present,
     /// The API server refused it, saying why.
     Refused(String),
-}
-
-enum Listed {
-    Tar(catalog::Listing),
-    Restic(BTreeMap<String, Result<ImportRecord, String>>),
 }
 
 /// The most a record may take as annotation text (the API server refuses an object whose
@@ -364,6 +383,39 @@ mod tests {
         let mut huge = record(None, "2026-12-07T02:00:00Z");
         huge.volumes[0].result.changed_files = vec!["x".repeat(1024); 100];
         assert!(refused("nightly-1", &huge).contains("at most 64 KiB"));
+    }
+
+    #[test]
+    fn a_sync_reads_no_more_backups_than_it_imports_and_names_only_a_few_skipped() {
+        let req = SyncRequest {
+            namespace: "shop",
+            repository: "nfs",
+            restic: None,
+            password: "",
+        };
+        let now: jiff::Timestamp = "2026-12-07T12:00:00Z".parse().unwrap();
+        let mut found = Found::default();
+        let mut read = 0;
+        for i in 0..contract::MAX_IMPORTS + 500 {
+            found.missing(
+                &req,
+                &format!("nightly-{i}"),
+                || {
+                    read += 1;
+                    Ok(record(None, "2026-12-07T02:00:00Z"))
+                },
+                now,
+            );
+        }
+        assert_eq!(found.create.len(), contract::MAX_IMPORTS);
+        assert_eq!(found.deferred, 500);
+        assert_eq!(read, contract::MAX_IMPORTS, "the rest are left unread");
+        for i in 0..100_000 {
+            found.skip(&format!("shop/stray-{i}"), "not Backstop's");
+        }
+        assert_eq!(found.skipped, 100_000);
+        assert_eq!(found.named.len(), NAMED);
+        assert_eq!(found.named[0], "shop/stray-0: not Backstop's");
     }
 
     #[tokio::test]

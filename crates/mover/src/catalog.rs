@@ -59,25 +59,62 @@ pub fn keep(
     repo.put(&key, &json)
 }
 
-/// Lists `namespace`'s part of a tar repository (its restic repository, `_restic`, aside).
-pub fn list(repo: &dyn Repository, namespace: &str) -> Result<Listing, RepositoryError> {
+/// One thing `scan` finds in a namespace's part of a tar repository.
+#[derive(Debug, PartialEq)]
+pub enum Entry {
+    /// A backup directory, once every key in it was seen.
+    Backup(String, Dir),
+    /// A key in no backup directory (`<namespace>/<file>`, or deeper than a backup's files):
+    /// not Backstop's.
+    Foreign(String),
+}
+
+/// Walks `namespace`'s part of a tar repository (its restic repository, `_restic`, and the
+/// writer's marker aside) in key order, handing `visit` each backup directory when its last key
+/// was seen and each foreign key: the keys of one directory are listed together (they share its
+/// prefix), so only one directory is held at a time, whatever the number of objects. A listing
+/// out of order (no S3 implementation does that: ListObjectsV2 returns keys sorted) is an error,
+/// not a guess.
+pub fn scan(
+    repo: &dyn Repository,
+    namespace: &str,
+    mut visit: impl FnMut(Entry),
+) -> Result<(), RepositoryError> {
     let prefix = format!("{namespace}/");
     let restic = format!("{}/", contract::restic_root(namespace));
-    let mut listing = Listing::default();
+    let mut current: Option<(String, Dir)> = None;
+    let mut last = String::new();
     // Object storage lists by key prefix: `shop` also lists `shopping/...`.
-    for (key, _) in repo.list(namespace)? {
+    for listed in repo.list_in_order(namespace)? {
+        let (key, _) = listed?;
+        if key <= last {
+            return Err(RepositoryError::Read {
+                key,
+                source: std::io::Error::other(format!(
+                    "the storage listed keys out of order (after {last:?}): a sync needs them sorted, as S3's ListObjectsV2 returns them"
+                )),
+            });
+        }
+        last.clone_from(&key);
         let Some(rest) = key.strip_prefix(&prefix) else {
             continue;
         };
-        // The restic repository and the writer's marker are the namespace's, not a backup's.
         if key.starts_with(&restic) || rest == backstop_api::ownership::OWNER_FILE {
             continue;
         }
         let Some((dir, file)) = rest.split_once('/').filter(|(_, f)| !f.contains('/')) else {
-            listing.foreign.push(key);
+            visit(Entry::Foreign(key));
             continue;
         };
-        let entry = listing.backups.entry(dir.to_string()).or_default();
+        if current.as_ref().is_none_or(|(name, _)| name != dir) {
+            if let Some((name, done)) = current.take() {
+                visit(Entry::Backup(name, done));
+            }
+            current = Some((dir.to_string(), Dir::default()));
+        }
+        let Some((_, entry)) = current.as_mut() else {
+            continue;
+        };
         if file == record::VERIFICATION_FILE {
             entry.verification = true;
         } else if let Some(pvc) = file.strip_suffix(RECORD_SUFFIX) {
@@ -89,7 +126,21 @@ pub fn list(repo: &dyn Repository, namespace: &str) -> Result<Listing, Repositor
             entry.manifests.insert(pvc.to_string());
         }
     }
-    listing.foreign.sort();
+    if let Some((name, done)) = current {
+        visit(Entry::Backup(name, done));
+    }
+    Ok(())
+}
+
+/// Everything `scan` finds, gathered (for tests and small repositories).
+pub fn list(repo: &dyn Repository, namespace: &str) -> Result<Listing, RepositoryError> {
+    let mut listing = Listing::default();
+    scan(repo, namespace, |entry| match entry {
+        Entry::Backup(name, dir) => {
+            listing.backups.insert(name, dir);
+        }
+        Entry::Foreign(key) => listing.foreign.push(key),
+    })?;
     Ok(listing)
 }
 

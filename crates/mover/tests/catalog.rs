@@ -7,7 +7,7 @@ use backstop_api::contract::{self, BackupResult};
 use backstop_api::record::{self, RecordContext};
 use backstop_mover::backup::{self, BackupRequest, Compression};
 use backstop_mover::catalog;
-use backstop_mover::repository::{DirRepository, Repository};
+use backstop_mover::repository::{DirRepository, Repository, RepositoryError};
 use backstop_mover::restic::{Labels, Restic};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -243,4 +243,76 @@ fn restic_snapshots_are_their_own_records() {
         catalog::verification(store.as_ref(), "shop", "nightly-1"),
         None
     );
+}
+
+/// A repository whose listing comes in the reverse of key order.
+struct Unsorted(DirRepository);
+
+impl backstop_mover::repository::Repository for Unsorted {
+    fn create(
+        &self,
+        key: &str,
+    ) -> Result<Box<dyn backstop_mover::repository::Upload>, RepositoryError> {
+        self.0.create(key)
+    }
+    fn open(&self, key: &str) -> Result<Box<dyn std::io::Read + Send>, RepositoryError> {
+        self.0.open(key)
+    }
+    fn remove(&self, key: &str) -> Result<(), RepositoryError> {
+        self.0.remove(key)
+    }
+    fn remove_prefix(&self, prefix: &str) -> Result<(), RepositoryError> {
+        self.0.remove_prefix(prefix)
+    }
+    fn list_in_order<'a>(
+        &'a self,
+        prefix: &str,
+    ) -> Result<backstop_mover::repository::Listed<'a>, RepositoryError> {
+        let mut all: Vec<_> = self.0.list_in_order(prefix)?.collect();
+        all.reverse();
+        Ok(Box::new(all.into_iter()))
+    }
+    fn read_range(&self, key: &str, o: u64, n: u64) -> Result<Vec<u8>, RepositoryError> {
+        self.0.read_range(key, o, n)
+    }
+}
+
+#[test]
+fn a_scan_holds_one_backup_directory_at_a_time_and_refuses_a_listing_out_of_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = DirRepository::new(tmp.path());
+    for key in [
+        "shop/a/db.record.json",
+        "shop/a/db.manifest.jsonl.zst",
+        "shop/a-b/logs.record.json",
+        "shop/_owner.json",
+        "shop/_restic/config",
+        "shop/stray.bin",
+    ] {
+        repo.put(key, b"x").unwrap();
+    }
+    let mut seen = Vec::new();
+    catalog::scan(&repo, "shop", |entry| {
+        seen.push(match entry {
+            catalog::Entry::Backup(name, dir) => format!(
+                "backup {name}: records {:?} manifests {:?}",
+                dir.records, dir.manifests
+            ),
+            catalog::Entry::Foreign(key) => format!("foreign {key}"),
+        })
+    })
+    .unwrap();
+    // Each directory is handed over once, whole; the marker and the restic repository are the
+    // namespace's own, not foreign.
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            r#"backup a-b: records {"logs"} manifests {}"#,
+            r#"backup a: records {"db"} manifests {"db"}"#,
+            "foreign shop/stray.bin",
+        ]
+    );
+    let err = catalog::scan(&Unsorted(repo), "shop", |_| {}).unwrap_err();
+    assert!(err.to_string().contains("out of order"), "{err}");
 }

@@ -283,15 +283,18 @@ async fn a_new_cluster_finds_the_backups_in_the_repositories_and_restores_them()
     std::fs::write(part.join("broken/db.manifest.jsonl.zst"), b"garbage")?;
 
     // A marker forged by hand in the S3 repository (not one Backstop reads as a cluster).
-    {
+    let (config, key) = (
+        s3.config("disaster", "site-a"),
+        format!("{namespace}/_owner.json"),
+    );
+    tokio::task::spawn_blocking(move || {
         use backstop_mover::repository::{Repository, S3Repository};
-        let bucket = S3Repository::new(&s3.config("disaster", "site-a"))
-            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
-        bucket.put(
-            &format!("{namespace}/_owner.json"),
-            b"{\"cluster\": \"me; rm -rf /\", \"since\": \"2099-01-01T00:00:00Z\"}",
-        )?;
-    }
+        let bucket = S3Repository::new(&config).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        let forged = b"{\"cluster\": \"me; rm -rf /\", \"since\": \"2099-01-01T00:00:00Z\"}";
+        bucket.put(&key, forged)?;
+        anyhow::Ok(())
+    })
+    .await??;
     let new_cluster = cluster_uid(&client).await?;
     assert_ne!(new_cluster, old_cluster, "a new cluster is another writer");
 
@@ -482,6 +485,8 @@ async fn a_new_cluster_finds_the_backups_in_the_repositories_and_restores_them()
 
     // Taken over on purpose: the old cluster by its id, the forged marker as `unreadable`. Then
     // backups are made, and each marker names the new cluster.
+    let fresh = ns.volume("fresh", &[("app", "shop")]).await?;
+    write_sample_tree(&fresh, 3)?;
     let repositories_api = ns.api::<BackupRepository>();
     for (repo, from) in [("nfs", old_cluster.as_str()), ("s3", "unreadable")] {
         repositories_api

@@ -1,7 +1,7 @@
 //! A directory repository: the shared-storage PVC mounted in the mover pod. Writes are atomic:
 //! a `.partial` name, fsync, rename, fsync of the directory.
 
-use super::{Repository, RepositoryError, Upload, check_key};
+use super::{Listed, Repository, RepositoryError, Upload, check_key};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -94,35 +94,10 @@ impl Repository for DirRepository {
         }
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, RepositoryError> {
-        let mut found = Vec::new();
-        let mut dirs = vec![(self.path(prefix)?, prefix.to_string())];
-        while let Some((dir, key)) = dirs.pop() {
-            let read_error = |source| RepositoryError::Read {
-                key: key.clone(),
-                source,
-            };
-            let entries = match fs::read_dir(&dir) {
-                // A missing prefix, or a directory removed while listed, holds nothing.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                entries => entries.map_err(read_error)?,
-            };
-            for entry in entries {
-                let entry = entry.map_err(read_error)?;
-                let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-                    continue;
-                };
-                // Never followed: a link in the repository is not one of its objects.
-                let meta = entry.metadata().map_err(read_error)?;
-                let child = format!("{key}/{name}");
-                if meta.is_dir() {
-                    dirs.push((entry.path(), child));
-                } else if meta.is_file() && !name.ends_with(".partial") {
-                    found.push((child, meta.len()));
-                }
-            }
-        }
-        Ok(found)
+    fn list_in_order<'a>(&'a self, prefix: &str) -> Result<Listed<'a>, RepositoryError> {
+        let mut pending = Vec::new();
+        push_sorted(&mut pending, self.path(prefix)?, prefix)?;
+        Ok(Box::new(InOrder { pending }))
     }
 
     fn read_range(&self, key: &str, offset: u64, length: u64) -> Result<Vec<u8>, RepositoryError> {
@@ -182,9 +157,109 @@ fn partial_path(target: &Path) -> PathBuf {
     target.with_file_name(name)
 }
 
+/// A directory entry waiting to be listed: its key, and its path when it is a directory.
+struct Entry {
+    key: String,
+    size: u64,
+    dir: Option<PathBuf>,
+}
+
+/// A directory repository's objects in key order: a depth-first walk whose pending entries
+/// (sorted, the next one last) are one directory's at each level.
+struct InOrder {
+    pending: Vec<Entry>,
+}
+
+/// Pushes the entries of directory `path` (key `key`) onto `pending`, in reverse key order (so
+/// that the smallest is popped first). A directory sorts as its key and a `/`: `a/x` comes after
+/// `a-b`, as in object storage. Links are not followed (not objects of the repository); uploads
+/// in progress (`.partial`) are not listed; a missing directory holds nothing.
+fn push_sorted(pending: &mut Vec<Entry>, path: PathBuf, key: &str) -> Result<(), RepositoryError> {
+    let read_error = |source| RepositoryError::Read {
+        key: key.to_string(),
+        source,
+    };
+    let entries = match fs::read_dir(&path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        entries => entries.map_err(read_error)?,
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(read_error)?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let meta = entry.metadata().map_err(read_error)?;
+        let child = format!("{key}/{name}");
+        if meta.is_dir() {
+            found.push((
+                format!("{child}/"),
+                Entry {
+                    key: child,
+                    size: 0,
+                    dir: Some(entry.path()),
+                },
+            ));
+        } else if meta.is_file() && !name.ends_with(".partial") {
+            found.push((
+                child.clone(),
+                Entry {
+                    key: child,
+                    size: meta.len(),
+                    dir: None,
+                },
+            ));
+        }
+    }
+    found.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    pending.extend(found.into_iter().map(|(_, entry)| entry));
+    Ok(())
+}
+
+impl Iterator for InOrder {
+    type Item = Result<(String, u64), RepositoryError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while let Some(entry) = self.pending.pop() {
+            match entry.dir {
+                None => return Some(Ok((entry.key, entry.size))),
+                Some(path) => {
+                    if let Err(e) = push_sorted(&mut self.pending, path, &entry.key) {
+                        return Some(Err(e));
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn objects_are_listed_in_key_order_as_object_storage_lists_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = DirRepository::new(tmp.path());
+        // `a-b` sorts before `a/` ('-' < '/'), though the name `a` sorts before `a-b`.
+        for key in ["ns/b", "ns/a/y/z", "ns/a-b", "ns/a/x", "ns/0", "nsx/other"] {
+            repo.put(key, key.as_bytes()).unwrap();
+        }
+        std::fs::write(tmp.path().join("ns/a/w.partial"), b"in progress").unwrap();
+        let listed: Vec<(String, u64)> = repo
+            .list_in_order("ns")
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let keys: Vec<&str> = listed.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["ns/0", "ns/a-b", "ns/a/x", "ns/a/y/z", "ns/b"]);
+        let mut sorted = keys.clone();
+        sorted.sort_unstable();
+        assert_eq!(keys, sorted);
+        assert_eq!(listed[2].1, "ns/a/x".len() as u64);
+        assert!(repo.list_in_order("missing").unwrap().next().is_none());
+    }
 
     #[test]
     fn keys_cannot_escape_the_repository() {

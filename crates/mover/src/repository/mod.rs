@@ -54,11 +54,22 @@ pub trait Repository: Send + Sync {
     /// The committed objects below `prefix`, at any depth: each key (relative to the repository,
     /// as `create` takes it) and size. A missing prefix holds nothing; uploads in progress are
     /// not listed.
-    fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, RepositoryError>;
+    fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, RepositoryError> {
+        self.list_in_order(prefix)?.collect()
+    }
+
+    /// What `list` returns, one object at a time in ascending key order (the order S3's
+    /// ListObjectsV2 promises; a directory repository sorts each directory's entries as their
+    /// keys sort), so that a reader keeps only what it needs: memory does not grow with the
+    /// number of objects (a directory repository holds one directory's names at a time).
+    fn list_in_order<'a>(&'a self, prefix: &str) -> Result<Listed<'a>, RepositoryError>;
 
     /// The bytes `offset..offset + length` of the object under `key`, a range inside it.
     fn read_range(&self, key: &str, offset: u64, length: u64) -> Result<Vec<u8>, RepositoryError>;
 }
+
+/// Objects listed one at a time (see `Repository::list_in_order`): each key and size.
+pub type Listed<'a> = Box<dyn Iterator<Item = Result<(String, u64), RepositoryError>> + Send + 'a>;
 
 /// An object being written.
 pub trait Upload: Write + Send {
@@ -258,8 +269,8 @@ mod tests {
         fn remove_prefix(&self, prefix: &str) -> Result<(), RepositoryError> {
             self.0.remove_prefix(prefix)
         }
-        fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, RepositoryError> {
-            self.0.list(prefix)
+        fn list_in_order<'a>(&'a self, prefix: &str) -> Result<Listed<'a>, RepositoryError> {
+            self.0.list_in_order(prefix)
         }
         fn read_range(&self, key: &str, o: u64, n: u64) -> Result<Vec<u8>, RepositoryError> {
             self.0.read_range(key, o, n)

@@ -3,7 +3,7 @@
 //! that fails or is abandoned is aborted, so no object appears under its key. Transient errors
 //! (connection failures, 5xx, 429) are retried with exponential backoff.
 
-use super::{Reason, Repository, RepositoryError, StoreFailure, Upload, check_key};
+use super::{Listed, Reason, Repository, RepositoryError, StoreFailure, Upload, check_key};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -238,27 +238,32 @@ impl Repository for S3Repository {
         }
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, RepositoryError> {
+    fn list_in_order<'a>(&'a self, prefix: &str) -> Result<Listed<'a>, RepositoryError> {
         let path = self.path(prefix)?;
-        let listed = self
-            .runtime
-            .block_on(self.store.list(Some(&path)).try_collect::<Vec<_>>())
-            .map_err(|e| RepositoryError::Read {
-                key: prefix.to_string(),
-                source: self.location.failure(e),
-            })?;
         let root = if self.prefix.is_empty() {
             String::new()
         } else {
             format!("{}/", self.prefix)
         };
-        Ok(listed
-            .into_iter()
-            .filter_map(|meta| {
-                let key = meta.location.as_ref().strip_prefix(&root)?.to_string();
-                Some((key, meta.size))
-            })
-            .collect())
+        let prefix = prefix.to_string();
+        // Page by page as the iterator is read (each page a request of up to 1,000 keys).
+        let mut pages = self.store.list(Some(&path));
+        Ok(Box::new(std::iter::from_fn(move || {
+            loop {
+                let meta = match self.runtime.block_on(pages.next())? {
+                    Ok(meta) => meta,
+                    Err(e) => {
+                        return Some(Err(RepositoryError::Read {
+                            key: prefix.clone(),
+                            source: self.location.failure(e),
+                        }));
+                    }
+                };
+                if let Some(key) = meta.location.as_ref().strip_prefix(&root) {
+                    return Some(Ok((key.to_string(), meta.size)));
+                }
+            }
+        })))
     }
 
     fn read_range(&self, key: &str, offset: u64, length: u64) -> Result<Vec<u8>, RepositoryError> {
