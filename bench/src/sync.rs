@@ -37,7 +37,7 @@ fn write_records_of(root: &Path, namespace: &str, count: usize) -> anyhow::Resul
         let dir = contract::backup_dir(namespace, &backup);
         std::fs::create_dir_all(root.join(&dir))?;
         let start =
-            jiff::Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_hours(480_000 + i as i64);
+            jiff::Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_mins(28_800_000 + i as i64);
         for pvc in volumes {
             let result = BackupResult {
                 pvc: pvc.into(),

@@ -190,30 +190,30 @@ fn push_sorted(pending: &mut Vec<Entry>, path: PathBuf, key: &str) -> Result<(),
             continue;
         };
         let meta = entry.metadata().map_err(read_error)?;
-        let child = format!("{key}/{name}");
+        let key = format!("{key}/{name}");
         if meta.is_dir() {
-            found.push((
-                format!("{child}/"),
-                Entry {
-                    key: child,
-                    size: 0,
-                    dir: Some(entry.path()),
-                },
-            ));
+            found.push(Entry {
+                key,
+                size: 0,
+                dir: Some(entry.path()),
+            });
         } else if meta.is_file() && !name.ends_with(".partial") {
-            found.push((
-                child.clone(),
-                Entry {
-                    key: child,
-                    size: meta.len(),
-                    dir: None,
-                },
-            ));
+            found.push(Entry {
+                key,
+                size: meta.len(),
+                dir: None,
+            });
         }
     }
-    found.sort_unstable_by(|a, b| b.0.cmp(&a.0));
-    pending.extend(found.into_iter().map(|(_, entry)| entry));
+    // Largest first: popped smallest first.
+    found.sort_unstable_by(|a, b| sort_key(b).cmp(sort_key(a)));
+    pending.extend(found);
     Ok(())
+}
+
+/// How an entry sorts among its siblings: by its key, a directory's with a `/` after it.
+fn sort_key(entry: &Entry) -> impl Iterator<Item = u8> + '_ {
+    entry.key.bytes().chain(entry.dir.as_ref().map(|_| b'/'))
 }
 
 impl Iterator for InOrder {
