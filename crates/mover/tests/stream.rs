@@ -182,16 +182,18 @@ fn a_dump_round_trips_through_the_wrappers_and_standard_tools_read_it() {
             "{refused}"
         );
 
+        // A restore's pod starts with an empty stream directory. (Emptied after the restore
+        // command started, its wrapper could open the dump's pipe, which no writer ever opens
+        // again: the test hung under load.)
+        for name in ["stream", "exit", "output"] {
+            let _ = fs::remove_file(f.stream_dir.join(name));
+        }
         let out = f.data.join("restored");
         let mut child = wrapped(
             LOAD_SCRIPT,
             &f.stream_dir,
             &["sh", "-c", &format!("cat > {}", out.display())],
         );
-        // A restore's pod starts with an empty stream directory.
-        for name in ["stream", "exit", "output"] {
-            let _ = fs::remove_file(f.stream_dir.join(name));
-        }
         let loaded = stream::load(
             &f.repo,
             &LoadRequest {
