@@ -314,6 +314,15 @@ mod tests {
     use backstop_api::contract::BackupResult;
     use kube::ResourceExt;
 
+    fn shop() -> SyncRequest<'static> {
+        SyncRequest {
+            namespace: "shop",
+            repository: "nfs",
+            restic: None,
+            password: "",
+        }
+    }
+
     fn record(policy: Option<&str>, started: &str) -> ImportRecord {
         let start_time: jiff::Timestamp = started.parse().unwrap();
         ImportRecord {
@@ -346,12 +355,7 @@ mod tests {
 
     #[test]
     fn a_record_that_cannot_make_a_sound_backup_is_skipped_with_its_reason() {
-        let req = SyncRequest {
-            namespace: "shop",
-            repository: "nfs",
-            restic: None,
-            password: "",
-        };
+        let req = shop();
         let now: jiff::Timestamp = "2026-12-07T12:00:00Z".parse().unwrap();
         let good = imported(
             &req,
@@ -387,12 +391,7 @@ mod tests {
 
     #[test]
     fn a_sync_reads_no_more_backups_than_it_imports_and_names_only_a_few_skipped() {
-        let req = SyncRequest {
-            namespace: "shop",
-            repository: "nfs",
-            restic: None,
-            password: "",
-        };
+        let req = shop();
         let now: jiff::Timestamp = "2026-12-07T12:00:00Z".parse().unwrap();
         let mut found = Found::default();
         let mut read = 0;

@@ -87,9 +87,12 @@ async fn per_minute_policy_keeps_the_newest_two_completed_backups_with_their_art
             let dirs: Vec<String> = std::fs::read_dir(repo_dir.join(&ns.name))?
                 .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
                 .collect::<Result<_, _>>()?;
+            // Beside them, the marker of the namespace's writer (this cluster).
             let mut dirs = dirs;
             dirs.sort();
-            Ok(dirs == kept)
+            let marked = dirs.iter().any(|d| d == "_owner.json");
+            dirs.retain(|d| d != "_owner.json");
+            Ok(marked && dirs == kept)
         },
     )
     .await?;
