@@ -318,7 +318,7 @@ async fn wrong_keys_a_deleted_bucket_and_a_stopped_server_each_say_what_happened
     let marker = format!("{PREFIX}/{}/_owner.json", ns.name);
     assert_eq!(
         s3s.keys("backups", &format!("{PREFIX}/{}/", ns.name))?,
-        [marker.clone()],
+        [marker.as_str()],
         "nothing of the cut backup is stored"
     );
     assert_eq!(repository_ready(&ns, "s3s", "True").await?, "Ready");
