@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
     category = "backstop",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Writable","type":"string","jsonPath":".status.conditions[?(@.type==\"Writable\")].status"}"#,
     printcolumn = r#"{"name":"Bucket","type":"string","jsonPath":".spec.s3.bucket"}"#,
     printcolumn = r#"{"name":"Claim","type":"string","jsonPath":".spec.pvc.claimName"}"#,
     printcolumn = r#"{"name":"Compression","type":"string","jsonPath":".spec.compression"}"#,
