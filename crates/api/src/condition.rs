@@ -67,7 +67,9 @@ impl ConditionType {
 }
 
 /// Sets condition `type_` in `conditions`, keeping `lastTransitionTime` when the status did not
-/// change (so the time says when it last flipped, as Kubernetes conventions ask).
+/// change (so the time says when it last flipped, as Kubernetes conventions ask). Whether its
+/// status or reason changed (a condition that was not there counts as changed): news worth an
+/// event.
 pub fn set(
     conditions: &mut Vec<Condition>,
     type_: ConditionType,
@@ -76,9 +78,12 @@ pub fn set(
     message: &str,
     generation: Option<i64>,
     now: jiff::Timestamp,
-) {
+) -> bool {
     let type_ = type_.as_str();
     let status = if status { "True" } else { "False" }.to_string();
+    let news = !conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == status && c.reason == reason);
     let transition = conditions
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)
@@ -93,6 +98,7 @@ pub fn set(
         observed_generation: generation,
         last_transition_time: transition,
     });
+    news
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary (events, termination messages and
@@ -164,6 +170,30 @@ pub fn is_true(conditions: &[Condition], type_: ConditionType) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn setting_a_condition_says_whether_its_status_or_reason_is_news() {
+        let now = jiff::Timestamp::UNIX_EPOCH;
+        let mut conditions = Vec::new();
+        let mut put = |ok, reason: &str, message: &str| {
+            set(
+                &mut conditions,
+                ConditionType::Writable,
+                ok,
+                reason,
+                message,
+                None,
+                now,
+            )
+        };
+        assert!(put(false, "RepositoryOwnedElsewhere", "a"), "new");
+        assert!(
+            !put(false, "RepositoryOwnedElsewhere", "b"),
+            "only the message"
+        );
+        assert!(put(false, "Other", "b"), "another reason");
+        assert!(put(true, "Other", "b"), "another status");
+    }
 
     #[test]
     fn truncation_respects_character_boundaries() {

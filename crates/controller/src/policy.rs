@@ -255,9 +255,7 @@ fn decide(policy: &BackupPolicy, observed: &Observed) -> Decision {
         let next = plan.next.map(|t| t.to_string()).unwrap_or_default();
         ("Scheduled", format!("next backup at {next}"))
     };
-    let ready_before = condition::find(&status.conditions, ConditionType::Ready)
-        .map(|c| (c.status.clone(), c.reason.clone()));
-    match &read_only {
+    let news = match &read_only {
         None => condition::set(
             &mut status.conditions,
             ConditionType::Ready,
@@ -276,12 +274,8 @@ fn decide(policy: &BackupPolicy, observed: &Observed) -> Decision {
             generation,
             now,
         ),
-    }
-    let warning = read_only.filter(|_| {
-        ready_before
-            != condition::find(&status.conditions, ConditionType::Ready)
-                .map(|c| (c.status.clone(), c.reason.clone()))
-    });
+    };
+    let warning = read_only.filter(|_| news);
     let (expire, retention_warnings) = if listed && observed.writable.is_ok() {
         retain(policy, &schedule, summaries, &mut status, now)
     } else {

@@ -75,8 +75,6 @@ fn set_writable(
     cluster: &str,
 ) -> Option<Invalid> {
     status.sync.as_ref()?.last_result.as_ref()?;
-    let was = condition::find(&status.conditions, ConditionType::Writable)
-        .map(|c| (c.status.clone(), c.reason.clone()));
     let verdict = writable(repo, cluster);
     let (ok, reason, message) = match &verdict {
         Ok(Claim::Mine) => (
@@ -100,7 +98,7 @@ fn set_writable(
         ),
         Err(why) => (false, why.reason.as_str(), why.message.clone()),
     };
-    condition::set(
+    let news = condition::set(
         &mut status.conditions,
         ConditionType::Writable,
         ok,
@@ -109,9 +107,6 @@ fn set_writable(
         repo.meta().generation,
         now(),
     );
-    let news = was
-        != condition::find(&status.conditions, ConditionType::Writable)
-            .map(|c| (c.status.clone(), c.reason.clone()));
     verdict.err().filter(|_| news)
 }
 
@@ -463,14 +458,13 @@ async fn report(
     ready: Result<(), Invalid>,
 ) -> Result<(), Error> {
     let mut status = repo.status.clone().unwrap_or_default();
-    let was_ready = condition::find(&status.conditions, ConditionType::Ready)
-        .map(|c| (c.status.clone(), c.reason.clone()));
+    let first_report = condition::find(&status.conditions, ConditionType::Ready).is_none();
     let generation = repo.meta().generation;
     let (ok, reason, message) = match &ready {
         Ok(()) => (true, "Ready", "repository is usable"),
         Err(why) => (false, why.reason.as_str(), why.message.as_str()),
     };
-    condition::set(
+    let changed = condition::set(
         &mut status.conditions,
         ConditionType::Ready,
         ok,
@@ -491,14 +485,10 @@ async fn report(
             repository: repo.name_any(),
         })
         .set(i64::from(ok));
-    let changed = was_ready
-        != condition::find(&status.conditions, ConditionType::Ready)
-            .map(|c| (c.status.clone(), c.reason.clone()));
     // A new repository whose PVC is still being bound (applied together with it) or whose
     // first probe runs is on its way, not broken: the condition says so, without a Warning.
-    let on_its_way = |why: &Invalid| {
-        why.reason == PROBING || (why.reason == PVC_NOT_BOUND && was_ready.is_none())
-    };
+    let on_its_way =
+        |why: &Invalid| why.reason == PROBING || (why.reason == PVC_NOT_BOUND && first_report);
     if changed
         && let Err(why) = &ready
         && !on_its_way(why)
